@@ -1,0 +1,34 @@
+//! Compiles proto/switchboard/**.proto with the vendored protoc, so building
+//! needs no system protobuf compiler, and generates serde (proto3 JSON)
+//! implementations so configurations can be read from and written to files.
+
+use std::{env, path::PathBuf};
+
+const PROTOS: &[&str] = &["switchboard/v1alpha1/routing.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded.
+    unsafe { env::set_var("PROTOC", protoc) };
+
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptors = out.join("switchboard_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
+        // Types carrying secrets get a hand-written, redacting Debug.
+        .skip_debug([
+            ".switchboard.v1alpha1.Credentials",
+            ".switchboard.v1alpha1.Agent",
+        ])
+        .compile_protos(PROTOS, &["."])?;
+
+    let set = std::fs::read(&descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)?
+        .build(&[".switchboard"])?;
+
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Debug implementations that never print secrets.
+
+use std::fmt;
+
+use crate::v1alpha1::{Agent, Credentials};
+
+const REDACTED: &str = "<redacted>";
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = if self.bearer_token.is_empty() { "" } else { REDACTED };
+        f.debug_struct("Agent")
+            .field("url", &self.url)
+            .field("protocol", &self.protocol)
+            .field("bearer_token", &token)
+            .field("parameters", &self.parameters)
+            .field("status_webhook", &self.status_webhook)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = Credentials { username: "alice".into(), password: "hunter2".into() };
+        let a = Agent { bearer_token: "tok-123".into(), ..Default::default() };
+        let s = format!("{c:?} {a:?}");
+        assert!(s.contains("alice"));
+        assert!(!s.contains("hunter2"));
+        assert!(!s.contains("tok-123"));
+    }
+}
