@@ -1,0 +1,7 @@
+//! The media path: pure building blocks for RTP audio between the caller and the agent.
+//!
+//! Everything here is synchronous and driven by explicit inputs (packets, times), so it can be
+//! unit-tested without sockets or clocks; the only I/O helpers are the UDP socket binder in
+//! [`ports`] and the shared [`ticker`].
+
+pub mod g711;
