@@ -1,0 +1,308 @@
+//! Turns valid specs into routing-configuration messages, resolving Secrets
+//! and trunk references on the way.
+
+use std::collections::BTreeMap;
+
+use switchboard_proto::v1alpha1 as pb;
+
+use super::validate::{Failover, parse_failover};
+use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
+use crate::crd::{AgentSpec, Codec, DtmfMode, SipTrunkSpec, Transport};
+
+/// A reference that did not resolve. Messages name objects, never values.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RefError {
+    #[error("{field}: Secret {name} not found")]
+    SecretNotFound { field: &'static str, name: String },
+    #[error("{field}: {source}")]
+    InvalidSecret {
+        field: &'static str,
+        source: SecretError,
+    },
+    #[error("spec.trunkRef: SipTrunk {0} not found")]
+    TrunkNotFound(String),
+    #[error("spec.trunkRef: SipTrunk {name} is not usable: {why}")]
+    TrunkNotReady { name: String, why: String },
+    #[error("spec.fallbackTrunks: SipTrunk {0} not found")]
+    FallbackNotFound(String),
+    #[error("spec.fallbackTrunks: SipTrunk {name} is not usable: {why}")]
+    FallbackNotReady { name: String, why: String },
+    #[error("spec.agent: no agent: set spec.agent or the trunk's spec.inbound.defaultAgent")]
+    NoAgent,
+}
+
+impl RefError {
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            RefError::SecretNotFound { .. } => reason::SECRET_NOT_FOUND,
+            RefError::InvalidSecret { .. } => reason::INVALID_SECRET,
+            RefError::TrunkNotFound(_) | RefError::FallbackNotFound(_) => reason::TRUNK_NOT_FOUND,
+            RefError::TrunkNotReady { .. } | RefError::FallbackNotReady { .. } => {
+                reason::TRUNK_NOT_READY
+            }
+            RefError::NoAgent => reason::NO_AGENT,
+        }
+    }
+}
+
+/// Names of the Secrets a trunk references.
+pub(super) fn trunk_secret_names(spec: &SipTrunkSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(i) = &spec.inbound {
+        if let Some(a) = &i.auth {
+            out.push(a.secret_ref.name.clone());
+        }
+        if let Some(a) = i.default_agent.as_ref().and_then(|a| a.auth.as_ref()) {
+            out.push(a.secret_ref.name.clone());
+        }
+    }
+    if let Some(a) = spec.outbound.as_ref().and_then(|o| o.auth.as_ref()) {
+        out.push(a.secret_ref.name.clone());
+    }
+    out
+}
+
+fn lookup<'a>(
+    secrets: &'a BTreeMap<ObjectKey, SecretData>,
+    namespace: &str,
+    name: &str,
+    field: &'static str,
+) -> Result<&'a SecretData, RefError> {
+    secrets
+        .get(&ObjectKey::new(namespace, name))
+        .ok_or_else(|| RefError::SecretNotFound {
+            field,
+            name: name.into(),
+        })
+}
+
+fn credentials(
+    secrets: &BTreeMap<ObjectKey, SecretData>,
+    namespace: &str,
+    name: &str,
+    field: &'static str,
+) -> Result<pb::Credentials, RefError> {
+    let (username, password) = lookup(secrets, namespace, name, field)?
+        .basic_auth(name)
+        .map_err(|source| RefError::InvalidSecret { field, source })?;
+    Ok(pb::Credentials { username, password })
+}
+
+fn agent(
+    a: &AgentSpec,
+    secrets: &BTreeMap<ObjectKey, SecretData>,
+    namespace: &str,
+    field: &'static str,
+) -> Result<pb::Agent, RefError> {
+    let bearer_token = match &a.auth {
+        None => String::new(),
+        Some(auth) => lookup(secrets, namespace, &auth.secret_ref.name, field)?
+            .text(&auth.secret_ref.name, &auth.key)
+            .map_err(|source| RefError::InvalidSecret { field, source })?,
+    };
+    Ok(pb::Agent {
+        url: a.url.clone(),
+        protocol: pb::AgentProtocol::TwilioMediaStreams as i32,
+        bearer_token,
+        parameters: a.parameters.clone().into_iter().collect(),
+        status_webhook: a.status_webhook.clone().unwrap_or_default(),
+    })
+}
+
+/// Builds a trunk's configuration; the spec has been validated.
+pub(super) fn trunk(
+    t: &TrunkInput,
+    secrets: &BTreeMap<ObjectKey, SecretData>,
+) -> Result<pb::Trunk, RefError> {
+    let ns = t.key.namespace.as_str();
+    let spec = &t.spec;
+    let inbound = match &spec.inbound {
+        None => pb::Inbound::default(),
+        Some(i) => pb::Inbound {
+            enabled: i.enabled,
+            allowed_sources: i.allowed_sources.clone(),
+            auth: match &i.auth {
+                None => None,
+                Some(a) => Some(pb::InboundAuth {
+                    realm: a.realm.clone().unwrap_or_else(|| t.key.name.clone()),
+                    credentials: Some(credentials(
+                        secrets,
+                        ns,
+                        &a.secret_ref.name,
+                        "spec.inbound.auth.secretRef",
+                    )?),
+                }),
+            },
+            default_agent: match &i.default_agent {
+                None => None,
+                Some(a) => Some(agent(
+                    a,
+                    secrets,
+                    ns,
+                    "spec.inbound.defaultAgent.auth.secretRef",
+                )?),
+            },
+        },
+    };
+    let outbound = match &spec.outbound {
+        None => pb::Outbound::default(),
+        Some(o) => {
+            let mut failover = pb::FailoverPolicy::default();
+            for f in o.failover_on.iter().filter_map(|f| parse_failover(f)) {
+                match f {
+                    Failover::Timeout => failover.on_timeout = true,
+                    Failover::Code(c) => failover.status_codes.push(c),
+                    Failover::Class(c) => failover.status_classes.push(c),
+                }
+            }
+            pb::Outbound {
+                enabled: o.enabled,
+                gateways: o
+                    .gateways
+                    .iter()
+                    .map(|g| pb::Gateway {
+                        host: g.host.clone(),
+                        port: g.port,
+                        transport: match g.transport {
+                            Transport::Udp => pb::Transport::Udp,
+                            Transport::Tcp => pb::Transport::Tcp,
+                            Transport::Tls => pb::Transport::Tls,
+                        } as i32,
+                        priority: g.priority,
+                        weight: g.weight,
+                    })
+                    .collect(),
+                auth: match &o.auth {
+                    None => None,
+                    Some(a) => Some(credentials(
+                        secrets,
+                        ns,
+                        &a.secret_ref.name,
+                        "spec.outbound.auth.secretRef",
+                    )?),
+                },
+                register: o.register.as_ref().map(|r| pb::Register {
+                    enabled: r.enabled,
+                    expires_seconds: r.expires_seconds,
+                    registrar: r.registrar.clone().unwrap_or_default(),
+                    contact_user: r.contact_user.clone().unwrap_or_default(),
+                }),
+                leading_plus: o.leading_plus,
+                tech_prefix: o.tech_prefix.clone().unwrap_or_default(),
+                from_domain: o.from_domain.clone().unwrap_or_default(),
+                ringing_timeout_seconds: o.ringing_timeout_seconds,
+                failover: Some(failover),
+            }
+        }
+    };
+    let limits = pb::Limits {
+        max_concurrent_calls: spec.limits.max_concurrent_calls.unwrap_or(0),
+        max_calls_per_second: spec.limits.max_calls_per_second.unwrap_or(0),
+        max_call_duration_seconds: spec.limits.max_call_duration_seconds.unwrap_or(0),
+    };
+    Ok(pb::Trunk {
+        id: t.key.id(),
+        enabled: spec.enabled,
+        inbound: Some(inbound),
+        outbound: Some(outbound),
+        media: Some(pb::Media {
+            codecs: spec
+                .media
+                .codecs
+                .iter()
+                .map(|c| match c {
+                    Codec::Pcmu => pb::Codec::Pcmu as i32,
+                    Codec::Pcma => pb::Codec::Pcma as i32,
+                })
+                .collect(),
+            dtmf: match spec.media.dtmf {
+                DtmfMode::Rfc4733 => pb::DtmfMode::Rfc4733,
+                DtmfMode::Info => pb::DtmfMode::Info,
+                DtmfMode::Both => pb::DtmfMode::Both,
+            } as i32,
+            rtp_timeout_seconds: spec.media.rtp_timeout_seconds,
+        }),
+        // The fleet programmer fills in the per-node share; until then a
+        // node may use the whole budget.
+        share: Some(pb::NodeShare {
+            max_concurrent_calls: limits.max_concurrent_calls,
+            max_calls_per_second: f64::from(limits.max_calls_per_second),
+        }),
+        limits: Some(limits),
+        options_interval_seconds: spec.health_check.options_interval_seconds,
+        register_here: false,
+    })
+}
+
+/// Builds a number's configuration; the spec has been validated and the
+/// number won any conflict.
+pub(super) fn number(
+    n: &NumberInput,
+    trunks: &BTreeMap<ObjectKey, TrunkInput>,
+    verdicts: &BTreeMap<ObjectKey, TrunkVerdict>,
+    secrets: &BTreeMap<ObjectKey, SecretData>,
+) -> Result<pb::PhoneNumber, RefError> {
+    let ns = n.key.namespace.as_str();
+    let spec = &n.spec;
+    let usable = |name: &str| -> Result<(), Option<String>> {
+        let key = ObjectKey::new(ns, name);
+        match verdicts.get(&key) {
+            None => Err(None),
+            Some(v) if v.usable() => Ok(()),
+            Some(v) => {
+                let why = if v.accepted.ok {
+                    &v.resolved_refs
+                } else {
+                    &v.accepted
+                };
+                Err(Some(format!("{}: {}", why.reason, why.message)))
+            }
+        }
+    };
+    let trunk_key = ObjectKey::new(ns, spec.trunk_ref.name.clone());
+    usable(&spec.trunk_ref.name).map_err(|why| match why {
+        None => RefError::TrunkNotFound(spec.trunk_ref.name.clone()),
+        Some(why) => RefError::TrunkNotReady {
+            name: spec.trunk_ref.name.clone(),
+            why,
+        },
+    })?;
+    for f in &spec.fallback_trunks {
+        usable(f).map_err(|why| match why {
+            None => RefError::FallbackNotFound(f.clone()),
+            Some(why) => RefError::FallbackNotReady {
+                name: f.clone(),
+                why,
+            },
+        })?;
+    }
+    let agent_cfg = match &spec.agent {
+        Some(a) => Some(agent(a, secrets, ns, "spec.agent.auth.secretRef")?),
+        None => {
+            let trunk_has_default = trunks
+                .get(&trunk_key)
+                .and_then(|t| t.spec.inbound.as_ref())
+                .is_some_and(|i| i.default_agent.is_some());
+            if spec.inbound && !trunk_has_default {
+                return Err(RefError::NoAgent);
+            }
+            // The node falls back to the trunk's default agent.
+            None
+        }
+    };
+    Ok(pb::PhoneNumber {
+        id: n.key.id(),
+        e164: spec.number.clone(),
+        trunk_id: trunk_key.id(),
+        fallback_trunk_ids: spec
+            .fallback_trunks
+            .iter()
+            .map(|f| ObjectKey::new(ns, f.clone()).id())
+            .collect(),
+        destination_key: spec.destination_key.clone().unwrap_or_default(),
+        agent: agent_cfg,
+        inbound: spec.inbound,
+        outbound: spec.outbound,
+        max_call_duration_seconds: spec.max_call_duration_seconds.unwrap_or(0),
+    })
+}

@@ -1,0 +1,338 @@
+//! Builds the routing configuration from the resources: a pure function of
+//! trunks, numbers and the Secrets they reference, so it is unit-tested on its
+//! own and shared by the Kubernetes and the file sources.
+//!
+//! Besides the configuration it returns a verdict per object (the conditions
+//! the operator writes into its status).
+
+mod conflicts;
+mod convert;
+mod secrets;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use switchboard_proto::v1alpha1 as pb;
+
+use crate::crd::{PhoneNumber, PhoneNumberSpec, SipTrunk, SipTrunkSpec};
+
+pub use secrets::{SecretData, SecretError};
+
+/// Identifies a namespaced object: `(namespace, name)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Name of the object.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The `namespace/name` form used as an id in the routing configuration.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One trunk as the resolver sees it.
+#[derive(Clone, Debug)]
+pub struct TrunkInput {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation` (0 when unknown, e.g. from files).
+    pub generation: i64,
+    /// The spec.
+    pub spec: SipTrunkSpec,
+}
+
+/// One phone number as the resolver sees it.
+#[derive(Clone, Debug)]
+pub struct NumberInput {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `metadata.creationTimestamp`: the older claim on a number wins.
+    pub created: Option<Timestamp>,
+    /// The spec.
+    pub spec: PhoneNumberSpec,
+}
+
+/// Everything the routing configuration is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Trunks by key.
+    pub trunks: BTreeMap<ObjectKey, TrunkInput>,
+    /// Numbers by key.
+    pub numbers: BTreeMap<ObjectKey, NumberInput>,
+    /// Secrets by key, already decoded.
+    pub secrets: BTreeMap<ObjectKey, SecretData>,
+}
+
+impl Inputs {
+    /// Adds a trunk object.
+    pub fn add_trunk(&mut self, t: &SipTrunk) {
+        let key = ObjectKey::new(
+            t.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            t.metadata.name.clone().unwrap_or_default(),
+        );
+        let generation = t.metadata.generation.unwrap_or(0);
+        self.trunks.insert(
+            key.clone(),
+            TrunkInput {
+                key,
+                generation,
+                spec: t.spec.clone(),
+            },
+        );
+    }
+
+    /// Adds a phone-number object.
+    pub fn add_number(&mut self, n: &PhoneNumber) {
+        let key = ObjectKey::new(
+            n.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            n.metadata.name.clone().unwrap_or_default(),
+        );
+        self.numbers.insert(
+            key.clone(),
+            NumberInput {
+                key,
+                generation: n.metadata.generation.unwrap_or(0),
+                created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                spec: n.spec.clone(),
+            },
+        );
+    }
+
+    /// Every Secret the resources reference, for watches and tests.
+    pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
+        let mut out = BTreeSet::new();
+        for t in self.trunks.values() {
+            for name in convert::trunk_secret_names(&t.spec) {
+                out.insert(ObjectKey::new(t.key.namespace.clone(), name));
+            }
+        }
+        for n in self.numbers.values() {
+            if let Some(a) = n.spec.agent.as_ref().and_then(|a| a.auth.as_ref()) {
+                out.insert(ObjectKey::new(
+                    n.key.namespace.clone(),
+                    a.secret_ref.name.clone(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The outcome of one condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// True or False.
+    pub ok: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What a human needs to know; never holds a credential.
+    pub message: String,
+}
+
+impl Verdict {
+    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.into(),
+        }
+    }
+    fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reasons used in conditions.
+pub mod reason {
+    /// The spec is valid.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The spec breaks a rule the schema could not check (or, from files, any rule).
+    pub const INVALID: &str = "Invalid";
+    /// Another PhoneNumber claims the same number and is older.
+    pub const CONFLICT: &str = "Conflict";
+    /// Every reference resolved.
+    pub const RESOLVED: &str = "ResolvedRefs";
+    /// A referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret lacks a key or has the wrong type.
+    pub const INVALID_SECRET: &str = "InvalidSecret";
+    /// The referenced SipTrunk does not exist.
+    pub const TRUNK_NOT_FOUND: &str = "TrunkNotFound";
+    /// The referenced SipTrunk exists but is not usable.
+    pub const TRUNK_NOT_READY: &str = "TrunkNotReady";
+    /// Neither the number nor its trunk names an agent.
+    pub const NO_AGENT: &str = "NoAgent";
+}
+
+/// What the resolver concluded about a trunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkVerdict {
+    /// The generation judged.
+    pub generation: i64,
+    /// The Accepted condition.
+    pub accepted: Verdict,
+    /// The ResolvedRefs condition.
+    pub resolved_refs: Verdict,
+    /// Numbers routed through this trunk (as primary).
+    pub numbers: u32,
+}
+
+impl TrunkVerdict {
+    /// Whether the trunk goes into the routing configuration.
+    pub fn usable(&self) -> bool {
+        self.accepted.ok && self.resolved_refs.ok
+    }
+}
+
+/// What the resolver concluded about a phone number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberVerdict {
+    /// The generation judged.
+    pub generation: i64,
+    /// The Accepted condition.
+    pub accepted: Verdict,
+    /// The ResolvedRefs condition.
+    pub resolved_refs: Verdict,
+}
+
+impl NumberVerdict {
+    /// Whether the number goes into the routing configuration.
+    pub fn usable(&self) -> bool {
+        self.accepted.ok && self.resolved_refs.ok
+    }
+}
+
+/// The routing configuration and every object's verdict.
+#[derive(Clone, Debug, Default)]
+pub struct Resolution {
+    /// Fleet-wide configuration (version 0, no per-node shares yet).
+    pub config: pb::RoutingConfig,
+    /// Verdicts by trunk.
+    pub trunks: BTreeMap<ObjectKey, TrunkVerdict>,
+    /// Verdicts by number.
+    pub numbers: BTreeMap<ObjectKey, NumberVerdict>,
+}
+
+/// Resolves the inputs into a routing configuration and verdicts.
+pub fn resolve(inputs: &Inputs) -> Resolution {
+    let mut out = Resolution::default();
+    let mut trunk_configs: BTreeMap<ObjectKey, pb::Trunk> = BTreeMap::new();
+
+    for t in inputs.trunks.values() {
+        let accepted = match validate::trunk(&t.spec) {
+            Ok(()) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
+            Err(e) => Verdict::fail(reason::INVALID, e),
+        };
+        let (resolved_refs, config) = if accepted.ok {
+            match convert::trunk(t, &inputs.secrets) {
+                Ok(c) => (
+                    Verdict::ok(reason::RESOLVED, "all references resolved"),
+                    Some(c),
+                ),
+                Err(e) => (Verdict::fail(e.reason(), e.to_string()), None),
+            }
+        } else {
+            (
+                Verdict::fail(reason::INVALID, "spec is invalid; references not checked"),
+                None,
+            )
+        };
+        if let Some(c) = config {
+            trunk_configs.insert(t.key.clone(), c);
+        }
+        out.trunks.insert(
+            t.key.clone(),
+            TrunkVerdict {
+                generation: t.generation,
+                accepted,
+                resolved_refs,
+                numbers: 0,
+            },
+        );
+    }
+
+    let losers = conflicts::losers(
+        inputs
+            .numbers
+            .values()
+            .filter(|n| validate::number(&n.spec).is_ok()),
+    );
+
+    for n in inputs.numbers.values() {
+        let accepted = match (validate::number(&n.spec), losers.get(&n.key)) {
+            (Err(e), _) => Verdict::fail(reason::INVALID, e),
+            (Ok(()), Some(winner)) => Verdict::fail(
+                reason::CONFLICT,
+                format!(
+                    "{} is already claimed by PhoneNumber {winner}",
+                    n.spec.number
+                ),
+            ),
+            (Ok(()), None) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
+        };
+        let mut number_config = None;
+        let resolved_refs = if !accepted.ok {
+            Verdict::fail(accepted.reason, "not accepted; references not checked")
+        } else {
+            match convert::number(n, &inputs.trunks, &out.trunks, &inputs.secrets) {
+                Ok(c) => {
+                    number_config = Some(c);
+                    Verdict::ok(reason::RESOLVED, "all references resolved")
+                }
+                Err(e) => Verdict::fail(e.reason(), e.to_string()),
+            }
+        };
+        if let Some(c) = number_config {
+            let trunk_key = ObjectKey::new(n.key.namespace.clone(), n.spec.trunk_ref.name.clone());
+            if let Some(v) = out.trunks.get_mut(&trunk_key) {
+                v.numbers += 1;
+            }
+            out.config.numbers.push(c);
+        }
+        out.numbers.insert(
+            n.key.clone(),
+            NumberVerdict {
+                generation: n.generation,
+                accepted,
+                resolved_refs,
+            },
+        );
+    }
+
+    out.config.trunks = trunk_configs.into_values().collect();
+    out
+}
+
+#[cfg(test)]
+mod tests;

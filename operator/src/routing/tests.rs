@@ -1,0 +1,445 @@
+use super::*;
+use crate::crd::{
+    AgentSpec, BasicAuth, Gateway, InboundAuth, LocalRef, SecretRef, TrunkInbound, TrunkOutbound,
+};
+
+fn trunk_spec() -> SipTrunkSpec {
+    serde_json::from_value(serde_json::json!({
+        "inbound": {"allowedSources": ["203.0.113.0/24"]},
+        "outbound": {
+            "gateways": [{"host": "sip.example.net"}],
+            "auth": {"secretRef": {"name": "carrier-creds"}}
+        }
+    }))
+    .expect("trunk spec")
+}
+
+fn number_spec(number: &str, trunk: &str) -> PhoneNumberSpec {
+    serde_json::from_value(serde_json::json!({
+        "number": number,
+        "trunkRef": {"name": trunk},
+        "agent": {"url": "wss://agent.example.com/ws"}
+    }))
+    .expect("number spec")
+}
+
+fn basic_auth(user: &str, pass: &str) -> SecretData {
+    SecretData {
+        type_: Some("kubernetes.io/basic-auth".into()),
+        data: [("username", user), ("password", pass)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    }
+}
+
+fn inputs() -> Inputs {
+    let mut i = Inputs::default();
+    let key = ObjectKey::new("ns", "carrier");
+    i.trunks.insert(
+        key.clone(),
+        TrunkInput {
+            key,
+            generation: 1,
+            spec: trunk_spec(),
+        },
+    );
+    i.secrets.insert(
+        ObjectKey::new("ns", "carrier-creds"),
+        basic_auth("alice", "s3cret-pw"),
+    );
+    add_number(&mut i, "main", "+14155550100", 10);
+    i
+}
+
+fn add_number(i: &mut Inputs, name: &str, number: &str, created_secs: i64) {
+    let key = ObjectKey::new("ns", name);
+    i.numbers.insert(
+        key.clone(),
+        NumberInput {
+            key,
+            generation: 1,
+            created: Some(jiff::Timestamp::from_second(created_secs).expect("ts")),
+            spec: number_spec(number, "carrier"),
+        },
+    );
+}
+
+#[test]
+fn valid_trunk_and_number_resolve() {
+    let r = resolve(&inputs());
+    let t = &r.trunks[&ObjectKey::new("ns", "carrier")];
+    assert!(t.accepted.ok && t.resolved_refs.ok, "{t:?}");
+    assert_eq!(t.numbers, 1);
+    let n = &r.numbers[&ObjectKey::new("ns", "main")];
+    assert!(n.usable(), "{n:?}");
+    assert_eq!(r.config.trunks.len(), 1);
+    let tc = &r.config.trunks[0];
+    assert_eq!(tc.id, "ns/carrier");
+    let out = tc.outbound.as_ref().expect("outbound");
+    assert_eq!(out.auth.as_ref().expect("auth").username, "alice");
+    assert_eq!(out.gateways[0].port, 5060);
+    let f = out.failover.as_ref().expect("failover");
+    assert!(f.on_timeout);
+    assert_eq!(f.status_codes, vec![408, 478]);
+    assert_eq!(f.status_classes, vec![5]);
+    assert_eq!(r.config.numbers.len(), 1);
+    assert_eq!(r.config.numbers[0].trunk_id, "ns/carrier");
+    assert_eq!(
+        tc.media.as_ref().expect("media").codecs,
+        vec![pb::Codec::Pcmu as i32, pb::Codec::Pcma as i32]
+    );
+}
+
+#[test]
+fn missing_secret_fails_refs_and_drops_trunk_and_its_numbers() {
+    let mut i = inputs();
+    i.secrets.clear();
+    let r = resolve(&i);
+    let t = &r.trunks[&ObjectKey::new("ns", "carrier")];
+    assert!(t.accepted.ok);
+    assert!(!t.resolved_refs.ok);
+    assert_eq!(t.resolved_refs.reason, reason::SECRET_NOT_FOUND);
+    assert!(
+        t.resolved_refs.message.contains("carrier-creds"),
+        "{}",
+        t.resolved_refs.message
+    );
+    let n = &r.numbers[&ObjectKey::new("ns", "main")];
+    assert_eq!(n.resolved_refs.reason, reason::TRUNK_NOT_READY);
+    assert!(r.config.trunks.is_empty() && r.config.numbers.is_empty());
+}
+
+#[test]
+fn malformed_secret_is_invalid_and_message_has_no_value() {
+    let mut i = inputs();
+    let mut s = basic_auth("alice", "s3cret-pw");
+    s.data.remove("username");
+    i.secrets.insert(ObjectKey::new("ns", "carrier-creds"), s);
+    let r = resolve(&i);
+    let t = &r.trunks[&ObjectKey::new("ns", "carrier")];
+    assert_eq!(t.resolved_refs.reason, reason::INVALID_SECRET);
+    assert!(t.resolved_refs.message.contains("username"));
+    assert!(
+        !format!("{r:?}").contains("s3cret-pw"),
+        "secret leaked into Debug output"
+    );
+
+    let mut wrong = basic_auth("alice", "s3cret-pw");
+    wrong.type_ = Some("kubernetes.io/tls".into());
+    i.secrets
+        .insert(ObjectKey::new("ns", "carrier-creds"), wrong);
+    let r = resolve(&i);
+    assert_eq!(
+        r.trunks[&ObjectKey::new("ns", "carrier")]
+            .resolved_refs
+            .reason,
+        reason::INVALID_SECRET
+    );
+}
+
+#[test]
+fn number_naming_missing_trunk() {
+    let mut i = inputs();
+    i.numbers
+        .get_mut(&ObjectKey::new("ns", "main"))
+        .expect("n")
+        .spec
+        .trunk_ref = LocalRef {
+        name: "nope".into(),
+    };
+    let r = resolve(&i);
+    let n = &r.numbers[&ObjectKey::new("ns", "main")];
+    assert!(n.accepted.ok);
+    assert_eq!(n.resolved_refs.reason, reason::TRUNK_NOT_FOUND);
+    assert!(n.resolved_refs.message.contains("nope"));
+    assert!(r.config.numbers.is_empty());
+    assert_eq!(r.trunks[&ObjectKey::new("ns", "carrier")].numbers, 0);
+}
+
+#[test]
+fn trunk_in_other_namespace_does_not_resolve() {
+    let mut i = inputs();
+    let n = i.numbers.remove(&ObjectKey::new("ns", "main")).expect("n");
+    let key = ObjectKey::new("other", "main");
+    i.numbers.insert(
+        key.clone(),
+        NumberInput {
+            key: key.clone(),
+            ..n
+        },
+    );
+    let r = resolve(&i);
+    assert_eq!(
+        r.numbers[&key].resolved_refs.reason,
+        reason::TRUNK_NOT_FOUND
+    );
+}
+
+#[test]
+fn duplicate_numbers_older_wins_deterministically() {
+    let mut i = inputs();
+    add_number(&mut i, "a-newer", "+14155550100", 20);
+    add_number(&mut i, "z-same-time", "+14155550100", 10);
+    for _ in 0..3 {
+        let r = resolve(&i);
+        assert!(r.numbers[&ObjectKey::new("ns", "main")].usable());
+        for loser in ["a-newer", "z-same-time"] {
+            let v = &r.numbers[&ObjectKey::new("ns", loser)];
+            assert!(!v.accepted.ok);
+            assert_eq!(v.accepted.reason, reason::CONFLICT);
+            assert!(
+                v.accepted.message.contains("ns/main"),
+                "{}",
+                v.accepted.message
+            );
+        }
+        assert_eq!(r.config.numbers.len(), 1);
+        assert_eq!(r.config.numbers[0].id, "ns/main");
+    }
+}
+
+#[test]
+fn same_creation_time_breaks_ties_by_name() {
+    let mut i = Inputs::default();
+    let key = ObjectKey::new("ns", "carrier");
+    i.trunks.insert(
+        key.clone(),
+        TrunkInput {
+            key,
+            generation: 1,
+            spec: trunk_spec(),
+        },
+    );
+    i.secrets.insert(
+        ObjectKey::new("ns", "carrier-creds"),
+        basic_auth("alice", "pw"),
+    );
+    add_number(&mut i, "b", "+14155550100", 5);
+    add_number(&mut i, "a", "+14155550100", 5);
+    let r = resolve(&i);
+    assert!(r.numbers[&ObjectKey::new("ns", "a")].usable());
+    assert_eq!(
+        r.numbers[&ObjectKey::new("ns", "b")].accepted.reason,
+        reason::CONFLICT
+    );
+}
+
+#[test]
+fn invalid_specs_name_the_field() {
+    let mut spec = trunk_spec();
+    spec.outbound = Some(TrunkOutbound {
+        gateways: vec![],
+        ..spec.outbound.clone().expect("o")
+    });
+    assert!(
+        validate::trunk(&spec)
+            .expect_err("no gateways")
+            .contains("spec.outbound.gateways")
+    );
+
+    let mut spec = trunk_spec();
+    spec.inbound = Some(TrunkInbound {
+        enabled: true,
+        allowed_sources: vec![],
+        auth: None,
+        default_agent: None,
+    });
+    assert!(
+        validate::trunk(&spec)
+            .expect_err("no sources")
+            .contains("allowedSources")
+    );
+    spec.inbound = Some(TrunkInbound {
+        enabled: true,
+        allowed_sources: vec!["10.0.0.0/33".into()],
+        auth: None,
+        default_agent: None,
+    });
+    assert!(
+        validate::trunk(&spec)
+            .expect_err("bad cidr")
+            .contains("allowedSources[0]")
+    );
+    spec.inbound = Some(TrunkInbound {
+        enabled: true,
+        allowed_sources: vec![],
+        auth: Some(InboundAuth {
+            secret_ref: SecretRef { name: "x".into() },
+            realm: None,
+        }),
+        default_agent: None,
+    });
+    assert!(validate::trunk(&spec).is_ok(), "auth alone is enough");
+
+    let mut spec = trunk_spec();
+    spec.media.codecs = vec![crate::crd::Codec::Pcmu, crate::crd::Codec::Pcmu];
+    assert!(
+        validate::trunk(&spec)
+            .expect_err("dup codecs")
+            .contains("spec.media.codecs")
+    );
+
+    let mut spec = trunk_spec();
+    if let Some(o) = spec.outbound.as_mut() {
+        o.gateways.push(Gateway {
+            host: "bad host".into(),
+            ..o.gateways[0].clone()
+        });
+        o.auth = Some(BasicAuth {
+            secret_ref: SecretRef { name: "c".into() },
+        });
+    }
+    assert!(
+        validate::trunk(&spec)
+            .expect_err("host")
+            .contains("gateways[1].host")
+    );
+
+    for bad in [
+        "14155550100",
+        "+0123456789",
+        "+123",
+        "+1415555010012345",
+        "+1415a550100",
+    ] {
+        let s = number_spec(bad, "t");
+        assert!(
+            validate::number(&s).expect_err(bad).contains("spec.number"),
+            "{bad}"
+        );
+    }
+    let mut s = number_spec("+14155550100", "t");
+    s.fallback_trunks = vec!["t".into()];
+    assert!(
+        validate::number(&s)
+            .expect_err("self fallback")
+            .contains("fallbackTrunks")
+    );
+    s.fallback_trunks = vec![];
+    s.agent = Some(AgentSpec {
+        url: "http://x".into(),
+        ..s.agent.clone().expect("a")
+    });
+    assert!(
+        validate::number(&s)
+            .expect_err("url")
+            .contains("spec.agent.url")
+    );
+}
+
+#[test]
+fn invalid_number_in_file_gets_accepted_false() {
+    let mut i = inputs();
+    add_number(&mut i, "bad", "0800-BAD", 30);
+    let r = resolve(&i);
+    let v = &r.numbers[&ObjectKey::new("ns", "bad")];
+    assert_eq!(v.accepted.reason, reason::INVALID);
+    assert!(!v.resolved_refs.ok);
+}
+
+#[test]
+fn fallback_trunks_must_exist_and_resolve_in_order() {
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "backup");
+    i.trunks.insert(
+        key.clone(),
+        TrunkInput {
+            key,
+            generation: 1,
+            spec: trunk_spec(),
+        },
+    );
+    let main = ObjectKey::new("ns", "main");
+    i.numbers.get_mut(&main).expect("n").spec.fallback_trunks =
+        vec!["backup".into(), "missing".into()];
+    let r = resolve(&i);
+    assert_eq!(
+        r.numbers[&main].resolved_refs.reason,
+        reason::TRUNK_NOT_FOUND
+    );
+    assert!(r.numbers[&main].resolved_refs.message.contains("missing"));
+    i.numbers.get_mut(&main).expect("n").spec.fallback_trunks = vec!["backup".into()];
+    let r = resolve(&i);
+    assert!(r.numbers[&main].usable());
+    assert_eq!(
+        r.config.numbers[0].fallback_trunk_ids,
+        vec!["ns/backup".to_string()]
+    );
+}
+
+#[test]
+fn number_without_agent_needs_trunk_default() {
+    let mut i = inputs();
+    let main = ObjectKey::new("ns", "main");
+    i.numbers.get_mut(&main).expect("n").spec.agent = None;
+    let r = resolve(&i);
+    assert_eq!(r.numbers[&main].resolved_refs.reason, reason::NO_AGENT);
+    if let Some(inb) = i
+        .trunks
+        .get_mut(&ObjectKey::new("ns", "carrier"))
+        .and_then(|t| t.spec.inbound.as_mut())
+    {
+        inb.default_agent = Some(AgentSpec {
+            url: "ws://127.0.0.1:9000/".into(),
+            protocol: Default::default(),
+            auth: None,
+            parameters: Default::default(),
+            status_webhook: None,
+        });
+    }
+    let r = resolve(&i);
+    assert!(r.numbers[&main].usable());
+    assert!(r.config.numbers[0].agent.is_none());
+}
+
+#[test]
+fn agent_token_resolves_from_secret_key() {
+    let mut i = inputs();
+    let main = ObjectKey::new("ns", "main");
+    let spec: PhoneNumberSpec = serde_json::from_value(serde_json::json!({
+        "number": "+14155550100", "trunkRef": {"name": "carrier"},
+        "agent": {"url": "wss://a.example/ws", "auth": {"secretRef": {"name": "agent-tok"}}}
+    }))
+    .expect("spec");
+    i.numbers.get_mut(&main).expect("n").spec = spec;
+    let r = resolve(&i);
+    assert_eq!(
+        r.numbers[&main].resolved_refs.reason,
+        reason::SECRET_NOT_FOUND
+    );
+    i.secrets.insert(
+        ObjectKey::new("ns", "agent-tok"),
+        SecretData {
+            type_: Some("Opaque".into()),
+            data: [("token".into(), b"tok-xyz\n".to_vec())].into(),
+        },
+    );
+    let r = resolve(&i);
+    assert!(r.numbers[&main].usable());
+    assert_eq!(
+        r.config.numbers[0]
+            .agent
+            .as_ref()
+            .expect("agent")
+            .bearer_token,
+        "tok-xyz"
+    );
+}
+
+#[test]
+fn resolve_is_deterministic() {
+    let mut i = inputs();
+    for k in 0..50 {
+        add_number(
+            &mut i,
+            &format!("n{k}"),
+            &format!("+1415555{:04}", 1000 + k),
+            100 + k,
+        );
+    }
+    let a = resolve(&i);
+    let b = resolve(&i);
+    assert_eq!(a.config, b.config);
+    assert_eq!(a.config.numbers.len(), 51);
+}
