@@ -5,3 +5,4 @@
 //! [`ports`] and the shared [`ticker`].
 
 pub mod g711;
+pub mod rtp;
