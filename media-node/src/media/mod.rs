@@ -5,4 +5,5 @@
 //! [`ports`] and the shared [`ticker`].
 
 pub mod g711;
+pub mod rtcp;
 pub mod rtp;
