@@ -4,6 +4,7 @@
 //! unit-tested without sockets or clocks; the only I/O helpers are the UDP socket binder in
 //! [`ports`] and the shared [`ticker`].
 
+pub mod dtmf;
 pub mod g711;
 pub mod rtcp;
 pub mod rtp;
