@@ -1,2 +1,3 @@
 //! Harnesses for Switchboard's end-to-end tests: a real Kubernetes API server
 //! with etcd, real media-node processes and real SIP peers (SIPp, baresip).
+pub mod envtest;
