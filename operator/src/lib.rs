@@ -1,5 +1,17 @@
 //! The Switchboard operator: reconciles `SipTrunk` and `PhoneNumber`
 //! resources into routing configuration and programs the media-node fleet.
+//!
+//! - [`crd`]: the resource types (and the CRDs generated from them);
+//! - [`routing`]: the pure resolver from resources to configuration;
+//! - [`reconcile`]: watches, status by server-side apply, Events;
+//! - [`leader`]: Lease-based leader election;
+//! - [`source`]: the file source for runs without a cluster;
+//! - [`http`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
 pub mod routing;
+pub mod source;

@@ -123,14 +123,13 @@ fn agent(a: &AgentSpec) -> Result<(), String> {
     if rest.is_empty() || rest.starts_with('/') || a.url.chars().any(char::is_whitespace) {
         return Err(format!("url: {:?} has no host", a.url));
     }
-    if let Some(w) = &a.status_webhook {
-        if !(w.starts_with("http://") || w.starts_with("https://"))
-            || w.chars().any(char::is_whitespace)
-        {
-            return Err(format!(
-                "statusWebhook: {w:?} must be an http:// or https:// URL"
-            ));
-        }
+    if let Some(w) = &a.status_webhook
+        && (!(w.starts_with("http://") || w.starts_with("https://"))
+            || w.chars().any(char::is_whitespace))
+    {
+        return Err(format!(
+            "statusWebhook: {w:?} must be an http:// or https:// URL"
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,111 @@
+//! Prometheus metrics of the operator. Labels never carry credentials or
+//! object contents beyond kinds and condition reasons.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::routing::Resolution;
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    /// The registry served on /metrics.
+    pub registry: Registry,
+    /// 1 while this replica holds the leader lease.
+    pub leader: IntGauge,
+    /// 1 once the watch caches are synced (or the files were read).
+    pub ready: IntGauge,
+    /// Time to resolve the routing configuration.
+    pub resolve_seconds: Histogram,
+    /// Status writes by kind and result.
+    pub status_writes: IntCounterVec,
+    /// Watch errors by kind.
+    pub watch_errors: IntCounterVec,
+    /// Objects by kind and state (usable, not_accepted, unresolved).
+    pub objects: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("switchboard_operator".into()), None)?;
+        let leader = IntGauge::new("leader", "1 while this replica holds the leader lease")?;
+        let ready = IntGauge::new("ready", "1 once the resource caches are synced")?;
+        let resolve_seconds = Histogram::with_opts(
+            HistogramOpts::new("resolve_seconds", "Time to build the routing configuration")
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new("status_writes_total", "Status writes by kind and result"),
+            &["kind", "result"],
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new("watch_errors_total", "Watch errors by kind"),
+            &["kind"],
+        )?;
+        let objects = IntGaugeVec::new(
+            Opts::new("objects", "Resources by kind and state"),
+            &["kind", "state"],
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(resolve_seconds.clone()))?;
+        registry.register(Box::new(status_writes.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(objects.clone()))?;
+        Ok(Self {
+            registry,
+            leader,
+            ready,
+            resolve_seconds,
+            status_writes,
+            watch_errors,
+            objects,
+        })
+    }
+
+    /// Records object counts from a resolution.
+    pub fn observe(&self, r: &Resolution) {
+        let count = |kind: &str, items: &mut dyn Iterator<Item = (bool, bool)>| {
+            let (mut usable, mut rejected, mut unresolved) = (0, 0, 0);
+            for (accepted, resolved) in items {
+                match (accepted, resolved) {
+                    (true, true) => usable += 1,
+                    (false, _) => rejected += 1,
+                    (true, false) => unresolved += 1,
+                }
+            }
+            self.objects
+                .with_label_values(&[kind, "usable"])
+                .set(usable);
+            self.objects
+                .with_label_values(&[kind, "not_accepted"])
+                .set(rejected);
+            self.objects
+                .with_label_values(&[kind, "unresolved"])
+                .set(unresolved);
+        };
+        count(
+            "SipTrunk",
+            &mut r
+                .trunks
+                .values()
+                .map(|v| (v.accepted.ok, v.resolved_refs.ok)),
+        );
+        count(
+            "PhoneNumber",
+            &mut r
+                .numbers
+                .values()
+                .map(|v| (v.accepted.ok, v.resolved_refs.ok)),
+        );
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut out) {
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,169 @@
+//! The Kubernetes side of the operator: watches SipTrunks, PhoneNumbers and
+//! Secrets, resolves them into routing configuration (see [`crate::routing`])
+//! and, while leader, writes each object's status by server-side apply and
+//! emits Events on condition transitions.
+//!
+//! Numbers conflict with each other and reference trunks and Secrets, so the
+//! whole set is resolved at once from the watch caches whenever anything
+//! changes (debounced); only objects whose status differs are written.
+
+pub mod conditions;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::crd::{PhoneNumber, SipTrunk};
+use crate::metrics::Metrics;
+use crate::routing::{self, Inputs, Resolution, SecretData};
+
+/// Settings of the Kubernetes reconciler.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace only; `None` watches all.
+    pub namespace: Option<String>,
+    /// Server-side-apply field manager and Event reporter.
+    pub manager: String,
+    /// This replica's identity (pod name), for Events.
+    pub instance: String,
+    /// Quiet time after a change before resolving, to batch bursts.
+    pub debounce: Duration,
+}
+
+/// Errors that stop the reconciler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A watch cache closed before it was ready.
+    #[error("watch cache for {0} closed before it was ready")]
+    CacheClosed(&'static str),
+}
+
+fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs until the process ends. `leader` gates every write; `resolved`
+/// receives each new resolution (the fleet programmer's input).
+pub async fn run(
+    client: Client,
+    opts: Options,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    resolved: watch::Sender<Arc<Resolution>>,
+) -> Result<(), Error> {
+    let changed = Arc::new(Notify::new());
+
+    let (trunks, trunk_writer) = reflector::store::<SipTrunk>();
+    let (numbers, number_writer) = reflector::store::<PhoneNumber>();
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let cfg = watcher::Config::default();
+    let trunk_events = watcher(api::<SipTrunk>(&client, &opts.namespace), cfg.clone())
+        .default_backoff()
+        .reflect(trunk_writer)
+        .map(|e| e.map(|_| ()).map_err(|e| ("SipTrunk", e)))
+        .boxed();
+    let number_events = watcher(api::<PhoneNumber>(&client, &opts.namespace), cfg.clone())
+        .default_backoff()
+        .reflect(number_writer)
+        .map(|e| e.map(|_| ()).map_err(|e| ("PhoneNumber", e)))
+        .boxed();
+    let secret_events = watcher(api::<Secret>(&client, &opts.namespace), cfg)
+        .default_backoff()
+        .reflect(secret_writer)
+        .map(|e| e.map(|_| ()).map_err(|e| ("Secret", e)))
+        .boxed();
+    let notify = changed.clone();
+    let m = metrics.clone();
+    tokio::spawn(async move {
+        let mut all = stream::select_all([trunk_events, number_events, secret_events]);
+        while let Some(ev) = all.next().await {
+            if let Err((kind, e)) = ev {
+                m.watch_errors.with_label_values(&[kind]).inc();
+                warn!(kind, error = %e, "watch error; retrying with backoff");
+            }
+            notify.notify_one();
+        }
+    });
+
+    trunks
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed("SipTrunk"))?;
+    numbers
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed("PhoneNumber"))?;
+    secrets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheClosed("Secret"))?;
+    metrics.ready.set(1);
+    info!("watch caches synced");
+
+    let writer = status::Writer::new(client.clone(), &opts, metrics.clone());
+    let mut leader = leader;
+    // Retry soon after a failed write even if nothing else changes.
+    let retry = Duration::from_secs(2);
+    let mut pending_retry = false;
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        let mut inputs = Inputs::default();
+        for t in trunks.state() {
+            inputs.add_trunk(&t);
+        }
+        for n in numbers.state() {
+            inputs.add_number(&n);
+        }
+        let wanted = inputs.referenced_secrets();
+        for s in secrets.state() {
+            let key = routing::ObjectKey::new(
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            if wanted.contains(&key) {
+                inputs.secrets.insert(key, SecretData::from(s.as_ref()));
+            }
+        }
+        let started = std::time::Instant::now();
+        let resolution = Arc::new(routing::resolve(&inputs));
+        metrics
+            .resolve_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.observe(&resolution);
+        resolved.send_replace(resolution.clone());
+
+        if is_leader {
+            let failures = writer
+                .write_all(&resolution, &trunks.state(), &numbers.state())
+                .await;
+            pending_retry = failures > 0;
+        }
+
+        // Wait for a change (or leadership, or a retry), then let a burst
+        // settle before resolving again.
+        tokio::select! {
+            _ = changed.notified() => {}
+            r = leader.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(retry), if pending_retry => {}
+        }
+        tokio::time::sleep(opts.debounce).await;
+    }
+}

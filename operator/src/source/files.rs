@@ -1,0 +1,271 @@
+//! The file source: the same SipTrunk, PhoneNumber and Secret manifests a user
+//! would `kubectl apply`, read from a directory. It is the embedded default
+//! for local runs, the demo and tests, and reacts to file changes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use notify::{RecursiveMode, Watcher};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::crd::{PhoneNumber, SipTrunk};
+use crate::routing::{Inputs, ObjectKey, SecretData};
+
+/// Namespace given to objects that name none, as kubectl would.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Errors that stop reading a directory at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The directory could not be listed.
+    #[error("cannot read manifest directory {path}: {source}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Watching the directory failed.
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The notify error.
+        source: notify::Error,
+    },
+}
+
+/// A document that could not be used; the rest of the files still load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `file` or `file#doc`.
+    pub location: String,
+    /// What is wrong; never contains Secret values.
+    pub message: String,
+}
+
+/// Everything read from a directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Objects for the resolver.
+    pub inputs: Inputs,
+    /// Documents that were skipped, with why.
+    pub problems: Vec<Problem>,
+}
+
+fn is_manifest(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursive),
+/// in name order.
+pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::ReadDir {
+        path: dir.into(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_manifest(p))
+        .collect();
+    files.sort();
+    let mut loaded = Loaded::default();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match std::fs::read_to_string(&f) {
+            Ok(text) => load_text(&name, &text, &mut loaded),
+            Err(e) => loaded.problems.push(Problem {
+                location: name,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    Ok(loaded)
+}
+
+/// Adds the documents in one file's text.
+pub fn load_text(file: &str, text: &str, loaded: &mut Loaded) {
+    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(d) => d,
+        Err(e) => {
+            // The YAML parser's message quotes only the location and token
+            // kinds, but a Secret may be in this file: show the position only.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
+            loaded.problems.push(Problem {
+                location: file.into(),
+                message: format!("invalid YAML: {first}"),
+            });
+            return;
+        }
+    };
+    for (i, doc) in docs.into_iter().enumerate() {
+        let location = format!("{file}#{}", i + 1);
+        if doc.is_null() {
+            continue;
+        }
+        if let Err(message) = load_doc(doc, &mut loaded.inputs) {
+            loaded.problems.push(Problem { location, message });
+        }
+    }
+}
+
+fn with_namespace(mut doc: Value) -> Value {
+    if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.entry("namespace")
+            .or_insert_with(|| Value::String(DEFAULT_NAMESPACE.into()));
+    }
+    doc
+}
+
+fn load_doc(doc: Value, inputs: &mut Inputs) -> Result<(), String> {
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty() {
+        return Err(format!("{kind} has no metadata.name"));
+    }
+    let doc = with_namespace(doc);
+    match (api_version.as_str(), kind.as_str()) {
+        ("switchboard.dev/v1alpha1", "SipTrunk") => {
+            let t: SipTrunk =
+                serde_json::from_value(doc).map_err(|e| format!("SipTrunk {name}: {e}"))?;
+            inputs.add_trunk(&t);
+        }
+        ("switchboard.dev/v1alpha1", "PhoneNumber") => {
+            let n: PhoneNumber =
+                serde_json::from_value(doc).map_err(|e| format!("PhoneNumber {name}: {e}"))?;
+            inputs.add_number(&n);
+        }
+        ("v1", "Secret") => {
+            // serde's message could quote a value: say only what is wrong.
+            let s: Secret = serde_json::from_value(doc).map_err(|_| {
+                format!(
+                    "Secret {name}: malformed (data values must be base64, stringData values text)"
+                )
+            })?;
+            let key = ObjectKey::new(
+                s.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+                name,
+            );
+            inputs.secrets.insert(key, SecretData::from(&s));
+        }
+        _ => {
+            return Err(format!(
+                "ignored {api_version} {kind} {name}: not a SipTrunk, PhoneNumber or Secret"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `()` whenever something in `dir` changes (bursts are coalesced by
+/// the receiver). The returned watcher must be kept alive.
+pub fn watch(dir: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
+    let (tx, rx) = mpsc::channel(1);
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            // A full channel already holds a pending change.
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|source| Error::Watch {
+        path: dir.into(),
+        source,
+    })?;
+    w.watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|source| Error::Watch {
+            path: dir.into(),
+            source,
+        })?;
+    Ok((w, rx))
+}
+
+/// Quiet time after a file event before reloading (editors write in steps).
+pub const SETTLE: Duration = Duration::from_millis(150);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+type: kubernetes.io/basic-auth
+stringData: {username: alice, password: pw-123-secret}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: SipTrunk
+metadata: {name: carrier}
+spec:
+  inbound: {allowedSources: ["127.0.0.1/32"]}
+  outbound:
+    gateways: [{host: 127.0.0.1, port: 5080}]
+    auth: {secretRef: {name: creds}}
+---
+apiVersion: switchboard.dev/v1alpha1
+kind: PhoneNumber
+metadata: {name: main, namespace: default}
+spec:
+  number: "+14155550100"
+  trunkRef: {name: carrier}
+  agent: {url: "ws://127.0.0.1:8765/agent"}
+"#;
+
+    #[test]
+    fn loads_multi_document_files_with_defaults() {
+        let mut l = Loaded::default();
+        load_text("a.yaml", GOOD, &mut l);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let r = crate::routing::resolve(&l.inputs);
+        assert_eq!(r.config.numbers.len(), 1, "{r:?}");
+        let t = &r.config.trunks[0];
+        assert_eq!(t.id, "default/carrier");
+        // Defaults from the Rust types match the CRD schema's defaults.
+        assert_eq!(t.outbound.as_ref().expect("o").ringing_timeout_seconds, 60);
+        assert_eq!(t.options_interval_seconds, 60);
+    }
+
+    #[test]
+    fn bad_documents_are_reported_and_the_rest_loads() {
+        let mut l = Loaded::default();
+        let text = format!(
+            "{GOOD}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: broken}}\ndata: {{password: 'not base64 !! hunter2'}}\n---\nkind: ConfigMap\napiVersion: v1\nmetadata: {{name: x}}\n"
+        );
+        load_text("b.yaml", &text, &mut l);
+        assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
+        assert!(l.problems[0].message.contains("Secret broken"));
+        assert!(!l.problems[0].message.contains("hunter2"));
+        assert!(l.problems[1].message.contains("ConfigMap"));
+        assert_eq!(l.inputs.numbers.len(), 1);
+
+        let mut l = Loaded::default();
+        load_text("c.yaml", "a: [unclosed\n", &mut l);
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].message.starts_with("invalid YAML"));
+    }
+}

@@ -1,0 +1,160 @@
+//! Runs the real `switchboard-operator` binary against a test cluster (or a
+//! manifest directory), capturing its log so tests can search it.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Path of a binary built by `cargo build --workspace --bins`, next to the
+/// test executable's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!(
+        "SWITCHBOARD_BIN_{}",
+        name.to_uppercase().replace('-', "_")
+    )) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running operator process; killed on drop.
+pub struct Operator {
+    child: Option<Child>,
+    log: PathBuf,
+    /// Address of /metrics, /healthz, /readyz.
+    pub http: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts the operator against the cluster whose kubeconfig is given.
+    pub fn start_kube(kubeconfig: &Path, identity: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--identity".to_string(),
+            identity.to_string(),
+            "--lease-namespace".into(),
+            "default".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(args, &[("KUBECONFIG", kubeconfig.as_os_str())])
+    }
+
+    /// Starts the operator with arbitrary arguments (`--http-bind` is added).
+    pub fn start(args: Vec<String>, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("operator.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let http = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut cmd = Command::new(binary("switchboard-operator"));
+        cmd.args(&args)
+            .arg("--http-bind")
+            .arg(http.to_string())
+            .env(
+                "RUST_LOG",
+                "debug,kube=info,hyper=info,tower=info,rustls=info,h2=info",
+            )
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn switchboard-operator");
+        Self {
+            child: Some(child),
+            log,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GETs a path on the HTTP port; `Err` while it is not up.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = buf
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("bad response")?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    /// The value of an unlabelled or labelled metric sample line, e.g.
+    /// `switchboard_operator_leader` or `switchboard_operator_status_writes_total{kind="SipTrunk",result="ok"}`.
+    pub async fn metric(&self, sample: &str) -> Result<f64, String> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("{sample} not in /metrics"))
+    }
+
+    /// Sends SIGKILL and waits for the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .and_then(|s| s.code())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
