@@ -1,3 +1,5 @@
 //! Harnesses for Switchboard's end-to-end tests: a real Kubernetes API server
 //! with etcd, real media-node processes and real SIP peers (SIPp, baresip).
 pub mod envtest;
+pub mod operator;
+pub mod poll;
