@@ -224,7 +224,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(args.log_json);
     let metrics = Arc::new(Metrics::new()?);
-    {
+    // A one-shot check serves nothing.
+    if !args.once {
         let (addr, m) = (args.http_bind, metrics.clone());
         tokio::spawn(async move {
             if let Err(e) = http::serve(addr, m).await {
