@@ -6,5 +6,6 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod jitter;
 pub mod rtcp;
 pub mod rtp;

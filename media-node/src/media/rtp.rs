@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn parse_never_panics_on_any_short_prefix_or_flag_combination() {
-        let mut base = vec![0u8; 40];
+        let mut base = [0u8; 40];
         for b0 in 0..=255u8 {
             base[0] = b0;
             for last in [0u8, 1, 28, 255] {
