@@ -54,7 +54,10 @@ const LOG_TAIL_LINES: usize = 40;
 const PORT_RACE_ATTEMPTS: usize = 3;
 
 /// Everything that can go wrong starting or using a test cluster.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes (not the variant's fields), so a
+/// test's `.expect(..)` shows the log tail and the `make test-deps` hint.
+#[derive(thiserror::Error)]
 pub enum EnvtestError {
     #[error(
         "{name} not found (looked at ${env}, {cache}, and PATH); run `make test-deps` to build it"
@@ -130,6 +133,18 @@ pub enum EnvtestError {
     },
     #[error("TokenRequest for {namespace}/{name} returned no token")]
     EmptyToken { namespace: String, name: String },
+}
+
+impl std::fmt::Debug for EnvtestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            write!(f, "\n  caused by: {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
 }
 
 /// The last lines of both logs, quoted when start-up times out.
@@ -437,7 +452,8 @@ impl TestCluster {
         };
         cluster
             .wait_ready(&cert_dir, options.startup_timeout)
-            .await?;
+            .await
+            .inspect_err(|_| cluster.keep_logs_after_failure())?;
         cluster.startup = started.elapsed();
         tracing::info!(
             url = %cluster.server_url,
@@ -494,6 +510,18 @@ impl TestCluster {
             }
             // The poll interval; readiness has no event to await from outside.
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After a failed start: stops the processes and keeps the directory so
+    /// the log paths quoted in the error stay valid, minus the etcd data
+    /// (its preallocated WAL alone is 64 MB).
+    fn keep_logs_after_failure(&mut self) {
+        self.apiserver.stop();
+        self.etcd.stop();
+        if let Some(dir) = self.dir.take() {
+            let kept = dir.keep();
+            let _ = std::fs::remove_dir_all(kept.join("etcd"));
         }
     }
 
