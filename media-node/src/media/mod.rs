@@ -7,5 +7,6 @@
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod ports;
 pub mod rtcp;
 pub mod rtp;
