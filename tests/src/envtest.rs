@@ -970,6 +970,18 @@ fn cache_root() -> PathBuf {
     home.join(".cache").join("switchboard")
 }
 
+/// Where to run a client tool `make test-deps` installs (`kubectl`, `helm`):
+/// `$SWITCHBOARD_CACHE/bin/<name>` when present, else the bare name for a
+/// PATH lookup (which may find an older kubectl).
+pub fn tool(name: &str) -> PathBuf {
+    let cached = cache_root().join("bin").join(name);
+    if cached.is_file() {
+        cached
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 fn find_binary(name: &'static str, env: &'static str, cache: &Path) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));

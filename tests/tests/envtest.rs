@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
-use switchboard_tests::envtest::{ADMIN_USER, ClusterOptions, TestCluster, User};
+use switchboard_tests::envtest::{self, ADMIN_USER, ClusterOptions, TestCluster, User};
 
 const WIDGET_CRD: &str = r#"
 ---
@@ -37,6 +37,24 @@ spec:
                   type: integer
                   minimum: 1
 "#;
+
+/// Runs kubectl/helm against a kubeconfig; panics with stderr on failure.
+async fn run_tool(name: &str, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let bin = envtest::tool(name);
+    let output = tokio::process::Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {} (make test-deps installs it): {e}", bin.display()));
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
 
 fn is_forbidden(result: &Result<impl std::fmt::Debug, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
@@ -80,37 +98,21 @@ async fn cluster_starts_and_admin_lists_namespaces() {
 #[tokio::test]
 async fn kubeconfig_works_with_kubectl_and_teardown_stops_the_server() {
     let cluster = TestCluster::start().await.expect("start the test cluster");
-    let kubectl = [std::env::var("SWITCHBOARD_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/switchboard")
-        })
-        .join("bin/kubectl")]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| "kubectl".into());
-    let output = tokio::process::Command::new(&kubectl)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(["get", "namespace", "kube-system", "-o", "name"])
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "run {} (make test-deps installs it): {e}",
-                kubectl.display()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "kubectl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "namespace/kube-system"
-    );
+    let kubectl = run_tool(
+        "kubectl",
+        cluster.kubeconfig_path(),
+        &["get", "namespace", "kube-system", "-o", "name"],
+    )
+    .await;
+    assert_eq!(kubectl.trim(), "namespace/kube-system");
+    // Helm reads the same kubeconfig; no releases exist yet.
+    let helm = run_tool(
+        "helm",
+        cluster.kubeconfig_path(),
+        &["list", "--all-namespaces", "-o", "json"],
+    )
+    .await;
+    assert_eq!(helm.trim(), "[]");
 
     let dir = cluster.dir().to_path_buf();
     let url = cluster.server_url().to_owned();
