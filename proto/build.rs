@@ -4,7 +4,10 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["switchboard/v1alpha1/routing.proto"];
+const PROTOS: &[&str] = &[
+    "switchboard/v1alpha1/routing.proto",
+    "switchboard/v1alpha1/control.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
