@@ -7,6 +7,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod playout;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
