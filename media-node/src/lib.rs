@@ -1,2 +1,21 @@
-//! placeholder
+//! The Switchboard media node: terminates SIP (and, with `media/` and
+//! `agent/`, RTP and the agent bridge) for the calls that reach it.
+//!
+//! Module map: `sip/` is the protocol stack (framing, transports,
+//! transactions, dialogs, digest); `routing/` turns a `RoutingConfig` into
+//! lookups; `call/` runs inbound admission, the outbound engine and the
+//! per-call dialog task, and defines the [`call::CallHandler`] seam the
+//! media engine plugs into.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod call;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod node;
+pub mod register;
+pub mod routing;
+pub mod sdp;
+pub mod sip;
 pub mod media;

@@ -1,1 +1,108 @@
-fn main() {}
+//! `switchboard-media-node`: terminates SIP (and later RTP) for the calls
+//! that reach it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use switchboard_media_node::call::{CallOptions, LoggingHandler};
+use switchboard_media_node::node::{self, NodeConfig};
+use switchboard_media_node::sip::framing::Limits;
+
+/// Switchboard media node.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Routing configuration (proto3 JSON RoutingConfig); SIGHUP reloads it.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: PathBuf,
+    /// SIP bind address (UDP and TCP); repeat for IPv4 and IPv6.
+    #[arg(long = "sip-bind", default_value = "0.0.0.0:5060")]
+    sip_bind: Vec<SocketAddr>,
+    /// Address written into Via, Contact and SDP: HOST or HOST:PORT (NAT, hostNetwork).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Advertised address for IPv6 peers.
+    #[arg(long)]
+    advertise6: Option<String>,
+    /// Admin HTTP (/metrics, /healthz, /readyz, /debug/*).
+    #[arg(long = "http-bind", default_value = "127.0.0.1:9090")]
+    http_bind: SocketAddr,
+    /// RTP port range START-END.
+    #[arg(long = "rtp-ports", default_value = "20000-30000")]
+    rtp_ports: String,
+    /// Most concurrent calls on this node (503 above).
+    #[arg(long = "max-calls", default_value_t = 1000)]
+    max_calls: usize,
+    /// Milliseconds between 180 Ringing and 200 OK on inbound calls.
+    #[arg(long = "answer-delay-ms", default_value_t = 0)]
+    answer_delay_ms: u64,
+    /// Retry-After seconds on 503.
+    #[arg(long = "retry-after", default_value_t = 30)]
+    retry_after: u32,
+    /// Session-Expires we request (RFC 4028).
+    #[arg(long = "session-expires", default_value_t = 1800)]
+    session_expires: u32,
+    /// Smallest session interval we accept.
+    #[arg(long = "min-se", default_value_t = 90)]
+    min_se: u32,
+    /// Largest SIP message in bytes.
+    #[arg(long = "max-message-bytes", default_value_t = 16384)]
+    max_message_bytes: usize,
+    /// Most header fields per message.
+    #[arg(long = "max-headers", default_value_t = 100)]
+    max_headers: usize,
+    /// Requests per second allowed per source IP (0 disables).
+    #[arg(long = "rate-limit", default_value_t = 50.0)]
+    rate_limit: f64,
+    /// Burst allowed per source IP.
+    #[arg(long = "rate-burst", default_value_t = 200.0)]
+    rate_burst: f64,
+    /// Seconds a drain waits for calls to end before hanging them up.
+    #[arg(long = "drain-grace-secs", default_value_t = 3600)]
+    drain_grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let Some(rtp_ports) = switchboard_media_node::call::ports::parse_range(&args.rtp_ports) else {
+        eprintln!("invalid --rtp-ports {:?}: expected START-END", args.rtp_ports);
+        return std::process::ExitCode::from(2);
+    };
+    let cfg = NodeConfig {
+        config: args.config,
+        sip_bind: args.sip_bind,
+        advertise: args.advertise,
+        advertise6: args.advertise6,
+        http_bind: args.http_bind,
+        rtp_ports,
+        calls: CallOptions {
+            max_calls: args.max_calls,
+            answer_delay: Duration::from_millis(args.answer_delay_ms),
+            retry_after_secs: args.retry_after,
+            session_expires: args.session_expires,
+            min_se: args.min_se,
+            ..CallOptions::default()
+        },
+        limits: Limits { max_message_bytes: args.max_message_bytes, max_headers: args.max_headers },
+        rate: (args.rate_limit, args.rate_burst),
+        drain_grace: Duration::from_secs(args.drain_grace_secs),
+    };
+    match node::run(cfg, Arc::new(LoggingHandler)).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "media node failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

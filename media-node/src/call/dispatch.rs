@@ -1,0 +1,95 @@
+//! Routes transaction-layer events to calls: new INVITEs to admission,
+//! in-dialog requests and ACKs to their call's task, and answers the
+//! requests that need no call (OPTIONS, stray BYEs, unsupported methods).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{CallMsg, Ctx};
+use crate::sip::headers::param;
+use crate::sip::message::{Message, Method, reason_phrase};
+use crate::sip::transaction::{ServerRequest, TuEvent};
+
+fn to_tag(msg: &Message) -> Option<String> {
+    msg.header("To").and_then(|t| param(t, "tag")).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+/// Runs until the transaction layer stops.
+pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            TuEvent::Request(req) => on_request(&ctx, req),
+            TuEvent::Ack { msg, .. } => {
+                if let (Some(call_id), Some(tag)) = (msg.call_id(), to_tag(&msg))
+                    && let Some(tx) = ctx.calls.dialog(call_id, &tag)
+                {
+                    let _ = tx.send(CallMsg::Ack(msg));
+                }
+            }
+            TuEvent::AckTimeout { call_id, .. } => {
+                for tx in ctx.calls.by_call_id(&call_id) {
+                    let _ = tx.send(CallMsg::AckTimeout);
+                }
+            }
+        }
+    }
+}
+
+fn reply(ctx: &Ctx, req: &ServerRequest, code: u16) {
+    let resp = req.msg.response(code, reason_phrase(code), Some(&crate::sip::transaction::random_token(8)));
+    ctx.sip.respond(&req.id, resp);
+}
+
+fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
+    let Some(method) = req.msg.method() else { return };
+    if method == Method::Cancel {
+        match req.cancels.as_ref().and_then(|id| ctx.calls.invite(id)) {
+            Some(tx) => {
+                let _ = tx.send(CallMsg::Cancel(req));
+            }
+            // The INVITE is already answered or refused: CANCEL has no
+            // effect, but is itself successful (RFC 3261 9.2).
+            None => reply(ctx, &req, 200),
+        }
+        return;
+    }
+    if let Some(tag) = to_tag(&req.msg) {
+        let call_id = req.msg.call_id().unwrap_or_default().to_owned();
+        match ctx.calls.dialog(&call_id, &tag) {
+            Some(tx) => {
+                let _ = tx.send(CallMsg::Request(req));
+            }
+            None => reply(ctx, &req, 481),
+        }
+        return;
+    }
+    match method {
+        Method::Invite => {
+            tokio::spawn(super::inbound::handle_invite(ctx.clone(), req));
+        }
+        Method::Options => {
+            let code = if ctx.is_draining() || ctx.routing.get().is_none() { 503 } else { 200 };
+            let mut resp = req.msg.response(code, reason_phrase(code), Some(&crate::sip::transaction::random_token(8)));
+            resp.add("Allow", crate::sip::ALLOW);
+            resp.add("Accept", "application/sdp");
+            resp.add("Supported", "timer");
+            if code == 503 {
+                resp.add("Retry-After", ctx.opts.retry_after_secs.to_string());
+            }
+            ctx.sip.respond(&req.id, resp);
+        }
+        Method::Bye | Method::Info | Method::Update | Method::Prack => reply(ctx, &req, 481),
+        Method::Register => {
+            let mut resp = req.msg.response(405, reason_phrase(405), None);
+            resp.add("Allow", crate::sip::ALLOW);
+            ctx.sip.respond(&req.id, resp);
+        }
+        Method::Ack | Method::Cancel => {}
+        Method::Other(_) => {
+            let mut resp = req.msg.response(501, reason_phrase(501), None);
+            resp.add("Allow", crate::sip::ALLOW);
+            ctx.sip.respond(&req.id, resp);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Admission of inbound INVITEs: source ACL, trunk state, number lookup,
+//! digest challenge, capacity and channel share, offer/answer — then the
+//! call's task takes over.
+//!
+//! Order matters for privacy: a source that belongs to no trunk gets 403
+//! before the number is even looked at, so it never learns whether a number
+//! exists.
+
+use std::sync::Arc;
+
+use switchboard_proto::v1alpha1::Trunk;
+use tokio::sync::mpsc;
+
+use super::session::Session;
+use super::session_timer;
+use super::{CallDirection, Ctx, MediaParams};
+use crate::routing::{self, RoutingTable};
+use crate::sdp::{self, LocalMedia, Sdp};
+use crate::sip::dialog::Dialog;
+use crate::sip::digest::Verdict;
+use crate::sip::headers::{SipUri, uri_text};
+use crate::sip::message::{Message, reason_phrase};
+use crate::sip::transaction::{ServerRequest, random_token};
+
+/// An inbound INVITE refused before a call exists.
+struct Reject {
+    code: u16,
+    reason: &'static str,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reject {
+    fn new(code: u16, reason: &'static str) -> Self {
+        Reject { code, reason, headers: Vec::new() }
+    }
+}
+
+/// The called user: Request-URI user, To user as fallback.
+pub fn called_user(msg: &Message) -> Option<String> {
+    let from_ruri = msg.request_uri().and_then(|u| SipUri::parse(u).ok()).and_then(|u| u.user);
+    from_ruri
+        .filter(|u| !u.is_empty())
+        .or_else(|| msg.header("To").and_then(|t| SipUri::parse(uri_text(t)).ok()).and_then(|u| u.user))
+}
+
+fn user_of(value: Option<&str>) -> String {
+    value.and_then(|v| SipUri::parse(uri_text(v)).ok()).and_then(|u| u.user).unwrap_or_default()
+}
+
+/// Which trunk an allowed source's call to a number belongs to:
+/// `Ok(trunk)`, or the rejection.
+fn select_trunk<'a>(
+    table: &'a RoutingTable,
+    source_trunks: &[&str],
+    number: &switchboard_proto::v1alpha1::PhoneNumber,
+) -> Result<&'a Trunk, Reject> {
+    let candidates = std::iter::once(&number.trunk_id).chain(number.fallback_trunk_ids.iter());
+    let mut disabled = false;
+    for id in candidates {
+        if !source_trunks.contains(&id.as_str()) {
+            continue;
+        }
+        let Some(t) = table.trunks.get(id) else { continue };
+        if t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled) {
+            return Ok(t);
+        }
+        disabled = true;
+    }
+    if disabled { Err(Reject::new(403, "trunk_disabled")) } else { Err(Reject::new(404, "not_found")) }
+}
+
+/// Handles a new INVITE (no To tag).
+pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
+    let local_tag = random_token(10);
+    match admit(&ctx, &req, &local_tag) {
+        Ok((session, answer)) => session.run_inbound(req, answer).await,
+        Err(rej) => {
+            if rej.code != 401 {
+                ctx.metrics.reject(rej.reason);
+                ctx.metrics.calls.with_label_values(&["inbound", "rejected", &rej.code.to_string()]).inc();
+            }
+            if rej.code == 403 && rej.reason == "acl" {
+                tracing::warn!(source = %req.peer.addr, "INVITE from a source no trunk allows");
+            } else {
+                tracing::info!(source = %req.peer.addr, code = rej.code, reason = rej.reason, "INVITE rejected");
+            }
+            let mut resp = req.msg.response(rej.code, reason_phrase(rej.code), Some(&local_tag));
+            for (k, v) in rej.headers {
+                resp.add(k, v);
+            }
+            ctx.sip.respond(&req.id, resp);
+        }
+    }
+}
+
+fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Session, String), Reject> {
+    let retry = || vec![("Retry-After", ctx.opts.retry_after_secs.to_string())];
+    if ctx.is_draining() {
+        return Err(Reject { code: 503, reason: "draining", headers: retry() });
+    }
+    let Some(table) = ctx.routing.get() else {
+        return Err(Reject { code: 503, reason: "not_programmed", headers: retry() });
+    };
+    let ruri = req.msg.request_uri().unwrap_or_default();
+    if !(ruri.starts_with("sip:") || ruri.starts_with("sips:") || ruri.starts_with("tel:")) {
+        return Err(Reject::new(416, "uri_scheme"));
+    }
+    let source_trunks = table.trunks_for_source(req.peer.addr.ip());
+    if source_trunks.is_empty() {
+        return Err(Reject::new(403, "acl"));
+    }
+    let usable = source_trunks.iter().any(|id| {
+        table.trunks.get(*id).is_some_and(|t| t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled))
+    });
+    if !usable {
+        return Err(Reject::new(403, "trunk_disabled"));
+    }
+    let user = called_user(&req.msg).unwrap_or_default();
+    let number = table.number_for(&user).ok_or_else(|| Reject::new(404, "not_found"))?;
+    let trunk = select_trunk(&table, &source_trunks, number)?;
+    if !number.inbound {
+        return Err(Reject::new(403, "number_inbound_disabled"));
+    }
+    if let Some(auth) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref())
+        && let Some(creds) = auth.credentials.as_ref()
+    {
+        let realm = if auth.realm.is_empty() { "switchboard" } else { auth.realm.as_str() };
+        match ctx.digest.verify(req.msg.header("Authorization"), realm, &creds.username, &creds.password, "INVITE") {
+            Verdict::Ok => {}
+            Verdict::Challenge { stale } => {
+                if req.msg.header("Authorization").is_some() && !stale {
+                    ctx.metrics.reject("auth_failed");
+                }
+                return Err(Reject {
+                    code: 401,
+                    reason: "auth_challenge",
+                    headers: vec![("WWW-Authenticate", ctx.digest.challenge(realm, stale))],
+                });
+            }
+        }
+    }
+    // Requirements we cannot meet (RFC 3261 8.2.2.3).
+    let unsupported: Vec<String> = req
+        .msg
+        .headers_named("Require")
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Reject { code: 420, reason: "bad_extension", headers: vec![("Unsupported", unsupported.join(", "))] });
+    }
+    let timer = session_timer::uas_negotiate(&req.msg, ctx.opts.min_se)
+        .map_err(|min| Reject { code: 422, reason: "session_interval", headers: vec![("Min-SE", min.to_string())] })?;
+
+    // Offer/answer before admission so a 488 does not count as a call.
+    let prefs = routing::codec_prefs(trunk);
+    let want_dtmf = routing::wants_rfc4733(trunk);
+    let offer = if req.msg.body.is_empty() {
+        None
+    } else {
+        let is_sdp = req.msg.header("Content-Type").is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
+        if !is_sdp {
+            return Err(Reject { code: 415, reason: "media_type", headers: vec![("Accept", "application/sdp".into())] });
+        }
+        Some(Sdp::parse(&String::from_utf8_lossy(&req.msg.body)).map_err(|_| Reject::new(488, "bad_sdp"))?)
+    };
+    let negotiated = match &offer {
+        Some(o) => Some(sdp::negotiate(o, &prefs, want_dtmf).map_err(|_| Reject::new(488, "codec"))?),
+        None => None,
+    };
+
+    let call_id = req.msg.call_id().unwrap_or_default().to_owned();
+    let limits_set = trunk.limits.as_ref().is_some_and(|l| l.max_concurrent_calls > 0);
+    let trunk_max = limits_set.then(|| trunk.share.as_ref().map(|s| s.max_concurrent_calls as usize).unwrap_or(0));
+    let guard = match ctx.calls.admit(&trunk.id, CallDirection::Inbound, &call_id, ctx.opts.max_calls, trunk_max) {
+        Ok(g) => g,
+        Err(true) => return Err(Reject { code: 503, reason: "capacity", headers: retry() }),
+        Err(false) => return Err(Reject::new(486, "channel_share")),
+    };
+
+    let media_ip = ctx.sip.transport.media_ip(&req.peer.addr);
+    let bind_ip = ctx
+        .sip
+        .transport
+        .local
+        .iter()
+        .find(|l| l.is_ipv4() == req.peer.addr.is_ipv4())
+        .map(|l| l.ip())
+        .unwrap_or(media_ip);
+    let socket = ctx.ports.allocate(bind_ip).map_err(|e| {
+        tracing::warn!(error = %e, "no media port");
+        Reject { code: 503, reason: "no_media_port", headers: retry() }
+    })?;
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    let local = LocalMedia { session_id: rand::random::<u32>() as u64, version: 1, ip: media_ip, port };
+    let (media, answer) = match (&offer, &negotiated) {
+        (Some(o), Some(n)) => (
+            MediaParams {
+                codec: n.codec,
+                payload_type: n.pt,
+                dtmf_payload_type: n.dtmf_pt,
+                remote: n.remote,
+                direction: n.answer,
+                ptime_ms: 20,
+            },
+            sdp::build_answer(&local, o, n),
+        ),
+        _ => {
+            // No offer: we offer in the 200 and take the answer from the ACK.
+            let fmts: Vec<(u8, &str)> = prefs.iter().map(|c| (sdp::static_pt(*c), sdp::name(*c))).collect();
+            let dtmf = want_dtmf.then_some(101);
+            let body = sdp::build(&local, &fmts, dtmf, sdp::Direction::SendRecv);
+            let c = prefs[0];
+            (
+                MediaParams {
+                    codec: c,
+                    payload_type: sdp::static_pt(c),
+                    dtmf_payload_type: dtmf,
+                    remote: None,
+                    direction: sdp::Direction::SendRecv,
+                    ptime_ms: 20,
+                },
+                body,
+            )
+        }
+    };
+
+    let contact = ctx.contact(&user, &req.peer);
+    let dialog = Dialog::uas(&req.msg, local_tag, req.peer, contact).map_err(|_| Reject::new(400, "malformed"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    ctx.calls.register_invite(req.id.clone(), tx.clone());
+    ctx.calls.register_dialog(&dialog.call_id, local_tag, tx.clone());
+
+    let mut ringing = req.msg.response(180, "Ringing", Some(local_tag));
+    ringing.add("Contact", dialog.contact.clone());
+    ctx.sip.respond(&req.id, ringing);
+
+    let agent = number.agent.clone().or_else(|| trunk.inbound.as_ref().and_then(|i| i.default_agent.clone()));
+    let max_secs = if number.max_call_duration_seconds > 0 {
+        number.max_call_duration_seconds
+    } else {
+        trunk.limits.as_ref().map(|l| l.max_call_duration_seconds).unwrap_or(0)
+    };
+    let session = Session {
+        ctx: ctx.clone(),
+        peer_allows_update: req.msg.headers_named("Allow").any(|a| a.to_ascii_uppercase().contains("UPDATE")),
+        dialog,
+        direction: CallDirection::Inbound,
+        trunk_id: trunk.id.clone(),
+        number_id: number.id.clone(),
+        from_user: user_of(req.msg.header("From")),
+        to_user: user,
+        agent,
+        local,
+        socket: Arc::new(socket),
+        media,
+        prefs,
+        want_dtmf,
+        timer,
+        rx,
+        tx,
+        guard,
+        max_duration: (max_secs > 0).then(|| std::time::Duration::from_secs(u64::from(max_secs))),
+        local_sdp: String::new(),
+        handler: None,
+    };
+    Ok((session, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::Method;
+
+    #[test]
+    fn called_user_prefers_request_uri() {
+        let mut m = Message::request(Method::Invite, "sip:+15550001111@10.0.0.1");
+        m.push_header("To", "<sip:other@h>");
+        assert_eq!(called_user(&m).as_deref(), Some("+15550001111"));
+        let mut m = Message::request(Method::Invite, "sip:10.0.0.1");
+        m.push_header("To", "\"x\" <sip:15550001111@h>");
+        assert_eq!(called_user(&m).as_deref(), Some("15550001111"));
+    }
+
+    #[test]
+    fn trunk_selection() {
+        use switchboard_proto::v1alpha1::{Inbound, PhoneNumber, RoutingConfig};
+        let trunk = |id: &str, enabled: bool| Trunk {
+            id: id.into(),
+            enabled,
+            inbound: Some(Inbound { enabled: true, allowed_sources: vec!["10.0.0.0/8".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        let number = PhoneNumber {
+            id: "n".into(),
+            e164: "+15550001111".into(),
+            trunk_id: "a".into(),
+            fallback_trunk_ids: vec!["b".into()],
+            inbound: true,
+            ..Default::default()
+        };
+        let table = RoutingTable::build(RoutingConfig {
+            version: 1,
+            trunks: vec![trunk("a", false), trunk("b", true), trunk("c", true)],
+            numbers: vec![number.clone()],
+        });
+        assert_eq!(select_trunk(&table, &["b"], &number).map(|t| t.id.clone()).ok(), Some("b".into()));
+        assert_eq!(select_trunk(&table, &["a"], &number).err().map(|r| r.code), Some(403));
+        assert_eq!(select_trunk(&table, &["c"], &number).err().map(|r| r.code), Some(404));
+    }
+}

@@ -1,0 +1,456 @@
+//! Calls: the seam towards media and agents ([`CallHandler`]), the registry
+//! of live calls, and the inbound/outbound call flows.
+
+pub mod dispatch;
+pub mod dtmf;
+pub mod inbound;
+pub mod outbound;
+pub mod ports;
+pub mod session;
+pub mod session_timer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard_proto::v1alpha1::{Agent, Codec};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::RoutingStore;
+use crate::health::GatewayHealth;
+use crate::metrics::Metrics;
+use crate::register::Registrations;
+use crate::sdp::Direction;
+use crate::sip::digest::DigestServer;
+use crate::sip::message::Message;
+use crate::sip::transaction::{ServerRequest, ServerTxnId, SipHandle};
+
+/// Inbound or outbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallDirection {
+    /// The carrier called us.
+    Inbound,
+    /// We called out through the carrier.
+    Outbound,
+}
+
+impl CallDirection {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallDirection::Inbound => "inbound",
+            CallDirection::Outbound => "outbound",
+        }
+    }
+}
+
+/// The negotiated media of a call, as the media engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaParams {
+    /// The codec both sides use.
+    pub codec: Codec,
+    /// Its RTP payload type.
+    pub payload_type: u8,
+    /// RFC 4733 telephone-event payload type, when negotiated.
+    pub dtmf_payload_type: Option<u8>,
+    /// Where the peer wants RTP; `None` while it holds with 0.0.0.0.
+    pub remote: Option<SocketAddr>,
+    /// Our direction: `RecvOnly`/`Inactive` mean do not send (on hold).
+    pub direction: Direction,
+    /// Packetisation time in milliseconds (always 20).
+    pub ptime_ms: u32,
+}
+
+/// A DTMF digit received with SIP INFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfEvent {
+    /// `0-9`, `*`, `#`, `A-D`.
+    pub digit: char,
+    /// Duration in milliseconds (default 160 when not given).
+    pub duration_ms: u32,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HangupReason {
+    /// The peer sent BYE.
+    RemoteBye,
+    /// We hung up (handler, API or drain).
+    Local(String),
+    /// The peer stopped refreshing the session (RFC 4028).
+    SessionExpired,
+    /// Our 2xx was never acknowledged.
+    NoAck,
+    /// The peer cancelled before the answer.
+    Cancelled,
+    /// The maximum call duration was reached.
+    MaxDuration,
+}
+
+/// Messages to a call's task.
+#[derive(Debug)]
+pub enum CallMsg {
+    /// A request inside the dialog.
+    Request(ServerRequest),
+    /// A CANCEL of our pending INVITE.
+    Cancel(ServerRequest),
+    /// The ACK for our 2xx.
+    Ack(Message),
+    /// Our 2xx was retransmitted for 64*T1 without an ACK.
+    AckTimeout,
+    /// Hang up (BYE, or reject if not answered yet).
+    Hangup(String),
+}
+
+/// Hangs up a call from outside the SIP layer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HangupHandle(mpsc::UnboundedSender<CallMsg>);
+
+impl HangupHandle {
+    /// Ends the call with a BYE (or a final error response when it is not
+    /// answered yet). Returns false when the call is already over.
+    pub fn hangup(&self, reason: &str) -> bool {
+        self.0.send(CallMsg::Hangup(reason.to_owned())).is_ok()
+    }
+}
+
+/// An answered call handed to the media side.
+pub struct AnsweredCall {
+    /// Our identifier of the call (the SIP Call-ID).
+    pub call_id: String,
+    /// Direction.
+    pub direction: CallDirection,
+    /// Trunk the call runs on.
+    pub trunk_id: String,
+    /// The PhoneNumber involved (called number inbound, caller ID outbound).
+    pub number_id: String,
+    /// Caller (user part of From).
+    pub from: String,
+    /// Callee (the dialled/called number).
+    pub to: String,
+    /// The agent to bridge to: the number's, else the trunk's default.
+    pub agent: Option<Agent>,
+    /// Negotiated media.
+    pub media: MediaParams,
+    /// The call's RTP socket, bound to the port written into our SDP.
+    pub rtp_socket: Arc<tokio::net::UdpSocket>,
+    /// Hangs the call up.
+    pub hangup: HangupHandle,
+}
+
+/// Receives the events of one answered call. Methods are called from the
+/// call's SIP task and must not block: hand work to your own tasks.
+pub trait CallSession: Send + 'static {
+    /// A DTMF digit arrived via SIP INFO.
+    fn on_dtmf(&mut self, _event: DtmfEvent) {}
+    /// The media changed (hold, resume, new remote address or codec).
+    fn on_media_update(&mut self, _media: &MediaParams) {}
+    /// The call is over; release media resources.
+    fn on_hangup(&mut self, _reason: &HangupReason) {}
+}
+
+/// Plugs media and agent bridging into answered calls.
+pub trait CallHandler: Send + Sync + 'static {
+    /// Called once per call right after it is answered (inbound: 200 sent;
+    /// outbound: 2xx received). The returned session gets the call's events.
+    fn on_answered(&self, call: AnsweredCall) -> Box<dyn CallSession>;
+}
+
+/// The handler used until the media engine exists: it keeps the RTP socket
+/// open (so the SDP stays honest) and logs events.
+pub struct LoggingHandler;
+
+struct LoggingSession {
+    call_id: String,
+    _socket: Arc<tokio::net::UdpSocket>,
+}
+
+impl CallHandler for LoggingHandler {
+    fn on_answered(&self, call: AnsweredCall) -> Box<dyn CallSession> {
+        tracing::info!(call_id = %call.call_id, direction = call.direction.as_str(), trunk = %call.trunk_id,
+            codec = ?call.media.codec, "call answered");
+        Box::new(LoggingSession { call_id: call.call_id, _socket: call.rtp_socket })
+    }
+}
+
+impl CallSession for LoggingSession {
+    fn on_dtmf(&mut self, event: DtmfEvent) {
+        tracing::info!(call_id = %self.call_id, digit = %event.digit, duration_ms = event.duration_ms, "DTMF");
+    }
+    fn on_media_update(&mut self, media: &MediaParams) {
+        tracing::info!(call_id = %self.call_id, direction = media.direction.as_str(), "media updated");
+    }
+    fn on_hangup(&mut self, reason: &HangupReason) {
+        tracing::info!(call_id = %self.call_id, ?reason, "call ended");
+    }
+}
+
+/// Tunables of the call layer.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Most concurrent calls on this node (503 above).
+    pub max_calls: usize,
+    /// Time between 180 Ringing and 200 OK for inbound calls.
+    pub answer_delay: Duration,
+    /// Retry-After seconds on 503.
+    pub retry_after_secs: u32,
+    /// Session interval we ask for / grant (RFC 4028).
+    pub session_expires: u32,
+    /// Smallest session interval we accept.
+    pub min_se: u32,
+    /// Lifetime of inbound digest nonces.
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            max_calls: 1000,
+            answer_delay: Duration::from_millis(0),
+            retry_after_secs: 30,
+            session_expires: 1800,
+            min_se: 90,
+            nonce_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A live call as listed by the admin endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallInfo {
+    /// Call-ID.
+    pub call_id: String,
+    /// Direction.
+    pub direction: CallDirection,
+    /// Trunk id.
+    pub trunk_id: String,
+    /// State: ringing, answered.
+    pub state: &'static str,
+    /// Last media direction we answered with.
+    pub media_direction: &'static str,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// (Call-ID, our tag) -> call task.
+    dialogs: HashMap<(String, String), mpsc::UnboundedSender<CallMsg>>,
+    /// Pending inbound INVITE transaction -> call task (for CANCEL).
+    invites: HashMap<ServerTxnId, mpsc::UnboundedSender<CallMsg>>,
+    /// Calls per (trunk, direction).
+    active: HashMap<(String, CallDirection), usize>,
+    info: HashMap<String, CallInfo>,
+    total: usize,
+}
+
+/// The registry of live calls.
+#[derive(Clone)]
+pub struct Calls {
+    inner: Arc<Mutex<Registry>>,
+    count: watch::Sender<usize>,
+    metrics: Metrics,
+}
+
+/// Keeps a call counted while alive.
+pub struct CallGuard {
+    calls: Calls,
+    trunk: String,
+    direction: CallDirection,
+    call_id: String,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let total = {
+            let Ok(mut r) = self.calls.inner.lock() else { return };
+            if let Some(n) = r.active.get_mut(&(self.trunk.clone(), self.direction)) {
+                *n = n.saturating_sub(1);
+            }
+            r.total = r.total.saturating_sub(1);
+            r.info.remove(&self.call_id);
+            r.total
+        };
+        self.calls.metrics.active_calls.with_label_values(&[&self.trunk, self.direction.as_str()]).dec();
+        self.calls.count.send_replace(total);
+    }
+}
+
+impl Calls {
+    /// An empty registry.
+    pub fn new(metrics: Metrics) -> Calls {
+        Calls { inner: Arc::new(Mutex::new(Registry::default())), count: watch::channel(0).0, metrics }
+    }
+
+    /// Calls on this node right now.
+    pub fn total(&self) -> usize {
+        self.inner.lock().map(|r| r.total).unwrap_or(0)
+    }
+
+    /// Calls on a trunk (both directions).
+    pub fn on_trunk(&self, trunk: &str) -> usize {
+        self.inner
+            .lock()
+            .map(|r| r.active.iter().filter(|((t, _), _)| t == trunk).map(|(_, n)| *n).sum())
+            .unwrap_or(0)
+    }
+
+    /// Watches the number of live calls (for draining).
+    pub fn watch_total(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    /// Counts a call atomically against the node and trunk limits.
+    /// `Err(true)` = node full, `Err(false)` = trunk share exhausted.
+    pub fn admit(
+        &self,
+        trunk: &str,
+        direction: CallDirection,
+        call_id: &str,
+        node_max: usize,
+        trunk_max: Option<usize>,
+    ) -> Result<CallGuard, bool> {
+        let total = {
+            let Ok(mut r) = self.inner.lock() else { return Err(true) };
+            if r.total >= node_max {
+                return Err(true);
+            }
+            let on_trunk: usize = r.active.iter().filter(|((t, _), _)| t == trunk).map(|(_, n)| *n).sum();
+            if trunk_max.is_some_and(|m| on_trunk >= m) {
+                return Err(false);
+            }
+            *r.active.entry((trunk.to_owned(), direction)).or_insert(0) += 1;
+            r.total += 1;
+            r.info.insert(
+                call_id.to_owned(),
+                CallInfo {
+                    call_id: call_id.to_owned(),
+                    direction,
+                    trunk_id: trunk.to_owned(),
+                    state: "setup",
+                    media_direction: "sendrecv",
+                },
+            );
+            r.total
+        };
+        self.metrics.active_calls.with_label_values(&[trunk, direction.as_str()]).inc();
+        self.count.send_replace(total);
+        Ok(CallGuard { calls: self.clone(), trunk: trunk.to_owned(), direction, call_id: call_id.to_owned() })
+    }
+
+    /// Updates the listing of a call.
+    pub fn set_state(&self, call_id: &str, state: &'static str, media_direction: &'static str) {
+        if let Ok(mut r) = self.inner.lock()
+            && let Some(i) = r.info.get_mut(call_id)
+        {
+            i.state = state;
+            i.media_direction = media_direction;
+        }
+    }
+
+    /// Every live call.
+    pub fn list(&self) -> Vec<CallInfo> {
+        self.inner.lock().map(|r| r.info.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn register_dialog(&self, call_id: &str, local_tag: &str, tx: mpsc::UnboundedSender<CallMsg>) {
+        if let Ok(mut r) = self.inner.lock() {
+            r.dialogs.insert((call_id.to_owned(), local_tag.to_owned()), tx);
+        }
+    }
+
+    fn unregister_dialog(&self, call_id: &str, local_tag: &str) {
+        if let Ok(mut r) = self.inner.lock() {
+            r.dialogs.remove(&(call_id.to_owned(), local_tag.to_owned()));
+        }
+    }
+
+    fn register_invite(&self, id: ServerTxnId, tx: mpsc::UnboundedSender<CallMsg>) {
+        if let Ok(mut r) = self.inner.lock() {
+            r.invites.insert(id, tx);
+        }
+    }
+
+    fn unregister_invite(&self, id: &ServerTxnId) {
+        if let Ok(mut r) = self.inner.lock() {
+            r.invites.remove(id);
+        }
+    }
+
+    fn dialog(&self, call_id: &str, local_tag: &str) -> Option<mpsc::UnboundedSender<CallMsg>> {
+        self.inner.lock().ok()?.dialogs.get(&(call_id.to_owned(), local_tag.to_owned())).cloned()
+    }
+
+    fn by_call_id(&self, call_id: &str) -> Vec<mpsc::UnboundedSender<CallMsg>> {
+        self.inner
+            .lock()
+            .map(|r| r.dialogs.iter().filter(|((c, _), _)| c == call_id).map(|(_, tx)| tx.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn invite(&self, id: &ServerTxnId) -> Option<mpsc::UnboundedSender<CallMsg>> {
+        self.inner.lock().ok()?.invites.get(id).cloned()
+    }
+
+    /// Hangs up one call by Call-ID. False when no such call.
+    pub fn hangup(&self, call_id: &str, reason: &str) -> bool {
+        let txs = self.by_call_id(call_id);
+        let found = !txs.is_empty();
+        for tx in txs {
+            let _ = tx.send(CallMsg::Hangup(reason.to_owned()));
+        }
+        found
+    }
+
+    /// Hangs up every call (end of the drain grace period).
+    pub fn hangup_all(&self, reason: &str) {
+        let txs: Vec<_> = self.inner.lock().map(|r| r.dialogs.values().cloned().collect()).unwrap_or_default();
+        for tx in txs {
+            let _ = tx.send(CallMsg::Hangup(reason.to_owned()));
+        }
+    }
+}
+
+/// Everything the call flows share.
+pub struct Ctx {
+    /// The transaction layer.
+    pub sip: SipHandle,
+    /// Routing configuration.
+    pub routing: RoutingStore,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Live calls.
+    pub calls: Calls,
+    /// The media/agent seam.
+    pub handler: Arc<dyn CallHandler>,
+    /// RTP ports.
+    pub ports: ports::PortAllocator,
+    /// Inbound digest authentication.
+    pub digest: DigestServer,
+    /// Tunables.
+    pub opts: CallOptions,
+    /// True once SIGTERM started the drain.
+    pub draining: AtomicBool,
+    /// Gateway health from OPTIONS pings.
+    pub health: GatewayHealth,
+    /// Registration states.
+    pub registrations: Registrations,
+}
+
+impl Ctx {
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Our Contact for a peer.
+    pub fn contact(&self, user: &str, peer: &crate::sip::transport::Peer) -> String {
+        let hp = self.sip.transport.advertised_hostport(&peer.addr);
+        let user = if user.is_empty() { "switchboard".to_owned() } else { user.to_owned() };
+        match peer.proto {
+            crate::sip::transport::Proto::Tcp => format!("<sip:{user}@{hp};transport=tcp>"),
+            crate::sip::transport::Proto::Udp => format!("<sip:{user}@{hp}>"),
+        }
+    }
+}

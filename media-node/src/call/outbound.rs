@@ -1,0 +1,487 @@
+//! The outbound engine: INVITE through a trunk's gateways by priority and
+//! weight, digest on 401/407, failover on timeouts/408/478/5xx (or the
+//! trunk's policy), then the number's fallback trunks in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use switchboard_proto::v1alpha1::{FailoverPolicy, Gateway, Outbound, PhoneNumber, Transport, Trunk};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::session::Session;
+use super::session_timer;
+use super::{CallDirection, Ctx, MediaParams};
+use crate::routing;
+use crate::sdp::{self, LocalMedia, Sdp};
+use crate::sip::dialog::Dialog;
+use crate::sip::digest::{self, Challenge};
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::{ClientEvent, random_token};
+use crate::sip::transport::{Peer, Proto};
+
+/// What to dial.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DialRequest {
+    /// The PhoneNumber id used as caller ID (its trunk carries the call).
+    pub number_id: String,
+    /// The callee, E.164 (with or without `+`).
+    pub to: String,
+}
+
+/// One gateway tried.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    /// Trunk id.
+    pub trunk_id: String,
+    /// `host:port`.
+    pub gateway: String,
+    /// Final status, if any.
+    pub code: Option<u16>,
+    /// `answered`, `rejected`, `timeout`, `ringing_timeout`, `error`...
+    pub result: String,
+}
+
+/// The result of [`dial`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum DialOutcome {
+    /// The callee answered; the call runs until a BYE.
+    Answered {
+        /// SIP Call-ID of the established call.
+        call_id: String,
+        /// Trunk that carried it.
+        trunk_id: String,
+        /// Gateway that answered.
+        gateway: String,
+        /// Every attempt, in order.
+        attempts: Vec<Attempt>,
+    },
+    /// No gateway connected the call.
+    Failed {
+        /// The deciding SIP status (None for timeouts and local errors).
+        code: Option<u16>,
+        /// Human-readable reason.
+        reason: String,
+        /// Every attempt, in order.
+        attempts: Vec<Attempt>,
+    },
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// A final non-2xx status.
+    Status(u16),
+    /// No final answer in time (or the transport failed).
+    Timeout,
+}
+
+/// The default policy when the trunk sets none: timeout, 408, 478, 5xx.
+pub fn should_failover(policy: Option<&FailoverPolicy>, end: AttemptEnd) -> bool {
+    match policy {
+        None => match end {
+            AttemptEnd::Timeout => true,
+            AttemptEnd::Status(c) => c == 408 || c == 478 || (500..600).contains(&c),
+        },
+        Some(p) => match end {
+            AttemptEnd::Timeout => p.on_timeout,
+            AttemptEnd::Status(c) => p.status_codes.contains(&u32::from(c)) || p.status_classes.contains(&u32::from(c / 100)),
+        },
+    }
+}
+
+/// Orders gateways: by priority, weighted-random among equal priorities,
+/// and gateways known to be down dropped while any other is up.
+pub fn order_gateways<R: Rng>(gws: &[Gateway], healthy: impl Fn(&Gateway) -> bool, rng: &mut R) -> Vec<Gateway> {
+    let up: Vec<&Gateway> = gws.iter().filter(|g| healthy(g)).collect();
+    let pool: Vec<&Gateway> = if up.is_empty() { gws.iter().collect() } else { up };
+    let mut prios: Vec<u32> = pool.iter().map(|g| g.priority).collect();
+    prios.sort_unstable();
+    prios.dedup();
+    let mut out = Vec::with_capacity(pool.len());
+    for p in prios {
+        let mut group: Vec<&Gateway> = pool.iter().copied().filter(|g| g.priority == p).collect();
+        while !group.is_empty() {
+            // Weight 0 still gets a small chance so it is tried eventually.
+            let total: u64 = group.iter().map(|g| u64::from(g.weight.max(1))).sum();
+            let mut pick = rng.random_range(0..total);
+            let mut idx = 0;
+            for (i, g) in group.iter().enumerate() {
+                let w = u64::from(g.weight.max(1));
+                if pick < w {
+                    idx = i;
+                    break;
+                }
+                pick -= w;
+            }
+            out.push(group.remove(idx).clone());
+        }
+    }
+    out
+}
+
+/// The Request-URI user for a callee: tech prefix, optional `+`, digits.
+pub fn request_user(to: &str, out: &Outbound) -> String {
+    let digits: String = to.chars().filter(|c| c.is_ascii_digit()).collect();
+    format!("{}{}{digits}", out.tech_prefix, if out.leading_plus { "+" } else { "" })
+}
+
+fn gateway_port(g: &Gateway) -> u16 {
+    if g.port == 0 { 5060 } else { u16::try_from(g.port).unwrap_or(5060) }
+}
+
+/// Resolves a gateway to a transport address (first address of the name).
+pub async fn resolve(g: &Gateway) -> Option<Peer> {
+    let proto = match g.transport() {
+        Transport::Tcp => Proto::Tcp,
+        Transport::Tls => return None,
+        _ => Proto::Udp,
+    };
+    let port = gateway_port(g);
+    let host = g.host.trim_start_matches('[').trim_end_matches(']');
+    let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((host, port)).await.ok()?.next()?,
+    };
+    Some(Peer { proto, addr })
+}
+
+enum TryResult {
+    Answered(String),
+    End(AttemptEnd),
+    RingingTimeout,
+    Error(String),
+}
+
+/// Places a call. Returns once it is answered or every route failed.
+pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
+    let fail = |code: Option<u16>, reason: &str, attempts: Vec<Attempt>| DialOutcome::Failed {
+        code,
+        reason: reason.to_owned(),
+        attempts,
+    };
+    if ctx.is_draining() {
+        return fail(None, "node is draining", vec![]);
+    }
+    let Some(table) = ctx.routing.get() else { return fail(None, "not programmed", vec![]) };
+    let Some(number) = table.number_by_id(&req.number_id).cloned() else {
+        return fail(None, "unknown number", vec![]);
+    };
+    if !number.outbound {
+        return fail(None, "number is not allowed as caller ID", vec![]);
+    }
+    if !req.to.chars().any(|c| c.is_ascii_digit()) {
+        return fail(None, "invalid destination", vec![]);
+    }
+    let mut attempts = Vec::new();
+    let mut last_code = None;
+    let trunk_ids: Vec<String> =
+        std::iter::once(number.trunk_id.clone()).chain(number.fallback_trunk_ids.iter().cloned()).collect();
+    for trunk_id in trunk_ids {
+        let Some(trunk) = table.trunks.get(&trunk_id).cloned() else { continue };
+        let Some(out) = trunk.outbound.clone().filter(|o| o.enabled && trunk.enabled) else {
+            attempts.push(Attempt { trunk_id, gateway: String::new(), code: None, result: "disabled".into() });
+            continue;
+        };
+        let gws = {
+            let mut rng = rand::rng();
+            order_gateways(&out.gateways, |g| ctx.health.is_healthy(&trunk.id, &format!("{}:{}", g.host, gateway_port(g))), &mut rng)
+        };
+        for g in gws {
+            let name = format!("{}:{}", g.host, gateway_port(&g));
+            let result = attempt(&ctx, &trunk, &out, &g, &number, &req.to).await;
+            let (code, label, stop) = match &result {
+                TryResult::Answered(call_id) => {
+                    attempts.push(Attempt { trunk_id: trunk.id.clone(), gateway: name.clone(), code: Some(200), result: "answered".into() });
+                    ctx.metrics.calls.with_label_values(&["outbound", "answered", "200"]).inc();
+                    return DialOutcome::Answered { call_id: call_id.clone(), trunk_id: trunk.id.clone(), gateway: name, attempts };
+                }
+                TryResult::End(AttemptEnd::Status(c)) => (Some(*c), "rejected", !should_failover(out.failover.as_ref(), AttemptEnd::Status(*c))),
+                TryResult::End(AttemptEnd::Timeout) => (None, "timeout", !should_failover(out.failover.as_ref(), AttemptEnd::Timeout)),
+                // The callee did not pick up: another route would not help.
+                TryResult::RingingTimeout => (Some(487), "ringing_timeout", true),
+                TryResult::Error(e) => {
+                    tracing::warn!(trunk = %trunk.id, gateway = %name, error = %e, "outbound attempt failed locally");
+                    (None, "error", false)
+                }
+            };
+            attempts.push(Attempt { trunk_id: trunk.id.clone(), gateway: name, code, result: label.into() });
+            if code.is_some() {
+                last_code = code;
+            }
+            if stop {
+                let c = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+                ctx.metrics.calls.with_label_values(&["outbound", "failed", &c]).inc();
+                let reason = if label == "ringing_timeout" { "ringing timeout" } else { "rejected by the carrier" };
+                return fail(code, reason, attempts);
+            }
+        }
+    }
+    let c = last_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+    ctx.metrics.calls.with_label_values(&["outbound", "failed", &c]).inc();
+    fail(last_code, "every gateway failed", attempts)
+}
+
+async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, number: &PhoneNumber, to: &str) -> TryResult {
+    let Some(dest) = resolve(g).await else {
+        return TryResult::Error(format!("cannot resolve or unsupported transport for {}", g.host));
+    };
+    let gw_host = crate::sip::headers::host_port(&dest.addr);
+    let user = request_user(to, out);
+    let tparam = if dest.proto == Proto::Tcp { ";transport=tcp" } else { "" };
+    let ruri = format!("sip:{user}@{gw_host}{tparam}");
+    let from_domain = if out.from_domain.is_empty() { g.host.clone() } else { out.from_domain.clone() };
+    let call_id = format!("{}@switchboard", random_token(20));
+    let from = format!("<sip:{}@{from_domain}>;tag={}", number.e164, random_token(10));
+    let to_hdr = format!("<sip:{user}@{gw_host}>");
+    let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest);
+
+    let limits_set = trunk.limits.as_ref().is_some_and(|l| l.max_concurrent_calls > 0);
+    let trunk_max = limits_set.then(|| trunk.share.as_ref().map(|s| s.max_concurrent_calls as usize).unwrap_or(0));
+    let guard = match ctx.calls.admit(&trunk.id, CallDirection::Outbound, &call_id, ctx.opts.max_calls, trunk_max) {
+        Ok(g) => g,
+        Err(true) => return TryResult::Error("node at capacity".into()),
+        Err(false) => return TryResult::End(AttemptEnd::Status(486)),
+    };
+    let media_ip = ctx.sip.transport.media_ip(&dest.addr);
+    let bind_ip = ctx.sip.transport.local.iter().find(|l| l.is_ipv4() == dest.addr.is_ipv4()).map(|l| l.ip()).unwrap_or(media_ip);
+    let socket = match ctx.ports.allocate(bind_ip) {
+        Ok(s) => s,
+        Err(e) => return TryResult::Error(e.to_string()),
+    };
+    let local = LocalMedia {
+        session_id: rand::random::<u32>() as u64,
+        version: 1,
+        ip: media_ip,
+        port: socket.local_addr().map(|a| a.port()).unwrap_or(0),
+    };
+    let prefs = routing::codec_prefs(trunk);
+    let want_dtmf = routing::wants_rfc4733(trunk);
+    let fmts: Vec<(u8, &str)> = prefs.iter().map(|c| (sdp::static_pt(*c), sdp::name(*c))).collect();
+    let offer = sdp::build(&local, &fmts, want_dtmf.then_some(101), sdp::Direction::SendRecv);
+
+    let ringing_secs = if out.ringing_timeout_seconds == 0 { 60 } else { out.ringing_timeout_seconds };
+    let deadline = Instant::now() + Duration::from_secs(u64::from(ringing_secs));
+    let mut cseq = 1u32;
+    let mut auth: Option<(&'static str, String)> = None;
+    let mut auth_tries = 0;
+    loop {
+        let mut inv = Message::request(Method::Invite, ruri.clone());
+        inv.add("From", from.clone());
+        inv.add("To", to_hdr.clone());
+        inv.add("Call-ID", call_id.clone());
+        inv.add("CSeq", format!("{cseq} INVITE"));
+        inv.add("Contact", contact.clone());
+        inv.add("Allow", crate::sip::ALLOW);
+        inv.add("Supported", "timer");
+        inv.add("Session-Expires", format!("{};refresher=uac", ctx.opts.session_expires));
+        inv.add("Min-SE", ctx.opts.min_se.to_string());
+        inv.add("User-Agent", crate::sip::USER_AGENT);
+        if let Some((name, value)) = &auth {
+            inv.add(name, value.clone());
+        }
+        inv.set_body("application/sdp", offer.clone().into_bytes());
+        let (txn, mut events) = ctx.sip.request(inv.clone(), dest);
+        let mut ringing = false;
+        let resp = loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ClientEvent::Response(r)) => match r.code() {
+                        Some(c) if c < 200 => {
+                            if c > 100 {
+                                ringing = true;
+                            }
+                        }
+                        Some(_) => break r,
+                        None => {}
+                    },
+                    _ => return TryResult::End(AttemptEnd::Timeout),
+                },
+                _ = sleep_until(deadline) => {
+                    if !ringing {
+                        // RFC 3261 9.1: no CANCEL before a provisional; the
+                        // transaction times out on its own.
+                        return TryResult::End(AttemptEnd::Timeout);
+                    }
+                    let _cancel = ctx.sip.cancel(&txn);
+                    // Wait for the INVITE's final answer (487, or a racing 2xx).
+                    let end = Instant::now() + crate::sip::transaction::T64;
+                    loop {
+                        tokio::select! {
+                            ev = events.recv() => match ev {
+                                Some(ClientEvent::Response(r)) if r.code().is_some_and(|c| (200..300).contains(&c)) => {
+                                    // Answered just as we cancelled: ACK, then hang up.
+                                    if let Ok(mut d) = Dialog::uac(&inv, &r, dest, contact.clone()) {
+                                        ctx.sip.ack(Some(&txn), d.ack(cseq), d.next_hop());
+                                        let bye = d.request(Method::Bye);
+                                        let _ = ctx.sip.request(bye, d.next_hop());
+                                    }
+                                    break;
+                                }
+                                Some(ClientEvent::Response(r)) if r.code().is_some_and(|c| c >= 300) => break,
+                                Some(_) => {}
+                                None => break,
+                            },
+                            _ = sleep_until(end) => break,
+                        }
+                    }
+                    return TryResult::RingingTimeout;
+                }
+            }
+        };
+        let code = resp.code().unwrap_or(500);
+        if (code == 401 || code == 407) && auth_tries < 2 {
+            let Some(creds) = out.auth.as_ref().filter(|c| !c.username.is_empty()) else {
+                return TryResult::End(AttemptEnd::Status(code));
+            };
+            let (ch_name, auth_name) =
+                if code == 401 { ("WWW-Authenticate", "Authorization") } else { ("Proxy-Authenticate", "Proxy-Authorization") };
+            let Some(ch) = resp.headers_named(ch_name).find_map(|v| Challenge::parse(v).ok()) else {
+                return TryResult::End(AttemptEnd::Status(code));
+            };
+            // A second challenge only makes sense when our nonce was stale.
+            if auth_tries == 1 && !ch.stale {
+                return TryResult::End(AttemptEnd::Status(code));
+            }
+            auth_tries += 1;
+            let value = digest::authorization(&ch, &creds.username, &creds.password, "INVITE", &ruri, 1, &random_token(16));
+            auth = Some((auth_name, value));
+            cseq += 1;
+            continue;
+        }
+        if !(200..300).contains(&code) {
+            return TryResult::End(AttemptEnd::Status(code));
+        }
+        // Answered.
+        let mut dialog = match Dialog::uac(&inv, &resp, dest, contact.clone()) {
+            Ok(d) => d,
+            Err(e) => return TryResult::Error(e.to_string()),
+        };
+        dialog.peer = dest;
+        ctx.sip.ack(Some(&txn), dialog.ack(cseq), dialog.next_hop());
+        let answer = Sdp::parse(&String::from_utf8_lossy(&resp.body)).ok();
+        let media = media_from_answer(answer.as_ref(), &prefs, want_dtmf);
+        let timer = session_timer::uac_from_response(&resp);
+        let (tx, rx) = mpsc::unbounded_channel();
+        ctx.calls.register_dialog(&dialog.call_id, &dialog.local_tag, tx.clone());
+        let max_secs = if number.max_call_duration_seconds > 0 {
+            number.max_call_duration_seconds
+        } else {
+            trunk.limits.as_ref().map(|l| l.max_call_duration_seconds).unwrap_or(0)
+        };
+        let mut session = Session {
+            ctx: ctx.clone(),
+            peer_allows_update: resp.headers_named("Allow").any(|a| a.to_ascii_uppercase().contains("UPDATE")),
+            dialog,
+            direction: CallDirection::Outbound,
+            trunk_id: trunk.id.clone(),
+            number_id: number.id.clone(),
+            from_user: number.e164.clone(),
+            to_user: to.to_owned(),
+            agent: number.agent.clone(),
+            local,
+            socket: Arc::new(socket),
+            media,
+            prefs,
+            want_dtmf,
+            timer,
+            rx,
+            tx,
+            guard,
+            max_duration: (max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))),
+            local_sdp: offer,
+            handler: None,
+        };
+        session.answered();
+        tokio::spawn(session.established());
+        return TryResult::Answered(call_id);
+    }
+}
+
+fn media_from_answer(answer: Option<&Sdp>, prefs: &[switchboard_proto::v1alpha1::Codec], want_dtmf: bool) -> MediaParams {
+    let fallback = MediaParams {
+        codec: prefs[0],
+        payload_type: sdp::static_pt(prefs[0]),
+        dtmf_payload_type: None,
+        remote: None,
+        direction: sdp::Direction::SendRecv,
+        ptime_ms: 20,
+    };
+    let Some(a) = answer else { return fallback };
+    match sdp::negotiate(a, prefs, want_dtmf) {
+        // The answer's direction is from the peer's view; ours mirrors it.
+        Ok(n) => MediaParams {
+            codec: n.codec,
+            payload_type: n.pt,
+            dtmf_payload_type: n.dtmf_pt,
+            remote: n.remote,
+            direction: n.offered.answer_to(),
+            ptime_ms: 20,
+        },
+        Err(_) => fallback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn gw(host: &str, priority: u32, weight: u32) -> Gateway {
+        Gateway { host: host.into(), port: 5060, priority, weight, ..Default::default() }
+    }
+
+    #[test]
+    fn failover_defaults_and_policy() {
+        for (end, want) in [
+            (AttemptEnd::Timeout, true),
+            (AttemptEnd::Status(408), true),
+            (AttemptEnd::Status(478), true),
+            (AttemptEnd::Status(503), true),
+            (AttemptEnd::Status(486), false),
+            (AttemptEnd::Status(600), false),
+            (AttemptEnd::Status(603), false),
+            (AttemptEnd::Status(404), false),
+        ] {
+            assert_eq!(should_failover(None, end), want, "{end:?}");
+        }
+        let p = FailoverPolicy { on_timeout: false, status_codes: vec![480], status_classes: vec![5] };
+        assert!(!should_failover(Some(&p), AttemptEnd::Timeout));
+        assert!(should_failover(Some(&p), AttemptEnd::Status(480)));
+        assert!(should_failover(Some(&p), AttemptEnd::Status(502)));
+        assert!(!should_failover(Some(&p), AttemptEnd::Status(408)));
+    }
+
+    #[test]
+    fn gateways_by_priority_then_weight_skipping_dead() {
+        let gws = vec![gw("c", 2, 1), gw("a", 1, 1000), gw("b", 1, 1), gw("dead", 0, 1)];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut first_a = 0;
+        for _ in 0..200 {
+            let o = order_gateways(&gws, |g| g.host != "dead", &mut rng);
+            let hosts: Vec<&str> = o.iter().map(|g| g.host.as_str()).collect();
+            assert_eq!(hosts.len(), 3);
+            assert_eq!(hosts[2], "c");
+            if hosts[0] == "a" {
+                first_a += 1;
+            }
+        }
+        assert!(first_a > 180, "weight 1000 vs 1 should almost always win: {first_a}");
+        let all_dead = order_gateways(&gws, |_| false, &mut rng);
+        assert_eq!(all_dead.len(), 4, "when everything is down, try everything");
+        assert_eq!(all_dead[0].host, "dead");
+    }
+
+    #[test]
+    fn request_user_applies_prefix_and_plus() {
+        let mut out = Outbound::default();
+        assert_eq!(request_user("+1 (555) 000-1111", &out), "15550001111");
+        out.leading_plus = true;
+        assert_eq!(request_user("15550001111", &out), "+15550001111");
+        out.tech_prefix = "9#".into();
+        assert_eq!(request_user("+15550001111", &out), "9#+15550001111");
+    }
+}

@@ -1,0 +1,450 @@
+//! One task per call: answering (inbound), then everything inside the
+//! dialog until it ends — BYE either way, re-INVITE/UPDATE (hold, resume,
+//! session refresh), INFO DTMF, RFC 4028 refreshes and expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_proto::v1alpha1::{Agent, Codec};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::session_timer::{self, Refresher, SessionTimer};
+use super::{
+    AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason, MediaParams,
+};
+use crate::sdp::{self, Direction, LocalMedia, Sdp};
+use crate::sip::dialog::Dialog;
+use crate::sip::headers::has_option_tag;
+use crate::sip::message::{Message, Method, reason_phrase};
+use crate::sip::transaction::{ClientEvent, ClientTxnId, ServerRequest};
+
+/// Far enough in the future to mean "never" for a disabled timer.
+const NEVER: Duration = Duration::from_secs(86400 * 365);
+
+/// The state of one call.
+pub struct Session {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) dialog: Dialog,
+    pub(crate) direction: CallDirection,
+    pub(crate) trunk_id: String,
+    pub(crate) number_id: String,
+    pub(crate) from_user: String,
+    pub(crate) to_user: String,
+    pub(crate) agent: Option<Agent>,
+    pub(crate) local: LocalMedia,
+    pub(crate) socket: Arc<tokio::net::UdpSocket>,
+    pub(crate) media: MediaParams,
+    pub(crate) prefs: Vec<Codec>,
+    pub(crate) want_dtmf: bool,
+    pub(crate) timer: Option<SessionTimer>,
+    pub(crate) rx: mpsc::UnboundedReceiver<CallMsg>,
+    pub(crate) tx: mpsc::UnboundedSender<CallMsg>,
+    pub(crate) guard: CallGuard,
+    pub(crate) peer_allows_update: bool,
+    pub(crate) max_duration: Option<Duration>,
+    /// The SDP we last sent (answer or offer), for refreshes.
+    pub(crate) local_sdp: String,
+    pub(crate) handler: Option<Box<dyn CallSession>>,
+}
+
+struct Pending {
+    id: ClientTxnId,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    method: Method,
+    cseq: u32,
+}
+
+impl Session {
+    fn respond(&self, req: &ServerRequest, code: u16) {
+        let resp = req.msg.response(code, reason_phrase(code), Some(&self.dialog.local_tag));
+        self.ctx.sip.respond(&req.id, resp);
+    }
+
+    fn with_common_headers(&self, resp: &mut Message) {
+        resp.add("Contact", self.dialog.contact.clone());
+        resp.add("Allow", crate::sip::ALLOW);
+        resp.add("Supported", "timer");
+    }
+
+    /// Builds our SDP for the current media, bumping the o= version only
+    /// when the description changed (RFC 3264 8).
+    fn build_sdp(&mut self, offer: Option<&Sdp>, n: Option<&sdp::Negotiated>) -> String {
+        let render = |local: &LocalMedia| match (offer, n) {
+            (Some(o), Some(n)) => sdp::build_answer(local, o, n),
+            _ => {
+                let fmts: Vec<(u8, &str)> = vec![(self.media.payload_type, sdp::name(self.media.codec))];
+                sdp::build(local, &fmts, self.media.dtmf_payload_type, self.media.direction)
+            }
+        };
+        let body = render(&self.local);
+        let strip = |s: &str| s.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n");
+        if !self.local_sdp.is_empty() && strip(&body) != strip(&self.local_sdp) {
+            self.local.version += 1;
+            let body = render(&self.local);
+            self.local_sdp = body.clone();
+            return body;
+        }
+        self.local_sdp = body.clone();
+        body
+    }
+
+    /// Inbound: ring, then answer with `answer_sdp` unless cancelled.
+    pub(crate) async fn run_inbound(mut self, invite: ServerRequest, answer_sdp: String) {
+        let ringing_until = Instant::now() + self.ctx.opts.answer_delay;
+        loop {
+            tokio::select! {
+                _ = sleep_until(ringing_until) => break,
+                msg = self.rx.recv() => match msg {
+                    Some(CallMsg::Cancel(c)) => {
+                        let ok = c.msg.response(200, "OK", Some(&self.dialog.local_tag));
+                        self.ctx.sip.respond(&c.id, ok);
+                        self.respond(&invite, 487);
+                        self.ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
+                        self.cleanup(&invite, HangupReason::Cancelled, false);
+                        return;
+                    }
+                    Some(CallMsg::Hangup(reason)) => {
+                        tracing::info!(call_id = %self.dialog.call_id, %reason, "rejected before answer");
+                        self.respond(&invite, 480);
+                        self.ctx.metrics.calls.with_label_values(&["inbound", "rejected", "480"]).inc();
+                        self.cleanup(&invite, HangupReason::Local(reason), false);
+                        return;
+                    }
+                    Some(CallMsg::Request(r)) => {
+                        // Nothing but CANCEL is valid from the caller in an early dialog we created.
+                        self.respond(&r, if r.msg.method() == Some(Method::Bye) { 481 } else { 491 });
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        }
+        let mut ok = invite.msg.response(200, "OK", Some(&self.dialog.local_tag));
+        self.with_common_headers(&mut ok);
+        if let Some(t) = &self.timer {
+            ok.add("Session-Expires", t.header_as_uas());
+            if t.peer_supports {
+                ok.add("Require", "timer");
+            }
+        }
+        self.local_sdp = answer_sdp.clone();
+        ok.set_body("application/sdp", answer_sdp.into_bytes());
+        self.ctx.sip.respond(&invite.id, ok);
+        self.ctx.calls.unregister_invite(&invite.id);
+        self.ctx.metrics.calls.with_label_values(&["inbound", "answered", "200"]).inc();
+        self.answered();
+        self.established().await;
+    }
+
+    /// Hands the answered call to the media side.
+    pub(crate) fn answered(&mut self) {
+        self.ctx.calls.set_state(&self.dialog.call_id, "answered", self.media.direction.as_str());
+        let call = AnsweredCall {
+            call_id: self.dialog.call_id.clone(),
+            direction: self.direction,
+            trunk_id: self.trunk_id.clone(),
+            number_id: self.number_id.clone(),
+            from: self.from_user.clone(),
+            to: self.to_user.clone(),
+            agent: self.agent.clone(),
+            media: self.media.clone(),
+            rtp_socket: self.socket.clone(),
+            hangup: HangupHandle(self.tx.clone()),
+        };
+        self.handler = Some(self.ctx.handler.on_answered(call));
+    }
+
+    fn timer_deadline(&self) -> Instant {
+        match self.timer {
+            Some(t) if t.refresher == Refresher::Us => Instant::now() + t.refresh_after(),
+            Some(t) => Instant::now() + t.expire_after(),
+            None => Instant::now() + NEVER,
+        }
+    }
+
+    /// The confirmed dialog until it ends.
+    pub(crate) async fn established(mut self) {
+        let mut timer_at = self.timer_deadline();
+        let end_at = Instant::now() + self.max_duration.unwrap_or(NEVER);
+        let mut pending: Option<Pending> = None;
+        let reason = loop {
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    None => break HangupReason::Local("registry closed".into()),
+                    Some(CallMsg::Ack(_)) => {}
+                    Some(CallMsg::AckTimeout) => {
+                        tracing::warn!(call_id = %self.dialog.call_id, "no ACK for our 2xx; hanging up");
+                        self.bye().await;
+                        break HangupReason::NoAck;
+                    }
+                    Some(CallMsg::Hangup(reason)) => {
+                        self.bye().await;
+                        break HangupReason::Local(reason);
+                    }
+                    Some(CallMsg::Cancel(c)) => {
+                        // Too late: the INVITE is answered (RFC 3261 9.2).
+                        let ok = c.msg.response(200, "OK", Some(&self.dialog.local_tag));
+                        self.ctx.sip.respond(&c.id, ok);
+                    }
+                    Some(CallMsg::Request(r)) => {
+                        if let Some(end) = self.on_request(r, pending.is_some()) {
+                            break end;
+                        }
+                        if self.timer.is_some() {
+                            timer_at = self.timer_deadline();
+                        }
+                    }
+                },
+                ev = async { match pending.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
+                    let Some(p) = pending.take() else { continue };
+                    match ev {
+                        Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c < 200) => pending = Some(p),
+                        Some(ClientEvent::Response(resp)) => {
+                            let code = resp.code().unwrap_or(500);
+                            if (200..300).contains(&code) {
+                                if p.method == Method::Invite {
+                                    let ack = self.dialog.ack(p.cseq);
+                                    self.ctx.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
+                                }
+                                if let Some(t) = session_timer::uac_from_response(&resp) {
+                                    // The peer may adjust the interval but we stay refresher.
+                                    self.timer = Some(SessionTimer { refresher: Refresher::Us, ..t });
+                                }
+                                timer_at = self.timer_deadline();
+                            } else if code == 408 || code == 481 {
+                                // RFC 4028 10: the session is gone.
+                                self.bye().await;
+                                break HangupReason::SessionExpired;
+                            } else {
+                                // e.g. 491: try again later, well before expiry.
+                                timer_at = Instant::now() + Duration::from_secs(2);
+                            }
+                        }
+                        Some(ClientEvent::Timeout) | Some(ClientEvent::TransportError) | None => {
+                            self.bye().await;
+                            break HangupReason::SessionExpired;
+                        }
+                    }
+                }
+                _ = sleep_until(timer_at) => {
+                    match self.timer {
+                        Some(t) if t.refresher == Refresher::Us => {
+                            if pending.is_none() {
+                                pending = Some(self.send_refresh(t));
+                            }
+                            timer_at = Instant::now() + t.refresh_after();
+                        }
+                        Some(_) => {
+                            tracing::info!(call_id = %self.dialog.call_id, "session expired without refresh");
+                            self.bye().await;
+                            break HangupReason::SessionExpired;
+                        }
+                        None => timer_at = Instant::now() + NEVER,
+                    }
+                }
+                _ = sleep_until(end_at) => {
+                    self.bye().await;
+                    break HangupReason::MaxDuration;
+                }
+            }
+        };
+        self.finish(reason);
+    }
+
+    fn send_refresh(&mut self, t: SessionTimer) -> Pending {
+        let method = if self.peer_allows_update { Method::Update } else { Method::Invite };
+        let mut req = self.dialog.request(method.clone());
+        req.add("Session-Expires", if self.direction == CallDirection::Inbound { t.header_as_uas() } else { t.header_as_uac() });
+        req.add("Supported", "timer");
+        if method == Method::Invite {
+            // An unchanged offer: same o= version (RFC 4028 7.4).
+            req.set_body("application/sdp", self.local_sdp.clone().into_bytes());
+        }
+        let cseq = self.dialog.local_cseq;
+        let (id, events) = self.ctx.sip.request(req, self.dialog.next_hop());
+        Pending { id, events, method, cseq }
+    }
+
+    /// Handles one in-dialog request; `Some` ends the call.
+    fn on_request(&mut self, r: ServerRequest, offer_pending: bool) -> Option<HangupReason> {
+        let Some((cseq, method)) = r.msg.cseq() else { return None };
+        if !self.dialog.accept_remote_cseq(cseq, &method) {
+            self.respond(&r, 500);
+            return None;
+        }
+        match method {
+            Method::Bye => {
+                self.respond(&r, 200);
+                Some(HangupReason::RemoteBye)
+            }
+            Method::Invite | Method::Update => {
+                if offer_pending && method == Method::Invite {
+                    self.respond(&r, 491);
+                    return None;
+                }
+                self.on_offer(r, method);
+                None
+            }
+            Method::Info => {
+                let ct = r.msg.header("Content-Type").unwrap_or("");
+                match super::dtmf::parse(ct, &r.msg.body) {
+                    Some(ev) => {
+                        if let Some(h) = self.handler.as_mut() {
+                            h.on_dtmf(ev);
+                        }
+                        self.respond(&r, 200);
+                    }
+                    None if r.msg.body.is_empty() => self.respond(&r, 200),
+                    None => self.respond(&r, 415),
+                }
+                None
+            }
+            Method::Options => {
+                let mut resp = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
+                self.with_common_headers(&mut resp);
+                resp.add("Accept", "application/sdp");
+                self.ctx.sip.respond(&r.id, resp);
+                None
+            }
+            Method::Prack => {
+                self.respond(&r, 481);
+                None
+            }
+            Method::Other(_) => {
+                self.respond(&r, 501);
+                None
+            }
+            _ => {
+                self.respond(&r, 405);
+                None
+            }
+        }
+    }
+
+    /// re-INVITE or UPDATE: a new offer (hold/resume/codec change) or
+    /// just a session refresh.
+    fn on_offer(&mut self, r: ServerRequest, method: Method) {
+        let timer = match session_timer::uas_negotiate(&r.msg, self.ctx.opts.min_se) {
+            Ok(t) => t,
+            Err(min_se) => {
+                let mut resp = r.msg.response(422, reason_phrase(422), Some(&self.dialog.local_tag));
+                resp.add("Min-SE", min_se.to_string());
+                self.ctx.sip.respond(&r.id, resp);
+                return;
+            }
+        };
+        if self.direction == CallDirection::Outbound
+            && let Some(t) = timer
+        {
+            // As UAC of the original INVITE, our roles in the header swap.
+            let refresher = if t.refresher == Refresher::Us { Refresher::Them } else { Refresher::Us };
+            self.timer = Some(SessionTimer { refresher, ..t });
+        } else if timer.is_some() {
+            self.timer = timer;
+        }
+        let mut body = None;
+        let is_sdp = r.msg.header("Content-Type").is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
+        if !r.msg.body.is_empty() && is_sdp {
+            let offer = match Sdp::parse(&String::from_utf8_lossy(&r.msg.body)) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(call_id = %self.dialog.call_id, error = %e, "bad SDP in re-offer");
+                    self.respond(&r, 488);
+                    return;
+                }
+            };
+            let n = match sdp::negotiate(&offer, &self.prefs, self.want_dtmf) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.respond(&r, 488);
+                    return;
+                }
+            };
+            let media = MediaParams {
+                codec: n.codec,
+                payload_type: n.pt,
+                dtmf_payload_type: n.dtmf_pt,
+                remote: n.remote,
+                direction: n.answer,
+                ptime_ms: 20,
+            };
+            let changed = media != self.media;
+            self.media = media;
+            body = Some(self.build_sdp(Some(&offer), Some(&n)));
+            if changed {
+                tracing::info!(call_id = %self.dialog.call_id, direction = n.answer.as_str(), "media updated by peer");
+                self.ctx.calls.set_state(&self.dialog.call_id, "answered", self.media.direction.as_str());
+                if let Some(h) = self.handler.as_mut() {
+                    h.on_media_update(&self.media);
+                }
+            }
+        } else if method == Method::Invite {
+            // An offerless re-INVITE: we offer our current description and
+            // take the answer from the ACK. Offer sendrecv again.
+            if self.media.direction != Direction::SendRecv {
+                self.media.direction = Direction::SendRecv;
+            }
+            body = Some(self.build_sdp(None, None));
+        }
+        if let Some(contact) = r.msg.header("Contact") {
+            self.dialog.remote_target = crate::sip::headers::uri_text(contact).to_owned();
+        }
+        let mut ok = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
+        self.with_common_headers(&mut ok);
+        if let Some(t) = &self.timer {
+            let (hdr, require) = if self.direction == CallDirection::Inbound {
+                (t.header_as_uas(), t.peer_supports)
+            } else {
+                (t.header_as_uac(), true)
+            };
+            ok.add("Session-Expires", hdr);
+            if require && has_option_tag(r.msg.headers_named("Supported"), "timer") {
+                ok.add("Require", "timer");
+            }
+        }
+        if let Some(b) = body {
+            ok.set_body("application/sdp", b.into_bytes());
+        }
+        self.ctx.sip.respond(&r.id, ok);
+    }
+
+    /// Sends BYE and waits (bounded) for its answer, still answering the
+    /// peer's own BYE if they cross.
+    async fn bye(&mut self) {
+        let bye = self.dialog.request(Method::Bye);
+        let (_, mut events) = self.ctx.sip.request(bye, self.dialog.next_hop());
+        let deadline = Instant::now() + crate::sip::transaction::T64 + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ClientEvent::Response(r)) if r.code().is_some_and(|c| c < 200) => {}
+                    _ => return,
+                },
+                msg = self.rx.recv() => match msg {
+                    Some(CallMsg::Request(r)) => {
+                        let code = if r.msg.method() == Some(Method::Bye) { 200 } else { 481 };
+                        self.respond(&r, code);
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    fn cleanup(&mut self, invite: &ServerRequest, reason: HangupReason, _answered: bool) {
+        self.ctx.calls.unregister_invite(&invite.id);
+        self.finish(reason);
+    }
+
+    fn finish(&mut self, reason: HangupReason) {
+        self.ctx.calls.unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);
+        tracing::info!(call_id = %self.dialog.call_id, trunk = %self.trunk_id, ?reason, "call ended");
+        if let Some(mut h) = self.handler.take() {
+            h.on_hangup(&reason);
+        }
+        let _ = &self.guard;
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics of the media node. Labels never carry credentials or
+//! caller numbers: only trunk ids, directions, results, codes and reasons.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every metric the SIP side exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished call attempts by direction, result and final SIP code.
+    pub calls: IntCounterVec,
+    /// Calls up right now by trunk and direction.
+    pub active_calls: IntGaugeVec,
+    /// Requests refused by reason (acl, not_found, busy, draining, ...).
+    pub rejected: IntCounterVec,
+    /// Requests dropped by the per-source rate limit.
+    pub rate_limited: IntCounter,
+    /// Messages dropped before processing, by reason.
+    pub dropped: IntCounterVec,
+    /// 1 when a trunk's registration is up.
+    pub registered: IntGaugeVec,
+    /// 1 when a gateway answers OPTIONS.
+    pub gateway_healthy: IntGaugeVec,
+    /// Version of the routing configuration in use.
+    pub config_version: IntGauge,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    // Metric definitions are static: a failure is a programming error
+    // caught by the unit test below, never a runtime condition.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let calls = must(IntCounterVec::new(
+            Opts::new("switchboard_sip_calls_total", "Finished call attempts by direction, result and final SIP code"),
+            &["direction", "result", "code"],
+        ));
+        let active_calls = must(IntGaugeVec::new(
+            Opts::new("switchboard_sip_active_calls", "Calls in progress by trunk and direction"),
+            &["trunk", "direction"],
+        ));
+        let rejected = must(IntCounterVec::new(
+            Opts::new("switchboard_sip_rejected_requests_total", "Requests refused, by reason"),
+            &["reason"],
+        ));
+        let rate_limited = must(IntCounter::new(
+            "switchboard_sip_rate_limited_total",
+            "Requests dropped by the per-source rate limit",
+        ));
+        let dropped = must(IntCounterVec::new(
+            Opts::new("switchboard_sip_dropped_messages_total", "Messages dropped before processing, by reason"),
+            &["reason"],
+        ));
+        let registered = must(IntGaugeVec::new(
+            Opts::new("switchboard_sip_registered", "1 when the trunk's registration with the carrier is up"),
+            &["trunk"],
+        ));
+        let gateway_healthy = must(IntGaugeVec::new(
+            Opts::new("switchboard_sip_gateway_healthy", "1 when the gateway answers OPTIONS pings"),
+            &["trunk", "gateway"],
+        ));
+        let config_version = must(IntGauge::new(
+            "switchboard_config_version",
+            "Version of the routing configuration in use",
+        ));
+        for c in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(active_calls.clone()),
+            Box::new(rejected.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(dropped.clone()),
+            Box::new(registered.clone()),
+            Box::new(gateway_healthy.clone()),
+            Box::new(config_version.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            calls,
+            active_calls,
+            rejected,
+            rate_limited,
+            dropped,
+            registered,
+            gateway_healthy,
+            config_version,
+        }
+    }
+
+    /// The registry, for other modules that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a dropped message.
+    pub fn drop_msg(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register_and_render() {
+        let m = super::Metrics::new();
+        m.reject("acl");
+        m.calls.with_label_values(&["inbound", "answered", "200"]).inc();
+        let text = m.render();
+        assert!(text.contains("switchboard_sip_rejected_requests_total{reason=\"acl\"} 1"));
+        assert!(text.contains("switchboard_sip_calls_total"));
+    }
+}

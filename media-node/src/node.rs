@@ -1,0 +1,166 @@
+//! Wiring the node together: configuration, sockets, the transaction
+//! layer, call dispatch, background loops, the admin endpoint, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::call::{CallHandler, CallOptions, Calls, Ctx, dispatch, ports};
+use crate::config::{self, RoutingStore};
+use crate::metrics::Metrics;
+use crate::sip::digest::DigestServer;
+use crate::sip::framing::Limits;
+use crate::sip::headers::split_host_port;
+use crate::sip::protect::RateLimiter;
+use crate::sip::transaction::TransactionLayer;
+use crate::sip::transport::{Advertise, Transport};
+
+/// Everything the binary's flags configure.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Routing configuration file (proto3 JSON `RoutingConfig`).
+    pub config: PathBuf,
+    /// SIP bind addresses (UDP and TCP on each).
+    pub sip_bind: Vec<SocketAddr>,
+    /// Advertised host[:port] for IPv4 peers (or a name for all).
+    pub advertise: Option<String>,
+    /// Advertised host for IPv6 peers.
+    pub advertise6: Option<String>,
+    /// Admin HTTP bind.
+    pub http_bind: SocketAddr,
+    /// RTP port range.
+    pub rtp_ports: (u16, u16),
+    /// Call tunables.
+    pub calls: CallOptions,
+    /// Message limits.
+    pub limits: Limits,
+    /// Per-source request rate (per second) and burst.
+    pub rate: (f64, f64),
+    /// How long a drain waits for calls before hanging them up.
+    pub drain_grace: Duration,
+}
+
+fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
+    let default_port = cfg.sip_bind.first().map(|a| a.port()).unwrap_or(5060);
+    let mut adv = Advertise { v4: None, v6: None, port: default_port };
+    if let Some(a) = &cfg.advertise {
+        let (host, port) = split_host_port(a).with_context(|| format!("invalid --advertise {a:?}"))?;
+        if let Some(p) = port {
+            adv.port = p;
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => adv.v6 = Some(format!("[{v6}]")),
+            Ok(std::net::IpAddr::V4(v4)) => adv.v4 = Some(v4.to_string()),
+            Err(_) => {
+                adv.v4 = Some(host.clone());
+                adv.v6 = Some(host);
+            }
+        }
+    }
+    if let Some(a) = &cfg.advertise6 {
+        let (host, _) = split_host_port(a).with_context(|| format!("invalid --advertise6 {a:?}"))?;
+        adv.v6 = Some(if host.contains(':') { format!("[{host}]") } else { host });
+    }
+    Ok(adv)
+}
+
+/// Runs the node until a drain completes.
+pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let routing = RoutingStore::default();
+    let initial = config::load(&cfg.config)?;
+    let version = routing.apply(initial);
+    metrics.config_version.set(version as i64);
+    tracing::info!(version, path = %cfg.config.display(), "routing configuration loaded");
+
+    let (transport, incoming) = Transport::bind(
+        &cfg.sip_bind,
+        advertise(&cfg)?,
+        cfg.limits,
+        RateLimiter::new(cfg.rate.0, cfg.rate.1),
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("binding SIP on {:?}", cfg.sip_bind))?;
+    tracing::info!(addrs = ?transport.local, "SIP listening (UDP and TCP)");
+    let (sip, tu_events) = TransactionLayer::start(transport, incoming, metrics.clone());
+    let ctx = Arc::new(Ctx {
+        sip,
+        routing: routing.clone(),
+        metrics: metrics.clone(),
+        calls: Calls::new(metrics.clone()),
+        handler,
+        ports: ports::PortAllocator::new(cfg.rtp_ports.0, cfg.rtp_ports.1),
+        digest: DigestServer::new(cfg.calls.nonce_lifetime),
+        opts: cfg.calls.clone(),
+        draining: Default::default(),
+        health: Default::default(),
+        registrations: Default::default(),
+    });
+    tokio::spawn(dispatch::run(ctx.clone(), tu_events));
+    tokio::spawn(crate::health::run(ctx.clone()));
+    tokio::spawn(crate::register::run(ctx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_bind)
+        .await
+        .with_context(|| format!("binding admin HTTP on {}", cfg.http_bind))?;
+    tracing::info!(addr = %cfg.http_bind, "admin HTTP listening");
+    let app = crate::admin::router(ctx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin HTTP server stopped");
+        }
+    });
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match config::load(&cfg.config) {
+                Ok(c) => {
+                    let v = routing.apply(c);
+                    metrics.config_version.set(v as i64);
+                    tracing::info!(version = v, "routing configuration reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    drain(&ctx, cfg.drain_grace).await;
+    Ok(())
+}
+
+async fn drain(ctx: &Arc<Ctx>, grace: Duration) {
+    ctx.draining.store(true, Ordering::Relaxed);
+    let mut count = ctx.calls.watch_total();
+    tracing::info!(calls = *count.borrow(), "draining");
+    let wait = async {
+        while *count.borrow_and_update() > 0 {
+            if count.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(grace, wait).await.is_err() {
+        tracing::warn!("drain grace period over; hanging up remaining calls");
+        ctx.calls.hangup_all("drain grace period over");
+        let mut count = ctx.calls.watch_total();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while *count.borrow_and_update() > 0 {
+                if count.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    tracing::info!("drained; exiting");
+}

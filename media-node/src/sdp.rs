@@ -1,0 +1,444 @@
+//! The SDP subset we speak (RFC 4566, offer/answer per RFC 3264): one audio
+//! stream of PCMU or PCMA at 20 ms plus telephone-event, direction
+//! attributes, and the codec choice by the trunk's order of preference.
+
+use std::net::IpAddr;
+
+use switchboard_proto::v1alpha1::Codec;
+
+/// Media direction (RFC 3264 5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// sendrecv (the default)
+    SendRecv,
+    /// sendonly
+    SendOnly,
+    /// recvonly
+    RecvOnly,
+    /// inactive
+    Inactive,
+}
+
+impl Direction {
+    /// The attribute name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Direction> {
+        Some(match s {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+
+    /// The direction an answerer uses for an offered one (RFC 3264 6.1).
+    pub fn answer_to(self) -> Direction {
+        match self {
+            Direction::SendRecv => Direction::SendRecv,
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            Direction::Inactive => Direction::Inactive,
+        }
+    }
+
+    /// True when the peer is putting us on hold.
+    pub fn is_hold(self) -> bool {
+        matches!(self, Direction::SendOnly | Direction::Inactive)
+    }
+}
+
+/// A payload format in an m= line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    /// RTP payload type.
+    pub pt: u8,
+    /// Encoding name upper-cased (from rtpmap, or implied by a static type).
+    pub name: String,
+    /// Clock rate.
+    pub rate: u32,
+    /// fmtp parameters if any.
+    pub fmtp: Option<String>,
+}
+
+/// One m= section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaDesc {
+    /// `audio`, `video`...
+    pub kind: String,
+    /// Port (0 = rejected stream).
+    pub port: u16,
+    /// `RTP/AVP` etc.
+    pub proto: String,
+    /// Formats in offer order.
+    pub formats: Vec<Format>,
+    /// Connection address for this media (m-level c= or session c=).
+    pub addr: Option<IpAddr>,
+    /// Direction.
+    pub direction: Direction,
+    /// a=ptime if given.
+    pub ptime: Option<u32>,
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdp {
+    /// o= session id.
+    pub session_id: String,
+    /// o= version.
+    pub version: u64,
+    /// Media sections in order.
+    pub media: Vec<MediaDesc>,
+}
+
+/// Errors parsing or negotiating SDP.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// The text is not SDP we understand.
+    #[error("invalid SDP line {0:?}")]
+    Syntax(String),
+    /// No m= line.
+    #[error("SDP has no media")]
+    NoMedia,
+    /// No common codec (answer 488).
+    #[error("no acceptable audio codec offered")]
+    NoCommonCodec,
+}
+
+fn static_format(pt: u8) -> Option<(&'static str, u32)> {
+    match pt {
+        0 => Some(("PCMU", 8000)),
+        8 => Some(("PCMA", 8000)),
+        _ => None,
+    }
+}
+
+impl Sdp {
+    /// Parses SDP text. Unknown lines are ignored; a malformed line we need
+    /// is an error.
+    pub fn parse(text: &str) -> Result<Sdp, SdpError> {
+        let mut session_id = String::new();
+        let mut version = 0u64;
+        let mut session_addr: Option<IpAddr> = None;
+        let mut session_dir = Direction::SendRecv;
+        let mut media: Vec<MediaDesc> = Vec::new();
+        let mut seen_v = false;
+        for raw in text.lines() {
+            let line = raw.trim_end_matches('\r');
+            if line.is_empty() {
+                continue;
+            }
+            let (kind, value) = line.split_once('=').ok_or_else(|| SdpError::Syntax(line.to_owned()))?;
+            let bad = || SdpError::Syntax(line.to_owned());
+            match kind {
+                "v" => seen_v = true,
+                "o" => {
+                    let f: Vec<&str> = value.split_whitespace().collect();
+                    if f.len() < 6 {
+                        return Err(bad());
+                    }
+                    session_id = f[1].to_owned();
+                    version = f[2].parse().map_err(|_| bad())?;
+                }
+                "c" => {
+                    let f: Vec<&str> = value.split_whitespace().collect();
+                    if f.len() < 3 || f[0] != "IN" {
+                        return Err(bad());
+                    }
+                    // Multicast TTL suffixes ("/127") are not ours to use.
+                    let addr = f[2].split('/').next().unwrap_or("").parse::<IpAddr>().ok();
+                    match media.last_mut() {
+                        Some(m) => m.addr = addr.or(m.addr),
+                        None => session_addr = addr,
+                    }
+                }
+                "m" => {
+                    let f: Vec<&str> = value.split_whitespace().collect();
+                    if f.len() < 3 {
+                        return Err(bad());
+                    }
+                    let port = f[1].split('/').next().unwrap_or("").parse::<u16>().map_err(|_| bad())?;
+                    let mut formats = Vec::new();
+                    for pt in &f[3..] {
+                        // Non-RTP media lists tokens, not numbers: keep none.
+                        if let Ok(pt) = pt.parse::<u8>() {
+                            let (name, rate) = static_format(pt).unwrap_or(("", 0));
+                            formats.push(Format { pt, name: name.to_owned(), rate, fmtp: None });
+                        }
+                    }
+                    media.push(MediaDesc {
+                        kind: f[0].to_owned(),
+                        port,
+                        proto: f[2].to_owned(),
+                        formats,
+                        addr: session_addr,
+                        direction: session_dir,
+                        ptime: None,
+                    });
+                }
+                "a" => {
+                    let (name, val) = value.split_once(':').unwrap_or((value, ""));
+                    if let Some(d) = Direction::parse(name) {
+                        match media.last_mut() {
+                            Some(m) => m.direction = d,
+                            None => session_dir = d,
+                        }
+                        continue;
+                    }
+                    let Some(m) = media.last_mut() else { continue };
+                    match name {
+                        "rtpmap" => {
+                            let (pt, enc) = val.split_once(' ').ok_or_else(bad)?;
+                            let pt: u8 = pt.trim().parse().map_err(|_| bad())?;
+                            let mut parts = enc.trim().split('/');
+                            let name = parts.next().unwrap_or("").to_ascii_uppercase();
+                            let rate = parts.next().and_then(|r| r.parse().ok()).unwrap_or(8000);
+                            if let Some(f) = m.formats.iter_mut().find(|f| f.pt == pt) {
+                                f.name = name;
+                                f.rate = rate;
+                            }
+                        }
+                        "fmtp" => {
+                            if let Some((pt, params)) = val.split_once(' ')
+                                && let Ok(pt) = pt.trim().parse::<u8>()
+                                && let Some(f) = m.formats.iter_mut().find(|f| f.pt == pt)
+                            {
+                                f.fmtp = Some(params.trim().to_owned());
+                            }
+                        }
+                        "ptime" => m.ptime = val.trim().parse().ok(),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !seen_v {
+            return Err(SdpError::Syntax("missing v= line".into()));
+        }
+        if media.is_empty() {
+            return Err(SdpError::NoMedia);
+        }
+        Ok(Sdp { session_id, version, media })
+    }
+
+    /// The first audio stream that is not disabled.
+    pub fn audio(&self) -> Option<&MediaDesc> {
+        self.media.iter().find(|m| m.kind == "audio" && m.port != 0)
+    }
+}
+
+/// The outcome of negotiating an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Index of the audio m= line we accepted.
+    pub index: usize,
+    /// Chosen codec.
+    pub codec: Codec,
+    /// Its payload type as the offerer numbered it.
+    pub pt: u8,
+    /// telephone-event payload type, when offered and wanted.
+    pub dtmf_pt: Option<u8>,
+    /// Where the peer wants RTP (None when on hold with 0.0.0.0).
+    pub remote: Option<std::net::SocketAddr>,
+    /// The offered direction.
+    pub offered: Direction,
+    /// The direction of our answer.
+    pub answer: Direction,
+}
+
+fn codec_name(c: Codec) -> Option<&'static str> {
+    match c {
+        Codec::Pcmu => Some("PCMU"),
+        Codec::Pcma => Some("PCMA"),
+        Codec::Unspecified => None,
+    }
+}
+
+/// Negotiates an offer against our codec preference (first wins).
+pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negotiated, SdpError> {
+    let (index, m) = offer
+        .media
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP"))
+        .ok_or(SdpError::NoCommonCodec)?;
+    let mut chosen = None;
+    for pref in prefs {
+        let Some(name) = codec_name(*pref) else { continue };
+        if let Some(f) = m.formats.iter().find(|f| f.name == name && f.rate == 8000) {
+            chosen = Some((*pref, f.pt));
+            break;
+        }
+    }
+    let (codec, pt) = chosen.ok_or(SdpError::NoCommonCodec)?;
+    let dtmf_pt = if want_dtmf {
+        m.formats.iter().find(|f| f.name == "TELEPHONE-EVENT" && f.rate == 8000).map(|f| f.pt)
+    } else {
+        None
+    };
+    // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
+    let held_by_addr = m.addr.is_some_and(|a| a.is_unspecified());
+    let offered = if held_by_addr && m.direction == Direction::SendRecv { Direction::SendOnly } else { m.direction };
+    let remote = m.addr.filter(|a| !a.is_unspecified()).map(|a| std::net::SocketAddr::new(a, m.port));
+    Ok(Negotiated { index, codec, pt, dtmf_pt, remote, offered, answer: offered.answer_to() })
+}
+
+/// Our side of a session: what goes into o= and c=/m=.
+#[derive(Debug, Clone)]
+pub struct LocalMedia {
+    /// o= session id (stable for the call).
+    pub session_id: u64,
+    /// o= version, incremented whenever our description changes.
+    pub version: u64,
+    /// The address written into o= and c=.
+    pub ip: IpAddr,
+    /// RTP port.
+    pub port: u16,
+}
+
+/// Builds an SDP body for an answer or offer.
+/// `formats` are (pt, name) pairs; telephone-event is added with `dtmf_pt`.
+pub fn build(local: &LocalMedia, formats: &[(u8, &str)], dtmf_pt: Option<u8>, direction: Direction) -> String {
+    let family = if local.ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut s = String::with_capacity(300);
+    s.push_str("v=0\r\n");
+    s.push_str(&format!("o=switchboard {} {} IN {family} {}\r\n", local.session_id, local.version, local.ip));
+    s.push_str("s=switchboard\r\n");
+    s.push_str(&format!("c=IN {family} {}\r\n", local.ip));
+    s.push_str("t=0 0\r\n");
+    let mut pts: Vec<String> = formats.iter().map(|(pt, _)| pt.to_string()).collect();
+    if let Some(d) = dtmf_pt {
+        pts.push(d.to_string());
+    }
+    s.push_str(&format!("m=audio {} RTP/AVP {}\r\n", local.port, pts.join(" ")));
+    for (pt, name) in formats {
+        s.push_str(&format!("a=rtpmap:{pt} {name}/8000\r\n"));
+    }
+    if let Some(d) = dtmf_pt {
+        s.push_str(&format!("a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"));
+    }
+    s.push_str("a=ptime:20\r\n");
+    s.push_str(&format!("a={}\r\n", direction.as_str()));
+    s
+}
+
+/// Builds the answer to `offer` after [`negotiate`]. Streams other than the
+/// accepted audio one are rejected with port 0, keeping the m= line count
+/// equal to the offer's (RFC 3264 6).
+pub fn build_answer(local: &LocalMedia, offer: &Sdp, n: &Negotiated) -> String {
+    let name = codec_name(n.codec).unwrap_or("PCMU");
+    let mut s = build(local, &[(n.pt, name)], n.dtmf_pt, n.answer);
+    if offer.media.len() > 1 {
+        // Rebuild with rejected streams in their original positions.
+        let (head, ours) = s.split_at(s.find("m=audio").unwrap_or(s.len()));
+        let mut out = head.to_owned();
+        for (i, m) in offer.media.iter().enumerate() {
+            if i == n.index {
+                out.push_str(ours);
+            } else {
+                let fmt = m.formats.first().map(|f| f.pt.to_string()).unwrap_or_else(|| "0".into());
+                out.push_str(&format!("m={} 0 {} {fmt}\r\n", m.kind, m.proto));
+            }
+        }
+        s = out;
+    }
+    s
+}
+
+/// The default static payload type of a codec.
+pub fn static_pt(c: Codec) -> u8 {
+    match c {
+        Codec::Pcma => 8,
+        _ => 0,
+    }
+}
+
+/// Name of a codec in rtpmap.
+pub fn name(c: Codec) -> &'static str {
+    codec_name(c).unwrap_or("PCMU")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+        m=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n";
+
+    #[test]
+    fn parses_offer() {
+        let sdp = Sdp::parse(OFFER).expect("valid");
+        let a = sdp.audio().expect("audio");
+        assert_eq!(a.port, 40000);
+        assert_eq!(a.formats.len(), 3);
+        assert_eq!(a.formats[2].name, "TELEPHONE-EVENT");
+        assert_eq!(a.direction, Direction::SendRecv);
+        assert_eq!(a.ptime, Some(20));
+    }
+
+    #[test]
+    fn codec_choice_follows_our_preference() {
+        let sdp = Sdp::parse(OFFER).expect("valid");
+        let n = negotiate(&sdp, &[Codec::Pcmu, Codec::Pcma], true).expect("match");
+        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::Pcmu, 0, Some(101)));
+        let n = negotiate(&sdp, &[Codec::Pcma], false).expect("match");
+        assert_eq!((n.codec, n.dtmf_pt), (Codec::Pcma, None));
+        assert_eq!(n.remote, Some("10.0.0.5:40000".parse().expect("addr")));
+    }
+
+    #[test]
+    fn no_common_codec_is_488() {
+        let g729 = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\n";
+        let sdp = Sdp::parse(g729).expect("valid");
+        assert_eq!(negotiate(&sdp, &[Codec::Pcmu, Codec::Pcma], true), Err(SdpError::NoCommonCodec));
+    }
+
+    #[test]
+    fn hold_directions_answered() {
+        for (attr, offered, answer) in [
+            ("sendonly", Direction::SendOnly, Direction::RecvOnly),
+            ("recvonly", Direction::RecvOnly, Direction::SendOnly),
+            ("inactive", Direction::Inactive, Direction::Inactive),
+            ("sendrecv", Direction::SendRecv, Direction::SendRecv),
+        ] {
+            let text = format!("{OFFER}a={attr}\r\n");
+            let n = negotiate(&Sdp::parse(&text).expect("valid"), &[Codec::Pcmu], true).expect("ok");
+            assert_eq!((n.offered, n.answer), (offered, answer), "{attr}");
+        }
+        let old_hold = OFFER.replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0");
+        let n = negotiate(&Sdp::parse(&old_hold).expect("valid"), &[Codec::Pcmu], true).expect("ok");
+        assert_eq!((n.answer, n.remote), (Direction::RecvOnly, None));
+    }
+
+    #[test]
+    fn answer_keeps_m_line_count_and_parses_back() {
+        let text = format!("{OFFER}m=video 5000 RTP/AVP 96\r\n");
+        let offer = Sdp::parse(&text).expect("valid");
+        let n = negotiate(&offer, &[Codec::Pcma], true).expect("ok");
+        let local = LocalMedia { session_id: 42, version: 1, ip: "127.0.0.1".parse().expect("ip"), port: 20000 };
+        let answer = build_answer(&local, &offer, &n);
+        let parsed = Sdp::parse(&answer).expect("our answer parses");
+        assert_eq!(parsed.media.len(), 2);
+        assert_eq!(parsed.media[1].port, 0);
+        let a = parsed.audio().expect("audio");
+        assert_eq!(a.formats.iter().map(|f| f.pt).collect::<Vec<_>>(), vec![8, 101]);
+        assert!(answer.contains("a=ptime:20\r\n") && answer.contains("a=sendrecv\r\n"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in ["", "x", "v=0\r\nm=audio abc RTP/AVP 0\r\n", "v=0\r\no=short\r\n", "v=0\r\n"] {
+            assert!(Sdp::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

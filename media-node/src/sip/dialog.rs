@@ -1,0 +1,200 @@
+//! Dialog state (RFC 3261 12): identifiers, CSeq spaces, the remote target
+//! and the route set, and building requests inside the dialog.
+
+use crate::sip::headers::{SipUri, param, uri_text};
+use crate::sip::message::{Message, Method};
+use crate::sip::transport::{Peer, Proto};
+
+/// Errors creating a dialog.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DialogError {
+    /// A header the dialog needs is missing.
+    #[error("missing {0}")]
+    Missing(&'static str),
+}
+
+/// One dialog, from our point of view.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Call-ID.
+    pub call_id: String,
+    /// Our tag.
+    pub local_tag: String,
+    /// The peer's tag.
+    pub remote_tag: String,
+    /// Our From/To value (with our tag).
+    pub local: String,
+    /// The peer's From/To value (with its tag).
+    pub remote: String,
+    /// Our next CSeq number.
+    pub local_cseq: u32,
+    /// Highest CSeq number seen from the peer.
+    pub remote_cseq: Option<u32>,
+    /// The peer's Contact URI.
+    pub remote_target: String,
+    /// Route set, in the order to put into Route headers.
+    pub route_set: Vec<String>,
+    /// Where in-dialog requests go when the target is not an IP literal.
+    pub peer: Peer,
+    /// Our Contact header value.
+    pub contact: String,
+}
+
+impl Dialog {
+    /// The dialog a UAS creates when answering `invite` (RFC 3261 12.1.1).
+    pub fn uas(invite: &Message, local_tag: &str, peer: Peer, contact: String) -> Result<Dialog, DialogError> {
+        let from = invite.header("From").ok_or(DialogError::Missing("From"))?;
+        let to = invite.header("To").ok_or(DialogError::Missing("To"))?;
+        let target = invite.header("Contact").map(|c| uri_text(c).to_owned());
+        Ok(Dialog {
+            call_id: invite.call_id().ok_or(DialogError::Missing("Call-ID"))?.to_owned(),
+            local_tag: local_tag.to_owned(),
+            remote_tag: param(from, "tag").unwrap_or("").to_owned(),
+            local: format!("{to};tag={local_tag}"),
+            remote: from.to_owned(),
+            local_cseq: rand::random::<u16>() as u32 + 1,
+            remote_cseq: invite.cseq().map(|c| c.0),
+            remote_target: target.unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_owned()),
+            route_set: invite.headers_named("Record-Route").map(str::to_owned).collect(),
+            peer,
+            contact,
+        })
+    }
+
+    /// The dialog a UAC creates from a 2xx (or 1xx with tag) to its INVITE
+    /// (RFC 3261 12.1.2).
+    pub fn uac(invite: &Message, resp: &Message, peer: Peer, contact: String) -> Result<Dialog, DialogError> {
+        let from = invite.header("From").ok_or(DialogError::Missing("From"))?;
+        let to = resp.header("To").ok_or(DialogError::Missing("To"))?;
+        let mut routes: Vec<String> = resp.headers_named("Record-Route").map(str::to_owned).collect();
+        routes.reverse();
+        Ok(Dialog {
+            call_id: invite.call_id().ok_or(DialogError::Missing("Call-ID"))?.to_owned(),
+            local_tag: param(from, "tag").unwrap_or("").to_owned(),
+            remote_tag: param(to, "tag").unwrap_or("").to_owned(),
+            local: from.to_owned(),
+            remote: to.to_owned(),
+            local_cseq: invite.cseq().map(|c| c.0).unwrap_or(1),
+            remote_cseq: None,
+            remote_target: resp
+                .header("Contact")
+                .map(|c| uri_text(c).to_owned())
+                .unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_owned()),
+            route_set: routes,
+            peer,
+            contact,
+        })
+    }
+
+    /// Checks and records a request's CSeq (RFC 3261 12.2.2): lower than
+    /// the last one means out of order (answer 500).
+    pub fn accept_remote_cseq(&mut self, cseq: u32, method: &Method) -> bool {
+        if *method == Method::Ack || *method == Method::Cancel {
+            return true;
+        }
+        match self.remote_cseq {
+            Some(last) if cseq <= last => false,
+            _ => {
+                self.remote_cseq = Some(cseq);
+                true
+            }
+        }
+    }
+
+    /// Where to send in-dialog requests: the first route (we assume loose
+    /// routing) or the remote target, when it is an IP literal; otherwise
+    /// back to the address the dialog's messages came from.
+    pub fn next_hop(&self) -> Peer {
+        let uri = self.route_set.first().map(|r| uri_text(r)).unwrap_or(&self.remote_target);
+        match SipUri::parse(uri) {
+            Ok(u) => {
+                let proto = match u.transport.as_deref() {
+                    Some("tcp") => Proto::Tcp,
+                    Some("udp") => Proto::Udp,
+                    _ => self.peer.proto,
+                };
+                match u.socket_addr(5060) {
+                    Some(addr) => Peer { proto, addr },
+                    None => self.peer,
+                }
+            }
+            Err(_) => self.peer,
+        }
+    }
+
+    /// A new request in this dialog (RFC 3261 12.2.1.1). ACK and CANCEL
+    /// reuse the INVITE's CSeq and are built elsewhere.
+    pub fn request(&mut self, method: Method) -> Message {
+        self.local_cseq += 1;
+        self.request_with_cseq(method, self.local_cseq)
+    }
+
+    /// The ACK for a 2xx to our INVITE with CSeq `cseq`.
+    pub fn ack(&self, cseq: u32) -> Message {
+        self.request_with_cseq(Method::Ack, cseq)
+    }
+
+    fn request_with_cseq(&self, method: Method, cseq: u32) -> Message {
+        let mut m = Message::request(method.clone(), self.remote_target.clone());
+        for r in &self.route_set {
+            m.add("Route", r.clone());
+        }
+        m.add("Max-Forwards", "70");
+        m.add("From", self.local.clone());
+        m.add("To", self.remote.clone());
+        m.add("Call-ID", self.call_id.clone());
+        m.add("CSeq", format!("{cseq} {method}"));
+        m.add("Contact", self.contact.clone());
+        m.add("User-Agent", crate::sip::USER_AGENT);
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer { proto: Proto::Udp, addr: "10.0.0.9:5060".parse().expect("addr") }
+    }
+
+    fn invite() -> Message {
+        let mut m = Message::request(Method::Invite, "sip:+1555@10.0.0.1");
+        m.push_header("Via", "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1");
+        m.push_header("Record-Route", "<sip:p1@10.0.0.2;lr>, <sip:p2@10.0.0.3;lr>");
+        m.push_header("From", "\"A\" <sip:a@h>;tag=ft");
+        m.push_header("To", "<sip:+1555@h>");
+        m.push_header("Call-ID", "cid");
+        m.push_header("CSeq", "10 INVITE");
+        m.push_header("Contact", "<sip:a@10.0.0.9:5070>");
+        m
+    }
+
+    #[test]
+    fn uas_dialog_builds_bye() {
+        let mut d = Dialog::uas(&invite(), "lt", peer(), "<sip:sb@10.0.0.1>".into()).expect("dialog");
+        assert_eq!(d.remote_tag, "ft");
+        assert!(d.accept_remote_cseq(11, &Method::Bye));
+        assert!(!d.accept_remote_cseq(11, &Method::Info), "repeated CSeq");
+        let bye = d.request(Method::Bye);
+        assert_eq!(bye.request_uri(), Some("sip:a@10.0.0.9:5070"));
+        assert_eq!(bye.header("To"), Some("\"A\" <sip:a@h>;tag=ft"));
+        assert_eq!(bye.header("From"), Some("<sip:+1555@h>;tag=lt"));
+        assert_eq!(bye.headers_named("Route").collect::<Vec<_>>(), vec!["<sip:p1@10.0.0.2;lr>", "<sip:p2@10.0.0.3;lr>"]);
+        assert_eq!(d.next_hop().addr, "10.0.0.2:5060".parse().expect("addr"));
+    }
+
+    #[test]
+    fn uac_dialog_reverses_record_route() {
+        let inv = invite();
+        let mut resp = inv.response(200, "OK", Some("rt"));
+        resp.push_header("Record-Route", "<sip:p1@10.0.0.2;lr>, <sip:p2@10.0.0.3;lr>");
+        resp.push_header("Contact", "<sip:b@10.0.0.7:5080;transport=tcp>");
+        let d = Dialog::uac(&inv, &resp, peer(), "<sip:sb@10.0.0.1>".into()).expect("dialog");
+        assert_eq!(d.route_set[0], "<sip:p2@10.0.0.3;lr>");
+        assert_eq!(d.remote_tag, "rt");
+        assert_eq!(d.remote_target, "sip:b@10.0.0.7:5080;transport=tcp");
+        let ack = d.ack(10);
+        assert_eq!(ack.header("CSeq"), Some("10 ACK"));
+    }
+}

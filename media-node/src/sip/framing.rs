@@ -1,0 +1,333 @@
+//! Turning bytes into bounded [`Message`]s: datagrams on UDP, a
+//! Content-Length framed stream on TCP. Limits are enforced here, before any
+//! header is interpreted, so hostile input costs little.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::sip::message::{Message, Method, StartLine, canonical_name};
+
+/// Bounds applied to every message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest whole message (head + body) in bytes.
+    pub max_message_bytes: usize,
+    /// Most header fields (after unfolding, before list splitting).
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_message_bytes: 16 * 1024, max_headers: 100 }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Bigger than [`Limits::max_message_bytes`].
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Size seen so far.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More header fields than [`Limits::max_headers`].
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    /// No blank line ending the header section.
+    #[error("header section is not terminated")]
+    Unterminated,
+    /// The head is not UTF-8.
+    #[error("header section is not valid UTF-8")]
+    NotUtf8,
+    /// The start line is not a SIP request or status line.
+    #[error("invalid start line {0:?}")]
+    StartLine(String),
+    /// A request with a SIP version other than 2.0.
+    #[error("unsupported SIP version {0:?}")]
+    Version(String),
+    /// A header line without a colon or with an invalid name.
+    #[error("invalid header line {0:?}")]
+    HeaderLine(String),
+    /// Content-Length unparsable, duplicated with different values, or
+    /// larger than the data.
+    #[error("bad Content-Length: {0}")]
+    ContentLength(String),
+    /// TCP message without Content-Length (mandatory on streams).
+    #[error("Content-Length missing on a stream transport")]
+    MissingContentLength,
+}
+
+impl FrameError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::TooManyHeaders(_) => "too_many_headers",
+            FrameError::Unterminated => "unterminated",
+            FrameError::NotUtf8 => "not_utf8",
+            FrameError::StartLine(_) => "start_line",
+            FrameError::Version(_) => "version",
+            FrameError::HeaderLine(_) => "header_line",
+            FrameError::ContentLength(_) | FrameError::MissingContentLength => "content_length",
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    // Returns (end of head, start of body). Bare LF line endings are
+    // tolerated, as RFC 3261 7.5 asks implementations to be lenient.
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses a head (start line + headers, without the blank line).
+/// Returns the message with an empty body and the Content-Length if given.
+fn parse_head(head: &[u8], limits: &Limits) -> Result<(Message, Option<usize>), FrameError> {
+    let text = std::str::from_utf8(head).map_err(|_| FrameError::NotUtf8)?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start_line = lines.next().unwrap_or("").trim_end();
+    let start = parse_start_line(start_line)?;
+    let mut msg = Message { start, headers: Vec::new(), body: Bytes::new() };
+
+    // Unfold continuation lines first, then split each field.
+    let mut fields: Vec<String> = Vec::new();
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            match fields.last_mut() {
+                Some(last) => {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+                None => return Err(FrameError::HeaderLine(line.to_owned())),
+            }
+        } else if !line.is_empty() {
+            if fields.len() >= limits.max_headers {
+                return Err(FrameError::TooManyHeaders(limits.max_headers));
+            }
+            fields.push(line.to_owned());
+        }
+    }
+    let mut content_length: Option<usize> = None;
+    for field in &fields {
+        let (name, value) = field.split_once(':').ok_or_else(|| FrameError::HeaderLine(field.clone()))?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(FrameError::HeaderLine(field.clone()));
+        }
+        if canonical_name(name) == "Content-Length" {
+            let n = value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| FrameError::ContentLength(format!("{:?} is not a number", value.trim())))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(FrameError::ContentLength("conflicting values".into()));
+            }
+            content_length = Some(n);
+        }
+        msg.push_header(name, value);
+    }
+    Ok((msg, content_length))
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine, FrameError> {
+    let bad = || FrameError::StartLine(line.chars().take(120).collect());
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        let (version, rest) = rest.split_once(' ').ok_or_else(bad)?;
+        if version != "2.0" {
+            return Err(FrameError::Version(format!("SIP/{version}")));
+        }
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let code: u16 = code.parse().map_err(|_| bad())?;
+        if !(100..=699).contains(&code) {
+            return Err(bad());
+        }
+        return Ok(StartLine::Response { code, reason: reason.to_owned() });
+    }
+    // Request-Line: exactly single SP separators (RFC 3261 25.1).
+    let mut parts = line.split(' ');
+    let (method, uri, version) = (parts.next(), parts.next(), parts.next());
+    let (Some(method), Some(uri), Some(version)) = (method, uri, version) else {
+        return Err(bad());
+    };
+    if parts.next().is_some() || method.is_empty() || uri.is_empty() || !method.bytes().all(is_token_char) {
+        return Err(bad());
+    }
+    if !uri.contains(':') {
+        return Err(bad());
+    }
+    if version != "SIP/2.0" {
+        if version.starts_with("SIP/") {
+            return Err(FrameError::Version(version.to_owned()));
+        }
+        return Err(bad());
+    }
+    Ok(StartLine::Request { method: Method::parse(method), uri: uri.to_owned() })
+}
+
+/// Parses one UDP datagram. A body longer than Content-Length is cut to it
+/// (RFC 3261 18.3); a shorter one is an error.
+pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Message, FrameError> {
+    if data.len() > limits.max_message_bytes {
+        return Err(FrameError::TooLarge { size: data.len(), limit: limits.max_message_bytes });
+    }
+    let (head_end, body_start) = find_head_end(data).ok_or(FrameError::Unterminated)?;
+    let (mut msg, cl) = parse_head(&data[..head_end], limits)?;
+    let available = data.len() - body_start;
+    let body_len = match cl {
+        Some(n) if n > available => {
+            return Err(FrameError::ContentLength(format!("says {n}, datagram has {available}")));
+        }
+        Some(n) => n,
+        None => available,
+    };
+    msg.body = Bytes::copy_from_slice(&data[body_start..body_start + body_len]);
+    Ok(msg)
+}
+
+/// Frames messages out of a TCP byte stream by Content-Length.
+#[derive(Debug, Default)]
+pub struct StreamFramer {
+    buf: BytesMut,
+}
+
+impl StreamFramer {
+    /// A framer with an empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed.
+    /// After an error the stream cannot be resynchronised: close it.
+    pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>, FrameError> {
+        // CRLF keep-alives (RFC 5626) between messages are skipped.
+        while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+            self.buf.advance(1);
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let Some((head_end, body_start)) = find_head_end(&self.buf) else {
+            if self.buf.len() > limits.max_message_bytes {
+                return Err(FrameError::TooLarge { size: self.buf.len(), limit: limits.max_message_bytes });
+            }
+            return Ok(None);
+        };
+        let (mut msg, cl) = parse_head(&self.buf[..head_end], limits)?;
+        let cl = cl.ok_or(FrameError::MissingContentLength)?;
+        let total = body_start + cl;
+        if total > limits.max_message_bytes {
+            return Err(FrameError::TooLarge { size: total, limit: limits.max_message_bytes });
+        }
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let frame = self.buf.split_to(total).freeze();
+        msg.body = frame.slice(body_start..total);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:+15550001111@127.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+        f: <sip:a@127.0.0.1>;tag=1\r\n\
+        To: <sip:+15550001111@127.0.0.1>\r\n\
+        i: abc\r\n\
+        CSeq: 1 INVITE\r\n\
+        Subject: folded\r\n  continues\r\n\
+        l: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn datagram_parses_compact_and_folded() {
+        let m = parse_datagram(INVITE.as_bytes(), &Limits::default()).expect("valid");
+        assert_eq!(m.call_id(), Some("abc"));
+        assert_eq!(m.header("From"), Some("<sip:a@127.0.0.1>;tag=1"));
+        assert_eq!(m.header("Subject"), Some("folded continues"));
+        assert_eq!(&m.body[..], b"v=0\n");
+    }
+
+    #[test]
+    fn datagram_content_length_rules() {
+        let longer = INVITE.replace("l: 4", "l: 2");
+        let m = parse_datagram(longer.as_bytes(), &Limits::default()).expect("truncated to CL");
+        assert_eq!(&m.body[..], b"v=");
+        let shorter = INVITE.replace("l: 4", "l: 40");
+        assert!(matches!(
+            parse_datagram(shorter.as_bytes(), &Limits::default()),
+            Err(FrameError::ContentLength(_))
+        ));
+        let garbage = INVITE.replace("l: 4", "l: -4");
+        assert!(parse_datagram(garbage.as_bytes(), &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn limits_enforced() {
+        let limits = Limits { max_message_bytes: 100, max_headers: 3 };
+        assert!(matches!(parse_datagram(INVITE.as_bytes(), &limits), Err(FrameError::TooLarge { .. })));
+        let limits = Limits { max_message_bytes: 4096, max_headers: 3 };
+        assert_eq!(parse_datagram(INVITE.as_bytes(), &limits), Err(FrameError::TooManyHeaders(3)));
+    }
+
+    #[test]
+    fn bad_start_lines() {
+        let l = Limits::default();
+        for bad in [
+            "INVITE  sip:a@b SIP/2.0\r\n\r\n",
+            "INVITE sip:a@b\r\n\r\n",
+            "SIP/2.0 99 Low\r\n\r\n",
+            "\u{0}\u{1}\r\n\r\n",
+            "SIP/2.0 abc OK\r\n\r\n",
+        ] {
+            assert!(parse_datagram(bad.as_bytes(), &l).is_err(), "{bad:?}");
+        }
+        assert!(matches!(parse_datagram(b"INVITE sip:a@b SIP/7.0\r\n\r\n", &l), Err(FrameError::Version(_))));
+        assert_eq!(parse_datagram(b"INVITE sip:a@b SIP/2.0\r\nnocolon\r\n\r\n", &l).err().map(|e| e.label()), Some("header_line"));
+    }
+
+    #[test]
+    fn stream_framing_split_and_pipelined() {
+        let l = Limits::default();
+        let mut f = StreamFramer::new();
+        let data = format!("\r\n\r\n{INVITE}{INVITE}");
+        let (a, b) = data.as_bytes().split_at(50);
+        f.push(a);
+        assert_eq!(f.next_message(&l), Ok(None));
+        f.push(b);
+        assert!(f.next_message(&l).expect("ok").is_some());
+        let second = f.next_message(&l).expect("ok").expect("second message");
+        assert_eq!(&second.body[..], b"v=0\n");
+        assert_eq!(f.next_message(&l), Ok(None));
+    }
+
+    #[test]
+    fn stream_requires_content_length_and_bounds() {
+        let l = Limits { max_message_bytes: 300, max_headers: 50 };
+        let mut f = StreamFramer::new();
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\r\n");
+        assert_eq!(f.next_message(&l), Err(FrameError::MissingContentLength));
+        let mut f = StreamFramer::new();
+        f.push(&[b'A'; 400]);
+        assert!(matches!(f.next_message(&l), Err(FrameError::TooLarge { .. })));
+        let mut f = StreamFramer::new();
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 100000\r\n\r\n");
+        assert!(matches!(f.next_message(&l), Err(FrameError::TooLarge { .. })));
+    }
+}

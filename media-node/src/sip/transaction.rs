@@ -1,0 +1,764 @@
+//! The RFC 3261 transaction layer (section 17, with the RFC 6026 "Accepted"
+//! states): client and server, INVITE and non-INVITE, timers A to K,
+//! retransmissions over UDP, 100 Trying, matching by branch.
+//!
+//! One task owns every transaction and one `DelayQueue` holds all their
+//! timers. Timers are not cancelled when a transaction changes state;
+//! instead each firing timer is checked against the current state, which
+//! keeps the bookkeeping trivial. The task also retransmits 2xx answers to
+//! INVITE until the ACK arrives (RFC 3261 13.3.1.4), since the transaction
+//! is gone by then.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::time::DelayQueue;
+
+use crate::metrics::Metrics;
+use crate::sip::headers::Via;
+use crate::sip::message::{Message, Method, reason_phrase};
+use crate::sip::transport::{Incoming, Peer, Proto, Transport};
+
+/// RTT estimate (RFC 3261 17.1.1.1).
+pub const T1: Duration = Duration::from_millis(500);
+/// Maximum retransmit interval for non-INVITE requests and INVITE responses.
+pub const T2: Duration = Duration::from_secs(4);
+/// Maximum duration a message remains in the network.
+pub const T4: Duration = Duration::from_secs(5);
+/// 64*T1: transaction timeouts B, F, H, J and the 2xx retransmission window.
+pub const T64: Duration = Duration::from_secs(32);
+
+/// Identifies a server transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerTxnId(Arc<str>);
+
+/// Identifies a client transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientTxnId(Arc<str>);
+
+/// What a client transaction reports to its user.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// A provisional or final response.
+    Response(Message),
+    /// Timer B or F fired: no final response.
+    Timeout,
+    /// The transport refused the request.
+    TransportError,
+}
+
+/// A new request for the transaction user.
+#[derive(Debug)]
+pub struct ServerRequest {
+    /// The server transaction to answer on.
+    pub id: ServerTxnId,
+    /// The request.
+    pub msg: Message,
+    /// Who sent it.
+    pub peer: Peer,
+    /// For CANCEL: the INVITE transaction it cancels.
+    pub cancels: Option<ServerTxnId>,
+}
+
+/// Events for the transaction user (the dialog/call layer).
+#[derive(Debug)]
+pub enum TuEvent {
+    /// A request that started a new server transaction.
+    Request(ServerRequest),
+    /// An ACK that is not part of a transaction (ACK for 2xx).
+    Ack {
+        /// The ACK.
+        msg: Message,
+        /// Who sent it.
+        peer: Peer,
+    },
+    /// A 2xx to INVITE was retransmitted for 64*T1 without an ACK.
+    AckTimeout {
+        /// Call-ID of the INVITE.
+        call_id: String,
+        /// CSeq number of the INVITE.
+        cseq: u32,
+    },
+}
+
+enum Command {
+    Respond { id: ServerTxnId, resp: Message },
+    Request { id: ClientTxnId, req: Message, dest: Peer, events: mpsc::UnboundedSender<ClientEvent> },
+    Cancel { id: ClientTxnId, events: mpsc::UnboundedSender<ClientEvent> },
+    Ack { id: Option<ClientTxnId>, ack: Message, dest: Peer },
+}
+
+/// A cheap handle on the transaction layer.
+#[derive(Clone)]
+pub struct SipHandle {
+    cmd: mpsc::UnboundedSender<Command>,
+    /// The transport, for addresses to advertise.
+    pub transport: Arc<Transport>,
+}
+
+/// A new branch parameter with the RFC 3261 magic cookie.
+pub fn new_branch() -> String {
+    format!("z9hG4bK{}", random_token(16))
+}
+
+/// A random token of lowercase letters and digits (tags, Call-IDs).
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+impl SipHandle {
+    /// Sends a response on a server transaction.
+    pub fn respond(&self, id: &ServerTxnId, resp: Message) {
+        let _ = self.cmd.send(Command::Respond { id: id.clone(), resp });
+    }
+
+    /// Starts a client transaction. A Via with a fresh branch is put on top
+    /// of the request; the returned receiver yields its responses.
+    pub fn request(&self, mut req: Message, dest: Peer) -> (ClientTxnId, mpsc::UnboundedReceiver<ClientEvent>) {
+        let branch = new_branch();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            dest.proto.as_str(),
+            self.transport.advertised_hostport(&dest.addr)
+        );
+        req.prepend("Via", via);
+        if req.header("Max-Forwards").is_none() {
+            req.add("Max-Forwards", "70");
+        }
+        let method = req.method().map(|m| m.as_str().to_owned()).unwrap_or_default();
+        let id = ClientTxnId(format!("{branch}|{method}").into());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.cmd.send(Command::Request { id: id.clone(), req, dest, events: tx });
+        (id, rx)
+    }
+
+    /// Cancels a pending INVITE client transaction (RFC 3261 9.1). Events of
+    /// the CANCEL's own transaction arrive on the returned receiver.
+    pub fn cancel(&self, invite: &ClientTxnId) -> mpsc::UnboundedReceiver<ClientEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.cmd.send(Command::Cancel { id: invite.clone(), events: tx });
+        rx
+    }
+
+    /// Sends an ACK for a 2xx. With the INVITE's transaction id, the ACK is
+    /// resent whenever that 2xx is retransmitted.
+    pub fn ack(&self, invite: Option<&ClientTxnId>, mut ack: Message, dest: Peer) {
+        if ack.top_via().is_none() {
+            let via = format!(
+                "SIP/2.0/{} {};branch={};rport",
+                dest.proto.as_str(),
+                self.transport.advertised_hostport(&dest.addr),
+                new_branch()
+            );
+            ack.prepend("Via", via);
+        }
+        if ack.header("Max-Forwards").is_none() {
+            ack.add("Max-Forwards", "70");
+        }
+        let _ = self.cmd.send(Command::Ack { id: invite.cloned(), ack, dest });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SState {
+    Proceeding,
+    Completed,
+    Confirmed,
+    Accepted,
+}
+
+struct ServerTxn {
+    invite: bool,
+    state: SState,
+    peer: Peer,
+    last_response: Option<Bytes>,
+    interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CState {
+    Calling,
+    Proceeding,
+    Completed,
+    Accepted,
+}
+
+struct ClientTxn {
+    invite: bool,
+    state: CState,
+    request: Message,
+    bytes: Bytes,
+    dest: Peer,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    interval: Duration,
+    ack: Option<Bytes>,
+}
+
+struct Pending2xx {
+    bytes: Bytes,
+    peer: Peer,
+    interval: Duration,
+    started: Instant,
+}
+
+#[derive(Debug, Clone)]
+enum Timer {
+    /// A / E: retransmit a client request.
+    ClientRetransmit(ClientTxnId),
+    /// B / F: client transaction timeout.
+    ClientTimeout(ClientTxnId),
+    /// D / K / M: forget a completed or accepted client transaction.
+    ClientTerminate(ClientTxnId),
+    /// G: retransmit a final non-2xx INVITE response.
+    ServerRetransmit(ServerTxnId),
+    /// H: no ACK for a non-2xx final response.
+    ServerAckTimeout(ServerTxnId),
+    /// I / J / L: forget a server transaction.
+    ServerTerminate(ServerTxnId),
+    /// Safety net for a TU that never answers.
+    ServerAbandon(ServerTxnId),
+    /// Retransmit a 2xx to INVITE until ACKed.
+    Retransmit2xx(String, u32),
+}
+
+/// Runs the transaction layer until the incoming stream ends.
+pub struct TransactionLayer {
+    transport: Arc<Transport>,
+    metrics: Metrics,
+    tu: mpsc::UnboundedSender<TuEvent>,
+    servers: HashMap<ServerTxnId, ServerTxn>,
+    clients: HashMap<ClientTxnId, ClientTxn>,
+    pending_2xx: HashMap<(String, u32), Pending2xx>,
+    timers: DelayQueue<Timer>,
+}
+
+impl TransactionLayer {
+    /// Creates the layer, returning the handle for users and the stream of
+    /// events for the TU. Call [`TransactionLayer::run`] to drive it.
+    pub fn start(
+        transport: Arc<Transport>,
+        incoming: mpsc::Receiver<Incoming>,
+        metrics: Metrics,
+    ) -> (SipHandle, mpsc::UnboundedReceiver<TuEvent>) {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (tu_tx, tu_rx) = mpsc::unbounded_channel();
+        let layer = TransactionLayer {
+            transport: transport.clone(),
+            metrics,
+            tu: tu_tx,
+            servers: HashMap::new(),
+            clients: HashMap::new(),
+            pending_2xx: HashMap::new(),
+            timers: DelayQueue::new(),
+        };
+        tokio::spawn(layer.run(incoming, cmd_rx));
+        (SipHandle { cmd: cmd_tx, transport }, tu_rx)
+    }
+
+    async fn run(mut self, mut incoming: mpsc::Receiver<Incoming>, mut cmds: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            tokio::select! {
+                msg = incoming.recv() => match msg {
+                    Some(m) => self.on_incoming(m),
+                    None => return,
+                },
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.on_timer(expired.into_inner());
+                }
+            }
+        }
+    }
+
+    fn send(&self, peer: &Peer, bytes: Bytes) {
+        if let Err(e) = self.transport.send(peer, bytes) {
+            tracing::debug!(error = %e, "send failed");
+        }
+    }
+
+    fn reliable(peer: &Peer) -> bool {
+        peer.proto == Proto::Tcp
+    }
+
+    // ----- incoming -----
+
+    fn on_incoming(&mut self, Incoming { msg, peer }: Incoming) {
+        if msg.is_request() {
+            self.on_request(msg, peer);
+        } else {
+            self.on_response(msg);
+        }
+    }
+
+    fn server_key(via: &Via, msg: &Message, method: &Method) -> ServerTxnId {
+        let m = if *method == Method::Ack { "INVITE" } else { method.as_str() };
+        if via.has_rfc3261_branch() {
+            let branch = via.branch.as_deref().unwrap_or_default();
+            ServerTxnId(format!("{branch}|{}|{m}", via.sent_by()).into())
+        } else {
+            // RFC 2543 peers: match on the identifying headers (17.2.3).
+            let from_tag = msg.header("From").and_then(|f| crate::sip::headers::param(f, "tag")).unwrap_or("");
+            let cseq = msg.cseq().map(|c| c.0).unwrap_or(0);
+            ServerTxnId(
+                format!(
+                    "2543|{}|{}|{from_tag}|{cseq}|{}|{m}",
+                    msg.call_id().unwrap_or(""),
+                    msg.request_uri().unwrap_or(""),
+                    via.sent_by()
+                )
+                .into(),
+            )
+        }
+    }
+
+    /// Checks the headers every request needs (RFC 3261 8.2).
+    fn validate(msg: &Message, method: &Method) -> Result<Via, &'static str> {
+        let via = msg.top_via().ok_or("missing Via")?;
+        let via = Via::parse(via).map_err(|_| "invalid Via")?;
+        if msg.call_id().is_none_or(|c| c.is_empty()) {
+            return Err("missing Call-ID");
+        }
+        let (_, cseq_method) = msg.cseq().ok_or("invalid CSeq")?;
+        if cseq_method != *method {
+            return Err("CSeq method does not match");
+        }
+        if msg.header("From").is_none() || msg.header("To").is_none() {
+            return Err("missing From or To");
+        }
+        if let Some(mf) = msg.header("Max-Forwards")
+            && mf.trim().parse::<u8>().is_err()
+        {
+            return Err("invalid Max-Forwards");
+        }
+        Ok(via)
+    }
+
+    fn on_request(&mut self, msg: Message, peer: Peer) {
+        let Some(method) = msg.method() else { return };
+        let via = match Self::validate(&msg, &method) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.metrics.reject("malformed");
+                tracing::debug!(peer = %peer.addr, reason, "malformed request");
+                // Answer 400 when we can address the answer (never to ACK).
+                if method != Method::Ack && msg.top_via().is_some_and(|v| Via::parse(v).is_ok()) {
+                    let resp = msg.response(400, reason, None);
+                    self.send(&peer, resp.to_bytes());
+                }
+                return;
+            }
+        };
+        if msg.header("Max-Forwards").is_some_and(|m| m.trim() == "0") && method != Method::Ack {
+            let resp = msg.response(483, reason_phrase(483), None);
+            self.send(&peer, resp.to_bytes());
+            return;
+        }
+        let id = Self::server_key(&via, &msg, &method);
+        if method == Method::Ack {
+            if let Some(txn) = self.servers.get_mut(&id)
+                && txn.invite
+            {
+                if txn.state == SState::Completed {
+                    txn.state = SState::Confirmed;
+                    let wait = if Self::reliable(&txn.peer) { Duration::ZERO } else { T4 };
+                    self.timers.insert(Timer::ServerTerminate(id), wait);
+                }
+                if txn.state != SState::Accepted {
+                    return;
+                }
+            }
+            // ACK for a 2xx: stop retransmitting it and tell the TU.
+            if let (Some(call_id), Some((cseq, _))) = (msg.call_id(), msg.cseq()) {
+                self.pending_2xx.remove(&(call_id.to_owned(), cseq));
+            }
+            let _ = self.tu.send(TuEvent::Ack { msg, peer });
+            return;
+        }
+        if let Some(txn) = self.servers.get(&id) {
+            // A retransmission: repeat the last response, if any.
+            if let Some(last) = txn.last_response.clone() {
+                let p = txn.peer;
+                self.send(&p, last);
+            }
+            return;
+        }
+        let invite = method == Method::Invite;
+        self.servers.insert(
+            id.clone(),
+            ServerTxn { invite, state: SState::Proceeding, peer, last_response: None, interval: T1 },
+        );
+        self.timers.insert(Timer::ServerAbandon(id.clone()), Duration::from_secs(3600));
+        let mut cancels = None;
+        if method == Method::Cancel {
+            let invite_id = Self::server_key(&via, &msg, &Method::Invite);
+            if self.servers.contains_key(&invite_id) {
+                cancels = Some(invite_id);
+            } else {
+                let resp = msg.response(481, reason_phrase(481), None);
+                self.respond(&id, resp);
+                return;
+            }
+        }
+        if invite {
+            // Answer at once rather than after 200 ms: our TU may take
+            // longer (auth, capacity checks) and the peer stops
+            // retransmitting as soon as it sees a provisional answer.
+            let trying = msg.response(100, "Trying", None);
+            self.respond(&id, trying);
+        }
+        let _ = self.tu.send(TuEvent::Request(ServerRequest { id, msg, peer, cancels }));
+    }
+
+    fn on_response(&mut self, msg: Message) {
+        let Some(code) = msg.code() else { return };
+        let Some(via) = msg.top_via().and_then(|v| Via::parse(v).ok()) else {
+            self.metrics.drop_msg("response_without_via");
+            return;
+        };
+        let Some((_, method)) = msg.cseq() else { return };
+        let Some(branch) = via.branch else { return };
+        let id = ClientTxnId(format!("{branch}|{}", method.as_str()).into());
+        let Some(txn) = self.clients.get_mut(&id) else {
+            return;
+        };
+        match (txn.invite, txn.state, code) {
+            (_, CState::Calling | CState::Proceeding, 100..=199) => {
+                txn.state = CState::Proceeding;
+                let _ = txn.events.send(ClientEvent::Response(msg));
+            }
+            (true, CState::Calling | CState::Proceeding, 200..=299) => {
+                txn.state = CState::Accepted;
+                let _ = txn.events.send(ClientEvent::Response(msg));
+                self.timers.insert(Timer::ClientTerminate(id), T64);
+            }
+            (true, CState::Accepted, 200..=299) => {
+                // A retransmitted 2xx: our ACK was lost (RFC 3261 13.2.2.4).
+                if let Some(ack) = txn.ack.clone() {
+                    let dest = txn.dest;
+                    self.send(&dest, ack);
+                }
+            }
+            (true, CState::Calling | CState::Proceeding, _) => {
+                let ack = non_2xx_ack(&txn.request, &msg).to_bytes();
+                txn.ack = Some(ack.clone());
+                txn.state = CState::Completed;
+                let dest = txn.dest;
+                let _ = txn.events.send(ClientEvent::Response(msg));
+                self.send(&dest, ack);
+                let wait = if Self::reliable(&dest) { Duration::ZERO } else { T64 };
+                self.timers.insert(Timer::ClientTerminate(id), wait);
+            }
+            (true, CState::Completed, 300..=699) => {
+                if let Some(ack) = txn.ack.clone() {
+                    let dest = txn.dest;
+                    self.send(&dest, ack);
+                }
+            }
+            (false, CState::Calling | CState::Proceeding, 200..=699) => {
+                txn.state = CState::Completed;
+                let dest = txn.dest;
+                let _ = txn.events.send(ClientEvent::Response(msg));
+                let wait = if Self::reliable(&dest) { Duration::ZERO } else { T4 };
+                self.timers.insert(Timer::ClientTerminate(id), wait);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- commands -----
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Respond { id, resp } => self.respond(&id, resp),
+            Command::Request { id, req, dest, events } => self.start_client(id, req, dest, events),
+            Command::Cancel { id, events } => {
+                let Some(txn) = self.clients.get(&id) else {
+                    let _ = events.send(ClientEvent::Timeout);
+                    return;
+                };
+                let cancel = cancel_for(&txn.request);
+                let dest = txn.dest;
+                let method_id = match cancel.top_via().and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch) {
+                    Some(b) => ClientTxnId(format!("{b}|CANCEL").into()),
+                    None => return,
+                };
+                self.start_client(method_id, cancel, dest, events);
+            }
+            Command::Ack { id, ack, dest } => {
+                let bytes = ack.to_bytes();
+                if let Some(id) = id
+                    && let Some(txn) = self.clients.get_mut(&id)
+                {
+                    txn.ack = Some(bytes.clone());
+                }
+                self.send(&dest, bytes);
+            }
+        }
+    }
+
+    fn start_client(&mut self, id: ClientTxnId, req: Message, dest: Peer, events: mpsc::UnboundedSender<ClientEvent>) {
+        let invite = req.method() == Some(Method::Invite);
+        let bytes = req.to_bytes();
+        if let Err(e) = self.transport.send(&dest, bytes.clone()) {
+            tracing::debug!(error = %e, "request send failed");
+            let _ = events.send(ClientEvent::TransportError);
+            return;
+        }
+        if !Self::reliable(&dest) {
+            self.timers.insert(Timer::ClientRetransmit(id.clone()), T1);
+        }
+        self.timers.insert(Timer::ClientTimeout(id.clone()), T64);
+        self.clients.insert(
+            id,
+            ClientTxn { invite, state: CState::Calling, request: req, bytes, dest, events, interval: T1, ack: None },
+        );
+    }
+
+    fn respond(&mut self, id: &ServerTxnId, resp: Message) {
+        let Some(code) = resp.code() else { return };
+        let Some(txn) = self.servers.get_mut(id) else {
+            tracing::debug!(code, "response for a finished transaction dropped");
+            return;
+        };
+        if matches!(txn.state, SState::Completed | SState::Confirmed | SState::Accepted) {
+            return;
+        }
+        let bytes = resp.to_bytes();
+        let peer = txn.peer;
+        let reliable = Self::reliable(&peer);
+        txn.last_response = Some(bytes.clone());
+        match (txn.invite, code) {
+            (_, 100..=199) => {}
+            (true, 200..=299) => {
+                txn.state = SState::Accepted;
+                if let (Some(call_id), Some((cseq, _))) = (resp.call_id(), resp.cseq()) {
+                    let key = (call_id.to_owned(), cseq);
+                    self.pending_2xx.insert(
+                        key.clone(),
+                        Pending2xx { bytes: bytes.clone(), peer, interval: T1, started: Instant::now() },
+                    );
+                    // Over TCP the 2xx is not retransmitted, but the ACK is
+                    // still awaited for 64*T1.
+                    let first = if reliable { T64 } else { T1 };
+                    self.timers.insert(Timer::Retransmit2xx(key.0, key.1), first);
+                }
+                // Absorb retransmitted INVITEs for a while (RFC 6026 timer L).
+                self.timers.insert(Timer::ServerTerminate(id.clone()), T64);
+            }
+            (true, _) => {
+                txn.state = SState::Completed;
+                if !reliable {
+                    self.timers.insert(Timer::ServerRetransmit(id.clone()), T1);
+                }
+                self.timers.insert(Timer::ServerAckTimeout(id.clone()), T64);
+            }
+            (false, _) => {
+                txn.state = SState::Completed;
+                let wait = if reliable { Duration::ZERO } else { T64 };
+                self.timers.insert(Timer::ServerTerminate(id.clone()), wait);
+            }
+        }
+        self.send(&peer, bytes);
+    }
+
+    // ----- timers -----
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::ClientRetransmit(id) => {
+                let Some(txn) = self.clients.get_mut(&id) else { return };
+                // INVITE stops at the first provisional (timer A); non-INVITE
+                // keeps going at T2 while proceeding (timer E).
+                let go = match (txn.invite, txn.state) {
+                    (true, CState::Calling) => true,
+                    (false, CState::Calling | CState::Proceeding) => true,
+                    _ => false,
+                };
+                if !go {
+                    return;
+                }
+                txn.interval = if txn.invite {
+                    txn.interval * 2
+                } else if txn.state == CState::Proceeding {
+                    T2
+                } else {
+                    (txn.interval * 2).min(T2)
+                };
+                let (dest, bytes, next) = (txn.dest, txn.bytes.clone(), txn.interval);
+                self.send(&dest, bytes);
+                self.timers.insert(Timer::ClientRetransmit(id), next);
+            }
+            Timer::ClientTimeout(id) => {
+                let timed_out = self
+                    .clients
+                    .get(&id)
+                    .is_some_and(|t| matches!(t.state, CState::Calling) || (!t.invite && t.state == CState::Proceeding));
+                if timed_out && let Some(txn) = self.clients.remove(&id) {
+                    let _ = txn.events.send(ClientEvent::Timeout);
+                }
+            }
+            Timer::ClientTerminate(id) => {
+                if self.clients.get(&id).is_some_and(|t| matches!(t.state, CState::Completed | CState::Accepted)) {
+                    self.clients.remove(&id);
+                }
+            }
+            Timer::ServerRetransmit(id) => {
+                let Some(txn) = self.servers.get_mut(&id) else { return };
+                if txn.state != SState::Completed {
+                    return;
+                }
+                txn.interval = (txn.interval * 2).min(T2);
+                let (peer, next) = (txn.peer, txn.interval);
+                if let Some(bytes) = txn.last_response.clone() {
+                    self.send(&peer, bytes);
+                }
+                self.timers.insert(Timer::ServerRetransmit(id), next);
+            }
+            Timer::ServerAckTimeout(id) => {
+                if self.servers.get(&id).is_some_and(|t| t.state == SState::Completed) {
+                    self.servers.remove(&id);
+                }
+            }
+            Timer::ServerTerminate(id) => {
+                self.servers.remove(&id);
+            }
+            Timer::ServerAbandon(id) => {
+                if self.servers.get(&id).is_some_and(|t| t.state == SState::Proceeding) {
+                    self.servers.remove(&id);
+                }
+            }
+            Timer::Retransmit2xx(call_id, cseq) => {
+                let key = (call_id, cseq);
+                let Some(p) = self.pending_2xx.get_mut(&key) else { return };
+                if p.started.elapsed() >= T64 {
+                    self.pending_2xx.remove(&key);
+                    let _ = self.tu.send(TuEvent::AckTimeout { call_id: key.0, cseq: key.1 });
+                    return;
+                }
+                p.interval = (p.interval * 2).min(T2);
+                let (peer, bytes, next) = (p.peer, p.bytes.clone(), p.interval);
+                let remaining = T64.saturating_sub(p.started.elapsed());
+                self.send(&peer, bytes);
+                self.timers.insert(Timer::Retransmit2xx(key.0, key.1), next.min(remaining));
+            }
+        }
+    }
+}
+
+/// The ACK for a non-2xx final response (RFC 3261 17.1.1.3).
+pub fn non_2xx_ack(invite: &Message, resp: &Message) -> Message {
+    let uri = invite.request_uri().unwrap_or_default().to_owned();
+    let mut ack = Message::request(Method::Ack, uri);
+    if let Some(via) = invite.top_via() {
+        ack.add("Via", via);
+    }
+    for name in ["Route"] {
+        for v in invite.headers_named(name) {
+            ack.add(name, v);
+        }
+    }
+    ack.add("Max-Forwards", "70");
+    if let Some(v) = invite.header("From") {
+        ack.add("From", v);
+    }
+    if let Some(v) = resp.header("To") {
+        ack.add("To", v);
+    }
+    if let Some(v) = invite.call_id() {
+        ack.add("Call-ID", v);
+    }
+    let num = invite.cseq().map(|c| c.0).unwrap_or(1);
+    ack.add("CSeq", format!("{num} ACK"));
+    ack
+}
+
+/// The CANCEL for a pending INVITE (RFC 3261 9.1): same Request-URI,
+/// top Via, Call-ID, From, To, Route and CSeq number.
+pub fn cancel_for(invite: &Message) -> Message {
+    let uri = invite.request_uri().unwrap_or_default().to_owned();
+    let mut c = Message::request(Method::Cancel, uri);
+    if let Some(via) = invite.top_via() {
+        c.add("Via", via);
+    }
+    for v in invite.headers_named("Route") {
+        c.add("Route", v);
+    }
+    c.add("Max-Forwards", "70");
+    for name in ["From", "To", "Call-ID"] {
+        if let Some(v) = invite.header(name) {
+            c.add(name, v);
+        }
+    }
+    let num = invite.cseq().map(|c| c.0).unwrap_or(1);
+    c.add("CSeq", format!("{num} CANCEL"));
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite() -> Message {
+        let mut m = Message::request(Method::Invite, "sip:1@h");
+        m.push_header("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc");
+        m.push_header("Route", "<sip:p@h;lr>");
+        m.push_header("From", "<sip:a@h>;tag=f");
+        m.push_header("To", "<sip:1@h>");
+        m.push_header("Call-ID", "cid");
+        m.push_header("CSeq", "7 INVITE");
+        m
+    }
+
+    #[test]
+    fn ack_for_non_2xx_reuses_branch_and_to_tag() {
+        let inv = invite();
+        let mut resp = inv.response(486, "Busy Here", Some("tt"));
+        resp.set("To", "<sip:1@h>;tag=tt");
+        let ack = non_2xx_ack(&inv, &resp);
+        assert_eq!(ack.top_via(), inv.top_via());
+        assert_eq!(ack.header("To"), Some("<sip:1@h>;tag=tt"));
+        assert_eq!(ack.header("CSeq"), Some("7 ACK"));
+        assert_eq!(ack.header("Route"), Some("<sip:p@h;lr>"));
+    }
+
+    #[test]
+    fn cancel_matches_invite() {
+        let c = cancel_for(&invite());
+        assert_eq!(c.top_via(), Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc"));
+        assert_eq!(c.cseq(), Some((7, Method::Cancel)));
+        assert_eq!(c.header("To"), Some("<sip:1@h>"));
+    }
+
+    #[test]
+    fn server_keys_match_ack_and_cancel_to_invite() {
+        let inv = invite();
+        let via = Via::parse(inv.top_via().unwrap_or_default()).expect("via");
+        let k_inv = TransactionLayer::server_key(&via, &inv, &Method::Invite);
+        let k_ack = TransactionLayer::server_key(&via, &inv, &Method::Ack);
+        let k_cancel = TransactionLayer::server_key(&via, &inv, &Method::Cancel);
+        assert_eq!(k_inv, k_ack);
+        assert_ne!(k_inv, k_cancel);
+        let old = Via::parse("SIP/2.0/UDP 10.0.0.1;branch=1234").expect("via");
+        let k_old = TransactionLayer::server_key(&old, &inv, &Method::Invite);
+        assert!(k_old.0.starts_with("2543|cid|"));
+    }
+
+    #[test]
+    fn validation_rejects_missing_headers() {
+        let mut m = invite();
+        assert!(TransactionLayer::validate(&m, &Method::Invite).is_ok());
+        assert_eq!(TransactionLayer::validate(&m, &Method::Bye).err(), Some("CSeq method does not match"));
+        m.remove("Call-ID");
+        assert_eq!(TransactionLayer::validate(&m, &Method::Invite).err(), Some("missing Call-ID"));
+    }
+}

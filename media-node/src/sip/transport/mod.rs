@@ -1,0 +1,215 @@
+//! SIP transports: UDP sockets and TCP connections, with the advertised
+//! address written into Via and Contact.
+//!
+//! Sending is synchronous and never blocks the transaction layer: UDP uses
+//! `try_send_to` (a datagram lost to a full socket buffer is covered by
+//! retransmission) and TCP hands bytes to a per-connection writer task.
+
+pub mod tcp;
+pub mod udp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::sip::framing::Limits;
+use crate::sip::message::Message;
+use crate::sip::protect::{RateLimiter, is_scanner};
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// UDP
+    Udp,
+    /// TCP
+    Tcp,
+}
+
+impl Proto {
+    /// As written in Via.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Udp => "UDP",
+            Proto::Tcp => "TCP",
+        }
+    }
+}
+
+/// The other end of a message: where it came from, or where to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Transport.
+    pub proto: Proto,
+    /// Remote address.
+    pub addr: SocketAddr,
+}
+
+/// A message received and accepted by the protection layer.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The parsed message.
+    pub msg: Message,
+    /// Who sent it.
+    pub peer: Peer,
+}
+
+/// Errors sending a message.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No local socket of the destination's address family.
+    #[error("no {family} socket to send to {addr}")]
+    NoSocket {
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// Destination.
+        addr: SocketAddr,
+    },
+    /// The OS refused the datagram.
+    #[error("sending to {addr} failed: {source}")]
+    Io {
+        /// Destination.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TCP connection's queue is full or closed.
+    #[error("TCP connection to {0} is congested or closed")]
+    TcpQueue(SocketAddr),
+}
+
+/// What we write into Via/Contact/SDP for each address family.
+#[derive(Debug, Clone)]
+pub struct Advertise {
+    /// Host (IP or name) for IPv4 peers, without port.
+    pub v4: Option<String>,
+    /// Host for IPv6 peers (bracketed when an IP literal).
+    pub v6: Option<String>,
+    /// SIP port to advertise.
+    pub port: u16,
+}
+
+/// Shared state of the receive side.
+pub(crate) struct Receiver {
+    pub limits: Limits,
+    pub rate: RateLimiter,
+    pub metrics: Metrics,
+    pub tx: mpsc::Sender<Incoming>,
+}
+
+impl Receiver {
+    /// Applies protection and forwards an accepted message.
+    pub(crate) fn accept(&self, msg: Message, peer: Peer) {
+        if msg.is_request() {
+            if msg.header("User-Agent").is_some_and(is_scanner) {
+                self.metrics.drop_msg("scanner");
+                return;
+            }
+            if !self.rate.allow(peer.addr.ip(), Instant::now()) {
+                self.metrics.rate_limited.inc();
+                return;
+            }
+        }
+        if self.tx.try_send(Incoming { msg, peer }).is_err() {
+            self.metrics.drop_msg("overload");
+        }
+    }
+}
+
+/// The node's SIP sockets.
+pub struct Transport {
+    udp: Vec<Arc<tokio::net::UdpSocket>>,
+    tcp: Arc<tcp::Connections>,
+    advertise: Advertise,
+    /// Local UDP addresses (bound).
+    pub local: Vec<SocketAddr>,
+}
+
+impl Transport {
+    /// Binds UDP and TCP on every address, spawns the receive loops and
+    /// returns the transport plus the stream of accepted messages.
+    pub async fn bind(
+        binds: &[SocketAddr],
+        advertise: Advertise,
+        limits: Limits,
+        rate: RateLimiter,
+        metrics: Metrics,
+    ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(4096);
+        let recv = Arc::new(Receiver { limits, rate, metrics, tx });
+        let tcp = Arc::new(tcp::Connections::new(recv.clone()));
+        let mut udp = Vec::new();
+        let mut local = Vec::new();
+        for addr in binds {
+            let sock = Arc::new(udp::bind(*addr)?);
+            local.push(sock.local_addr()?);
+            tokio::spawn(udp::receive_loop(sock.clone(), recv.clone()));
+            udp.push(sock);
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tokio::spawn(tcp::accept_loop(listener, tcp.clone()));
+        }
+        Ok((Arc::new(Transport { udp, tcp, advertise, local }), rx))
+    }
+
+    /// Sends serialised bytes to a peer.
+    pub fn send(&self, peer: &Peer, data: Bytes) -> Result<(), TransportError> {
+        match peer.proto {
+            Proto::Udp => {
+                let sock = self
+                    .udp
+                    .iter()
+                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == peer.addr.is_ipv4()))
+                    .ok_or(TransportError::NoSocket {
+                        family: if peer.addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                        addr: peer.addr,
+                    })?;
+                match sock.try_send_to(&data, peer.addr) {
+                    Ok(_) => Ok(()),
+                    // A full buffer is like a lost datagram: retransmission covers it.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                    Err(source) => Err(TransportError::Io { addr: peer.addr, source }),
+                }
+            }
+            Proto::Tcp => self.tcp.send(peer.addr, data),
+        }
+    }
+
+    /// The host we advertise to a peer (IPv6 literals bracketed).
+    pub fn advertised_host(&self, peer: &SocketAddr) -> String {
+        let configured = if peer.is_ipv4() { &self.advertise.v4 } else { &self.advertise.v6 };
+        if let Some(h) = configured {
+            return h.clone();
+        }
+        let local = self.local.iter().find(|l| l.is_ipv4() == peer.is_ipv4()).or(self.local.first());
+        match local.map(|l| l.ip()) {
+            Some(ip) if !ip.is_unspecified() => crate::sip::headers::uri_host(&ip),
+            _ => crate::sip::headers::uri_host(&if peer.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            }),
+        }
+    }
+
+    /// `host:port` we advertise to a peer.
+    pub fn advertised_hostport(&self, peer: &SocketAddr) -> String {
+        format!("{}:{}", self.advertised_host(peer), self.advertise.port)
+    }
+
+    /// The media IP to write into SDP for a peer: the advertised host when it
+    /// is an IP, else the local address.
+    pub fn media_ip(&self, peer: &SocketAddr) -> IpAddr {
+        let host = self.advertised_host(peer);
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+            return ip;
+        }
+        self.local
+            .iter()
+            .find(|l| l.is_ipv4() == peer.is_ipv4())
+            .map(|l| l.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}
