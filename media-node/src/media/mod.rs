@@ -11,3 +11,4 @@ pub mod playout;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod ticker;

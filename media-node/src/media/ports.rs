@@ -71,7 +71,7 @@ impl PortAllocator {
     pub fn new(start: u16, end: u16, quarantine: Duration) -> Result<Self, PortError> {
         let first = start.saturating_add(start & 1);
         let pairs = if end > first {
-            ((end - first) as usize + 1) / 2
+            ((end - first) as usize).div_ceil(2)
         } else {
             0
         };
