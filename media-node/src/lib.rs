@@ -19,3 +19,4 @@ pub mod routing;
 pub mod sdp;
 pub mod sip;
 pub mod media;
+pub mod agent;

@@ -1,0 +1,3 @@
+//! The agent bridge: the Twilio Media Streams protocol spoken to voice-AI agents over WebSocket.
+
+pub mod twilio;

@@ -1,0 +1,630 @@
+//! The Twilio Media Streams messages we exchange with agents (see shared/AGENT-PROTOCOL.md).
+//!
+//! Node -> agent messages are written by [`StreamWriter`], which keeps the stream's counters
+//! (`sequenceNumber` for every message from `start` on, `chunk` for media) and writes into one
+//! reused `String`, so the 50-per-second media messages allocate nothing once the buffer has
+//! grown. Numbers Twilio sends as JSON strings are strings here too.
+//!
+//! Agent -> node messages are parsed leniently by [`parse_agent_message`]: unknown fields are
+//! ignored, unknown events come back as [`AgentEvent::Unknown`] (the session counts and ignores
+//! them), and only a frame that is not JSON, has no `event`, or lacks what its event needs is an
+//! error — which the session also survives.
+//!
+//! The serde types [`NodeMessage`] describe the node's messages for tests and for anyone who needs
+//! to read them (an agent written in Rust, say).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// `protocol` of the `connected` message.
+pub const PROTOCOL: &str = "Call";
+/// `version` of the `connected` message.
+pub const VERSION: &str = "1.0.0";
+/// Media encoding we announce.
+pub const ENCODING: &str = "audio/x-mulaw";
+/// Sample rate we announce.
+pub const SAMPLE_RATE: u32 = 8000;
+
+/// `mediaFormat` of the start message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaFormat {
+    /// Always `audio/x-mulaw`.
+    pub encoding: String,
+    /// Always 8000.
+    pub sample_rate: u32,
+    /// Always 1.
+    pub channels: u32,
+}
+
+impl Default for MediaFormat {
+    fn default() -> Self {
+        MediaFormat {
+            encoding: ENCODING.to_string(),
+            sample_rate: SAMPLE_RATE,
+            channels: 1,
+        }
+    }
+}
+
+/// The `start` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartInfo {
+    /// Stream id.
+    pub stream_sid: String,
+    /// Account identity (namespace/trunk).
+    pub account_sid: String,
+    /// Call id.
+    pub call_sid: String,
+    /// Always `["inbound"]`.
+    pub tracks: Vec<String>,
+    /// The number's agent parameters plus call facts.
+    pub custom_parameters: BTreeMap<String, String>,
+    /// Audio format.
+    pub media_format: MediaFormat,
+}
+
+/// The `media` object of a node message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// Always `inbound`.
+    pub track: String,
+    /// Media message count from 1, as a string.
+    pub chunk: String,
+    /// Milliseconds since the stream started, as a string.
+    pub timestamp: String,
+    /// Base64 of 160 bytes of μ-law.
+    pub payload: String,
+}
+
+/// The `dtmf` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtmfInfo {
+    /// Always `inbound_track`.
+    pub track: String,
+    /// The digit.
+    pub digit: String,
+}
+
+/// The `mark` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkInfo {
+    /// Mark name.
+    pub name: String,
+}
+
+/// The `stop` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopInfo {
+    /// Account identity.
+    pub account_sid: String,
+    /// Call id.
+    pub call_sid: String,
+}
+
+/// A node -> agent message, field order as on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "event",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
+pub enum NodeMessage {
+    /// First message.
+    Connected {
+        /// `Call`.
+        protocol: String,
+        /// `1.0.0`.
+        version: String,
+    },
+    /// Stream metadata.
+    Start {
+        /// Message count.
+        sequence_number: String,
+        /// Stream id.
+        stream_sid: String,
+        /// Details.
+        start: StartInfo,
+    },
+    /// 20 ms of caller audio.
+    Media {
+        /// Message count.
+        sequence_number: String,
+        /// Stream id.
+        stream_sid: String,
+        /// Audio.
+        media: MediaInfo,
+    },
+    /// A key press.
+    Dtmf {
+        /// Stream id.
+        stream_sid: String,
+        /// Message count.
+        sequence_number: String,
+        /// Digit.
+        dtmf: DtmfInfo,
+    },
+    /// Echo of an agent mark.
+    Mark {
+        /// Message count.
+        sequence_number: String,
+        /// Stream id.
+        stream_sid: String,
+        /// Mark.
+        mark: MarkInfo,
+    },
+    /// End of stream.
+    Stop {
+        /// Message count.
+        sequence_number: String,
+        /// Stream id.
+        stream_sid: String,
+        /// Identity.
+        stop: StopInfo,
+    },
+}
+
+/// Identity of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamIds {
+    /// `streamSid`.
+    pub stream_sid: String,
+    /// `accountSid`.
+    pub account_sid: String,
+    /// `callSid`.
+    pub call_sid: String,
+}
+
+/// Writes the node's messages for one stream into a reused buffer, keeping the counters.
+#[derive(Debug)]
+pub struct StreamWriter {
+    ids: StreamIds,
+    /// `"streamSid":"..."` with the value JSON-escaped once, reused by every media message.
+    stream_sid_field: String,
+    sequence: u64,
+    chunk: u64,
+    buf: String,
+}
+
+impl StreamWriter {
+    /// A writer for a stream; counters start at zero (the first counted message is 1).
+    pub fn new(ids: StreamIds) -> Self {
+        let mut stream_sid_field = String::from("\"streamSid\":");
+        write_json_string(&mut stream_sid_field, &ids.stream_sid);
+        StreamWriter {
+            ids,
+            stream_sid_field,
+            sequence: 0,
+            chunk: 0,
+            // Room for a media message (base64 of 160 bytes is 216 characters).
+            buf: String::with_capacity(512),
+        }
+    }
+
+    /// The stream's identity.
+    pub fn ids(&self) -> &StreamIds {
+        &self.ids
+    }
+
+    /// `sequenceNumber` of the last message written (0 before `start`).
+    pub fn sequence_number(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Media messages written so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunk
+    }
+
+    fn next_seq(&mut self) -> String {
+        self.sequence += 1;
+        self.sequence.to_string()
+    }
+
+    fn write_serde(&mut self, msg: &NodeMessage) -> &str {
+        self.buf.clear();
+        // Serialising these plain structs cannot fail; an empty frame would be the only outcome.
+        if let Ok(s) = serde_json::to_string(msg) {
+            self.buf.push_str(&s);
+        }
+        &self.buf
+    }
+
+    /// The `connected` message (not counted in `sequenceNumber`).
+    pub fn connected(&mut self) -> &str {
+        let msg = NodeMessage::Connected {
+            protocol: PROTOCOL.to_string(),
+            version: VERSION.to_string(),
+        };
+        self.write_serde(&msg)
+    }
+
+    /// The `start` message.
+    pub fn start(&mut self, custom_parameters: BTreeMap<String, String>) -> &str {
+        let msg = NodeMessage::Start {
+            sequence_number: self.next_seq(),
+            stream_sid: self.ids.stream_sid.clone(),
+            start: StartInfo {
+                stream_sid: self.ids.stream_sid.clone(),
+                account_sid: self.ids.account_sid.clone(),
+                call_sid: self.ids.call_sid.clone(),
+                tracks: vec!["inbound".to_string()],
+                custom_parameters,
+                media_format: MediaFormat::default(),
+            },
+        };
+        self.write_serde(&msg)
+    }
+
+    /// A `media` message with `payload` (160 bytes of μ-law) at `timestamp_ms` since the stream
+    /// started. Writes by hand into the reused buffer: no allocation once it has grown.
+    pub fn media(&mut self, payload: &[u8], timestamp_ms: u64) -> &str {
+        self.sequence += 1;
+        self.chunk += 1;
+        let b = &mut self.buf;
+        b.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            b,
+            "{{\"event\":\"media\",\"sequenceNumber\":\"{}\",",
+            self.sequence
+        );
+        b.push_str(&self.stream_sid_field);
+        let _ = write!(
+            b,
+            ",\"media\":{{\"track\":\"inbound\",\"chunk\":\"{}\",\"timestamp\":\"{}\",\"payload\":\"",
+            self.chunk, timestamp_ms
+        );
+        BASE64.encode_string(payload, b);
+        b.push_str("\"}}");
+        &self.buf
+    }
+
+    /// A `dtmf` message for `digit`.
+    pub fn dtmf(&mut self, digit: char) -> &str {
+        let msg = NodeMessage::Dtmf {
+            stream_sid: self.ids.stream_sid.clone(),
+            sequence_number: self.next_seq(),
+            dtmf: DtmfInfo {
+                track: "inbound_track".to_string(),
+                digit: digit.to_string(),
+            },
+        };
+        self.write_serde(&msg)
+    }
+
+    /// A `mark` message echoing the agent's mark `name`.
+    pub fn mark(&mut self, name: &str) -> &str {
+        let msg = NodeMessage::Mark {
+            sequence_number: self.next_seq(),
+            stream_sid: self.ids.stream_sid.clone(),
+            mark: MarkInfo {
+                name: name.to_string(),
+            },
+        };
+        self.write_serde(&msg)
+    }
+
+    /// The `stop` message.
+    pub fn stop(&mut self) -> &str {
+        let msg = NodeMessage::Stop {
+            sequence_number: self.next_seq(),
+            stream_sid: self.ids.stream_sid.clone(),
+            stop: StopInfo {
+                account_sid: self.ids.account_sid.clone(),
+                call_sid: self.ids.call_sid.clone(),
+            },
+        };
+        self.write_serde(&msg)
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A message from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent<'a> {
+    /// Audio: its decoded bytes were written into the caller's buffer.
+    Media,
+    /// A mark to place in the playout queue.
+    Mark {
+        /// Mark name.
+        name: Cow<'a, str>,
+    },
+    /// Drop queued audio (barge-in).
+    Clear,
+    /// An event we do not handle; ignored and counted by the session.
+    Unknown {
+        /// The `event` value.
+        event: Cow<'a, str>,
+    },
+}
+
+/// Why an agent frame was unusable. None of these end the call.
+#[derive(Debug, Error)]
+pub enum AgentProtocolError {
+    /// Not JSON, or JSON of the wrong shape (no `event` string).
+    #[error("malformed agent message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A media message without `media.payload`.
+    #[error("media message without media.payload")]
+    MissingPayload,
+    /// A mark message without `mark.name`.
+    #[error("mark message without mark.name")]
+    MissingMarkName,
+    /// The payload is not valid base64.
+    #[error("media payload is not base64: {0}")]
+    BadBase64(#[from] base64::DecodeError),
+}
+
+#[derive(Deserialize)]
+struct RawAgentMessage<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    media: Option<RawMedia<'a>>,
+    #[serde(borrow, default)]
+    mark: Option<RawMark<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawMedia<'a> {
+    #[serde(borrow, default)]
+    payload: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawMark<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// Parses one text frame from the agent. For media, the decoded audio replaces the contents of
+/// `audio` (a buffer the session reuses).
+pub fn parse_agent_message<'a>(
+    text: &'a str,
+    audio: &mut Vec<u8>,
+) -> Result<AgentEvent<'a>, AgentProtocolError> {
+    let raw: RawAgentMessage<'a> = serde_json::from_str(text)?;
+    match raw.event.as_ref() {
+        "media" => {
+            let payload = raw
+                .media
+                .and_then(|m| m.payload)
+                .ok_or(AgentProtocolError::MissingPayload)?;
+            audio.clear();
+            BASE64.decode_vec(payload.as_bytes(), audio)?;
+            Ok(AgentEvent::Media)
+        }
+        "mark" => {
+            let name = raw
+                .mark
+                .and_then(|m| m.name)
+                .ok_or(AgentProtocolError::MissingMarkName)?;
+            Ok(AgentEvent::Mark { name })
+        }
+        "clear" => Ok(AgentEvent::Clear),
+        _ => Ok(AgentEvent::Unknown { event: raw.event }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> StreamWriter {
+        StreamWriter::new(StreamIds {
+            stream_sid: "MZ0001".into(),
+            account_sid: "AC-default-carrier".into(),
+            call_sid: "CA42".into(),
+        })
+    }
+
+    #[test]
+    fn golden_connected_and_start() {
+        let mut w = writer();
+        assert_eq!(
+            w.connected(),
+            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#
+        );
+        let mut params = BTreeMap::new();
+        params.insert("from".to_string(), "+15550001111".to_string());
+        params.insert("to".to_string(), "+15550002222".to_string());
+        assert_eq!(
+            w.start(params),
+            concat!(
+                r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ0001","start":{"#,
+                r#""streamSid":"MZ0001","accountSid":"AC-default-carrier","callSid":"CA42","#,
+                r#""tracks":["inbound"],"customParameters":{"from":"+15550001111","#,
+                r#""to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","#,
+                r#""sampleRate":8000,"channels":1}}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn golden_media_dtmf_mark_stop_and_counters() {
+        let mut w = writer();
+        w.connected();
+        w.start(BTreeMap::new());
+        let payload = [0xFFu8; 160];
+        let b64 = BASE64.encode(payload);
+        assert_eq!(b64.len(), 216);
+        assert_eq!(
+            w.media(&payload, 0),
+            format!(
+                r#"{{"event":"media","sequenceNumber":"2","streamSid":"MZ0001","media":{{"track":"inbound","chunk":"1","timestamp":"0","payload":"{b64}"}}}}"#
+            )
+        );
+        assert_eq!(
+            w.media(&payload, 20),
+            format!(
+                r#"{{"event":"media","sequenceNumber":"3","streamSid":"MZ0001","media":{{"track":"inbound","chunk":"2","timestamp":"20","payload":"{b64}"}}}}"#
+            )
+        );
+        assert_eq!(
+            w.dtmf('5'),
+            r#"{"event":"dtmf","streamSid":"MZ0001","sequenceNumber":"4","dtmf":{"track":"inbound_track","digit":"5"}}"#
+        );
+        assert_eq!(
+            w.mark("greeting-done"),
+            r#"{"event":"mark","sequenceNumber":"5","streamSid":"MZ0001","mark":{"name":"greeting-done"}}"#
+        );
+        assert_eq!(
+            w.media(&payload, 40),
+            format!(
+                r#"{{"event":"media","sequenceNumber":"6","streamSid":"MZ0001","media":{{"track":"inbound","chunk":"3","timestamp":"40","payload":"{b64}"}}}}"#
+            )
+        );
+        assert_eq!(
+            w.stop(),
+            r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ0001","stop":{"accountSid":"AC-default-carrier","callSid":"CA42"}}"#
+        );
+        assert_eq!(w.sequence_number(), 7);
+        assert_eq!(w.chunks(), 3);
+    }
+
+    #[test]
+    fn hand_written_media_matches_serde_and_escapes_sid() {
+        let mut w = StreamWriter::new(StreamIds {
+            stream_sid: "odd\"sid\\\u{1}".into(),
+            account_sid: "a".into(),
+            call_sid: "c".into(),
+        });
+        let payload: Vec<u8> = (0..160u32).map(|i| i as u8).collect();
+        let text = w.media(&payload, 1234).to_string();
+        let parsed: NodeMessage = serde_json::from_str(&text).expect("valid JSON");
+        let expected = NodeMessage::Media {
+            sequence_number: "1".into(),
+            stream_sid: "odd\"sid\\\u{1}".into(),
+            media: MediaInfo {
+                track: "inbound".into(),
+                chunk: "1".into(),
+                timestamp: "1234".into(),
+                payload: BASE64.encode(&payload),
+            },
+        };
+        assert_eq!(parsed, expected);
+        assert_eq!(text, serde_json::to_string(&expected).expect("serialise"));
+    }
+
+    #[test]
+    fn media_reuses_its_buffer() {
+        let mut w = writer();
+        let payload = [0x7Fu8; 160];
+        let first = w.media(&payload, 0).as_ptr();
+        for i in 1..100 {
+            w.media(&payload, i * 20);
+        }
+        assert_eq!(w.media(&payload, 2000).as_ptr(), first, "no reallocation");
+    }
+
+    #[test]
+    fn parses_agent_media_mark_clear() {
+        let mut audio = Vec::new();
+        let text = format!(
+            r#"{{"event":"media","streamSid":"MZ0001","media":{{"payload":"{}"}}}}"#,
+            BASE64.encode([1u8, 2, 3])
+        );
+        assert_eq!(
+            parse_agent_message(&text, &mut audio).expect("ok"),
+            AgentEvent::Media
+        );
+        assert_eq!(audio, vec![1, 2, 3]);
+        assert_eq!(
+            parse_agent_message(
+                r#"{"event":"mark","streamSid":"MZ0001","mark":{"name":"m1"}}"#,
+                &mut audio
+            )
+            .expect("ok"),
+            AgentEvent::Mark { name: "m1".into() }
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"clear","streamSid":"MZ0001"}"#, &mut audio)
+                .expect("ok"),
+            AgentEvent::Clear
+        );
+        // Escaped names are unescaped.
+        assert_eq!(
+            parse_agent_message(r#"{"event":"mark","mark":{"name":"a\"b"}}"#, &mut audio)
+                .expect("ok"),
+            AgentEvent::Mark {
+                name: "a\"b".into()
+            }
+        );
+    }
+
+    #[test]
+    fn lenient_with_unknown_events_and_fields() {
+        let mut audio = Vec::new();
+        let text = format!(
+            r#"{{"event":"media","extra":{{"x":[1,2]}},"media":{{"payload":"{}","track":"outbound","chunk":"9"}},"streamSid":"S"}}"#,
+            BASE64.encode([9u8; 4])
+        );
+        assert_eq!(
+            parse_agent_message(&text, &mut audio).expect("ok"),
+            AgentEvent::Media
+        );
+        assert_eq!(audio, vec![9; 4]);
+        assert_eq!(
+            parse_agent_message(r#"{"event":"transcript","text":"hi"}"#, &mut audio).expect("ok"),
+            AgentEvent::Unknown {
+                event: "transcript".into()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        let mut audio = Vec::new();
+        for bad in [
+            "not json",
+            "{}",
+            r#"{"event":5}"#,
+            "[1,2]",
+            r#"{"event":"media"}"#,
+            r#"{"event":"media","media":{}}"#,
+            r#"{"event":"media","media":{"payload":"!!!"}}"#,
+            r#"{"event":"mark","mark":{}}"#,
+            r#"{"event":"mark"}"#,
+        ] {
+            assert!(
+                parse_agent_message(bad, &mut audio).is_err(),
+                "{bad} should be an error"
+            );
+        }
+        assert!(matches!(
+            parse_agent_message(r#"{"event":"media","media":{"payload":"%%"}}"#, &mut audio),
+            Err(AgentProtocolError::BadBase64(_))
+        ));
+        assert!(matches!(
+            parse_agent_message(r#"{"event":"media","media":{}}"#, &mut audio),
+            Err(AgentProtocolError::MissingPayload)
+        ));
+    }
+}
