@@ -3,3 +3,5 @@
 pub mod envtest;
 pub mod operator;
 pub mod poll;
+pub mod node;
+pub mod sipp;

@@ -1,0 +1,242 @@
+//! Runs the real `switchboard-media-node` binary with a routing
+//! configuration, on free loopback ports, and kills it on drop.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A port free on 127.0.0.1 for both UDP and TCP (SIP uses both).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(addr) = udp.local_addr() else { continue };
+        if TcpListener::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free port on 127.0.0.1");
+}
+
+/// The media-node binary next to the test executable (built by
+/// `make test`; built here on demand otherwise).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/test-xxxx -> target/debug/
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
+    let bin = dir.join("switchboard-media-node");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "switchboard-media-node", "--bin", "switchboard-media-node"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building switchboard-media-node failed");
+    }
+    bin
+}
+
+/// A running media node.
+pub struct MediaNode {
+    child: Child,
+    /// SIP address (UDP and TCP).
+    pub sip: SocketAddr,
+    /// Admin HTTP address.
+    pub http: SocketAddr,
+    /// The configuration file (rewrite it and call [`MediaNode::reload`]).
+    pub config_path: PathBuf,
+    /// Log file of the node (stderr).
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MediaNode {
+    /// Starts a node with `config` (a proto3-JSON RoutingConfig) and extra
+    /// flags, and waits for `/readyz` (at most 20 s).
+    pub async fn start(config: &serde_json::Value, extra: &[&str]) -> anyhow::Result<MediaNode> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("routing.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
+        let log_path = dir.path().join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let rtp_start = 30000 + (free_port() % 20000) / 2 * 2;
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .args(["--sip-bind", &sip.to_string(), "--http-bind", &http.to_string()])
+            .args(["--rtp-ports", &format!("{rtp_start}-{}", rtp_start + 200)])
+            .args(extra)
+            .env("RUST_LOG", "info,switchboard_media_node=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().context("spawning switchboard-media-node")?;
+        let mut node = MediaNode { child, sip, http, config_path, log_path, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = node.http("GET", "/readyz", None).await {
+                return Ok(node);
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                bail!("media node exited with {status} before ready; log:\n{}", node.log());
+            }
+            if Instant::now() > deadline {
+                bail!("media node not ready within 20s; log:\n{}", node.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Waits for the process to exit; `None` when it is still running at
+    /// the deadline.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A minimal HTTP/1.1 request to the admin endpoint: (status, body).
+    pub async fn http(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<(u16, String)> {
+        http_request(self.http, method, path, body).await
+    }
+
+    /// The value of a Prometheus sample (exact series text), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let Ok((_, text)) = self.http("GET", "/metrics", None).await else { return 0.0 };
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for MediaNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, bounded to 60 s.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        // Chunked bodies (axum streams JSON this way sometimes): de-chunk simply.
+        let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+        anyhow::Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(60), fut).await.context("HTTP request timed out")?
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A raw SIP peer on a UDP socket, for exact control over what is sent
+/// (retransmissions, malformed messages).
+pub struct RawSip {
+    /// The socket.
+    pub sock: tokio::net::UdpSocket,
+    /// Where the node listens.
+    pub node: SocketAddr,
+}
+
+impl RawSip {
+    /// Binds on 127.0.0.1 (any port).
+    pub async fn new(node: SocketAddr) -> anyhow::Result<RawSip> {
+        Ok(RawSip { sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?, node })
+    }
+
+    /// Our local address.
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().expect("bound socket")
+    }
+
+    /// Sends raw bytes.
+    pub async fn send(&self, data: &[u8]) {
+        let _ = self.sock.send_to(data, self.node).await;
+    }
+
+    /// Receives messages until `pred` accepts one (returned) or `within`
+    /// passes (None). Every message seen is appended to `seen`.
+    pub async fn recv_until(&self, within: Duration, seen: &mut Vec<String>, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut buf)).await;
+            let Ok(Ok((n, _))) = r else { return None };
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            seen.push(text.clone());
+            if pred(&text) {
+                return Some(text);
+            }
+        }
+    }
+}
+
+/// The status code of a SIP response text.
+pub fn status_of(msg: &str) -> Option<u16> {
+    msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+/// A header value from SIP message text (first occurrence, case-insensitive).
+pub fn header_of<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
