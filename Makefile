@@ -26,9 +26,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Regenerates crds/ from the Rust types (a test fails when they drift).
+# Regenerates crds/ from the Rust types (a test fails when they drift) and
+# copies them into the Helm chart (a test fails when the copies differ).
 crds:
 	$(CARGO) run -q -p switchboard-operator --bin crdgen -- crds
+	cp crds/*.yaml charts/switchboard/crds/
 
 demo:
 	@echo "make demo: not available yet (arrives with the media-node and fleet issues)"; exit 1
