@@ -23,6 +23,8 @@ pub struct SippRun {
     pub stderr: String,
     /// The error log (`-trace_err`), if any.
     pub errors: String,
+    /// Every message sent and received (`-trace_msg`).
+    pub messages: String,
 }
 
 impl SippRun {
@@ -104,6 +106,7 @@ impl Sipp {
     async fn run(self, mut base: Vec<String>) -> anyhow::Result<SippRun> {
         let dir = tempfile::tempdir()?;
         let err_file = dir.path().join("errors.log");
+        let msg_file = dir.path().join("messages.log");
         let secs = self.timeout.as_secs().max(1);
         base.extend([
             "-sf".into(),
@@ -114,6 +117,9 @@ impl Sipp {
             "-trace_err".into(),
             "-error_file".into(),
             err_file.display().to_string(),
+            "-trace_msg".into(),
+            "-message_file".into(),
+            msg_file.display().to_string(),
             "-nostdin".into(),
         ]);
         base.extend(self.args);
@@ -134,6 +140,7 @@ impl Sipp {
             stdout: String::from_utf8_lossy(&out.stdout).into(),
             stderr: String::from_utf8_lossy(&out.stderr).into(),
             errors: std::fs::read_to_string(&err_file).unwrap_or_default(),
+            messages: std::fs::read_to_string(&msg_file).unwrap_or_default(),
         })
     }
 }
