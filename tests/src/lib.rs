@@ -5,3 +5,4 @@ pub mod operator;
 pub mod poll;
 pub mod node;
 pub mod sipp;
+pub mod helm;
