@@ -1,3 +1,4 @@
 //! The agent bridge: the Twilio Media Streams protocol spoken to voice-AI agents over WebSocket.
 
+pub mod session;
 pub mod twilio;

@@ -168,6 +168,11 @@ impl PlayoutQueue {
         std::time::Duration::from_micros(self.audio.len() as u64 * 125)
     }
 
+    /// Completed marks not yet taken with [`PlayoutQueue::pop_done_mark`].
+    pub fn done_marks(&self) -> usize {
+        self.done.len()
+    }
+
     /// Marks waiting for their audio to play.
     pub fn pending_marks(&self) -> usize {
         self.pending.len()
