@@ -4,11 +4,13 @@
 //! - [`crd`]: the resource types (and the CRDs generated from them);
 //! - [`routing`]: the pure resolver from resources to configuration;
 //! - [`reconcile`]: watches, status by server-side apply, Events;
+//! - [`fleet`]: programming the media nodes over gRPC;
 //! - [`leader`]: Lease-based leader election;
 //! - [`source`]: the file source for runs without a cluster;
 //! - [`http`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod crd;
+pub mod fleet;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -1,16 +1,18 @@
 //! `switchboard-operator`: reconciles Switchboard resources from the
-//! Kubernetes API, or from YAML files with `--manifests DIR`.
+//! Kubernetes API, or from YAML files with `--manifests DIR`, and programs the
+//! media-node fleet over gRPC.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use switchboard_operator::fleet::{self, Endpoints, client::ControlClient, view::FleetView};
 use switchboard_operator::metrics::Metrics;
 use switchboard_operator::routing::{self, Resolution};
 use switchboard_operator::source::{files, table};
@@ -28,6 +30,10 @@ struct Args {
     /// any object is not usable or a document was skipped).
     #[arg(long, requires = "manifests")]
     once: bool,
+    /// With --manifests: a media node to program, as NAME=HOST:PORT of its
+    /// control service (repeatable).
+    #[arg(long = "node", value_name = "NAME=HOST:PORT", requires = "manifests")]
+    nodes: Vec<String>,
     /// Write the resolved routing configuration (proto3 JSON, holds
     /// credentials: mode 0600) to this file after every change.
     #[arg(long, value_name = "FILE")]
@@ -44,7 +50,8 @@ struct Args {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "switchboard-operator")]
     lease_name: String,
-    /// Namespace of the Lease (default: the pod's namespace, else "default").
+    /// Namespace of the Lease and of the media-node pods (default: the
+    /// pod's namespace, else "default").
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Seconds a leader's lease is valid without renewal.
@@ -53,6 +60,32 @@ struct Args {
     /// This replica's identity (default: the pod name, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Label selector of the media-node pods.
+    #[arg(long, default_value = "app.kubernetes.io/component=media-node")]
+    media_node_selector: String,
+    /// Namespace of the media-node pods (default: the Lease namespace).
+    #[arg(long)]
+    media_node_namespace: Option<String>,
+    /// Control port of media nodes (a pod may override it with the
+    /// annotation switchboard.dev/control-port).
+    #[arg(long, default_value_t = 9443)]
+    control_port: u16,
+    /// CA certificate (PEM) that signed the media nodes' control certificate.
+    #[arg(long, env = "SWITCHBOARD_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
+    /// Name the media nodes' control certificate is issued for.
+    #[arg(long, default_value = "switchboard-media-node")]
+    control_server_name: String,
+    /// File holding the bearer token media nodes expect.
+    #[arg(long, env = "SWITCHBOARD_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: talk to media nodes in plaintext (the token, if
+    /// given, is still sent).
+    #[arg(long)]
+    control_insecure: bool,
+    /// Do not set pod-deletion-cost on media-node pods.
+    #[arg(long)]
+    no_deletion_cost: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -61,8 +94,10 @@ struct Args {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json { b.json().init() } else { b.init() }
 }
@@ -72,6 +107,31 @@ fn identity(args: &Args) -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
+}
+
+fn control_client(args: &Args) -> anyhow::Result<Arc<ControlClient>> {
+    if args.control_insecure {
+        warn!(
+            "--control-insecure: the control channel to media nodes is plaintext (development only)"
+        );
+        let token = args
+            .control_token_file
+            .as_deref()
+            .map(fleet::client::read_token)
+            .transpose()?;
+        return Ok(Arc::new(ControlClient::insecure(token)));
+    }
+    match (&args.control_ca, &args.control_token_file) {
+        (Some(ca), Some(token)) => Ok(Arc::new(ControlClient::tls(
+            ca,
+            &args.control_server_name,
+            token,
+        )?)),
+        _ => bail!(
+            "the control channel to media nodes needs --control-ca and --control-token-file \
+             (or --control-insecure for local development)"
+        ),
+    }
 }
 
 async fn shutdown_signal() {
@@ -107,32 +167,77 @@ fn emit(path: &Path, r: &Resolution, version: u64) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+fn parse_nodes(nodes: &[String]) -> anyhow::Result<Endpoints> {
+    nodes
+        .iter()
+        .map(|n| {
+            let (name, addr) = n
+                .split_once('=')
+                .with_context(|| format!("--node {n:?}: expected NAME=HOST:PORT"))?;
+            if name.is_empty() || addr.is_empty() {
+                bail!("--node {n:?}: expected NAME=HOST:PORT");
+            }
+            Ok((name.to_string(), addr.to_string()))
+        })
+        .collect()
+}
+
 async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let mut version = 0u64;
-    let mut last: Option<routing::RoutingSnapshot> = None;
+    let nodes = parse_nodes(&args.nodes)?;
+    let (resolved_tx, resolved_rx) = watch::channel(Arc::new(Resolution::default()));
+    let (view_tx, mut view_rx) = watch::channel(Arc::new(FleetView::default()));
+    let fleet_on = !nodes.is_empty();
+    if fleet_on {
+        let client = control_client(&args)?;
+        let (_eps_tx, eps_rx) = watch::channel(nodes);
+        // The node list is fixed for the life of the process.
+        std::mem::forget(_eps_tx);
+        tokio::spawn(fleet::run(
+            client,
+            resolved_rx,
+            eps_rx,
+            view_tx,
+            metrics.clone(),
+        ));
+    }
     let (_watcher, mut changes) = if args.once {
         (None, None)
     } else {
         let (w, rx) = files::watch(&dir)?;
         (Some(w), Some(rx))
     };
+    let mut version = 0u64;
+    let mut last: Option<routing::RoutingSnapshot> = None;
+    let mut printed = String::new();
+    let mut reload = true;
+    let mut loaded = files::Loaded::default();
+    let mut r = Resolution::default();
     loop {
-        let loaded = files::load_dir(&dir)?;
-        let r = routing::resolve(&loaded.inputs);
-        metrics.observe(&r);
-        metrics.ready.set(1);
-        let snapshot = routing::RoutingSnapshot::of(&r);
-        if last.as_ref() != Some(&snapshot) {
-            version += 1;
-            print!("{}", table::render(&r, &loaded.problems));
-            for p in &loaded.problems {
-                warn!(location = %p.location, "skipped document: {}", p.message);
+        if reload {
+            loaded = files::load_dir(&dir)?;
+            r = routing::resolve(&loaded.inputs);
+            metrics.observe(&r);
+            metrics.ready.set(1);
+            let snapshot = routing::RoutingSnapshot::of(&r);
+            if last.as_ref() != Some(&snapshot) {
+                version += 1;
+                for p in &loaded.problems {
+                    warn!(location = %p.location, "skipped document: {}", p.message);
+                }
+                if let Some(path) = &args.emit_config {
+                    emit(path, &r, version)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    info!(path = %path.display(), version, "routing configuration written");
+                }
+                resolved_tx.send_replace(Arc::new(r.clone()));
+                last = Some(snapshot);
             }
-            if let Some(path) = &args.emit_config {
-                emit(path, &r, version).with_context(|| format!("writing {}", path.display()))?;
-                info!(path = %path.display(), version, "routing configuration written");
-            }
-            last = Some(snapshot);
+        }
+        let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
+        let text = table::render(&r, view.as_deref(), &loaded.problems);
+        if text != printed {
+            print!("{text}");
+            printed = text;
         }
         let Some(rx) = changes.as_mut() else {
             let all_ok = loaded.problems.is_empty()
@@ -144,35 +249,51 @@ async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::R
             return Ok(());
         };
         tokio::select! {
-            got = rx.recv() => if got.is_none() { return Ok(()) },
+            got = rx.recv() => {
+                if got.is_none() {
+                    return Ok(());
+                }
+                tokio::time::sleep(files::SETTLE).await;
+                while rx.try_recv().is_ok() {}
+                reload = true;
+            }
+            changed = view_rx.changed(), if fleet_on => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                reload = false;
+                // Call counts change constantly; reprint at most this often.
+                tokio::time::sleep(fleet::STATUS_INTERVAL).await;
+            }
             _ = shutdown_signal() => return Ok(()),
         }
-        tokio::time::sleep(files::SETTLE).await;
-        while rx.try_recv().is_ok() {}
     }
 }
 
 async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let control = control_client(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let identity = identity(&args);
+    let own_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leader_rx, leader_task) = if args.no_leader_election {
-        let (_tx, rx) = watch::channel(true);
+        let (tx, rx) = watch::channel(true);
         // Keep the sender alive for the life of the process.
-        std::mem::forget(_tx);
+        std::mem::forget(tx);
         (rx, None)
     } else {
+        let duration = Duration::from_secs(args.lease_duration_seconds.max(2));
         let cfg = leader::Config {
-            namespace: args
-                .lease_namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            namespace: own_namespace.clone(),
             name: args.lease_name.clone(),
             identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
-            renew_period: Duration::from_secs(args.lease_duration_seconds.max(2)) / 3,
+            lease_duration: duration,
+            renew_period: duration / 3,
         };
         let (rx, task) = leader::spawn(client.clone(), cfg, stop_rx);
         (rx, Some(task))
@@ -189,12 +310,13 @@ async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
             }
         });
     }
-    let (resolved_tx, mut resolved_rx) = watch::channel(Arc::new(Resolution::default()));
+    let (resolved_tx, resolved_rx) = watch::channel(Arc::new(Resolution::default()));
     if let Some(path) = args.emit_config.clone() {
+        let mut rx = resolved_rx.clone();
         tokio::spawn(async move {
             let mut version = 0;
-            while resolved_rx.changed().await.is_ok() {
-                let r = resolved_rx.borrow_and_update().clone();
+            while rx.changed().await.is_ok() {
+                let r = rx.borrow_and_update().clone();
                 version += 1;
                 if let Err(e) = emit(&path, &r, version) {
                     warn!(error = %e, "cannot write the routing configuration");
@@ -202,6 +324,57 @@ async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
             }
         });
     }
+
+    // The fleet: only the leader programs nodes.
+    let node_ns = args
+        .media_node_namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace.clone());
+    let (eps_tx, eps_rx) = watch::channel(Endpoints::new());
+    tokio::spawn(fleet::pods::discover(
+        client.clone(),
+        node_ns.clone(),
+        args.media_node_selector.clone(),
+        args.control_port,
+        eps_tx,
+    ));
+    let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
+    {
+        let (control, metrics, mut leader) = (control.clone(), metrics.clone(), leader_rx.clone());
+        let (resolved_rx, eps_rx) = (resolved_rx.clone(), eps_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                // Wait for leadership, program while leading, stop on loss.
+                while !*leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let run = fleet::run(
+                    control.clone(),
+                    resolved_rx.clone(),
+                    eps_rx.clone(),
+                    view_tx.clone(),
+                    metrics.clone(),
+                );
+                tokio::select! {
+                    _ = run => return,
+                    _ = async { while *leader.borrow_and_update() { if leader.changed().await.is_err() { break; } } } => {
+                        info!("no longer leader: stopped programming media nodes");
+                    }
+                }
+            }
+        });
+    }
+    if !args.no_deletion_cost {
+        tokio::spawn(fleet::pods::maintain_deletion_cost(
+            client.clone(),
+            node_ns,
+            view_rx.clone(),
+            leader_rx.clone(),
+        ));
+    }
+
     let opts = reconcile::Options {
         namespace: args.namespace.clone(),
         manager: "switchboard-operator".into(),
@@ -209,7 +382,7 @@ async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         debounce: Duration::from_millis(100),
     };
     tokio::select! {
-        r = reconcile::run(client, opts, leader_rx, metrics, resolved_tx) => r?,
+        r = reconcile::run(client, opts, leader_rx, metrics, resolved_tx, Some(view_rx)) => r?,
         _ = shutdown_signal() => info!("shutting down"),
     }
     let _ = stop_tx.send(true);

@@ -21,6 +21,14 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     /// Objects by kind and state (usable, not_accepted, unresolved).
     pub objects: IntGaugeVec,
+    /// Media nodes the operator programs.
+    pub fleet_nodes: IntGauge,
+    /// Configuration pushes by kind (snapshot, delta).
+    pub pushes: IntCounterVec,
+    /// Bytes of configuration pushed, by kind.
+    pub push_bytes: IntCounterVec,
+    /// The newest configuration version issued.
+    pub config_version: IntGauge,
 }
 
 impl Metrics {
@@ -50,7 +58,22 @@ impl Metrics {
         registry.register(Box::new(resolve_seconds.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
+        let fleet_nodes = IntGauge::new("fleet_nodes", "Media nodes the operator programs")?;
+        let pushes = IntCounterVec::new(
+            Opts::new("config_pushes_total", "Configuration pushes by kind"),
+            &["kind"],
+        )?;
+        let push_bytes = IntCounterVec::new(
+            Opts::new("config_push_bytes_total", "Bytes of configuration pushed"),
+            &["kind"],
+        )?;
+        let config_version =
+            IntGauge::new("config_version", "The newest configuration version issued")?;
         registry.register(Box::new(objects.clone()))?;
+        registry.register(Box::new(fleet_nodes.clone()))?;
+        registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(push_bytes.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
         Ok(Self {
             registry,
             leader,
@@ -59,6 +82,10 @@ impl Metrics {
             status_writes,
             watch_errors,
             objects,
+            fleet_nodes,
+            pushes,
+            push_bytes,
+            config_version,
         })
     }
 

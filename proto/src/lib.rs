@@ -11,6 +11,7 @@ pub mod v1alpha1 {
     include!(concat!(env!("OUT_DIR"), "/switchboard.v1alpha1.serde.rs"));
 }
 
+pub mod delta;
 mod redact;
 
 pub use v1alpha1::RoutingConfig;

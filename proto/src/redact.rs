@@ -17,7 +17,11 @@ impl fmt::Debug for Credentials {
 
 impl fmt::Debug for Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let token = if self.bearer_token.is_empty() { "" } else { REDACTED };
+        let token = if self.bearer_token.is_empty() {
+            ""
+        } else {
+            REDACTED
+        };
         f.debug_struct("Agent")
             .field("url", &self.url)
             .field("protocol", &self.protocol)
@@ -34,8 +38,14 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let c = Credentials { username: "alice".into(), password: "hunter2".into() };
-        let a = Agent { bearer_token: "tok-123".into(), ..Default::default() };
+        let c = Credentials {
+            username: "alice".into(),
+            password: "hunter2".into(),
+        };
+        let a = Agent {
+            bearer_token: "tok-123".into(),
+            ..Default::default()
+        };
         let s = format!("{c:?} {a:?}");
         assert!(s.contains("alice"));
         assert!(!s.contains("hunter2"));

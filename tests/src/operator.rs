@@ -55,6 +55,9 @@ impl Operator {
             identity.to_string(),
             "--lease-namespace".into(),
             "default".into(),
+            // Tests dial media nodes on loopback in plaintext unless they
+            // pass TLS flags themselves.
+            "--control-insecure".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start(args, &[("KUBECONFIG", kubeconfig.as_os_str())])

@@ -49,8 +49,15 @@ fn once_prints_conditions_and_fails_on_unusable_objects() {
     );
     let trunk = row(&table, "default/local-carrier").expect("trunk row");
     assert_eq!(
-        trunk[..5],
-        ["SipTrunk", "default/local-carrier", "True", "True", "2"]
+        trunk[..6],
+        [
+            "SipTrunk",
+            "default/local-carrier",
+            "True",
+            "True",
+            "-",
+            "2"
+        ]
     );
     assert!(row(&table, "default/support-line").is_some());
 
@@ -72,7 +79,7 @@ fn once_prints_conditions_and_fails_on_unusable_objects() {
     assert_eq!(out.status.code(), Some(1), "{table}");
     let r = row(&table, "default/orphan").expect("orphan row");
     assert_eq!(r[2..4], ["True", "False"]);
-    assert!(r[4..].join(" ").contains("TrunkNotFound"), "{r:?}");
+    assert!(r[5..].join(" ").contains("TrunkNotFound"), "{r:?}");
     // Secrets from the files never reach the output.
     assert!(!table.contains("demo-password"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("demo-password"));

@@ -6,7 +6,28 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{PhoneNumberStatus, SipTrunkStatus, condition};
+use crate::fleet::view::{TrunkFleet, reason as fleet_reason};
 use crate::routing::{NumberVerdict, TrunkVerdict, Verdict};
+
+/// What the fleet says about an object, when the operator programs a fleet.
+pub enum Fleet<'a, T> {
+    /// No fleet is programmed (e.g. resolution only): no fleet conditions.
+    Off,
+    /// A fleet is programmed; `None` when the object is not routed.
+    On(Option<&'a T>),
+}
+
+fn not_routed(accepted: &Verdict, refs: &Verdict) -> Verdict {
+    let why = if accepted.ok { refs } else { accepted };
+    Verdict {
+        ok: false,
+        reason: fleet_reason::NOT_ROUTED,
+        message: format!(
+            "not in the routing configuration ({}: {})",
+            why.reason, why.message
+        ),
+    }
+}
 
 fn status_word(ok: bool) -> String {
     if ok { "True" } else { "False" }.to_string()
@@ -37,64 +58,78 @@ pub fn condition(
     }
 }
 
-/// The status a trunk should have. Fields the fleet reports (active calls,
-/// gateways, nodes) are carried over from `current` until the fleet
-/// programmer owns them.
+/// The status a trunk should have: the resolver's verdict plus, when a
+/// fleet is programmed, what the fleet reports.
 pub fn trunk_status(
     v: &TrunkVerdict,
-    current: Option<&SipTrunkStatus>,
+    fleet: Fleet<'_, TrunkFleet>,
     now: Timestamp,
+    current: Option<&SipTrunkStatus>,
 ) -> SipTrunkStatus {
     let prev = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let g = v.generation;
     let mut conditions = vec![
-        condition(condition::ACCEPTED, &v.accepted, v.generation, prev, now),
-        condition(
-            condition::RESOLVED_REFS,
-            &v.resolved_refs,
-            v.generation,
-            prev,
-            now,
-        ),
+        condition(condition::ACCEPTED, &v.accepted, g, prev, now),
+        condition(condition::RESOLVED_REFS, &v.resolved_refs, g, prev, now),
     ];
-    // Keep conditions other writers own (none yet besides ours).
-    conditions.extend(
-        prev.iter()
-            .filter(|c| c.type_ != condition::ACCEPTED && c.type_ != condition::RESOLVED_REFS)
-            .cloned(),
-    );
-    let base = current.cloned().unwrap_or_default();
-    SipTrunkStatus {
-        observed_generation: Some(v.generation),
-        conditions,
+    let mut status = SipTrunkStatus {
+        observed_generation: Some(g),
         numbers: v.numbers,
-        ..base
+        ..Default::default()
+    };
+    match fleet {
+        Fleet::Off => {}
+        Fleet::On(None) => {
+            let nr = not_routed(&v.accepted, &v.resolved_refs);
+            conditions.push(condition(condition::PROGRAMMED, &nr, g, prev, now));
+        }
+        Fleet::On(Some(f)) => {
+            conditions.push(condition(
+                condition::PROGRAMMED,
+                &f.programmed,
+                g,
+                prev,
+                now,
+            ));
+            if let Some(r) = &f.registered {
+                conditions.push(condition(condition::REGISTERED, r, g, prev, now));
+            }
+            if let Some(d) = &f.degraded {
+                conditions.push(condition(condition::DEGRADED, d, g, prev, now));
+            }
+            status.nodes = Some(f.nodes.clone());
+            status.active_calls = f.active_calls;
+            status.gateways = f.gateways.clone();
+            status.ingress = f.ingress.clone();
+        }
     }
+    status.conditions = conditions;
+    status
 }
 
 /// The status a phone number should have.
 pub fn number_status(
     v: &NumberVerdict,
-    current: Option<&PhoneNumberStatus>,
+    fleet: Fleet<'_, Verdict>,
     now: Timestamp,
+    current: Option<&PhoneNumberStatus>,
 ) -> PhoneNumberStatus {
     let prev = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let g = v.generation;
     let mut conditions = vec![
-        condition(condition::ACCEPTED, &v.accepted, v.generation, prev, now),
-        condition(
-            condition::RESOLVED_REFS,
-            &v.resolved_refs,
-            v.generation,
-            prev,
-            now,
-        ),
+        condition(condition::ACCEPTED, &v.accepted, g, prev, now),
+        condition(condition::RESOLVED_REFS, &v.resolved_refs, g, prev, now),
     ];
-    conditions.extend(
-        prev.iter()
-            .filter(|c| c.type_ != condition::ACCEPTED && c.type_ != condition::RESOLVED_REFS)
-            .cloned(),
-    );
+    match fleet {
+        Fleet::Off => {}
+        Fleet::On(None) => {
+            let nr = not_routed(&v.accepted, &v.resolved_refs);
+            conditions.push(condition(condition::PROGRAMMED, &nr, g, prev, now));
+        }
+        Fleet::On(Some(p)) => conditions.push(condition(condition::PROGRAMMED, p, g, prev, now)),
+    }
     PhoneNumberStatus {
-        observed_generation: Some(v.generation),
+        observed_generation: Some(g),
         conditions,
     }
 }

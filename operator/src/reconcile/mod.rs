@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::crd::{PhoneNumber, SipTrunk};
+use crate::fleet::view::FleetView;
 use crate::metrics::Metrics;
 use crate::routing::{self, Inputs, Resolution, SecretData};
 
@@ -57,13 +58,15 @@ where
 }
 
 /// Runs until the process ends. `leader` gates every write; `resolved`
-/// receives each new resolution (the fleet programmer's input).
+/// receives each new resolution (the fleet programmer's input); `fleet`, when
+/// a fleet is programmed, brings back what the nodes report.
 pub async fn run(
     client: Client,
     opts: Options,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     resolved: watch::Sender<Arc<Resolution>>,
+    mut fleet: Option<watch::Receiver<Arc<FleetView>>>,
 ) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
 
@@ -147,8 +150,14 @@ pub async fn run(
         resolved.send_replace(resolution.clone());
 
         if is_leader {
+            let view = fleet.as_mut().map(|f| f.borrow_and_update().clone());
             let failures = writer
-                .write_all(&resolution, &trunks.state(), &numbers.state())
+                .write_all(
+                    &resolution,
+                    view.as_deref(),
+                    &trunks.state(),
+                    &numbers.state(),
+                )
                 .await;
             pending_retry = failures > 0;
         }
@@ -163,7 +172,22 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(retry), if pending_retry => {}
+            open = fleet_changed(&mut fleet) => {
+                if !open {
+                    fleet = None;
+                }
+                // Call counts change all the time: write at most this often.
+                tokio::time::sleep(crate::fleet::STATUS_INTERVAL).await;
+            }
         }
         tokio::time::sleep(opts.debounce).await;
+    }
+}
+
+/// Waits for the fleet view to change; pending forever without a fleet.
+async fn fleet_changed(f: &mut Option<watch::Receiver<Arc<FleetView>>>) -> bool {
+    match f {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }

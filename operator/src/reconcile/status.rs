@@ -12,8 +12,9 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::Options;
-use super::conditions::{number_status, transitions, trunk_status};
+use super::conditions::{Fleet, number_status, transitions, trunk_status};
 use crate::crd::{PhoneNumber, SipTrunk};
+use crate::fleet::view::FleetView;
 use crate::metrics::Metrics;
 use crate::routing::{ObjectKey, Resolution};
 
@@ -49,16 +50,22 @@ impl Writer {
     pub(super) async fn write_all(
         &self,
         r: &Resolution,
+        fleet: Option<&FleetView>,
         trunks: &[Arc<SipTrunk>],
         numbers: &[Arc<PhoneNumber>],
     ) -> usize {
         let now = jiff::Timestamp::now();
         let mut jobs = Vec::new();
         for t in trunks {
-            let Some(v) = r.trunks.get(&key_of(t.as_ref())) else {
+            let key = key_of(t.as_ref());
+            let Some(v) = r.trunks.get(&key) else {
                 continue;
             };
-            let want = trunk_status(v, t.status.as_ref(), now);
+            let f = match fleet {
+                None => Fleet::Off,
+                Some(f) => Fleet::On(f.trunks.get(&key.id())),
+            };
+            let want = trunk_status(v, f, now, t.status.as_ref());
             if t.status.as_ref() != Some(&want) {
                 let old = t
                     .status
@@ -74,10 +81,15 @@ impl Writer {
             }
         }
         for n in numbers {
-            let Some(v) = r.numbers.get(&key_of(n.as_ref())) else {
+            let key = key_of(n.as_ref());
+            let Some(v) = r.numbers.get(&key) else {
                 continue;
             };
-            let want = number_status(v, n.status.as_ref(), now);
+            let f = match fleet {
+                None => Fleet::Off,
+                Some(f) => Fleet::On(f.numbers.get(&key.id())),
+            };
+            let want = number_status(v, f, now, n.status.as_ref());
             if n.status.as_ref() != Some(&want) {
                 let old = n
                     .status

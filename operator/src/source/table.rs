@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::files::Problem;
+use crate::fleet::view::FleetView;
 use crate::routing::{Resolution, Verdict};
 
 fn word(v: &Verdict) -> &'static str {
@@ -19,37 +20,70 @@ fn detail(accepted: &Verdict, refs: &Verdict) -> String {
     }
 }
 
-/// Renders trunks, then numbers, then unreadable documents.
-pub fn render(r: &Resolution, problems: &[Problem]) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+/// Renders trunks, then numbers, then unreadable documents. With a fleet,
+/// a PROGRAMMED column shows how many nodes run each object.
+pub fn render(r: &Resolution, fleet: Option<&FleetView>, problems: &[Problem]) -> String {
+    let mut rows: Vec<[String; 7]> = vec![[
         "KIND".into(),
         "NAMESPACE/NAME".into(),
         "ACCEPTED".into(),
         "RESOLVEDREFS".into(),
+        "PROGRAMMED".into(),
         "NUMBERS".into(),
         "DETAIL".into(),
     ]];
+    let programmed = |v: Option<&Verdict>, detail: &mut String| -> String {
+        match (fleet, v) {
+            (None, _) => "-".into(),
+            (Some(_), None) => "False".into(),
+            (Some(_), Some(v)) => {
+                if !v.ok && detail.is_empty() {
+                    *detail = format!("{}: {}", v.reason, v.message);
+                }
+                word(v).into()
+            }
+        }
+    };
     for (k, v) in &r.trunks {
+        let mut d = detail(&v.accepted, &v.resolved_refs);
+        let p = programmed(
+            fleet
+                .and_then(|f| f.trunks.get(&k.id()))
+                .map(|t| &t.programmed),
+            &mut d,
+        );
+        if let Some(t) = fleet.and_then(|f| f.trunks.get(&k.id()))
+            && d.is_empty()
+        {
+            d = format!(
+                "{}/{} nodes, {} active calls",
+                t.nodes.programmed, t.nodes.total, t.active_calls
+            );
+        }
         rows.push([
             "SipTrunk".into(),
             k.to_string(),
             word(&v.accepted).into(),
             word(&v.resolved_refs).into(),
+            p,
             v.numbers.to_string(),
-            detail(&v.accepted, &v.resolved_refs),
+            d,
         ]);
     }
     for (k, v) in &r.numbers {
+        let mut d = detail(&v.accepted, &v.resolved_refs);
+        let p = programmed(fleet.and_then(|f| f.numbers.get(&k.id())), &mut d);
         rows.push([
             "PhoneNumber".into(),
             k.to_string(),
             word(&v.accepted).into(),
             word(&v.resolved_refs).into(),
+            p,
             "-".into(),
-            detail(&v.accepted, &v.resolved_refs),
+            d,
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -60,7 +94,7 @@ pub fn render(r: &Resolution, problems: &[Problem]) -> String {
         for (w, cell) in widths.iter().zip(row.iter()) {
             let _ = write!(out, "{cell:<w$}  ");
         }
-        let _ = writeln!(out, "{}", row[5]);
+        let _ = writeln!(out, "{}", row[6]);
     }
     for p in problems {
         let _ = writeln!(out, "skipped {}: {}", p.location, p.message);

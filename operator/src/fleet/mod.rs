@@ -1,0 +1,318 @@
+//! Programming the media-node fleet: one connection per node pushes that
+//! node's configuration (snapshot first, deltas after), the nodes' status
+//! streams come back, and the manager turns both into per-node shares of the
+//! trunks' limits, registration ownership and the fleet view that the
+//! resources' status shows.
+
+pub mod client;
+pub mod node;
+pub mod owners;
+pub mod plan;
+pub mod pods;
+pub mod shares;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_proto::v1alpha1 as pb;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::metrics::Metrics;
+use crate::routing::Resolution;
+use client::ControlClient;
+use node::{Desired, Report};
+use plan::NodeFacts;
+use view::{FleetView, NodeView};
+
+/// Media nodes to program: node id -> `host:port` of its control service.
+pub type Endpoints = BTreeMap<String, String>;
+
+struct Slot {
+    addr: String,
+    task: JoinHandle<()>,
+    desired: watch::Sender<Arc<Desired>>,
+    connected: bool,
+    acked: Option<Arc<Desired>>,
+    status: Option<pb::NodeStatus>,
+    refused: Option<(u64, String)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Slot {
+    fn live(&self) -> bool {
+        self.connected && self.status.as_ref().is_some_and(|s| !s.draining)
+    }
+}
+
+/// The fleet manager's state.
+struct Manager {
+    client: Arc<ControlClient>,
+    reports: mpsc::UnboundedSender<(String, Report)>,
+    metrics: Arc<Metrics>,
+    base: Arc<Resolution>,
+    numbers: Arc<Vec<pb::PhoneNumber>>,
+    since: BTreeMap<String, u64>,
+    last_version: u64,
+    nodes: BTreeMap<String, Slot>,
+}
+
+impl Manager {
+    /// Versions keep increasing across operator restarts: they start from
+    /// the wall clock in milliseconds.
+    fn next_version(&mut self) -> u64 {
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        self.last_version = (self.last_version + 1).max(now);
+        self.last_version
+    }
+
+    fn set_base(&mut self, new: Arc<Resolution>) {
+        let old = std::mem::replace(&mut self.base, new);
+        let changed_numbers = old.config.numbers != self.base.config.numbers;
+        let mut changed: Vec<String> = Vec::new();
+        let before: BTreeMap<&str, &pb::Trunk> = old
+            .config
+            .trunks
+            .iter()
+            .map(|t| (t.id.as_str(), t))
+            .collect();
+        for t in &self.base.config.trunks {
+            if before.get(t.id.as_str()) != Some(&t) {
+                changed.push(t.id.clone());
+            }
+        }
+        if changed_numbers {
+            let before: BTreeMap<&str, &pb::PhoneNumber> = old
+                .config
+                .numbers
+                .iter()
+                .map(|n| (n.id.as_str(), n))
+                .collect();
+            for n in &self.base.config.numbers {
+                if before.get(n.id.as_str()) != Some(&n) {
+                    changed.push(n.id.clone());
+                }
+            }
+            self.numbers = Arc::new(self.base.config.numbers.clone());
+        }
+        if !changed.is_empty() {
+            // The next version pushed carries these objects' new content.
+            let v = self.last_version + 1;
+            for id in changed {
+                self.since.insert(id, v);
+            }
+        }
+        let live: std::collections::BTreeSet<&str> = self
+            .base
+            .config
+            .trunks
+            .iter()
+            .map(|t| t.id.as_str())
+            .chain(self.base.config.numbers.iter().map(|n| n.id.as_str()))
+            .collect();
+        self.since.retain(|k, _| live.contains(k.as_str()));
+    }
+
+    fn set_endpoints(&mut self, eps: &Endpoints) {
+        self.nodes
+            .retain(|id, slot| eps.get(id) == Some(&slot.addr));
+        for (id, addr) in eps {
+            if self.nodes.contains_key(id) {
+                continue;
+            }
+            info!(node = %id, %addr, "media node discovered");
+            let (tx, rx) = watch::channel(Arc::new(Desired::default()));
+            let task = tokio::spawn(node::drive(
+                id.clone(),
+                addr.clone(),
+                self.client.clone(),
+                rx,
+                self.reports.clone(),
+            ));
+            self.nodes.insert(
+                id.clone(),
+                Slot {
+                    addr: addr.clone(),
+                    task,
+                    desired: tx,
+                    connected: false,
+                    acked: None,
+                    status: None,
+                    refused: None,
+                },
+            );
+        }
+        self.metrics
+            .fleet_nodes
+            .set(i64::try_from(self.nodes.len()).unwrap_or(i64::MAX));
+    }
+
+    fn on_report(&mut self, id: &str, r: Report) {
+        let Some(slot) = self.nodes.get_mut(id) else {
+            return;
+        };
+        match r {
+            Report::Connected => slot.connected = true,
+            Report::Acked(d) => {
+                slot.acked = Some(d);
+                slot.refused = None;
+            }
+            Report::Refused(v, why) => slot.refused = Some((v, why)),
+            Report::Status(s) => slot.status = Some(*s),
+            Report::Disconnected(_) => {
+                slot.connected = false;
+                slot.acked = None;
+            }
+            Report::Sent(snapshot, bytes) => {
+                let kind = if snapshot { "snapshot" } else { "delta" };
+                self.metrics.pushes.with_label_values(&[kind]).inc();
+                self.metrics
+                    .push_bytes
+                    .with_label_values(&[kind])
+                    .inc_by(bytes as u64);
+            }
+        }
+    }
+
+    /// Recomputes every node's configuration and pushes those that changed.
+    fn replan(&mut self) {
+        let facts: BTreeMap<String, NodeFacts> = self
+            .nodes
+            .iter()
+            .map(|(id, s)| {
+                let f = NodeFacts {
+                    live: s.live(),
+                    acked_trunks: s
+                        .acked
+                        .as_ref()
+                        .map(|a| a.trunks.clone())
+                        .unwrap_or_default(),
+                    active: s
+                        .status
+                        .iter()
+                        .flat_map(|st| st.trunks.iter())
+                        .map(|c| (c.trunk_id.clone(), c.inbound + c.outbound))
+                        .collect(),
+                };
+                (id.clone(), f)
+            })
+            .collect();
+        let mut planned = plan::plan(&self.base.config.trunks, &facts);
+        let mut version = None;
+        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            let trunks = planned.remove(&id).unwrap_or_default();
+            let Some(slot) = self.nodes.get(&id) else {
+                continue;
+            };
+            let current = slot.desired.borrow().clone();
+            if current.version != 0
+                && current.trunks == trunks
+                && Arc::ptr_eq(&current.numbers, &self.numbers)
+            {
+                continue;
+            }
+            let v = match version {
+                Some(v) => v,
+                None => {
+                    let v = self.next_version();
+                    version = Some(v);
+                    v
+                }
+            };
+            let d = Arc::new(Desired {
+                version: v,
+                trunks,
+                numbers: self.numbers.clone(),
+            });
+            if let Some(slot) = self.nodes.get(&id) {
+                slot.desired.send_replace(d);
+            }
+        }
+        if let Some(v) = version {
+            self.metrics
+                .config_version
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn view(&self) -> FleetView {
+        let nodes: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|(id, s)| NodeView {
+                id: id.clone(),
+                acked_version: s.acked.as_ref().map(|a| a.version).unwrap_or(0),
+                status: s.status.clone(),
+                refused: s.refused.clone(),
+            })
+            .collect();
+        view::build(&self.base.config, &self.since, &nodes)
+    }
+}
+
+/// Runs the fleet manager until its inputs close.
+pub async fn run(
+    client: Arc<ControlClient>,
+    mut resolution: watch::Receiver<Arc<Resolution>>,
+    mut endpoints: watch::Receiver<Endpoints>,
+    view_tx: watch::Sender<Arc<FleetView>>,
+    metrics: Arc<Metrics>,
+) {
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let mut m = Manager {
+        client,
+        reports: reports_tx,
+        metrics,
+        base: Arc::new(Resolution::default()),
+        numbers: Arc::new(Vec::new()),
+        since: BTreeMap::new(),
+        last_version: 0,
+        nodes: BTreeMap::new(),
+    };
+    m.set_base(resolution.borrow_and_update().clone());
+    m.set_endpoints(&endpoints.borrow_and_update().clone());
+    loop {
+        m.replan();
+        let v = m.view();
+        view_tx.send_if_modified(|old| {
+            if old.as_ref() == &v {
+                false
+            } else {
+                *old = Arc::new(v);
+                true
+            }
+        });
+        tokio::select! {
+            r = resolution.changed() => {
+                if r.is_err() { return; }
+                let base = resolution.borrow_and_update().clone();
+                m.set_base(base);
+            }
+            r = endpoints.changed() => {
+                if r.is_err() { return; }
+                let eps = endpoints.borrow_and_update().clone();
+                m.set_endpoints(&eps);
+            }
+            Some((id, r)) = reports.recv() => {
+                m.on_report(&id, r);
+                // Drain whatever else arrived, then plan once.
+                while let Ok((id, r)) = reports.try_recv() {
+                    m.on_report(&id, r);
+                }
+            }
+        }
+    }
+}
+
+/// How long the status writer waits between fleet-driven updates of one
+/// object (call counts change constantly).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,231 @@
+//! One connection per media node: dial with backoff, push a full snapshot on
+//! every (re)connection and deltas afterwards, and relay the node's status
+//! stream to the fleet manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use switchboard_proto::delta::diff_by_id;
+use switchboard_proto::v1alpha1::{
+    self as pb, apply_response, node_control_client::NodeControlClient,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataValue;
+use tracing::{debug, info, warn};
+
+use super::client::{ControlClient, MAX_MESSAGE_BYTES};
+
+/// The configuration one node should run. Numbers are shared between nodes
+/// (they are the same everywhere); trunks carry per-node shares.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// Version of this configuration.
+    pub version: u64,
+    /// Trunks with this node's shares.
+    pub trunks: Vec<pb::Trunk>,
+    /// Numbers, identical for every node.
+    pub numbers: Arc<Vec<pb::PhoneNumber>>,
+}
+
+impl Desired {
+    fn snapshot(&self) -> pb::RoutingConfig {
+        pb::RoutingConfig {
+            version: self.version,
+            trunks: self.trunks.clone(),
+            numbers: self.numbers.as_ref().clone(),
+        }
+    }
+
+    fn delta(&self, from: &Desired) -> pb::ConfigDelta {
+        let (upsert_trunks, remove_trunks) = diff_by_id(&from.trunks, &self.trunks, |t| &t.id);
+        let (upsert_numbers, remove_numbers) = if Arc::ptr_eq(&from.numbers, &self.numbers) {
+            (Vec::new(), Vec::new())
+        } else {
+            diff_by_id(&from.numbers, &self.numbers, |n| &n.id)
+        };
+        pb::ConfigDelta {
+            base_version: from.version,
+            version: self.version,
+            upsert_trunks,
+            remove_trunks,
+            upsert_numbers,
+            remove_numbers,
+        }
+    }
+}
+
+/// What a connection tells the manager.
+#[derive(Debug)]
+pub enum Report {
+    /// Connected and the status stream is open.
+    Connected,
+    /// The node runs this configuration.
+    Acked(Arc<Desired>),
+    /// The node refused this version.
+    Refused(u64, String),
+    /// A status report.
+    Status(Box<pb::NodeStatus>),
+    /// The connection ended.
+    Disconnected(String),
+    /// A push was sent: (snapshot?, encoded bytes).
+    Sent(bool, usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Client(#[from] super::client::ClientError),
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("status stream ended")]
+    StreamEnded,
+    #[error("the node refused a snapshot after asking for one")]
+    SnapshotLoop,
+}
+
+/// Runs until the manager drops the task (node gone) or the desired channel
+/// closes.
+pub async fn drive(
+    id: String,
+    addr: String,
+    client: Arc<ControlClient>,
+    mut desired: watch::Receiver<Arc<Desired>>,
+    reports: mpsc::UnboundedSender<(String, Report)>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = session(&id, &addr, &client, &mut desired, &reports).await;
+        let why = match result {
+            Ok(()) => return,
+            Err(e) => e.to_string(),
+        };
+        debug!(node = %id, %addr, error = %why, "control connection ended");
+        let _ = reports.send((id.clone(), Report::Disconnected(why)));
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    id: &str,
+    addr: &str,
+    client: &ControlClient,
+    desired: &mut watch::Receiver<Arc<Desired>>,
+    reports: &mpsc::UnboundedSender<(String, Report)>,
+) -> Result<(), SessionError> {
+    let channel = client.endpoint(addr)?.connect().await?;
+    let bearer = client
+        .bearer()
+        .and_then(|b| MetadataValue::try_from(b).ok());
+    let mut rpc =
+        NodeControlClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(b) = &bearer {
+                req.metadata_mut().insert("authorization", b.clone());
+            }
+            Ok(req)
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut status = rpc
+        .watch_status(pb::WatchStatusRequest {})
+        .await?
+        .into_inner();
+    info!(node = %id, %addr, "connected to media node");
+    let send = |r: Report| {
+        let _ = reports.send((id.to_string(), r));
+    };
+    send(Report::Connected);
+
+    // A new connection may be a restarted node: always start from a snapshot.
+    let mut acked: Option<Arc<Desired>> = None;
+    let mut refused: Option<u64> = None;
+    let mut boot_id: Option<String> = None;
+    loop {
+        let want = desired.borrow_and_update().clone();
+        let current = acked.as_ref().map(|a| a.version);
+        if want.version > 0 && current != Some(want.version) && refused != Some(want.version) {
+            let (request, snapshot) = match &acked {
+                None => (pb::apply_request::Change::Snapshot(want.snapshot()), true),
+                Some(a) => (pb::apply_request::Change::Delta(want.delta(a)), false),
+            };
+            let req = pb::ApplyRequest {
+                change: Some(request),
+            };
+            send(Report::Sent(snapshot, req.encoded_len()));
+            let resp = rpc.apply(req).await?.into_inner();
+            match apply_response::Result::try_from(resp.result)
+                .unwrap_or(apply_response::Result::Unspecified)
+            {
+                apply_response::Result::Applied => {
+                    debug!(node = %id, version = want.version, snapshot, "configuration applied");
+                    refused = None;
+                    acked = Some(want.clone());
+                    send(Report::Acked(want));
+                }
+                apply_response::Result::NeedSnapshot if !snapshot => {
+                    acked = None;
+                    continue;
+                }
+                apply_response::Result::NeedSnapshot => return Err(SessionError::SnapshotLoop),
+                apply_response::Result::Refused | apply_response::Result::Unspecified => {
+                    warn!(node = %id, version = want.version, reason = %resp.reason, "node refused the configuration");
+                    refused = Some(want.version);
+                    send(Report::Refused(want.version, resp.reason));
+                }
+            }
+        }
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            msg = status.message() => {
+                let Some(s) = msg? else { return Err(SessionError::StreamEnded) };
+                if boot_id.as_ref().is_some_and(|b| *b != s.boot_id) {
+                    // Restarted behind a proxy without the stream noticing.
+                    acked = None;
+                }
+                boot_id = Some(s.boot_id.clone());
+                send(Report::Status(Box::new(s)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_skip_numbers_when_shared_unchanged() {
+        let numbers = Arc::new(vec![pb::PhoneNumber {
+            id: "ns/n".into(),
+            ..Default::default()
+        }]);
+        let a = Desired {
+            version: 1,
+            trunks: vec![],
+            numbers: numbers.clone(),
+        };
+        let mut b = a.clone();
+        b.version = 2;
+        b.trunks.push(pb::Trunk {
+            id: "ns/t".into(),
+            ..Default::default()
+        });
+        let d = b.delta(&a);
+        assert_eq!(d.upsert_trunks.len(), 1);
+        assert!(d.upsert_numbers.is_empty() && d.remove_numbers.is_empty());
+        assert_eq!((d.base_version, d.version), (1, 2));
+        let rebuilt = switchboard_proto::delta::apply(&a.snapshot(), &d).expect("apply");
+        assert_eq!(rebuilt, b.snapshot());
+    }
+}

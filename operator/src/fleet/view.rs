@@ -1,0 +1,397 @@
+//! The fleet as the resources' status shows it: per object, how many nodes
+//! run its current configuration; per trunk, calls, gateway health,
+//! registration and the addresses carriers should send to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchboard_proto::v1alpha1 as pb;
+
+use crate::crd::{GatewayStatus, NodeCount};
+use crate::routing::Verdict;
+
+/// Condition reasons the fleet contributes.
+pub mod reason {
+    /// Every node runs the object's current configuration.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// Some nodes have not acknowledged it yet.
+    pub const PENDING: &str = "Pending";
+    /// A node refused the configuration.
+    pub const NODE_REFUSED: &str = "NodeRefused";
+    /// No media node is known.
+    pub const NO_NODES: &str = "NoNodes";
+    /// The object is not part of the routing configuration.
+    pub const NOT_ROUTED: &str = "NotRouted";
+    /// The trunk holds a registration.
+    pub const REGISTERED: &str = "Registered";
+    /// The registration failed.
+    pub const REGISTRATION_FAILED: &str = "RegistrationFailed";
+    /// Some gateways fail their health checks.
+    pub const GATEWAY_UNHEALTHY: &str = "GatewayUnhealthy";
+    /// Every gateway answers its health checks.
+    pub const HEALTHY: &str = "Healthy";
+}
+
+/// What the operator knows of one node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeView {
+    /// Node id (pod name).
+    pub id: String,
+    /// Version the node acknowledged last (0: none).
+    pub acked_version: u64,
+    /// Latest status report.
+    pub status: Option<pb::NodeStatus>,
+    /// The last configuration version it refused, and why.
+    pub refused: Option<(u64, String)>,
+}
+
+/// Fleet facts about one trunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrunkFleet {
+    /// The Programmed condition.
+    pub programmed: Verdict,
+    /// Nodes running the trunk's configuration.
+    pub nodes: NodeCount,
+    /// Calls in progress across the fleet.
+    pub active_calls: u32,
+    /// Gateway health as the nodes see it.
+    pub gateways: Vec<GatewayStatus>,
+    /// The Registered condition, for registering trunks.
+    pub registered: Option<Verdict>,
+    /// The Degraded condition, when gateways are health-checked.
+    pub degraded: Option<Verdict>,
+    /// SIP addresses of the nodes.
+    pub ingress: Vec<String>,
+}
+
+/// Fleet facts for every routed object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetView {
+    /// By trunk id (`namespace/name`).
+    pub trunks: BTreeMap<String, TrunkFleet>,
+    /// The Programmed condition by number id.
+    pub numbers: BTreeMap<String, Verdict>,
+    /// Calls in progress by node id.
+    pub node_calls: BTreeMap<String, u32>,
+}
+
+fn programmed(since: u64, nodes: &[NodeView]) -> (Verdict, NodeCount) {
+    let total = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+    let done = u32::try_from(nodes.iter().filter(|n| n.acked_version >= since).count())
+        .unwrap_or(u32::MAX);
+    let count = NodeCount {
+        programmed: done,
+        total,
+    };
+    let v = if total == 0 {
+        Verdict {
+            ok: false,
+            reason: reason::NO_NODES,
+            message: "no media nodes are running".into(),
+        }
+    } else if done == total {
+        Verdict {
+            ok: true,
+            reason: reason::PROGRAMMED,
+            message: format!("{done}/{total} media nodes run this generation"),
+        }
+    } else if let Some((n, (_, why))) =
+        nodes
+            .iter()
+            .filter(|n| n.acked_version < since)
+            .find_map(|n| {
+                n.refused
+                    .as_ref()
+                    .filter(|(v, _)| *v >= since)
+                    .map(|r| (n, r))
+            })
+    {
+        Verdict {
+            ok: false,
+            reason: reason::NODE_REFUSED,
+            message: format!(
+                "media node {} refused the configuration: {why} ({done}/{total} programmed)",
+                n.id
+            ),
+        }
+    } else {
+        Verdict {
+            ok: false,
+            reason: reason::PENDING,
+            message: format!("{done}/{total} media nodes programmed"),
+        }
+    };
+    (v, count)
+}
+
+/// Builds the view. `since` maps each routed object id to the first
+/// configuration version carrying its current content.
+pub fn build(
+    config: &pb::RoutingConfig,
+    since: &BTreeMap<String, u64>,
+    nodes: &[NodeView],
+) -> FleetView {
+    let mut view = FleetView::default();
+    let statuses: Vec<&pb::NodeStatus> = nodes.iter().filter_map(|n| n.status.as_ref()).collect();
+    let ingress: Vec<String> = statuses
+        .iter()
+        .flat_map(|s| s.sip_addresses.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for n in nodes {
+        view.node_calls.insert(
+            n.id.clone(),
+            n.status.as_ref().map(|s| s.active_calls).unwrap_or(0),
+        );
+    }
+    for t in &config.trunks {
+        let (programmed, count) = programmed(since.get(&t.id).copied().unwrap_or(u64::MAX), nodes);
+        let active_calls = statuses
+            .iter()
+            .flat_map(|s| s.trunks.iter())
+            .filter(|c| c.trunk_id == t.id)
+            .map(|c| c.inbound + c.outbound)
+            .sum();
+        let mut gateways = Vec::new();
+        for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {
+            let reports: Vec<&pb::GatewayHealth> = statuses
+                .iter()
+                .flat_map(|s| s.gateways.iter())
+                .filter(|h| h.trunk_id == t.id && h.host == g.host && h.port == g.port)
+                .collect();
+            // The best report wins: a gateway one node reaches is usable.
+            if let Some(best) = reports
+                .iter()
+                .max_by_key(|h| (h.healthy, u32::MAX - h.round_trip_ms))
+            {
+                gateways.push(GatewayStatus {
+                    host: format!("{}:{}", g.host, g.port),
+                    healthy: best.healthy,
+                    last_response_code: (best.last_status_code > 0)
+                        .then_some(best.last_status_code),
+                    round_trip_ms: best.healthy.then_some(best.round_trip_ms),
+                });
+            }
+        }
+        let degraded = if gateways.is_empty() {
+            None
+        } else {
+            let down: Vec<&str> = gateways
+                .iter()
+                .filter(|g| !g.healthy)
+                .map(|g| g.host.as_str())
+                .collect();
+            Some(if down.is_empty() {
+                Verdict {
+                    ok: false,
+                    reason: reason::HEALTHY,
+                    message: "every gateway answers OPTIONS".into(),
+                }
+            } else {
+                Verdict {
+                    ok: true,
+                    reason: reason::GATEWAY_UNHEALTHY,
+                    message: format!("unhealthy gateways: {}", down.join(", ")),
+                }
+            })
+        };
+        let registers = t
+            .outbound
+            .as_ref()
+            .and_then(|o| o.register.as_ref())
+            .is_some_and(|r| r.enabled);
+        let registered = registers.then(|| {
+            let states: Vec<(&str, &pb::RegistrationState)> = nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref().map(|s| (n.id.as_str(), s)))
+                .flat_map(|(id, s)| {
+                    s.registrations
+                        .iter()
+                        .filter(|r| r.trunk_id == t.id)
+                        .map(move |r| (id, r))
+                })
+                .collect();
+            if let Some((id, _)) = states.iter().find(|(_, r)| r.registered) {
+                Verdict {
+                    ok: true,
+                    reason: reason::REGISTERED,
+                    message: format!("registered by media node {id}"),
+                }
+            } else if let Some((id, r)) = states.first() {
+                let why = if r.error.is_empty() {
+                    format!("last response {}", r.last_status_code)
+                } else {
+                    r.error.clone()
+                };
+                Verdict {
+                    ok: false,
+                    reason: reason::REGISTRATION_FAILED,
+                    message: format!("media node {id}: {why}"),
+                }
+            } else {
+                Verdict {
+                    ok: false,
+                    reason: reason::PENDING,
+                    message: "no media node holds the registration yet".into(),
+                }
+            }
+        });
+        view.trunks.insert(
+            t.id.clone(),
+            TrunkFleet {
+                programmed,
+                nodes: count,
+                active_calls,
+                gateways,
+                registered,
+                degraded,
+                ingress: ingress.clone(),
+            },
+        );
+    }
+    for n in &config.numbers {
+        let (v, _) = programmed(since.get(&n.id).copied().unwrap_or(u64::MAX), nodes);
+        view.numbers.insert(n.id.clone(), v);
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> pb::RoutingConfig {
+        pb::RoutingConfig {
+            version: 0,
+            trunks: vec![pb::Trunk {
+                id: "ns/t".into(),
+                outbound: Some(pb::Outbound {
+                    gateways: vec![pb::Gateway {
+                        host: "gw".into(),
+                        port: 5060,
+                        ..Default::default()
+                    }],
+                    register: Some(pb::Register {
+                        enabled: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            numbers: vec![pb::PhoneNumber {
+                id: "ns/n".into(),
+                trunk_id: "ns/t".into(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn node(id: &str, acked: u64) -> NodeView {
+        NodeView {
+            id: id.into(),
+            acked_version: acked,
+            status: None,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn programmed_counts_nodes_at_or_past_the_objects_version() {
+        let since: BTreeMap<String, u64> =
+            [("ns/t".to_string(), 5), ("ns/n".to_string(), 7)].into();
+        let v = build(&config(), &since, &[node("a", 7), node("b", 6)]);
+        let t = &v.trunks["ns/t"];
+        assert!(t.programmed.ok);
+        assert_eq!(
+            t.nodes,
+            NodeCount {
+                programmed: 2,
+                total: 2
+            }
+        );
+        let n = &v.numbers["ns/n"];
+        assert!(!n.ok);
+        assert_eq!(n.reason, reason::PENDING);
+        assert!(n.message.contains("1/2"));
+        assert_eq!(
+            build(&config(), &since, &[]).numbers["ns/n"].reason,
+            reason::NO_NODES
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_reported_with_the_nodes_reason() {
+        let since: BTreeMap<String, u64> =
+            [("ns/t".to_string(), 5), ("ns/n".to_string(), 7)].into();
+        let mut b = node("b", 6);
+        b.refused = Some((7, "TLS transport is not supported".into()));
+        let v = build(&config(), &since, &[node("a", 7), b]);
+        let n = &v.numbers["ns/n"];
+        assert_eq!(n.reason, reason::NODE_REFUSED);
+        assert!(
+            n.message.contains("media node b") && n.message.contains("TLS"),
+            "{}",
+            n.message
+        );
+        assert!(
+            v.trunks["ns/t"].programmed.ok,
+            "the trunk's own version was applied"
+        );
+    }
+
+    #[test]
+    fn calls_health_registration_and_ingress_aggregate() {
+        let since: BTreeMap<String, u64> =
+            [("ns/t".to_string(), 1), ("ns/n".to_string(), 1)].into();
+        let mut a = node("a", 1);
+        a.status = Some(pb::NodeStatus {
+            active_calls: 3,
+            trunks: vec![pb::TrunkCalls {
+                trunk_id: "ns/t".into(),
+                inbound: 2,
+                outbound: 1,
+            }],
+            gateways: vec![pb::GatewayHealth {
+                trunk_id: "ns/t".into(),
+                host: "gw".into(),
+                port: 5060,
+                healthy: false,
+                last_status_code: 503,
+                round_trip_ms: 0,
+            }],
+            sip_addresses: vec!["10.0.0.1:5060".into()],
+            ..Default::default()
+        });
+        let mut b = node("b", 1);
+        b.status = Some(pb::NodeStatus {
+            active_calls: 1,
+            trunks: vec![pb::TrunkCalls {
+                trunk_id: "ns/t".into(),
+                inbound: 1,
+                outbound: 0,
+            }],
+            registrations: vec![pb::RegistrationState {
+                trunk_id: "ns/t".into(),
+                registered: true,
+                last_status_code: 200,
+                ..Default::default()
+            }],
+            sip_addresses: vec!["10.0.0.2:5060".into()],
+            ..Default::default()
+        });
+        let v = build(&config(), &since, &[a, b]);
+        let t = &v.trunks["ns/t"];
+        assert_eq!(t.active_calls, 4);
+        assert_eq!(t.ingress, vec!["10.0.0.1:5060", "10.0.0.2:5060"]);
+        assert!(
+            t.registered
+                .as_ref()
+                .is_some_and(|r| r.ok && r.message.contains("node b"))
+        );
+        let d = t.degraded.as_ref().expect("degraded");
+        assert!(d.ok && d.message.contains("gw:5060"));
+        assert_eq!(t.gateways[0].last_response_code, Some(503));
+        assert_eq!(v.node_calls["a"], 3);
+    }
+}
