@@ -28,7 +28,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], ctx.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
@@ -51,7 +54,11 @@ struct HangupRequest {
 }
 
 async fn hangup(State(ctx): State<Arc<Ctx>>, Json(req): Json<HangupRequest>) -> impl IntoResponse {
-    if ctx.calls.hangup(&req.call_id, "debug API") { StatusCode::ACCEPTED } else { StatusCode::NOT_FOUND }
+    if ctx.calls.hangup(&req.call_id, "debug API") {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 async fn calls(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {

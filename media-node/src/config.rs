@@ -31,8 +31,14 @@ pub enum ConfigError {
 
 /// Reads and parses a configuration file.
 pub fn load(path: &Path) -> Result<RoutingConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    RoutingConfig::from_json(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    RoutingConfig::from_json(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The routing table in use; readers take a cheap snapshot, a reload
@@ -77,8 +83,14 @@ mod tests {
         assert!(store.get().is_none());
         assert_eq!(store.apply(load(&good).expect("valid")), 3);
         let t = store.get().expect("applied");
-        assert_eq!(t.trunks_for_source("127.0.0.1".parse().expect("ip")), vec!["ns/t"]);
-        assert_eq!(t.number_for("15550001111").map(|n| n.id.as_str()), Some("ns/n"));
+        assert_eq!(
+            t.trunks_for_source("127.0.0.1".parse().expect("ip")),
+            vec!["ns/t"]
+        );
+        assert_eq!(
+            t.number_for("15550001111").map(|n| n.id.as_str()),
+            Some("ns/n")
+        );
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{ not json").expect("write");
         let err = load(&bad).expect_err("invalid").to_string();

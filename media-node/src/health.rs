@@ -36,7 +36,10 @@ impl GatewayHealth {
         self.inner
             .lock()
             .ok()
-            .and_then(|m| m.get(&(trunk.to_owned(), gateway.to_owned())).map(|s| s.healthy))
+            .and_then(|m| {
+                m.get(&(trunk.to_owned(), gateway.to_owned()))
+                    .map(|s| s.healthy)
+            })
             .unwrap_or(true)
     }
 
@@ -48,7 +51,10 @@ impl GatewayHealth {
 
     /// Every known gateway state.
     pub fn list(&self) -> Vec<GatewayState> {
-        self.inner.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -63,7 +69,9 @@ pub async fn run(ctx: Arc<Ctx>) {
                 if t.options_interval_seconds == 0 || !t.enabled {
                     continue;
                 }
-                let Some(out) = t.outbound.as_ref() else { continue };
+                let Some(out) = t.outbound.as_ref() else {
+                    continue;
+                };
                 for g in &out.gateways {
                     let port = if g.port == 0 { 5060 } else { g.port };
                     let name = format!("{}:{port}", g.host);
@@ -71,7 +79,10 @@ pub async fn run(ctx: Arc<Ctx>) {
                     if next.get(&key).is_some_and(|at| *at > now) {
                         continue;
                     }
-                    next.insert(key, now + Duration::from_secs(u64::from(t.options_interval_seconds)));
+                    next.insert(
+                        key,
+                        now + Duration::from_secs(u64::from(t.options_interval_seconds)),
+                    );
                     tokio::spawn(ping(ctx.clone(), t.id.clone(), g.clone()));
                 }
             }
@@ -89,7 +100,10 @@ async fn ping(ctx: Arc<Ctx>, trunk_id: String, g: switchboard_proto::v1alpha1::G
     let host = crate::sip::headers::host_port(&dest.addr);
     let mut req = Message::request(Method::Options, format!("sip:{host}"));
     let adv = ctx.sip.transport.advertised_hostport(&dest.addr);
-    req.add("From", format!("<sip:switchboard@{adv}>;tag={}", random_token(10)));
+    req.add(
+        "From",
+        format!("<sip:switchboard@{adv}>;tag={}", random_token(10)),
+    );
     req.add("To", format!("<sip:{host}>"));
     req.add("Call-ID", format!("{}@switchboard", random_token(20)));
     req.add("CSeq", "1 OPTIONS");
@@ -112,6 +126,15 @@ async fn ping(ctx: Arc<Ctx>, trunk_id: String, g: switchboard_proto::v1alpha1::G
     if was != healthy {
         tracing::info!(trunk = %trunk_id, gateway = %name, healthy, "gateway health changed");
     }
-    ctx.metrics.gateway_healthy.with_label_values(&[&trunk_id, &name]).set(i64::from(healthy));
-    ctx.health.record(GatewayState { trunk_id, gateway: name, healthy, last_code: code, rtt_ms: rtt });
+    ctx.metrics
+        .gateway_healthy
+        .with_label_values(&[&trunk_id, &name])
+        .set(i64::from(healthy));
+    ctx.health.record(GatewayState {
+        trunk_id,
+        gateway: name,
+        healthy,
+        last_code: code,
+        rtt_ms: rtt,
+    });
 }

@@ -9,14 +9,15 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod agent;
 pub mod call;
 pub mod config;
+pub mod control;
 pub mod health;
+pub mod media;
 pub mod metrics;
 pub mod node;
 pub mod register;
 pub mod routing;
 pub mod sdp;
 pub mod sip;
-pub mod media;
-pub mod agent;

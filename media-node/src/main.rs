@@ -76,7 +76,10 @@ async fn main() -> std::process::ExitCode {
         .init();
     let args = Args::parse();
     let Some(rtp_ports) = switchboard_media_node::call::ports::parse_range(&args.rtp_ports) else {
-        eprintln!("invalid --rtp-ports {:?}: expected START-END", args.rtp_ports);
+        eprintln!(
+            "invalid --rtp-ports {:?}: expected START-END",
+            args.rtp_ports
+        );
         return std::process::ExitCode::from(2);
     };
     let cfg = NodeConfig {
@@ -94,7 +97,10 @@ async fn main() -> std::process::ExitCode {
             min_se: args.min_se,
             ..CallOptions::default()
         },
-        limits: Limits { max_message_bytes: args.max_message_bytes, max_headers: args.max_headers },
+        limits: Limits {
+            max_message_bytes: args.max_message_bytes,
+            max_headers: args.max_headers,
+        },
         rate: (args.rate_limit, args.rate_burst),
         drain_grace: Duration::from_secs(args.drain_grace_secs),
     };

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the media node. Labels never carry credentials or
 //! caller numbers: only trunk ids, directions, results, codes and reasons.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the SIP side exports.
 #[derive(Clone)]
@@ -39,15 +41,24 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let calls = must(IntCounterVec::new(
-            Opts::new("switchboard_sip_calls_total", "Finished call attempts by direction, result and final SIP code"),
+            Opts::new(
+                "switchboard_sip_calls_total",
+                "Finished call attempts by direction, result and final SIP code",
+            ),
             &["direction", "result", "code"],
         ));
         let active_calls = must(IntGaugeVec::new(
-            Opts::new("switchboard_sip_active_calls", "Calls in progress by trunk and direction"),
+            Opts::new(
+                "switchboard_sip_active_calls",
+                "Calls in progress by trunk and direction",
+            ),
             &["trunk", "direction"],
         ));
         let rejected = must(IntCounterVec::new(
-            Opts::new("switchboard_sip_rejected_requests_total", "Requests refused, by reason"),
+            Opts::new(
+                "switchboard_sip_rejected_requests_total",
+                "Requests refused, by reason",
+            ),
             &["reason"],
         ));
         let rate_limited = must(IntCounter::new(
@@ -55,15 +66,24 @@ impl Metrics {
             "Requests dropped by the per-source rate limit",
         ));
         let dropped = must(IntCounterVec::new(
-            Opts::new("switchboard_sip_dropped_messages_total", "Messages dropped before processing, by reason"),
+            Opts::new(
+                "switchboard_sip_dropped_messages_total",
+                "Messages dropped before processing, by reason",
+            ),
             &["reason"],
         ));
         let registered = must(IntGaugeVec::new(
-            Opts::new("switchboard_sip_registered", "1 when the trunk's registration with the carrier is up"),
+            Opts::new(
+                "switchboard_sip_registered",
+                "1 when the trunk's registration with the carrier is up",
+            ),
             &["trunk"],
         ));
         let gateway_healthy = must(IntGaugeVec::new(
-            Opts::new("switchboard_sip_gateway_healthy", "1 when the gateway answers OPTIONS pings"),
+            Opts::new(
+                "switchboard_sip_gateway_healthy",
+                "1 when the gateway answers OPTIONS pings",
+            ),
             &["trunk", "gateway"],
         ));
         let config_version = must(IntGauge::new(
@@ -130,7 +150,9 @@ mod tests {
     fn metrics_register_and_render() {
         let m = super::Metrics::new();
         m.reject("acl");
-        m.calls.with_label_values(&["inbound", "answered", "200"]).inc();
+        m.calls
+            .with_label_values(&["inbound", "answered", "200"])
+            .inc();
         let text = m.render();
         assert!(text.contains("switchboard_sip_rejected_requests_total{reason=\"acl\"} 1"));
         assert!(text.contains("switchboard_sip_calls_total"));

@@ -46,9 +46,14 @@ pub struct NodeConfig {
 
 fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
     let default_port = cfg.sip_bind.first().map(|a| a.port()).unwrap_or(5060);
-    let mut adv = Advertise { v4: None, v6: None, port: default_port };
+    let mut adv = Advertise {
+        v4: None,
+        v6: None,
+        port: default_port,
+    };
     if let Some(a) = &cfg.advertise {
-        let (host, port) = split_host_port(a).with_context(|| format!("invalid --advertise {a:?}"))?;
+        let (host, port) =
+            split_host_port(a).with_context(|| format!("invalid --advertise {a:?}"))?;
         if let Some(p) = port {
             adv.port = p;
         }
@@ -62,8 +67,13 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
         }
     }
     if let Some(a) = &cfg.advertise6 {
-        let (host, _) = split_host_port(a).with_context(|| format!("invalid --advertise6 {a:?}"))?;
-        adv.v6 = Some(if host.contains(':') { format!("[{host}]") } else { host });
+        let (host, _) =
+            split_host_port(a).with_context(|| format!("invalid --advertise6 {a:?}"))?;
+        adv.v6 = Some(if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        });
     }
     Ok(adv)
 }

@@ -48,7 +48,10 @@ impl Registrations {
 
     /// Every registration state.
     pub fn list(&self) -> Vec<RegistrationState> {
-        self.inner.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -76,7 +79,9 @@ pub fn granted_expires(resp: &Message, contact_uri_user: &str, asked: u32) -> u3
             }
         }
     }
-    resp.header("Expires").and_then(|e| e.trim().parse().ok()).unwrap_or(asked)
+    resp.header("Expires")
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or(asked)
 }
 
 /// Supervises the registration loops, starting one per configured trunk
@@ -91,7 +96,10 @@ pub async fn run(ctx: Arc<Ctx>) {
                 .filter(|t| {
                     t.enabled
                         && t.register_here
-                        && t.outbound.as_ref().and_then(|o| o.register.as_ref()).is_some_and(|r| r.enabled)
+                        && t.outbound
+                            .as_ref()
+                            .and_then(|o| o.register.as_ref())
+                            .is_some_and(|r| r.enabled)
                 })
                 .collect();
             running.retain(|id, h| {
@@ -103,7 +111,10 @@ pub async fn run(ctx: Arc<Ctx>) {
             });
             for t in wanted {
                 if !running.contains_key(&t.id) {
-                    running.insert(t.id.clone(), tokio::spawn(keep_registered(ctx.clone(), t.clone())));
+                    running.insert(
+                        t.id.clone(),
+                        tokio::spawn(keep_registered(ctx.clone(), t.clone())),
+                    );
                 }
             }
         }
@@ -112,9 +123,17 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
-    let Some(out) = trunk.outbound.clone() else { return };
-    let Some(reg) = out.register.clone() else { return };
-    let asked = if reg.expires_seconds == 0 { 3600 } else { reg.expires_seconds };
+    let Some(out) = trunk.outbound.clone() else {
+        return;
+    };
+    let Some(reg) = out.register.clone() else {
+        return;
+    };
+    let asked = if reg.expires_seconds == 0 {
+        3600
+    } else {
+        reg.expires_seconds
+    };
     // The registrar: explicit, else the first gateway.
     let gw = if reg.registrar.is_empty() {
         out.gateways.first().cloned()
@@ -132,7 +151,10 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
     let user = if !reg.contact_user.is_empty() {
         reg.contact_user.clone()
     } else {
-        out.auth.as_ref().map(|a| a.username.clone()).unwrap_or_else(|| "switchboard".into())
+        out.auth
+            .as_ref()
+            .map(|a| a.username.clone())
+            .unwrap_or_else(|| "switchboard".into())
     };
     let call_id = format!("{}@switchboard", random_token(20));
     let from_tag = random_token(10);
@@ -140,31 +162,44 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
     let mut failures = 0u32;
     let mut successes = 0u64;
     loop {
-        let state = |s: &'static str, code: Option<u16>, expires: Option<u32>, successes: u64| RegistrationState {
-            trunk_id: trunk.id.clone(),
-            state: s,
-            last_code: code,
-            expires,
-            successes,
+        let state = |s: &'static str, code: Option<u16>, expires: Option<u32>, successes: u64| {
+            RegistrationState {
+                trunk_id: trunk.id.clone(),
+                state: s,
+                last_code: code,
+                expires,
+                successes,
+            }
         };
         if ctx.registrations.get(&trunk.id).is_none() {
             ctx.registrations.set(state("registering", None, None, 0));
         }
-        let result = register_once(&ctx, &gw, &out, &user, asked, &call_id, &from_tag, &mut cseq).await;
+        let result = register_once(
+            &ctx, &gw, &out, &user, asked, &call_id, &from_tag, &mut cseq,
+        )
+        .await;
         let wait = match result {
             Ok(expires) => {
                 failures = 0;
                 successes += 1;
                 tracing::info!(trunk = %trunk.id, expires, "registered");
-                ctx.registrations.set(state("registered", Some(200), Some(expires), successes));
-                ctx.metrics.registered.with_label_values(&[&trunk.id]).set(1);
+                ctx.registrations
+                    .set(state("registered", Some(200), Some(expires), successes));
+                ctx.metrics
+                    .registered
+                    .with_label_values(&[&trunk.id])
+                    .set(1);
                 refresh_after(expires)
             }
             Err(code) => {
                 failures += 1;
                 tracing::warn!(trunk = %trunk.id, code = ?code, failures, "registration failed");
-                ctx.registrations.set(state("failed", code, None, successes));
-                ctx.metrics.registered.with_label_values(&[&trunk.id]).set(0);
+                ctx.registrations
+                    .set(state("failed", code, None, successes));
+                ctx.metrics
+                    .registered
+                    .with_label_values(&[&trunk.id])
+                    .set(0);
                 backoff(failures - 1)
             }
         };
@@ -186,7 +221,11 @@ async fn register_once(
     cseq: &mut u32,
 ) -> Result<u32, Option<u16>> {
     let dest = crate::call::outbound::resolve(gw).await.ok_or(None)?;
-    let domain = if out.from_domain.is_empty() { gw.host.clone() } else { out.from_domain.clone() };
+    let domain = if out.from_domain.is_empty() {
+        gw.host.clone()
+    } else {
+        out.from_domain.clone()
+    };
     let ruri = format!("sip:{}", crate::sip::headers::host_port(&dest.addr));
     let contact = ctx.contact(user, &dest);
     let mut auth: Option<(&'static str, String)> = None;
@@ -215,14 +254,32 @@ async fn register_once(
         match code {
             200..=299 => return Ok(granted_expires(&resp, user, asked)),
             401 | 407 => {
-                let creds = out.auth.as_ref().filter(|c| !c.username.is_empty()).ok_or(Some(code))?;
-                let (ch_name, auth_name) =
-                    if code == 401 { ("WWW-Authenticate", "Authorization") } else { ("Proxy-Authenticate", "Proxy-Authorization") };
-                let ch = resp.headers_named(ch_name).find_map(|v| Challenge::parse(v).ok()).ok_or(Some(code))?;
+                let creds = out
+                    .auth
+                    .as_ref()
+                    .filter(|c| !c.username.is_empty())
+                    .ok_or(Some(code))?;
+                let (ch_name, auth_name) = if code == 401 {
+                    ("WWW-Authenticate", "Authorization")
+                } else {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                };
+                let ch = resp
+                    .headers_named(ch_name)
+                    .find_map(|v| Challenge::parse(v).ok())
+                    .ok_or(Some(code))?;
                 if auth.is_some() && !ch.stale {
                     return Err(Some(code));
                 }
-                let value = digest::authorization(&ch, &creds.username, &creds.password, "REGISTER", &ruri, 1, &random_token(16));
+                let value = digest::authorization(
+                    &ch,
+                    &creds.username,
+                    &creds.password,
+                    "REGISTER",
+                    &ruri,
+                    1,
+                    &random_token(16),
+                );
                 auth = Some((auth_name, value));
             }
             _ => return Err(Some(code)),
@@ -248,7 +305,10 @@ mod tests {
     #[test]
     fn expiry_from_contact_then_header() {
         let mut r = Message::request(Method::Register, "sip:h");
-        r.push_header("Contact", "<sip:other@1.2.3.4>;expires=50, <sip:trunkuser@5.6.7.8>;expires=120");
+        r.push_header(
+            "Contact",
+            "<sip:other@1.2.3.4>;expires=50, <sip:trunkuser@5.6.7.8>;expires=120",
+        );
         r.push_header("Expires", "300");
         assert_eq!(granted_expires(&r, "trunkuser", 3600), 120);
         r.remove("Contact");

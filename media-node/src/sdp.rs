@@ -136,7 +136,9 @@ impl Sdp {
             if line.is_empty() {
                 continue;
             }
-            let (kind, value) = line.split_once('=').ok_or_else(|| SdpError::Syntax(line.to_owned()))?;
+            let (kind, value) = line
+                .split_once('=')
+                .ok_or_else(|| SdpError::Syntax(line.to_owned()))?;
             let bad = || SdpError::Syntax(line.to_owned());
             match kind {
                 "v" => seen_v = true,
@@ -165,13 +167,23 @@ impl Sdp {
                     if f.len() < 3 {
                         return Err(bad());
                     }
-                    let port = f[1].split('/').next().unwrap_or("").parse::<u16>().map_err(|_| bad())?;
+                    let port = f[1]
+                        .split('/')
+                        .next()
+                        .unwrap_or("")
+                        .parse::<u16>()
+                        .map_err(|_| bad())?;
                     let mut formats = Vec::new();
                     for pt in &f[3..] {
                         // Non-RTP media lists tokens, not numbers: keep none.
                         if let Ok(pt) = pt.parse::<u8>() {
                             let (name, rate) = static_format(pt).unwrap_or(("", 0));
-                            formats.push(Format { pt, name: name.to_owned(), rate, fmtp: None });
+                            formats.push(Format {
+                                pt,
+                                name: name.to_owned(),
+                                rate,
+                                fmtp: None,
+                            });
                         }
                     }
                     media.push(MediaDesc {
@@ -227,7 +239,11 @@ impl Sdp {
         if media.is_empty() {
             return Err(SdpError::NoMedia);
         }
-        Ok(Sdp { session_id, version, media })
+        Ok(Sdp {
+            session_id,
+            version,
+            media,
+        })
     }
 
     /// The first audio stream that is not disabled.
@@ -269,11 +285,15 @@ pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negoti
         .media
         .iter()
         .enumerate()
-        .find(|(_, m)| m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP"))
+        .find(|(_, m)| {
+            m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP")
+        })
         .ok_or(SdpError::NoCommonCodec)?;
     let mut chosen = None;
     for pref in prefs {
-        let Some(name) = codec_name(*pref) else { continue };
+        let Some(name) = codec_name(*pref) else {
+            continue;
+        };
         if let Some(f) = m.formats.iter().find(|f| f.name == name && f.rate == 8000) {
             chosen = Some((*pref, f.pt));
             break;
@@ -281,15 +301,33 @@ pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negoti
     }
     let (codec, pt) = chosen.ok_or(SdpError::NoCommonCodec)?;
     let dtmf_pt = if want_dtmf {
-        m.formats.iter().find(|f| f.name == "TELEPHONE-EVENT" && f.rate == 8000).map(|f| f.pt)
+        m.formats
+            .iter()
+            .find(|f| f.name == "TELEPHONE-EVENT" && f.rate == 8000)
+            .map(|f| f.pt)
     } else {
         None
     };
     // RFC 2543 hold: c=0.0.0.0 means "do not send to me".
     let held_by_addr = m.addr.is_some_and(|a| a.is_unspecified());
-    let offered = if held_by_addr && m.direction == Direction::SendRecv { Direction::SendOnly } else { m.direction };
-    let remote = m.addr.filter(|a| !a.is_unspecified()).map(|a| std::net::SocketAddr::new(a, m.port));
-    Ok(Negotiated { index, codec, pt, dtmf_pt, remote, offered, answer: offered.answer_to() })
+    let offered = if held_by_addr && m.direction == Direction::SendRecv {
+        Direction::SendOnly
+    } else {
+        m.direction
+    };
+    let remote = m
+        .addr
+        .filter(|a| !a.is_unspecified())
+        .map(|a| std::net::SocketAddr::new(a, m.port));
+    Ok(Negotiated {
+        index,
+        codec,
+        pt,
+        dtmf_pt,
+        remote,
+        offered,
+        answer: offered.answer_to(),
+    })
 }
 
 /// Our side of a session: what goes into o= and c=/m=.
@@ -307,11 +345,19 @@ pub struct LocalMedia {
 
 /// Builds an SDP body for an answer or offer.
 /// `formats` are (pt, name) pairs; telephone-event is added with `dtmf_pt`.
-pub fn build(local: &LocalMedia, formats: &[(u8, &str)], dtmf_pt: Option<u8>, direction: Direction) -> String {
+pub fn build(
+    local: &LocalMedia,
+    formats: &[(u8, &str)],
+    dtmf_pt: Option<u8>,
+    direction: Direction,
+) -> String {
     let family = if local.ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut s = String::with_capacity(300);
     s.push_str("v=0\r\n");
-    s.push_str(&format!("o=switchboard {} {} IN {family} {}\r\n", local.session_id, local.version, local.ip));
+    s.push_str(&format!(
+        "o=switchboard {} {} IN {family} {}\r\n",
+        local.session_id, local.version, local.ip
+    ));
     s.push_str("s=switchboard\r\n");
     s.push_str(&format!("c=IN {family} {}\r\n", local.ip));
     s.push_str("t=0 0\r\n");
@@ -319,12 +365,18 @@ pub fn build(local: &LocalMedia, formats: &[(u8, &str)], dtmf_pt: Option<u8>, di
     if let Some(d) = dtmf_pt {
         pts.push(d.to_string());
     }
-    s.push_str(&format!("m=audio {} RTP/AVP {}\r\n", local.port, pts.join(" ")));
+    s.push_str(&format!(
+        "m=audio {} RTP/AVP {}\r\n",
+        local.port,
+        pts.join(" ")
+    ));
     for (pt, name) in formats {
         s.push_str(&format!("a=rtpmap:{pt} {name}/8000\r\n"));
     }
     if let Some(d) = dtmf_pt {
-        s.push_str(&format!("a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"));
+        s.push_str(&format!(
+            "a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"
+        ));
     }
     s.push_str("a=ptime:20\r\n");
     s.push_str(&format!("a={}\r\n", direction.as_str()));
@@ -345,7 +397,11 @@ pub fn build_answer(local: &LocalMedia, offer: &Sdp, n: &Negotiated) -> String {
             if i == n.index {
                 out.push_str(ours);
             } else {
-                let fmt = m.formats.first().map(|f| f.pt.to_string()).unwrap_or_else(|| "0".into());
+                let fmt = m
+                    .formats
+                    .first()
+                    .map(|f| f.pt.to_string())
+                    .unwrap_or_else(|| "0".into());
                 out.push_str(&format!("m={} 0 {} {fmt}\r\n", m.kind, m.proto));
             }
         }
@@ -400,7 +456,10 @@ mod tests {
     fn no_common_codec_is_488() {
         let g729 = "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\n";
         let sdp = Sdp::parse(g729).expect("valid");
-        assert_eq!(negotiate(&sdp, &[Codec::Pcmu, Codec::Pcma], true), Err(SdpError::NoCommonCodec));
+        assert_eq!(
+            negotiate(&sdp, &[Codec::Pcmu, Codec::Pcma], true),
+            Err(SdpError::NoCommonCodec)
+        );
     }
 
     #[test]
@@ -412,11 +471,13 @@ mod tests {
             ("sendrecv", Direction::SendRecv, Direction::SendRecv),
         ] {
             let text = format!("{OFFER}a={attr}\r\n");
-            let n = negotiate(&Sdp::parse(&text).expect("valid"), &[Codec::Pcmu], true).expect("ok");
+            let n =
+                negotiate(&Sdp::parse(&text).expect("valid"), &[Codec::Pcmu], true).expect("ok");
             assert_eq!((n.offered, n.answer), (offered, answer), "{attr}");
         }
         let old_hold = OFFER.replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0");
-        let n = negotiate(&Sdp::parse(&old_hold).expect("valid"), &[Codec::Pcmu], true).expect("ok");
+        let n =
+            negotiate(&Sdp::parse(&old_hold).expect("valid"), &[Codec::Pcmu], true).expect("ok");
         assert_eq!((n.answer, n.remote), (Direction::RecvOnly, None));
     }
 
@@ -425,19 +486,33 @@ mod tests {
         let text = format!("{OFFER}m=video 5000 RTP/AVP 96\r\n");
         let offer = Sdp::parse(&text).expect("valid");
         let n = negotiate(&offer, &[Codec::Pcma], true).expect("ok");
-        let local = LocalMedia { session_id: 42, version: 1, ip: "127.0.0.1".parse().expect("ip"), port: 20000 };
+        let local = LocalMedia {
+            session_id: 42,
+            version: 1,
+            ip: "127.0.0.1".parse().expect("ip"),
+            port: 20000,
+        };
         let answer = build_answer(&local, &offer, &n);
         let parsed = Sdp::parse(&answer).expect("our answer parses");
         assert_eq!(parsed.media.len(), 2);
         assert_eq!(parsed.media[1].port, 0);
         let a = parsed.audio().expect("audio");
-        assert_eq!(a.formats.iter().map(|f| f.pt).collect::<Vec<_>>(), vec![8, 101]);
+        assert_eq!(
+            a.formats.iter().map(|f| f.pt).collect::<Vec<_>>(),
+            vec![8, 101]
+        );
         assert!(answer.contains("a=ptime:20\r\n") && answer.contains("a=sendrecv\r\n"));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["", "x", "v=0\r\nm=audio abc RTP/AVP 0\r\n", "v=0\r\no=short\r\n", "v=0\r\n"] {
+        for bad in [
+            "",
+            "x",
+            "v=0\r\nm=audio abc RTP/AVP 0\r\n",
+            "v=0\r\no=short\r\n",
+            "v=0\r\n",
+        ] {
             assert!(Sdp::parse(bad).is_err(), "{bad:?}");
         }
     }

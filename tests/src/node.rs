@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A port free on 127.0.0.1 for both UDP and TCP (SIP uses both).
 pub fn free_port() -> u16 {
     for _ in 0..100 {
-        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
         let Ok(addr) = udp.local_addr() else { continue };
         if TcpListener::bind(addr).is_ok() {
             return addr.port();
@@ -26,11 +28,21 @@ pub fn free_port() -> u16 {
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/test-xxxx -> target/debug/
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf();
     let bin = dir.join("switchboard-media-node");
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "switchboard-media-node", "--bin", "switchboard-media-node"])
+            .args([
+                "build",
+                "-p",
+                "switchboard-media-node",
+                "--bin",
+                "switchboard-media-node",
+            ])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building switchboard-media-node failed");
@@ -67,7 +79,12 @@ impl MediaNode {
         let mut cmd = Command::new(binary());
         cmd.arg("--config")
             .arg(&config_path)
-            .args(["--sip-bind", &sip.to_string(), "--http-bind", &http.to_string()])
+            .args([
+                "--sip-bind",
+                &sip.to_string(),
+                "--http-bind",
+                &http.to_string(),
+            ])
             .args(["--rtp-ports", &format!("{rtp_start}-{}", rtp_start + 200)])
             .args(extra)
             .env("RUST_LOG", "info,switchboard_media_node=debug")
@@ -75,14 +92,24 @@ impl MediaNode {
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().context("spawning switchboard-media-node")?;
-        let mut node = MediaNode { child, sip, http, config_path, log_path, _dir: dir };
+        let mut node = MediaNode {
+            child,
+            sip,
+            http,
+            config_path,
+            log_path,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = node.http("GET", "/readyz", None).await {
                 return Ok(node);
             }
             if let Ok(Some(status)) = node.child.try_wait() {
-                bail!("media node exited with {status} before ready; log:\n{}", node.log());
+                bail!(
+                    "media node exited with {status} before ready; log:\n{}",
+                    node.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("media node not ready within 20s; log:\n{}", node.log());
@@ -103,7 +130,10 @@ impl MediaNode {
 
     /// Sends a signal (`TERM`, `HUP`) with kill(1).
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for the process to exit; `None` when it is still running at
@@ -125,13 +155,20 @@ impl MediaNode {
     }
 
     /// A minimal HTTP/1.1 request to the admin endpoint: (status, body).
-    pub async fn http(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<(u16, String)> {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, String)> {
         http_request(self.http, method, path, body).await
     }
 
     /// The value of a Prometheus sample (exact series text), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let Ok((_, text)) = self.http("GET", "/metrics", None).await else { return 0.0 };
+        let Ok((_, text)) = self.http("GET", "/metrics", None).await else {
+            return 0.0;
+        };
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
@@ -163,20 +200,38 @@ pub async fn http_request(
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
         let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         // Chunked bodies (axum streams JSON this way sometimes): de-chunk simply.
-        let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+        let body = if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(&body)
+        } else {
+            body
+        };
         anyhow::Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(60), fut).await.context("HTTP request timed out")?
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .context("HTTP request timed out")?
 }
 
 fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -198,7 +253,10 @@ pub struct RawSip {
 impl RawSip {
     /// Binds on 127.0.0.1 (any port).
     pub async fn new(node: SocketAddr) -> anyhow::Result<RawSip> {
-        Ok(RawSip { sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?, node })
+        Ok(RawSip {
+            sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
+            node,
+        })
     }
 
     /// Our local address.
@@ -213,7 +271,12 @@ impl RawSip {
 
     /// Receives messages until `pred` accepts one (returned) or `within`
     /// passes (None). Every message seen is appended to `seen`.
-    pub async fn recv_until(&self, within: Duration, seen: &mut Vec<String>, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub async fn recv_until(
+        &self,
+        within: Duration,
+        seen: &mut Vec<String>,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = tokio::time::Instant::now() + within;
         let mut buf = vec![0u8; 65536];
         loop {

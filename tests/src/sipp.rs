@@ -9,7 +9,9 @@ use anyhow::Context;
 
 /// Path of a scenario file in `tests/sipp/`.
 pub fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp")
+        .join(name)
 }
 
 /// What a SIPp run produced.
@@ -30,7 +32,14 @@ pub struct SippRun {
 impl SippRun {
     /// Panics with everything SIPp said unless it exited 0.
     pub fn assert_success(&self, what: &str) {
-        assert_eq!(self.code, Some(0), "SIPp {what} failed: stderr:\n{}\nerrors:\n{}\nstdout tail:\n{}", self.stderr, self.errors, tail(&self.stdout));
+        assert_eq!(
+            self.code,
+            Some(0),
+            "SIPp {what} failed: stderr:\n{}\nerrors:\n{}\nstdout tail:\n{}",
+            self.stderr,
+            self.errors,
+            tail(&self.stdout)
+        );
     }
 }
 
@@ -50,13 +59,19 @@ pub struct Sipp {
 impl Sipp {
     /// SIPp with a scenario, one call, a 30 s global timeout.
     pub fn new(scenario: PathBuf) -> Sipp {
-        Sipp { _dir: None, scenario, args: Vec::new(), timeout: Duration::from_secs(30) }
+        Sipp {
+            _dir: None,
+            scenario,
+            args: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
     }
 
     /// SIPp with a scenario from `tests/sipp/` whose placeholders
     /// (`@CODE@`...) are replaced.
     pub fn template(name: &str, vars: &[(&str, &str)]) -> anyhow::Result<Sipp> {
-        let mut text = std::fs::read_to_string(scenario(name)).with_context(|| format!("reading scenario {name}"))?;
+        let mut text = std::fs::read_to_string(scenario(name))
+            .with_context(|| format!("reading scenario {name}"))?;
         for (k, v) in vars {
             text = text.replace(k, v);
         }
@@ -86,20 +101,43 @@ impl Sipp {
     }
 
     /// Runs SIPp as a UAC towards `remote` from `local_ip:port`.
-    pub async fn run_client_from(self, remote: SocketAddr, local_ip: &str, port: u16) -> anyhow::Result<SippRun> {
+    pub async fn run_client_from(
+        self,
+        remote: SocketAddr,
+        local_ip: &str,
+        port: u16,
+    ) -> anyhow::Result<SippRun> {
         let mut args = vec![remote.to_string()];
-        args.extend(["-i".into(), local_ip.into(), "-p".into(), port.to_string(), "-m".into(), "1".into()]);
+        args.extend([
+            "-i".into(),
+            local_ip.into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            "1".into(),
+        ]);
         self.run(args).await
     }
 
     /// Runs SIPp as a server on `port` (for `calls` calls).
     pub async fn run_server(self, port: u16, calls: u32) -> anyhow::Result<SippRun> {
-        let args = vec!["-i".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-m".into(), calls.to_string()];
+        let args = vec![
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            calls.to_string(),
+        ];
         self.run(args).await
     }
 
     /// Spawns the run in the background.
-    pub fn spawn_server(self, port: u16, calls: u32) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+    pub fn spawn_server(
+        self,
+        port: u16,
+        calls: u32,
+    ) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
         tokio::spawn(self.run_server(port, calls))
     }
 
@@ -132,9 +170,12 @@ impl Sipp {
             .kill_on_drop(true)
             .spawn()
             .context("spawning sipp (is it installed? see scripts/test-deps.sh)")?;
-        let out = tokio::time::timeout(self.timeout + Duration::from_secs(10), child.wait_with_output())
-            .await
-            .context("sipp did not exit")??;
+        let out = tokio::time::timeout(
+            self.timeout + Duration::from_secs(10),
+            child.wait_with_output(),
+        )
+        .await
+        .context("sipp did not exit")??;
         Ok(SippRun {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into(),

@@ -47,25 +47,38 @@ async fn answered_calls(node: &MediaNode) -> usize {
 
 #[tokio::test]
 async fn sip_inbound_call_from_allowed_source_completes() {
-    let node = MediaNode::start(&config(None), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
     let run = Sipp::new(scenario("uac_call.xml"))
         .args(["-s", NUMBER])
         .run_client(node.sip, free_port())
         .await
         .expect("sipp runs");
     run.assert_success("uac_call (100, 180, 200 with PCMU + telephone-event, ACK, BYE, 200)");
-    let answered = node.metric(r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#).await;
+    let answered = node
+        .metric(r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#)
+        .await;
     assert_eq!(answered, 1.0, "exactly one answered call counted");
     eventually("the call to be gone", Duration::from_secs(5), || async {
-        let (_, body) = node.http("GET", "/debug/calls", None).await.map_err(|e| e.to_string())?;
-        if body.trim() == "[]" { Ok(()) } else { Err(body) }
+        let (_, body) = node
+            .http("GET", "/debug/calls", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if body.trim() == "[]" {
+            Ok(())
+        } else {
+            Err(body)
+        }
     })
     .await;
 }
 
 #[tokio::test]
 async fn sip_inbound_rejections_403_404() {
-    let node = MediaNode::start(&config(None), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
     // Unknown source (127.0.0.2 is loopback but in no trunk's ACL): 403,
     // for a known and for an unknown number alike.
     for number in [NUMBER, "19999999999"] {
@@ -93,13 +106,23 @@ async fn sip_inbound_rejections_403_404() {
         .await
         .expect("sipp runs")
         .assert_success("404 for an unknown number");
-    assert_eq!(node.metric(r#"switchboard_sip_rejected_requests_total{reason="acl"}"#).await, 2.0);
-    assert_eq!(node.metric(r#"switchboard_sip_rejected_requests_total{reason="not_found"}"#).await, 1.0);
+    assert_eq!(
+        node.metric(r#"switchboard_sip_rejected_requests_total{reason="acl"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        node.metric(r#"switchboard_sip_rejected_requests_total{reason="not_found"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn sip_inbound_over_channel_share_gets_486() {
-    let node = MediaNode::start(&config(Some(1)), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(Some(1)), &[])
+        .await
+        .expect("node starts");
     let sip = node.sip;
     let first = tokio::spawn(async move {
         Sipp::template("uac_long.xml", &[("@HOLD_MS@", "3000")])
@@ -108,9 +131,17 @@ async fn sip_inbound_over_channel_share_gets_486() {
             .run_client(sip, free_port())
             .await
     });
-    eventually("the first call to be answered", Duration::from_secs(10), || async {
-        if answered_calls(&node).await == 1 { Ok(()) } else { Err("not yet".into()) }
-    })
+    eventually(
+        "the first call to be answered",
+        Duration::from_secs(10),
+        || async {
+            if answered_calls(&node).await == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
     .await;
     Sipp::template("uac_rejected.xml", &[("@CODE@", "486")])
         .expect("template")
@@ -119,24 +150,38 @@ async fn sip_inbound_over_channel_share_gets_486() {
         .await
         .expect("sipp runs")
         .assert_success("486 over the channel share");
-    first.await.expect("join").expect("sipp runs").assert_success("first call unaffected");
+    first
+        .await
+        .expect("join")
+        .expect("sipp runs")
+        .assert_success("first call unaffected");
 }
 
 #[tokio::test]
 async fn sip_inbound_cancel_before_answer_gets_487() {
-    let node = MediaNode::start(&config(None), &["--answer-delay-ms", "10000"]).await.expect("node starts");
+    let node = MediaNode::start(&config(None), &["--answer-delay-ms", "10000"])
+        .await
+        .expect("node starts");
     Sipp::new(scenario("uac_cancel.xml"))
         .args(["-s", NUMBER])
         .run_client(node.sip, free_port())
         .await
         .expect("sipp runs")
         .assert_success("CANCEL while ringing: 200 then 487");
-    assert_eq!(node.metric(r#"switchboard_sip_calls_total{code="487",direction="inbound",result="cancelled"}"#).await, 1.0);
+    assert_eq!(
+        node.metric(
+            r#"switchboard_sip_calls_total{code="487",direction="inbound",result="cancelled"}"#
+        )
+        .await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn sip_inbound_hold_and_resume_reinvite() {
-    let node = MediaNode::start(&config(None), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
     Sipp::new(scenario("uac_hold.xml"))
         .args(["-s", NUMBER])
         .run_client(node.sip, free_port())
@@ -145,7 +190,12 @@ async fn sip_inbound_hold_and_resume_reinvite() {
         .assert_success("hold (sendonly->recvonly), inactive, resume (sendrecv), BYE");
 }
 
-fn invite(local: std::net::SocketAddr, node: std::net::SocketAddr, branch: &str, call_id: &str) -> String {
+fn invite(
+    local: std::net::SocketAddr,
+    node: std::net::SocketAddr,
+    branch: &str,
+    call_id: &str,
+) -> String {
     let sdp = format!(
         "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n",
         local.port() + 2
@@ -160,7 +210,9 @@ fn invite(local: std::net::SocketAddr, node: std::net::SocketAddr, branch: &str,
 
 #[tokio::test]
 async fn sip_inbound_retransmitted_invite_and_bye_handled_once() {
-    let node = MediaNode::start(&config(None), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
     let raw = RawSip::new(node.sip).await.expect("socket");
     let local = raw.local();
     let inv = invite(local, node.sip, "z9hG4bKretrans1", "retrans-call@test");
@@ -168,12 +220,17 @@ async fn sip_inbound_retransmitted_invite_and_bye_handled_once() {
     raw.send(inv.as_bytes()).await;
     let mut seen = Vec::new();
     let ok = raw
-        .recv_until(Duration::from_secs(5), &mut seen, |m| status_of(m) == Some(200))
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            status_of(m) == Some(200)
+        })
         .await
         .unwrap_or_else(|| panic!("no 200; saw {seen:?}"));
     let to = header_of(&ok, "To").expect("To in 200").to_owned();
     assert!(to.contains("tag="), "200 carries our tag: {to}");
-    assert!(ok.contains("a=rtpmap:8 PCMA/8000"), "PCMA chosen as the only offered codec: {ok}");
+    assert!(
+        ok.contains("a=rtpmap:8 PCMA/8000"),
+        "PCMA chosen as the only offered codec: {ok}"
+    );
     // A retransmission after the 200 is absorbed, not a second call.
     raw.send(inv.as_bytes()).await;
     let ack = format!(
@@ -196,24 +253,44 @@ async fn sip_inbound_retransmitted_invite_and_bye_handled_once() {
     );
     raw.send(bye.as_bytes()).await;
     let mut seen = Vec::new();
-    raw.recv_until(Duration::from_secs(5), &mut seen, |m| status_of(m) == Some(200) && m.contains("BYE"))
-        .await
-        .unwrap_or_else(|| panic!("no 200 to BYE; saw {seen:?}"));
+    raw.recv_until(Duration::from_secs(5), &mut seen, |m| {
+        status_of(m) == Some(200) && m.contains("BYE")
+    })
+    .await
+    .unwrap_or_else(|| panic!("no 200 to BYE; saw {seen:?}"));
     raw.send(bye.as_bytes()).await;
     let mut seen2 = Vec::new();
     let again = raw
-        .recv_until(Duration::from_secs(5), &mut seen2, |m| m.contains("CSeq: 2 BYE"))
+        .recv_until(Duration::from_secs(5), &mut seen2, |m| {
+            m.contains("CSeq: 2 BYE")
+        })
         .await
         .unwrap_or_else(|| panic!("retransmitted BYE not answered; saw {seen2:?}"));
-    assert_eq!(status_of(&again), Some(200), "retransmitted BYE gets the same 200, not 481: {again}");
-    assert_eq!(node.metric(r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#).await, 1.0);
-    let invite_200s = seen.iter().chain(seen2.iter()).filter(|m| status_of(m) == Some(200) && m.contains("INVITE")).count();
+    assert_eq!(
+        status_of(&again),
+        Some(200),
+        "retransmitted BYE gets the same 200, not 481: {again}"
+    );
+    assert_eq!(
+        node.metric(
+            r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#
+        )
+        .await,
+        1.0
+    );
+    let invite_200s = seen
+        .iter()
+        .chain(seen2.iter())
+        .filter(|m| status_of(m) == Some(200) && m.contains("INVITE"))
+        .count();
     let _ = invite_200s; // 2xx retransmissions are allowed until the ACK is seen.
 }
 
 #[tokio::test]
 async fn sip_inbound_draining_answers_503_and_exits_after_last_call() {
-    let mut node = MediaNode::start(&config(None), &[]).await.expect("node starts");
+    let mut node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
     let sip = node.sip;
     let call = tokio::spawn(async move {
         Sipp::template("uac_long.xml", &[("@HOLD_MS@", "4000")])
@@ -222,9 +299,17 @@ async fn sip_inbound_draining_answers_503_and_exits_after_last_call() {
             .run_client(sip, free_port())
             .await
     });
-    eventually("the call to be answered", Duration::from_secs(10), || async {
-        if answered_calls(&node).await == 1 { Ok(()) } else { Err("not yet".into()) }
-    })
+    eventually(
+        "the call to be answered",
+        Duration::from_secs(10),
+        || async {
+            if answered_calls(&node).await == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
     .await;
     node.signal("TERM");
     eventually("readiness to drop", Duration::from_secs(5), || async {
@@ -251,10 +336,21 @@ async fn sip_inbound_draining_answers_503_and_exits_after_last_call() {
     );
     raw.send(options.as_bytes()).await;
     let mut seen = Vec::new();
-    let resp = raw.recv_until(Duration::from_secs(5), &mut seen, |m| status_of(m).is_some()).await.expect("OPTIONS answered");
+    let resp = raw
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            status_of(m).is_some()
+        })
+        .await
+        .expect("OPTIONS answered");
     assert_eq!(status_of(&resp), Some(503), "{resp}");
     assert!(header_of(&resp, "Retry-After").is_some(), "{resp}");
-    call.await.expect("join").expect("sipp runs").assert_success("the call in progress completes during the drain");
-    let status = node.wait_exit(Duration::from_secs(10)).await.expect("node exits once the last call ended");
+    call.await
+        .expect("join")
+        .expect("sipp runs")
+        .assert_success("the call in progress completes during the drain");
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("node exits once the last call ended");
     assert!(status.success(), "exit status {status}");
 }

@@ -39,18 +39,30 @@ fn config(primary: Vec<Value>, backup: Vec<Value>) -> Value {
 }
 
 fn answering_carrier(port: u16) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
-    Sipp::template("uas_answer.xml", &[("@RURI_USER@", "77\\+15557654321"), ("@FROM_DOMAIN@", "sb.example")])
+    Sipp::template(
+        "uas_answer.xml",
+        &[
+            ("@RURI_USER@", "77\\+15557654321"),
+            ("@FROM_DOMAIN@", "sb.example"),
+        ],
+    )
+    .expect("template")
+    .spawn_server(port, 1)
+}
+
+fn rejecting_carrier(port: u16, code: &str) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+    Sipp::template("uas_reject.xml", &[("@CODE@", code)])
         .expect("template")
         .spawn_server(port, 1)
 }
 
-fn rejecting_carrier(port: u16, code: &str) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
-    Sipp::template("uas_reject.xml", &[("@CODE@", code)]).expect("template").spawn_server(port, 1)
-}
-
 async fn dial(node: &MediaNode) -> Value {
     let (status, body) = node
-        .http("POST", "/debug/dial", Some(&json!({"number_id": "demo/caller", "to": "+1 555 765 4321"})))
+        .http(
+            "POST",
+            "/debug/dial",
+            Some(&json!({"number_id": "demo/caller", "to": "+1 555 765 4321"})),
+        )
         .await
         .expect("dial request");
     assert_eq!(status, 200, "{body}");
@@ -59,7 +71,10 @@ async fn dial(node: &MediaNode) -> Value {
 
 async fn hang_up(node: &MediaNode, outcome: &Value) {
     let call_id = outcome["call_id"].as_str().expect("call_id");
-    let (status, _) = node.http("POST", "/debug/hangup", Some(&json!({"call_id": call_id}))).await.expect("hangup");
+    let (status, _) = node
+        .http("POST", "/debug/hangup", Some(&json!({"call_id": call_id})))
+        .await
+        .expect("hangup");
     assert_eq!(status, 202);
 }
 
@@ -67,7 +82,9 @@ async fn hang_up(node: &MediaNode, outcome: &Value) {
 async fn sip_outbound_digest_on_407_establishes_the_call() {
     let gw = free_port();
     let carrier = Sipp::new(switchboard_tests::sipp::scenario("uas_auth.xml")).spawn_server(gw, 1);
-    let node = MediaNode::start(&config(vec![gateway(gw, 1)], vec![]), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(vec![gateway(gw, 1)], vec![]), &[])
+        .await
+        .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     hang_up(&node, &outcome).await;
@@ -93,7 +110,12 @@ async fn sip_outbound_digest_on_407_establishes_the_call() {
     use md5::Digest as _;
     let ha1 = md5("alice:carrier.example:s3cret".into());
     let ha2 = md5(format!("INVITE:{}", param("uri")));
-    let expected = md5(format!("{ha1}:{}:{}:{}:auth:{ha2}", param("nonce"), param("nc"), param("cnonce")));
+    let expected = md5(format!(
+        "{ha1}:{}:{}:{}:auth:{ha2}",
+        param("nonce"),
+        param("nc"),
+        param("cnonce")
+    ));
     assert_eq!(param("response"), expected, "digest response is correct");
     assert!(!node.log().contains("s3cret"), "password never logged");
 }
@@ -103,29 +125,56 @@ async fn sip_outbound_fails_over_on_503_to_the_next_gateway() {
     let (g1, g2) = (free_port(), free_port());
     let first = rejecting_carrier(g1, "503");
     let second = answering_carrier(g2);
-    let node = MediaNode::start(&config(vec![gateway(g2, 2), gateway(g1, 1)], vec![]), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(vec![gateway(g2, 2), gateway(g1, 1)], vec![]), &[])
+        .await
+        .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     assert_eq!(outcome["gateway"], format!("127.0.0.1:{g2}"), "{outcome}");
     assert_eq!(outcome["attempts"][0]["code"], 503, "{outcome}");
     hang_up(&node, &outcome).await;
-    first.await.expect("join").expect("sipp").assert_success("first gateway refusing with 503");
-    second.await.expect("join").expect("sipp").assert_success("second gateway answering (R-URI 77+E.164, From domain)");
+    first
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("first gateway refusing with 503");
+    second
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("second gateway answering (R-URI 77+E.164, From domain)");
 }
 
 #[tokio::test]
 async fn sip_outbound_486_is_final_no_failover() {
     let (g1, g2) = (free_port(), free_port());
     let first = rejecting_carrier(g1, "486");
-    let node = MediaNode::start(&config(vec![gateway(g1, 1), gateway(g2, 2)], vec![gateway(g2, 1)]), &[])
-        .await
-        .expect("node starts");
+    let node = MediaNode::start(
+        &config(vec![gateway(g1, 1), gateway(g2, 2)], vec![gateway(g2, 1)]),
+        &[],
+    )
+    .await
+    .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "failed", "{outcome}");
     assert_eq!(outcome["code"], 486, "{outcome}");
-    assert_eq!(outcome["attempts"].as_array().map(Vec::len), Some(1), "no other gateway tried: {outcome}");
-    first.await.expect("join").expect("sipp").assert_success("gateway refusing with 486");
-    assert_eq!(node.metric(r#"switchboard_sip_calls_total{code="486",direction="outbound",result="failed"}"#).await, 1.0);
+    assert_eq!(
+        outcome["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "no other gateway tried: {outcome}"
+    );
+    first
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("gateway refusing with 486");
+    assert_eq!(
+        node.metric(
+            r#"switchboard_sip_calls_total{code="486",direction="outbound",result="failed"}"#
+        )
+        .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -133,12 +182,22 @@ async fn sip_outbound_uses_fallback_trunk_when_every_gateway_failed() {
     let (g1, g2) = (free_port(), free_port());
     let primary = rejecting_carrier(g1, "503");
     let backup = answering_carrier(g2);
-    let node = MediaNode::start(&config(vec![gateway(g1, 1)], vec![gateway(g2, 1)]), &[]).await.expect("node starts");
+    let node = MediaNode::start(&config(vec![gateway(g1, 1)], vec![gateway(g2, 1)]), &[])
+        .await
+        .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     assert_eq!(outcome["trunk_id"], "demo/backup", "{outcome}");
     hang_up(&node, &outcome).await;
-    primary.await.expect("join").expect("sipp").assert_success("primary trunk's gateway refusing");
-    backup.await.expect("join").expect("sipp").assert_success("fallback trunk's gateway answering");
+    primary
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("primary trunk's gateway refusing");
+    backup
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("fallback trunk's gateway answering");
     let _ = Duration::ZERO;
 }

@@ -11,7 +11,9 @@ use switchboard_tests::sipp::{Sipp, scenario};
 #[tokio::test]
 async fn sip_register_with_digest_succeeds_and_refreshes() {
     let registrar = free_port();
-    let sipp = Sipp::new(scenario("uas_registrar.xml")).timeout(Duration::from_secs(30)).spawn_server(registrar, 1);
+    let sipp = Sipp::new(scenario("uas_registrar.xml"))
+        .timeout(Duration::from_secs(30))
+        .spawn_server(registrar, 1);
     let config = json!({
         "version": "1",
         "trunks": [{
@@ -28,18 +30,33 @@ async fn sip_register_with_digest_succeeds_and_refreshes() {
         "numbers": []
     });
     let node = MediaNode::start(&config, &[]).await.expect("node starts");
-    sipp.await.expect("join").expect("sipp").assert_success("registrar: two challenged registrations");
-    eventually("two successful registrations reported", Duration::from_secs(5), || async {
-        let (_, body) = node.http("GET", "/debug/registrations", None).await.map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        let r = &v[0];
-        if r["state"] == "registered" && r["successes"].as_u64() >= Some(2) && r["expires"] == 4 {
-            Ok(())
-        } else {
-            Err(body)
-        }
-    })
+    sipp.await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("registrar: two challenged registrations");
+    eventually(
+        "two successful registrations reported",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = node
+                .http("GET", "/debug/registrations", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let r = &v[0];
+            if r["state"] == "registered" && r["successes"].as_u64() >= Some(2) && r["expires"] == 4
+            {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
     .await;
-    assert_eq!(node.metric(r#"switchboard_sip_registered{trunk="demo/reg"}"#).await, 1.0);
+    assert_eq!(
+        node.metric(r#"switchboard_sip_registered{trunk="demo/reg"}"#)
+            .await,
+        1.0
+    );
     assert!(!node.log().contains("s3cret"), "password never logged");
 }

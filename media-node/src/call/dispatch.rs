@@ -12,7 +12,10 @@ use crate::sip::message::{Message, Method, reason_phrase};
 use crate::sip::transaction::{ServerRequest, TuEvent};
 
 fn to_tag(msg: &Message) -> Option<String> {
-    msg.header("To").and_then(|t| param(t, "tag")).filter(|t| !t.is_empty()).map(str::to_owned)
+    msg.header("To")
+        .and_then(|t| param(t, "tag"))
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// Runs until the transaction layer stops.
@@ -37,12 +40,18 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
 }
 
 fn reply(ctx: &Ctx, req: &ServerRequest, code: u16) {
-    let resp = req.msg.response(code, reason_phrase(code), Some(&crate::sip::transaction::random_token(8)));
+    let resp = req.msg.response(
+        code,
+        reason_phrase(code),
+        Some(&crate::sip::transaction::random_token(8)),
+    );
     ctx.sip.respond(&req.id, resp);
 }
 
 fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
-    let Some(method) = req.msg.method() else { return };
+    let Some(method) = req.msg.method() else {
+        return;
+    };
     if method == Method::Cancel {
         match req.cancels.as_ref().and_then(|id| ctx.calls.invite(id)) {
             Some(tx) => {
@@ -69,8 +78,16 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
             tokio::spawn(super::inbound::handle_invite(ctx.clone(), req));
         }
         Method::Options => {
-            let code = if ctx.is_draining() || ctx.routing.get().is_none() { 503 } else { 200 };
-            let mut resp = req.msg.response(code, reason_phrase(code), Some(&crate::sip::transaction::random_token(8)));
+            let code = if ctx.is_draining() || ctx.routing.get().is_none() {
+                503
+            } else {
+                200
+            };
+            let mut resp = req.msg.response(
+                code,
+                reason_phrase(code),
+                Some(&crate::sip::transaction::random_token(8)),
+            );
             resp.add("Allow", crate::sip::ALLOW);
             resp.add("Accept", "application/sdp");
             resp.add("Supported", "timer");

@@ -26,23 +26,36 @@ fn digit(s: &str) -> Option<char> {
 
 /// Parses an INFO body by its Content-Type. `None` for other content.
 pub fn parse(content_type: &str, body: &[u8]) -> Option<DtmfEvent> {
-    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let text = std::str::from_utf8(body).ok()?;
     match ct.as_str() {
         "application/dtmf-relay" => {
             let mut sig = None;
             let mut dur = 160;
             for line in text.lines() {
-                let Some((k, v)) = line.split_once('=') else { continue };
+                let Some((k, v)) = line.split_once('=') else {
+                    continue;
+                };
                 match k.trim().to_ascii_lowercase().as_str() {
                     "signal" => sig = digit(v),
                     "duration" => dur = v.trim().parse().unwrap_or(160),
                     _ => {}
                 }
             }
-            sig.map(|digit| DtmfEvent { digit, duration_ms: dur })
+            sig.map(|digit| DtmfEvent {
+                digit,
+                duration_ms: dur,
+            })
         }
-        "application/dtmf" => digit(text).map(|digit| DtmfEvent { digit, duration_ms: 160 }),
+        "application/dtmf" => digit(text).map(|digit| DtmfEvent {
+            digit,
+            duration_ms: 160,
+        }),
         _ => None,
     }
 }
@@ -53,11 +66,41 @@ mod tests {
 
     #[test]
     fn dtmf_relay_and_plain() {
-        assert_eq!(parse("application/dtmf-relay", b"Signal=5\r\nDuration=250\r\n"), Some(DtmfEvent { digit: '5', duration_ms: 250 }));
-        assert_eq!(parse("Application/DTMF-Relay", b"Signal= #\r\n"), Some(DtmfEvent { digit: '#', duration_ms: 160 }));
-        assert_eq!(parse("application/dtmf-relay", b"Signal=11\r\nDuration=100"), Some(DtmfEvent { digit: '#', duration_ms: 100 }));
-        assert_eq!(parse("application/dtmf", b"7"), Some(DtmfEvent { digit: '7', duration_ms: 160 }));
-        assert_eq!(parse("application/dtmf", b"d"), Some(DtmfEvent { digit: 'D', duration_ms: 160 }));
+        assert_eq!(
+            parse("application/dtmf-relay", b"Signal=5\r\nDuration=250\r\n"),
+            Some(DtmfEvent {
+                digit: '5',
+                duration_ms: 250
+            })
+        );
+        assert_eq!(
+            parse("Application/DTMF-Relay", b"Signal= #\r\n"),
+            Some(DtmfEvent {
+                digit: '#',
+                duration_ms: 160
+            })
+        );
+        assert_eq!(
+            parse("application/dtmf-relay", b"Signal=11\r\nDuration=100"),
+            Some(DtmfEvent {
+                digit: '#',
+                duration_ms: 100
+            })
+        );
+        assert_eq!(
+            parse("application/dtmf", b"7"),
+            Some(DtmfEvent {
+                digit: '7',
+                duration_ms: 160
+            })
+        );
+        assert_eq!(
+            parse("application/dtmf", b"d"),
+            Some(DtmfEvent {
+                digit: 'D',
+                duration_ms: 160
+            })
+        );
         assert_eq!(parse("application/dtmf", b"xyz"), None);
         assert_eq!(parse("application/sdp", b"v=0"), None);
         assert_eq!(parse("application/dtmf-relay", &[0xff, 0xfe]), None);

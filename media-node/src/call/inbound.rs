@@ -31,20 +31,32 @@ struct Reject {
 
 impl Reject {
     fn new(code: u16, reason: &'static str) -> Self {
-        Reject { code, reason, headers: Vec::new() }
+        Reject {
+            code,
+            reason,
+            headers: Vec::new(),
+        }
     }
 }
 
 /// The called user: Request-URI user, To user as fallback.
 pub fn called_user(msg: &Message) -> Option<String> {
-    let from_ruri = msg.request_uri().and_then(|u| SipUri::parse(u).ok()).and_then(|u| u.user);
-    from_ruri
-        .filter(|u| !u.is_empty())
-        .or_else(|| msg.header("To").and_then(|t| SipUri::parse(uri_text(t)).ok()).and_then(|u| u.user))
+    let from_ruri = msg
+        .request_uri()
+        .and_then(|u| SipUri::parse(u).ok())
+        .and_then(|u| u.user);
+    from_ruri.filter(|u| !u.is_empty()).or_else(|| {
+        msg.header("To")
+            .and_then(|t| SipUri::parse(uri_text(t)).ok())
+            .and_then(|u| u.user)
+    })
 }
 
 fn user_of(value: Option<&str>) -> String {
-    value.and_then(|v| SipUri::parse(uri_text(v)).ok()).and_then(|u| u.user).unwrap_or_default()
+    value
+        .and_then(|v| SipUri::parse(uri_text(v)).ok())
+        .and_then(|u| u.user)
+        .unwrap_or_default()
 }
 
 /// Which trunk an allowed source's call to a number belongs to:
@@ -60,13 +72,19 @@ fn select_trunk<'a>(
         if !source_trunks.contains(&id.as_str()) {
             continue;
         }
-        let Some(t) = table.trunks.get(id) else { continue };
+        let Some(t) = table.trunks.get(id) else {
+            continue;
+        };
         if t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled) {
             return Ok(t);
         }
         disabled = true;
     }
-    if disabled { Err(Reject::new(403, "trunk_disabled")) } else { Err(Reject::new(404, "not_found")) }
+    if disabled {
+        Err(Reject::new(403, "trunk_disabled"))
+    } else {
+        Err(Reject::new(404, "not_found"))
+    }
 }
 
 /// Handles a new INVITE (no To tag).
@@ -77,14 +95,19 @@ pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
         Err(rej) => {
             if rej.code != 401 {
                 ctx.metrics.reject(rej.reason);
-                ctx.metrics.calls.with_label_values(&["inbound", "rejected", &rej.code.to_string()]).inc();
+                ctx.metrics
+                    .calls
+                    .with_label_values(&["inbound", "rejected", &rej.code.to_string()])
+                    .inc();
             }
             if rej.code == 403 && rej.reason == "acl" {
                 tracing::warn!(source = %req.peer.addr, "INVITE from a source no trunk allows");
             } else {
                 tracing::info!(source = %req.peer.addr, code = rej.code, reason = rej.reason, "INVITE rejected");
             }
-            let mut resp = req.msg.response(rej.code, reason_phrase(rej.code), Some(&local_tag));
+            let mut resp = req
+                .msg
+                .response(rej.code, reason_phrase(rej.code), Some(&local_tag));
             for (k, v) in rej.headers {
                 resp.add(k, v);
             }
@@ -93,13 +116,25 @@ pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
     }
 }
 
-fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Session, String), Reject> {
+fn admit(
+    ctx: &Arc<Ctx>,
+    req: &ServerRequest,
+    local_tag: &str,
+) -> Result<(Session, String), Reject> {
     let retry = || vec![("Retry-After", ctx.opts.retry_after_secs.to_string())];
     if ctx.is_draining() {
-        return Err(Reject { code: 503, reason: "draining", headers: retry() });
+        return Err(Reject {
+            code: 503,
+            reason: "draining",
+            headers: retry(),
+        });
     }
     let Some(table) = ctx.routing.get() else {
-        return Err(Reject { code: 503, reason: "not_programmed", headers: retry() });
+        return Err(Reject {
+            code: 503,
+            reason: "not_programmed",
+            headers: retry(),
+        });
     };
     let ruri = req.msg.request_uri().unwrap_or_default();
     if !(ruri.starts_with("sip:") || ruri.starts_with("sips:") || ruri.starts_with("tel:")) {
@@ -110,13 +145,18 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
         return Err(Reject::new(403, "acl"));
     }
     let usable = source_trunks.iter().any(|id| {
-        table.trunks.get(*id).is_some_and(|t| t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled))
+        table
+            .trunks
+            .get(*id)
+            .is_some_and(|t| t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled))
     });
     if !usable {
         return Err(Reject::new(403, "trunk_disabled"));
     }
     let user = called_user(&req.msg).unwrap_or_default();
-    let number = table.number_for(&user).ok_or_else(|| Reject::new(404, "not_found"))?;
+    let number = table
+        .number_for(&user)
+        .ok_or_else(|| Reject::new(404, "not_found"))?;
     let trunk = select_trunk(&table, &source_trunks, number)?;
     if !number.inbound {
         return Err(Reject::new(403, "number_inbound_disabled"));
@@ -124,8 +164,18 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
     if let Some(auth) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref())
         && let Some(creds) = auth.credentials.as_ref()
     {
-        let realm = if auth.realm.is_empty() { "switchboard" } else { auth.realm.as_str() };
-        match ctx.digest.verify(req.msg.header("Authorization"), realm, &creds.username, &creds.password, "INVITE") {
+        let realm = if auth.realm.is_empty() {
+            "switchboard"
+        } else {
+            auth.realm.as_str()
+        };
+        match ctx.digest.verify(
+            req.msg.header("Authorization"),
+            realm,
+            &creds.username,
+            &creds.password,
+            "INVITE",
+        ) {
             Verdict::Ok => {}
             Verdict::Challenge { stale } => {
                 if req.msg.header("Authorization").is_some() && !stale {
@@ -148,10 +198,17 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
         .collect();
     if !unsupported.is_empty() {
-        return Err(Reject { code: 420, reason: "bad_extension", headers: vec![("Unsupported", unsupported.join(", "))] });
+        return Err(Reject {
+            code: 420,
+            reason: "bad_extension",
+            headers: vec![("Unsupported", unsupported.join(", "))],
+        });
     }
-    let timer = session_timer::uas_negotiate(&req.msg, ctx.opts.min_se)
-        .map_err(|min| Reject { code: 422, reason: "session_interval", headers: vec![("Min-SE", min.to_string())] })?;
+    let timer = session_timer::uas_negotiate(&req.msg, ctx.opts.min_se).map_err(|min| Reject {
+        code: 422,
+        reason: "session_interval",
+        headers: vec![("Min-SE", min.to_string())],
+    })?;
 
     // Offer/answer before admission so a 488 does not count as a call.
     let prefs = routing::codec_prefs(trunk);
@@ -159,23 +216,56 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
     let offer = if req.msg.body.is_empty() {
         None
     } else {
-        let is_sdp = req.msg.header("Content-Type").is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
+        let is_sdp = req
+            .msg
+            .header("Content-Type")
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
         if !is_sdp {
-            return Err(Reject { code: 415, reason: "media_type", headers: vec![("Accept", "application/sdp".into())] });
+            return Err(Reject {
+                code: 415,
+                reason: "media_type",
+                headers: vec![("Accept", "application/sdp".into())],
+            });
         }
-        Some(Sdp::parse(&String::from_utf8_lossy(&req.msg.body)).map_err(|_| Reject::new(488, "bad_sdp"))?)
+        Some(
+            Sdp::parse(&String::from_utf8_lossy(&req.msg.body))
+                .map_err(|_| Reject::new(488, "bad_sdp"))?,
+        )
     };
     let negotiated = match &offer {
-        Some(o) => Some(sdp::negotiate(o, &prefs, want_dtmf).map_err(|_| Reject::new(488, "codec"))?),
+        Some(o) => {
+            Some(sdp::negotiate(o, &prefs, want_dtmf).map_err(|_| Reject::new(488, "codec"))?)
+        }
         None => None,
     };
 
     let call_id = req.msg.call_id().unwrap_or_default().to_owned();
-    let limits_set = trunk.limits.as_ref().is_some_and(|l| l.max_concurrent_calls > 0);
-    let trunk_max = limits_set.then(|| trunk.share.as_ref().map(|s| s.max_concurrent_calls as usize).unwrap_or(0));
-    let guard = match ctx.calls.admit(&trunk.id, CallDirection::Inbound, &call_id, ctx.opts.max_calls, trunk_max) {
+    let limits_set = trunk
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.max_concurrent_calls > 0);
+    let trunk_max = limits_set.then(|| {
+        trunk
+            .share
+            .as_ref()
+            .map(|s| s.max_concurrent_calls as usize)
+            .unwrap_or(0)
+    });
+    let guard = match ctx.calls.admit(
+        &trunk.id,
+        CallDirection::Inbound,
+        &call_id,
+        ctx.opts.max_calls,
+        trunk_max,
+    ) {
         Ok(g) => g,
-        Err(true) => return Err(Reject { code: 503, reason: "capacity", headers: retry() }),
+        Err(true) => {
+            return Err(Reject {
+                code: 503,
+                reason: "capacity",
+                headers: retry(),
+            });
+        }
         Err(false) => return Err(Reject::new(486, "channel_share")),
     };
 
@@ -190,10 +280,19 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
         .unwrap_or(media_ip);
     let socket = ctx.ports.allocate(bind_ip).map_err(|e| {
         tracing::warn!(error = %e, "no media port");
-        Reject { code: 503, reason: "no_media_port", headers: retry() }
+        Reject {
+            code: 503,
+            reason: "no_media_port",
+            headers: retry(),
+        }
     })?;
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-    let local = LocalMedia { session_id: rand::random::<u32>() as u64, version: 1, ip: media_ip, port };
+    let local = LocalMedia {
+        session_id: rand::random::<u32>() as u64,
+        version: 1,
+        ip: media_ip,
+        port,
+    };
     let (media, answer) = match (&offer, &negotiated) {
         (Some(o), Some(n)) => (
             MediaParams {
@@ -208,7 +307,10 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
         ),
         _ => {
             // No offer: we offer in the 200 and take the answer from the ACK.
-            let fmts: Vec<(u8, &str)> = prefs.iter().map(|c| (sdp::static_pt(*c), sdp::name(*c))).collect();
+            let fmts: Vec<(u8, &str)> = prefs
+                .iter()
+                .map(|c| (sdp::static_pt(*c), sdp::name(*c)))
+                .collect();
             let dtmf = want_dtmf.then_some(101);
             let body = sdp::build(&local, &fmts, dtmf, sdp::Direction::SendRecv);
             let c = prefs[0];
@@ -227,24 +329,36 @@ fn admit(ctx: &Arc<Ctx>, req: &ServerRequest, local_tag: &str) -> Result<(Sessio
     };
 
     let contact = ctx.contact(&user, &req.peer);
-    let dialog = Dialog::uas(&req.msg, local_tag, req.peer, contact).map_err(|_| Reject::new(400, "malformed"))?;
+    let dialog = Dialog::uas(&req.msg, local_tag, req.peer, contact)
+        .map_err(|_| Reject::new(400, "malformed"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     ctx.calls.register_invite(req.id.clone(), tx.clone());
-    ctx.calls.register_dialog(&dialog.call_id, local_tag, tx.clone());
+    ctx.calls
+        .register_dialog(&dialog.call_id, local_tag, tx.clone());
 
     let mut ringing = req.msg.response(180, "Ringing", Some(local_tag));
     ringing.add("Contact", dialog.contact.clone());
     ctx.sip.respond(&req.id, ringing);
 
-    let agent = number.agent.clone().or_else(|| trunk.inbound.as_ref().and_then(|i| i.default_agent.clone()));
+    let agent = number
+        .agent
+        .clone()
+        .or_else(|| trunk.inbound.as_ref().and_then(|i| i.default_agent.clone()));
     let max_secs = if number.max_call_duration_seconds > 0 {
         number.max_call_duration_seconds
     } else {
-        trunk.limits.as_ref().map(|l| l.max_call_duration_seconds).unwrap_or(0)
+        trunk
+            .limits
+            .as_ref()
+            .map(|l| l.max_call_duration_seconds)
+            .unwrap_or(0)
     };
     let session = Session {
         ctx: ctx.clone(),
-        peer_allows_update: req.msg.headers_named("Allow").any(|a| a.to_ascii_uppercase().contains("UPDATE")),
+        peer_allows_update: req
+            .msg
+            .headers_named("Allow")
+            .any(|a| a.to_ascii_uppercase().contains("UPDATE")),
         dialog,
         direction: CallDirection::Inbound,
         trunk_id: trunk.id.clone(),
@@ -289,7 +403,11 @@ mod tests {
         let trunk = |id: &str, enabled: bool| Trunk {
             id: id.into(),
             enabled,
-            inbound: Some(Inbound { enabled: true, allowed_sources: vec!["10.0.0.0/8".into()], ..Default::default() }),
+            inbound: Some(Inbound {
+                enabled: true,
+                allowed_sources: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let number = PhoneNumber {
@@ -305,8 +423,19 @@ mod tests {
             trunks: vec![trunk("a", false), trunk("b", true), trunk("c", true)],
             numbers: vec![number.clone()],
         });
-        assert_eq!(select_trunk(&table, &["b"], &number).map(|t| t.id.clone()).ok(), Some("b".into()));
-        assert_eq!(select_trunk(&table, &["a"], &number).err().map(|r| r.code), Some(403));
-        assert_eq!(select_trunk(&table, &["c"], &number).err().map(|r| r.code), Some(404));
+        assert_eq!(
+            select_trunk(&table, &["b"], &number)
+                .map(|t| t.id.clone())
+                .ok(),
+            Some("b".into())
+        );
+        assert_eq!(
+            select_trunk(&table, &["a"], &number).err().map(|r| r.code),
+            Some(403)
+        );
+        assert_eq!(
+            select_trunk(&table, &["c"], &number).err().map(|r| r.code),
+            Some(404)
+        );
     }
 }

@@ -172,7 +172,10 @@ impl CallHandler for LoggingHandler {
     fn on_answered(&self, call: AnsweredCall) -> Box<dyn CallSession> {
         tracing::info!(call_id = %call.call_id, direction = call.direction.as_str(), trunk = %call.trunk_id,
             codec = ?call.media.codec, "call answered");
-        Box::new(LoggingSession { call_id: call.call_id, _socket: call.rtp_socket })
+        Box::new(LoggingSession {
+            call_id: call.call_id,
+            _socket: call.rtp_socket,
+        })
     }
 }
 
@@ -264,7 +267,9 @@ pub struct CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         let total = {
-            let Ok(mut r) = self.calls.inner.lock() else { return };
+            let Ok(mut r) = self.calls.inner.lock() else {
+                return;
+            };
             if let Some(n) = r.active.get_mut(&(self.trunk.clone(), self.direction)) {
                 *n = n.saturating_sub(1);
             }
@@ -272,7 +277,11 @@ impl Drop for CallGuard {
             r.info.remove(&self.call_id);
             r.total
         };
-        self.calls.metrics.active_calls.with_label_values(&[&self.trunk, self.direction.as_str()]).dec();
+        self.calls
+            .metrics
+            .active_calls
+            .with_label_values(&[&self.trunk, self.direction.as_str()])
+            .dec();
         self.calls.count.send_replace(total);
     }
 }
@@ -280,7 +289,11 @@ impl Drop for CallGuard {
 impl Calls {
     /// An empty registry.
     pub fn new(metrics: Metrics) -> Calls {
-        Calls { inner: Arc::new(Mutex::new(Registry::default())), count: watch::channel(0).0, metrics }
+        Calls {
+            inner: Arc::new(Mutex::new(Registry::default())),
+            count: watch::channel(0).0,
+            metrics,
+        }
     }
 
     /// Calls on this node right now.
@@ -292,7 +305,13 @@ impl Calls {
     pub fn on_trunk(&self, trunk: &str) -> usize {
         self.inner
             .lock()
-            .map(|r| r.active.iter().filter(|((t, _), _)| t == trunk).map(|(_, n)| *n).sum())
+            .map(|r| {
+                r.active
+                    .iter()
+                    .filter(|((t, _), _)| t == trunk)
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
@@ -312,11 +331,18 @@ impl Calls {
         trunk_max: Option<usize>,
     ) -> Result<CallGuard, bool> {
         let total = {
-            let Ok(mut r) = self.inner.lock() else { return Err(true) };
+            let Ok(mut r) = self.inner.lock() else {
+                return Err(true);
+            };
             if r.total >= node_max {
                 return Err(true);
             }
-            let on_trunk: usize = r.active.iter().filter(|((t, _), _)| t == trunk).map(|(_, n)| *n).sum();
+            let on_trunk: usize = r
+                .active
+                .iter()
+                .filter(|((t, _), _)| t == trunk)
+                .map(|(_, n)| *n)
+                .sum();
             if trunk_max.is_some_and(|m| on_trunk >= m) {
                 return Err(false);
             }
@@ -334,9 +360,17 @@ impl Calls {
             );
             r.total
         };
-        self.metrics.active_calls.with_label_values(&[trunk, direction.as_str()]).inc();
+        self.metrics
+            .active_calls
+            .with_label_values(&[trunk, direction.as_str()])
+            .inc();
         self.count.send_replace(total);
-        Ok(CallGuard { calls: self.clone(), trunk: trunk.to_owned(), direction, call_id: call_id.to_owned() })
+        Ok(CallGuard {
+            calls: self.clone(),
+            trunk: trunk.to_owned(),
+            direction,
+            call_id: call_id.to_owned(),
+        })
     }
 
     /// Updates the listing of a call.
@@ -351,18 +385,23 @@ impl Calls {
 
     /// Every live call.
     pub fn list(&self) -> Vec<CallInfo> {
-        self.inner.lock().map(|r| r.info.values().cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|r| r.info.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn register_dialog(&self, call_id: &str, local_tag: &str, tx: mpsc::UnboundedSender<CallMsg>) {
         if let Ok(mut r) = self.inner.lock() {
-            r.dialogs.insert((call_id.to_owned(), local_tag.to_owned()), tx);
+            r.dialogs
+                .insert((call_id.to_owned(), local_tag.to_owned()), tx);
         }
     }
 
     fn unregister_dialog(&self, call_id: &str, local_tag: &str) {
         if let Ok(mut r) = self.inner.lock() {
-            r.dialogs.remove(&(call_id.to_owned(), local_tag.to_owned()));
+            r.dialogs
+                .remove(&(call_id.to_owned(), local_tag.to_owned()));
         }
     }
 
@@ -379,13 +418,24 @@ impl Calls {
     }
 
     fn dialog(&self, call_id: &str, local_tag: &str) -> Option<mpsc::UnboundedSender<CallMsg>> {
-        self.inner.lock().ok()?.dialogs.get(&(call_id.to_owned(), local_tag.to_owned())).cloned()
+        self.inner
+            .lock()
+            .ok()?
+            .dialogs
+            .get(&(call_id.to_owned(), local_tag.to_owned()))
+            .cloned()
     }
 
     fn by_call_id(&self, call_id: &str) -> Vec<mpsc::UnboundedSender<CallMsg>> {
         self.inner
             .lock()
-            .map(|r| r.dialogs.iter().filter(|((c, _), _)| c == call_id).map(|(_, tx)| tx.clone()).collect())
+            .map(|r| {
+                r.dialogs
+                    .iter()
+                    .filter(|((c, _), _)| c == call_id)
+                    .map(|(_, tx)| tx.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -405,7 +455,11 @@ impl Calls {
 
     /// Hangs up every call (end of the drain grace period).
     pub fn hangup_all(&self, reason: &str) {
-        let txs: Vec<_> = self.inner.lock().map(|r| r.dialogs.values().cloned().collect()).unwrap_or_default();
+        let txs: Vec<_> = self
+            .inner
+            .lock()
+            .map(|r| r.dialogs.values().cloned().collect())
+            .unwrap_or_default();
         for tx in txs {
             let _ = tx.send(CallMsg::Hangup(reason.to_owned()));
         }
@@ -447,7 +501,11 @@ impl Ctx {
     /// Our Contact for a peer.
     pub fn contact(&self, user: &str, peer: &crate::sip::transport::Peer) -> String {
         let hp = self.sip.transport.advertised_hostport(&peer.addr);
-        let user = if user.is_empty() { "switchboard".to_owned() } else { user.to_owned() };
+        let user = if user.is_empty() {
+            "switchboard".to_owned()
+        } else {
+            user.to_owned()
+        };
         match peer.proto {
             crate::sip::transport::Proto::Tcp => format!("<sip:{user}@{hp};transport=tcp>"),
             crate::sip::transport::Proto::Udp => format!("<sip:{user}@{hp}>"),

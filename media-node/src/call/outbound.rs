@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use switchboard_proto::v1alpha1::{FailoverPolicy, Gateway, Outbound, PhoneNumber, Transport, Trunk};
+use switchboard_proto::v1alpha1::{
+    FailoverPolicy, Gateway, Outbound, PhoneNumber, Transport, Trunk,
+};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
@@ -88,16 +90,27 @@ pub fn should_failover(policy: Option<&FailoverPolicy>, end: AttemptEnd) -> bool
         },
         Some(p) => match end {
             AttemptEnd::Timeout => p.on_timeout,
-            AttemptEnd::Status(c) => p.status_codes.contains(&u32::from(c)) || p.status_classes.contains(&u32::from(c / 100)),
+            AttemptEnd::Status(c) => {
+                p.status_codes.contains(&u32::from(c))
+                    || p.status_classes.contains(&u32::from(c / 100))
+            }
         },
     }
 }
 
 /// Orders gateways: by priority, weighted-random among equal priorities,
 /// and gateways known to be down dropped while any other is up.
-pub fn order_gateways<R: Rng>(gws: &[Gateway], healthy: impl Fn(&Gateway) -> bool, rng: &mut R) -> Vec<Gateway> {
+pub fn order_gateways<R: Rng>(
+    gws: &[Gateway],
+    healthy: impl Fn(&Gateway) -> bool,
+    rng: &mut R,
+) -> Vec<Gateway> {
     let up: Vec<&Gateway> = gws.iter().filter(|g| healthy(g)).collect();
-    let pool: Vec<&Gateway> = if up.is_empty() { gws.iter().collect() } else { up };
+    let pool: Vec<&Gateway> = if up.is_empty() {
+        gws.iter().collect()
+    } else {
+        up
+    };
     let mut prios: Vec<u32> = pool.iter().map(|g| g.priority).collect();
     prios.sort_unstable();
     prios.dedup();
@@ -126,11 +139,19 @@ pub fn order_gateways<R: Rng>(gws: &[Gateway], healthy: impl Fn(&Gateway) -> boo
 /// The Request-URI user for a callee: tech prefix, optional `+`, digits.
 pub fn request_user(to: &str, out: &Outbound) -> String {
     let digits: String = to.chars().filter(|c| c.is_ascii_digit()).collect();
-    format!("{}{}{digits}", out.tech_prefix, if out.leading_plus { "+" } else { "" })
+    format!(
+        "{}{}{digits}",
+        out.tech_prefix,
+        if out.leading_plus { "+" } else { "" }
+    )
 }
 
 fn gateway_port(g: &Gateway) -> u16 {
-    if g.port == 0 { 5060 } else { u16::try_from(g.port).unwrap_or(5060) }
+    if g.port == 0 {
+        5060
+    } else {
+        u16::try_from(g.port).unwrap_or(5060)
+    }
 }
 
 /// Resolves a gateway to a transport address (first address of the name).
@@ -166,7 +187,9 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
     if ctx.is_draining() {
         return fail(None, "node is draining", vec![]);
     }
-    let Some(table) = ctx.routing.get() else { return fail(None, "not programmed", vec![]) };
+    let Some(table) = ctx.routing.get() else {
+        return fail(None, "not programmed", vec![]);
+    };
     let Some(number) = table.number_by_id(&req.number_id).cloned() else {
         return fail(None, "unknown number", vec![]);
     };
@@ -178,29 +201,69 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
     }
     let mut attempts = Vec::new();
     let mut last_code = None;
-    let trunk_ids: Vec<String> =
-        std::iter::once(number.trunk_id.clone()).chain(number.fallback_trunk_ids.iter().cloned()).collect();
+    let trunk_ids: Vec<String> = std::iter::once(number.trunk_id.clone())
+        .chain(number.fallback_trunk_ids.iter().cloned())
+        .collect();
     for trunk_id in trunk_ids {
-        let Some(trunk) = table.trunks.get(&trunk_id).cloned() else { continue };
-        let Some(out) = trunk.outbound.clone().filter(|o| o.enabled && trunk.enabled) else {
-            attempts.push(Attempt { trunk_id, gateway: String::new(), code: None, result: "disabled".into() });
+        let Some(trunk) = table.trunks.get(&trunk_id).cloned() else {
+            continue;
+        };
+        let Some(out) = trunk
+            .outbound
+            .clone()
+            .filter(|o| o.enabled && trunk.enabled)
+        else {
+            attempts.push(Attempt {
+                trunk_id,
+                gateway: String::new(),
+                code: None,
+                result: "disabled".into(),
+            });
             continue;
         };
         let gws = {
             let mut rng = rand::rng();
-            order_gateways(&out.gateways, |g| ctx.health.is_healthy(&trunk.id, &format!("{}:{}", g.host, gateway_port(g))), &mut rng)
+            order_gateways(
+                &out.gateways,
+                |g| {
+                    ctx.health
+                        .is_healthy(&trunk.id, &format!("{}:{}", g.host, gateway_port(g)))
+                },
+                &mut rng,
+            )
         };
         for g in gws {
             let name = format!("{}:{}", g.host, gateway_port(&g));
             let result = attempt(&ctx, &trunk, &out, &g, &number, &req.to).await;
             let (code, label, stop) = match &result {
                 TryResult::Answered(call_id) => {
-                    attempts.push(Attempt { trunk_id: trunk.id.clone(), gateway: name.clone(), code: Some(200), result: "answered".into() });
-                    ctx.metrics.calls.with_label_values(&["outbound", "answered", "200"]).inc();
-                    return DialOutcome::Answered { call_id: call_id.clone(), trunk_id: trunk.id.clone(), gateway: name, attempts };
+                    attempts.push(Attempt {
+                        trunk_id: trunk.id.clone(),
+                        gateway: name.clone(),
+                        code: Some(200),
+                        result: "answered".into(),
+                    });
+                    ctx.metrics
+                        .calls
+                        .with_label_values(&["outbound", "answered", "200"])
+                        .inc();
+                    return DialOutcome::Answered {
+                        call_id: call_id.clone(),
+                        trunk_id: trunk.id.clone(),
+                        gateway: name,
+                        attempts,
+                    };
                 }
-                TryResult::End(AttemptEnd::Status(c)) => (Some(*c), "rejected", !should_failover(out.failover.as_ref(), AttemptEnd::Status(*c))),
-                TryResult::End(AttemptEnd::Timeout) => (None, "timeout", !should_failover(out.failover.as_ref(), AttemptEnd::Timeout)),
+                TryResult::End(AttemptEnd::Status(c)) => (
+                    Some(*c),
+                    "rejected",
+                    !should_failover(out.failover.as_ref(), AttemptEnd::Status(*c)),
+                ),
+                TryResult::End(AttemptEnd::Timeout) => (
+                    None,
+                    "timeout",
+                    !should_failover(out.failover.as_ref(), AttemptEnd::Timeout),
+                ),
                 // The callee did not pick up: another route would not help.
                 TryResult::RingingTimeout => (Some(487), "ringing_timeout", true),
                 TryResult::Error(e) => {
@@ -208,46 +271,107 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
                     (None, "error", false)
                 }
             };
-            attempts.push(Attempt { trunk_id: trunk.id.clone(), gateway: name, code, result: label.into() });
+            attempts.push(Attempt {
+                trunk_id: trunk.id.clone(),
+                gateway: name,
+                code,
+                result: label.into(),
+            });
             if code.is_some() {
                 last_code = code;
             }
             if stop {
                 let c = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
-                ctx.metrics.calls.with_label_values(&["outbound", "failed", &c]).inc();
-                let reason = if label == "ringing_timeout" { "ringing timeout" } else { "rejected by the carrier" };
+                ctx.metrics
+                    .calls
+                    .with_label_values(&["outbound", "failed", &c])
+                    .inc();
+                let reason = if label == "ringing_timeout" {
+                    "ringing timeout"
+                } else {
+                    "rejected by the carrier"
+                };
                 return fail(code, reason, attempts);
             }
         }
     }
-    let c = last_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
-    ctx.metrics.calls.with_label_values(&["outbound", "failed", &c]).inc();
+    let c = last_code
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "none".into());
+    ctx.metrics
+        .calls
+        .with_label_values(&["outbound", "failed", &c])
+        .inc();
     fail(last_code, "every gateway failed", attempts)
 }
 
-async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, number: &PhoneNumber, to: &str) -> TryResult {
+async fn attempt(
+    ctx: &Arc<Ctx>,
+    trunk: &Trunk,
+    out: &Outbound,
+    g: &Gateway,
+    number: &PhoneNumber,
+    to: &str,
+) -> TryResult {
     let Some(dest) = resolve(g).await else {
-        return TryResult::Error(format!("cannot resolve or unsupported transport for {}", g.host));
+        return TryResult::Error(format!(
+            "cannot resolve or unsupported transport for {}",
+            g.host
+        ));
     };
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
-    let tparam = if dest.proto == Proto::Tcp { ";transport=tcp" } else { "" };
+    let tparam = if dest.proto == Proto::Tcp {
+        ";transport=tcp"
+    } else {
+        ""
+    };
     let ruri = format!("sip:{user}@{gw_host}{tparam}");
-    let from_domain = if out.from_domain.is_empty() { g.host.clone() } else { out.from_domain.clone() };
+    let from_domain = if out.from_domain.is_empty() {
+        g.host.clone()
+    } else {
+        out.from_domain.clone()
+    };
     let call_id = format!("{}@switchboard", random_token(20));
-    let from = format!("<sip:{}@{from_domain}>;tag={}", number.e164, random_token(10));
+    let from = format!(
+        "<sip:{}@{from_domain}>;tag={}",
+        number.e164,
+        random_token(10)
+    );
     let to_hdr = format!("<sip:{user}@{gw_host}>");
     let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest);
 
-    let limits_set = trunk.limits.as_ref().is_some_and(|l| l.max_concurrent_calls > 0);
-    let trunk_max = limits_set.then(|| trunk.share.as_ref().map(|s| s.max_concurrent_calls as usize).unwrap_or(0));
-    let guard = match ctx.calls.admit(&trunk.id, CallDirection::Outbound, &call_id, ctx.opts.max_calls, trunk_max) {
+    let limits_set = trunk
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.max_concurrent_calls > 0);
+    let trunk_max = limits_set.then(|| {
+        trunk
+            .share
+            .as_ref()
+            .map(|s| s.max_concurrent_calls as usize)
+            .unwrap_or(0)
+    });
+    let guard = match ctx.calls.admit(
+        &trunk.id,
+        CallDirection::Outbound,
+        &call_id,
+        ctx.opts.max_calls,
+        trunk_max,
+    ) {
         Ok(g) => g,
         Err(true) => return TryResult::Error("node at capacity".into()),
         Err(false) => return TryResult::End(AttemptEnd::Status(486)),
     };
     let media_ip = ctx.sip.transport.media_ip(&dest.addr);
-    let bind_ip = ctx.sip.transport.local.iter().find(|l| l.is_ipv4() == dest.addr.is_ipv4()).map(|l| l.ip()).unwrap_or(media_ip);
+    let bind_ip = ctx
+        .sip
+        .transport
+        .local
+        .iter()
+        .find(|l| l.is_ipv4() == dest.addr.is_ipv4())
+        .map(|l| l.ip())
+        .unwrap_or(media_ip);
     let socket = match ctx.ports.allocate(bind_ip) {
         Ok(s) => s,
         Err(e) => return TryResult::Error(e.to_string()),
@@ -260,10 +384,22 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
     };
     let prefs = routing::codec_prefs(trunk);
     let want_dtmf = routing::wants_rfc4733(trunk);
-    let fmts: Vec<(u8, &str)> = prefs.iter().map(|c| (sdp::static_pt(*c), sdp::name(*c))).collect();
-    let offer = sdp::build(&local, &fmts, want_dtmf.then_some(101), sdp::Direction::SendRecv);
+    let fmts: Vec<(u8, &str)> = prefs
+        .iter()
+        .map(|c| (sdp::static_pt(*c), sdp::name(*c)))
+        .collect();
+    let offer = sdp::build(
+        &local,
+        &fmts,
+        want_dtmf.then_some(101),
+        sdp::Direction::SendRecv,
+    );
 
-    let ringing_secs = if out.ringing_timeout_seconds == 0 { 60 } else { out.ringing_timeout_seconds };
+    let ringing_secs = if out.ringing_timeout_seconds == 0 {
+        60
+    } else {
+        out.ringing_timeout_seconds
+    };
     let deadline = Instant::now() + Duration::from_secs(u64::from(ringing_secs));
     let mut cseq = 1u32;
     let mut auth: Option<(&'static str, String)> = None;
@@ -277,7 +413,10 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
         inv.add("Contact", contact.clone());
         inv.add("Allow", crate::sip::ALLOW);
         inv.add("Supported", "timer");
-        inv.add("Session-Expires", format!("{};refresher=uac", ctx.opts.session_expires));
+        inv.add(
+            "Session-Expires",
+            format!("{};refresher=uac", ctx.opts.session_expires),
+        );
         inv.add("Min-SE", ctx.opts.min_se.to_string());
         inv.add("User-Agent", crate::sip::USER_AGENT);
         if let Some((name, value)) = &auth {
@@ -290,11 +429,8 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ClientEvent::Response(r)) => match r.code() {
-                        Some(c) if c < 200 => {
-                            if c > 100 {
-                                ringing = true;
-                            }
-                        }
+                        Some(c) if c > 100 && c < 200 => ringing = true,
+                        Some(c) if c < 200 => {}
                         Some(_) => break r,
                         None => {}
                     },
@@ -337,9 +473,15 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
             let Some(creds) = out.auth.as_ref().filter(|c| !c.username.is_empty()) else {
                 return TryResult::End(AttemptEnd::Status(code));
             };
-            let (ch_name, auth_name) =
-                if code == 401 { ("WWW-Authenticate", "Authorization") } else { ("Proxy-Authenticate", "Proxy-Authorization") };
-            let Some(ch) = resp.headers_named(ch_name).find_map(|v| Challenge::parse(v).ok()) else {
+            let (ch_name, auth_name) = if code == 401 {
+                ("WWW-Authenticate", "Authorization")
+            } else {
+                ("Proxy-Authenticate", "Proxy-Authorization")
+            };
+            let Some(ch) = resp
+                .headers_named(ch_name)
+                .find_map(|v| Challenge::parse(v).ok())
+            else {
                 return TryResult::End(AttemptEnd::Status(code));
             };
             // A second challenge only makes sense when our nonce was stale.
@@ -347,7 +489,15 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
                 return TryResult::End(AttemptEnd::Status(code));
             }
             auth_tries += 1;
-            let value = digest::authorization(&ch, &creds.username, &creds.password, "INVITE", &ruri, 1, &random_token(16));
+            let value = digest::authorization(
+                &ch,
+                &creds.username,
+                &creds.password,
+                "INVITE",
+                &ruri,
+                1,
+                &random_token(16),
+            );
             auth = Some((auth_name, value));
             cseq += 1;
             continue;
@@ -366,15 +516,22 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
         let media = media_from_answer(answer.as_ref(), &prefs, want_dtmf);
         let timer = session_timer::uac_from_response(&resp);
         let (tx, rx) = mpsc::unbounded_channel();
-        ctx.calls.register_dialog(&dialog.call_id, &dialog.local_tag, tx.clone());
+        ctx.calls
+            .register_dialog(&dialog.call_id, &dialog.local_tag, tx.clone());
         let max_secs = if number.max_call_duration_seconds > 0 {
             number.max_call_duration_seconds
         } else {
-            trunk.limits.as_ref().map(|l| l.max_call_duration_seconds).unwrap_or(0)
+            trunk
+                .limits
+                .as_ref()
+                .map(|l| l.max_call_duration_seconds)
+                .unwrap_or(0)
         };
         let mut session = Session {
             ctx: ctx.clone(),
-            peer_allows_update: resp.headers_named("Allow").any(|a| a.to_ascii_uppercase().contains("UPDATE")),
+            peer_allows_update: resp
+                .headers_named("Allow")
+                .any(|a| a.to_ascii_uppercase().contains("UPDATE")),
             dialog,
             direction: CallDirection::Outbound,
             trunk_id: trunk.id.clone(),
@@ -401,7 +558,11 @@ async fn attempt(ctx: &Arc<Ctx>, trunk: &Trunk, out: &Outbound, g: &Gateway, num
     }
 }
 
-fn media_from_answer(answer: Option<&Sdp>, prefs: &[switchboard_proto::v1alpha1::Codec], want_dtmf: bool) -> MediaParams {
+fn media_from_answer(
+    answer: Option<&Sdp>,
+    prefs: &[switchboard_proto::v1alpha1::Codec],
+    want_dtmf: bool,
+) -> MediaParams {
     let fallback = MediaParams {
         codec: prefs[0],
         payload_type: sdp::static_pt(prefs[0]),
@@ -431,7 +592,13 @@ mod tests {
     use rand::SeedableRng;
 
     fn gw(host: &str, priority: u32, weight: u32) -> Gateway {
-        Gateway { host: host.into(), port: 5060, priority, weight, ..Default::default() }
+        Gateway {
+            host: host.into(),
+            port: 5060,
+            priority,
+            weight,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -448,7 +615,11 @@ mod tests {
         ] {
             assert_eq!(should_failover(None, end), want, "{end:?}");
         }
-        let p = FailoverPolicy { on_timeout: false, status_codes: vec![480], status_classes: vec![5] };
+        let p = FailoverPolicy {
+            on_timeout: false,
+            status_codes: vec![480],
+            status_classes: vec![5],
+        };
         assert!(!should_failover(Some(&p), AttemptEnd::Timeout));
         assert!(should_failover(Some(&p), AttemptEnd::Status(480)));
         assert!(should_failover(Some(&p), AttemptEnd::Status(502)));
@@ -457,7 +628,12 @@ mod tests {
 
     #[test]
     fn gateways_by_priority_then_weight_skipping_dead() {
-        let gws = vec![gw("c", 2, 1), gw("a", 1, 1000), gw("b", 1, 1), gw("dead", 0, 1)];
+        let gws = vec![
+            gw("c", 2, 1),
+            gw("a", 1, 1000),
+            gw("b", 1, 1),
+            gw("dead", 0, 1),
+        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut first_a = 0;
         for _ in 0..200 {
@@ -469,7 +645,10 @@ mod tests {
                 first_a += 1;
             }
         }
-        assert!(first_a > 180, "weight 1000 vs 1 should almost always win: {first_a}");
+        assert!(
+            first_a > 180,
+            "weight 1000 vs 1 should almost always win: {first_a}"
+        );
         let all_dead = order_gateways(&gws, |_| false, &mut rng);
         assert_eq!(all_dead.len(), 4, "when everything is down, try everything");
         assert_eq!(all_dead[0].host, "dead");

@@ -24,7 +24,11 @@ impl PortAllocator {
     /// A range `start..=end` (rounded to even ports).
     pub fn new(start: u16, end: u16) -> Self {
         let start = start + start % 2;
-        PortAllocator { start, end: end.max(start), next: Mutex::new(start) }
+        PortAllocator {
+            start,
+            end: end.max(start),
+            next: Mutex::new(start),
+        }
     }
 
     /// Binds a socket on `ip` at the next free even port.
@@ -34,7 +38,11 @@ impl PortAllocator {
             let port = {
                 let Ok(mut n) = self.next.lock() else { break };
                 let p = *n;
-                *n = if p.saturating_add(2) > self.end { self.start } else { p + 2 };
+                *n = if p.saturating_add(2) > self.end {
+                    self.start
+                } else {
+                    p + 2
+                };
                 p
             };
             if let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(ip, port))
@@ -44,7 +52,10 @@ impl PortAllocator {
                 return Ok(t);
             }
         }
-        Err(NoPort { start: self.start, end: self.end })
+        Err(NoPort {
+            start: self.start,
+            end: self.end,
+        })
     }
 }
 
@@ -65,7 +76,10 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().expect("ip");
         let s1 = a.allocate(ip).expect("first");
         let s2 = a.allocate(ip).expect("second");
-        let (p1, p2) = (s1.local_addr().expect("addr").port(), s2.local_addr().expect("addr").port());
+        let (p1, p2) = (
+            s1.local_addr().expect("addr").port(),
+            s2.local_addr().expect("addr").port(),
+        );
         assert!(p1 % 2 == 0 && p2 % 2 == 0 && p1 != p2);
         assert!(a.allocate(ip).is_err(), "only two even ports in range");
         drop(s1);

@@ -11,7 +11,8 @@ use tokio::time::{Instant, sleep_until};
 
 use super::session_timer::{self, Refresher, SessionTimer};
 use super::{
-    AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason, MediaParams,
+    AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason,
+    MediaParams,
 };
 use crate::sdp::{self, Direction, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
@@ -57,7 +58,9 @@ struct Pending {
 
 impl Session {
     fn respond(&self, req: &ServerRequest, code: u16) {
-        let resp = req.msg.response(code, reason_phrase(code), Some(&self.dialog.local_tag));
+        let resp = req
+            .msg
+            .response(code, reason_phrase(code), Some(&self.dialog.local_tag));
         self.ctx.sip.respond(&req.id, resp);
     }
 
@@ -73,12 +76,23 @@ impl Session {
         let render = |local: &LocalMedia| match (offer, n) {
             (Some(o), Some(n)) => sdp::build_answer(local, o, n),
             _ => {
-                let fmts: Vec<(u8, &str)> = vec![(self.media.payload_type, sdp::name(self.media.codec))];
-                sdp::build(local, &fmts, self.media.dtmf_payload_type, self.media.direction)
+                let fmts: Vec<(u8, &str)> =
+                    vec![(self.media.payload_type, sdp::name(self.media.codec))];
+                sdp::build(
+                    local,
+                    &fmts,
+                    self.media.dtmf_payload_type,
+                    self.media.direction,
+                )
             }
         };
         let body = render(&self.local);
-        let strip = |s: &str| s.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n");
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.starts_with("o="))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         if !self.local_sdp.is_empty() && strip(&body) != strip(&self.local_sdp) {
             self.local.version += 1;
             let body = render(&self.local);
@@ -132,14 +146,22 @@ impl Session {
         ok.set_body("application/sdp", answer_sdp.into_bytes());
         self.ctx.sip.respond(&invite.id, ok);
         self.ctx.calls.unregister_invite(&invite.id);
-        self.ctx.metrics.calls.with_label_values(&["inbound", "answered", "200"]).inc();
+        self.ctx
+            .metrics
+            .calls
+            .with_label_values(&["inbound", "answered", "200"])
+            .inc();
         self.answered();
         self.established().await;
     }
 
     /// Hands the answered call to the media side.
     pub(crate) fn answered(&mut self) {
-        self.ctx.calls.set_state(&self.dialog.call_id, "answered", self.media.direction.as_str());
+        self.ctx.calls.set_state(
+            &self.dialog.call_id,
+            "answered",
+            self.media.direction.as_str(),
+        );
         let call = AnsweredCall {
             call_id: self.dialog.call_id.clone(),
             direction: self.direction,
@@ -253,9 +275,20 @@ impl Session {
     }
 
     fn send_refresh(&mut self, t: SessionTimer) -> Pending {
-        let method = if self.peer_allows_update { Method::Update } else { Method::Invite };
+        let method = if self.peer_allows_update {
+            Method::Update
+        } else {
+            Method::Invite
+        };
         let mut req = self.dialog.request(method.clone());
-        req.add("Session-Expires", if self.direction == CallDirection::Inbound { t.header_as_uas() } else { t.header_as_uac() });
+        req.add(
+            "Session-Expires",
+            if self.direction == CallDirection::Inbound {
+                t.header_as_uas()
+            } else {
+                t.header_as_uac()
+            },
+        );
         req.add("Supported", "timer");
         if method == Method::Invite {
             // An unchanged offer: same o= version (RFC 4028 7.4).
@@ -263,12 +296,17 @@ impl Session {
         }
         let cseq = self.dialog.local_cseq;
         let (id, events) = self.ctx.sip.request(req, self.dialog.next_hop());
-        Pending { id, events, method, cseq }
+        Pending {
+            id,
+            events,
+            method,
+            cseq,
+        }
     }
 
     /// Handles one in-dialog request; `Some` ends the call.
     fn on_request(&mut self, r: ServerRequest, offer_pending: bool) -> Option<HangupReason> {
-        let Some((cseq, method)) = r.msg.cseq() else { return None };
+        let (cseq, method) = r.msg.cseq()?;
         if !self.dialog.accept_remote_cseq(cseq, &method) {
             self.respond(&r, 500);
             return None;
@@ -328,7 +366,9 @@ impl Session {
         let timer = match session_timer::uas_negotiate(&r.msg, self.ctx.opts.min_se) {
             Ok(t) => t,
             Err(min_se) => {
-                let mut resp = r.msg.response(422, reason_phrase(422), Some(&self.dialog.local_tag));
+                let mut resp =
+                    r.msg
+                        .response(422, reason_phrase(422), Some(&self.dialog.local_tag));
                 resp.add("Min-SE", min_se.to_string());
                 self.ctx.sip.respond(&r.id, resp);
                 return;
@@ -338,13 +378,20 @@ impl Session {
             && let Some(t) = timer
         {
             // As UAC of the original INVITE, our roles in the header swap.
-            let refresher = if t.refresher == Refresher::Us { Refresher::Them } else { Refresher::Us };
+            let refresher = if t.refresher == Refresher::Us {
+                Refresher::Them
+            } else {
+                Refresher::Us
+            };
             self.timer = Some(SessionTimer { refresher, ..t });
         } else if timer.is_some() {
             self.timer = timer;
         }
         let mut body = None;
-        let is_sdp = r.msg.header("Content-Type").is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
+        let is_sdp = r
+            .msg
+            .header("Content-Type")
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
         if !r.msg.body.is_empty() && is_sdp {
             let offer = match Sdp::parse(&String::from_utf8_lossy(&r.msg.body)) {
                 Ok(o) => o,
@@ -374,7 +421,11 @@ impl Session {
             body = Some(self.build_sdp(Some(&offer), Some(&n)));
             if changed {
                 tracing::info!(call_id = %self.dialog.call_id, direction = n.answer.as_str(), "media updated by peer");
-                self.ctx.calls.set_state(&self.dialog.call_id, "answered", self.media.direction.as_str());
+                self.ctx.calls.set_state(
+                    &self.dialog.call_id,
+                    "answered",
+                    self.media.direction.as_str(),
+                );
                 if let Some(h) = self.handler.as_mut() {
                     h.on_media_update(&self.media);
                 }
@@ -440,7 +491,9 @@ impl Session {
     }
 
     fn finish(&mut self, reason: HangupReason) {
-        self.ctx.calls.unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);
+        self.ctx
+            .calls
+            .unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);
         tracing::info!(call_id = %self.dialog.call_id, trunk = %self.trunk_id, ?reason, "call ended");
         if let Some(mut h) = self.handler.take() {
             h.on_hangup(&reason);

@@ -33,7 +33,9 @@ impl RoutingTable {
                 for src in &inb.allowed_sources {
                     match acl::Cidr::parse(src) {
                         Ok(c) => acl.add(c, &t.id),
-                        Err(e) => tracing::warn!(trunk = %t.id, error = %e, "skipping invalid allowed source"),
+                        Err(e) => {
+                            tracing::warn!(trunk = %t.id, error = %e, "skipping invalid allowed source")
+                        }
                     }
                 }
             }
@@ -43,7 +45,13 @@ impl RoutingTable {
         for (i, n) in cfg.numbers.iter().enumerate() {
             index.add(i, &n.e164, &n.destination_key);
         }
-        RoutingTable { version: cfg.version, trunks, numbers: cfg.numbers, acl, index }
+        RoutingTable {
+            version: cfg.version,
+            trunks,
+            numbers: cfg.numbers,
+            acl,
+            index,
+        }
     }
 
     /// Trunk ids whose carriers may send from `ip`.
@@ -69,7 +77,11 @@ pub fn codec_prefs(t: &Trunk) -> Vec<Codec> {
         .as_ref()
         .map(|m| m.codecs().filter(|c| *c != Codec::Unspecified).collect())
         .unwrap_or_default();
-    if prefs.is_empty() { vec![Codec::Pcmu, Codec::Pcma] } else { prefs }
+    if prefs.is_empty() {
+        vec![Codec::Pcmu, Codec::Pcma]
+    } else {
+        prefs
+    }
 }
 
 /// True when RFC 4733 telephone-events should be negotiated.

@@ -14,7 +14,9 @@ pub struct NumberIndex {
 /// separators (RFC 3966) removed.
 pub fn clean_user(user: &str) -> String {
     let user = user.split(';').next().unwrap_or("");
-    user.chars().filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' ')).collect()
+    user.chars()
+        .filter(|c| !matches!(c, '-' | '.' | '(' | ')' | ' '))
+        .collect()
 }
 
 fn e164_digits(s: &str) -> Option<&str> {
@@ -41,7 +43,10 @@ impl NumberIndex {
         {
             return Some(*i);
         }
-        self.by_key.get(user).or_else(|| self.by_key.get(&cleaned)).copied()
+        self.by_key
+            .get(user)
+            .or_else(|| self.by_key.get(&cleaned))
+            .copied()
     }
 }
 

@@ -42,20 +42,32 @@ pub struct Dialog {
 
 impl Dialog {
     /// The dialog a UAS creates when answering `invite` (RFC 3261 12.1.1).
-    pub fn uas(invite: &Message, local_tag: &str, peer: Peer, contact: String) -> Result<Dialog, DialogError> {
+    pub fn uas(
+        invite: &Message,
+        local_tag: &str,
+        peer: Peer,
+        contact: String,
+    ) -> Result<Dialog, DialogError> {
         let from = invite.header("From").ok_or(DialogError::Missing("From"))?;
         let to = invite.header("To").ok_or(DialogError::Missing("To"))?;
         let target = invite.header("Contact").map(|c| uri_text(c).to_owned());
         Ok(Dialog {
-            call_id: invite.call_id().ok_or(DialogError::Missing("Call-ID"))?.to_owned(),
+            call_id: invite
+                .call_id()
+                .ok_or(DialogError::Missing("Call-ID"))?
+                .to_owned(),
             local_tag: local_tag.to_owned(),
             remote_tag: param(from, "tag").unwrap_or("").to_owned(),
             local: format!("{to};tag={local_tag}"),
             remote: from.to_owned(),
             local_cseq: rand::random::<u16>() as u32 + 1,
             remote_cseq: invite.cseq().map(|c| c.0),
-            remote_target: target.unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_owned()),
-            route_set: invite.headers_named("Record-Route").map(str::to_owned).collect(),
+            remote_target: target
+                .unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_owned()),
+            route_set: invite
+                .headers_named("Record-Route")
+                .map(str::to_owned)
+                .collect(),
             peer,
             contact,
         })
@@ -63,13 +75,24 @@ impl Dialog {
 
     /// The dialog a UAC creates from a 2xx (or 1xx with tag) to its INVITE
     /// (RFC 3261 12.1.2).
-    pub fn uac(invite: &Message, resp: &Message, peer: Peer, contact: String) -> Result<Dialog, DialogError> {
+    pub fn uac(
+        invite: &Message,
+        resp: &Message,
+        peer: Peer,
+        contact: String,
+    ) -> Result<Dialog, DialogError> {
         let from = invite.header("From").ok_or(DialogError::Missing("From"))?;
         let to = resp.header("To").ok_or(DialogError::Missing("To"))?;
-        let mut routes: Vec<String> = resp.headers_named("Record-Route").map(str::to_owned).collect();
+        let mut routes: Vec<String> = resp
+            .headers_named("Record-Route")
+            .map(str::to_owned)
+            .collect();
         routes.reverse();
         Ok(Dialog {
-            call_id: invite.call_id().ok_or(DialogError::Missing("Call-ID"))?.to_owned(),
+            call_id: invite
+                .call_id()
+                .ok_or(DialogError::Missing("Call-ID"))?
+                .to_owned(),
             local_tag: param(from, "tag").unwrap_or("").to_owned(),
             remote_tag: param(to, "tag").unwrap_or("").to_owned(),
             local: from.to_owned(),
@@ -105,7 +128,11 @@ impl Dialog {
     /// routing) or the remote target, when it is an IP literal; otherwise
     /// back to the address the dialog's messages came from.
     pub fn next_hop(&self) -> Peer {
-        let uri = self.route_set.first().map(|r| uri_text(r)).unwrap_or(&self.remote_target);
+        let uri = self
+            .route_set
+            .first()
+            .map(|r| uri_text(r))
+            .unwrap_or(&self.remote_target);
         match SipUri::parse(uri) {
             Ok(u) => {
                 let proto = match u.transport.as_deref() {
@@ -155,7 +182,10 @@ mod tests {
     use super::*;
 
     fn peer() -> Peer {
-        Peer { proto: Proto::Udp, addr: "10.0.0.9:5060".parse().expect("addr") }
+        Peer {
+            proto: Proto::Udp,
+            addr: "10.0.0.9:5060".parse().expect("addr"),
+        }
     }
 
     fn invite() -> Message {
@@ -172,7 +202,8 @@ mod tests {
 
     #[test]
     fn uas_dialog_builds_bye() {
-        let mut d = Dialog::uas(&invite(), "lt", peer(), "<sip:sb@10.0.0.1>".into()).expect("dialog");
+        let mut d =
+            Dialog::uas(&invite(), "lt", peer(), "<sip:sb@10.0.0.1>".into()).expect("dialog");
         assert_eq!(d.remote_tag, "ft");
         assert!(d.accept_remote_cseq(11, &Method::Bye));
         assert!(!d.accept_remote_cseq(11, &Method::Info), "repeated CSeq");
@@ -180,7 +211,10 @@ mod tests {
         assert_eq!(bye.request_uri(), Some("sip:a@10.0.0.9:5070"));
         assert_eq!(bye.header("To"), Some("\"A\" <sip:a@h>;tag=ft"));
         assert_eq!(bye.header("From"), Some("<sip:+1555@h>;tag=lt"));
-        assert_eq!(bye.headers_named("Route").collect::<Vec<_>>(), vec!["<sip:p1@10.0.0.2;lr>", "<sip:p2@10.0.0.3;lr>"]);
+        assert_eq!(
+            bye.headers_named("Route").collect::<Vec<_>>(),
+            vec!["<sip:p1@10.0.0.2;lr>", "<sip:p2@10.0.0.3;lr>"]
+        );
         assert_eq!(d.next_hop().addr, "10.0.0.2:5060".parse().expect("addr"));
     }
 

@@ -62,7 +62,9 @@ impl Algorithm {
     fn hash(self, data: &str) -> String {
         match self {
             Algorithm::Md5 | Algorithm::Md5Sess => hex::encode(Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 | Algorithm::Sha256Sess => hex::encode(Sha256::digest(data.as_bytes())),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => {
+                hex::encode(Sha256::digest(data.as_bytes()))
+            }
         }
     }
 
@@ -83,7 +85,10 @@ pub fn parse_params(value: &str) -> Result<HashMap<String, String>, DigestError>
     for part in crate::sip::message::split_list(rest) {
         if let Some((k, val)) = part.split_once('=') {
             let val = val.trim();
-            let val = val.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(val);
+            let val = val
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(val);
             out.insert(k.trim().to_ascii_lowercase(), val.replace("\\\"", "\""));
         }
     }
@@ -112,16 +117,27 @@ impl Challenge {
     pub fn parse(value: &str) -> Result<Challenge, DigestError> {
         let p = parse_params(value)?;
         Ok(Challenge {
-            realm: p.get("realm").cloned().ok_or(DigestError::Missing("realm"))?,
-            nonce: p.get("nonce").cloned().ok_or(DigestError::Missing("nonce"))?,
+            realm: p
+                .get("realm")
+                .cloned()
+                .ok_or(DigestError::Missing("realm"))?,
+            nonce: p
+                .get("nonce")
+                .cloned()
+                .ok_or(DigestError::Missing("nonce"))?,
             opaque: p.get("opaque").cloned(),
             algorithm: Algorithm::parse(p.get("algorithm").map(String::as_str))?,
-            qop_auth: p.get("qop").is_some_and(|q| q.split(',').any(|q| q.trim().eq_ignore_ascii_case("auth"))),
-            stale: p.get("stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
+            qop_auth: p
+                .get("qop")
+                .is_some_and(|q| q.split(',').any(|q| q.trim().eq_ignore_ascii_case("auth"))),
+            stale: p
+                .get("stale")
+                .is_some_and(|s| s.eq_ignore_ascii_case("true")),
         })
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn response_hash(
     alg: Algorithm,
     user: &str,
@@ -157,7 +173,16 @@ pub fn authorization(
 ) -> String {
     let nc_s = format!("{nc:08x}");
     let qop = ch.qop_auth.then_some((nc_s.as_str(), cnonce));
-    let resp = response_hash(ch.algorithm, user, &ch.realm, password, method, uri, &ch.nonce, qop);
+    let resp = response_hash(
+        ch.algorithm,
+        user,
+        &ch.realm,
+        password,
+        method,
+        uri,
+        &ch.nonce,
+        qop,
+    );
     let mut v = format!(
         "Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{resp}\", algorithm={}",
         ch.realm,
@@ -197,11 +222,18 @@ impl DigestServer {
     /// A server with a random key and the given nonce lifetime.
     pub fn new(lifetime: Duration) -> Self {
         let key: [u8; 32] = rand::random();
-        DigestServer { key, lifetime, seen_nc: Mutex::new(HashMap::new()) }
+        DigestServer {
+            key,
+            lifetime,
+            seen_nc: Mutex::new(HashMap::new()),
+        }
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     fn mac(&self, ts: u64) -> String {
@@ -224,7 +256,10 @@ impl DigestServer {
 
     /// The challenge header value for `realm`.
     pub fn challenge(&self, realm: &str, stale: bool) -> String {
-        let mut v = format!("Digest realm=\"{realm}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"", self.nonce());
+        let mut v = format!(
+            "Digest realm=\"{realm}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"",
+            self.nonce()
+        );
         if stale {
             v.push_str(", stale=true");
         }
@@ -233,26 +268,53 @@ impl DigestServer {
 
     /// Checks an Authorization header value against the expected user and
     /// password for `method`.
-    pub fn verify(&self, header: Option<&str>, realm: &str, user: &str, password: &str, method: &str) -> Verdict {
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        realm: &str,
+        user: &str,
+        password: &str,
+        method: &str,
+    ) -> Verdict {
         self.verify_at(header, realm, user, password, method, Self::now())
     }
 
-    fn verify_at(&self, header: Option<&str>, realm: &str, user: &str, password: &str, method: &str, now: u64) -> Verdict {
+    fn verify_at(
+        &self,
+        header: Option<&str>,
+        realm: &str,
+        user: &str,
+        password: &str,
+        method: &str,
+        now: u64,
+    ) -> Verdict {
         let fail = Verdict::Challenge { stale: false };
-        let Some(p) = header.and_then(|h| parse_params(h).ok()) else { return fail };
-        let get = |k: &str| p.get(k).map(String::as_str);
-        let (Some(u), Some(r), Some(nonce), Some(uri), Some(resp)) =
-            (get("username"), get("realm"), get("nonce"), get("uri"), get("response"))
-        else {
+        let Some(p) = header.and_then(|h| parse_params(h).ok()) else {
             return fail;
         };
-        let Ok(alg) = Algorithm::parse(get("algorithm")) else { return fail };
+        let get = |k: &str| p.get(k).map(String::as_str);
+        let (Some(u), Some(r), Some(nonce), Some(uri), Some(resp)) = (
+            get("username"),
+            get("realm"),
+            get("nonce"),
+            get("uri"),
+            get("response"),
+        ) else {
+            return fail;
+        };
+        let Ok(alg) = Algorithm::parse(get("algorithm")) else {
+            return fail;
+        };
         if u != user || r != realm {
             return fail;
         }
         // Is the nonce ours?
-        let Some((ts_hex, mac)) = nonce.split_once('.') else { return fail };
-        let Ok(ts) = u64::from_str_radix(ts_hex, 16) else { return fail };
+        let Some((ts_hex, mac)) = nonce.split_once('.') else {
+            return fail;
+        };
+        let Ok(ts) = u64::from_str_radix(ts_hex, 16) else {
+            return fail;
+        };
         if !bool::from(self.mac(ts).as_bytes().ct_eq(mac.as_bytes())) {
             return fail;
         }
@@ -262,7 +324,11 @@ impl DigestServer {
             _ => return fail,
         };
         let expected = response_hash(alg, user, realm, password, method, uri, nonce, qop);
-        if !bool::from(expected.as_bytes().ct_eq(resp.to_ascii_lowercase().as_bytes())) {
+        if !bool::from(
+            expected
+                .as_bytes()
+                .ct_eq(resp.to_ascii_lowercase().as_bytes()),
+        ) {
             return fail;
         }
         // Right password: from here on only freshness can fail.
@@ -270,8 +336,12 @@ impl DigestServer {
             return Verdict::Challenge { stale: true };
         }
         if let Some((nc, _)) = qop {
-            let Ok(nc) = u32::from_str_radix(nc, 16) else { return fail };
-            let Ok(mut seen) = self.seen_nc.lock() else { return fail };
+            let Ok(nc) = u32::from_str_radix(nc, 16) else {
+                return fail;
+            };
+            let Ok(mut seen) = self.seen_nc.lock() else {
+                return fail;
+            };
             // Forget nonces that have expired anyway.
             if seen.len() > 10_000 {
                 let life = self.lifetime.as_secs();
@@ -303,8 +373,19 @@ mod tests {
             r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#,
         )
         .expect("valid");
-        let v = authorization(&ch, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", 1, "0a4f113b");
-        assert!(v.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{v}");
+        let v = authorization(
+            &ch,
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            1,
+            "0a4f113b",
+        );
+        assert!(
+            v.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{v}"
+        );
         assert!(v.contains("nc=00000001"));
     }
 
@@ -314,8 +395,19 @@ mod tests {
             r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#,
         )
         .expect("valid");
-        let v = authorization(&ch, "Mufasa", "Circle of Life", "GET", "/dir/index.html", 1, "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ");
-        assert!(v.contains("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"), "{v}");
+        let v = authorization(
+            &ch,
+            "Mufasa",
+            "Circle of Life",
+            "GET",
+            "/dir/index.html",
+            1,
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        );
+        assert!(
+            v.contains("753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+            "{v}"
+        );
     }
 
     #[test]
@@ -324,24 +416,54 @@ mod tests {
         let now = DigestServer::now();
         let ch = Challenge::parse(&s.challenge("sb", false)).expect("own challenge parses");
         let auth = authorization(&ch, "u", "p", "INVITE", "sip:1@h", 1, "c1");
-        assert_eq!(s.verify_at(Some(&auth), "sb", "u", "p", "INVITE", now), Verdict::Ok);
+        assert_eq!(
+            s.verify_at(Some(&auth), "sb", "u", "p", "INVITE", now),
+            Verdict::Ok
+        );
         // Same nc again is a replay.
-        assert_eq!(s.verify_at(Some(&auth), "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: true });
+        assert_eq!(
+            s.verify_at(Some(&auth), "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: true }
+        );
         let auth2 = authorization(&ch, "u", "p", "INVITE", "sip:1@h", 2, "c1");
-        assert_eq!(s.verify_at(Some(&auth2), "sb", "u", "p", "INVITE", now), Verdict::Ok);
+        assert_eq!(
+            s.verify_at(Some(&auth2), "sb", "u", "p", "INVITE", now),
+            Verdict::Ok
+        );
         // Wrong password, wrong user, garbage.
         let bad = authorization(&ch, "u", "x", "INVITE", "sip:1@h", 3, "c1");
-        assert_eq!(s.verify_at(Some(&bad), "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: false });
-        assert_eq!(s.verify_at(Some("Digest nonsense"), "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: false });
-        assert_eq!(s.verify_at(None, "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: false });
+        assert_eq!(
+            s.verify_at(Some(&bad), "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: false }
+        );
+        assert_eq!(
+            s.verify_at(Some("Digest nonsense"), "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: false }
+        );
+        assert_eq!(
+            s.verify_at(None, "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: false }
+        );
         // Expired nonce with the right password: stale.
-        let old = Challenge { nonce: s.nonce_at(now - 120), ..ch.clone() };
+        let old = Challenge {
+            nonce: s.nonce_at(now - 120),
+            ..ch.clone()
+        };
         let auth3 = authorization(&old, "u", "p", "INVITE", "sip:1@h", 1, "c1");
-        assert_eq!(s.verify_at(Some(&auth3), "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: true });
+        assert_eq!(
+            s.verify_at(Some(&auth3), "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: true }
+        );
         // A nonce we did not issue.
-        let forged = Challenge { nonce: format!("{now:x}.deadbeef"), ..ch };
+        let forged = Challenge {
+            nonce: format!("{now:x}.deadbeef"),
+            ..ch
+        };
         let auth4 = authorization(&forged, "u", "p", "INVITE", "sip:1@h", 1, "c1");
-        assert_eq!(s.verify_at(Some(&auth4), "sb", "u", "p", "INVITE", now), Verdict::Challenge { stale: false });
+        assert_eq!(
+            s.verify_at(Some(&auth4), "sb", "u", "p", "INVITE", now),
+            Verdict::Challenge { stale: false }
+        );
     }
 
     #[test]
@@ -350,7 +472,13 @@ mod tests {
         assert!(!ch.qop_auth);
         let v = authorization(&ch, "u", "p", "REGISTER", "sip:h", 1, "c");
         assert!(!v.contains("qop"));
-        assert_eq!(Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=AKAv1-MD5"#).err(), Some(DigestError::Algorithm("AKAV1-MD5".into())));
-        assert_eq!(Challenge::parse("Basic realm=x").err(), Some(DigestError::NotDigest));
+        assert_eq!(
+            Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=AKAv1-MD5"#).err(),
+            Some(DigestError::Algorithm("AKAV1-MD5".into()))
+        );
+        assert_eq!(
+            Challenge::parse("Basic realm=x").err(),
+            Some(DigestError::NotDigest)
+        );
     }
 }

@@ -17,7 +17,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 16 * 1024, max_headers: 100 }
+        Limits {
+            max_message_bytes: 16 * 1024,
+            max_headers: 100,
+        }
     }
 }
 
@@ -78,8 +81,14 @@ impl FrameError {
 fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     // Returns (end of head, start of body). Bare LF line endings are
     // tolerated, as RFC 3261 7.5 asks implementations to be lenient.
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    let lf = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -93,7 +102,11 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<(Message, Option<usize>), 
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start_line = lines.next().unwrap_or("").trim_end();
     let start = parse_start_line(start_line)?;
-    let mut msg = Message { start, headers: Vec::new(), body: Bytes::new() };
+    let mut msg = Message {
+        start,
+        headers: Vec::new(),
+        body: Bytes::new(),
+    };
 
     // Unfold continuation lines first, then split each field.
     let mut fields: Vec<String> = Vec::new();
@@ -115,16 +128,17 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<(Message, Option<usize>), 
     }
     let mut content_length: Option<usize> = None;
     for field in &fields {
-        let (name, value) = field.split_once(':').ok_or_else(|| FrameError::HeaderLine(field.clone()))?;
+        let (name, value) = field
+            .split_once(':')
+            .ok_or_else(|| FrameError::HeaderLine(field.clone()))?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(FrameError::HeaderLine(field.clone()));
         }
         if canonical_name(name) == "Content-Length" {
-            let n = value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| FrameError::ContentLength(format!("{:?} is not a number", value.trim())))?;
+            let n = value.trim().parse::<usize>().map_err(|_| {
+                FrameError::ContentLength(format!("{:?} is not a number", value.trim()))
+            })?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(FrameError::ContentLength("conflicting values".into()));
             }
@@ -151,7 +165,10 @@ fn parse_start_line(line: &str) -> Result<StartLine, FrameError> {
         if !(100..=699).contains(&code) {
             return Err(bad());
         }
-        return Ok(StartLine::Response { code, reason: reason.to_owned() });
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_owned(),
+        });
     }
     // Request-Line: exactly single SP separators (RFC 3261 25.1).
     let mut parts = line.split(' ');
@@ -159,7 +176,11 @@ fn parse_start_line(line: &str) -> Result<StartLine, FrameError> {
     let (Some(method), Some(uri), Some(version)) = (method, uri, version) else {
         return Err(bad());
     };
-    if parts.next().is_some() || method.is_empty() || uri.is_empty() || !method.bytes().all(is_token_char) {
+    if parts.next().is_some()
+        || method.is_empty()
+        || uri.is_empty()
+        || !method.bytes().all(is_token_char)
+    {
         return Err(bad());
     }
     if !uri.contains(':') {
@@ -171,21 +192,29 @@ fn parse_start_line(line: &str) -> Result<StartLine, FrameError> {
         }
         return Err(bad());
     }
-    Ok(StartLine::Request { method: Method::parse(method), uri: uri.to_owned() })
+    Ok(StartLine::Request {
+        method: Method::parse(method),
+        uri: uri.to_owned(),
+    })
 }
 
 /// Parses one UDP datagram. A body longer than Content-Length is cut to it
 /// (RFC 3261 18.3); a shorter one is an error.
 pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Message, FrameError> {
     if data.len() > limits.max_message_bytes {
-        return Err(FrameError::TooLarge { size: data.len(), limit: limits.max_message_bytes });
+        return Err(FrameError::TooLarge {
+            size: data.len(),
+            limit: limits.max_message_bytes,
+        });
     }
     let (head_end, body_start) = find_head_end(data).ok_or(FrameError::Unterminated)?;
     let (mut msg, cl) = parse_head(&data[..head_end], limits)?;
     let available = data.len() - body_start;
     let body_len = match cl {
         Some(n) if n > available => {
-            return Err(FrameError::ContentLength(format!("says {n}, datagram has {available}")));
+            return Err(FrameError::ContentLength(format!(
+                "says {n}, datagram has {available}"
+            )));
         }
         Some(n) => n,
         None => available,
@@ -223,7 +252,10 @@ impl StreamFramer {
         }
         let Some((head_end, body_start)) = find_head_end(&self.buf) else {
             if self.buf.len() > limits.max_message_bytes {
-                return Err(FrameError::TooLarge { size: self.buf.len(), limit: limits.max_message_bytes });
+                return Err(FrameError::TooLarge {
+                    size: self.buf.len(),
+                    limit: limits.max_message_bytes,
+                });
             }
             return Ok(None);
         };
@@ -231,7 +263,10 @@ impl StreamFramer {
         let cl = cl.ok_or(FrameError::MissingContentLength)?;
         let total = body_start + cl;
         if total > limits.max_message_bytes {
-            return Err(FrameError::TooLarge { size: total, limit: limits.max_message_bytes });
+            return Err(FrameError::TooLarge {
+                size: total,
+                limit: limits.max_message_bytes,
+            });
         }
         if self.buf.len() < total {
             return Ok(None);
@@ -280,10 +315,22 @@ mod tests {
 
     #[test]
     fn limits_enforced() {
-        let limits = Limits { max_message_bytes: 100, max_headers: 3 };
-        assert!(matches!(parse_datagram(INVITE.as_bytes(), &limits), Err(FrameError::TooLarge { .. })));
-        let limits = Limits { max_message_bytes: 4096, max_headers: 3 };
-        assert_eq!(parse_datagram(INVITE.as_bytes(), &limits), Err(FrameError::TooManyHeaders(3)));
+        let limits = Limits {
+            max_message_bytes: 100,
+            max_headers: 3,
+        };
+        assert!(matches!(
+            parse_datagram(INVITE.as_bytes(), &limits),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let limits = Limits {
+            max_message_bytes: 4096,
+            max_headers: 3,
+        };
+        assert_eq!(
+            parse_datagram(INVITE.as_bytes(), &limits),
+            Err(FrameError::TooManyHeaders(3))
+        );
     }
 
     #[test]
@@ -298,8 +345,16 @@ mod tests {
         ] {
             assert!(parse_datagram(bad.as_bytes(), &l).is_err(), "{bad:?}");
         }
-        assert!(matches!(parse_datagram(b"INVITE sip:a@b SIP/7.0\r\n\r\n", &l), Err(FrameError::Version(_))));
-        assert_eq!(parse_datagram(b"INVITE sip:a@b SIP/2.0\r\nnocolon\r\n\r\n", &l).err().map(|e| e.label()), Some("header_line"));
+        assert!(matches!(
+            parse_datagram(b"INVITE sip:a@b SIP/7.0\r\n\r\n", &l),
+            Err(FrameError::Version(_))
+        ));
+        assert_eq!(
+            parse_datagram(b"INVITE sip:a@b SIP/2.0\r\nnocolon\r\n\r\n", &l)
+                .err()
+                .map(|e| e.label()),
+            Some("header_line")
+        );
     }
 
     #[test]
@@ -319,15 +374,24 @@ mod tests {
 
     #[test]
     fn stream_requires_content_length_and_bounds() {
-        let l = Limits { max_message_bytes: 300, max_headers: 50 };
+        let l = Limits {
+            max_message_bytes: 300,
+            max_headers: 50,
+        };
         let mut f = StreamFramer::new();
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\r\n");
         assert_eq!(f.next_message(&l), Err(FrameError::MissingContentLength));
         let mut f = StreamFramer::new();
         f.push(&[b'A'; 400]);
-        assert!(matches!(f.next_message(&l), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            f.next_message(&l),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut f = StreamFramer::new();
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 100000\r\n\r\n");
-        assert!(matches!(f.next_message(&l), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            f.next_message(&l),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 }

@@ -133,29 +133,44 @@ impl SipUri {
         let t = text.trim();
         if let Some(num) = t.strip_prefix("tel:") {
             let user = num.split(';').next().unwrap_or("").to_owned();
-            return Ok(SipUri { user: Some(user), host: String::new(), port: None, transport: None });
+            return Ok(SipUri {
+                user: Some(user),
+                host: String::new(),
+                port: None,
+                transport: None,
+            });
         }
         // rsip is lenient about schemes; we only route sip:/sips:.
         let lower = t.get(..5).unwrap_or(t).to_ascii_lowercase();
         if !(lower.starts_with("sip:") || lower.starts_with("sips:")) {
-            return Err(HeaderError::Uri { uri: t.to_owned(), reason: "not a sip: URI".into() });
+            return Err(HeaderError::Uri {
+                uri: t.to_owned(),
+                reason: "not a sip: URI".into(),
+            });
         }
         let uri = match rsip::Uri::try_from(t) {
             Ok(u) => u,
             // rsip cannot parse IPv6 references ("sip:[::1]:5070"); we
             // parse those ourselves (pinned in tests).
             Err(e) => {
-                return parse_uri_fallback(t).ok_or(HeaderError::Uri { uri: t.to_owned(), reason: e.to_string() });
+                return parse_uri_fallback(t).ok_or(HeaderError::Uri {
+                    uri: t.to_owned(),
+                    reason: e.to_string(),
+                });
             }
         };
         let host = match uri.host() {
             rsip::Host::Domain(d) => d.to_string(),
             rsip::Host::IpAddr(ip) => ip.to_string(),
         };
-        let transport = plain_param(t.split('?').next().unwrap_or(t), "transport").map(|s| s.to_ascii_lowercase());
+        let transport = plain_param(t.split('?').next().unwrap_or(t), "transport")
+            .map(|s| s.to_ascii_lowercase());
         Ok(SipUri {
             user: uri.user().map(|u| u.to_owned()),
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port: uri.port().map(|p| *p.value()),
             transport,
         })
@@ -174,7 +189,10 @@ fn parse_uri_fallback(t: &str) -> Option<SipUri> {
     let rest = t.strip_prefix("sip:").or_else(|| t.strip_prefix("sips:"))?;
     let rest = rest.split('?').next().unwrap_or("");
     let (user, hostpart) = match rest.rfind('@') {
-        Some(i) => (Some(rest[..i].split(':').next().unwrap_or("").to_owned()), &rest[i + 1..]),
+        Some(i) => (
+            Some(rest[..i].split(':').next().unwrap_or("").to_owned()),
+            &rest[i + 1..],
+        ),
         None => (None, rest),
     };
     let hostport = hostpart.split(';').next().unwrap_or("");
@@ -186,7 +204,12 @@ fn parse_uri_fallback(t: &str) -> Option<SipUri> {
         return None;
     }
     let transport = plain_param(hostpart, "transport").map(|s| s.to_ascii_lowercase());
-    Some(SipUri { user, host, port, transport })
+    Some(SipUri {
+        user,
+        host,
+        port,
+        transport,
+    })
 }
 
 /// The parts of a Via we use.
@@ -216,7 +239,10 @@ impl Via {
         if !name.is_some_and(|n| n.eq_ignore_ascii_case("SIP")) || version != Some("2.0") {
             return Err(bad());
         }
-        let transport = transport.filter(|t| !t.is_empty()).ok_or_else(bad)?.to_ascii_uppercase();
+        let transport = transport
+            .filter(|t| !t.is_empty())
+            .ok_or_else(bad)?
+            .to_ascii_uppercase();
         let rest = rest.trim_start();
         let sent_by = rest.split(';').next().unwrap_or("").trim();
         if sent_by.is_empty() {
@@ -228,13 +254,21 @@ impl Via {
             .filter(|b| !b.is_empty())
             .map(str::to_owned);
         let rport = scan_params(params, "rport").is_some();
-        Ok(Via { transport, host, port, branch, rport })
+        Ok(Via {
+            transport,
+            host,
+            port,
+            branch,
+            rport,
+        })
     }
 
     /// True for an RFC 3261 branch (magic cookie), which makes the branch
     /// alone a transaction identifier.
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch.as_deref().is_some_and(|b| b.starts_with("z9hG4bK"))
+        self.branch
+            .as_deref()
+            .is_some_and(|b| b.starts_with("z9hG4bK"))
     }
 
     /// `host:port` as the transaction key wants it.
@@ -325,7 +359,9 @@ mod tests {
         use rsip::headers::{ToTypedHeader, UntypedHeader};
         let v = r#""a<b" <sip:bob@example.com>;tag=1"#;
         let typed = rsip::headers::From::new(v).typed();
-        let rsip_ok = typed.as_ref().is_ok_and(|f| f.uri.to_string() == "sip:bob@example.com");
+        let rsip_ok = typed
+            .as_ref()
+            .is_ok_and(|f| f.uri.to_string() == "sip:bob@example.com");
         assert!(!rsip_ok, "rsip fixed the gap: revisit headers.rs");
         let uri = SipUri::parse(uri_text(v)).expect("our path parses it");
         assert_eq!(uri.user.as_deref(), Some("bob"));
@@ -339,9 +375,15 @@ mod tests {
         assert_eq!(u.port, Some(5080));
         assert_eq!(u.transport.as_deref(), Some("tcp"));
         // rsip gap: IPv6 references are refused; our fallback parses them.
-        assert!(rsip::Uri::try_from("sip:[::1]:5070").is_err(), "rsip fixed IPv6: drop the fallback");
+        assert!(
+            rsip::Uri::try_from("sip:[::1]:5070").is_err(),
+            "rsip fixed IPv6: drop the fallback"
+        );
         let u = SipUri::parse("sip:[::1]:5070").expect("v6");
-        assert_eq!(u.socket_addr(5060), Some("[::1]:5070".parse().expect("addr")));
+        assert_eq!(
+            u.socket_addr(5060),
+            Some("[::1]:5070".parse().expect("addr"))
+        );
         let t = SipUri::parse("tel:+15551234567;phone-context=x").expect("tel");
         assert_eq!(t.user.as_deref(), Some("+15551234567"));
         assert!(SipUri::parse("not a uri").is_err());

@@ -195,7 +195,10 @@ impl Message {
     /// A new request with no headers.
     pub fn request(method: Method, uri: impl Into<String>) -> Message {
         Message {
-            start: StartLine::Request { method, uri: uri.into() },
+            start: StartLine::Request {
+                method,
+                uri: uri.into(),
+            },
             headers: Vec::new(),
             body: Bytes::new(),
         }
@@ -206,22 +209,37 @@ impl Message {
         let name = canonical_name(name);
         if is_list_header(&name) {
             for part in split_list(value) {
-                self.headers.push(Header { name: name.clone(), value: part.to_owned() });
+                self.headers.push(Header {
+                    name: name.clone(),
+                    value: part.to_owned(),
+                });
             }
         } else {
-            self.headers.push(Header { name, value: value.trim().to_owned() });
+            self.headers.push(Header {
+                name,
+                value: value.trim().to_owned(),
+            });
         }
     }
 
     /// Appends a header with a name already in canonical form.
     pub fn add(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
-        self.headers.push(Header { name: name.to_owned(), value: value.into() });
+        self.headers.push(Header {
+            name: name.to_owned(),
+            value: value.into(),
+        });
         self
     }
 
     /// Inserts a header before every other header.
     pub fn prepend(&mut self, name: &str, value: impl Into<String>) {
-        self.headers.insert(0, Header { name: name.to_owned(), value: value.into() });
+        self.headers.insert(
+            0,
+            Header {
+                name: name.to_owned(),
+                value: value.into(),
+            },
+        );
     }
 
     /// Replaces every header of this name by one value.
@@ -338,7 +356,10 @@ impl Message {
     /// the response is not 100.
     pub fn response(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Message {
         let mut resp = Message {
-            start: StartLine::Response { code, reason: reason.to_owned() },
+            start: StartLine::Response {
+                code,
+                reason: reason.to_owned(),
+            },
             headers: Vec::with_capacity(8),
             body: Bytes::new(),
         };
@@ -356,7 +377,10 @@ impl Message {
                     value.push_str(";tag=");
                     value.push_str(tag);
                 }
-                resp.headers.push(Header { name: "To".into(), value });
+                resp.headers.push(Header {
+                    name: "To".into(),
+                    value,
+                });
             }
         }
         resp.add("Server", crate::sip::USER_AGENT);
@@ -405,7 +429,10 @@ mod tests {
     #[test]
     fn split_list_respects_quotes_and_angles() {
         let v = r#""Doe, John" <sip:a@b;x=1,2>;tag=1, <sip:c@d>"#;
-        assert_eq!(split_list(v), vec![r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#, "<sip:c@d>"]);
+        assert_eq!(
+            split_list(v),
+            vec![r#""Doe, John" <sip:a@b;x=1,2>;tag=1"#, "<sip:c@d>"]
+        );
     }
 
     #[test]
@@ -419,7 +446,10 @@ mod tests {
     #[test]
     fn response_copies_headers_and_adds_tag() {
         let mut req = Message::request(Method::Invite, "sip:1@h");
-        req.push_header("Via", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2");
+        req.push_header(
+            "Via",
+            "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2",
+        );
         req.push_header("From", "<sip:a@h>;tag=x");
         req.push_header("To", "<sip:1@h>");
         req.push_header("Call-ID", "c1");

@@ -50,7 +50,11 @@ impl RateLimiter {
     /// `rate` requests per second sustained, `burst` at once. A rate of 0
     /// disables limiting.
     pub fn new(rate: f64, burst: f64) -> Self {
-        RateLimiter { rate, burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            rate,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes a token for `ip`; false means drop the request.
@@ -63,9 +67,13 @@ impl RateLimiter {
         };
         if buckets.len() >= MAX_SOURCES {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
         }
-        let b = buckets.entry(ip).or_insert(Bucket { tokens: self.burst, last: now });
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.last = now;

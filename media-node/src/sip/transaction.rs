@@ -86,10 +86,25 @@ pub enum TuEvent {
 }
 
 enum Command {
-    Respond { id: ServerTxnId, resp: Message },
-    Request { id: ClientTxnId, req: Message, dest: Peer, events: mpsc::UnboundedSender<ClientEvent> },
-    Cancel { id: ClientTxnId, events: mpsc::UnboundedSender<ClientEvent> },
-    Ack { id: Option<ClientTxnId>, ack: Message, dest: Peer },
+    Respond {
+        id: ServerTxnId,
+        resp: Message,
+    },
+    Request {
+        id: ClientTxnId,
+        req: Message,
+        dest: Peer,
+        events: mpsc::UnboundedSender<ClientEvent>,
+    },
+    Cancel {
+        id: ClientTxnId,
+        events: mpsc::UnboundedSender<ClientEvent>,
+    },
+    Ack {
+        id: Option<ClientTxnId>,
+        ack: Message,
+        dest: Peer,
+    },
 }
 
 /// A cheap handle on the transaction layer.
@@ -110,18 +125,27 @@ pub fn random_token(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 impl SipHandle {
     /// Sends a response on a server transaction.
     pub fn respond(&self, id: &ServerTxnId, resp: Message) {
-        let _ = self.cmd.send(Command::Respond { id: id.clone(), resp });
+        let _ = self.cmd.send(Command::Respond {
+            id: id.clone(),
+            resp,
+        });
     }
 
     /// Starts a client transaction. A Via with a fresh branch is put on top
     /// of the request; the returned receiver yields its responses.
-    pub fn request(&self, mut req: Message, dest: Peer) -> (ClientTxnId, mpsc::UnboundedReceiver<ClientEvent>) {
+    pub fn request(
+        &self,
+        mut req: Message,
+        dest: Peer,
+    ) -> (ClientTxnId, mpsc::UnboundedReceiver<ClientEvent>) {
         let branch = new_branch();
         let via = format!(
             "SIP/2.0/{} {};branch={branch};rport",
@@ -132,10 +156,18 @@ impl SipHandle {
         if req.header("Max-Forwards").is_none() {
             req.add("Max-Forwards", "70");
         }
-        let method = req.method().map(|m| m.as_str().to_owned()).unwrap_or_default();
+        let method = req
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
         let id = ClientTxnId(format!("{branch}|{method}").into());
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.cmd.send(Command::Request { id: id.clone(), req, dest, events: tx });
+        let _ = self.cmd.send(Command::Request {
+            id: id.clone(),
+            req,
+            dest,
+            events: tx,
+        });
         (id, rx)
     }
 
@@ -143,7 +175,10 @@ impl SipHandle {
     /// the CANCEL's own transaction arrive on the returned receiver.
     pub fn cancel(&self, invite: &ClientTxnId) -> mpsc::UnboundedReceiver<ClientEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.cmd.send(Command::Cancel { id: invite.clone(), events: tx });
+        let _ = self.cmd.send(Command::Cancel {
+            id: invite.clone(),
+            events: tx,
+        });
         rx
     }
 
@@ -162,7 +197,11 @@ impl SipHandle {
         if ack.header("Max-Forwards").is_none() {
             ack.add("Max-Forwards", "70");
         }
-        let _ = self.cmd.send(Command::Ack { id: invite.cloned(), ack, dest });
+        let _ = self.cmd.send(Command::Ack {
+            id: invite.cloned(),
+            ack,
+            dest,
+        });
     }
 }
 
@@ -259,10 +298,20 @@ impl TransactionLayer {
             timers: DelayQueue::new(),
         };
         tokio::spawn(layer.run(incoming, cmd_rx));
-        (SipHandle { cmd: cmd_tx, transport }, tu_rx)
+        (
+            SipHandle {
+                cmd: cmd_tx,
+                transport,
+            },
+            tu_rx,
+        )
     }
 
-    async fn run(mut self, mut incoming: mpsc::Receiver<Incoming>, mut cmds: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<Incoming>,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+    ) {
         loop {
             tokio::select! {
                 msg = incoming.recv() => match msg {
@@ -301,13 +350,20 @@ impl TransactionLayer {
     }
 
     fn server_key(via: &Via, msg: &Message, method: &Method) -> ServerTxnId {
-        let m = if *method == Method::Ack { "INVITE" } else { method.as_str() };
+        let m = if *method == Method::Ack {
+            "INVITE"
+        } else {
+            method.as_str()
+        };
         if via.has_rfc3261_branch() {
             let branch = via.branch.as_deref().unwrap_or_default();
             ServerTxnId(format!("{branch}|{}|{m}", via.sent_by()).into())
         } else {
             // RFC 2543 peers: match on the identifying headers (17.2.3).
-            let from_tag = msg.header("From").and_then(|f| crate::sip::headers::param(f, "tag")).unwrap_or("");
+            let from_tag = msg
+                .header("From")
+                .and_then(|f| crate::sip::headers::param(f, "tag"))
+                .unwrap_or("");
             let cseq = msg.cseq().map(|c| c.0).unwrap_or(0);
             ServerTxnId(
                 format!(
@@ -370,7 +426,11 @@ impl TransactionLayer {
             {
                 if txn.state == SState::Completed {
                     txn.state = SState::Confirmed;
-                    let wait = if Self::reliable(&txn.peer) { Duration::ZERO } else { T4 };
+                    let wait = if Self::reliable(&txn.peer) {
+                        Duration::ZERO
+                    } else {
+                        T4
+                    };
                     self.timers.insert(Timer::ServerTerminate(id), wait);
                 }
                 if txn.state != SState::Accepted {
@@ -395,9 +455,16 @@ impl TransactionLayer {
         let invite = method == Method::Invite;
         self.servers.insert(
             id.clone(),
-            ServerTxn { invite, state: SState::Proceeding, peer, last_response: None, interval: T1 },
+            ServerTxn {
+                invite,
+                state: SState::Proceeding,
+                peer,
+                last_response: None,
+                interval: T1,
+            },
         );
-        self.timers.insert(Timer::ServerAbandon(id.clone()), Duration::from_secs(3600));
+        self.timers
+            .insert(Timer::ServerAbandon(id.clone()), Duration::from_secs(3600));
         let mut cancels = None;
         if method == Method::Cancel {
             let invite_id = Self::server_key(&via, &msg, &Method::Invite);
@@ -416,7 +483,12 @@ impl TransactionLayer {
             let trying = msg.response(100, "Trying", None);
             self.respond(&id, trying);
         }
-        let _ = self.tu.send(TuEvent::Request(ServerRequest { id, msg, peer, cancels }));
+        let _ = self.tu.send(TuEvent::Request(ServerRequest {
+            id,
+            msg,
+            peer,
+            cancels,
+        }));
     }
 
     fn on_response(&mut self, msg: Message) {
@@ -425,7 +497,9 @@ impl TransactionLayer {
             self.metrics.drop_msg("response_without_via");
             return;
         };
-        let Some((_, method)) = msg.cseq() else { return };
+        let Some((_, method)) = msg.cseq() else {
+            return;
+        };
         let Some(branch) = via.branch else { return };
         let id = ClientTxnId(format!("{branch}|{}", method.as_str()).into());
         let Some(txn) = self.clients.get_mut(&id) else {
@@ -455,7 +529,11 @@ impl TransactionLayer {
                 let dest = txn.dest;
                 let _ = txn.events.send(ClientEvent::Response(msg));
                 self.send(&dest, ack);
-                let wait = if Self::reliable(&dest) { Duration::ZERO } else { T64 };
+                let wait = if Self::reliable(&dest) {
+                    Duration::ZERO
+                } else {
+                    T64
+                };
                 self.timers.insert(Timer::ClientTerminate(id), wait);
             }
             (true, CState::Completed, 300..=699) => {
@@ -468,7 +546,11 @@ impl TransactionLayer {
                 txn.state = CState::Completed;
                 let dest = txn.dest;
                 let _ = txn.events.send(ClientEvent::Response(msg));
-                let wait = if Self::reliable(&dest) { Duration::ZERO } else { T4 };
+                let wait = if Self::reliable(&dest) {
+                    Duration::ZERO
+                } else {
+                    T4
+                };
                 self.timers.insert(Timer::ClientTerminate(id), wait);
             }
             _ => {}
@@ -480,7 +562,12 @@ impl TransactionLayer {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Respond { id, resp } => self.respond(&id, resp),
-            Command::Request { id, req, dest, events } => self.start_client(id, req, dest, events),
+            Command::Request {
+                id,
+                req,
+                dest,
+                events,
+            } => self.start_client(id, req, dest, events),
             Command::Cancel { id, events } => {
                 let Some(txn) = self.clients.get(&id) else {
                     let _ = events.send(ClientEvent::Timeout);
@@ -488,7 +575,11 @@ impl TransactionLayer {
                 };
                 let cancel = cancel_for(&txn.request);
                 let dest = txn.dest;
-                let method_id = match cancel.top_via().and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch) {
+                let method_id = match cancel
+                    .top_via()
+                    .and_then(|v| Via::parse(v).ok())
+                    .and_then(|v| v.branch)
+                {
                     Some(b) => ClientTxnId(format!("{b}|CANCEL").into()),
                     None => return,
                 };
@@ -506,7 +597,13 @@ impl TransactionLayer {
         }
     }
 
-    fn start_client(&mut self, id: ClientTxnId, req: Message, dest: Peer, events: mpsc::UnboundedSender<ClientEvent>) {
+    fn start_client(
+        &mut self,
+        id: ClientTxnId,
+        req: Message,
+        dest: Peer,
+        events: mpsc::UnboundedSender<ClientEvent>,
+    ) {
         let invite = req.method() == Some(Method::Invite);
         let bytes = req.to_bytes();
         if let Err(e) = self.transport.send(&dest, bytes.clone()) {
@@ -520,7 +617,16 @@ impl TransactionLayer {
         self.timers.insert(Timer::ClientTimeout(id.clone()), T64);
         self.clients.insert(
             id,
-            ClientTxn { invite, state: CState::Calling, request: req, bytes, dest, events, interval: T1, ack: None },
+            ClientTxn {
+                invite,
+                state: CState::Calling,
+                request: req,
+                bytes,
+                dest,
+                events,
+                interval: T1,
+                ack: None,
+            },
         );
     }
 
@@ -530,7 +636,10 @@ impl TransactionLayer {
             tracing::debug!(code, "response for a finished transaction dropped");
             return;
         };
-        if matches!(txn.state, SState::Completed | SState::Confirmed | SState::Accepted) {
+        if matches!(
+            txn.state,
+            SState::Completed | SState::Confirmed | SState::Accepted
+        ) {
             return;
         }
         let bytes = resp.to_bytes();
@@ -545,12 +654,18 @@ impl TransactionLayer {
                     let key = (call_id.to_owned(), cseq);
                     self.pending_2xx.insert(
                         key.clone(),
-                        Pending2xx { bytes: bytes.clone(), peer, interval: T1, started: Instant::now() },
+                        Pending2xx {
+                            bytes: bytes.clone(),
+                            peer,
+                            interval: T1,
+                            started: Instant::now(),
+                        },
                     );
                     // Over TCP the 2xx is not retransmitted, but the ACK is
                     // still awaited for 64*T1.
                     let first = if reliable { T64 } else { T1 };
-                    self.timers.insert(Timer::Retransmit2xx(key.0, key.1), first);
+                    self.timers
+                        .insert(Timer::Retransmit2xx(key.0, key.1), first);
                 }
                 // Absorb retransmitted INVITEs for a while (RFC 6026 timer L).
                 self.timers.insert(Timer::ServerTerminate(id.clone()), T64);
@@ -576,14 +691,15 @@ impl TransactionLayer {
     fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::ClientRetransmit(id) => {
-                let Some(txn) = self.clients.get_mut(&id) else { return };
+                let Some(txn) = self.clients.get_mut(&id) else {
+                    return;
+                };
                 // INVITE stops at the first provisional (timer A); non-INVITE
                 // keeps going at T2 while proceeding (timer E).
-                let go = match (txn.invite, txn.state) {
-                    (true, CState::Calling) => true,
-                    (false, CState::Calling | CState::Proceeding) => true,
-                    _ => false,
-                };
+                let go = matches!(
+                    (txn.invite, txn.state),
+                    (true, CState::Calling) | (false, CState::Calling | CState::Proceeding)
+                );
                 if !go {
                     return;
                 }
@@ -599,21 +715,27 @@ impl TransactionLayer {
                 self.timers.insert(Timer::ClientRetransmit(id), next);
             }
             Timer::ClientTimeout(id) => {
-                let timed_out = self
-                    .clients
-                    .get(&id)
-                    .is_some_and(|t| matches!(t.state, CState::Calling) || (!t.invite && t.state == CState::Proceeding));
+                let timed_out = self.clients.get(&id).is_some_and(|t| {
+                    matches!(t.state, CState::Calling)
+                        || (!t.invite && t.state == CState::Proceeding)
+                });
                 if timed_out && let Some(txn) = self.clients.remove(&id) {
                     let _ = txn.events.send(ClientEvent::Timeout);
                 }
             }
             Timer::ClientTerminate(id) => {
-                if self.clients.get(&id).is_some_and(|t| matches!(t.state, CState::Completed | CState::Accepted)) {
+                if self
+                    .clients
+                    .get(&id)
+                    .is_some_and(|t| matches!(t.state, CState::Completed | CState::Accepted))
+                {
                     self.clients.remove(&id);
                 }
             }
             Timer::ServerRetransmit(id) => {
-                let Some(txn) = self.servers.get_mut(&id) else { return };
+                let Some(txn) = self.servers.get_mut(&id) else {
+                    return;
+                };
                 if txn.state != SState::Completed {
                     return;
                 }
@@ -625,7 +747,11 @@ impl TransactionLayer {
                 self.timers.insert(Timer::ServerRetransmit(id), next);
             }
             Timer::ServerAckTimeout(id) => {
-                if self.servers.get(&id).is_some_and(|t| t.state == SState::Completed) {
+                if self
+                    .servers
+                    .get(&id)
+                    .is_some_and(|t| t.state == SState::Completed)
+                {
                     self.servers.remove(&id);
                 }
             }
@@ -633,23 +759,33 @@ impl TransactionLayer {
                 self.servers.remove(&id);
             }
             Timer::ServerAbandon(id) => {
-                if self.servers.get(&id).is_some_and(|t| t.state == SState::Proceeding) {
+                if self
+                    .servers
+                    .get(&id)
+                    .is_some_and(|t| t.state == SState::Proceeding)
+                {
                     self.servers.remove(&id);
                 }
             }
             Timer::Retransmit2xx(call_id, cseq) => {
                 let key = (call_id, cseq);
-                let Some(p) = self.pending_2xx.get_mut(&key) else { return };
+                let Some(p) = self.pending_2xx.get_mut(&key) else {
+                    return;
+                };
                 if p.started.elapsed() >= T64 {
                     self.pending_2xx.remove(&key);
-                    let _ = self.tu.send(TuEvent::AckTimeout { call_id: key.0, cseq: key.1 });
+                    let _ = self.tu.send(TuEvent::AckTimeout {
+                        call_id: key.0,
+                        cseq: key.1,
+                    });
                     return;
                 }
                 p.interval = (p.interval * 2).min(T2);
                 let (peer, bytes, next) = (p.peer, p.bytes.clone(), p.interval);
                 let remaining = T64.saturating_sub(p.started.elapsed());
                 self.send(&peer, bytes);
-                self.timers.insert(Timer::Retransmit2xx(key.0, key.1), next.min(remaining));
+                self.timers
+                    .insert(Timer::Retransmit2xx(key.0, key.1), next.min(remaining));
             }
         }
     }
@@ -734,7 +870,10 @@ mod tests {
     #[test]
     fn cancel_matches_invite() {
         let c = cancel_for(&invite());
-        assert_eq!(c.top_via(), Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc"));
+        assert_eq!(
+            c.top_via(),
+            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc")
+        );
         assert_eq!(c.cseq(), Some((7, Method::Cancel)));
         assert_eq!(c.header("To"), Some("<sip:1@h>"));
     }
@@ -757,8 +896,14 @@ mod tests {
     fn validation_rejects_missing_headers() {
         let mut m = invite();
         assert!(TransactionLayer::validate(&m, &Method::Invite).is_ok());
-        assert_eq!(TransactionLayer::validate(&m, &Method::Bye).err(), Some("CSeq method does not match"));
+        assert_eq!(
+            TransactionLayer::validate(&m, &Method::Bye).err(),
+            Some("CSeq method does not match")
+        );
         m.remove("Call-ID");
-        assert_eq!(TransactionLayer::validate(&m, &Method::Invite).err(), Some("missing Call-ID"));
+        assert_eq!(
+            TransactionLayer::validate(&m, &Method::Invite).err(),
+            Some("missing Call-ID")
+        );
     }
 }

@@ -139,7 +139,12 @@ impl Transport {
         metrics: Metrics,
     ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
         let (tx, rx) = mpsc::channel(4096);
-        let recv = Arc::new(Receiver { limits, rate, metrics, tx });
+        let recv = Arc::new(Receiver {
+            limits,
+            rate,
+            metrics,
+            tx,
+        });
         let tcp = Arc::new(tcp::Connections::new(recv.clone()));
         let mut udp = Vec::new();
         let mut local = Vec::new();
@@ -151,7 +156,15 @@ impl Transport {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(tcp::accept_loop(listener, tcp.clone()));
         }
-        Ok((Arc::new(Transport { udp, tcp, advertise, local }), rx))
+        Ok((
+            Arc::new(Transport {
+                udp,
+                tcp,
+                advertise,
+                local,
+            }),
+            rx,
+        ))
     }
 
     /// Sends serialised bytes to a peer.
@@ -161,7 +174,10 @@ impl Transport {
                 let sock = self
                     .udp
                     .iter()
-                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == peer.addr.is_ipv4()))
+                    .find(|s| {
+                        s.local_addr()
+                            .is_ok_and(|l| l.is_ipv4() == peer.addr.is_ipv4())
+                    })
                     .ok_or(TransportError::NoSocket {
                         family: if peer.addr.is_ipv4() { "IPv4" } else { "IPv6" },
                         addr: peer.addr,
@@ -170,7 +186,10 @@ impl Transport {
                     Ok(_) => Ok(()),
                     // A full buffer is like a lost datagram: retransmission covers it.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-                    Err(source) => Err(TransportError::Io { addr: peer.addr, source }),
+                    Err(source) => Err(TransportError::Io {
+                        addr: peer.addr,
+                        source,
+                    }),
                 }
             }
             Proto::Tcp => self.tcp.send(peer.addr, data),
@@ -179,11 +198,19 @@ impl Transport {
 
     /// The host we advertise to a peer (IPv6 literals bracketed).
     pub fn advertised_host(&self, peer: &SocketAddr) -> String {
-        let configured = if peer.is_ipv4() { &self.advertise.v4 } else { &self.advertise.v6 };
+        let configured = if peer.is_ipv4() {
+            &self.advertise.v4
+        } else {
+            &self.advertise.v6
+        };
         if let Some(h) = configured {
             return h.clone();
         }
-        let local = self.local.iter().find(|l| l.is_ipv4() == peer.is_ipv4()).or(self.local.first());
+        let local = self
+            .local
+            .iter()
+            .find(|l| l.is_ipv4() == peer.is_ipv4())
+            .or(self.local.first());
         match local.map(|l| l.ip()) {
             Some(ip) if !ip.is_unspecified() => crate::sip::headers::uri_host(&ip),
             _ => crate::sip::headers::uri_host(&if peer.is_ipv4() {

@@ -27,7 +27,10 @@ pub struct Connections {
 
 impl Connections {
     pub(crate) fn new(recv: Arc<Receiver>) -> Self {
-        Connections { map: Mutex::new(HashMap::new()), recv }
+        Connections {
+            map: Mutex::new(HashMap::new()),
+            recv,
+        }
     }
 
     /// Queues bytes on the connection to `addr`, connecting first if none
@@ -39,7 +42,9 @@ impl Connections {
         if let Some(tx) = map.get(&addr)
             && !tx.is_closed()
         {
-            return tx.try_send(data).map_err(|_| TransportError::TcpQueue(addr));
+            return tx
+                .try_send(data)
+                .map_err(|_| TransportError::TcpQueue(addr));
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let _ = tx.try_send(data);
@@ -65,7 +70,12 @@ impl Connections {
     }
 
     /// Serves one connection until either side closes or it idles out.
-    async fn run(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+    async fn run(
+        self: Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let writer = tokio::spawn(async move {
@@ -85,7 +95,13 @@ impl Connections {
             framer.push(&buf[..n]);
             loop {
                 match framer.next_message(&self.recv.limits) {
-                    Ok(Some(msg)) => self.recv.accept(msg, Peer { proto: Proto::Tcp, addr }),
+                    Ok(Some(msg)) => self.recv.accept(
+                        msg,
+                        Peer {
+                            proto: Proto::Tcp,
+                            addr,
+                        },
+                    ),
                     Ok(None) => break,
                     Err(e) => {
                         // A stream cannot be resynchronised after a framing error.

@@ -11,7 +11,11 @@ use crate::sip::framing::parse_datagram;
 /// Binds a UDP socket (IPv6 sockets are v6-only so a v4 bind on the same
 /// port can coexist).
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
@@ -44,7 +48,13 @@ pub(crate) async fn receive_loop(sock: Arc<UdpSocket>, recv: Arc<Receiver>) {
             continue;
         }
         match parse_datagram(data, &recv.limits) {
-            Ok(msg) => recv.accept(msg, Peer { proto: Proto::Udp, addr: from }),
+            Ok(msg) => recv.accept(
+                msg,
+                Peer {
+                    proto: Proto::Udp,
+                    addr: from,
+                },
+            ),
             Err(e) => {
                 recv.metrics.drop_msg(e.label());
                 tracing::debug!(%from, error = %e, "dropped malformed UDP message");
