@@ -354,3 +354,17 @@ async fn sip_inbound_draining_answers_503_and_exits_after_last_call() {
         .expect("node exits once the last call ended");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn sip_inbound_session_timer_refreshed_by_the_node() {
+    // A small Min-SE lets the test see a refresh within seconds.
+    let node = MediaNode::start(&config(None), &["--min-se", "4"])
+        .await
+        .expect("node starts");
+    Sipp::new(scenario("uac_session_timer.xml"))
+        .args(["-s", NUMBER])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp runs")
+        .assert_success("Session-Expires 4;refresher=uas honoured with an UPDATE refresh");
+}
