@@ -17,7 +17,7 @@ fn config(max_calls: Option<u32>) -> serde_json::Value {
     let mut trunk = json!({
         "id": "demo/carrier",
         "enabled": true,
-        "inbound": {"enabled": true, "allowedSources": ["127.0.0.1/32"]},
+        "inbound": {"enabled": true, "allowedSources": ["127.0.0.1/32", "::1/128"]},
         "media": {"codecs": ["CODEC_PCMU", "CODEC_PCMA"]}
     });
     if let Some(m) = max_calls {
@@ -367,4 +367,36 @@ async fn sip_inbound_session_timer_refreshed_by_the_node() {
         .await
         .expect("sipp runs")
         .assert_success("Session-Expires 4;refresher=uas honoured with an UPDATE refresh");
+}
+
+#[tokio::test]
+async fn sip_inbound_call_over_tcp() {
+    let node = MediaNode::start(&config(None), &[])
+        .await
+        .expect("node starts");
+    Sipp::new(scenario("uac_call.xml"))
+        .args(["-s", NUMBER, "-t", "t1"])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp runs")
+        .assert_success("call over one reused TCP connection");
+}
+
+#[tokio::test]
+async fn sip_inbound_call_over_ipv6() {
+    let port = free_port();
+    let bind = format!("[::1]:{port}");
+    let node = MediaNode::start(&config(None), &["--sip-bind", &bind])
+        .await
+        .expect("node starts");
+    Sipp::new(scenario("uac_call.xml"))
+        .args(["-s", NUMBER])
+        .run_client_from(bind.parse().expect("addr"), "::1", free_port())
+        .await
+        .expect("sipp runs")
+        .assert_success("call over IPv6 loopback");
+    let answered = node
+        .metric(r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#)
+        .await;
+    assert_eq!(answered, 1.0);
 }
