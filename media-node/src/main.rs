@@ -16,8 +16,28 @@ use switchboard_media_node::sip::framing::Limits;
 #[command(version, about)]
 struct Args {
     /// Routing configuration (proto3 JSON RoutingConfig); SIGHUP reloads it.
+    /// Without it the node waits for the operator on --control-bind.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// This node's id reported to the operator (default: the pod name, else
+    /// the host name).
+    #[arg(long, env = "POD_NAME")]
+    node_id: Option<String>,
+    /// Address of the control service the operator programs the node through.
+    #[arg(long = "control-bind")]
+    control_bind: Option<SocketAddr>,
+    /// TLS certificate (PEM) of the control service.
+    #[arg(long = "control-cert", env = "SWITCHBOARD_CONTROL_CERT")]
+    control_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the control service.
+    #[arg(long = "control-key", env = "SWITCHBOARD_CONTROL_KEY")]
+    control_key: Option<PathBuf>,
+    /// File holding the bearer token the operator must present.
+    #[arg(long = "control-token-file", env = "SWITCHBOARD_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: serve the control channel in plaintext.
+    #[arg(long = "control-insecure")]
+    control_insecure: bool,
     /// SIP bind address (UDP and TCP); repeat for IPv4 and IPv6.
     #[arg(long = "sip-bind", default_value = "0.0.0.0:5060")]
     sip_bind: Vec<SocketAddr>,
@@ -82,7 +102,45 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     };
+    if args.config.is_none() && args.control_bind.is_none() {
+        eprintln!(
+            "switchboard-media-node needs --config FILE or --control-bind ADDR (programmed by the operator)"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let control = match args.control_bind {
+        None => None,
+        Some(bind) => {
+            let tls = match (args.control_cert, args.control_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    eprintln!("--control-cert and --control-key go together");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            if !args.control_insecure && (tls.is_none() || args.control_token_file.is_none()) {
+                eprintln!(
+                    "the control channel needs --control-cert, --control-key and --control-token-file \
+                     (or --control-insecure for local development)"
+                );
+                return std::process::ExitCode::from(2);
+            }
+            Some(node::ControlOptions {
+                bind,
+                tls,
+                token_file: args.control_token_file,
+            })
+        }
+    };
+    let node_id = args.node_id.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "media-node".into())
+    });
     let cfg = NodeConfig {
+        node_id,
+        control,
         config: args.config,
         sip_bind: args.sip_bind,
         advertise: args.advertise,

@@ -19,11 +19,28 @@ use crate::sip::protect::RateLimiter;
 use crate::sip::transaction::TransactionLayer;
 use crate::sip::transport::{Advertise, Transport};
 
+/// The control channel the operator programs the node through.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Address of the NodeControl gRPC service.
+    pub bind: SocketAddr,
+    /// Certificate and key (PEM) to serve TLS with; `None` only with the
+    /// development flag `--control-insecure`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// File holding the bearer token the operator must present.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Everything the binary's flags configure.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Routing configuration file (proto3 JSON `RoutingConfig`).
-    pub config: PathBuf,
+    /// This node's id (the pod name), reported to the operator.
+    pub node_id: String,
+    /// Routing configuration file (proto3 JSON `RoutingConfig`); without
+    /// one the node waits for the operator and is not ready until then.
+    pub config: Option<PathBuf>,
+    /// The operator's control channel, if any.
+    pub control: Option<ControlOptions>,
     /// SIP bind addresses (UDP and TCP on each).
     pub sip_bind: Vec<SocketAddr>,
     /// Advertised host[:port] for IPv4 peers (or a name for all).
@@ -82,10 +99,21 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
 pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let routing = RoutingStore::default();
-    let initial = config::load(&cfg.config)?;
-    let version = routing.apply(initial);
-    metrics.config_version.set(version as i64);
-    tracing::info!(version, path = %cfg.config.display(), "routing configuration loaded");
+    let initial = match &cfg.config {
+        Some(path) => {
+            let initial = config::load(path)?;
+            let version = routing.apply(initial.clone());
+            metrics.config_version.set(version as i64);
+            tracing::info!(version, path = %path.display(), "routing configuration loaded");
+            Some(initial)
+        }
+        None => {
+            tracing::info!(
+                "no configuration file: waiting for the operator (not ready until programmed)"
+            );
+            None
+        }
+    };
 
     let (transport, incoming) = Transport::bind(
         &cfg.sip_bind,
@@ -111,6 +139,9 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         health: Default::default(),
         registrations: Default::default(),
     });
+    if let Some(control) = &cfg.control {
+        start_control(&cfg, control, ctx.clone(), initial).await?;
+    }
     tokio::spawn(dispatch::run(ctx.clone(), tu_events));
     tokio::spawn(crate::health::run(ctx.clone()));
     tokio::spawn(crate::register::run(ctx.clone()));
@@ -132,19 +163,80 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match config::load(&cfg.config) {
-                Ok(c) => {
+            _ = hup.recv() => match cfg.config.as_deref().map(config::load) {
+                Some(Ok(c)) => {
                     let v = routing.apply(c);
                     metrics.config_version.set(v as i64);
                     tracing::info!(version = v, "routing configuration reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
+                Some(Err(e)) => tracing::error!(error = %e, "reload failed; keeping the previous configuration"),
+                None => tracing::info!("SIGHUP ignored: the configuration comes from the operator"),
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     drain(&ctx, cfg.drain_grace).await;
+    Ok(())
+}
+
+/// Starts the NodeControl service for the operator.
+async fn start_control(
+    cfg: &NodeConfig,
+    control: &ControlOptions,
+    ctx: Arc<Ctx>,
+    initial: Option<switchboard_proto::RoutingConfig>,
+) -> anyhow::Result<()> {
+    use crate::control::{ControlService, TokenCheck, serve};
+    let token = match &control.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "control token file {} is empty",
+                path.display()
+            );
+            Some(t)
+        }
+        None => None,
+    };
+    let tls = match &control.tls {
+        Some((cert, key)) => {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            Some(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+        }
+        None => None,
+    };
+    let addresses: Vec<String> = match &cfg.advertise {
+        Some(a) => vec![a.clone()],
+        None => ctx
+            .sip
+            .transport
+            .local
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    };
+    let service = ControlService::new(ctx, cfg.node_id.clone(), addresses, initial);
+    // Bind first so a port clash fails the start instead of a background task.
+    let listener = std::net::TcpListener::bind(control.bind)
+        .with_context(|| format!("binding the control port {}", control.bind))?;
+    drop(listener);
+    let bind = control.bind;
+    let secure = tls.is_some();
+    tokio::spawn(async move {
+        if let Err(e) = serve(bind, service, tls, TokenCheck::new(token)).await {
+            tracing::error!(error = %e, "control service stopped");
+        }
+    });
+    tracing::info!(addr = %bind, tls = secure, "control service listening");
     Ok(())
 }
 
