@@ -1,8 +1,9 @@
 //! Harnesses for Switchboard's end-to-end tests: a real Kubernetes API server
 //! with etcd, real media-node processes and real SIP peers (SIPp, baresip).
 pub mod envtest;
+pub mod fleet;
+pub mod helm;
+pub mod node;
 pub mod operator;
 pub mod poll;
-pub mod node;
 pub mod sipp;
-pub mod helm;
