@@ -489,16 +489,19 @@ fn rules(doc: &Value) -> String {
 }
 
 #[test]
-fn rbac_grants_pods_only_with_the_fleet_features_and_namespaces_with_watch_namespace() {
+fn rbac_grants_pods_only_in_the_release_namespace_and_namespaces_with_watch_namespace() {
     let docs = render().documents();
     let all: String = docs
         .iter()
         .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
         .map(rules)
         .collect();
-    assert!(!all.contains("pods"), "pods granted by default: {all}");
     assert!(!all.contains('*'), "wildcard in {all}");
     let cr = find(&docs, "ClusterRole", &format!("{NS}-{OPERATOR}"));
+    assert!(
+        !rules(cr).contains("pods"),
+        "pods granted cluster-wide: {cr}"
+    );
     for verb in ["create", "update", "delete", "deletecollection"] {
         assert!(
             !cr["rules"]
@@ -510,17 +513,24 @@ fn rbac_grants_pods_only_with_the_fleet_features_and_namespaces_with_watch_names
             "secrets {verb} granted"
         );
     }
-
-    let docs = render()
-        .set("operator.fleet.podDeletionCost=true")
-        .documents();
+    // Pods (discovery, and pod-deletion-cost by default) only in the
+    // release namespace.
     let role = find(&docs, "Role", OPERATOR);
+    assert_eq!(role["metadata"]["namespace"], NS);
     let r = rules(role);
     assert!(
         r.contains("pods") && r.contains("patch") && r.contains("watch"),
         "{r}"
     );
-    assert!(!rules(find(&docs, "ClusterRole", &format!("{NS}-{OPERATOR}"))).contains("pods"));
+    assert!(!args(find(&docs, "Deployment", OPERATOR)).contains(&"--no-deletion-cost".to_string()));
+
+    // Without pod-deletion-cost: no patch, and the operator is told so.
+    let docs = render()
+        .set("operator.podDeletionCost.enabled=false")
+        .documents();
+    let r = rules(find(&docs, "Role", OPERATOR));
+    assert!(r.contains("pods") && !r.contains("patch"), "{r}");
+    assert!(args(find(&docs, "Deployment", OPERATOR)).contains(&"--no-deletion-cost".to_string()));
 
     let docs = render()
         .set("operator.watchNamespace=telephony")
@@ -531,6 +541,46 @@ fn rbac_grants_pods_only_with_the_fleet_features_and_namespaces_with_watch_names
     assert_eq!(watch["metadata"]["namespace"], "telephony");
     let a = args(find(&docs, "Deployment", OPERATOR));
     assert!(a.contains(&"--namespace=telephony".to_string()), "{a:?}");
+}
+
+#[test]
+fn operator_dials_this_releases_media_nodes_over_tls_with_a_token() {
+    let docs = render().documents();
+    let a = args(find(&docs, "Deployment", OPERATOR));
+    for want in [
+        "--media-node-selector=app.kubernetes.io/instance=sb,app.kubernetes.io/component=media-node",
+        "--control-port=9443",
+        "--control-ca=/etc/switchboard/control-tls/ca.crt",
+        "--control-server-name=sb-switchboard-media-node",
+        "--control-token-file=/etc/switchboard/control-token/token",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} not in {a:?}");
+    }
+    assert!(!a.contains(&"--control-insecure".to_string()));
+    let token = find(&docs, "Secret", "sb-switchboard-control-token");
+    assert!(
+        token["data"]["token"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 48)
+    );
+    // The selector matches the media-node pod template's labels.
+    let labels = &find(&docs, "Deployment", MEDIA)["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/instance"], "sb");
+    assert_eq!(labels["app.kubernetes.io/component"], "media-node");
+
+    let docs = render()
+        .set("controlTLS.enabled=false")
+        .set("controlToken.existingSecret=my-token")
+        .documents();
+    let a = args(find(&docs, "Deployment", OPERATOR));
+    assert!(a.contains(&"--control-insecure".to_string()), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--control-ca")), "{a:?}");
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Secret" && d.to_string().contains("control-")),
+        "a control Secret was generated"
+    );
 }
 
 /// The media-node flags block names real flags: the binary starts with the

@@ -93,10 +93,22 @@ app.kubernetes.io/component: media-node
 {{- end }}
 
 {{/*
-Where the control-channel TLS material is mounted in both containers.
+Where the control-channel TLS material and token are mounted in both containers.
 */}}
 {{- define "switchboard.controlTLS.mountPath" -}}
 /etc/switchboard/control-tls
+{{- end }}
+
+{{- define "switchboard.controlToken.mountPath" -}}
+/etc/switchboard/control-token
+{{- end }}
+
+{{- define "switchboard.controlToken.secretName" -}}
+{{- default (printf "%s-control-token" (include "switchboard.fullname" .)) .Values.controlToken.existingSecret }}
+{{- end }}
+
+{{- define "switchboard.controlTLS.serverName" -}}
+{{- default (include "switchboard.mediaNode.fullname" .) .Values.controlTLS.serverName }}
 {{- end }}
 
 {{/*
@@ -108,8 +120,8 @@ yet: the chart then does not pass it (the value stays documented).
 ==========================================================================
 */}}
 {{- define "switchboard.mediaNode.flags" -}}
-# --config FILE: routing configuration (proto3 JSON); until the gRPC
-# control channel exists, the node is programmed from this file.
+# --config FILE: routing configuration (proto3 JSON) the node starts with;
+# the operator then programs it over the control channel.
 config: --config
 # --sip-bind ADDR:PORT (UDP and TCP).
 sipBind: --sip-bind
@@ -123,10 +135,14 @@ rtpPorts: --rtp-ports
 maxCalls: --max-calls
 # --drain-grace-secs N: how long a drain waits before hanging up.
 drainGrace: --drain-grace-secs
-# Not in the binary yet (the call API and the control channel are being built):
+# Not in the binary's flags yet (the control server exists in the library,
+# media-node/src/control, but main.rs does not expose it; the call API is
+# being built). Fill in the names when they land:
 callApiBind: ""
 controlBind: ""
-controlTLSDir: ""
+controlCert: ""
+controlKey: ""
+controlTokenFile: ""
 # A separate address for SDP (media), for loadBalancer mode where SIP goes
 # through the load balancer but RTP must reach the pod directly.
 mediaAdvertise: ""
@@ -141,8 +157,13 @@ leaseName: --lease-name
 leaseDurationSeconds: --lease-duration-seconds
 noLeaderElection: --no-leader-election
 logJson: --log-json
-# Not in the binary yet:
-controlTLSDir: ""
+mediaNodeSelector: --media-node-selector
+controlPort: --control-port
+controlCA: --control-ca
+controlServerName: --control-server-name
+controlTokenFile: --control-token-file
+controlInsecure: --control-insecure
+noDeletionCost: --no-deletion-cost
 {{- end }}
 
 {{/*
@@ -183,5 +204,18 @@ Cross-field checks the JSON schema cannot express; each names the values.
 {{- if and (eq $as.provider "keda") $as.activeCalls.enabled (not $as.keda.prometheusAddress) }}
 {{- fail "autoscaling.keda.prometheusAddress is required with autoscaling.provider keda and autoscaling.activeCalls.enabled" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations that restart both workloads when generated control-channel
+material changes (on upgrades it is looked up, so it stays the same).
+*/}}
+{{- define "switchboard.control.checksums" -}}
+{{- if and .Values.controlTLS.enabled (not .Values.controlTLS.existingSecret) }}
+checksum/control-tls: {{ include "switchboard.controlTLS.data" . | sha256sum }}
+{{- end }}
+{{- if not .Values.controlToken.existingSecret }}
+checksum/control-token: {{ include "switchboard.controlToken.data" . | sha256sum }}
 {{- end }}
 {{- end }}
