@@ -1,0 +1,444 @@
+//! The operator programs a fleet of real media-node processes over gRPC,
+//! discovered through Pod objects in a real API server; SIPp places the calls.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use serde_json::{Value, json};
+use switchboard_operator::crd::{PhoneNumber, SipTrunk};
+use switchboard_tests::envtest::TestCluster;
+use switchboard_tests::fleet::{ControlledNode, register_pod, remove_pod};
+use switchboard_tests::node::free_port;
+use switchboard_tests::operator::Operator;
+use switchboard_tests::poll::eventually;
+use switchboard_tests::sipp::{Sipp, scenario};
+
+const NS: &str = "default";
+const WAIT: Duration = Duration::from_secs(40);
+const NUMBER: &str = "+14155550100";
+
+fn crds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
+struct Fleet {
+    cluster: TestCluster,
+    client: Client,
+    nodes: Vec<ControlledNode>,
+    operator: Option<Operator>,
+}
+
+impl Fleet {
+    async fn start(nodes: usize, node_args: &[&str]) -> Fleet {
+        let cluster = TestCluster::start().await.expect("cluster");
+        cluster.install_crds(crds_dir()).await.expect("crds");
+        let client = cluster.client().await.expect("client");
+        let mut list = Vec::new();
+        for i in 0..nodes {
+            let n = ControlledNode::start(&format!("media-{i}"), node_args);
+            register_pod(&client, NS, &n).await;
+            list.push(n);
+        }
+        let mut f = Fleet {
+            cluster,
+            client,
+            nodes: list,
+            operator: None,
+        };
+        f.start_operator();
+        f
+    }
+
+    fn start_operator(&mut self) {
+        self.operator = Some(Operator::start_kube(
+            self.cluster.kubeconfig_path(),
+            "op",
+            &["--no-leader-election", "--lease-duration-seconds", "4"],
+        ));
+    }
+
+    fn api<K: kube::Resource<DynamicType = ()>>(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), NS, &ApiResource::erase::<K>(&()))
+    }
+
+    async fn apply(&self, doc: Value) {
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+        let api = if kind == "SipTrunk" {
+            self.api::<SipTrunk>()
+        } else {
+            self.api::<PhoneNumber>()
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    }
+
+    /// Waits for a condition (status, reason) on the object's current generation.
+    async fn condition<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> DynamicObject {
+        let api = self.api::<K>();
+        eventually(
+            &format!("{name} {type_}={status}/{reason}"),
+            WAIT,
+            || async {
+                let o = api.get(name).await.map_err(|e| e.to_string())?;
+                let gen_ = o.metadata.generation.unwrap_or(0);
+                let c = o.data["status"]["conditions"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|c| c["type"] == type_).cloned())
+                    .unwrap_or(Value::Null);
+                let ok = c["status"] == status
+                    && c["reason"] == reason
+                    && c["observedGeneration"] == gen_;
+                if ok { Ok(o) } else { Err(c.to_string()) }
+            },
+        )
+        .await
+    }
+}
+
+fn trunk(name: &str, extra: Value) -> Value {
+    let mut spec = json!({"inbound": {"allowedSources": ["127.0.0.0/8"]}, "healthCheck": {"optionsIntervalSeconds": 0}});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SipTrunk", "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+fn number(name: &str, e164: &str, trunk: &str) -> Value {
+    json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"number": e164, "trunkRef": {"name": trunk}, "agent": {"url": "ws://127.0.0.1:9/agent"}}
+    })
+}
+
+async fn call(node: &ControlledNode, to: &str) {
+    Sipp::new(scenario("uac_call.xml"))
+        .args(["-s", to])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp")
+        .assert_success(&format!("call to {to} on {}", node.name));
+}
+
+async fn rejected(node: &ControlledNode, to: &str, code: &str) {
+    Sipp::template("uac_rejected.xml", &[("@CODE@", code)])
+        .expect("template")
+        .args(["-s", to])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp")
+        .assert_success(&format!("{code} for {to} on {}", node.name));
+}
+
+fn long_call(node: &ControlledNode, to: &str, hold_ms: u64) -> tokio::task::JoinHandle<()> {
+    let sip = node.sip;
+    let to = to.to_string();
+    tokio::spawn(async move {
+        Sipp::template("uac_long.xml", &[("@HOLD_MS@", &hold_ms.to_string())])
+            .expect("template")
+            .args(["-s", &to])
+            .timeout(Duration::from_millis(hold_ms) + Duration::from_secs(20))
+            .run_client(sip, free_port())
+            .await
+            .expect("sipp")
+            .assert_success("long call");
+    })
+}
+
+async fn active_calls(node: &ControlledNode) -> f64 {
+    let (_, text) = switchboard_tests::node::http_request(node.http, "GET", "/metrics", None)
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("switchboard_sip_active_calls{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn wait_active(node: &ControlledNode, n: f64) {
+    eventually(
+        &format!("{} active calls on {}", n, node.name),
+        WAIT,
+        || async {
+            let a = active_calls(node).await;
+            if a == n { Ok(()) } else { Err(a.to_string()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn numbers_reach_every_node_and_deleting_one_keeps_calls_in_progress() {
+    let f = Fleet::start(2, &[]).await;
+    // Not ready until programmed.
+    assert_eq!(f.nodes[0].readyz().await, Some(503));
+
+    f.apply(trunk("carrier", json!({}))).await;
+    f.apply(number("main", NUMBER, "carrier")).await;
+    let pn = f
+        .condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
+        .await;
+    assert!(pn.data["status"]["conditions"].to_string().contains("2/2"));
+    let t = f
+        .condition::<SipTrunk>("carrier", "Programmed", "True", "Programmed")
+        .await;
+    assert_eq!(
+        t.data["status"]["nodes"],
+        json!({"programmed": 2, "total": 2})
+    );
+    assert!(
+        t.data["status"]["ingress"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{}",
+        t.data["status"]
+    );
+    for n in &f.nodes {
+        assert_eq!(
+            n.readyz().await,
+            Some(200),
+            "{} should be ready once programmed",
+            n.name
+        );
+        call(n, NUMBER).await;
+    }
+
+    // A call in progress survives the number's deletion; new calls get 404.
+    let before = f.nodes[0]
+        .metric("switchboard_config_version")
+        .await
+        .unwrap_or(0.0);
+    let held = long_call(&f.nodes[0], NUMBER, 4000);
+    wait_active(&f.nodes[0], 1.0).await;
+    eventually("trunk to count the active call", WAIT, || async {
+        let t = f
+            .api::<SipTrunk>()
+            .get("carrier")
+            .await
+            .map_err(|e| e.to_string())?;
+        if t.data["status"]["activeCalls"] == 1 {
+            Ok(())
+        } else {
+            Err(t.data["status"]["activeCalls"].to_string())
+        }
+    })
+    .await;
+    f.api::<PhoneNumber>()
+        .delete("main", &DeleteParams::default())
+        .await
+        .expect("delete number");
+    for n in &f.nodes {
+        eventually("the deletion to reach the node", WAIT, || async {
+            let v = n.metric("switchboard_config_version").await.unwrap_or(0.0);
+            if v > before {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        })
+        .await;
+        rejected(n, NUMBER, "404").await;
+    }
+    held.await.expect("the call in progress completed normally");
+}
+
+#[tokio::test]
+async fn restarted_node_is_reprogrammed_and_operator_outage_keeps_calls_flowing() {
+    let mut f = Fleet::start(2, &[]).await;
+    f.apply(trunk("carrier", json!({}))).await;
+    f.apply(number("main", NUMBER, "carrier")).await;
+    f.condition::<SipTrunk>("carrier", "Programmed", "True", "Programmed")
+        .await;
+
+    // A restarted node gets the full configuration again.
+    f.nodes[1].restart();
+    eventually("the restarted node to become ready", WAIT, || async {
+        match f.nodes[1].readyz().await {
+            Some(200) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    call(&f.nodes[1], NUMBER).await;
+    let t = f
+        .condition::<SipTrunk>("carrier", "Programmed", "True", "Programmed")
+        .await;
+    assert_eq!(
+        t.data["status"]["nodes"],
+        json!({"programmed": 2, "total": 2})
+    );
+
+    // The operator goes away: nodes keep serving their last configuration.
+    if let Some(mut op) = f.operator.take() {
+        op.kill();
+    }
+    for n in &f.nodes {
+        call(n, NUMBER).await;
+    }
+    // Changes made meanwhile are pushed when it returns.
+    f.apply(number("second", "+14155550101", "carrier")).await;
+    rejected(&f.nodes[0], "+14155550101", "404").await;
+    f.start_operator();
+    f.condition::<PhoneNumber>("second", "Programmed", "True", "Programmed")
+        .await;
+    for n in &f.nodes {
+        call(n, "+14155550101").await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_configuration_shows_the_nodes_reason() {
+    let f = Fleet::start(2, &[]).await;
+    f.apply(trunk("carrier", json!({}))).await;
+    f.apply(number("main", NUMBER, "carrier")).await;
+    f.condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
+        .await;
+    // TLS gateways are valid in the API but this node version cannot run them.
+    f.apply(trunk("tls", json!({"outbound": {"gateways": [{"host": "127.0.0.1", "port": 5061, "transport": "tls"}]}}))).await;
+    let t = f
+        .condition::<SipTrunk>("tls", "Programmed", "False", "NodeRefused")
+        .await;
+    let msg = t.data["status"]["conditions"].to_string();
+    assert!(msg.contains("TLS") && msg.contains("media-"), "{msg}");
+    // The nodes keep running their last good configuration.
+    call(&f.nodes[0], NUMBER).await;
+}
+
+#[tokio::test]
+async fn channel_limit_splits_across_nodes_and_moves_when_a_node_goes() {
+    let mut f = Fleet::start(2, &[]).await;
+    f.apply(trunk(
+        "carrier",
+        json!({"limits": {"maxConcurrentCalls": 4}}),
+    ))
+    .await;
+    f.apply(number("main", NUMBER, "carrier")).await;
+    f.condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
+        .await;
+    // Shares settle at 2 + 2 once both nodes report in.
+    for n in &f.nodes {
+        eventually(&format!("{} to accept calls", n.name), WAIT, || async {
+            match n.readyz().await {
+                Some(200) => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+    }
+    let mut held = Vec::new();
+    for n in &f.nodes {
+        for _ in 0..2 {
+            held.push(long_call(n, NUMBER, 8000));
+        }
+    }
+    for n in &f.nodes {
+        wait_active(n, 2.0).await;
+    }
+    // A fifth call anywhere is refused with 486.
+    for n in &f.nodes {
+        rejected(n, NUMBER, "486").await;
+    }
+
+    // Node 1 goes away (its calls die with it): node 0 gets the whole budget.
+    f.nodes[1].kill();
+    remove_pod(&f.client, NS, "media-1").await;
+    eventually("node 0 to accept a third concurrent call", WAIT, || async {
+        let r = Sipp::new(scenario("uac_call.xml"))
+            .args(["-s", NUMBER])
+            .timeout(Duration::from_secs(10))
+            .run_client(f.nodes[0].sip, free_port())
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.code == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("sipp exit {:?}", r.code))
+        }
+    })
+    .await;
+    // Exactly the whole budget: two more calls fit, a fifth is refused.
+    let mut more = vec![
+        long_call(&f.nodes[0], NUMBER, 6000),
+        long_call(&f.nodes[0], NUMBER, 6000),
+    ];
+    wait_active(&f.nodes[0], 4.0).await;
+    rejected(&f.nodes[0], NUMBER, "486").await;
+    for h in more.drain(..) {
+        h.await.expect("calls on the remaining node complete");
+    }
+    held.truncate(2);
+    for h in held {
+        let _ = h.await;
+    }
+}
+
+#[tokio::test]
+async fn registration_moves_when_its_node_stops() {
+    let registrar_port = free_port();
+    let registrar = Sipp::new(scenario("uas_registrar.xml"))
+        .timeout(Duration::from_secs(90))
+        .spawn_server(registrar_port, 100);
+    let f = Fleet::start(2, &[]).await;
+    let client = f.client.clone();
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .patch(
+            "reg-creds",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "reg-creds"},
+                "type": "kubernetes.io/basic-auth", "stringData": {"username": "alice", "password": "s3cret"}
+            })),
+        )
+        .await
+        .expect("secret");
+    f.apply(trunk(
+        "reg",
+        json!({"outbound": {
+            "gateways": [{"host": "127.0.0.1", "port": registrar_port}],
+            "auth": {"secretRef": {"name": "reg-creds"}},
+            "register": {"enabled": true, "expiresSeconds": 60}
+        }}),
+    ))
+    .await;
+    let t = f
+        .condition::<SipTrunk>("reg", "Registered", "True", "Registered")
+        .await;
+    let msg = t.data["status"]["conditions"].to_string();
+    let owner = if msg.contains("media-0") { 0 } else { 1 };
+    let mut f = f;
+    f.nodes[owner].kill();
+    remove_pod(&client, NS, &format!("media-{owner}")).await;
+    let other = format!("media-{}", 1 - owner);
+    eventually("the registration to move", WAIT, || async {
+        let t = f
+            .api::<SipTrunk>()
+            .get("reg")
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = t.data["status"]["conditions"].to_string();
+        if c.contains(&format!("registered by media node {other}")) {
+            Ok(())
+        } else {
+            Err(c)
+        }
+    })
+    .await;
+    registrar.abort();
+}
