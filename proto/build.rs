@@ -7,6 +7,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "switchboard/v1alpha1/routing.proto",
     "switchboard/v1alpha1/control.proto",
+    "switchboard/v1alpha1/calls.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
