@@ -180,3 +180,50 @@ async fn the_dry_run_refuses_broken_manifests() {
         assert!(errors[0].contains(field), "{}", errors[0]);
     }
 }
+
+/// examples/carriers/: every SipTrunk and PhoneNumber passes the CRDs'
+/// validation; the credentials appear only as a `kubectl create secret`
+/// command in a comment, never as an object.
+#[tokio::test]
+async fn carrier_examples_are_valid_and_carry_no_credentials() {
+    let (_c, client) = cluster().await;
+    let dir = helm::repo_root().join("examples/carriers");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/carriers")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "expected Twilio, Telnyx, Plivo and a REGISTER carrier"
+    );
+    let mut registering = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let name = file.display().to_string();
+        let docs = helm::documents(&text);
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert!(
+            kinds.contains(&"SipTrunk") && kinds.contains(&"PhoneNumber"),
+            "{name}: {kinds:?}"
+        );
+        assert!(!kinds.contains(&"Secret"), "{name}: holds a Secret object");
+        for d in docs.iter().filter(|d| d["kind"] == "SipTrunk") {
+            let secret = d["spec"]["outbound"]["auth"]["secretRef"]["name"]
+                .as_str()
+                .expect("outbound.auth.secretRef");
+            assert!(
+                text.contains(&format!("kubectl create secret generic {secret}"))
+                    && text.contains("--type=kubernetes.io/basic-auth"),
+                "{name}: no kubectl command for Secret {secret}"
+            );
+            if d["spec"]["outbound"]["register"]["enabled"] == true {
+                registering += 1;
+            }
+        }
+        let errors = helm::apply(&client, &docs, true).await;
+        assert!(errors.is_empty(), "{name}: refused:\n{}", errors.join("\n"));
+    }
+    assert!(registering >= 1, "no example keeps a registration");
+}
