@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::session::Session;
 use super::session_timer;
-use super::{CallDirection, Ctx, MediaParams};
+use super::{CallDirection, CallMsg, Ctx, HangupReason, MediaParams, PendingCall};
 use crate::routing::{self, RoutingTable};
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
@@ -91,7 +91,11 @@ fn select_trunk<'a>(
 pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
     let local_tag = random_token(10);
     match admit(&ctx, &req, &local_tag) {
-        Ok((session, answer)) => session.run_inbound(req, answer).await,
+        Ok((mut session, answer)) => {
+            if prepare(&ctx, &mut session, &req).await {
+                session.run_inbound(req, answer).await
+            }
+        }
         Err(rej) => {
             if rej.code != 401 {
                 ctx.metrics.reject(rej.reason);
@@ -114,6 +118,76 @@ pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
             ctx.sip.respond(&req.id, resp);
         }
     }
+}
+
+/// Runs the handler's pre-answer hook (connecting the agent) while the call
+/// rings, still honouring CANCEL. True when the call may be answered; false
+/// when it was refused or cancelled (the INVITE has its final response).
+async fn prepare(ctx: &Arc<Ctx>, session: &mut Session, req: &ServerRequest) -> bool {
+    let pending = PendingCall {
+        call_id: session.dialog.call_id.clone(),
+        direction: session.direction,
+        trunk_id: session.trunk_id.clone(),
+        number_id: session.number_id.clone(),
+        from: session.from_user.clone(),
+        to: session.to_user.clone(),
+        agent: session.agent.clone(),
+    };
+    let mut fut = ctx.handler.prepare(&pending);
+    let local_tag = session.dialog.local_tag.clone();
+    let (code, reason, retry_after, why) = loop {
+        tokio::select! {
+            r = &mut fut => match r {
+                Ok(p) => {
+                    session.prepared = p;
+                    return true;
+                }
+                Err(rej) => break (rej.code, rej.reason, rej.retry_after, HangupReason::Local(rej.reason.to_owned())),
+            },
+            msg = session.rx.recv() => match msg {
+                Some(CallMsg::Cancel(c)) => {
+                    let ok = c.msg.response(200, "OK", Some(&local_tag));
+                    ctx.sip.respond(&c.id, ok);
+                    ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
+                    let resp = req.msg.response(487, reason_phrase(487), Some(&local_tag));
+                    ctx.sip.respond(&req.id, resp);
+                    end_unanswered(ctx, session, req, HangupReason::Cancelled);
+                    return false;
+                }
+                Some(CallMsg::Hangup(reason)) => break (480, "hangup_before_answer", None, HangupReason::Local(reason)),
+                Some(CallMsg::Request(r)) => {
+                    // Nothing but CANCEL is valid from the caller in an early dialog we created.
+                    let code = if r.msg.method() == Some(crate::sip::message::Method::Bye) { 481 } else { 491 };
+                    let resp = r.msg.response(code, reason_phrase(code), Some(&local_tag));
+                    ctx.sip.respond(&r.id, resp);
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    };
+    tracing::info!(call_id = %session.dialog.call_id, code, reason, "INVITE refused before answer");
+    ctx.metrics.reject(reason);
+    ctx.metrics
+        .calls
+        .with_label_values(&["inbound", "rejected", &code.to_string()])
+        .inc();
+    let mut resp = req.msg.response(code, reason_phrase(code), Some(&local_tag));
+    if let Some(secs) = retry_after {
+        resp.add("Retry-After", secs.to_string());
+    }
+    ctx.sip.respond(&req.id, resp);
+    end_unanswered(ctx, session, req, why);
+    false
+}
+
+/// Forgets a call that ended before its answer (the guard is released when
+/// the session is dropped).
+fn end_unanswered(ctx: &Arc<Ctx>, session: &Session, req: &ServerRequest, reason: HangupReason) {
+    ctx.calls.unregister_invite(&req.id);
+    ctx.calls
+        .unregister_dialog(&session.dialog.call_id, &session.dialog.local_tag);
+    tracing::info!(call_id = %session.dialog.call_id, trunk = %session.trunk_id, ?reason, "call ended");
 }
 
 fn admit(
@@ -378,6 +452,8 @@ fn admit(
         max_duration: (max_secs > 0).then(|| std::time::Duration::from_secs(u64::from(max_secs))),
         local_sdp: String::new(),
         handler: None,
+        prepared: None,
+        rtp_timeout: super::rtp_timeout_of(trunk),
     };
     Ok((session, answer))
 }

@@ -139,7 +139,64 @@ pub struct AnsweredCall {
     pub rtp_socket: Arc<tokio::net::UdpSocket>,
     /// Hangs the call up.
     pub hangup: HangupHandle,
+    /// What [`CallHandler::prepare`] returned for this call (inbound calls;
+    /// `None` for outbound calls, which are prepared on answer).
+    pub prepared: Option<Prepared>,
+    /// Hang up when no RTP arrives for this long (the trunk's
+    /// `media.rtpTimeoutSeconds`); `None` disables the check.
+    pub rtp_timeout: Option<Duration>,
 }
+
+/// The trunk's RTP timeout: `media.rtpTimeoutSeconds`, 30 s when unset
+/// (the CRD's default).
+pub fn rtp_timeout_of(trunk: &switchboard_proto::v1alpha1::Trunk) -> Option<Duration> {
+    let secs = trunk
+        .media
+        .as_ref()
+        .map(|m| m.rtp_timeout_seconds)
+        .filter(|s| *s > 0)
+        .unwrap_or(30);
+    Some(Duration::from_secs(u64::from(secs)))
+}
+
+/// A call that is about to be answered, as [`CallHandler::prepare`] sees it.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    /// Our identifier of the call (the SIP Call-ID).
+    pub call_id: String,
+    /// Direction.
+    pub direction: CallDirection,
+    /// Trunk the call runs on.
+    pub trunk_id: String,
+    /// The PhoneNumber involved.
+    pub number_id: String,
+    /// Caller (user part of From).
+    pub from: String,
+    /// Callee.
+    pub to: String,
+    /// The agent to bridge to: the number's, else the trunk's default.
+    pub agent: Option<Agent>,
+}
+
+/// Whatever a handler prepared before the answer (an open agent socket, for
+/// instance). Opaque to the SIP side, handed back in [`AnsweredCall::prepared`].
+pub type Prepared = Box<dyn std::any::Any + Send>;
+
+/// A handler's refusal of a call before the answer: the INVITE gets `code`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} ({reason})")]
+pub struct PrepareReject {
+    /// Final SIP status for the INVITE (503 for an unreachable agent).
+    pub code: u16,
+    /// Why, as a metric label (`switchboard_sip_rejected_requests_total`).
+    pub reason: &'static str,
+    /// Retry-After seconds to send with the response, if any.
+    pub retry_after: Option<u32>,
+}
+
+/// The future [`CallHandler::prepare`] returns.
+pub type PrepareFuture =
+    futures::future::BoxFuture<'static, Result<Option<Prepared>, PrepareReject>>;
 
 /// Receives the events of one answered call. Methods are called from the
 /// call's SIP task and must not block: hand work to your own tasks.
@@ -154,6 +211,18 @@ pub trait CallSession: Send + 'static {
 
 /// Plugs media and agent bridging into answered calls.
 pub trait CallHandler: Send + Sync + 'static {
+    /// Called for inbound calls after 180 Ringing and before the 200 OK, so
+    /// that work which can fail (connecting the agent) happens while the
+    /// call can still be refused. `Err` rejects the INVITE with its code;
+    /// `Ok` carries what was prepared into [`AnsweredCall::prepared`]. The
+    /// future is dropped if the caller cancels first. The default prepares
+    /// nothing and always succeeds.
+    fn prepare(&self, _call: &PendingCall) -> PrepareFuture {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+    /// Registers the handler's own metrics in the node's registry (called
+    /// once at start-up).
+    fn register_metrics(&self, _registry: &prometheus::Registry) {}
     /// Called once per call right after it is answered (inbound: 200 sent;
     /// outbound: 2xx received). The returned session gets the call's events.
     fn on_answered(&self, call: AnsweredCall) -> Box<dyn CallSession>;

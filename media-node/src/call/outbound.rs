@@ -551,6 +551,9 @@ async fn attempt(
             max_duration: (max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))),
             local_sdp: offer,
             handler: None,
+            // Outbound calls connect their agent on answer (in the handler).
+            prepared: None,
+            rtp_timeout: super::rtp_timeout_of(trunk),
         };
         session.answered();
         tokio::spawn(session.established());

@@ -47,6 +47,10 @@ pub struct Session {
     /// The SDP we last sent (answer or offer), for refreshes.
     pub(crate) local_sdp: String,
     pub(crate) handler: Option<Box<dyn CallSession>>,
+    /// What the handler prepared before the answer (inbound), handed over on answer.
+    pub(crate) prepared: Option<super::Prepared>,
+    /// The trunk's RTP timeout, for the media side.
+    pub(crate) rtp_timeout: Option<Duration>,
 }
 
 struct Pending {
@@ -173,6 +177,8 @@ impl Session {
             media: self.media.clone(),
             rtp_socket: self.socket.clone(),
             hangup: HangupHandle(self.tx.clone()),
+            prepared: self.prepared.take(),
+            rtp_timeout: self.rtp_timeout,
         };
         self.handler = Some(self.ctx.handler.on_answered(call));
     }
