@@ -28,6 +28,7 @@ pub struct ControlledNode {
     /// Control (gRPC) address.
     pub control: SocketAddr,
     rtp: u16,
+    control_args: Vec<String>,
     extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -37,6 +38,11 @@ pub struct ControlledNode {
 impl ControlledNode {
     /// Starts a node with plaintext control (development mode) and extra flags.
     pub fn start(name: &str, extra: &[&str]) -> ControlledNode {
+        Self::start_with_control(name, &["--control-insecure"], extra)
+    }
+
+    /// Starts a node with explicit control-channel flags (TLS, token).
+    pub fn start_with_control(name: &str, control: &[&str], extra: &[&str]) -> ControlledNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("node.log");
         let mut n = ControlledNode {
@@ -45,6 +51,7 @@ impl ControlledNode {
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             control: SocketAddr::from(([127, 0, 0, 1], free_port())),
             rtp: 30000 + (free_port() % 20000) / 2 * 2,
+            control_args: control.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log,
@@ -64,11 +71,8 @@ impl ControlledNode {
             .args(["--node-id", &self.name])
             .args(["--sip-bind", &self.sip.to_string()])
             .args(["--http-bind", &self.http.to_string()])
-            .args([
-                "--control-bind",
-                &self.control.to_string(),
-                "--control-insecure",
-            ])
+            .args(["--control-bind", &self.control.to_string()])
+            .args(&self.control_args)
             .args(["--rtp-ports", &format!("{}-{}", self.rtp, self.rtp + 200)])
             .args(&self.extra)
             .env("RUST_LOG", "info,switchboard_media_node=debug")

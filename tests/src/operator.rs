@@ -55,10 +55,12 @@ impl Operator {
             identity.to_string(),
             "--lease-namespace".into(),
             "default".into(),
-            // Tests dial media nodes on loopback in plaintext unless they
-            // pass TLS flags themselves.
-            "--control-insecure".into(),
         ];
+        // Tests dial media nodes on loopback in plaintext unless they pass
+        // TLS flags themselves.
+        if !extra.contains(&"--control-ca") {
+            args.push("--control-insecure".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::start(args, &[("KUBECONFIG", kubeconfig.as_os_str())])
     }

@@ -96,6 +96,7 @@ pub async fn drive(
     reports: mpsc::UnboundedSender<(String, Report)>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut last_error: Option<String> = None;
     loop {
         let started = tokio::time::Instant::now();
         let result = session(&id, &addr, &client, &mut desired, &reports).await;
@@ -103,7 +104,13 @@ pub async fn drive(
             Ok(()) => return,
             Err(e) => e.to_string(),
         };
-        debug!(node = %id, %addr, error = %why, "control connection ended");
+        // Warn once per distinct failure, not on every retry.
+        if last_error.as_deref() != Some(why.as_str()) {
+            warn!(node = %id, %addr, error = %why, "control connection to media node failed; retrying");
+        } else {
+            debug!(node = %id, %addr, error = %why, "control connection retry failed");
+        }
+        last_error = Some(why.clone());
         let _ = reports.send((id.clone(), Report::Disconnected(why)));
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
