@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod control;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use switchboard_media_node::call::{CallOptions, LoggingHandler};
+use switchboard_media_node::bridge::{BridgeConfig, BridgeHandler, UnreachablePolicy};
+use switchboard_media_node::call::{CallHandler, CallOptions, LoggingHandler};
 use switchboard_media_node::node::{self, NodeConfig};
 use switchboard_media_node::sip::framing::Limits;
 
@@ -83,6 +84,26 @@ struct Args {
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
+    /// Bound on opening an agent's WebSocket (TCP, TLS and upgrade), in milliseconds.
+    #[arg(long = "agent-connect-timeout-ms", default_value_t = 5000)]
+    agent_connect_timeout_ms: u64,
+    /// Inbound call whose agent is unreachable at set-up: `reject` it with 503 before
+    /// answering, or `answer-hangup` (answer, then BYE at once).
+    #[arg(long = "agent-unreachable", value_enum, default_value_t = UnreachablePolicy::Reject)]
+    agent_unreachable: UnreachablePolicy,
+    /// What answered calls are handed to: `bridge` (RTP <-> agent, the default) or
+    /// `logging` (keeps the RTP port open and logs events; for SIP-only tests).
+    #[arg(long = "call-handler", value_enum, default_value_t = HandlerKind::Bridge)]
+    call_handler: HandlerKind,
+}
+
+/// The `--call-handler` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HandlerKind {
+    /// The media engine and agent bridge.
+    Bridge,
+    /// Log call events only; never refuses a call for its agent.
+    Logging,
 }
 
 #[tokio::main]
@@ -162,7 +183,15 @@ async fn main() -> std::process::ExitCode {
         rate: (args.rate_limit, args.rate_burst),
         drain_grace: Duration::from_secs(args.drain_grace_secs),
     };
-    match node::run(cfg, Arc::new(LoggingHandler)).await {
+    let handler: Arc<dyn CallHandler> = match args.call_handler {
+        HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {
+            connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
+            unreachable: args.agent_unreachable,
+            ..BridgeConfig::default()
+        })),
+        HandlerKind::Logging => Arc::new(LoggingHandler),
+    };
+    match node::run(cfg, handler).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "media node failed");

@@ -98,6 +98,7 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
 /// Runs the node until a drain completes.
 pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    handler.register_metrics(metrics.registry());
     let routing = RoutingStore::default();
     let initial = match &cfg.config {
         Some(path) => {

@@ -172,7 +172,9 @@ async fn prepare(ctx: &Arc<Ctx>, session: &mut Session, req: &ServerRequest) -> 
         .calls
         .with_label_values(&["inbound", "rejected", &code.to_string()])
         .inc();
-    let mut resp = req.msg.response(code, reason_phrase(code), Some(&local_tag));
+    let mut resp = req
+        .msg
+        .response(code, reason_phrase(code), Some(&local_tag));
     if let Some(secs) = retry_after {
         resp.add("Retry-After", secs.to_string());
     }

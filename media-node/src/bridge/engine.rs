@@ -1,0 +1,623 @@
+//! The media engine of one call: one task that owns every piece of per-call media state.
+//!
+//! It waits on four things at once: RTP datagrams on the call's socket, RTCP on port+1, the
+//! shared 20 ms ticker, and control messages from the SIP side (media updates, stop). Keeping
+//! all state in one task means no locks between receive and send paths; the only shared state
+//! is the agent's playout queue, locked briefly per frame and never across an await.
+//!
+//! Caller -> agent: packets are validated (payload type, source, RFC 3550 A.1 sequence checks),
+//! telephone-events go to the RFC 4733 detector (one DTMF message per key press), audio goes
+//! into the adaptive jitter buffer; each tick takes one frame out, transcodes PCMA to μ-law and
+//! hands it to the agent session with `try_send` (a slow agent loses frames, counted, and never
+//! delays this call or any other).
+//!
+//! Agent -> caller: each tick takes one 160-byte frame from the playout queue (μ-law silence
+//! when empty), transcodes it for PCMA calls and sends it as the next RTP packet, so the stream
+//! runs at 50 packets per second with continuous sequence numbers and timestamps. While on hold
+//! (our direction recvonly/inactive) nothing is sent, the timestamp keeps advancing with real
+//! time and the RTP timeout is suspended.
+//!
+//! The hot path (per packet, per tick) allocates nothing: buffers live in the task, metrics are
+//! pre-resolved counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use switchboard_proto::v1alpha1::Codec;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::metrics::{MediaMetrics, drop_reason};
+use super::reason;
+use crate::agent::session::{CallerEvent, SharedPlayout};
+use crate::call::{HangupHandle, MediaParams};
+use crate::media::dtmf::DtmfDetector;
+use crate::media::g711::{self, Law};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::media::playout::FRAME_BYTES;
+use crate::media::rtcp::{self, LastSenderReport, Report, ReportBlock, RtcpPacket, SenderInfo};
+use crate::media::rtp::{ReceiverStats, RtpPacket, RtpSender, SeqUpdate, looks_like_rtcp};
+use crate::media::ticker::{Registration, TickBatch};
+use crate::sdp::Direction;
+
+/// Samples (and bytes) per 20 ms frame of 8 kHz G.711.
+const FRAME_SAMPLES: u32 = FRAME_BYTES as u32;
+/// Milliseconds per frame.
+const FRAME_MS: u64 = 20;
+/// Static payload type of comfort noise (RFC 3389): valid, but we have nothing to do with it.
+const PT_COMFORT_NOISE: u8 = 13;
+/// A latched source silent for this long may be replaced by a new one (NAT rebinding, a
+/// carrier moving the stream to another media server).
+const RELATCH_AFTER: Duration = Duration::from_secs(1);
+/// RTCP report interval in ticks (5 s, RFC 3550 6.2 minimum), randomised by ±50% per report.
+const RTCP_TICKS: u32 = 250;
+/// Largest datagram we read.
+const MAX_DATAGRAM: usize = 2048;
+
+/// Messages from the SIP side to the engine.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The negotiated media changed (hold, resume, new address or codec).
+    Media(MediaParams),
+    /// The call is over.
+    Stop,
+}
+
+/// Per-call settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineSettings {
+    /// Hang up after this long without RTP (not while on hold).
+    pub rtp_timeout: Option<Duration>,
+    /// Jitter buffer delay bounds.
+    pub jitter_min: Duration,
+    /// Jitter buffer delay bounds.
+    pub jitter_max: Duration,
+}
+
+/// The source we receive from: its SSRC and RFC 3550 statistics.
+struct Source {
+    ssrc: u32,
+    stats: ReceiverStats,
+    /// Loss already added to the loss counter.
+    lost_counted: i64,
+    /// The last SR it sent us (for LSR/DLSR in our reports).
+    last_sr: Option<LastSenderReport>,
+}
+
+fn law_of(codec: Codec) -> Law {
+    match codec {
+        Codec::Pcma => Law::Alaw,
+        _ => Law::Ulaw,
+    }
+}
+
+fn jitter_config(law: Law, s: &EngineSettings) -> JitterConfig {
+    JitterConfig {
+        min_delay: s.jitter_min,
+        max_delay: s.jitter_max.max(s.jitter_min),
+        // Gaps are filled in the call's own codec so that transcoding yields μ-law silence.
+        silence: law.silence(),
+        ..JitterConfig::default()
+    }
+}
+
+/// Our direction says whether we may send: recvonly/inactive mean the peer put us on hold.
+fn is_hold(direction: Direction) -> bool {
+    matches!(direction, Direction::RecvOnly | Direction::Inactive)
+}
+
+/// One call's media state. Built by the bridge, consumed by [`Engine::run`].
+pub(crate) struct Engine {
+    call_id: String,
+    media: MediaParams,
+    law: Law,
+    settings: EngineSettings,
+    /// The source address we latched to (symmetric RTP) and when it last sent.
+    latched: Option<SocketAddr>,
+    latched_seen: Duration,
+    /// Where the peer's RTCP comes from (its source address is where we send ours).
+    rtcp_remote: Option<SocketAddr>,
+    source: Option<Source>,
+    jitter: JitterBuffer,
+    dtmf: DtmfDetector,
+    sender: RtpSender,
+    sent_since_report: bool,
+    playout: Arc<SharedPlayout>,
+    caller: mpsc::Sender<CallerEvent>,
+    metrics: MediaMetrics,
+    hangup: HangupHandle,
+    epoch: Instant,
+    last_rx: Duration,
+    next_tick: Option<u64>,
+    first_tick: Option<u64>,
+    ticks_to_rtcp: u32,
+    cname: String,
+    frame: [u8; FRAME_BYTES],
+    packet: [u8; 256],
+    rtcp_out: [u8; 512],
+}
+
+impl Engine {
+    /// Sets up the media state of a call that was just answered.
+    pub(crate) fn new(
+        call_id: String,
+        media: MediaParams,
+        settings: EngineSettings,
+        playout: Arc<SharedPlayout>,
+        caller: mpsc::Sender<CallerEvent>,
+        metrics: MediaMetrics,
+        hangup: HangupHandle,
+    ) -> Self {
+        let law = law_of(media.codec);
+        // RFC 3550 5.1: random SSRC, initial sequence number and timestamp.
+        let ssrc: u32 = rand::random();
+        let sender = RtpSender::new(ssrc, media.payload_type, rand::random(), rand::random());
+        Engine {
+            call_id,
+            law,
+            jitter: JitterBuffer::new(jitter_config(law, &settings)),
+            settings,
+            media,
+            latched: None,
+            latched_seen: Duration::ZERO,
+            rtcp_remote: None,
+            source: None,
+            dtmf: DtmfDetector::default(),
+            sender,
+            sent_since_report: false,
+            playout,
+            caller,
+            metrics,
+            hangup,
+            epoch: Instant::now(),
+            last_rx: Duration::ZERO,
+            next_tick: None,
+            first_tick: None,
+            ticks_to_rtcp: RTCP_TICKS / 2 + rand::random::<u32>() % RTCP_TICKS,
+            cname: format!("switchboard-{ssrc:08x}"),
+            frame: [0; FRAME_BYTES],
+            packet: [0; 256],
+            rtcp_out: [0; 512],
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn on_hold(&self) -> bool {
+        is_hold(self.media.direction)
+    }
+
+    /// Where our RTP goes: the latched source, else the address in the peer's SDP.
+    fn remote(&self) -> Option<SocketAddr> {
+        self.latched.or(self.media.remote)
+    }
+
+    /// Runs until the call stops (control channel) or the engine hangs up (RTP timeout).
+    pub(crate) async fn run(
+        mut self,
+        socket: Arc<UdpSocket>,
+        rtcp: Option<UdpSocket>,
+        mut control: mpsc::Receiver<Control>,
+        mut ticks: mpsc::Receiver<TickBatch>,
+        registration: Registration,
+    ) {
+        self.metrics.active_media.inc();
+        let mut rtp_buf = [0u8; MAX_DATAGRAM];
+        let mut rtcp_buf = [0u8; MAX_DATAGRAM];
+        loop {
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Media(m)) => self.update_media(m),
+                    Some(Control::Stop) | None => break,
+                },
+                r = socket.recv_from(&mut rtp_buf) => match r {
+                    Ok((n, from)) => {
+                        if looks_like_rtcp(&rtp_buf[..n]) {
+                            // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
+                            self.on_rtcp(&rtp_buf[..n], from);
+                        } else {
+                            self.on_rtp(&rtp_buf[..n], from);
+                        }
+                    }
+                    // ICMP errors surface on the next receive; they are not fatal for RTP.
+                    Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP receive error"),
+                },
+                r = recv_opt(rtcp.as_ref(), &mut rtcp_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.on_rtcp(&rtcp_buf[..n], from);
+                    }
+                }
+                t = ticks.recv() => match t {
+                    Some(batch) => {
+                        if !self.on_tick(&socket, rtcp.as_ref(), batch).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        drop(registration);
+        self.finish(rtcp.as_ref()).await;
+        self.metrics.active_media.dec();
+    }
+
+    fn update_media(&mut self, m: MediaParams) {
+        let was_hold = self.on_hold();
+        if m.codec != self.media.codec || m.payload_type != self.media.payload_type {
+            self.law = law_of(m.codec);
+            self.sender.payload_type = m.payload_type;
+            // Frames already buffered are in the old codec: start afresh (rare, so allocating
+            // a new buffer here is fine).
+            self.jitter = JitterBuffer::new(jitter_config(self.law, &self.settings));
+        }
+        if m.remote != self.media.remote {
+            // A new address in the SDP: send there until its first packet latches us again.
+            self.latched = None;
+            self.rtcp_remote = None;
+        }
+        self.media = m;
+        if was_hold && !self.on_hold() {
+            // The RTP timeout was suspended during hold: it starts again now.
+            self.last_rx = self.now();
+            self.sender.skip(0);
+        }
+        tracing::debug!(call_id = %self.call_id, hold = self.on_hold(), remote = ?self.remote(), "media updated");
+    }
+
+    /// Accepts a packet's source per symmetric RTP: latch to the first valid source, keep it
+    /// while it sends, and move to a new one only after the old one fell silent.
+    fn accept_source(&mut self, from: SocketAddr, now: Duration) -> bool {
+        match self.latched {
+            Some(addr) if addr == from => {
+                self.latched_seen = now;
+                true
+            }
+            Some(_) if now.saturating_sub(self.latched_seen) < RELATCH_AFTER => false,
+            _ => {
+                tracing::debug!(call_id = %self.call_id, %from, "latched RTP source");
+                self.latched = Some(from);
+                self.latched_seen = now;
+                true
+            }
+        }
+    }
+
+    fn drop_packet(&self, why: &str) {
+        self.metrics.rtp_dropped.with_label_values(&[why]).inc();
+    }
+
+    fn on_rtp(&mut self, buf: &[u8], from: SocketAddr) {
+        let Ok(pkt) = RtpPacket::parse(buf) else {
+            self.drop_packet(drop_reason::MALFORMED);
+            return;
+        };
+        let is_audio = pkt.payload_type == self.media.payload_type;
+        let is_dtmf = self.media.dtmf_payload_type == Some(pkt.payload_type);
+        if !is_audio && !is_dtmf && pkt.payload_type != PT_COMFORT_NOISE {
+            self.drop_packet(drop_reason::PAYLOAD_TYPE);
+            return;
+        }
+        let now = self.now();
+        if !self.accept_source(from, now) {
+            self.drop_packet(drop_reason::SOURCE);
+            return;
+        }
+        if self.source.as_ref().is_none_or(|s| s.ssrc != pkt.ssrc) {
+            if let Some(old) = self.source.take() {
+                // A new stream (the peer restarted it): its timestamps and sequence numbers
+                // have nothing to do with the old ones.
+                tracing::debug!(call_id = %self.call_id, old = old.ssrc, new = pkt.ssrc, "RTP SSRC changed");
+                self.account_loss_of(&old);
+                self.jitter = JitterBuffer::new(jitter_config(self.law, &self.settings));
+                self.dtmf = DtmfDetector::default();
+            }
+            self.source = Some(Source {
+                ssrc: pkt.ssrc,
+                stats: ReceiverStats::new(8000),
+                lost_counted: 0,
+                last_sr: None,
+            });
+        }
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        match source.stats.update(pkt.sequence, pkt.timestamp, now) {
+            SeqUpdate::Valid { .. } => {}
+            SeqUpdate::Probation | SeqUpdate::BadJump => {
+                self.drop_packet(drop_reason::SEQUENCE);
+                return;
+            }
+        }
+        self.last_rx = now;
+        self.metrics.rtp_in.inc();
+        if is_audio {
+            self.jitter
+                .push(pkt.sequence, pkt.timestamp, pkt.payload, now);
+        } else if is_dtmf {
+            match self.dtmf.on_packet(pkt.timestamp, pkt.payload, now) {
+                Ok(Some(press)) => {
+                    if let Some(digit) = press.digit {
+                        self.metrics.dtmf.with_label_values(&["rfc4733"]).inc();
+                        tracing::debug!(call_id = %self.call_id, %digit, "RFC 4733 DTMF");
+                        self.to_agent(CallerEvent::Dtmf(digit));
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => self.drop_packet(drop_reason::MALFORMED),
+            }
+        }
+    }
+
+    fn on_rtcp(&mut self, buf: &[u8], from: SocketAddr) {
+        // Only from the peer we talk to: the RTCP port of the latched/signalled address.
+        let expected_ip = self.remote().map(|a| a.ip());
+        if expected_ip.is_some_and(|ip| ip != from.ip()) {
+            self.drop_packet(drop_reason::SOURCE);
+            return;
+        }
+        self.metrics.rtcp_in.inc();
+        let now = self.now();
+        let mut valid = false;
+        for p in rtcp::parse_compound(buf) {
+            let Ok(p) = p else { break };
+            valid = true;
+            if let RtcpPacket::SenderReport { ssrc, info, .. } = p
+                && let Some(source) = self.source.as_mut()
+                && source.ssrc == ssrc
+            {
+                source.last_sr = Some(LastSenderReport::new(&info, now));
+            }
+        }
+        if valid && from.port() != self.remote().map_or(0, |a| a.port()) {
+            self.rtcp_remote = Some(from);
+        }
+    }
+
+    /// Hands an event to the agent session without ever waiting for it.
+    fn to_agent(&self, ev: CallerEvent) {
+        match self.caller.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.agent_events_dropped.inc(),
+            // No agent (none configured, or its session already ended): nothing to do.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// One wake-up of the shared ticker: produce `batch.frames` frames each way. Returns false
+    /// when the call must end.
+    async fn on_tick(
+        &mut self,
+        socket: &UdpSocket,
+        rtcp: Option<&UdpSocket>,
+        batch: TickBatch,
+    ) -> bool {
+        let first = *self.first_tick.get_or_insert(batch.first_index);
+        if let Some(next) = self.next_tick {
+            let missed = batch.first_index.saturating_sub(next);
+            if missed > 0 {
+                // This task fell behind (or the ticker did): the RTP clock still moves on so the
+                // peer sees a gap in time, not a burst.
+                self.metrics.tick_overruns.inc_by(missed);
+                self.sender.skip(FRAME_SAMPLES.wrapping_mul(missed as u32));
+            }
+        }
+        self.next_tick = Some(batch.last_index() + 1);
+        let now = self.now();
+        let hold = self.on_hold();
+        let remote = self.remote();
+        for i in 0..u64::from(batch.frames) {
+            let index = batch.first_index + i;
+            self.caller_frame(now, (index - first) * FRAME_MS);
+            match remote {
+                Some(to) if !hold => self.send_frame(socket, to).await,
+                // Nothing to send to, or on hold: keep the RTP clock running without sending.
+                _ => self.sender.skip(FRAME_SAMPLES),
+            }
+        }
+        self.dtmf.poll(now);
+        if !hold
+            && let Some(limit) = self.settings.rtp_timeout
+            && now.saturating_sub(self.last_rx) >= limit
+        {
+            tracing::warn!(call_id = %self.call_id, timeout = ?limit, "no RTP from the caller; hanging up");
+            self.hangup.hangup(reason::RTP_TIMEOUT);
+            return false;
+        }
+        self.ticks_to_rtcp = self.ticks_to_rtcp.saturating_sub(batch.frames);
+        if self.ticks_to_rtcp == 0 {
+            self.ticks_to_rtcp = RTCP_TICKS / 2 + rand::random::<u32>() % RTCP_TICKS;
+            self.send_report(rtcp, false).await;
+        }
+        true
+    }
+
+    /// Caller -> agent: one frame out of the jitter buffer.
+    fn caller_frame(&mut self, now: Duration, timestamp_ms: u64) {
+        let mut frame = [0u8; FRAME_BYTES];
+        match self.jitter.next_frame(now) {
+            Playout::Frame(bytes) => {
+                let n = bytes.len().min(FRAME_BYTES);
+                frame[..n].copy_from_slice(&bytes[..n]);
+                frame[n..].fill(self.law.silence());
+                g711::to_ulaw_in_place(self.law, &mut frame);
+            }
+            // A lost frame with audio after it: the agent's stream keeps its 20 ms pace.
+            Playout::Lost => frame.fill(g711::ULAW_SILENCE),
+            // Nothing received (yet, or the caller went quiet): send nothing.
+            Playout::Buffering => return,
+        }
+        self.to_agent(CallerEvent::Audio {
+            frame,
+            timestamp_ms,
+        });
+    }
+
+    /// Agent -> caller: the next 20 ms of the playout queue as one RTP packet.
+    async fn send_frame(&mut self, socket: &UdpSocket, to: SocketAddr) {
+        let fill = self.playout.next_frame(&mut self.frame);
+        if fill.audio_bytes > 0 && fill.audio_bytes < FRAME_BYTES {
+            self.metrics.playout_underruns.inc();
+        }
+        g711::from_ulaw_in_place(self.law, &mut self.frame);
+        let Ok(n) = self
+            .sender
+            .write_audio(&self.frame, FRAME_SAMPLES, &mut self.packet)
+        else {
+            return;
+        };
+        self.sent_since_report = true;
+        match socket.send_to(&self.packet[..n], to).await {
+            Ok(_) => self.metrics.rtp_out.inc(),
+            Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP send failed"),
+        }
+    }
+
+    fn account_loss_of(&self, source: &Source) {
+        let lost = source.stats.lost();
+        if lost > source.lost_counted {
+            self.metrics
+                .rtp_lost
+                .inc_by((lost - source.lost_counted) as u64);
+        }
+    }
+
+    /// Sends an RTCP compound packet: SR when we sent RTP since the last report, else RR; with
+    /// a report block on the source we receive; with a BYE when leaving.
+    async fn send_report(&mut self, rtcp: Option<&UdpSocket>, bye: bool) {
+        let now = self.now();
+        let block = match self.source.as_mut() {
+            Some(s) => {
+                let report = s.stats.report();
+                self.metrics
+                    .rtp_jitter
+                    .observe(s.stats.jitter_duration().as_secs_f64());
+                let lost = s.stats.lost();
+                if lost > s.lost_counted {
+                    self.metrics.rtp_lost.inc_by((lost - s.lost_counted) as u64);
+                    s.lost_counted = lost;
+                }
+                Some(ReportBlock::from_reception(
+                    s.ssrc,
+                    &report,
+                    s.last_sr.as_ref(),
+                    now,
+                ))
+            }
+            None => None,
+        };
+        let (Some(sock), Some(to)) = (
+            rtcp,
+            self.rtcp_remote.or_else(|| {
+                self.remote()
+                    .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+            }),
+        ) else {
+            return;
+        };
+        let info = SenderInfo {
+            ntp_timestamp: rtcp::ntp_timestamp(SystemTime::now()),
+            // The RTP time that corresponds to "now" on our stream.
+            rtp_timestamp: self.sender.next_timestamp(),
+            packet_count: self.sender.packet_count(),
+            octet_count: self.sender.octet_count(),
+        };
+        let report = if self.sent_since_report {
+            Report::Sender(&info)
+        } else {
+            Report::Receiver
+        };
+        self.sent_since_report = false;
+        let bye = bye.then_some(None);
+        let Ok(n) = rtcp::write_compound(
+            self.sender.ssrc,
+            report,
+            block.as_ref(),
+            &self.cname,
+            bye,
+            &mut self.rtcp_out,
+        ) else {
+            return;
+        };
+        if sock.send_to(&self.rtcp_out[..n], to).await.is_ok() {
+            self.metrics.rtcp_out.inc();
+        }
+    }
+
+    async fn finish(&mut self, rtcp: Option<&UdpSocket>) {
+        // The last report carries a BYE (RFC 3550 6.6); it also accounts the final loss/jitter.
+        self.send_report(rtcp, true).await;
+        let (received, lost, jitter) = self.source.as_ref().map_or((0, 0, Duration::ZERO), |s| {
+            (
+                s.stats.received(),
+                s.stats.lost(),
+                s.stats.jitter_duration(),
+            )
+        });
+        let js = self.jitter.stats();
+        tracing::info!(
+            call_id = %self.call_id,
+            rtp_received = received,
+            rtp_lost = lost,
+            jitter_ms = jitter.as_secs_f64() * 1000.0,
+            rtp_sent = self.sender.packet_count(),
+            jb_late = js.late,
+            jb_lost_frames = js.lost_frames,
+            jb_underruns = js.underruns,
+            "call media ended"
+        );
+    }
+}
+
+async fn recv_opt(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the RTCP socket on the port after the RTP port (RFC 3550 11), on the same address.
+/// Best effort: without it the call still carries audio.
+pub(crate) fn bind_rtcp(rtp: &UdpSocket) -> Option<UdpSocket> {
+    let local = rtp.local_addr().ok()?;
+    let addr = SocketAddr::new(local.ip(), local.port().checked_add(1)?);
+    let s = std::net::UdpSocket::bind(addr)
+        .inspect_err(|e| tracing::debug!(%addr, error = %e, "no RTCP socket"))
+        .ok()?;
+    s.set_nonblocking(true).ok()?;
+    UdpSocket::from_std(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_directions_pause_sending() {
+        assert!(is_hold(Direction::RecvOnly));
+        assert!(is_hold(Direction::Inactive));
+        assert!(!is_hold(Direction::SendRecv));
+        assert!(!is_hold(Direction::SendOnly));
+    }
+
+    #[test]
+    fn codecs_map_to_laws_and_silence() {
+        assert_eq!(law_of(Codec::Pcma), Law::Alaw);
+        assert_eq!(law_of(Codec::Pcmu), Law::Ulaw);
+        let s = EngineSettings {
+            rtp_timeout: None,
+            jitter_min: Duration::from_millis(40),
+            jitter_max: Duration::from_millis(10),
+        };
+        let c = jitter_config(Law::Alaw, &s);
+        assert_eq!(c.silence, g711::ALAW_SILENCE);
+        assert!(c.max_delay >= c.min_delay);
+    }
+}

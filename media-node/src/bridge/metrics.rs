@@ -1,0 +1,214 @@
+//! Prometheus metrics of the media engine and the agent bridge.
+//!
+//! No metric carries a per-call label: a node runs thousands of calls, and a series per call
+//! would grow without bound. Per-packet counters are resolved to plain `IntCounter`s once, so
+//! the hot path only does an atomic add.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, core::Collector,
+};
+
+/// Reasons a received RTP datagram was dropped (label values).
+pub mod drop_reason {
+    /// Not a parseable RTP packet.
+    pub const MALFORMED: &str = "malformed";
+    /// A payload type that was not negotiated.
+    pub const PAYLOAD_TYPE: &str = "payload_type";
+    /// From an address other than the one we latched to.
+    pub const SOURCE: &str = "source";
+    /// Rejected by sequence validation (RFC 3550 A.1: probation or a large jump).
+    pub const SEQUENCE: &str = "sequence";
+}
+
+/// Every metric of the media engine. Cheap to clone (all handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct MediaMetrics {
+    /// RTP packets received and accepted.
+    pub rtp_in: IntCounter,
+    /// RTP packets sent.
+    pub rtp_out: IntCounter,
+    /// RTP packets lost (RFC 3550 A.3 cumulative loss, summed over calls).
+    pub rtp_lost: IntCounter,
+    /// Received datagrams dropped, by reason.
+    pub rtp_dropped: IntCounterVec,
+    /// Interarrival jitter per call, sampled at each RTCP interval and at the end of the call.
+    pub rtp_jitter: Histogram,
+    /// RTCP compound packets sent.
+    pub rtcp_out: IntCounter,
+    /// RTCP compound packets received.
+    pub rtcp_in: IntCounter,
+    /// Frames of agent audio that ran out mid-frame (padded with silence).
+    pub playout_underruns: IntCounter,
+    /// Caller events (audio frames, DTMF) dropped because the agent session was behind.
+    pub agent_events_dropped: IntCounter,
+    /// Ticks a call missed because its media task was behind.
+    pub tick_overruns: IntCounter,
+    /// Time to open the agent WebSocket.
+    pub agent_connect: Histogram,
+    /// Agent connections that failed, by reason (timeout, http, transport, invalid_url, ...).
+    pub agent_connect_failures: IntCounterVec,
+    /// Agent sessions that ended, by reason (call_ended, agent_closed, transport_error).
+    pub agent_disconnects: IntCounterVec,
+    /// DTMF key presses forwarded to agents, by source (rfc4733, info).
+    pub dtmf: IntCounterVec,
+    /// Calls that ended, by reason (remote_bye, rtp_timeout, agent_disconnected, ...).
+    pub call_ends: IntCounterVec,
+    /// Calls whose media engine is running.
+    pub active_media: IntGauge,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    // Metric definitions are static: an error is a programming mistake caught by the unit test.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl MediaMetrics {
+    /// Creates the metrics (not registered anywhere yet).
+    pub fn new() -> Self {
+        let counter = |name: &str, help: &str| must(IntCounter::new(name, help));
+        let vec = |name: &str, help: &str, label: &str| {
+            must(IntCounterVec::new(Opts::new(name, help), &[label]))
+        };
+        MediaMetrics {
+            rtp_in: counter(
+                "switchboard_rtp_packets_received_total",
+                "RTP packets received and accepted",
+            ),
+            rtp_out: counter("switchboard_rtp_packets_sent_total", "RTP packets sent"),
+            rtp_lost: counter(
+                "switchboard_rtp_packets_lost_total",
+                "RTP packets lost (RFC 3550 cumulative loss)",
+            ),
+            rtp_dropped: vec(
+                "switchboard_rtp_packets_dropped_total",
+                "Received RTP datagrams dropped, by reason",
+                "reason",
+            ),
+            rtp_jitter: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchboard_rtp_jitter_seconds",
+                    "RTP interarrival jitter of calls (RFC 3550 A.8), sampled every RTCP interval",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32,
+                ]),
+            )),
+            rtcp_out: counter(
+                "switchboard_rtcp_packets_sent_total",
+                "RTCP compound packets sent",
+            ),
+            rtcp_in: counter(
+                "switchboard_rtcp_packets_received_total",
+                "RTCP compound packets received",
+            ),
+            playout_underruns: counter(
+                "switchboard_playout_underruns_total",
+                "Frames of agent audio that ran out mid-frame and were padded with silence",
+            ),
+            agent_events_dropped: counter(
+                "switchboard_agent_events_dropped_total",
+                "Caller audio frames and DTMF events dropped because the agent session was behind",
+            ),
+            tick_overruns: counter(
+                "switchboard_media_tick_overruns_total",
+                "20 ms ticks a call missed because its media task was behind",
+            ),
+            agent_connect: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchboard_agent_connect_seconds",
+                    "Time to open the agent WebSocket",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )),
+            agent_connect_failures: vec(
+                "switchboard_agent_connect_failures_total",
+                "Agent connections that failed, by reason",
+                "reason",
+            ),
+            agent_disconnects: vec(
+                "switchboard_agent_disconnects_total",
+                "Agent sessions that ended, by reason",
+                "reason",
+            ),
+            dtmf: vec(
+                "switchboard_dtmf_events_total",
+                "DTMF key presses forwarded to agents, by source",
+                "source",
+            ),
+            call_ends: vec(
+                "switchboard_call_end_reasons_total",
+                "Calls that ended (or were refused at set-up by the bridge), by reason",
+                "reason",
+            ),
+            active_media: must(IntGauge::new(
+                "switchboard_media_active_calls",
+                "Calls whose media engine is running",
+            )),
+        }
+    }
+
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let all: [Box<dyn Collector>; 16] = [
+            Box::new(self.rtp_in.clone()),
+            Box::new(self.rtp_out.clone()),
+            Box::new(self.rtp_lost.clone()),
+            Box::new(self.rtp_dropped.clone()),
+            Box::new(self.rtp_jitter.clone()),
+            Box::new(self.rtcp_out.clone()),
+            Box::new(self.rtcp_in.clone()),
+            Box::new(self.playout_underruns.clone()),
+            Box::new(self.agent_events_dropped.clone()),
+            Box::new(self.tick_overruns.clone()),
+            Box::new(self.agent_connect.clone()),
+            Box::new(self.agent_connect_failures.clone()),
+            Box::new(self.agent_disconnects.clone()),
+            Box::new(self.dtmf.clone()),
+            Box::new(self.call_ends.clone()),
+            Box::new(self.active_media.clone()),
+        ];
+        for c in all {
+            registry.register(c)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for MediaMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render() {
+        let m = MediaMetrics::new();
+        let registry = Registry::new();
+        m.register(&registry).expect("register");
+        m.rtp_in.inc();
+        m.rtp_dropped
+            .with_label_values(&[drop_reason::PAYLOAD_TYPE])
+            .inc();
+        m.agent_connect.observe(0.01);
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut buf,
+        )
+        .expect("encode");
+        let text = String::from_utf8(buf).expect("utf8");
+        assert!(text.contains("switchboard_rtp_packets_received_total 1"));
+        assert!(text.contains("switchboard_rtp_packets_dropped_total{reason=\"payload_type\"} 1"));
+        assert!(text.contains("switchboard_agent_connect_seconds_count 1"));
+    }
+}
