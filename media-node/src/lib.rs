@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
 pub mod bridge;
 pub mod call;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod register;
 pub mod routing;
 pub mod sdp;
 pub mod sip;
+pub mod webhook;

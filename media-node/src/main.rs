@@ -84,6 +84,22 @@ struct Args {
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
+    /// Call API (gRPC CallService and HTTP/JSON /v1/calls) bind address;
+    /// needs --api-token-file. Without it the API is off.
+    #[arg(long = "api-bind", env = "SWITCHBOARD_API_BIND")]
+    api_bind: Option<SocketAddr>,
+    /// File holding the bearer token call API clients must present.
+    #[arg(long = "api-token-file", env = "SWITCHBOARD_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Calls each trunk's outbound queue holds (beyond them: 503).
+    #[arg(long = "outbound-queue-size", default_value_t = 100)]
+    outbound_queue_size: usize,
+    /// Delivery attempts per status webhook event.
+    #[arg(long = "webhook-attempts", default_value_t = 5)]
+    webhook_attempts: u32,
+    /// Timeout of one status webhook attempt, in milliseconds.
+    #[arg(long = "webhook-timeout-ms", default_value_t = 5000)]
+    webhook_timeout_ms: u64,
     /// Bound on opening an agent's WebSocket (TCP, TLS and upgrade), in milliseconds.
     #[arg(long = "agent-connect-timeout-ms", default_value_t = 5000)]
     agent_connect_timeout_ms: u64,
@@ -154,6 +170,27 @@ async fn main() -> std::process::ExitCode {
             })
         }
     };
+    let api = match (args.api_bind, &args.api_token_file) {
+        (None, _) => None,
+        (Some(_), None) => {
+            eprintln!("--api-bind needs --api-token-file (the bearer token API clients present)");
+            return std::process::ExitCode::from(2);
+        }
+        (Some(bind), Some(path)) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(switchboard_media_node::api::ApiOptions {
+                bind,
+                token: t.trim().to_owned(),
+            }),
+            Ok(_) => {
+                eprintln!("--api-token-file {} is empty", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("cannot read --api-token-file {}: {e}", path.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     let node_id = args.node_id.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -182,6 +219,13 @@ async fn main() -> std::process::ExitCode {
         },
         rate: (args.rate_limit, args.rate_burst),
         drain_grace: Duration::from_secs(args.drain_grace_secs),
+        api,
+        outbound_queue_size: args.outbound_queue_size,
+        webhooks: switchboard_media_node::webhook::WebhookOptions {
+            attempts: args.webhook_attempts.max(1),
+            timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+            ..Default::default()
+        },
     };
     let handler: Arc<dyn CallHandler> = match args.call_handler {
         HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {

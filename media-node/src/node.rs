@@ -19,6 +19,9 @@ use crate::sip::protect::RateLimiter;
 use crate::sip::transaction::TransactionLayer;
 use crate::sip::transport::{Advertise, Transport};
 
+/// Completed calls the call API still answers for (GET after the end).
+const COMPLETED_CALLS_KEPT: usize = 1000;
+
 /// The control channel the operator programs the node through.
 #[derive(Debug, Clone)]
 pub struct ControlOptions {
@@ -59,6 +62,12 @@ pub struct NodeConfig {
     pub rate: (f64, f64),
     /// How long a drain waits for calls before hanging them up.
     pub drain_grace: Duration,
+    /// The call API (gRPC and HTTP/JSON), when enabled.
+    pub api: Option<crate::api::ApiOptions>,
+    /// Calls each trunk's outbound queue holds before refusing more.
+    pub outbound_queue_size: usize,
+    /// Status webhook delivery settings.
+    pub webhooks: crate::webhook::WebhookOptions,
 }
 
 fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
@@ -127,11 +136,24 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     .with_context(|| format!("binding SIP on {:?}", cfg.sip_bind))?;
     tracing::info!(addrs = ?transport.local, "SIP listening (UDP and TCP)");
     let (sip, tu_events) = TransactionLayer::start(transport, incoming, metrics.clone());
+    // The call tracker wraps the media handler so the call API and status
+    // webhooks learn when calls are answered and end.
+    let webhooks = crate::webhook::Webhooks::new(cfg.webhooks.clone(), metrics.registry())
+        .map_err(|e| tracing::error!(error = %e, "status webhooks disabled"))
+        .ok();
+    let tracker = crate::api::CallTracker::new(webhooks, COMPLETED_CALLS_KEPT);
+    let handler = tracker.wrap(handler);
+    let calls = Calls::new(metrics.clone());
     let ctx = Arc::new(Ctx {
         sip,
         routing: routing.clone(),
         metrics: metrics.clone(),
-        calls: Calls::new(metrics.clone()),
+        pacing: crate::call::pacing::Pacing::new(
+            cfg.outbound_queue_size,
+            calls.clone(),
+            routing.clone(),
+        ),
+        calls,
         handler,
         ports: ports::PortAllocator::new(cfg.rtp_ports.0, cfg.rtp_ports.1),
         digest: DigestServer::new(cfg.calls.nonce_lifetime),
@@ -146,6 +168,16 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     tokio::spawn(dispatch::run(ctx.clone(), tu_events));
     tokio::spawn(crate::health::run(ctx.clone()));
     tokio::spawn(crate::register::run(ctx.clone()));
+
+    if let Some(api) = &cfg.api {
+        let state = crate::api::Api {
+            ctx: ctx.clone(),
+            tracker: tracker.clone(),
+        };
+        crate::api::serve(state, api.clone())
+            .await
+            .with_context(|| format!("binding the call API on {}", api.bind))?;
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.http_bind)
         .await

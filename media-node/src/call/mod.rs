@@ -5,6 +5,7 @@ pub mod dispatch;
 pub mod dtmf;
 pub mod inbound;
 pub mod outbound;
+pub mod pacing;
 pub mod ports;
 pub mod session;
 pub mod session_timer;
@@ -559,6 +560,8 @@ pub struct Ctx {
     pub health: GatewayHealth,
     /// Registration states.
     pub registrations: Registrations,
+    /// Per-trunk outbound queues (concurrent share and CPS pacing).
+    pub pacing: pacing::Pacing,
 }
 
 impl Ctx {

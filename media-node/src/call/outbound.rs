@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use rand::Rng;
 use switchboard_proto::v1alpha1::{
-    FailoverPolicy, Gateway, Outbound, PhoneNumber, Transport, Trunk,
+    Agent, FailoverPolicy, Gateway, Outbound, PhoneNumber, Transport, Trunk,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use super::pacing::Ticket;
 use super::session::Session;
 use super::session_timer;
 use super::{CallDirection, Ctx, MediaParams};
@@ -31,6 +32,76 @@ pub struct DialRequest {
     pub number_id: String,
     /// The callee, E.164 (with or without `+`).
     pub to: String,
+}
+
+/// Progress of a dial, reported to the call API as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialProgress {
+    /// The pacing queue let the call start.
+    Started,
+    /// An INVITE goes to a gateway with this SIP Call-ID.
+    Attempt {
+        /// SIP Call-ID of the attempt.
+        sip_call_id: String,
+        /// Trunk id.
+        trunk_id: String,
+        /// `host:port`.
+        gateway: String,
+    },
+    /// The first provisional answer above 100 (180/183) of the attempt.
+    Ringing {
+        /// Its status code.
+        code: u16,
+    },
+}
+
+/// Per-call controls the call API passes to [`dial_with`]; the default
+/// (what [`dial`] uses) changes nothing.
+#[derive(Default)]
+pub struct DialHooks {
+    /// A place in the trunk's pacing queue taken beforehand (so a full queue
+    /// is refused synchronously); without one, [`dial_with`] queues itself.
+    pub ticket: Option<Ticket>,
+    /// Receives progress events, synchronously (an attempt is reported
+    /// before its INVITE leaves, so its answer always finds the caller's
+    /// bookkeeping in place). Must not block.
+    #[allow(clippy::type_complexity)]
+    pub progress: Option<Arc<dyn Fn(DialProgress) + Send + Sync>>,
+    /// Cancels the dial: ringing attempts get a CANCEL, no further gateway
+    /// is tried. (Before the first provisional answer RFC 3261 9.1 forbids
+    /// CANCEL, so the attempt is abandoned to its transaction timeout.)
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+    /// Replaces the number's agent for this call.
+    pub agent: Option<Agent>,
+    /// Replaces the trunk's ringing timeout.
+    pub ringing_timeout: Option<Duration>,
+    /// Replaces the number's/trunk's maximum call duration.
+    pub max_duration: Option<Duration>,
+}
+
+impl DialHooks {
+    fn report(&self, p: DialProgress) {
+        if let Some(f) = &self.progress {
+            f(p);
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
+}
+
+/// Sleeps until `deadline`, or less when the dial is cancelled.
+async fn deadline_or_cancel(deadline: Instant, hooks: &DialHooks) {
+    match &hooks.cancel {
+        Some(c) => {
+            tokio::select! {
+                _ = sleep_until(deadline) => {}
+                _ = c.cancelled() => {}
+            }
+        }
+        None => sleep_until(deadline).await,
+    }
 }
 
 /// One gateway tried.
@@ -179,6 +250,12 @@ enum TryResult {
 
 /// Places a call. Returns once it is answered or every route failed.
 pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
+    dial_with(ctx, req, DialHooks::default()).await
+}
+
+/// [`dial`] with the call API's controls: waits for its turn in the
+/// primary trunk's pacing queue, then dials.
+pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) -> DialOutcome {
     let fail = |code: Option<u16>, reason: &str, attempts: Vec<Attempt>| DialOutcome::Failed {
         code,
         reason: reason.to_owned(),
@@ -199,6 +276,27 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
     if !req.to.chars().any(|c| c.is_ascii_digit()) {
         return fail(None, "invalid destination", vec![]);
     }
+    // Wait for a concurrent slot and a CPS token on the primary trunk; the
+    // permit is held until the dial returns (the registry counts the call
+    // from then on).
+    let ticket = match hooks.ticket.take() {
+        Some(t) => Ok(t),
+        None => ctx.pacing.enqueue(&number.trunk_id),
+    };
+    let _permit = match ticket {
+        Ok(mut t) => {
+            let cancel = hooks.cancel.clone().unwrap_or_default();
+            tokio::select! {
+                p = t.ready() => match p {
+                    Ok(p) => p,
+                    Err(e) => return fail(None, &e.to_string(), vec![]),
+                },
+                _ = cancel.cancelled() => return fail(None, "cancelled while queued", vec![]),
+            }
+        }
+        Err(e) => return fail(None, &e.to_string(), vec![]),
+    };
+    hooks.report(DialProgress::Started);
     let mut attempts = Vec::new();
     let mut last_code = None;
     let trunk_ids: Vec<String> = std::iter::once(number.trunk_id.clone())
@@ -233,8 +331,11 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
             )
         };
         for g in gws {
+            if hooks.cancelled() {
+                return fail(None, "cancelled", attempts);
+            }
             let name = format!("{}:{}", g.host, gateway_port(&g));
-            let result = attempt(&ctx, &trunk, &out, &g, &number, &req.to).await;
+            let result = attempt(&ctx, &trunk, &out, &g, &number, &req.to, &hooks).await;
             let (code, label, stop) = match &result {
                 TryResult::Answered(call_id) => {
                     attempts.push(Attempt {
@@ -286,7 +387,9 @@ pub async fn dial(ctx: Arc<Ctx>, req: DialRequest) -> DialOutcome {
                     .calls
                     .with_label_values(&["outbound", "failed", &c])
                     .inc();
-                let reason = if label == "ringing_timeout" {
+                let reason = if hooks.cancelled() {
+                    "cancelled"
+                } else if label == "ringing_timeout" {
                     "ringing timeout"
                 } else {
                     "rejected by the carrier"
@@ -312,6 +415,7 @@ async fn attempt(
     g: &Gateway,
     number: &PhoneNumber,
     to: &str,
+    hooks: &DialHooks,
 ) -> TryResult {
     let Some(dest) = resolve(g).await else {
         return TryResult::Error(format!(
@@ -400,7 +504,10 @@ async fn attempt(
     } else {
         out.ringing_timeout_seconds
     };
-    let deadline = Instant::now() + Duration::from_secs(u64::from(ringing_secs));
+    let deadline = Instant::now()
+        + hooks
+            .ringing_timeout
+            .unwrap_or(Duration::from_secs(u64::from(ringing_secs)));
     let mut cseq = 1u32;
     let mut auth: Option<(&'static str, String)> = None;
     let mut auth_tries = 0;
@@ -423,20 +530,30 @@ async fn attempt(
             inv.add(name, value.clone());
         }
         inv.set_body("application/sdp", offer.clone().into_bytes());
+        hooks.report(DialProgress::Attempt {
+            sip_call_id: call_id.clone(),
+            trunk_id: trunk.id.clone(),
+            gateway: gw_host.clone(),
+        });
         let (txn, mut events) = ctx.sip.request(inv.clone(), dest);
         let mut ringing = false;
         let resp = loop {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ClientEvent::Response(r)) => match r.code() {
-                        Some(c) if c > 100 && c < 200 => ringing = true,
+                        Some(c) if c > 100 && c < 200 => {
+                            if !ringing {
+                                hooks.report(DialProgress::Ringing { code: c });
+                            }
+                            ringing = true;
+                        }
                         Some(c) if c < 200 => {}
                         Some(_) => break r,
                         None => {}
                     },
                     _ => return TryResult::End(AttemptEnd::Timeout),
                 },
-                _ = sleep_until(deadline) => {
+                _ = deadline_or_cancel(deadline, hooks) => {
                     if !ringing {
                         // RFC 3261 9.1: no CANCEL before a provisional; the
                         // transaction times out on its own.
@@ -538,7 +655,7 @@ async fn attempt(
             number_id: number.id.clone(),
             from_user: number.e164.clone(),
             to_user: to.to_owned(),
-            agent: number.agent.clone(),
+            agent: hooks.agent.clone().or_else(|| number.agent.clone()),
             local,
             socket: Arc::new(socket),
             media,
@@ -548,7 +665,9 @@ async fn attempt(
             rx,
             tx,
             guard,
-            max_duration: (max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))),
+            max_duration: hooks
+                .max_duration
+                .or((max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs)))),
             local_sdp: offer,
             handler: None,
             // Outbound calls connect their agent on answer (in the handler).

@@ -1,0 +1,148 @@
+//! HTTP/JSON under `/v1/calls`. Bodies are the proto3 JSON of the
+//! `CallService` messages (camelCase fields, 64-bit numbers as strings,
+//! enums by name), so HTTP and gRPC clients see the same shapes.
+//!
+//! Errors are `{"error": {"code", "message", "field"?}}` with 400 (a field
+//! is wrong), 401, 404 (unknown call or number), 409 (state conflict) or
+//! 503 (queue full, draining, not programmed).
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use switchboard_proto::v1alpha1 as pb;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::{Api, ApiError};
+
+/// The routes.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/calls", get(list).post(dial))
+        .route("/v1/calls/events", get(events))
+        .route("/v1/calls/{id}", get(one).delete(hangup))
+        .with_state(api)
+}
+
+impl ApiError {
+    /// The HTTP status and the stable error code.
+    pub fn http_status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidArgument { .. } | ApiError::BadBody(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::QueueFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.http_status();
+        let mut err = serde_json::json!({"code": code, "message": self.to_string()});
+        let field = match &self {
+            ApiError::InvalidArgument { field, .. } => Some(field.clone()),
+            ApiError::NotFound { field, .. } => field.clone(),
+            _ => None,
+        };
+        if let Some(f) = field {
+            err["field"] = serde_json::Value::String(f);
+        }
+        let mut resp = (status, axum::Json(serde_json::json!({ "error": err }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Queues drain at the trunk's pace: a short retry is reasonable.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// A proto message as a JSON response.
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// `POST /v1/calls`: 201 with the queued call, its URL in `Location`.
+async fn dial(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let req: pb::DialRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let call = api.dial(req)?;
+    let mut resp = json(
+        StatusCode::CREATED,
+        &pb::DialResponse {
+            call: Some(call.clone()),
+        },
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/calls/{}", call.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/calls`.
+async fn list(State(api): State<Api>) -> Response {
+    json(
+        StatusCode::OK,
+        &pb::ListCallsResponse {
+            calls: api.tracker.list(),
+        },
+    )
+}
+
+/// `GET /v1/calls/{id}`.
+async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &api.get(&id)?))
+}
+
+/// `DELETE /v1/calls/{id}`: 202, the call ends shortly (its `completed`
+/// event follows).
+async fn hangup(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let call = api.hangup(&id)?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &pb::HangupResponse { call: Some(call) },
+    ))
+}
+
+/// `GET /v1/calls/events`: newline-delimited JSON, one `CallEvent` a line,
+/// from now on, until the client goes away.
+async fn events(State(api): State<Api>) -> Response {
+    let stream = BroadcastStream::new(api.tracker.subscribe()).filter_map(|ev| async move {
+        match ev {
+            Ok(ev) => match serde_json::to_vec(&ev) {
+                Ok(mut line) => {
+                    line.push(b'\n');
+                    Some(Ok::<_, std::convert::Infallible>(Bytes::from(line)))
+                }
+                Err(_) => None,
+            },
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "slow event watcher missed events");
+                None
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

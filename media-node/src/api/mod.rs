@@ -1,0 +1,415 @@
+//! The call API: place, list, inspect and end calls, and watch their events,
+//! as the gRPC `CallService` and as HTTP/JSON under `/v1/calls`, both on the
+//! API port (`--api-bind`), behind one bearer token (`--api-token-file`).
+//!
+//! Calls go through the outbound engine (`call::outbound::dial_with`) after
+//! waiting in the trunk's pacing queue; answered calls are bridged by the
+//! node's media handler. [`tracker::CallTracker`] follows every call and
+//! emits `initiated`, `ringing`, `answered` and `completed` to watchers and
+//! status webhooks. See docs/call-api.md.
+
+pub mod auth;
+pub mod grpc;
+pub mod http;
+pub mod tracker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_proto::v1alpha1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::Ctx;
+use crate::call::outbound::{self, DialHooks, DialOutcome, DialProgress, DialRequest};
+use crate::call::pacing::PacingError;
+pub use tracker::CallTracker;
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Where gRPC and HTTP/JSON are served.
+    pub bind: SocketAddr,
+    /// The bearer token every request must carry.
+    pub token: String,
+}
+
+/// An API failure, mapped to an HTTP status and a gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is invalid (400 / INVALID_ARGUMENT).
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field, as named in the JSON body.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The body is not valid JSON for the request (400 / INVALID_ARGUMENT).
+    #[error("invalid request body: {0}")]
+    BadBody(String),
+    /// No such call or number (404 / NOT_FOUND).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+        /// The field naming it, when the request named it in a field.
+        field: Option<String>,
+    },
+    /// The request conflicts with the resource's state (409 /
+    /// FAILED_PRECONDITION).
+    #[error("{0}")]
+    Conflict(String),
+    /// The trunk's queue is full (503 / RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    QueueFull(String),
+    /// The node cannot place calls now (503 / UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidArgument {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the API handlers share.
+#[derive(Clone)]
+pub struct Api {
+    /// The node's call context.
+    pub ctx: Arc<Ctx>,
+    /// The calls and their events.
+    pub tracker: CallTracker,
+}
+
+/// Counts the digits of a dialled number and checks its characters: digits,
+/// one leading `+`, and the visual separators people paste (space, `-`,
+/// `.`, parentheses). E.164 allows at most 15 digits.
+fn check_destination(to: &str) -> Result<(), ApiError> {
+    let t = to.trim();
+    if t.is_empty() {
+        return Err(ApiError::invalid("to", "required"));
+    }
+    let body = t.strip_prefix('+').unwrap_or(t);
+    if let Some(c) = body
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')')))
+    {
+        return Err(ApiError::invalid(
+            "to",
+            format!("unexpected character {c:?}: expected an E.164 number such as +14155550123"),
+        ));
+    }
+    let digits = body.chars().filter(char::is_ascii_digit).count();
+    if !(3..=15).contains(&digits) {
+        return Err(ApiError::invalid(
+            "to",
+            format!("{digits} digits: an E.164 number has 3 to 15"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_agent_url(url: &str) -> Result<(), ApiError> {
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("ws://")
+        .or_else(|| lower.strip_prefix("wss://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
+        _ => Err(ApiError::invalid(
+            "agent.url",
+            "must be a ws:// or wss:// URL with a host",
+        )),
+    }
+}
+
+impl Api {
+    /// Validates and queues an outbound call; the dial continues in the
+    /// background. Returns the call as queued.
+    pub fn dial(&self, req: pb::DialRequest) -> Result<pb::Call, ApiError> {
+        if req.from.trim().is_empty() {
+            return Err(ApiError::invalid("from", "required"));
+        }
+        check_destination(&req.to)?;
+        if let Some(a) = &req.agent
+            && !a.url.is_empty()
+        {
+            check_agent_url(&a.url)?;
+        }
+        if self.ctx.is_draining() {
+            return Err(ApiError::Unavailable(
+                "the node is draining: place the call on another node".into(),
+            ));
+        }
+        let Some(table) = self.ctx.routing.get() else {
+            return Err(ApiError::Unavailable(
+                "the node is not programmed yet".into(),
+            ));
+        };
+        let from = req.from.trim();
+        let number = table
+            .number_by_id(from)
+            .or_else(|| table.numbers.iter().find(|n| n.e164 == from))
+            .or_else(|| table.number_for(from))
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound {
+                what: format!("phone number {from:?}"),
+                field: Some("from".into()),
+            })?;
+        if !number.outbound {
+            return Err(ApiError::Conflict(format!(
+                "phone number {} does not allow outbound calls",
+                number.id
+            )));
+        }
+        let agent = merge_agent(number.agent.as_ref(), req.agent.as_ref());
+        if agent.is_none() {
+            return Err(ApiError::invalid(
+                "agent.url",
+                format!("phone number {} has no agent: give one", number.id),
+            ));
+        }
+        // Take the queue place now so a full queue is refused to the caller.
+        let ticket = self
+            .ctx
+            .pacing
+            .enqueue(&number.trunk_id)
+            .map_err(|e| match e {
+                PacingError::QueueFull { .. } => ApiError::QueueFull(e.to_string()),
+                _ => ApiError::Unavailable(e.to_string()),
+            })?;
+        let id = tracker::new_call_id();
+        let cancel = CancellationToken::new();
+        let mut call = pb::Call {
+            id: id.clone(),
+            from: number.e164.clone(),
+            to: req.to.trim().to_owned(),
+            number_id: number.id.clone(),
+            trunk_id: number.trunk_id.clone(),
+            created_at_ms: tracker::now_ms(),
+            agent_url: agent.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
+            ..Default::default()
+        };
+        call.set_direction(pb::CallDirection::Outbound);
+        call.set_state(pb::CallState::Queued);
+        let webhook = number
+            .agent
+            .as_ref()
+            .map(|a| a.status_webhook.clone())
+            .unwrap_or_default();
+        let call = self.tracker.outbound(call, &webhook, cancel.clone());
+
+        let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
+        let progress_tracker = self.tracker.clone();
+        let progress_id = id.clone();
+        let hooks = DialHooks {
+            ticket: Some(ticket),
+            progress: Some(Arc::new(move |p| match p {
+                DialProgress::Started => progress_tracker.dialing(&progress_id),
+                DialProgress::Attempt {
+                    sip_call_id,
+                    trunk_id,
+                    ..
+                } => progress_tracker.attempt(&progress_id, &sip_call_id, &trunk_id),
+                DialProgress::Ringing { .. } => progress_tracker.ringing(&progress_id),
+            })),
+            cancel: Some(cancel.clone()),
+            agent,
+            ringing_timeout: secs(req.ringing_timeout_seconds),
+            max_duration: secs(req.max_duration_seconds),
+        };
+        if let Some(limit) = secs(req.queue_timeout_seconds) {
+            // One sleeping task per call that asked for a queue timeout;
+            // it cancels only a call still waiting in the queue.
+            let t = self.tracker.clone();
+            let cancel = cancel.clone();
+            let qid = id.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(limit) => {
+                        if t.get(&qid).is_some_and(|c| c.state() == pb::CallState::Queued) {
+                            cancel.cancel();
+                        }
+                    }
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+        let ctx = self.ctx.clone();
+        let tracker = self.tracker.clone();
+        let dial_req = DialRequest {
+            number_id: number.id.clone(),
+            to: req.to.trim().to_owned(),
+        };
+        tokio::spawn(async move {
+            let outcome = outbound::dial_with(ctx, dial_req, hooks).await;
+            match outcome {
+                DialOutcome::Answered { .. } => tracker.dial_answered(&id),
+                DialOutcome::Failed { code, reason, .. } => {
+                    // A queued call is cancelled by an API hangup (which
+                    // failed() reports as such) or by its queue timeout.
+                    let reason = if reason == "cancelled while queued" {
+                        "queue timeout".to_owned()
+                    } else {
+                        reason
+                    };
+                    tracker.failed(&id, code, &reason);
+                }
+            }
+            drop(cancel);
+        });
+        Ok(call)
+    }
+
+    /// Ends a call.
+    pub fn hangup(&self, id: &str) -> Result<pb::Call, ApiError> {
+        match self.tracker.hangup(id) {
+            tracker::HangupResult::Ending(c) => Ok(*c),
+            tracker::HangupResult::NotFound => Err(ApiError::NotFound {
+                what: format!("call {id:?}"),
+                field: None,
+            }),
+            tracker::HangupResult::AlreadyCompleted(_) => Err(ApiError::Conflict(format!(
+                "call {id} is already completed"
+            ))),
+        }
+    }
+
+    /// One call.
+    pub fn get(&self, id: &str) -> Result<pb::Call, ApiError> {
+        self.tracker.get(id).ok_or_else(|| ApiError::NotFound {
+            what: format!("call {id:?}"),
+            field: None,
+        })
+    }
+}
+
+/// The number's agent with the API's override applied: the URL replaced,
+/// parameters merged over the number's. A replaced URL drops the number's
+/// bearer token: the number's secret must not go to a URL the API caller
+/// chose.
+pub fn merge_agent(
+    number: Option<&pb::Agent>,
+    over: Option<&pb::AgentOverride>,
+) -> Option<pb::Agent> {
+    let mut agent = number.cloned();
+    let Some(o) = over else { return agent };
+    if !o.url.is_empty() {
+        let a = agent.get_or_insert_with(|| pb::Agent {
+            protocol: pb::AgentProtocol::TwilioMediaStreams as i32,
+            ..Default::default()
+        });
+        if a.url != o.url {
+            a.url = o.url.clone();
+            a.bearer_token.clear();
+        }
+    }
+    if let Some(a) = agent.as_mut() {
+        for (k, v) in &o.parameters {
+            a.parameters.insert(k.clone(), v.clone());
+        }
+    }
+    agent
+}
+
+/// Serves gRPC and HTTP/JSON on `opts.bind` until the process ends.
+pub async fn serve(api: Api, opts: ApiOptions) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.bind).await?;
+    tracing::info!(addr = %opts.bind, "call API listening (gRPC and HTTP/JSON)");
+    let app = router(api, &opts.token);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "call API server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The API router: gRPC `CallService` and `/v1/calls`, behind the token.
+pub fn router(api: Api, token: &str) -> axum::Router {
+    let grpc = tonic::service::Routes::new(pb::call_service_server::CallServiceServer::new(
+        grpc::CallApi::new(api.clone()),
+    ))
+    .into_axum_router();
+    http::router(api)
+        .merge(grpc)
+        .layer(axum::middleware::from_fn_with_state(
+            auth::Token::new(token),
+            auth::require_token,
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert!(check_destination("+14155550123").is_ok());
+        assert!(check_destination("+1 (415) 555-0123").is_ok());
+        assert!(check_destination("911").is_ok());
+        for bad in ["", "  ", "+1415abc", "12", "+1234567890123456", "sip:1@x"] {
+            let e = check_destination(bad).expect_err(bad);
+            assert!(matches!(e, ApiError::InvalidArgument { ref field, .. } if field == "to"));
+        }
+    }
+
+    #[test]
+    fn agent_urls() {
+        assert!(check_agent_url("ws://127.0.0.1:8765/agent").is_ok());
+        assert!(check_agent_url("WSS://agent.example.com").is_ok());
+        for bad in ["http://x", "ws://", "ws:///path", "agent"] {
+            assert!(check_agent_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn override_merges_and_never_forwards_the_token_elsewhere() {
+        let number = pb::Agent {
+            url: "wss://agent.example.com/a".into(),
+            bearer_token: "tok".into(),
+            parameters: [("persona".to_string(), "support".to_string())].into(),
+            status_webhook: "http://hooks/x".into(),
+            ..Default::default()
+        };
+        let same = merge_agent(
+            Some(&number),
+            Some(&pb::AgentOverride {
+                url: String::new(),
+                parameters: [("lang".to_string(), "fr".to_string())].into(),
+            }),
+        )
+        .expect("agent");
+        assert_eq!(same.bearer_token, "tok");
+        assert_eq!(same.parameters.len(), 2);
+        let moved = merge_agent(
+            Some(&number),
+            Some(&pb::AgentOverride {
+                url: "ws://elsewhere/b".into(),
+                parameters: Default::default(),
+            }),
+        )
+        .expect("agent");
+        assert_eq!(moved.url, "ws://elsewhere/b");
+        assert!(
+            moved.bearer_token.is_empty(),
+            "token not sent to another URL"
+        );
+        assert_eq!(moved.parameters["persona"], "support");
+        assert!(merge_agent(None, None).is_none());
+        let fresh = merge_agent(
+            None,
+            Some(&pb::AgentOverride {
+                url: "ws://a/b".into(),
+                parameters: Default::default(),
+            }),
+        )
+        .expect("agent");
+        assert_eq!(fresh.protocol(), pb::AgentProtocol::TwilioMediaStreams);
+    }
+}
