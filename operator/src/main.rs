@@ -209,12 +209,14 @@ async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::R
     let mut version = 0u64;
     let mut last: Option<routing::RoutingSnapshot> = None;
     let mut printed = String::new();
+    let mut last_print = std::time::Instant::now();
     let mut reload = true;
     let mut loaded = files::Loaded::default();
+    let mut directory = files::Directory::new(&dir);
     let mut r = Resolution::default();
     loop {
         if reload {
-            loaded = files::load_dir(&dir)?;
+            loaded = directory.load()?;
             r = routing::resolve(&loaded.inputs);
             metrics.observe(&r);
             metrics.ready.set(1);
@@ -238,6 +240,7 @@ async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::R
         if text != printed {
             print!("{text}");
             printed = text;
+            last_print = std::time::Instant::now();
         }
         let Some(rx) = changes.as_mut() else {
             let all_ok = loaded.problems.is_empty()
@@ -263,7 +266,10 @@ async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::R
                 }
                 reload = false;
                 // Call counts change constantly; reprint at most this often.
-                tokio::time::sleep(fleet::STATUS_INTERVAL).await;
+                let since = last_print.elapsed();
+                if since < fleet::STATUS_INTERVAL {
+                    tokio::time::sleep(fleet::STATUS_INTERVAL - since).await;
+                }
             }
             _ = shutdown_signal() => return Ok(()),
         }

@@ -26,13 +26,7 @@ pub fn free_port() -> u16 {
 /// The media-node binary next to the test executable (built by
 /// `make test`; built here on demand otherwise).
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/test-xxxx -> target/debug/
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .to_path_buf();
+    let dir = crate::operator::target_dir();
     let bin = dir.join("switchboard-media-node");
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))

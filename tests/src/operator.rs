@@ -16,18 +16,25 @@ pub fn binary(name: &str) -> PathBuf {
     )) {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
+    let path = target_dir().join(name);
     assert!(
         path.exists(),
         "{} not built; run `cargo build --workspace --bins` (make test does)",
         path.display()
     );
     path
+}
+
+/// The directory holding the workspace's binaries: the test executable's
+/// (`target/<profile>/deps/..`), or the running binary's own directory.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).

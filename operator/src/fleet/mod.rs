@@ -24,8 +24,9 @@ use tracing::info;
 use crate::metrics::Metrics;
 use crate::routing::Resolution;
 use client::ControlClient;
-use node::{Desired, Report};
+use node::{Desired, NumbersDelta, Report};
 use plan::NodeFacts;
+use switchboard_proto::delta::diff_by_id;
 use view::{FleetView, NodeView};
 
 /// Media nodes to program: node id -> `host:port` of its control service.
@@ -60,6 +61,8 @@ struct Manager {
     metrics: Arc<Metrics>,
     base: Arc<Resolution>,
     numbers: Arc<Vec<pb::PhoneNumber>>,
+    numbers_version: u64,
+    numbers_delta: Option<Arc<NumbersDelta>>,
     since: BTreeMap<String, u64>,
     last_version: u64,
     nodes: BTreeMap<String, Slot>,
@@ -76,32 +79,21 @@ impl Manager {
 
     fn set_base(&mut self, new: Arc<Resolution>) {
         let old = std::mem::replace(&mut self.base, new);
-        let changed_numbers = old.config.numbers != self.base.config.numbers;
         let mut changed: Vec<String> = Vec::new();
-        let before: BTreeMap<&str, &pb::Trunk> = old
-            .config
-            .trunks
-            .iter()
-            .map(|t| (t.id.as_str(), t))
-            .collect();
-        for t in &self.base.config.trunks {
-            if before.get(t.id.as_str()) != Some(&t) {
-                changed.push(t.id.clone());
-            }
-        }
-        if changed_numbers {
-            let before: BTreeMap<&str, &pb::PhoneNumber> = old
-                .config
-                .numbers
-                .iter()
-                .map(|n| (n.id.as_str(), n))
-                .collect();
-            for n in &self.base.config.numbers {
-                if before.get(n.id.as_str()) != Some(&n) {
-                    changed.push(n.id.clone());
-                }
-            }
+        let (trunk_upserts, _) =
+            diff_by_id(&old.config.trunks, &self.base.config.trunks, |t| &t.id);
+        changed.extend(trunk_upserts.into_iter().map(|t| t.id));
+        let (upserts, removals) =
+            diff_by_id(&old.config.numbers, &self.base.config.numbers, |n| &n.id);
+        if !upserts.is_empty() || !removals.is_empty() {
+            changed.extend(upserts.iter().map(|n| n.id.clone()));
             self.numbers = Arc::new(self.base.config.numbers.clone());
+            self.numbers_delta = Some(Arc::new(NumbersDelta {
+                from: self.numbers_version,
+                upserts,
+                removals,
+            }));
+            self.numbers_version += 1;
         }
         if !changed.is_empty() {
             // The next version pushed carries these objects' new content.
@@ -110,7 +102,7 @@ impl Manager {
                 self.since.insert(id, v);
             }
         }
-        let live: std::collections::BTreeSet<&str> = self
+        let routed: std::collections::BTreeSet<&str> = self
             .base
             .config
             .trunks
@@ -118,7 +110,7 @@ impl Manager {
             .map(|t| t.id.as_str())
             .chain(self.base.config.numbers.iter().map(|n| n.id.as_str()))
             .collect();
-        self.since.retain(|k, _| live.contains(k.as_str()));
+        self.since.retain(|k, _| routed.contains(k.as_str()));
     }
 
     fn set_endpoints(&mut self, eps: &Endpoints) {
@@ -232,6 +224,8 @@ impl Manager {
                 version: v,
                 trunks,
                 numbers: self.numbers.clone(),
+                numbers_version: self.numbers_version,
+                numbers_delta: self.numbers_delta.clone(),
             });
             if let Some(slot) = self.nodes.get(&id) {
                 slot.desired.send_replace(d);
@@ -274,6 +268,8 @@ pub async fn run(
         metrics,
         base: Arc::new(Resolution::default()),
         numbers: Arc::new(Vec::new()),
+        numbers_version: 0,
+        numbers_delta: None,
         since: BTreeMap::new(),
         last_version: 0,
         nodes: BTreeMap::new(),

@@ -26,6 +26,22 @@ pub struct Desired {
     pub trunks: Vec<pb::Trunk>,
     /// Numbers, identical for every node.
     pub numbers: Arc<Vec<pb::PhoneNumber>>,
+    /// Generation of `numbers` (changes whenever the list does).
+    pub numbers_version: u64,
+    /// How `numbers` differs from the previous generation, computed once
+    /// for all nodes instead of once per node.
+    pub numbers_delta: Option<Arc<NumbersDelta>>,
+}
+
+/// The change between two generations of the number list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NumbersDelta {
+    /// The generation this applies to.
+    pub from: u64,
+    /// Numbers added or changed.
+    pub upserts: Vec<pb::PhoneNumber>,
+    /// Ids removed.
+    pub removals: Vec<String>,
 }
 
 impl Desired {
@@ -42,7 +58,12 @@ impl Desired {
         let (upsert_numbers, remove_numbers) = if Arc::ptr_eq(&from.numbers, &self.numbers) {
             (Vec::new(), Vec::new())
         } else {
-            diff_by_id(&from.numbers, &self.numbers, |n| &n.id)
+            match &self.numbers_delta {
+                Some(d) if d.from == from.numbers_version => {
+                    (d.upserts.clone(), d.removals.clone())
+                }
+                _ => diff_by_id(&from.numbers, &self.numbers, |n| &n.id),
+            }
         };
         pb::ConfigDelta {
             base_version: from.version,
@@ -219,8 +240,8 @@ mod tests {
         }]);
         let a = Desired {
             version: 1,
-            trunks: vec![],
             numbers: numbers.clone(),
+            ..Default::default()
         };
         let mut b = a.clone();
         b.version = 2;
@@ -234,5 +255,47 @@ mod tests {
         assert_eq!((d.base_version, d.version), (1, 2));
         let rebuilt = switchboard_proto::delta::apply(&a.snapshot(), &d).expect("apply");
         assert_eq!(rebuilt, b.snapshot());
+    }
+
+    #[test]
+    fn a_precomputed_number_delta_is_used_when_it_starts_at_the_acked_generation() {
+        let n = |id: &str| pb::PhoneNumber {
+            id: id.into(),
+            ..Default::default()
+        };
+        let a = Desired {
+            version: 1,
+            numbers: Arc::new(vec![n("ns/a"), n("ns/b")]),
+            numbers_version: 7,
+            ..Default::default()
+        };
+        let pre = Arc::new(NumbersDelta {
+            from: 7,
+            upserts: vec![n("ns/c")],
+            removals: vec!["ns/b".into()],
+        });
+        let b = Desired {
+            version: 2,
+            numbers: Arc::new(vec![n("ns/a"), n("ns/c")]),
+            numbers_version: 8,
+            numbers_delta: Some(pre),
+            ..Default::default()
+        };
+        let d = b.delta(&a);
+        assert_eq!(d.upsert_numbers, vec![n("ns/c")]);
+        assert_eq!(d.remove_numbers, vec!["ns/b".to_string()]);
+        assert_eq!(
+            switchboard_proto::delta::apply(&a.snapshot(), &d).expect("apply"),
+            b.snapshot()
+        );
+        // From an older generation the delta is computed afresh.
+        let old = Desired {
+            numbers_version: 3,
+            ..a.clone()
+        };
+        assert_eq!(
+            switchboard_proto::delta::apply(&old.snapshot(), &b.delta(&old)).expect("apply"),
+            b.snapshot()
+        );
     }
 }

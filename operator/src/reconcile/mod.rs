@@ -11,7 +11,7 @@ pub mod conditions;
 mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
@@ -122,33 +122,21 @@ pub async fn run(
     // Retry soon after a failed write even if nothing else changes.
     let retry = Duration::from_secs(2);
     let mut pending_retry = false;
+    let mut resolution = Arc::new(Resolution::default());
+    let mut resolve_needed = true;
+    let mut last_resolve = Instant::now()
+        .checked_sub(opts.debounce)
+        .unwrap_or_else(Instant::now);
+    let mut last_fleet_write = Instant::now()
+        .checked_sub(crate::fleet::STATUS_INTERVAL)
+        .unwrap_or_else(Instant::now);
     loop {
         let is_leader = *leader.borrow_and_update();
-        let mut inputs = Inputs::default();
-        for t in trunks.state() {
-            inputs.add_trunk(&t);
+        if resolve_needed {
+            resolution = Arc::new(resolve_from(&trunks, &numbers, &secrets, &metrics));
+            last_resolve = Instant::now();
+            resolved.send_replace(resolution.clone());
         }
-        for n in numbers.state() {
-            inputs.add_number(&n);
-        }
-        let wanted = inputs.referenced_secrets();
-        for s in secrets.state() {
-            let key = routing::ObjectKey::new(
-                s.metadata.namespace.clone().unwrap_or_default(),
-                s.metadata.name.clone().unwrap_or_default(),
-            );
-            if wanted.contains(&key) {
-                inputs.secrets.insert(key, SecretData::from(s.as_ref()));
-            }
-        }
-        let started = std::time::Instant::now();
-        let resolution = Arc::new(routing::resolve(&inputs));
-        metrics
-            .resolve_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.observe(&resolution);
-        resolved.send_replace(resolution.clone());
-
         if is_leader {
             let view = fleet.as_mut().map(|f| f.borrow_and_update().clone());
             let failures = writer
@@ -162,26 +150,71 @@ pub async fn run(
             pending_retry = failures > 0;
         }
 
-        // Wait for a change (or leadership, or a retry), then let a burst
-        // settle before resolving again.
+        // Wait for a change (or leadership, or a retry). A lone change is
+        // handled at once; in a burst, at most one resolve per debounce
+        // interval and one fleet-driven write per STATUS_INTERVAL.
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = changed.notified() => {
+                resolve_needed = true;
+                let since = last_resolve.elapsed();
+                if since < opts.debounce {
+                    tokio::time::sleep(opts.debounce - since).await;
+                }
+            }
             r = leader.changed() => {
                 if r.is_err() {
                     return Ok(());
                 }
+                resolve_needed = false;
             }
-            _ = tokio::time::sleep(retry), if pending_retry => {}
+            _ = tokio::time::sleep(retry), if pending_retry => resolve_needed = false,
             open = fleet_changed(&mut fleet) => {
                 if !open {
                     fleet = None;
                 }
+                resolve_needed = false;
                 // Call counts change all the time: write at most this often.
-                tokio::time::sleep(crate::fleet::STATUS_INTERVAL).await;
+                let since = last_fleet_write.elapsed();
+                if since < crate::fleet::STATUS_INTERVAL {
+                    tokio::time::sleep(crate::fleet::STATUS_INTERVAL - since).await;
+                }
+                last_fleet_write = Instant::now();
             }
         }
-        tokio::time::sleep(opts.debounce).await;
     }
+}
+
+/// Builds the resolver's inputs from the watch caches and resolves them.
+fn resolve_from(
+    trunks: &reflector::Store<SipTrunk>,
+    numbers: &reflector::Store<PhoneNumber>,
+    secrets: &reflector::Store<Secret>,
+    metrics: &Metrics,
+) -> Resolution {
+    let mut inputs = Inputs::default();
+    for t in trunks.state() {
+        inputs.add_trunk(&t);
+    }
+    for n in numbers.state() {
+        inputs.add_number(&n);
+    }
+    let wanted = inputs.referenced_secrets();
+    for s in secrets.state() {
+        let key = routing::ObjectKey::new(
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        );
+        if wanted.contains(&key) {
+            inputs.secrets.insert(key, SecretData::from(s.as_ref()));
+        }
+    }
+    let started = Instant::now();
+    let resolution = routing::resolve(&inputs);
+    metrics
+        .resolve_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.observe(&resolution);
+    resolution
 }
 
 /// Waits for the fleet view to change; pending forever without a fleet.

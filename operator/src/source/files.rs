@@ -2,6 +2,7 @@
 //! would `kubectl apply`, read from a directory. It is the embedded default
 //! for local runs, the demo and tests, and reacts to file changes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,48 +66,102 @@ fn is_manifest(p: &Path) -> bool {
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursive),
 /// in name order.
 pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::ReadDir {
-        path: dir.into(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_manifest(p))
-        .collect();
-    files.sort();
-    let mut loaded = Loaded::default();
-    for f in files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match std::fs::read_to_string(&f) {
-            Ok(text) => load_text(&name, &text, &mut loaded),
-            Err(e) => loaded.problems.push(Problem {
-                location: name,
-                message: format!("cannot read: {e}"),
-            }),
+    Directory::new(dir).load()
+}
+
+/// A manifest directory read again on every change. A file that cannot be
+/// read or parsed (an editor halfway through saving it, a typo) keeps its
+/// last good content, so a bad save never withdraws numbers from the fleet;
+/// the problem is reported all the same.
+#[derive(Debug)]
+pub struct Directory {
+    dir: PathBuf,
+    last_good: BTreeMap<String, Vec<Value>>,
+}
+
+impl Directory {
+    /// A directory not read yet.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            last_good: BTreeMap::new(),
         }
     }
-    Ok(loaded)
+
+    /// Reads the directory.
+    pub fn load(&mut self) -> Result<Loaded, Error> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::ReadDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_manifest(p))
+            .collect();
+        files.sort();
+        let mut loaded = Loaded::default();
+        let mut seen = BTreeMap::new();
+        for f in files {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let parsed = std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|text| parse(&text));
+            let docs = match parsed {
+                Ok(docs) => docs,
+                Err(message) => {
+                    let kept = self.last_good.get(&name).cloned();
+                    let suffix = if kept.is_some() {
+                        "; keeping its last good version"
+                    } else {
+                        ""
+                    };
+                    loaded.problems.push(Problem {
+                        location: name.clone(),
+                        message: format!("{message}{suffix}"),
+                    });
+                    match kept {
+                        Some(d) => d,
+                        None => continue,
+                    }
+                }
+            };
+            add_docs(&name, docs.clone(), &mut loaded);
+            seen.insert(name, docs);
+        }
+        // Deleted files are forgotten.
+        self.last_good = seen;
+        Ok(loaded)
+    }
+}
+
+/// Parses a file's documents; the error never quotes file content.
+fn parse(text: &str) -> Result<Vec<Value>, String> {
+    serde_saphyr::from_multiple(text).map_err(|e| {
+        // The YAML parser's message quotes only the location and token
+        // kinds, but a Secret may be in this file: show the first line only.
+        let msg = e.to_string();
+        format!(
+            "invalid YAML: {}",
+            msg.lines().next().unwrap_or("unparsable")
+        )
+    })
 }
 
 /// Adds the documents in one file's text.
 pub fn load_text(file: &str, text: &str, loaded: &mut Loaded) {
-    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
-        Ok(d) => d,
-        Err(e) => {
-            // The YAML parser's message quotes only the location and token
-            // kinds, but a Secret may be in this file: show the position only.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
-            loaded.problems.push(Problem {
-                location: file.into(),
-                message: format!("invalid YAML: {first}"),
-            });
-            return;
-        }
-    };
+    match parse(text) {
+        Ok(docs) => add_docs(file, docs, loaded),
+        Err(message) => loaded.problems.push(Problem {
+            location: file.into(),
+            message,
+        }),
+    }
+}
+
+fn add_docs(file: &str, docs: Vec<Value>, loaded: &mut Loaded) {
     for (i, doc) in docs.into_iter().enumerate() {
         let location = format!("{file}#{}", i + 1);
         if doc.is_null() {
@@ -205,7 +260,7 @@ pub fn watch(dir: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<(
 }
 
 /// Quiet time after a file event before reloading (editors write in steps).
-pub const SETTLE: Duration = Duration::from_millis(150);
+pub const SETTLE: Duration = Duration::from_millis(20);
 
 #[cfg(test)]
 mod tests {
@@ -248,6 +303,34 @@ spec:
         // Defaults from the Rust types match the CRD schema's defaults.
         assert_eq!(t.outbound.as_ref().expect("o").ringing_timeout_seconds, 60);
         assert_eq!(t.options_interval_seconds, 60);
+    }
+
+    #[test]
+    fn a_broken_save_keeps_the_last_good_version_of_that_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("a.yaml"), GOOD).expect("write");
+        let mut d = Directory::new(dir.path());
+        assert_eq!(d.load().expect("load").inputs.numbers.len(), 1);
+        std::fs::write(dir.path().join("a.yaml"), "apiVersion: [half written").expect("write");
+        let l = d.load().expect("load");
+        assert_eq!(
+            l.inputs.numbers.len(),
+            1,
+            "the number stays while the file is broken"
+        );
+        assert!(
+            l.problems[0]
+                .message
+                .contains("keeping its last good version"),
+            "{:?}",
+            l.problems
+        );
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("rm");
+        assert_eq!(
+            d.load().expect("load").inputs.numbers.len(),
+            0,
+            "a deleted file is gone"
+        );
     }
 
     #[test]
