@@ -45,6 +45,10 @@ struct Inner {
     sip_addresses: Vec<String>,
     applied: Mutex<Applied>,
     changes: watch::Sender<u64>,
+    /// Numbers in the configuration in use (benchmarks and dashboards).
+    numbers: prometheus::IntGauge,
+    /// Configurations refused.
+    refusals: prometheus::IntCounter,
 }
 
 impl ControlService {
@@ -59,6 +63,21 @@ impl ControlService {
         let boot_id = format!("{:016x}", rand::random::<u64>());
         let config = initial.unwrap_or_default();
         let (changes, _) = watch::channel(config.version);
+        let numbers = prometheus::IntGauge::new(
+            "switchboard_config_numbers",
+            "Phone numbers in the routing configuration in use",
+        )
+        .expect("constant metric name is valid");
+        let refusals = prometheus::IntCounter::new(
+            "switchboard_config_refused_total",
+            "Routing configurations refused",
+        )
+        .expect("constant metric name is valid");
+        // Registration fails only for duplicate names (a second service in
+        // one process, as in tests); the metrics then stay unexported.
+        let _ = ctx.metrics.registry().register(Box::new(numbers.clone()));
+        let _ = ctx.metrics.registry().register(Box::new(refusals.clone()));
+        numbers.set(i64::try_from(config.numbers.len()).unwrap_or(i64::MAX));
         Self(Arc::new(Inner {
             ctx,
             node_id,
@@ -69,6 +88,8 @@ impl ControlService {
                 refused: None,
             }),
             changes,
+            numbers,
+            refusals,
         }))
     }
 
@@ -128,6 +149,7 @@ impl Inner {
         if let Err(reason) = validate::validate(&next) {
             warn!(version = next.version, %reason, "refusing configuration; keeping the previous one");
             applied.refused = Some((next.version, reason.clone()));
+            self.refusals.inc();
             drop(applied);
             self.bump();
             return ApplyResponse {
@@ -139,6 +161,7 @@ impl Inner {
         let version = next.version;
         let (trunks, numbers) = (next.trunks.len(), next.numbers.len());
         self.ctx.routing.apply(next.clone());
+        self.numbers.set(i64::try_from(numbers).unwrap_or(i64::MAX));
         self.ctx
             .metrics
             .config_version
