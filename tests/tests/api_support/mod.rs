@@ -1,0 +1,415 @@
+//! Shared by the call API tests: a node with the API on, an HTTP client
+//! with a bearer token, a status-webhook receiver, the demo agent process
+//! and a gRPC client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use switchboard_proto::v1alpha1::call_service_client::CallServiceClient;
+use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::sipp::Sipp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The token the tests' nodes expect.
+pub const TOKEN: &str = "test-api-token-5f3a";
+
+/// A scenario file next to this module.
+pub fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/api_support")
+        .join(name)
+}
+
+/// SIPp with a scenario from this directory, placeholders replaced; keep
+/// the directory alive while SIPp runs.
+pub fn local_scenario(name: &str, vars: &[(&str, &str)]) -> (tempfile::TempDir, Sipp) {
+    let mut text = std::fs::read_to_string(scenario(name)).expect("scenario");
+    for (k, v) in vars {
+        text = text.replace(k, v);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write scenario");
+    (dir, Sipp::new(path))
+}
+
+/// A media node with the call API on.
+pub struct ApiNode {
+    /// The node.
+    pub node: MediaNode,
+    /// The API address (gRPC and HTTP).
+    pub api: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiNode {
+    /// Starts a node with `config` and the API (token [`TOKEN`]).
+    pub async fn start(config: &Value, extra: &[&str]) -> ApiNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = dir.path().join("api-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut args = vec![
+            "--api-bind".to_string(),
+            api.to_string(),
+            "--api-token-file".to_string(),
+            token_file.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = MediaNode::start(config, &refs).await.expect("node starts");
+        ApiNode {
+            node,
+            api,
+            _dir: dir,
+        }
+    }
+
+    /// An API request with the right token.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        api_request(self.api, method, path, Some(TOKEN), body)
+            .await
+            .expect("API request")
+    }
+
+    /// Places a call; panics unless 201.
+    pub async fn dial(&self, body: Value) -> String {
+        let (status, resp) = self.call("POST", "/v1/calls", Some(&body)).await;
+        assert_eq!(status, 201, "dial: {resp}");
+        resp["call"]["id"].as_str().expect("call id").to_owned()
+    }
+
+    /// A call's current JSON.
+    pub async fn get(&self, id: &str) -> Value {
+        let (status, resp) = self.call("GET", &format!("/v1/calls/{id}"), None).await;
+        assert_eq!(status, 200, "get {id}: {resp}");
+        resp
+    }
+
+    /// Waits until the call reaches `state` (e.g. "CALL_STATE_ANSWERED").
+    pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.get(id).await;
+            if c["state"] == state {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} not {state} within {within:?}: {c}\nnode log:\n{}",
+                self.node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A gRPC client with the token.
+    pub async fn grpc(&self) -> CallServiceClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.api))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gRPC connect");
+        CallServiceClient::new(channel)
+    }
+}
+
+/// Adds the bearer token to a gRPC request.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
+}
+
+/// One HTTP/1.1 request (Connection: close), bounded to 30 s: (status,
+/// JSON body or `null`).
+pub async fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        let json = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))?
+        };
+        anyhow::Ok((status, json))
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .context("API request timed out")?
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Receives status webhooks: answers the first `fail_first` requests with
+/// 500 (to exercise retries), then 200, and keeps every body received.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Value>>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+impl WebhookReceiver {
+    /// Starts listening on 127.0.0.1.
+    pub async fn start(fail_first: usize) -> WebhookReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let rx = WebhookReceiver {
+            addr,
+            received: Default::default(),
+            attempts: Default::default(),
+        };
+        let me = rx.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move { me.connection(sock, fail_first).await });
+            }
+        });
+        rx
+    }
+
+    /// The URL to configure (with a secret-looking query the node must
+    /// never log).
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks/calls?secret=hook-s3cret", self.addr)
+    }
+
+    async fn connection(&self, mut sock: tokio::net::TcpStream, fail_first: usize) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // One request: head, then Content-Length bytes of body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
+            buf.drain(..head_end + len);
+            let n = {
+                let mut a = self.attempts.lock().expect("lock");
+                *a += 1;
+                *a
+            };
+            let ok = n > fail_first;
+            if ok && let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                self.received.lock().expect("lock").push(v);
+            }
+            let status = if ok {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            if sock.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Bodies accepted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Requests received (failed and accepted).
+    pub fn attempts(&self) -> usize {
+        *self.attempts.lock().expect("lock")
+    }
+
+    /// Event names received for a call, in order.
+    pub fn names_for(&self, call_id: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["call"]["id"] == call_id)
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until `n` events for the call arrived.
+    pub async fn wait_for(&self, call_id: &str, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let names = self.names_for(call_id);
+            if names.len() >= n {
+                return names;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {names:?} reached the webhook within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A binary of the workspace next to the test executable, built on demand.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(bin);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", package, "--bin", bin])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {bin} failed");
+    }
+    path
+}
+
+/// The demo agent (examples/demo-agent) as a process.
+pub struct DemoAgent {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DemoAgent {
+    /// Starts it and waits until it listens.
+    pub async fn start() -> DemoAgent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("agent.log");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(workspace_binary(
+            "switchboard-demo-agent",
+            "switchboard-demo-agent",
+        ))
+        .args(["--listen", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the demo agent");
+        let agent = DemoAgent {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        agent.wait_log("listening", Duration::from_secs(20)).await;
+        agent
+    }
+
+    /// The agent URL for a PhoneNumber.
+    pub fn url(&self) -> String {
+        format!("ws://{}/agent", self.addr)
+    }
+
+    /// What it printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its output contains `text`.
+    pub async fn wait_log(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent never printed {text:?} within {within:?}; output:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `agent-summary` JSON lines so far.
+    pub fn summaries(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.strip_prefix("agent-summary "))
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect()
+    }
+}
+
+impl Drop for DemoAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
