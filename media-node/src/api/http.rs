@@ -65,6 +65,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Unknown routes: UNIMPLEMENTED for gRPC, a JSON 404 for HTTP.
+pub async fn not_found(req: axum::extract::Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented("no such method")
+            .into_http::<Body>()
+            .into_response();
+    }
+    let body = serde_json::json!({"error": {"code": "not_found", "message": "no such route"}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
 /// A proto message as a JSON response.
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {

@@ -338,6 +338,9 @@ pub fn router(api: Api, token: &str) -> axum::Router {
     .into_axum_router();
     http::router(api)
         .merge(grpc)
+        // tonic's fallback answers every unknown path with a gRPC status
+        // (HTTP 200); plain HTTP clients get a 404 instead.
+        .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(
             auth::Token::new(token),
             auth::require_token,
