@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use switchboard_operator::crd::{PhoneNumber, SipTrunk};
+use switchboard_tests::agent::TestAgent;
 use switchboard_tests::envtest::TestCluster;
 use switchboard_tests::fleet::{ControlledNode, register_pod, remove_pod};
 use switchboard_tests::node::free_port;
@@ -25,6 +26,7 @@ fn crds_dir() -> PathBuf {
 }
 
 struct Fleet {
+    agent: TestAgent,
     cluster: TestCluster,
     client: Client,
     nodes: Vec<ControlledNode>,
@@ -42,7 +44,9 @@ impl Fleet {
             register_pod(&client, NS, &n).await;
             list.push(n);
         }
+        let agent = TestAgent::start().await.expect("test agent");
         let mut f = Fleet {
+            agent,
             cluster,
             client,
             nodes: list,
@@ -120,12 +124,15 @@ fn trunk(name: &str, extra: Value) -> Value {
     json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SipTrunk", "metadata": {"name": name, "namespace": NS}, "spec": spec})
 }
 
-fn number(name: &str, e164: &str, trunk: &str) -> Value {
-    json!({
-        "apiVersion": "switchboard.dev/v1alpha1", "kind": "PhoneNumber",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"number": e164, "trunkRef": {"name": trunk}, "agent": {"url": "ws://127.0.0.1:9/agent"}}
-    })
+impl Fleet {
+    /// A PhoneNumber answered by the fleet's test agent.
+    fn number(&self, name: &str, e164: &str, trunk: &str) -> Value {
+        json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"number": e164, "trunkRef": {"name": trunk}, "agent": {"url": self.agent.url()}}
+        })
+    }
 }
 
 async fn call(node: &ControlledNode, to: &str) {
@@ -191,7 +198,7 @@ async fn numbers_reach_every_node_and_deleting_one_keeps_calls_in_progress() {
     assert_eq!(f.nodes[0].readyz().await, Some(503));
 
     f.apply(trunk("carrier", json!({}))).await;
-    f.apply(number("main", NUMBER, "carrier")).await;
+    f.apply(f.number("main", NUMBER, "carrier")).await;
     let pn = f
         .condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
         .await;
@@ -263,7 +270,7 @@ async fn numbers_reach_every_node_and_deleting_one_keeps_calls_in_progress() {
 async fn restarted_node_is_reprogrammed_and_operator_outage_keeps_calls_flowing() {
     let mut f = Fleet::start(2, &[]).await;
     f.apply(trunk("carrier", json!({}))).await;
-    f.apply(number("main", NUMBER, "carrier")).await;
+    f.apply(f.number("main", NUMBER, "carrier")).await;
     f.condition::<SipTrunk>("carrier", "Programmed", "True", "Programmed")
         .await;
 
@@ -293,7 +300,7 @@ async fn restarted_node_is_reprogrammed_and_operator_outage_keeps_calls_flowing(
         call(n, NUMBER).await;
     }
     // Changes made meanwhile are pushed when it returns.
-    f.apply(number("second", "+14155550101", "carrier")).await;
+    f.apply(f.number("second", "+14155550101", "carrier")).await;
     rejected(&f.nodes[0], "+14155550101", "404").await;
     f.start_operator();
     f.condition::<PhoneNumber>("second", "Programmed", "True", "Programmed")
@@ -307,7 +314,7 @@ async fn restarted_node_is_reprogrammed_and_operator_outage_keeps_calls_flowing(
 async fn a_refused_configuration_shows_the_nodes_reason() {
     let f = Fleet::start(2, &[]).await;
     f.apply(trunk("carrier", json!({}))).await;
-    f.apply(number("main", NUMBER, "carrier")).await;
+    f.apply(f.number("main", NUMBER, "carrier")).await;
     f.condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
         .await;
     // TLS gateways are valid in the API but this node version cannot run them.
@@ -329,7 +336,7 @@ async fn channel_limit_splits_across_nodes_and_moves_when_a_node_goes() {
         json!({"limits": {"maxConcurrentCalls": 4}}),
     ))
     .await;
-    f.apply(number("main", NUMBER, "carrier")).await;
+    f.apply(f.number("main", NUMBER, "carrier")).await;
     f.condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
         .await;
     // Shares settle at 2 + 2 once both nodes report in.

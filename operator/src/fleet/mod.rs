@@ -253,7 +253,9 @@ impl Manager {
     }
 }
 
-/// Runs the fleet manager until its inputs close.
+/// Runs the fleet manager until its inputs close. `resolution` must not have
+/// been read yet: its first value after the initial one is the first
+/// configuration pushed.
 pub async fn run(
     client: Arc<ControlClient>,
     mut resolution: watch::Receiver<Arc<Resolution>>,
@@ -274,6 +276,12 @@ pub async fn run(
         last_version: 0,
         nodes: BTreeMap::new(),
     };
+    // Never program nodes before the first real resolution: pushing the
+    // empty initial value would withdraw every number from a running fleet
+    // each time the operator starts.
+    if resolution.changed().await.is_err() {
+        return;
+    }
     m.set_base(resolution.borrow_and_update().clone());
     m.set_endpoints(&endpoints.borrow_and_update().clone());
     loop {

@@ -76,7 +76,15 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
 #[derive(Debug)]
 pub struct Directory {
     dir: PathBuf,
-    last_good: BTreeMap<String, Vec<Value>>,
+    last_good: BTreeMap<String, (Stamp, Vec<Value>)>,
+}
+
+/// What identifies a file's content without reading it: size and mtime.
+type Stamp = Option<(u64, std::time::SystemTime)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 impl Directory {
@@ -106,11 +114,21 @@ impl Directory {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let st = stamp(&f);
+            // An unchanged file is not parsed again (large number lists).
+            if let Some((old, docs)) = self.last_good.get(&name)
+                && st.is_some()
+                && *old == st
+            {
+                add_docs(&name, docs.clone(), &mut loaded);
+                seen.insert(name, (st, docs.clone()));
+                continue;
+            }
             let parsed = std::fs::read_to_string(&f)
                 .map_err(|e| format!("cannot read: {e}"))
                 .and_then(|text| parse(&text));
-            let docs = match parsed {
-                Ok(docs) => docs,
+            let (st, docs) = match parsed {
+                Ok(docs) => (st, docs),
                 Err(message) => {
                     let kept = self.last_good.get(&name).cloned();
                     let suffix = if kept.is_some() {
@@ -123,13 +141,14 @@ impl Directory {
                         message: format!("{message}{suffix}"),
                     });
                     match kept {
-                        Some(d) => d,
+                        // The old stamp stays so the next load parses again.
+                        Some(k) => k,
                         None => continue,
                     }
                 }
             };
             add_docs(&name, docs.clone(), &mut loaded);
-            seen.insert(name, docs);
+            seen.insert(name, (st, docs));
         }
         // Deleted files are forgotten.
         self.last_good = seen;

@@ -40,7 +40,12 @@ async fn numbers_on(node: &ControlledNode) -> Option<f64> {
 }
 
 /// Polls every node until all report `want` numbers; returns the time.
-async fn wait_all(nodes: &[ControlledNode], want: usize, since: Instant, limit: Duration) -> anyhow::Result<Duration> {
+async fn wait_all(
+    nodes: &[ControlledNode],
+    want: usize,
+    since: Instant,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
     loop {
         let mut done = true;
         for n in nodes {
@@ -60,7 +65,11 @@ async fn wait_all(nodes: &[ControlledNode], want: usize, since: Instant, limit: 
 }
 
 async fn pushed_bytes(op: &Operator, kind: &str) -> f64 {
-    op.metric(&format!(r#"switchboard_operator_config_push_bytes_total{{kind="{kind}"}}"#)).await.unwrap_or(0.0)
+    op.metric(&format!(
+        r#"switchboard_operator_config_push_bytes_total{{kind="{kind}"}}"#
+    ))
+    .await
+    .unwrap_or(0.0)
 }
 
 struct Row {
@@ -78,17 +87,26 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
         text.push_str(&number_yaml(i));
     }
     std::fs::write(manifests.join("numbers.yaml"), text)?;
-    let nodes: Vec<ControlledNode> =
-        (0..node_count).map(|i| ControlledNode::start(&format!("node-{i}"), &[])).collect();
+    let nodes: Vec<ControlledNode> = (0..node_count)
+        .map(|i| ControlledNode::start(&format!("node-{i}"), &[]))
+        .collect();
     // Nodes must be listening before the clock starts.
     for n in &nodes {
         let t = Instant::now();
         while numbers_on(n).await.is_none() {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "node {} did not start", n.name);
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "node {} did not start",
+                n.name
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let mut args = vec!["--manifests".to_string(), manifests.display().to_string(), "--control-insecure".into()];
+    let mut args = vec![
+        "--manifests".to_string(),
+        manifests.display().to_string(),
+        "--control-insecure".into(),
+    ];
     for n in &nodes {
         args.push("--node".into());
         args.push(format!("{}={}", n.name, n.control));
@@ -96,27 +114,47 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
     let started = Instant::now();
     let op = Operator::start(args, &[]);
     let full = wait_all(&nodes, count, started, Duration::from_secs(600)).await?;
-    let snap = pushed_bytes(&op, "snapshot").await;
-    let mut rows = vec![Row { what: format!("{count} numbers onto {node_count} nodes (operator start to all nodes running them)"), took: full, bytes: snap }];
+    let snap = pushed_bytes(&op, "snapshot").await + pushed_bytes(&op, "delta").await;
+    let mut rows = vec![Row {
+        what: format!(
+            "{count} numbers onto {node_count} nodes (operator start to all nodes running them)"
+        ),
+        took: full,
+        bytes: snap,
+    }];
 
     let before = pushed_bytes(&op, "delta").await;
     let changed = Instant::now();
     std::fs::write(manifests.join("one-more.yaml"), number_yaml(count + 1))?;
     let one = wait_all(&nodes, count + 1, changed, Duration::from_secs(60)).await?;
     let delta = pushed_bytes(&op, "delta").await - before;
-    rows.push(Row { what: format!("one-number change with {count} numbers on {node_count} nodes (file write to all nodes)"), took: one, bytes: delta });
+    rows.push(Row {
+        what: format!(
+            "one-number change with {count} numbers on {node_count} nodes (file write to all nodes)"
+        ),
+        took: one,
+        bytes: delta,
+    });
     Ok(rows)
 }
 
 async fn kube_run(count: usize) -> anyhow::Result<Vec<Row>> {
     let cluster = TestCluster::start().await?;
-    cluster.install_crds(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).await?;
+    cluster
+        .install_crds(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds"))
+        .await?;
     let client = cluster.client().await?;
-    let nodes: Vec<ControlledNode> = (0..3).map(|i| ControlledNode::start(&format!("media-{i}"), &[])).collect();
+    let nodes: Vec<ControlledNode> = (0..3)
+        .map(|i| ControlledNode::start(&format!("media-{i}"), &[]))
+        .collect();
     for n in &nodes {
         register_pod(&client, "default", n).await;
     }
-    let op = Operator::start_kube(cluster.kubeconfig_path(), "bench", &["--no-leader-election"]);
+    let op = Operator::start_kube(
+        cluster.kubeconfig_path(),
+        "bench",
+        &["--no-leader-election"],
+    );
     let pp = PatchParams::apply("bench").force();
     let trunks: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -125,15 +163,23 @@ async fn kube_run(count: usize) -> anyhow::Result<Vec<Row>> {
     );
     let trunk: serde_json::Value = serde_saphyr::from_str(TRUNK)?;
     trunks.patch("carrier", &pp, &Patch::Apply(&trunk)).await?;
-    let numbers: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<PhoneNumber>(&()));
-    let doc = |i: usize| -> anyhow::Result<serde_json::Value> { Ok(serde_saphyr::from_str(number_yaml(i).trim_start_matches("---\n"))?) };
+    let numbers: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::erase::<PhoneNumber>(&()),
+    );
+    let doc = |i: usize| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_saphyr::from_str(
+            number_yaml(i).trim_start_matches("---\n"),
+        )?)
+    };
     wait_all(&nodes, 0, Instant::now(), Duration::from_secs(60)).await?;
 
     let programmed = |o: &DynamicObject| {
-        o.data["status"]["conditions"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"))
+        o.data["status"]["conditions"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["type"] == "Programmed" && c["status"] == "True")
+        })
     };
     let bytes0 = pushed_bytes(&op, "delta").await + pushed_bytes(&op, "snapshot").await;
     let t = Instant::now();
@@ -155,7 +201,11 @@ async fn kube_run(count: usize) -> anyhow::Result<Vec<Row>> {
     let results: Vec<_> = futures::stream::iter(docs.into_iter().enumerate())
         .map(|(i, d)| {
             let (numbers, pp) = (numbers.clone(), pp.clone());
-            async move { numbers.patch(&format!("n{}", i + 1), &pp, &Patch::Apply(d)).await }
+            async move {
+                numbers
+                    .patch(&format!("n{}", i + 1), &pp, &Patch::Apply(d))
+                    .await
+            }
         })
         .buffer_unordered(32)
         .collect()
@@ -170,33 +220,70 @@ async fn kube_run(count: usize) -> anyhow::Result<Vec<Row>> {
         if list.items.len() == count + 1 && list.items.iter().all(programmed) {
             break;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(900), "numbers never all Programmed");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(900),
+            "numbers never all Programmed"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let status_all = t.elapsed();
     let bytes_all = pushed_bytes(&op, "delta").await + pushed_bytes(&op, "snapshot").await - bytes1;
     Ok(vec![
-        Row { what: "1 PhoneNumber: apply to all 3 nodes running it".into(), took: nodes_one, bytes: bytes_one },
-        Row { what: "1 PhoneNumber: apply to Programmed=True in its status".into(), took: status_one, bytes: bytes_one },
-        Row { what: format!("{count} PhoneNumbers: creating them in the API server (32 in flight)"), took: applied, bytes: 0.0 },
-        Row { what: format!("{count} PhoneNumbers: first create to all 3 nodes running them"), took: nodes_all, bytes: bytes_all },
-        Row { what: format!("{count} PhoneNumbers: first create to all Programmed=True"), took: status_all, bytes: bytes_all },
+        Row {
+            what: "1 PhoneNumber: apply to all 3 nodes running it".into(),
+            took: nodes_one,
+            bytes: bytes_one,
+        },
+        Row {
+            what: "1 PhoneNumber: apply to Programmed=True in its status".into(),
+            took: status_one,
+            bytes: bytes_one,
+        },
+        Row {
+            what: format!("{count} PhoneNumbers: creating them in the API server (32 in flight)"),
+            took: applied,
+            bytes: 0.0,
+        },
+        Row {
+            what: format!("{count} PhoneNumbers: first create to all 3 nodes running them"),
+            took: nodes_all,
+            bytes: bytes_all,
+        },
+        Row {
+            what: format!("{count} PhoneNumbers: first create to all Programmed=True"),
+            took: status_all,
+            bytes: bytes_all,
+        },
     ])
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut out = String::from("| what | time | bytes pushed (all nodes) |\n| --- | ---: | ---: |\n");
+    let mut out =
+        String::from("| what | time | bytes pushed (all nodes) |\n| --- | ---: | ---: |\n");
     for r in rows {
-        let _ = writeln!(out, "| {} | {:.1} ms | {:.0} |", r.what, r.took.as_secs_f64() * 1000.0, r.bytes);
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} ms | {:.0} |",
+            r.what,
+            r.took.as_secs_f64() * 1000.0,
+            r.bytes
+        );
     }
     out
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let out_dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bench/results"));
+    let out_dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bench/results"));
     let quick = std::env::var("BENCH_QUICK").is_ok();
-    let sizes: &[usize] = if quick { &[1, 1000] } else { &[1, 1000, 100_000] };
+    let sizes: &[usize] = if quick {
+        &[1, 1000]
+    } else {
+        &[1, 1000, 100_000]
+    };
     let kube_count = if quick { 1000 } else { 10_000 };
     let mut files_rows = Vec::new();
     for &n in sizes {
@@ -216,7 +303,11 @@ async fn main() -> anyhow::Result<()> {
          Command: `cargo run --release -p switchboard-tests --bin bench-operator`.\n"
     );
     let _ = writeln!(md, "### File source, 10 nodes\n\n{}", table(&files_rows));
-    let _ = writeln!(md, "### Kubernetes API (kube-apiserver 1.35 + etcd 3.6 on loopback), 3 nodes\n\n{}", table(&kube_rows));
+    let _ = writeln!(
+        md,
+        "### Kubernetes API (kube-apiserver 1.35 + etcd 3.6 on loopback), 3 nodes\n\n{}",
+        table(&kube_rows)
+    );
     print!("{md}");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("operator.md"), md)?;
