@@ -7,3 +7,4 @@ pub mod node;
 pub mod operator;
 pub mod poll;
 pub mod sipp;
+pub mod agent;

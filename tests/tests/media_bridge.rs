@@ -1,0 +1,1045 @@
+//! Calls carry audio: the real media-node binary bridging SIPp callers' RTP to a WebSocket agent
+//! speaking Twilio Media Streams (tests/src/agent.rs, and Pipecat's serializer in
+//! tests/agents/pipecat_agent.py).
+//!
+//! RTP is either played by SIPp from a pcap the test writes (`media_uac_pcap.xml`), or sent and
+//! captured by a small RTP endpoint in this file (the "phone") whose address SIPp writes into its
+//! SDP (`media_uac_bye.xml`), so that exact bytes, sequence numbers, timestamps and pacing of
+//! what the node sends can be asserted. Expectations come from RFC 3550/3551/4733, G.711 and the
+//! protocol document, with independent reference code here (G.711 decoding, RTP parsing).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard_tests::agent::TestAgent;
+use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::sipp::{Sipp, SippRun};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+const NUMBER: &str = "15550001111";
+const FRAME: usize = 160;
+
+// ------------------------------------------------------------------------------------------
+// Reference G.711 (ITU-T G.711 / the classic Sun reference), independent of the node's tables.
+
+fn ulaw_to_linear(u: u8) -> i32 {
+    let u = !u;
+    let exp = (u >> 4) & 7;
+    let mant = (u & 0x0F) as i32;
+    let t = (((mant << 3) + 0x84) << exp) - 0x84;
+    if u & 0x80 != 0 { -t } else { t }
+}
+
+fn alaw_to_linear(a: u8) -> i32 {
+    let a = a ^ 0x55;
+    let exp = (a >> 4) & 7;
+    let mut t = ((a & 0x0F) as i32) << 4;
+    t += 8;
+    if exp != 0 {
+        t += 0x100;
+    }
+    if exp > 1 {
+        t <<= exp - 1;
+    }
+    if a & 0x80 != 0 { t } else { -t }
+}
+
+fn segment(v: i32, ends: &[i32; 8]) -> usize {
+    ends.iter().position(|&e| v <= e).unwrap_or(8)
+}
+
+fn linear_to_ulaw(pcm: i32) -> u8 {
+    const ENDS: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
+    let mut v = pcm >> 2;
+    let mask = if v < 0 {
+        v = -v;
+        0x7F
+    } else {
+        0xFF
+    };
+    v = v.min(8159) + (0x84 >> 2);
+    let seg = segment(v, &ENDS);
+    if seg >= 8 {
+        return 0x7F ^ mask;
+    }
+    (((seg as i32) << 4) | ((v >> (seg + 1)) & 0x0F)) as u8 ^ mask
+}
+
+fn linear_to_alaw(pcm: i32) -> u8 {
+    const ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
+    let mut v = pcm >> 3;
+    let mask = if v >= 0 {
+        0xD5
+    } else {
+        v = -v - 1;
+        0x55
+    };
+    let seg = segment(v, &ENDS);
+    if seg >= 8 {
+        return 0x7F ^ mask;
+    }
+    let mant = if seg < 2 {
+        (v >> 1) & 0x0F
+    } else {
+        (v >> seg) & 0x0F
+    };
+    (((seg as i32) << 4) | mant) as u8 ^ mask
+}
+
+/// Two linear values agree within G.711's quantisation (one step of the coarser law).
+fn close(a: i32, b: i32) -> bool {
+    (a - b).abs() <= (a.abs().max(b.abs()) / 8).max(48)
+}
+
+/// `frames` frames of a recognisable μ-law signal that never contains 0xFF (silence), so it
+/// can be found in a stream padded with silence.
+fn ulaw_pattern(frames: usize, seed: u32) -> Vec<u8> {
+    (0..frames * FRAME)
+        .map(|i| {
+            let x = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8;
+            if x == 0xFF || x == 0x7F { 0x80 } else { x }
+        })
+        .collect()
+}
+
+/// A loud sine as μ-law (for the PCMA test, where values must survive transcoding).
+fn ulaw_sine(frames: usize, hz: f64) -> Vec<u8> {
+    (0..frames * FRAME)
+        .map(|i| {
+            let v = (12000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i32;
+            let u = linear_to_ulaw(v);
+            if u == 0xFF { 0xFE } else { u }
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// RTP on the wire (RFC 3550 5.1), parsed here independently of the node.
+
+#[derive(Debug, Clone)]
+struct Rtp {
+    at: Instant,
+    from: SocketAddr,
+    marker: bool,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    payload: Vec<u8>,
+}
+
+fn parse_rtp(b: &[u8], at: Instant, from: SocketAddr) -> Option<Rtp> {
+    if b.len() < 12 || b[0] >> 6 != 2 {
+        return None;
+    }
+    let cc = (b[0] & 0x0F) as usize;
+    let mut off = 12 + 4 * cc;
+    if b[0] & 0x10 != 0 {
+        let len = u16::from_be_bytes([*b.get(off + 2)?, *b.get(off + 3)?]) as usize;
+        off += 4 + 4 * len;
+    }
+    let mut end = b.len();
+    if b[0] & 0x20 != 0 {
+        end -= *b.last()? as usize;
+    }
+    Some(Rtp {
+        at,
+        from,
+        marker: b[1] & 0x80 != 0,
+        pt: b[1] & 0x7F,
+        seq: u16::from_be_bytes([b[2], b[3]]),
+        ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        payload: b.get(off..end)?.to_vec(),
+    })
+}
+
+fn rtp_packet(marker: bool, pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, (pt & 0x7F) | if marker { 0x80 } else { 0 }];
+    p.extend(seq.to_be_bytes());
+    p.extend(ts.to_be_bytes());
+    p.extend(ssrc.to_be_bytes());
+    p.extend(payload);
+    p
+}
+
+/// A pcap (Ethernet/IPv4/UDP) of RTP packets 20 ms apart, for SIPp's `play_pcap_audio`.
+fn write_pcap(path: &Path, pt: u8, payload: &[u8]) {
+    let mut out = Vec::new();
+    out.extend(0xa1b2_c3d4u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(4u16.to_le_bytes());
+    out.extend(0i32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(65535u32.to_le_bytes());
+    out.extend(1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (i, chunk) in payload.chunks(FRAME).enumerate() {
+        let rtp = rtp_packet(
+            i == 0,
+            pt,
+            1000 + i as u16,
+            5000 + (i * FRAME) as u32,
+            0x5eed_0001,
+            chunk,
+        );
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut ip = vec![0x45, 0];
+        ip.extend((ip_len as u16).to_be_bytes());
+        ip.extend((i as u16).to_be_bytes());
+        ip.extend([0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        let sum = ip
+            .chunks(2)
+            .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+        let sum = !(((sum & 0xFFFF) + (sum >> 16)) as u16);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut pkt = vec![0u8; 12];
+        pkt.extend([0x08, 0x00]);
+        pkt.extend(ip);
+        pkt.extend(6000u16.to_be_bytes());
+        pkt.extend(6000u16.to_be_bytes());
+        pkt.extend((udp_len as u16).to_be_bytes());
+        pkt.extend(0u16.to_be_bytes());
+        pkt.extend(rtp);
+        let usec = i as u64 * 20_000;
+        out.extend(((usec / 1_000_000) as u32).to_le_bytes());
+        out.extend(((usec % 1_000_000) as u32).to_le_bytes());
+        out.extend((pkt.len() as u32).to_le_bytes());
+        out.extend((pkt.len() as u32).to_le_bytes());
+        out.extend(pkt);
+    }
+    std::fs::write(path, out).expect("writing pcap");
+}
+
+// ------------------------------------------------------------------------------------------
+// The phone: the caller's RTP endpoint.
+
+enum PhoneCmd {
+    Audio(Vec<u8>),
+    Dtmf(u8),
+    Stop,
+}
+
+/// Sends RTP towards the node at 20 ms pace (queued audio, RFC 4733 events, silence otherwise)
+/// once the node's first packet told it where the node is (symmetric RTP), and records every
+/// packet the node sends.
+struct Phone {
+    port: u16,
+    received: Arc<Mutex<Vec<Rtp>>>,
+    cmd: mpsc::UnboundedSender<PhoneCmd>,
+    last_sent: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Phone {
+    /// `silence`: the byte of silence in the call's codec.
+    async fn start(pt: u8, silence: u8) -> Phone {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind phone"));
+        let port = sock.local_addr().expect("addr").port();
+        let received: Arc<Mutex<Vec<Rtp>>> = Arc::default();
+        let rec = received.clone();
+        let rx_sock = sock.clone();
+        let (node_tx, mut node_rx) = mpsc::unbounded_channel::<SocketAddr>();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut told = false;
+            while let Ok((n, from)) = rx_sock.recv_from(&mut buf).await {
+                // RTCP (payload types 200-204 in the second octet) is not audio.
+                if n >= 2 && (200..=204).contains(&buf[1]) {
+                    continue;
+                }
+                if let Some(p) = parse_rtp(&buf[..n], Instant::now(), from) {
+                    rec.lock().expect("lock").push(p);
+                    if !told {
+                        told = node_tx.send(from).is_ok();
+                    }
+                }
+            }
+        });
+        let (cmd, mut cmds) = mpsc::unbounded_channel();
+        let last_sent: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let last = last_sent.clone();
+        tokio::spawn(async move {
+            let Some(node) = node_rx.recv().await else {
+                return;
+            };
+            // The stream starts with the test's first command, so that what the agent hears
+            // starts with what the test sent (no leading silence to account for).
+            let first_cmd = cmds.recv().await;
+            let ssrc = 0x0ca1_1e45u32;
+            let (mut seq, mut ts) = (7000u16, 160_000u32);
+            let mut queue: std::collections::VecDeque<u8> = Default::default();
+            let mut dtmf: std::collections::VecDeque<u8> = Default::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut first = true;
+            match first_cmd {
+                Some(PhoneCmd::Audio(a)) => queue.extend(a),
+                Some(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+                Some(PhoneCmd::Stop) | None => return,
+            }
+            loop {
+                tick.tick().await;
+                loop {
+                    match cmds.try_recv() {
+                        Ok(PhoneCmd::Audio(a)) => queue.extend(a),
+                        Ok(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+                        Ok(PhoneCmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    }
+                }
+                if let Some(ev) = dtmf.pop_front() {
+                    // RFC 4733: 5 packets 20 ms apart with growing duration, then the end packet
+                    // three times, all with the event's start timestamp; audio time moves on.
+                    let start_ts = ts;
+                    for k in 1..=5u16 {
+                        let body = [ev, 10, ((k * 160) >> 8) as u8, (k * 160) as u8];
+                        let p = rtp_packet(k == 1, 101, seq, start_ts, ssrc, &body);
+                        let _ = sock.send_to(&p, node).await;
+                        seq = seq.wrapping_add(1);
+                        ts = ts.wrapping_add(160);
+                        tick.tick().await;
+                    }
+                    for _ in 0..3 {
+                        let body = [ev, 0x80 | 10, (960u16 >> 8) as u8, 960u16 as u8];
+                        let p = rtp_packet(false, 101, seq, start_ts, ssrc, &body);
+                        let _ = sock.send_to(&p, node).await;
+                        seq = seq.wrapping_add(1);
+                    }
+                    *last.lock().expect("lock") = Some(Instant::now());
+                    continue;
+                }
+                let mut frame = [silence; FRAME];
+                for b in frame.iter_mut() {
+                    match queue.pop_front() {
+                        Some(x) => *b = x,
+                        None => break,
+                    }
+                }
+                let p = rtp_packet(first, pt, seq, ts, ssrc, &frame);
+                first = false;
+                let _ = sock.send_to(&p, node).await;
+                *last.lock().expect("lock") = Some(Instant::now());
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+            }
+        });
+        Phone {
+            port,
+            received,
+            cmd,
+            last_sent,
+        }
+    }
+
+    fn send_audio(&self, bytes: &[u8]) {
+        let _ = self.cmd.send(PhoneCmd::Audio(bytes.to_vec()));
+    }
+
+    fn send_dtmf(&self, digit: char) {
+        let ev = match digit {
+            '0'..='9' => digit as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            _ => panic!("not a DTMF digit"),
+        };
+        let _ = self.cmd.send(PhoneCmd::Dtmf(ev));
+    }
+
+    fn stop(&self) {
+        let _ = self.cmd.send(PhoneCmd::Stop);
+    }
+
+    fn last_sent(&self) -> Option<Instant> {
+        *self.last_sent.lock().expect("lock")
+    }
+
+    fn packets(&self) -> Vec<Rtp> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    async fn wait_packets(&self, what: &str, within: Duration, check: impl Fn(&[Rtp]) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let p = self.packets();
+            if check(&p) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}; phone got {} packets",
+                p.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Asserts RFC 3550 continuity of the node's stream: one SSRC, sequence numbers +1 and
+/// timestamps +160 from packet to packet, and 50 packets per second.
+fn assert_continuous_50pps(pkts: &[Rtp], pt: u8) {
+    assert!(
+        pkts.len() >= 50,
+        "need at least a second of packets, got {}",
+        pkts.len()
+    );
+    let ssrc = pkts[0].ssrc;
+    assert!(
+        pkts[0].marker,
+        "the first packet starts a talkspurt (marker bit)"
+    );
+    for w in pkts.windows(2) {
+        assert_eq!(
+            w[1].from, w[0].from,
+            "one source address (symmetric RTP: our RTP port)"
+        );
+        assert_eq!(w[1].ssrc, ssrc, "one SSRC");
+        assert_eq!(w[1].pt, pt, "payload type");
+        assert_eq!(w[1].payload.len(), FRAME, "20 ms per packet");
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "sequence numbers continuous"
+        );
+        assert_eq!(
+            w[1].ts,
+            w[0].ts.wrapping_add(160),
+            "timestamps advance 160 per packet"
+        );
+    }
+    let span = pkts[pkts.len() - 1].at - pkts[0].at;
+    let rate = (pkts.len() - 1) as f64 / span.as_secs_f64();
+    assert!(
+        (47.0..=53.0).contains(&rate),
+        "50 packets per second, got {rate:.2} over {span:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Configuration and SIPp helpers.
+
+fn config(agent_url: &str, rtp_timeout: u32, max_duration: u32) -> serde_json::Value {
+    json!({
+        "version": "1",
+        "trunks": [{
+            "id": "demo/carrier",
+            "enabled": true,
+            "inbound": {"enabled": true, "allowedSources": ["127.0.0.1/32"]},
+            "media": {"codecs": ["CODEC_PCMU", "CODEC_PCMA"], "rtpTimeoutSeconds": rtp_timeout}
+        }],
+        "numbers": [{
+            "id": "demo/support", "e164": "+15550001111", "trunkId": "demo/carrier",
+            "inbound": true, "outbound": true, "maxCallDurationSeconds": max_duration,
+            "agent": {"url": agent_url, "bearerToken": "tok-123", "parameters": {"tenant": "acme"}}
+        }]
+    })
+}
+
+const INFO_DTMF: &str = r#"
+  <pause milliseconds="@INFO_AFTER_MS@"/>
+  <send retrans="500">
+    <![CDATA[
+
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "sipp" <sip:+15559990000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      [routes]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal=@DIGIT@
+      Duration=160
+
+    ]]>
+  </send>
+  <recv response="200"/>
+"#;
+
+/// SIPp calling the node with its SDP pointing at `phone_port`; ends when the node sends BYE.
+fn spawn_bye_call(
+    node: &MediaNode,
+    phone_port: u16,
+    pt: &str,
+    codec: &str,
+    info: &str,
+    bye_within_ms: u64,
+) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+    let sip = node.sip;
+    let bye = bye_within_ms.to_string();
+    let sipp = Sipp::template(
+        "media_uac_bye.xml",
+        &[
+            ("@INFO@", info),
+            ("@RTP_PORT@", &phone_port.to_string()),
+            ("@PT@", pt),
+            ("@CODEC@", codec),
+            ("@BYE_WITHIN_MS@", &bye),
+        ],
+    )
+    .expect("template")
+    .args(["-s", NUMBER, "-mp", &free_port().to_string()])
+    .timeout(Duration::from_millis(bye_within_ms + 20_000));
+    tokio::spawn(async move { sipp.run_client(sip, free_port()).await })
+}
+
+async fn finish(call: tokio::task::JoinHandle<anyhow::Result<SippRun>>, what: &str) -> SippRun {
+    let run = call.await.expect("sipp task").expect("sipp runs");
+    run.assert_success(what);
+    run
+}
+
+async fn metric_eventually(node: &MediaNode, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = node.metric(series).await;
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {v}, want {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests.
+
+/// SIPp plays a pcap of known μ-law; the agent receives exactly those bytes, in order, in
+/// 160-byte media messages with the protocol's framing; SIPp's BYE ends the stream with `stop`.
+#[tokio::test]
+async fn media_sipp_pcap_audio_reaches_agent_exactly() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let dir = tempfile::tempdir().expect("tmp");
+    let pcap = dir.path().join("caller.pcap");
+    let audio = ulaw_pattern(75, 1);
+    write_pcap(&pcap, 0, &audio);
+    let run = Sipp::template(
+        "media_uac_pcap.xml",
+        &[
+            ("@PCAP@", &pcap.display().to_string()),
+            ("@PLAY_MS@", "2500"),
+        ],
+    )
+    .expect("template")
+    .args(["-s", NUMBER, "-mp", &free_port().to_string()])
+    .run_client(node.sip, free_port())
+    .await
+    .expect("sipp runs");
+    run.assert_success("pcap call");
+
+    let conn = agent.connection(0, Duration::from_secs(5)).await;
+    conn.wait_until("stop", Duration::from_secs(5), |c| {
+        !c.events("stop").is_empty()
+    })
+    .await;
+    assert_eq!(conn.authorization().as_deref(), Some("Bearer tok-123"));
+    let msgs = conn.messages();
+    assert_eq!(msgs[0].json["event"], "connected");
+    let start = &msgs[1].json;
+    assert_eq!(start["event"], "start");
+    assert_eq!(start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
+    assert_eq!(start["start"]["customParameters"]["tenant"], "acme");
+    assert_eq!(start["start"]["customParameters"]["direction"], "inbound");
+    assert_eq!(start["start"]["accountSid"], "demo/carrier");
+    // `connected` carries no number; every later message counts from 1.
+    for (i, m) in msgs.iter().enumerate().skip(1) {
+        assert_eq!(
+            m.json["sequenceNumber"],
+            i.to_string(),
+            "sequenceNumber of message {i}"
+        );
+    }
+    let media = conn.events("media");
+    for (k, m) in media.iter().enumerate() {
+        assert_eq!(
+            m.json["media"]["chunk"],
+            (k + 1).to_string(),
+            "chunk counts media from 1"
+        );
+        assert_eq!(m.json["media"]["track"], "inbound");
+    }
+    let ts: Vec<u64> = media
+        .iter()
+        .map(|m| {
+            m.json["media"]["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("timestamp string")
+        })
+        .collect();
+    assert!(
+        ts.windows(2).all(|w| w[1] == w[0] + 20),
+        "timestamps 20 ms apart: {ts:?}"
+    );
+    let got = conn.audio();
+    assert_eq!(got.len(), audio.len(), "every frame arrived, no more");
+    assert!(
+        got == audio,
+        "the agent got exactly the caller's μ-law, in order"
+    );
+    assert_eq!(conn.events("stop").len(), 1);
+    assert!(
+        node.metric("switchboard_rtp_packets_received_total").await >= 75.0,
+        "RTP counted"
+    );
+    assert_eq!(
+        node.metric(r#"switchboard_call_end_reasons_total{reason="remote_bye"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// Agent audio of any chunk size reaches the caller as RTP at 50 packets per second with
+/// continuous sequence numbers and timestamps (silence before and after), byte-exact; caller
+/// audio from the phone reaches the agent byte-exact; the agent closing its socket ends the
+/// call with a BYE and the reason recorded.
+#[tokio::test]
+async fn media_agent_audio_paced_to_caller_and_agent_close_sends_bye() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+
+    // Caller -> agent, through the phone's own RTP.
+    let caller_audio = ulaw_pattern(50, 7);
+    phone.send_audio(&caller_audio);
+    // Agent -> caller: 1.5 s in uneven chunks (not multiples of 160).
+    let agent_audio = ulaw_pattern(75, 99)[..75 * FRAME - 37].to_vec();
+    for chunk in agent_audio.chunks(1013) {
+        conn.send_media(chunk);
+    }
+    conn.send_mark("done");
+    conn.wait_until("the mark after the audio", Duration::from_secs(10), |c| {
+        c.marks() == ["done"]
+    })
+    .await;
+    // A second of silence after the audio, to see the stream go on.
+    let n_at_mark = phone.packets().len();
+    phone
+        .wait_packets("a second more", Duration::from_secs(5), |p| {
+            p.len() >= n_at_mark + 50
+        })
+        .await;
+    conn.wait_until("the caller's audio", Duration::from_secs(5), |c| {
+        c.audio().len() >= caller_audio.len()
+    })
+    .await;
+    assert!(
+        conn.audio()[..caller_audio.len()] == caller_audio[..],
+        "caller audio exact and in order"
+    );
+
+    let pkts = phone.packets();
+    assert_continuous_50pps(&pkts, 0);
+    let bytes: Vec<u8> = pkts.iter().flat_map(|p| p.payload.clone()).collect();
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0xFF)
+        .expect("agent audio arrived");
+    assert_eq!(first % FRAME, 0, "agent audio starts on a packet boundary");
+    assert!(
+        bytes[..first].iter().all(|&b| b == 0xFF),
+        "silence before the agent spoke"
+    );
+    assert!(
+        bytes[first..first + agent_audio.len()] == agent_audio[..],
+        "the caller got exactly the agent's μ-law"
+    );
+    assert!(
+        bytes[first + agent_audio.len()..]
+            .iter()
+            .all(|&b| b == 0xFF),
+        "silence after the agent's audio"
+    );
+
+    // The agent hangs up: the node sends BYE to the caller.
+    conn.close();
+    finish(call, "BYE after the agent closed").await;
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="agent_disconnected"}"#,
+        1.0,
+    )
+    .await;
+    metric_eventually(
+        &node,
+        r#"switchboard_agent_disconnects_total{reason="agent_closed"}"#,
+        1.0,
+    )
+    .await;
+    phone.stop();
+}
+
+/// A PCMA call: A-law from the caller reaches the agent as the same sound in μ-law, and the
+/// agent's μ-law reaches the caller as A-law, with A-law silence around it.
+#[tokio::test]
+async fn media_pcma_call_both_directions() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(8, 0xD5).await;
+    let call = spawn_bye_call(&node, phone.port, "8", "PCMA", "", 20_000);
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+
+    let caller_ulaw = ulaw_sine(50, 300.0);
+    let caller_alaw: Vec<u8> = caller_ulaw
+        .iter()
+        .map(|&u| linear_to_alaw(ulaw_to_linear(u)))
+        .collect();
+    phone.send_audio(&caller_alaw);
+    let agent_ulaw = ulaw_sine(50, 700.0);
+    conn.send_media(&agent_ulaw);
+    conn.send_mark("played");
+    conn.wait_until("the mark", Duration::from_secs(10), |c| {
+        c.marks() == ["played"]
+    })
+    .await;
+    conn.wait_until("the caller's audio", Duration::from_secs(5), |c| {
+        c.audio().len() >= caller_alaw.len()
+    })
+    .await;
+
+    let got = conn.audio();
+    for (i, (&a, &u)) in caller_alaw.iter().zip(&got).enumerate() {
+        assert!(
+            close(alaw_to_linear(a), ulaw_to_linear(u)),
+            "sample {i}: caller sent A-law {a:#04x} ({}), agent got μ-law {u:#04x} ({})",
+            alaw_to_linear(a),
+            ulaw_to_linear(u)
+        );
+    }
+    let pkts = phone.packets();
+    assert_continuous_50pps(&pkts, 8);
+    let bytes: Vec<u8> = pkts.iter().flat_map(|p| p.payload.clone()).collect();
+    let first = bytes
+        .iter()
+        .position(|&b| alaw_to_linear(b).abs() > 64)
+        .expect("agent audio arrived");
+    assert!(
+        bytes[..first].iter().all(|&b| alaw_to_linear(b).abs() <= 8),
+        "A-law silence before the agent spoke"
+    );
+    let first = first - first % FRAME;
+    for (i, (&u, &a)) in agent_ulaw.iter().zip(&bytes[first..]).enumerate() {
+        assert!(
+            close(ulaw_to_linear(u), alaw_to_linear(a)),
+            "sample {i}: agent sent μ-law {u:#04x}, caller got A-law {a:#04x}"
+        );
+    }
+    conn.close();
+    finish(call, "PCMA call").await;
+    phone.stop();
+}
+
+/// RFC 4733 key presses (with the end packet sent three times, as senders do) reach the agent
+/// once per press; a SIP INFO digit too.
+#[tokio::test]
+async fn media_dtmf_rfc4733_and_info_once_per_digit() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let info = INFO_DTMF
+        .replace("@INFO_AFTER_MS@", "200")
+        .replace("@DIGIT@", "5");
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", &info, 20_000);
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+    phone.send_audio(&ulaw_pattern(5, 3));
+    for d in ['1', '9', '#'] {
+        phone.send_dtmf(d);
+    }
+    conn.wait_until("four digits", Duration::from_secs(10), |c| {
+        c.digits().len() >= 4
+    })
+    .await;
+    // Give duplicates (end-packet repeats) time to show up if they were reported.
+    phone.send_audio(&ulaw_pattern(10, 4));
+    conn.wait_until("audio after the digits", Duration::from_secs(5), |c| {
+        c.audio().len() >= 15 * FRAME
+    })
+    .await;
+    let digits = conn.digits();
+    assert_eq!(digits.matches('5').count(), 1, "INFO digit once: {digits}");
+    assert_eq!(
+        digits.replace('5', ""),
+        "19#",
+        "RFC 4733 digits once each, in order"
+    );
+    for m in conn.events("dtmf") {
+        assert_eq!(m.json["dtmf"]["track"], "inbound_track");
+    }
+    metric_eventually(
+        &node,
+        r#"switchboard_dtmf_events_total{source="rfc4733"}"#,
+        3.0,
+    )
+    .await;
+    metric_eventually(
+        &node,
+        r#"switchboard_dtmf_events_total{source="info"}"#,
+        1.0,
+    )
+    .await;
+    conn.close();
+    finish(call, "DTMF call").await;
+    phone.stop();
+}
+
+/// `clear` during a long playout stops the audio within one frame and returns the pending mark
+/// at once; marks queued afterwards come back in order, each once its audio has played.
+#[tokio::test]
+async fn media_clear_stops_playout_and_marks_come_back_in_order() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+
+    conn.send_media(&ulaw_pattern(500, 5)); // ten seconds
+    conn.send_mark("long");
+    let audio_packets = |p: &[Rtp]| {
+        p.iter()
+            .filter(|r| r.payload.iter().any(|&b| b != 0xFF))
+            .count()
+    };
+    phone
+        .wait_packets(
+            "half a second of agent audio",
+            Duration::from_secs(10),
+            |p| audio_packets(p) >= 25,
+        )
+        .await;
+    conn.send_clear();
+    conn.wait_until("the cleared mark", Duration::from_secs(5), |c| {
+        c.marks() == ["long"]
+    })
+    .await;
+    let cleared_at = conn.events("mark")[0].at;
+    // Watch the stream for a while after the clear.
+    let n = phone.packets().len();
+    phone
+        .wait_packets(
+            "half a second after the clear",
+            Duration::from_secs(5),
+            |p| p.len() >= n + 25,
+        )
+        .await;
+    let late_audio = phone
+        .packets()
+        .iter()
+        .filter(|r| r.at > cleared_at && r.payload.iter().any(|&b| b != 0xFF))
+        .count();
+    assert!(
+        late_audio <= 1,
+        "audio stopped within one frame of the clear; {late_audio} audio packets after it"
+    );
+    assert!(
+        audio_packets(&phone.packets()) < 100,
+        "the ten seconds were not played"
+    );
+
+    // Marks after a clear: played in order.
+    let sent = Instant::now();
+    conn.send_media(&ulaw_pattern(3, 6));
+    conn.send_mark("a");
+    conn.send_media(&ulaw_pattern(2, 7));
+    conn.send_mark("b");
+    conn.send_mark("c");
+    conn.wait_until("marks a, b, c", Duration::from_secs(5), |c| {
+        c.marks().len() == 4
+    })
+    .await;
+    assert_eq!(conn.marks(), ["long", "a", "b", "c"]);
+    let marks = conn.events("mark");
+    assert!(
+        marks[1].at - sent >= Duration::from_millis(40),
+        "mark a came back after its 60 ms of audio played, not at once ({:?})",
+        marks[1].at - sent
+    );
+    assert!(
+        marks[2].at >= marks[1].at + Duration::from_millis(20),
+        "b after its own audio"
+    );
+    conn.close();
+    finish(call, "clear call").await;
+    phone.stop();
+}
+
+/// An unreachable agent gets the INVITE refused with 503 before answering (also when the agent
+/// accepts TCP but never completes the upgrade: the connect timeout); with
+/// `--agent-unreachable answer-hangup` the call is answered and hung up. Reasons are recorded.
+#[tokio::test]
+async fn media_agent_unreachable_503_or_answer_hangup() {
+    // A port with nothing listening.
+    let closed = format!("ws://127.0.0.1:{}/agent", free_port());
+    let node = MediaNode::start(&config(&closed, 30, 0), &[])
+        .await
+        .expect("node");
+    Sipp::template("media_uac_rejected.xml", &[("@CODE@", "503")])
+        .expect("template")
+        .args(["-s", NUMBER, "-mp", &free_port().to_string()])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp runs")
+        .assert_success("503 for an unreachable agent");
+    assert_eq!(
+        node.metric(r#"switchboard_sip_rejected_requests_total{reason="agent_unreachable"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        node.metric(r#"switchboard_agent_connect_failures_total{reason="transport"}"#)
+            .await,
+        1.0
+    );
+    assert!(node.log().contains("agent unreachable at call set-up"));
+    drop(node);
+
+    // An agent that accepts TCP and then says nothing: the connect timeout decides.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("ws://{}/agent", silent.local_addr().expect("addr"));
+    let hold = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            keep.push(s);
+        }
+    });
+    let node = MediaNode::start(
+        &config(&silent_url, 30, 0),
+        &["--agent-connect-timeout-ms", "500"],
+    )
+    .await
+    .expect("node");
+    let started = Instant::now();
+    Sipp::template("media_uac_rejected.xml", &[("@CODE@", "503")])
+        .expect("template")
+        .args(["-s", NUMBER, "-mp", &free_port().to_string()])
+        .run_client(node.sip, free_port())
+        .await
+        .expect("sipp runs")
+        .assert_success("503 after the connect timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the connect timeout"
+    );
+    assert_eq!(
+        node.metric(r#"switchboard_agent_connect_failures_total{reason="timeout"}"#)
+            .await,
+        1.0
+    );
+    drop(node);
+    hold.abort();
+
+    let node = MediaNode::start(
+        &config(&closed, 30, 0),
+        &["--agent-unreachable", "answer-hangup"],
+    )
+    .await
+    .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 5_000);
+    finish(call, "answered, then BYE for an unreachable agent").await;
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="agent_unreachable"}"#,
+        1.0,
+    )
+    .await;
+    phone.stop();
+}
+
+/// RTP that stops hangs the call up with a BYE after the trunk's rtpTimeoutSeconds.
+#[tokio::test]
+async fn media_rtp_timeout_sends_bye() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 2, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 15_000);
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    phone.send_audio(&ulaw_pattern(25, 8));
+    conn.wait_until("caller audio", Duration::from_secs(5), |c| {
+        c.audio().len() >= 25 * FRAME
+    })
+    .await;
+    phone.stop();
+    let stopped = phone.last_sent().expect("the phone sent RTP");
+    finish(call, "BYE after the RTP timeout").await;
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "BYE about 2 s after the last packet, got {waited:?}"
+    );
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="rtp_timeout"}"#,
+        1.0,
+    )
+    .await;
+    conn.wait_until("stop to the agent", Duration::from_secs(5), |c| {
+        !c.events("stop").is_empty()
+    })
+    .await;
+    assert!(node.log().contains("no RTP from the caller"));
+}
+
+/// The number's maxCallDurationSeconds ends the call with a BYE even while audio flows.
+#[tokio::test]
+async fn media_max_call_duration_sends_bye() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 2), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let started = Instant::now();
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 15_000);
+    phone.send_audio(&ulaw_pattern(10, 2));
+    finish(call, "BYE at the maximum duration").await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="max_duration"}"#,
+        1.0,
+    )
+    .await;
+    phone.stop();
+}
