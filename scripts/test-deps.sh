@@ -140,3 +140,29 @@ else
 fi
 
 log "done. kube-apiserver=$KUBE_APISERVER etcd=$ETCD kubectl=$BIN/kubectl helm=$BIN/helm"
+
+# ===================================================== Pipecat agent (media tests)
+# tests/tests/media_bridge.rs drives the media node with an agent built on Pipecat's Twilio
+# Media Streams serializer (tests/agents/pipecat_agent.py): an independent implementation of the
+# agent protocol. It lives in its own venv; the test looks for $CACHE/pipecat-venv/bin/python.
+PIPECAT_VENV="$CACHE/pipecat-venv"
+PIPECAT_PKGS=("pipecat-ai==1.14.0" "websockets==17.4")
+if [[ -x "$PIPECAT_VENV/bin/python" ]] &&
+    "$PIPECAT_VENV/bin/python" -c 'import pipecat.serializers.twilio, websockets' >/dev/null 2>&1 &&
+    "$PIPECAT_VENV/bin/python" -m pip show pipecat-ai 2>/dev/null | grep -qx 'Version: 1.14.0'; then
+    log "pipecat venv present: $PIPECAT_VENV"
+else
+    command -v python3 >/dev/null 2>&1 || die "python3 is not installed; it is needed for the Pipecat test agent"
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        [[ $(id -u) -eq 0 ]] || die "python3-venv missing and not running as root"
+        run apt-get update
+        run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+    fi
+    log "installing ${PIPECAT_PKGS[*]} into $PIPECAT_VENV"
+    run python3 -m venv "$PIPECAT_VENV"
+    run "$PIPECAT_VENV/bin/python" -m pip install --quiet --upgrade pip
+    run "$PIPECAT_VENV/bin/python" -m pip install --quiet "${PIPECAT_PKGS[@]}"
+    "$PIPECAT_VENV/bin/python" -c 'import pipecat.serializers.twilio' >/dev/null 2>&1 ||
+        die "pipecat installed but its Twilio serializer does not import"
+fi
+log "pipecat agent venv: $PIPECAT_VENV"

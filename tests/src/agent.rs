@@ -61,6 +61,8 @@ impl Drop for TestAgent {
 
 impl TestAgent {
     /// Listens on a free port of 127.0.0.1.
+    // The handshake callback's signature (and its large error type) is tungstenite's.
+    #[allow(clippy::result_large_err)]
     pub async fn start() -> anyhow::Result<TestAgent> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

@@ -291,7 +291,8 @@ impl Phone {
                         Err(mpsc::error::TryRecvError::Empty) => break,
                     }
                 }
-                if let Some(ev) = dtmf.pop_front() {
+                // Key presses follow the audio queued before them.
+                if let Some(ev) = queue.is_empty().then(|| dtmf.pop_front()).flatten() {
                     // RFC 4733: 5 packets 20 ms apart with growing duration, then the end packet
                     // three times, all with the event's start timestamp; audio time moves on.
                     let start_ts = ts;
@@ -1042,4 +1043,143 @@ async fn media_max_call_duration_sends_bye() {
     )
     .await;
     phone.stop();
+}
+
+/// The Python interpreter of the Pipecat venv that scripts/test-deps.sh installs.
+fn pipecat_python() -> std::path::PathBuf {
+    let cache = std::env::var_os("SWITCHBOARD_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/switchboard")
+        });
+    let python = cache.join("pipecat-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test-deps.sh (it installs Pipecat for this test)",
+        python.display()
+    );
+    python
+}
+
+/// An agent built on an independent implementation of the protocol, Pipecat's Twilio
+/// serializer: it decodes our `start`, `media` and `dtmf` messages, and what it sends (audio
+/// converted to μ-law by Pipecat) reaches the caller byte-exact; its closing ends the call.
+#[tokio::test]
+async fn media_pipecat_agent_end_to_end() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let report_path = dir.path().join("report.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/pipecat_agent.py");
+    let mut agent = tokio::process::Command::new(pipecat_python())
+        .arg(&script)
+        .arg(&report_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the Pipecat agent");
+    let stdout = agent.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the Pipecat agent starts within 60 s")
+        .expect("read")
+        .expect("a READY line");
+    let port: u16 = ready
+        .strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .expect("READY <port>");
+
+    let node = MediaNode::start(&config(&format!("ws://127.0.0.1:{port}/"), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let caller_audio = ulaw_pattern(50, 11);
+    phone.send_audio(&caller_audio);
+    phone.send_dtmf('1');
+    // The agent answers the digit with 400 ms of tone: wait until the caller heard it.
+    let heard = |p: &[Rtp]| {
+        p.iter()
+            .filter(|r| r.payload.iter().any(|&b| b != 0xFF))
+            .count()
+    };
+    phone
+        .wait_packets("the Pipecat agent's audio", Duration::from_secs(10), |p| {
+            heard(p) >= 20
+        })
+        .await;
+    phone.send_dtmf('#');
+    finish(call, "BYE after the Pipecat agent closed").await;
+    phone.stop();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&report_path)
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Pipecat agent wrote no report"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let events: Vec<&str> = report["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert_eq!(events[..2], ["connected", "start"]);
+    assert_eq!(
+        report["start"]["start"]["customParameters"]["tenant"],
+        "acme"
+    );
+    assert_eq!(
+        report["digits"],
+        json!(["1", "#"]),
+        "each key press once, through Pipecat's parser"
+    );
+    // Pipecat decoded our media messages to PCM: the caller's audio, sample for sample.
+    let pcm = base64_decode(report["caller_pcm"].as_str().expect("pcm"));
+    let samples: Vec<i32> = pcm
+        .chunks_exact(2)
+        .map(|b| i32::from(i16::from_le_bytes([b[0], b[1]])))
+        .collect();
+    assert!(
+        samples.len() >= caller_audio.len(),
+        "Pipecat got all the caller's audio"
+    );
+    for (i, (&u, &s)) in caller_audio.iter().zip(&samples).enumerate() {
+        assert_eq!(ulaw_to_linear(u), s, "sample {i} as Pipecat decoded it");
+    }
+    // What Pipecat serialized reached the caller exactly, on a packet boundary.
+    let sent = &report["sent"][0];
+    assert_eq!(sent["event"], "media");
+    let reply = base64_decode(sent["media"]["payload"].as_str().expect("payload"));
+    assert_eq!(reply.len(), 3200, "400 ms of μ-law");
+    let bytes: Vec<u8> = phone
+        .packets()
+        .iter()
+        .flat_map(|p| p.payload.clone())
+        .collect();
+    let found = (0..bytes.len() / FRAME).any(|k| bytes[k * FRAME..].starts_with(&reply));
+    assert!(found, "the caller got Pipecat's audio byte-exact");
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="agent_disconnected"}"#,
+        1.0,
+    )
+    .await;
+    let _ = agent.kill().await;
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
 }
