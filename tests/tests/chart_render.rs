@@ -587,39 +587,68 @@ fn operator_dials_this_releases_media_nodes_over_tls_with_a_token() {
 /// rendered arguments and becomes ready.
 #[tokio::test]
 async fn media_node_binary_accepts_the_rendered_arguments() {
-    let (sip, admin) = (free_port(), free_port());
+    let (sip, admin, control) = (free_port(), free_port(), free_port());
     let docs = render()
         .set(&format!("mediaNode.sip.port={sip}"))
         .set(&format!("mediaNode.adminPort={admin}"))
+        .set(&format!("mediaNode.controlPort={control}"))
         .set("mediaNode.rtp.portMin=41000")
         .set("mediaNode.rtp.portMax=41100")
         .documents();
     let d = find(&docs, "Deployment", MEDIA);
     let dir = tempfile::tempdir().expect("tempdir");
-    let routing = dir.path().join("routing.json");
-    let rendered_routing = find(&docs, "Secret", &format!("{MEDIA}-routing"));
-    std::fs::write(
-        &routing,
-        rendered_routing["stringData"]["routing.json"]
-            .as_str()
-            .expect("routing.json"),
-    )
-    .expect("write routing");
-    // The kubelet's $(VAR) expansion, with loopback standing in for the
-    // pod's and node's addresses; the routing file at its temp path.
-    let args: Vec<String> = args(d)
-        .into_iter()
-        .map(|a| {
-            if let Some(path) = a.strip_prefix("--config=") {
-                assert_eq!(path, "/etc/switchboard/routing/routing.json");
-                format!("--config={}", routing.display())
-            } else {
-                a.replace("$(NODE_IP)", "127.0.0.1")
-                    .replace("$(POD_IP)", "127.0.0.1")
-                    .replace("0.0.0.0:", "127.0.0.1:")
-            }
+    // The control-channel TLS material and token the chart generated,
+    // written where the rendered arguments expect them (remapped to temp).
+    let tls = find(
+        &docs,
+        "Secret",
+        &format!("{RELEASE}-switchboard-control-tls"),
+    );
+    let token = find(
+        &docs,
+        "Secret",
+        &format!("{RELEASE}-switchboard-control-token"),
+    );
+    let b64 = |v: &serde_json::Value| -> Vec<u8> {
+        use base64::Engine as _;
+        match v.as_str() {
+            Some(s) => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .expect("base64"),
+            None => Vec::new(),
+        }
+    };
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(dir.path().join(key), b64(&tls["data"][key])).expect("write tls");
+    }
+    let token_text = token["data"]["token"]
+        .as_str()
+        .map(|_| b64(&token["data"]["token"]))
+        .or_else(|| {
+            token["stringData"]["token"]
+                .as_str()
+                .map(|t| t.as_bytes().to_vec())
         })
-        .collect();
+        .expect("token");
+    std::fs::write(dir.path().join("token"), token_text).expect("write token");
+    let remap = |a: &str| -> String {
+        a.replace(
+            "/etc/switchboard/control-tls",
+            &dir.path().display().to_string(),
+        )
+        .replace(
+            "/etc/switchboard/control-token",
+            &dir.path().display().to_string(),
+        )
+        .replace("$(NODE_IP)", "127.0.0.1")
+        .replace("$(POD_IP)", "127.0.0.1")
+        .replace("0.0.0.0:", "127.0.0.1:")
+    };
+    let node_args: Vec<String> = args(d).into_iter().map(|a| remap(&a)).collect();
+    assert!(
+        !node_args.iter().any(|a| a.starts_with("--config")),
+        "nodes are programmed by the operator: {node_args:?}"
+    );
     let log = dir.path().join("media-node.log");
     let file = std::fs::File::create(&log).expect("log");
     struct Kill(std::process::Child);
@@ -631,33 +660,88 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
     }
     let node = std::sync::Mutex::new(Kill(
         std::process::Command::new(binary("switchboard-media-node"))
-            .args(&args)
+            .args(&node_args)
+            .env("POD_NAME", "media-0")
             .stdout(file.try_clone().expect("fd"))
             .stderr(file)
             .spawn()
             .expect("start switchboard-media-node"),
     ));
     let url = format!("127.0.0.1:{admin}");
-    eventually(
-        "the media node to answer /readyz",
-        Duration::from_secs(20),
-        || async {
+    let status_is = |code: &'static str| {
+        let (node, log, args, url) = (&node, &log, &node_args, &url);
+        move || async move {
             let exited = node.lock().expect("lock").0.try_wait();
             if let Ok(Some(status)) = exited {
                 return Err(format!(
                     "exited {status} with {args:?}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    std::fs::read_to_string(log).unwrap_or_default()
                 ));
             }
-            let body = http_get(&url, "/readyz").await?;
-            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
+            let body = http_get(url, "/readyz").await?;
+            if body.starts_with(&format!("HTTP/1.0 {code}"))
+                || body.starts_with(&format!("HTTP/1.1 {code}"))
+            {
                 Ok(())
             } else {
                 Err(body)
             }
-        },
+        }
+    };
+    // Up, but not ready until programmed.
+    eventually(
+        "the media node to answer /readyz 503",
+        Duration::from_secs(20),
+        status_is("503"),
     )
     .await;
+
+    // The operator, with the chart's CA, server name and token, programs it
+    // over TLS (file source standing in for the cluster).
+    let op_deploy = find(
+        &docs,
+        "Deployment",
+        &format!("{RELEASE}-switchboard-operator"),
+    );
+    let op_args = args(op_deploy);
+    let server_name = op_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--control-server-name="))
+        .expect("--control-server-name rendered")
+        .to_string();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    std::fs::write(
+        manifests.join("trunk.yaml"),
+        "apiVersion: switchboard.dev/v1alpha1\nkind: SipTrunk\nmetadata: {name: t}\nspec:\n  inbound: {allowedSources: [\"127.0.0.1/32\"]}\n",
+    )
+    .expect("write");
+    let mut operator = std::process::Command::new(binary("switchboard-operator"))
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg(format!("--node=media-0=127.0.0.1:{control}"))
+        .arg(format!(
+            "--control-ca={}",
+            dir.path().join("ca.crt").display()
+        ))
+        .arg(format!(
+            "--control-token-file={}",
+            dir.path().join("token").display()
+        ))
+        .arg(format!("--control-server-name={server_name}"))
+        .arg(format!("--http-bind=127.0.0.1:{}", free_port()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start operator");
+    eventually(
+        "the operator to program the node over TLS",
+        Duration::from_secs(20),
+        status_is("200"),
+    )
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
 }
 
 async fn http_get(addr: &str, path: &str) -> Result<String, String> {

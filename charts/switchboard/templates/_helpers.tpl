@@ -120,8 +120,9 @@ yet: the chart then does not pass it (the value stays documented).
 ==========================================================================
 */}}
 {{- define "switchboard.mediaNode.flags" -}}
-# --config FILE: routing configuration (proto3 JSON) the node starts with;
-# the operator then programs it over the control channel.
+# --config FILE: an optional routing configuration (proto3 JSON) the node
+# starts with; without it the node is not ready until the operator has
+# programmed it over the control channel.
 config: --config
 # --sip-bind ADDR:PORT (UDP and TCP).
 sipBind: --sip-bind
@@ -135,14 +136,14 @@ rtpPorts: --rtp-ports
 maxCalls: --max-calls
 # --drain-grace-secs N: how long a drain waits before hanging up.
 drainGrace: --drain-grace-secs
-# Not in the binary's flags yet (the control server exists in the library,
-# media-node/src/control, but main.rs does not expose it; the call API is
-# being built). Fill in the names when they land:
+# The control channel the operator programs the node through (gRPC).
+controlBind: --control-bind
+controlCert: --control-cert
+controlKey: --control-key
+controlTokenFile: --control-token-file
+controlInsecure: --control-insecure
+# Not in the binary's flags yet (the call API is being built):
 callApiBind: ""
-controlBind: ""
-controlCert: ""
-controlKey: ""
-controlTokenFile: ""
 # A separate address for SDP (media), for loadBalancer mode where SIP goes
 # through the load balancer but RTP must reach the pod directly.
 mediaAdvertise: ""
