@@ -247,6 +247,25 @@ async fn numbers_reach_every_node_and_deleting_one_keeps_calls_in_progress() {
         }
     })
     .await;
+    // Scale-in takes idle pods first: the busy pod costs more to delete.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(f.client.clone(), NS);
+    eventually("pod-deletion-cost to follow the calls", WAIT, || async {
+        let cost = |p: &k8s_openapi::api::core::v1::Pod| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost").cloned())
+                .unwrap_or_default()
+        };
+        let busy = pods.get("media-0").await.map_err(|e| e.to_string())?;
+        let idle = pods.get("media-1").await.map_err(|e| e.to_string())?;
+        if cost(&busy) == "1" && cost(&idle) == "0" {
+            Ok(())
+        } else {
+            Err(format!("busy {:?}, idle {:?}", cost(&busy), cost(&idle)))
+        }
+    })
+    .await;
     f.api::<PhoneNumber>()
         .delete("main", &DeleteParams::default())
         .await
