@@ -168,3 +168,60 @@ async fn reacts_to_file_changes_and_emits_the_routing_configuration() {
     .await;
     assert!(!op.log().contains("demo-password"));
 }
+
+#[tokio::test]
+async fn file_source_programs_the_nodes_named_on_the_command_line() {
+    use switchboard_tests::agent::TestAgent;
+    use switchboard_tests::fleet::ControlledNode;
+    use switchboard_tests::sipp::{Sipp, scenario};
+
+    let agent = TestAgent::start().await.expect("agent");
+    let nodes = [
+        ControlledNode::start("local-a", &[]),
+        ControlledNode::start("local-b", &[]),
+    ];
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("fleet.yaml"),
+        format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: SipTrunk\nmetadata: {{name: local}}\nspec:\n  inbound: {{allowedSources: [\"127.0.0.0/8\"]}}\n---\n\
+             apiVersion: switchboard.dev/v1alpha1\nkind: PhoneNumber\nmetadata: {{name: line}}\nspec:\n  number: \"+14155550123\"\n  trunkRef: {{name: local}}\n  agent: {{url: \"{}\"}}\n",
+            agent.url()
+        ),
+    )
+    .expect("write");
+    let mut args = vec![
+        "--manifests".to_string(),
+        dir.path().display().to_string(),
+        "--control-insecure".into(),
+    ];
+    for n in &nodes {
+        args.push(format!("--node={}={}", n.name, n.control));
+    }
+    let op = Operator::start(args, &[]);
+    for n in &nodes {
+        eventually(&format!("{} to be programmed", n.name), WAIT, || async {
+            match n.readyz().await {
+                Some(200) => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+        Sipp::new(scenario("uac_call.xml"))
+            .args(["-s", "+14155550123"])
+            .run_client(n.sip, switchboard_tests::node::free_port())
+            .await
+            .expect("sipp")
+            .assert_success(&format!("call through {}", n.name));
+    }
+    eventually("the table to show the number programmed", WAIT, || async {
+        let log = op.log();
+        let r = row(&log, "default/line").ok_or("no row")?;
+        if r[4] == "True" {
+            Ok(())
+        } else {
+            Err(r.join(" "))
+        }
+    })
+    .await;
+}
