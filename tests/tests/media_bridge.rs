@@ -221,6 +221,8 @@ fn write_pcap(path: &Path, pt: u8, payload: &[u8]) {
 enum PhoneCmd {
     Audio(Vec<u8>),
     Dtmf(u8),
+    /// Send nothing for this long (after the queued audio).
+    Pause(Duration),
     Stop,
 }
 
@@ -276,9 +278,11 @@ impl Phone {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut first = true;
+            let mut pause: Option<Duration> = None;
             match first_cmd {
                 Some(PhoneCmd::Audio(a)) => queue.extend(a),
                 Some(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+                Some(PhoneCmd::Pause(d)) => pause = Some(d),
                 Some(PhoneCmd::Stop) | None => return,
             }
             loop {
@@ -287,9 +291,18 @@ impl Phone {
                     match cmds.try_recv() {
                         Ok(PhoneCmd::Audio(a)) => queue.extend(a),
                         Ok(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+                        Ok(PhoneCmd::Pause(d)) => pause = Some(d),
                         Ok(PhoneCmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
                         Err(mpsc::error::TryRecvError::Empty) => break,
                     }
+                }
+                if queue.is_empty()
+                    && let Some(d) = pause.take()
+                {
+                    tokio::time::sleep(d).await;
+                    tick.reset();
+                    ts = ts.wrapping_add((d.as_millis() as u32) * 8);
+                    continue;
                 }
                 // Key presses follow the audio queued before them.
                 if let Some(ev) = queue.is_empty().then(|| dtmf.pop_front()).flatten() {
@@ -348,6 +361,10 @@ impl Phone {
             _ => panic!("not a DTMF digit"),
         };
         let _ = self.cmd.send(PhoneCmd::Dtmf(ev));
+    }
+
+    fn pause(&self, d: Duration) {
+        let _ = self.cmd.send(PhoneCmd::Pause(d));
     }
 
     fn stop(&self) {
@@ -1182,4 +1199,88 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .expect("base64")
+}
+
+/// Hold (the caller's re-INVITE with sendonly makes us recvonly): the node stops sending and
+/// does not time out for lack of RTP; on resume the stream continues with the next sequence
+/// number, a timestamp advanced by the time on hold and the marker bit.
+#[tokio::test]
+async fn media_hold_pauses_sending_and_suspends_rtp_timeout() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 2, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let sip = node.sip;
+    let port = phone.port.to_string();
+    let sipp = Sipp::template(
+        "media_uac_hold.xml",
+        &[
+            ("@RTP_PORT@", port.as_str()),
+            ("@PT@", "0"),
+            ("@CODEC@", "PCMU"),
+            ("@TALK_MS@", "1000"),
+            ("@HOLD_MS@", "3000"),
+            ("@BYE_WITHIN_MS@", "20000"),
+        ],
+    )
+    .expect("template")
+    .args(["-s", NUMBER, "-mp", &free_port().to_string()])
+    .timeout(Duration::from_secs(40));
+    let call = tokio::spawn(async move { sipp.run_client(sip, free_port()).await });
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    // Talk, then fall silent for longer than the 2 s RTP timeout while on hold.
+    phone.send_audio(&ulaw_pattern(40, 12));
+    phone.pause(Duration::from_millis(3400));
+    phone.send_audio(&ulaw_pattern(10, 13));
+    // Wait for the stream to come back after the hold, and a second more.
+    phone
+        .wait_packets("the stream to resume", Duration::from_secs(15), |p| {
+            p.windows(2)
+                .any(|w| w[1].at - w[0].at > Duration::from_secs(1))
+                && p.last()
+                    .is_some_and(|l| l.at.elapsed() < Duration::from_millis(200))
+                && p.len() >= 150
+        })
+        .await;
+    let pkts = phone.packets();
+    let gaps: Vec<usize> = (1..pkts.len())
+        .filter(|&i| pkts[i].at - pkts[i - 1].at > Duration::from_millis(500))
+        .collect();
+    assert_eq!(gaps.len(), 1, "one pause in the node's stream (the hold)");
+    let i = gaps[0];
+    let (before, after) = (&pkts[i - 1], &pkts[i]);
+    let gap = after.at - before.at;
+    assert!(
+        gap > Duration::from_millis(2500) && gap < Duration::from_millis(3800),
+        "nothing sent while on hold ({gap:?})"
+    );
+    assert_eq!(
+        after.seq,
+        before.seq.wrapping_add(1),
+        "sequence numbers continue"
+    );
+    assert!(after.marker, "a new talkspurt after the hold");
+    let advanced = after.ts.wrapping_sub(before.ts) as f64 / 8000.0;
+    assert!(
+        (advanced - gap.as_secs_f64()).abs() < 0.1,
+        "timestamps kept real time: advanced {advanced:.3}s over {gap:?}"
+    );
+    assert_continuous_50pps(&pkts[i..], 0);
+    conn.close();
+    let run = call.await.expect("sipp task").expect("sipp runs");
+    run.assert_success("hold and resume, then BYE from the agent closing");
+    assert_eq!(
+        node.metric(r#"switchboard_call_end_reasons_total{reason="rtp_timeout"}"#)
+            .await,
+        0.0,
+        "no RTP timeout during hold"
+    );
+    metric_eventually(
+        &node,
+        r#"switchboard_call_end_reasons_total{reason="agent_disconnected"}"#,
+        1.0,
+    )
+    .await;
+    phone.stop();
 }
