@@ -87,6 +87,31 @@ fn select_trunk<'a>(
     }
 }
 
+/// Realm used when a trunk's auth names none.
+const DEFAULT_REALM: &str = "switchboard";
+
+fn realm_of(auth: &switchboard_proto::v1alpha1::InboundAuth) -> &str {
+    if auth.realm.is_empty() {
+        DEFAULT_REALM
+    } else {
+        auth.realm.as_str()
+    }
+}
+
+/// Checks the request's Authorization against a trunk's inbound
+/// credentials; `None` when the trunk has none.
+fn verify_inbound(ctx: &Ctx, req: &ServerRequest, trunk: &Trunk) -> Option<Verdict> {
+    let auth = trunk.inbound.as_ref()?.auth.as_ref()?;
+    let creds = auth.credentials.as_ref()?;
+    Some(ctx.digest.verify(
+        req.msg.header("Authorization"),
+        realm_of(auth),
+        &creds.username,
+        &creds.password,
+        "INVITE",
+    ))
+}
+
 /// Handles a new INVITE (no To tag).
 pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
     let local_tag = random_token(10);
@@ -216,9 +241,52 @@ fn admit(
     if !(ruri.starts_with("sip:") || ruri.starts_with("sips:") || ruri.starts_with("tel:")) {
         return Err(Reject::new(416, "uri_scheme"));
     }
-    let source_trunks = table.trunks_for_source(req.peer.addr.ip());
+    let mut source_trunks = table.trunks_for_source(req.peer.addr.ip());
+    let mut pre_authenticated = false;
     if source_trunks.is_empty() {
-        return Err(Reject::new(403, "acl"));
+        // Trunks with digest auth and no allowedSources take calls from any
+        // source that authenticates. Authenticate before looking the number
+        // up, so an unauthenticated source learns nothing about numbers.
+        let mut auth_only: Vec<&Trunk> = table
+            .trunks
+            .values()
+            .filter(|t| {
+                t.inbound.as_ref().is_some_and(|i| {
+                    i.enabled
+                        && i.allowed_sources.is_empty()
+                        && i.auth.as_ref().is_some_and(|a| a.credentials.is_some())
+                })
+            })
+            .collect();
+        if auth_only.is_empty() {
+            return Err(Reject::new(403, "acl"));
+        }
+        auth_only.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut stale = false;
+        for t in &auth_only {
+            match verify_inbound(ctx, req, t) {
+                Some(Verdict::Ok) => source_trunks.push(t.id.as_str()),
+                Some(Verdict::Challenge { stale: s }) => stale |= s,
+                None => {}
+            }
+        }
+        if source_trunks.is_empty() {
+            if req.msg.header("Authorization").is_some() && !stale {
+                ctx.metrics.reject("auth_failed");
+            }
+            let realm = auth_only
+                .first()
+                .and_then(|t| t.inbound.as_ref())
+                .and_then(|i| i.auth.as_ref())
+                .map(realm_of)
+                .unwrap_or(DEFAULT_REALM);
+            return Err(Reject {
+                code: 401,
+                reason: "auth_challenge",
+                headers: vec![("WWW-Authenticate", ctx.digest.challenge(realm, stale))],
+            });
+        }
+        pre_authenticated = true;
     }
     let usable = source_trunks.iter().any(|id| {
         table
@@ -237,21 +305,12 @@ fn admit(
     if !number.inbound {
         return Err(Reject::new(403, "number_inbound_disabled"));
     }
-    if let Some(auth) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref())
-        && let Some(creds) = auth.credentials.as_ref()
+    if !pre_authenticated
+        && let Some(auth) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref())
+        && auth.credentials.is_some()
     {
-        let realm = if auth.realm.is_empty() {
-            "switchboard"
-        } else {
-            auth.realm.as_str()
-        };
-        match ctx.digest.verify(
-            req.msg.header("Authorization"),
-            realm,
-            &creds.username,
-            &creds.password,
-            "INVITE",
-        ) {
+        let realm = realm_of(auth);
+        match verify_inbound(ctx, req, trunk).unwrap_or(Verdict::Challenge { stale: false }) {
             Verdict::Ok => {}
             Verdict::Challenge { stale } => {
                 if req.msg.header("Authorization").is_some() && !stale {
