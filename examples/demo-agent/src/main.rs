@@ -104,6 +104,8 @@ fn print(conn: u64, text: &str) {
     println!("[agent #{conn}] {text}");
 }
 
+// The handshake callback's error type is tungstenite's (large) HTTP response.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, peer: SocketAddr, conn: u64, greeting_ms: u64) {
     let mut path = String::new();
     let mut authorized = false;

@@ -231,7 +231,7 @@ impl Pacing {
             .limits
             .as_ref()
             .is_some_and(|l| l.max_concurrent_calls > 0);
-        let share = t.share.clone().unwrap_or_default();
+        let share = t.share.unwrap_or_default();
         Share {
             max_concurrent: limited.then_some(share.max_concurrent_calls as usize),
             cps: share.max_calls_per_second.max(0.0),
