@@ -1,6 +1,8 @@
-//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and debug
-//! routes to drive the outbound engine and inspect state until the real
-//! call API exists.
+//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/drain`
+//! (the Kubernetes preStop hook), and, only with `--debug-routes`, debug
+//! routes that place and hang up calls and inspect state without
+//! authentication (tests and local development; the call API on
+//! `--api-bind` is the authenticated way).
 
 use std::sync::Arc;
 
@@ -13,21 +15,49 @@ use axum::{Json, Router};
 use crate::call::Ctx;
 use crate::call::outbound::{self, DialRequest};
 
-/// Builds the router.
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
+/// Builds the router; the unauthenticated `/debug/*` routes only when
+/// `debug_routes` is set.
+pub fn router(ctx: Arc<Ctx>, debug_routes: bool) -> Router {
+    let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/debug/dial", post(dial))
-        .route("/debug/hangup", post(hangup))
-        .route("/debug/calls", get(calls))
-        .route("/debug/registrations", get(registrations))
-        .route("/debug/gateways", get(gateways))
-        .with_state(ctx)
+        .route("/drain", get(drain).post(drain));
+    let app = if debug_routes {
+        app.route("/debug/dial", post(dial))
+            .route("/debug/hangup", post(hangup))
+            .route("/debug/calls", get(calls))
+            .route("/debug/registrations", get(registrations))
+            .route("/debug/gateways", get(gateways))
+    } else {
+        app
+    };
+    app.with_state(ctx)
+}
+
+#[derive(serde::Serialize)]
+struct DrainStatus {
+    draining: bool,
+    active_calls: usize,
+}
+
+/// Starts the drain (the preStop hook): readiness false, new INVITEs and
+/// OPTIONS 503 with Retry-After, calls in progress continue. The process
+/// keeps running; SIGTERM later waits for the calls (bounded by the grace
+/// period) and exits.
+async fn drain(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    if crate::node::start_drain(&ctx) {
+        tracing::info!(calls = ctx.calls.total(), "drain requested on /drain");
+    }
+    Json(DrainStatus {
+        draining: true,
+        active_calls: ctx.calls.total(),
+    })
 }
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    // The operator's Drain RPC sets the flag too: mirror it at scrape time.
+    ctx.metrics.draining.set(i64::from(ctx.is_draining()));
     (
         [("content-type", "text/plain; version=0.0.4")],
         ctx.metrics.render(),

@@ -48,9 +48,13 @@ struct Args {
     /// Advertised address for IPv6 peers.
     #[arg(long)]
     advertise6: Option<String>,
-    /// Admin HTTP (/metrics, /healthz, /readyz, /debug/*).
+    /// Admin HTTP (/metrics, /healthz, /readyz, /drain; /debug/* with --debug-routes).
     #[arg(long = "http-bind", default_value = "127.0.0.1:9090")]
     http_bind: SocketAddr,
+    /// DEVELOPMENT AND TESTS ONLY: serve the unauthenticated /debug/* routes
+    /// (dial, hang up, list calls) on the admin port.
+    #[arg(long = "debug-routes")]
+    debug_routes: bool,
     /// RTP port range START-END.
     #[arg(long = "rtp-ports", default_value = "20000-30000")]
     rtp_ports: String,
@@ -204,6 +208,7 @@ async fn main() -> std::process::ExitCode {
         advertise: args.advertise,
         advertise6: args.advertise6,
         http_bind: args.http_bind,
+        debug_routes: args.debug_routes,
         rtp_ports,
         calls: CallOptions {
             max_calls: args.max_calls,

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub gateway_healthy: IntGaugeVec,
     /// Version of the routing configuration in use.
     pub config_version: IntGauge,
+    /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
+    pub draining: IntGauge,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -90,6 +92,10 @@ impl Metrics {
             "switchboard_config_version",
             "Version of the routing configuration in use",
         ));
+        let draining = must(IntGauge::new(
+            "switchboard_draining",
+            "1 while the node drains: no new calls, existing calls run to their end",
+        ));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(active_calls.clone()),
@@ -99,6 +105,7 @@ impl Metrics {
             Box::new(registered.clone()),
             Box::new(gateway_healthy.clone()),
             Box::new(config_version.clone()),
+            Box::new(draining.clone()),
         ] {
             must(registry.register(c));
         }
@@ -112,6 +119,7 @@ impl Metrics {
             registered,
             gateway_healthy,
             config_version,
+            draining,
         }
     }
 

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub advertise6: Option<String>,
     /// Admin HTTP bind.
     pub http_bind: SocketAddr,
+    /// Serve the unauthenticated `/debug/*` routes on the admin port.
+    pub debug_routes: bool,
     /// RTP port range.
     pub rtp_ports: (u16, u16),
     /// Call tunables.
@@ -183,7 +185,7 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         .await
         .with_context(|| format!("binding admin HTTP on {}", cfg.http_bind))?;
     tracing::info!(addr = %cfg.http_bind, "admin HTTP listening");
-    let app = crate::admin::router(ctx.clone());
+    let app = crate::admin::router(ctx.clone(), cfg.debug_routes);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin HTTP server stopped");
@@ -273,8 +275,16 @@ async fn start_control(
     Ok(())
 }
 
+/// Puts the node in draining (no new calls; readiness, OPTIONS and the
+/// `switchboard_draining` gauge say so). True when it was not draining yet.
+pub fn start_drain(ctx: &Ctx) -> bool {
+    let was = ctx.draining.swap(true, Ordering::Relaxed);
+    ctx.metrics.draining.set(1);
+    !was
+}
+
 async fn drain(ctx: &Arc<Ctx>, grace: Duration) {
-    ctx.draining.store(true, Ordering::Relaxed);
+    start_drain(ctx);
     let mut count = ctx.calls.watch_total();
     tracing::info!(calls = *count.borrow(), "draining");
     let wait = async {

@@ -16,7 +16,9 @@ async fn sip_baresip_call_completes() {
         "trunks": [{"id": "demo/carrier", "enabled": true, "inbound": {"enabled": true, "allowedSources": ["127.0.0.1/32"]}}],
         "numbers": [{"id": "demo/n", "e164": "+15550001111", "trunkId": "demo/carrier", "inbound": true}]
     });
-    let node = MediaNode::start(&config, &[]).await.expect("node starts");
+    let node = MediaNode::start(&config, &["--debug-routes"])
+        .await
+        .expect("node starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let play = dir.path().join("play.wav");
     // ausine only produces 48 kHz stereo; baresip resamples to PCMU.

@@ -71,7 +71,9 @@ async fn sip_options_pings_mark_gateways_and_dead_ones_are_skipped() {
         }],
         "numbers": [{"id": "demo/n", "e164": "+15550001111", "trunkId": "demo/t", "outbound": true}]
     });
-    let node = MediaNode::start(&config, &[]).await.expect("node starts");
+    let node = MediaNode::start(&config, &["--debug-routes"])
+        .await
+        .expect("node starts");
     eventually("both gateways pinged", Duration::from_secs(10), || async {
         let (_, body) = node
             .http("GET", "/debug/gateways", None)

@@ -47,7 +47,7 @@ async fn answered_calls(node: &MediaNode) -> usize {
 
 #[tokio::test]
 async fn sip_inbound_call_from_allowed_source_completes() {
-    let node = MediaNode::start(&config(None), &[])
+    let node = MediaNode::start(&config(None), &["--debug-routes"])
         .await
         .expect("node starts");
     let run = Sipp::new(scenario("uac_call.xml"))
@@ -120,7 +120,7 @@ async fn sip_inbound_rejections_403_404() {
 
 #[tokio::test]
 async fn sip_inbound_over_channel_share_gets_486() {
-    let node = MediaNode::start(&config(Some(1)), &[])
+    let node = MediaNode::start(&config(Some(1)), &["--debug-routes"])
         .await
         .expect("node starts");
     let sip = node.sip;
@@ -210,7 +210,7 @@ fn invite(
 
 #[tokio::test]
 async fn sip_inbound_retransmitted_invite_and_bye_handled_once() {
-    let node = MediaNode::start(&config(None), &[])
+    let node = MediaNode::start(&config(None), &["--debug-routes"])
         .await
         .expect("node starts");
     let raw = RawSip::new(node.sip).await.expect("socket");
@@ -288,7 +288,7 @@ async fn sip_inbound_retransmitted_invite_and_bye_handled_once() {
 
 #[tokio::test]
 async fn sip_inbound_draining_answers_503_and_exits_after_last_call() {
-    let mut node = MediaNode::start(&config(None), &[])
+    let mut node = MediaNode::start(&config(None), &["--debug-routes"])
         .await
         .expect("node starts");
     let sip = node.sip;

@@ -1,6 +1,6 @@
 //! The outbound engine against SIPp acting as the carrier: digest on 407,
 //! failover on 503, no failover on 486, fallback trunks. Calls are placed
-//! through the node's debug endpoint `POST /debug/dial`.
+//! through the node's debug endpoint `POST /debug/dial` (served with `--debug-routes`).
 
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ async fn hang_up(node: &MediaNode, outcome: &Value) {
 async fn sip_outbound_digest_on_407_establishes_the_call() {
     let gw = free_port();
     let carrier = Sipp::new(switchboard_tests::sipp::scenario("uas_auth.xml")).spawn_server(gw, 1);
-    let node = MediaNode::start(&config(vec![gateway(gw, 1)], vec![]), &[])
+    let node = MediaNode::start(&config(vec![gateway(gw, 1)], vec![]), &["--debug-routes"])
         .await
         .expect("node starts");
     let outcome = dial(&node).await;
@@ -125,9 +125,12 @@ async fn sip_outbound_fails_over_on_503_to_the_next_gateway() {
     let (g1, g2) = (free_port(), free_port());
     let first = rejecting_carrier(g1, "503");
     let second = answering_carrier(g2);
-    let node = MediaNode::start(&config(vec![gateway(g2, 2), gateway(g1, 1)], vec![]), &[])
-        .await
-        .expect("node starts");
+    let node = MediaNode::start(
+        &config(vec![gateway(g2, 2), gateway(g1, 1)], vec![]),
+        &["--debug-routes"],
+    )
+    .await
+    .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     assert_eq!(outcome["gateway"], format!("127.0.0.1:{g2}"), "{outcome}");
@@ -151,7 +154,7 @@ async fn sip_outbound_486_is_final_no_failover() {
     let first = rejecting_carrier(g1, "486");
     let node = MediaNode::start(
         &config(vec![gateway(g1, 1), gateway(g2, 2)], vec![gateway(g2, 1)]),
-        &[],
+        &["--debug-routes"],
     )
     .await
     .expect("node starts");
@@ -182,9 +185,12 @@ async fn sip_outbound_uses_fallback_trunk_when_every_gateway_failed() {
     let (g1, g2) = (free_port(), free_port());
     let primary = rejecting_carrier(g1, "503");
     let backup = answering_carrier(g2);
-    let node = MediaNode::start(&config(vec![gateway(g1, 1)], vec![gateway(g2, 1)]), &[])
-        .await
-        .expect("node starts");
+    let node = MediaNode::start(
+        &config(vec![gateway(g1, 1)], vec![gateway(g2, 1)]),
+        &["--debug-routes"],
+    )
+    .await
+    .expect("node starts");
     let outcome = dial(&node).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     assert_eq!(outcome["trunk_id"], "demo/backup", "{outcome}");

@@ -29,7 +29,9 @@ async fn sip_outbound_ringing_timeout_sends_cancel_without_failover() {
         }],
         "numbers": [{"id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/t", "outbound": true}]
     });
-    let node = MediaNode::start(&config, &[]).await.expect("node starts");
+    let node = MediaNode::start(&config, &["--debug-routes"])
+        .await
+        .expect("node starts");
     // Nothing listens on the spare gateway: trying it would show as a
     // second attempt.
     let (status, body) = node

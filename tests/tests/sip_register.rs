@@ -29,7 +29,9 @@ async fn sip_register_with_digest_succeeds_and_refreshes() {
         }],
         "numbers": []
     });
-    let node = MediaNode::start(&config, &[]).await.expect("node starts");
+    let node = MediaNode::start(&config, &["--debug-routes"])
+        .await
+        .expect("node starts");
     sipp.await
         .expect("join")
         .expect("sipp")
