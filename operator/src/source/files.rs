@@ -156,9 +156,24 @@ impl Directory {
     }
 }
 
+/// The YAML parser's limits, raised for large number lists (100,000
+/// PhoneNumbers in one file is a real deployment) while keeping its
+/// protections against alias bombs and deep nesting.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 2_000_000;
+    budget.max_nodes = 100_000_000;
+    budget.max_events = 200_000_000;
+    budget.max_total_scalar_bytes = 1024 * 1024 * 1024;
+    budget.max_reader_input_bytes = Some(2 * 1024 * 1024 * 1024);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses a file's documents; the error never quotes file content.
 fn parse(text: &str) -> Result<Vec<Value>, String> {
-    serde_saphyr::from_multiple(text).map_err(|e| {
+    serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
         // The YAML parser's message quotes only the location and token
         // kinds, but a Secret may be in this file: show the first line only.
         let msg = e.to_string();
@@ -350,6 +365,21 @@ spec:
             0,
             "a deleted file is gone"
         );
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file_load() {
+        let mut text =
+            String::from("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: b}\n");
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "---\napiVersion: switchboard.dev/v1alpha1\nkind: PhoneNumber\nmetadata: {{name: n{i}}}\nspec: {{number: \"+1415{i:07}\", trunkRef: {{name: t}}}}\n"
+            ));
+        }
+        let mut l = Loaded::default();
+        load_text("big.yaml", &text, &mut l);
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.inputs.numbers.len(), 3000);
     }
 
     #[test]
