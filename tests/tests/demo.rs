@@ -32,6 +32,14 @@ fn make_demo(args: &str) -> Run {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // A failed demo keeps its logs for a human; the test has read them.
+    if let Some(dir) = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("logs kept in "))
+        .filter(|d| d.contains("switchboard-demo-"))
+    {
+        let _ = std::fs::remove_dir_all(dir.trim());
+    }
     Run {
         code: out.status.code(),
         out: text,
