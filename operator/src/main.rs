@@ -134,17 +134,33 @@ fn control_client(args: &Args) -> anyhow::Result<Arc<ControlClient>> {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// Listens for SIGTERM and SIGINT for the life of the process, so a signal
+/// that arrives while the main loop is busy is not lost.
+fn shutdown_watch() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves once a shutdown signal has been received (now or earlier).
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -182,7 +198,12 @@ fn parse_nodes(nodes: &[String]) -> anyhow::Result<Endpoints> {
         .collect()
 }
 
-async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+async fn run_files(
+    args: Args,
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let nodes = parse_nodes(&args.nodes)?;
     let (resolved_tx, resolved_rx) = watch::channel(Arc::new(Resolution::default()));
     let (view_tx, mut view_rx) = watch::channel(Arc::new(FleetView::default()));
@@ -271,12 +292,16 @@ async fn run_files(args: Args, dir: PathBuf, metrics: Arc<Metrics>) -> anyhow::R
                     tokio::time::sleep(fleet::STATUS_INTERVAL - since).await;
                 }
             }
-            _ = shutdown_signal() => return Ok(()),
+            _ = shutdown_requested(&mut shutdown) => return Ok(()),
         }
     }
 }
 
-async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+async fn run_kube(
+    args: Args,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let control = control_client(&args)?;
     let client = kube::Client::try_default()
         .await
@@ -389,7 +414,7 @@ async fn run_kube(args: Args, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = reconcile::run(client, opts, leader_rx, metrics, resolved_tx, Some(view_rx)) => r?,
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = shutdown_requested(&mut shutdown) => info!("shutting down"),
     }
     let _ = stop_tx.send(true);
     if let Some(t) = leader_task {
@@ -413,8 +438,9 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let shutdown = shutdown_watch();
     match args.manifests.clone() {
-        Some(dir) => run_files(args, dir, metrics).await,
-        None => run_kube(args, metrics).await,
+        Some(dir) => run_files(args, dir, metrics, shutdown).await,
+        None => run_kube(args, metrics, shutdown).await,
     }
 }

@@ -149,6 +149,31 @@ impl Operator {
         }
     }
 
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its exit code.
+    pub async fn wait_exit(&mut self, within: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.code();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

@@ -167,6 +167,16 @@ async fn reacts_to_file_changes_and_emits_the_routing_configuration() {
     })
     .await;
     assert!(!op.log().contains("demo-password"));
+
+    // SIGTERM ends it promptly and cleanly, whatever the loop was doing.
+    let mut op = op;
+    op.terminate();
+    assert_eq!(
+        op.wait_exit(Duration::from_secs(5)).await,
+        Some(0),
+        "{}",
+        op.log()
+    );
 }
 
 #[tokio::test]
