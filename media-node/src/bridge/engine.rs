@@ -199,7 +199,7 @@ impl Engine {
     /// Runs until the call stops (control channel) or the engine hangs up (RTP timeout).
     pub(crate) async fn run(
         mut self,
-        socket: Arc<UdpSocket>,
+        socket: Arc<crate::call::ports::MediaSocket>,
         rtcp: Option<UdpSocket>,
         mut control: mpsc::Receiver<Control>,
         mut ticks: mpsc::Receiver<TickBatch>,
@@ -581,18 +581,6 @@ async fn recv_opt(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
-}
-
-/// Binds the RTCP socket on the port after the RTP port (RFC 3550 11), on the same address.
-/// Best effort: without it the call still carries audio.
-pub(crate) fn bind_rtcp(rtp: &UdpSocket) -> Option<UdpSocket> {
-    let local = rtp.local_addr().ok()?;
-    let addr = SocketAddr::new(local.ip(), local.port().checked_add(1)?);
-    let s = std::net::UdpSocket::bind(addr)
-        .inspect_err(|e| tracing::debug!(%addr, error = %e, "no RTCP socket"))
-        .ok()?;
-    s.set_nonblocking(true).ok()?;
-    UdpSocket::from_std(s).ok()
 }
 
 #[cfg(test)]

@@ -270,7 +270,8 @@ impl CallHandler for BridgeHandler {
             jitter_min: self.cfg.jitter_min,
             jitter_max: self.cfg.jitter_max,
         };
-        let rtcp = engine::bind_rtcp(&call.rtp_socket);
+        // The allocator reserved RTP port + 1 for RTCP with the call.
+        let rtcp = call.rtp_socket.take_rtcp();
         let engine = Engine::new(
             call.call_id.clone(),
             call.media.clone(),

@@ -137,7 +137,7 @@ pub struct AnsweredCall {
     /// Negotiated media.
     pub media: MediaParams,
     /// The call's RTP socket, bound to the port written into our SDP.
-    pub rtp_socket: Arc<tokio::net::UdpSocket>,
+    pub rtp_socket: Arc<ports::MediaSocket>,
     /// Hangs the call up.
     pub hangup: HangupHandle,
     /// What [`CallHandler::prepare`] returned for this call (inbound calls;
@@ -235,7 +235,7 @@ pub struct LoggingHandler;
 
 struct LoggingSession {
     call_id: String,
-    _socket: Arc<tokio::net::UdpSocket>,
+    _socket: Arc<ports::MediaSocket>,
 }
 
 impl CallHandler for LoggingHandler {

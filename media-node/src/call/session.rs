@@ -34,7 +34,7 @@ pub struct Session {
     pub(crate) to_user: String,
     pub(crate) agent: Option<Agent>,
     pub(crate) local: LocalMedia,
-    pub(crate) socket: Arc<tokio::net::UdpSocket>,
+    pub(crate) socket: Arc<super::ports::MediaSocket>,
     pub(crate) media: MediaParams,
     pub(crate) prefs: Vec<Codec>,
     pub(crate) want_dtmf: bool,
