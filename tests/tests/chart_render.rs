@@ -587,8 +587,9 @@ fn operator_dials_this_releases_media_nodes_over_tls_with_a_token() {
 /// rendered arguments and becomes ready.
 #[tokio::test]
 async fn media_node_binary_accepts_the_rendered_arguments() {
-    let (sip, admin, control) = (free_port(), free_port(), free_port());
+    let (sip, admin, control, api) = (free_port(), free_port(), free_port(), free_port());
     let docs = render()
+        .set(&format!("mediaNode.callApiPort={api}"))
         .set(&format!("mediaNode.sip.port={sip}"))
         .set(&format!("mediaNode.adminPort={admin}"))
         .set(&format!("mediaNode.controlPort={control}"))
@@ -631,6 +632,15 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
         })
         .expect("token");
     std::fs::write(dir.path().join("token"), token_text).expect("write token");
+    let api_token = find(
+        &docs,
+        "Secret",
+        &format!("{RELEASE}-switchboard-call-api-token"),
+    );
+    let api_dir = dir.path().join("api");
+    std::fs::create_dir(&api_dir).expect("mkdir");
+    std::fs::write(api_dir.join("token"), b64(&api_token["data"]["token"]))
+        .expect("write api token");
     let remap = |a: &str| -> String {
         a.replace(
             "/etc/switchboard/control-tls",
@@ -639,6 +649,10 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
         .replace(
             "/etc/switchboard/control-token",
             &dir.path().display().to_string(),
+        )
+        .replace(
+            "/etc/switchboard/call-api-token",
+            &api_dir.display().to_string(),
         )
         .replace("$(NODE_IP)", "127.0.0.1")
         .replace("$(POD_IP)", "127.0.0.1")

@@ -103,6 +103,14 @@ Where the control-channel TLS material and token are mounted in both containers.
 /etc/switchboard/control-token
 {{- end }}
 
+{{- define "switchboard.callApiToken.secretName" -}}
+{{- default (printf "%s-call-api-token" (include "switchboard.fullname" .)) .Values.callApiToken.existingSecret }}
+{{- end }}
+
+{{- define "switchboard.callApiToken.mountPath" -}}
+/etc/switchboard/call-api-token
+{{- end }}
+
 {{- define "switchboard.controlToken.secretName" -}}
 {{- default (printf "%s-control-token" (include "switchboard.fullname" .)) .Values.controlToken.existingSecret }}
 {{- end }}
@@ -142,8 +150,10 @@ controlCert: --control-cert
 controlKey: --control-key
 controlTokenFile: --control-token-file
 controlInsecure: --control-insecure
-# Not in the binary's flags yet (the call API is being built):
-callApiBind: ""
+# The call API (HTTP/JSON under /v1/calls and gRPC CallService) and its
+# bearer token.
+callApiBind: --api-bind
+callApiTokenFile: --api-token-file
 # A separate address for SDP (media), for loadBalancer mode where SIP goes
 # through the load balancer but RTP must reach the pod directly.
 mediaAdvertise: ""
