@@ -228,21 +228,26 @@ async fn run_files(
         (Some(w), Some(rx))
     };
     let mut version = 0u64;
-    let mut last: Option<routing::RoutingSnapshot> = None;
+    let mut published = false;
     let mut printed = String::new();
     let mut last_print = std::time::Instant::now();
     let mut reload = true;
     let mut loaded = files::Loaded::default();
     let mut directory = files::Directory::new(&dir);
-    let mut r = Resolution::default();
+    let mut r = Arc::new(Resolution::default());
     loop {
         if reload {
             loaded = directory.load()?;
-            r = routing::resolve(&loaded.inputs);
-            metrics.observe(&r);
+            let new = Arc::new(routing::resolve(&loaded.inputs));
+            metrics.observe(&new);
             metrics.ready.set(1);
-            let snapshot = routing::RoutingSnapshot::of(&r);
-            if last.as_ref() != Some(&snapshot) {
+            // Compared in place: no copy of a large configuration is kept.
+            let same = published
+                && new.config == r.config
+                && new.trunks == r.trunks
+                && new.numbers == r.numbers;
+            r = new;
+            if !same {
                 version += 1;
                 for p in &loaded.problems {
                     warn!(location = %p.location, "skipped document: {}", p.message);
@@ -252,8 +257,8 @@ async fn run_files(
                         .with_context(|| format!("writing {}", path.display()))?;
                     info!(path = %path.display(), version, "routing configuration written");
                 }
-                resolved_tx.send_replace(Arc::new(r.clone()));
-                last = Some(snapshot);
+                resolved_tx.send_replace(r.clone());
+                published = true;
             }
         }
         let view = fleet_on.then(|| view_rx.borrow_and_update().clone());

@@ -57,39 +57,64 @@ pub fn diff_by_id<T: Clone + PartialEq>(
 
 /// Applies a delta, keeping trunks and numbers ordered by id.
 pub fn apply(cfg: &RoutingConfig, delta: &ConfigDelta) -> Result<RoutingConfig, DeltaError> {
+    let mut out = cfg.clone();
+    apply_in_place(&mut out, delta)?;
+    out.trunks.sort_by(|a, b| a.id.cmp(&b.id));
+    out.numbers.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Applies a delta to a configuration in place, in time proportional to the
+/// configuration's size without copying it (large number lists change one
+/// number at a time). Existing items keep their places; new ones are
+/// appended.
+pub fn apply_in_place(cfg: &mut RoutingConfig, delta: &ConfigDelta) -> Result<(), DeltaError> {
     if delta.base_version != cfg.version {
         return Err(DeltaError::BaseMismatch {
             base: delta.base_version,
             have: cfg.version,
         });
     }
-    let mut trunks: BTreeMap<String, Trunk> = cfg
-        .trunks
-        .iter()
-        .map(|t| (t.id.clone(), t.clone()))
-        .collect();
-    for id in &delta.remove_trunks {
-        trunks.remove(id);
+    patch(
+        &mut cfg.trunks,
+        &delta.upsert_trunks,
+        &delta.remove_trunks,
+        |t| &t.id,
+    );
+    patch(
+        &mut cfg.numbers,
+        &delta.upsert_numbers,
+        &delta.remove_numbers,
+        |n| &n.id,
+    );
+    cfg.version = delta.version;
+    Ok(())
+}
+
+fn patch<T: Clone>(
+    items: &mut Vec<T>,
+    upserts: &[T],
+    removals: &[String],
+    id: impl Fn(&T) -> &String,
+) {
+    if upserts.is_empty() && removals.is_empty() {
+        return;
     }
-    for t in &delta.upsert_trunks {
-        trunks.insert(t.id.clone(), t.clone());
+    let removed: std::collections::HashSet<&str> = removals.iter().map(String::as_str).collect();
+    let mut replaced: std::collections::HashMap<&str, &T> =
+        upserts.iter().map(|u| (id(u).as_str(), u)).collect();
+    items.retain(|x| !removed.contains(id(x).as_str()));
+    for x in items.iter_mut() {
+        if let Some(u) = replaced.remove(id(x).as_str()) {
+            *x = u.clone();
+        }
     }
-    let mut numbers: BTreeMap<String, PhoneNumber> = cfg
-        .numbers
-        .iter()
-        .map(|n| (n.id.clone(), n.clone()))
-        .collect();
-    for id in &delta.remove_numbers {
-        numbers.remove(id);
+    // What was not replaced is new, appended in the delta's order.
+    for u in upserts {
+        if replaced.contains_key(id(u).as_str()) {
+            items.push(u.clone());
+        }
     }
-    for n in &delta.upsert_numbers {
-        numbers.insert(n.id.clone(), n.clone());
-    }
-    Ok(RoutingConfig {
-        version: delta.version,
-        trunks: trunks.into_values().collect(),
-        numbers: numbers.into_values().collect(),
-    })
 }
 
 impl ConfigDelta {
@@ -136,6 +161,25 @@ mod tests {
         assert_eq!(d.remove_numbers, vec!["ns/c".to_string()]);
         assert!(d.upsert_trunks.is_empty() && d.remove_trunks.is_empty());
         assert_eq!(apply(&old, &d).expect("apply"), new);
+    }
+
+    #[test]
+    fn in_place_application_matches_the_sorted_one() {
+        let old = cfg(1, &[("ns/a", "+1"), ("ns/b", "+2"), ("ns/c", "+3")]);
+        let new = cfg(
+            2,
+            &[
+                ("ns/a", "+1"),
+                ("ns/b", "+22"),
+                ("ns/d", "+4"),
+                ("ns/e", "+5"),
+            ],
+        );
+        let d = diff(&old, &new);
+        let mut in_place = old.clone();
+        apply_in_place(&mut in_place, &d).expect("apply");
+        in_place.numbers.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(in_place, new);
     }
 
     #[test]

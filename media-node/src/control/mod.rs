@@ -9,4 +9,4 @@ mod validate;
 
 pub use auth::TokenCheck;
 pub use server::{ControlService, MAX_MESSAGE_BYTES, Programmed, serve};
-pub use validate::validate;
+pub use validate::{validate, validate_delta};

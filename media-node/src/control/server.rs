@@ -126,38 +126,51 @@ impl Inner {
                     reason: "empty request".into(),
                 };
             }
-            Some(Change::Snapshot(cfg)) => cfg,
-            Some(Change::Delta(d)) => match delta::apply(&applied.config, &d) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    info!(error = %e, "delta on another base; asking for a snapshot");
+            Some(Change::Snapshot(cfg)) => {
+                if cfg.version == current && current != 0 && cfg == applied.config {
+                    return ApplyResponse {
+                        result: ApplyResult::Applied as i32,
+                        applied_version: current,
+                        reason: String::new(),
+                    };
+                }
+                if let Err(reason) = validate::validate(&cfg) {
+                    return self.refuse(&mut applied, cfg.version, reason);
+                }
+                cfg
+            }
+            Some(Change::Delta(d)) => {
+                if d.base_version != current {
+                    info!(
+                        base = d.base_version,
+                        current, "delta on another base; asking for a snapshot"
+                    );
+                    return ApplyResponse {
+                        result: ApplyResult::NeedSnapshot as i32,
+                        applied_version: current,
+                        reason: format!(
+                            "delta is based on version {}, this node runs {current}",
+                            d.base_version
+                        ),
+                    };
+                }
+                // Checked against the running configuration, then applied in
+                // place: a small change to a large list costs little.
+                if let Err(reason) = validate::validate_delta(&applied.config, &d) {
+                    return self.refuse(&mut applied, d.version, reason);
+                }
+                let mut cfg = std::mem::take(&mut applied.config);
+                if let Err(e) = delta::apply_in_place(&mut cfg, &d) {
+                    applied.config = cfg;
                     return ApplyResponse {
                         result: ApplyResult::NeedSnapshot as i32,
                         applied_version: current,
                         reason: e.to_string(),
                     };
                 }
-            },
+                cfg
+            }
         };
-        if next.version == current && current != 0 && next == applied.config {
-            return ApplyResponse {
-                result: ApplyResult::Applied as i32,
-                applied_version: current,
-                reason: String::new(),
-            };
-        }
-        if let Err(reason) = validate::validate(&next) {
-            warn!(version = next.version, %reason, "refusing configuration; keeping the previous one");
-            applied.refused = Some((next.version, reason.clone()));
-            self.refusals.inc();
-            drop(applied);
-            self.bump();
-            return ApplyResponse {
-                result: ApplyResult::Refused as i32,
-                applied_version: current,
-                reason,
-            };
-        }
         let version = next.version;
         let (trunks, numbers) = (next.trunks.len(), next.numbers.len());
         self.ctx.routing.apply(next.clone());
@@ -175,6 +188,23 @@ impl Inner {
             result: ApplyResult::Applied as i32,
             applied_version: version,
             reason: String::new(),
+        }
+    }
+
+    fn refuse(
+        &self,
+        applied: &mut std::sync::MutexGuard<'_, Applied>,
+        version: u64,
+        reason: String,
+    ) -> ApplyResponse {
+        warn!(version, %reason, "refusing configuration; keeping the previous one");
+        applied.refused = Some((version, reason.clone()));
+        self.refusals.inc();
+        self.bump();
+        ApplyResponse {
+            result: ApplyResult::Refused as i32,
+            applied_version: applied.config.version,
+            reason,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use switchboard_proto::v1alpha1::{RoutingConfig, Transport};
+use switchboard_proto::v1alpha1::{ConfigDelta, PhoneNumber, RoutingConfig, Transport, Trunk};
 
 use crate::routing::acl::Cidr;
 
@@ -11,49 +11,90 @@ use crate::routing::acl::Cidr;
 pub fn validate(cfg: &RoutingConfig) -> Result<(), String> {
     let mut trunk_ids = HashSet::new();
     for t in &cfg.trunks {
-        if t.id.is_empty() {
-            return Err("a trunk has no id".into());
-        }
         if !trunk_ids.insert(t.id.as_str()) {
             return Err(format!("trunk {} appears twice", t.id));
         }
-        for s in t.inbound.iter().flat_map(|i| i.allowed_sources.iter()) {
-            Cidr::parse(s).map_err(|e| format!("trunk {}: allowed source {s:?}: {e}", t.id))?;
-        }
-        for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {
-            if g.transport == Transport::Tls as i32 {
-                return Err(format!(
-                    "trunk {}: gateway {}:{} uses TLS, which this media node does not support yet (use udp or tcp)",
-                    t.id, g.host, g.port
-                ));
-            }
-            if g.host.is_empty() || g.port == 0 || g.port > 65535 {
-                return Err(format!(
-                    "trunk {}: gateway {:?}:{} is not a valid address",
-                    t.id, g.host, g.port
-                ));
-            }
-        }
+        trunk(t)?;
     }
     let mut number_ids = HashSet::new();
     for n in &cfg.numbers {
         if !number_ids.insert(n.id.as_str()) {
             return Err(format!("number {} appears twice", n.id));
         }
-        if !trunk_ids.contains(n.trunk_id.as_str()) {
+        number(n, |id| trunk_ids.contains(id))?;
+    }
+    Ok(())
+}
+
+/// Checks a delta against the configuration it applies to, without building
+/// the result (a one-number change to 100,000 numbers checks one number).
+pub fn validate_delta(current: &RoutingConfig, d: &ConfigDelta) -> Result<(), String> {
+    for t in &d.upsert_trunks {
+        trunk(t)?;
+    }
+    let removed: HashSet<&str> = d.remove_trunks.iter().map(String::as_str).collect();
+    let exists = |id: &str| {
+        d.upsert_trunks.iter().any(|t| t.id == id)
+            || (!removed.contains(id) && current.trunks.iter().any(|t| t.id == id))
+    };
+    for n in &d.upsert_numbers {
+        number(n, exists)?;
+    }
+    if !removed.is_empty() {
+        let removed_numbers: HashSet<&str> = d.remove_numbers.iter().map(String::as_str).collect();
+        let upserted: HashSet<&str> = d.upsert_numbers.iter().map(|n| n.id.as_str()).collect();
+        if let Some(n) = current.numbers.iter().find(|n| {
+            removed.contains(n.trunk_id.as_str())
+                && !removed_numbers.contains(n.id.as_str())
+                && !upserted.contains(n.id.as_str())
+        }) {
             return Err(format!(
                 "number {} names trunk {}, which is not in the configuration",
                 n.id, n.trunk_id
             ));
         }
-        if let Some(a) = &n.agent
-            && !(a.url.starts_with("ws://") || a.url.starts_with("wss://"))
-        {
+    }
+    Ok(())
+}
+
+fn trunk(t: &Trunk) -> Result<(), String> {
+    if t.id.is_empty() {
+        return Err("a trunk has no id".into());
+    }
+    for s in t.inbound.iter().flat_map(|i| i.allowed_sources.iter()) {
+        Cidr::parse(s).map_err(|e| format!("trunk {}: allowed source {s:?}: {e}", t.id))?;
+    }
+    for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {
+        if g.transport == Transport::Tls as i32 {
             return Err(format!(
-                "number {}: agent URL must be ws:// or wss://",
-                n.id
+                "trunk {}: gateway {}:{} uses TLS, which this media node does not support yet (use udp or tcp)",
+                t.id, g.host, g.port
             ));
         }
+        if g.host.is_empty() || g.port == 0 || g.port > 65535 {
+            return Err(format!(
+                "trunk {}: gateway {:?}:{} is not a valid address",
+                t.id, g.host, g.port
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn number(n: &PhoneNumber, trunk_exists: impl Fn(&str) -> bool) -> Result<(), String> {
+    if !trunk_exists(n.trunk_id.as_str()) {
+        return Err(format!(
+            "number {} names trunk {}, which is not in the configuration",
+            n.id, n.trunk_id
+        ));
+    }
+    if let Some(a) = &n.agent
+        && !(a.url.starts_with("ws://") || a.url.starts_with("wss://"))
+    {
+        return Err(format!(
+            "number {}: agent URL must be ws:// or wss://",
+            n.id
+        ));
     }
     Ok(())
 }
@@ -76,6 +117,38 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    #[test]
+    fn deltas_are_checked_against_the_configuration_they_change() {
+        let c = cfg();
+        let ok = ConfigDelta {
+            base_version: 1,
+            version: 2,
+            upsert_numbers: vec![PhoneNumber {
+                id: "ns/m".into(),
+                trunk_id: "ns/t".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(validate_delta(&c, &ok), Ok(()));
+        let dangling = ConfigDelta {
+            remove_trunks: vec!["ns/t".into()],
+            ..ok.clone()
+        };
+        assert!(
+            validate_delta(&c, &dangling)
+                .expect_err("dangling")
+                .contains("ns/t")
+        );
+        let both = ConfigDelta {
+            remove_trunks: vec!["ns/t".into()],
+            remove_numbers: vec!["ns/n".into()],
+            upsert_numbers: vec![],
+            ..ok
+        };
+        assert_eq!(validate_delta(&c, &both), Ok(()));
     }
 
     #[test]

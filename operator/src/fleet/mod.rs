@@ -63,7 +63,7 @@ struct Manager {
     numbers: Arc<Vec<pb::PhoneNumber>>,
     numbers_version: u64,
     numbers_delta: Option<Arc<NumbersDelta>>,
-    since: BTreeMap<String, u64>,
+    since: Arc<BTreeMap<String, u64>>,
     last_version: u64,
     nodes: BTreeMap<String, Slot>,
 }
@@ -98,8 +98,9 @@ impl Manager {
         if !changed.is_empty() {
             // The next version pushed carries these objects' new content.
             let v = self.last_version + 1;
+            let since = Arc::make_mut(&mut self.since);
             for id in changed {
-                self.since.insert(id, v);
+                since.insert(id, v);
             }
         }
         let routed: std::collections::BTreeSet<&str> = self
@@ -110,7 +111,9 @@ impl Manager {
             .map(|t| t.id.as_str())
             .chain(self.base.config.numbers.iter().map(|n| n.id.as_str()))
             .collect();
-        self.since.retain(|k, _| routed.contains(k.as_str()));
+        if self.since.keys().any(|k| !routed.contains(k.as_str())) {
+            Arc::make_mut(&mut self.since).retain(|k, _| routed.contains(k.as_str()));
+        }
     }
 
     fn set_endpoints(&mut self, eps: &Endpoints) {
@@ -272,7 +275,7 @@ pub async fn run(
         numbers: Arc::new(Vec::new()),
         numbers_version: 0,
         numbers_delta: None,
-        since: BTreeMap::new(),
+        since: Arc::new(BTreeMap::new()),
         last_version: 0,
         nodes: BTreeMap::new(),
     };

@@ -3,6 +3,7 @@
 //! registration and the addresses carriers should send to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use switchboard_proto::v1alpha1 as pb;
 
@@ -63,18 +64,46 @@ pub struct TrunkFleet {
     pub ingress: Vec<String>,
 }
 
-/// Fleet facts for every routed object.
+/// What the view keeps of each node to judge Programmed.
 #[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeAck {
+    id: String,
+    acked_version: u64,
+    refused: Option<(u64, String)>,
+}
+
+/// Fleet facts for every routed object. Per-number verdicts are computed on
+/// demand from the version each number's content first appeared in and the
+/// nodes' acknowledgements, so a view of 100,000 numbers costs no more to
+/// build (or to compare) than a view of one.
+#[derive(Clone, Debug, Default)]
 pub struct FleetView {
     /// By trunk id (`namespace/name`).
     pub trunks: BTreeMap<String, TrunkFleet>,
-    /// The Programmed condition by number id.
-    pub numbers: BTreeMap<String, Verdict>,
     /// Calls in progress by node id.
     pub node_calls: BTreeMap<String, u32>,
+    since: Arc<BTreeMap<String, u64>>,
+    acks: Vec<NodeAck>,
 }
 
-fn programmed(since: u64, nodes: &[NodeView]) -> (Verdict, NodeCount) {
+impl PartialEq for FleetView {
+    fn eq(&self, other: &Self) -> bool {
+        self.trunks == other.trunks
+            && self.node_calls == other.node_calls
+            && self.acks == other.acks
+            && (Arc::ptr_eq(&self.since, &other.since) || self.since == other.since)
+    }
+}
+
+impl FleetView {
+    /// The Programmed condition of a routed number (`None`: not routed).
+    pub fn number(&self, id: &str) -> Option<Verdict> {
+        let since = self.since.get(id)?;
+        Some(programmed(*since, &self.acks).0)
+    }
+}
+
+fn programmed(since: u64, nodes: &[NodeAck]) -> (Verdict, NodeCount) {
     let total = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
     let done = u32::try_from(nodes.iter().filter(|n| n.acked_version >= since).count())
         .unwrap_or(u32::MAX);
@@ -127,10 +156,21 @@ fn programmed(since: u64, nodes: &[NodeView]) -> (Verdict, NodeCount) {
 /// configuration version carrying its current content.
 pub fn build(
     config: &pb::RoutingConfig,
-    since: &BTreeMap<String, u64>,
+    since: &Arc<BTreeMap<String, u64>>,
     nodes: &[NodeView],
 ) -> FleetView {
-    let mut view = FleetView::default();
+    let acks: Vec<NodeAck> = nodes
+        .iter()
+        .map(|n| NodeAck {
+            id: n.id.clone(),
+            acked_version: n.acked_version,
+            refused: n.refused.clone(),
+        })
+        .collect();
+    let mut view = FleetView {
+        since: since.clone(),
+        ..Default::default()
+    };
     let statuses: Vec<&pb::NodeStatus> = nodes.iter().filter_map(|n| n.status.as_ref()).collect();
     let ingress: Vec<String> = statuses
         .iter()
@@ -145,7 +185,7 @@ pub fn build(
         );
     }
     for t in &config.trunks {
-        let (programmed, count) = programmed(since.get(&t.id).copied().unwrap_or(u64::MAX), nodes);
+        let (programmed, count) = programmed(since.get(&t.id).copied().unwrap_or(u64::MAX), &acks);
         let active_calls = statuses
             .iter()
             .flat_map(|s| s.trunks.iter())
@@ -249,10 +289,7 @@ pub fn build(
             },
         );
     }
-    for n in &config.numbers {
-        let (v, _) = programmed(since.get(&n.id).copied().unwrap_or(u64::MAX), nodes);
-        view.numbers.insert(n.id.clone(), v);
-    }
+    view.acks = acks;
     view
 }
 
@@ -296,10 +333,13 @@ mod tests {
         }
     }
 
+    fn since(t: u64, n: u64) -> Arc<BTreeMap<String, u64>> {
+        Arc::new([("ns/t".to_string(), t), ("ns/n".to_string(), n)].into())
+    }
+
     #[test]
     fn programmed_counts_nodes_at_or_past_the_objects_version() {
-        let since: BTreeMap<String, u64> =
-            [("ns/t".to_string(), 5), ("ns/n".to_string(), 7)].into();
+        let since = since(5, 7);
         let v = build(&config(), &since, &[node("a", 7), node("b", 6)]);
         let t = &v.trunks["ns/t"];
         assert!(t.programmed.ok);
@@ -310,24 +350,35 @@ mod tests {
                 total: 2
             }
         );
-        let n = &v.numbers["ns/n"];
+        let n = v.number("ns/n").expect("routed");
         assert!(!n.ok);
         assert_eq!(n.reason, reason::PENDING);
         assert!(n.message.contains("1/2"));
         assert_eq!(
-            build(&config(), &since, &[]).numbers["ns/n"].reason,
+            build(&config(), &since, &[])
+                .number("ns/n")
+                .expect("routed")
+                .reason,
             reason::NO_NODES
         );
+        assert!(v.number("ns/other").is_none());
+    }
+
+    #[test]
+    fn views_compare_equal_only_when_something_changed() {
+        let since = since(5, 7);
+        let a = build(&config(), &since, &[node("a", 7)]);
+        assert_eq!(a, build(&config(), &since, &[node("a", 7)]));
+        assert_ne!(a, build(&config(), &since, &[node("a", 6)]));
     }
 
     #[test]
     fn a_refusal_is_reported_with_the_nodes_reason() {
-        let since: BTreeMap<String, u64> =
-            [("ns/t".to_string(), 5), ("ns/n".to_string(), 7)].into();
+        let since = since(5, 7);
         let mut b = node("b", 6);
         b.refused = Some((7, "TLS transport is not supported".into()));
         let v = build(&config(), &since, &[node("a", 7), b]);
-        let n = &v.numbers["ns/n"];
+        let n = v.number("ns/n").expect("routed");
         assert_eq!(n.reason, reason::NODE_REFUSED);
         assert!(
             n.message.contains("media node b") && n.message.contains("TLS"),
@@ -342,8 +393,7 @@ mod tests {
 
     #[test]
     fn calls_health_registration_and_ingress_aggregate() {
-        let since: BTreeMap<String, u64> =
-            [("ns/t".to_string(), 1), ("ns/n".to_string(), 1)].into();
+        let since = since(1, 1);
         let mut a = node("a", 1);
         a.status = Some(pb::NodeStatus {
             active_calls: 3,

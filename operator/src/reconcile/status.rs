@@ -85,9 +85,10 @@ impl Writer {
             let Some(v) = r.numbers.get(&key) else {
                 continue;
             };
-            let f = match fleet {
+            let programmed = fleet.map(|f| f.number(&key.id()));
+            let f = match &programmed {
                 None => Fleet::Off,
-                Some(f) => Fleet::On(f.numbers.get(&key.id())),
+                Some(p) => Fleet::On(p.as_ref()),
             };
             let want = number_status(v, f, now, n.status.as_ref());
             if n.status.as_ref() != Some(&want) {

@@ -244,26 +244,6 @@ pub struct Resolution {
     pub numbers: BTreeMap<ObjectKey, NumberVerdict>,
 }
 
-/// What a printout or a configuration file depends on: the configuration
-/// and every verdict. Equal snapshots need no new output.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RoutingSnapshot {
-    config: pb::RoutingConfig,
-    trunks: BTreeMap<ObjectKey, TrunkVerdict>,
-    numbers: BTreeMap<ObjectKey, NumberVerdict>,
-}
-
-impl RoutingSnapshot {
-    /// Captures a resolution.
-    pub fn of(r: &Resolution) -> Self {
-        Self {
-            config: r.config.clone(),
-            trunks: r.trunks.clone(),
-            numbers: r.numbers.clone(),
-        }
-    }
-}
-
 /// Resolves the inputs into a routing configuration and verdicts.
 pub fn resolve(inputs: &Inputs) -> Resolution {
     let mut out = Resolution::default();

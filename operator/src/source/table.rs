@@ -20,6 +20,9 @@ fn detail(accepted: &Verdict, refs: &Verdict) -> String {
     }
 }
 
+/// Above this many numbers, only those with a problem are listed.
+pub const LIST_ALL_UP_TO: usize = 200;
+
 /// Renders trunks, then numbers, then unreadable documents. With a fleet,
 /// a PROGRAMMED column shows how many nodes run each object.
 pub fn render(r: &Resolution, fleet: Option<&FleetView>, problems: &[Problem]) -> String {
@@ -70,9 +73,17 @@ pub fn render(r: &Resolution, fleet: Option<&FleetView>, problems: &[Problem]) -
             d,
         ]);
     }
+    // Long lists show only the numbers that need attention.
+    let quiet = r.numbers.len() > LIST_ALL_UP_TO;
+    let mut hidden = 0usize;
     for (k, v) in &r.numbers {
+        if quiet && v.usable() && fleet.and_then(|f| f.number(&k.id())).is_none_or(|p| p.ok) {
+            hidden += 1;
+            continue;
+        }
         let mut d = detail(&v.accepted, &v.resolved_refs);
-        let p = programmed(fleet.and_then(|f| f.numbers.get(&k.id())), &mut d);
+        let verdict = fleet.and_then(|f| f.number(&k.id()));
+        let p = programmed(verdict.as_ref(), &mut d);
         rows.push([
             "PhoneNumber".into(),
             k.to_string(),
@@ -95,6 +106,12 @@ pub fn render(r: &Resolution, fleet: Option<&FleetView>, problems: &[Problem]) -
             let _ = write!(out, "{cell:<w$}  ");
         }
         let _ = writeln!(out, "{}", row[6]);
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "... and {hidden} more PhoneNumbers, all usable (not listed)"
+        );
     }
     for p in problems {
         let _ = writeln!(out, "skipped {}: {}", p.location, p.message);
