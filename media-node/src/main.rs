@@ -48,6 +48,10 @@ struct Args {
     /// Advertised address for IPv6 peers.
     #[arg(long)]
     advertise6: Option<String>,
+    /// IP written into SDP for RTP, when SIP comes through a load balancer
+    /// but RTP must reach this node directly (default: the advertised address).
+    #[arg(long = "media-advertise")]
+    media_advertise: Option<std::net::IpAddr>,
     /// Admin HTTP (/metrics, /healthz, /readyz, /drain; /debug/* with --debug-routes).
     #[arg(long = "http-bind", default_value = "127.0.0.1:9090")]
     http_bind: SocketAddr,
@@ -207,6 +211,7 @@ async fn main() -> std::process::ExitCode {
         sip_bind: args.sip_bind,
         advertise: args.advertise,
         advertise6: args.advertise6,
+        media_advertise: args.media_advertise,
         http_bind: args.http_bind,
         debug_routes: args.debug_routes,
         rtp_ports,

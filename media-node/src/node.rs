@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Advertised host for IPv6 peers.
     pub advertise6: Option<String>,
+    /// Address written into SDP for RTP (default: the advertised address).
+    pub media_advertise: Option<std::net::IpAddr>,
     /// Admin HTTP bind.
     pub http_bind: SocketAddr,
     /// Serve the unauthenticated `/debug/*` routes on the admin port.
@@ -78,6 +80,7 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
         v4: None,
         v6: None,
         port: default_port,
+        media: cfg.media_advertise,
     };
     if let Some(a) = &cfg.advertise {
         let (host, port) =

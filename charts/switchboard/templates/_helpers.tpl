@@ -156,7 +156,7 @@ callApiBind: --api-bind
 callApiTokenFile: --api-token-file
 # A separate address for SDP (media), for loadBalancer mode where SIP goes
 # through the load balancer but RTP must reach the pod directly.
-mediaAdvertise: ""
+mediaAdvertise: --media-advertise
 {{- end }}
 
 {{/*

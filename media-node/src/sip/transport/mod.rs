@@ -90,6 +90,9 @@ pub struct Advertise {
     pub v6: Option<String>,
     /// SIP port to advertise.
     pub port: u16,
+    /// Address written into SDP for media, when RTP must reach the node
+    /// directly while SIP arrives through a load balancer.
+    pub media: Option<IpAddr>,
 }
 
 /// Shared state of the receive side.
@@ -229,6 +232,11 @@ impl Transport {
     /// The media IP to write into SDP for a peer: the advertised host when it
     /// is an IP, else the local address.
     pub fn media_ip(&self, peer: &SocketAddr) -> IpAddr {
+        if let Some(m) = self.advertise.media
+            && m.is_ipv4() == peer.is_ipv4()
+        {
+            return m;
+        }
         let host = self.advertised_host(peer);
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
             return ip;
