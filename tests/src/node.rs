@@ -219,7 +219,8 @@ pub async fn http_request(
         .context("HTTP request timed out")?
 }
 
-fn dechunk(body: &str) -> String {
+/// Decodes an HTTP/1.1 chunked body (enough for tests).
+pub fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {

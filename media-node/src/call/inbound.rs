@@ -375,17 +375,7 @@ fn admit(
     };
 
     let call_id = req.msg.call_id().unwrap_or_default().to_owned();
-    let limits_set = trunk
-        .limits
-        .as_ref()
-        .is_some_and(|l| l.max_concurrent_calls > 0);
-    let trunk_max = limits_set.then(|| {
-        trunk
-            .share
-            .as_ref()
-            .map(|s| s.max_concurrent_calls as usize)
-            .unwrap_or(0)
-    });
+    let trunk_max = routing::channel_share(trunk);
     let guard = match ctx.calls.admit(
         &trunk.id,
         CallDirection::Inbound,
@@ -405,14 +395,7 @@ fn admit(
     };
 
     let media_ip = ctx.sip.transport.media_ip(&req.peer.addr);
-    let bind_ip = ctx
-        .sip
-        .transport
-        .local
-        .iter()
-        .find(|l| l.is_ipv4() == req.peer.addr.is_ipv4())
-        .map(|l| l.ip())
-        .unwrap_or(media_ip);
+    let bind_ip = ctx.sip.transport.media_bind_ip(&req.peer.addr, media_ip);
     let socket = ctx.ports.allocate(bind_ip).map_err(|e| {
         tracing::warn!(error = %e, "no media port");
         Reject {

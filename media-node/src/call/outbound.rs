@@ -445,17 +445,7 @@ async fn attempt(
     let to_hdr = format!("<sip:{user}@{gw_host}>");
     let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest);
 
-    let limits_set = trunk
-        .limits
-        .as_ref()
-        .is_some_and(|l| l.max_concurrent_calls > 0);
-    let trunk_max = limits_set.then(|| {
-        trunk
-            .share
-            .as_ref()
-            .map(|s| s.max_concurrent_calls as usize)
-            .unwrap_or(0)
-    });
+    let trunk_max = routing::channel_share(trunk);
     let guard = match ctx.calls.admit(
         &trunk.id,
         CallDirection::Outbound,
@@ -468,14 +458,7 @@ async fn attempt(
         Err(false) => return TryResult::End(AttemptEnd::Status(486)),
     };
     let media_ip = ctx.sip.transport.media_ip(&dest.addr);
-    let bind_ip = ctx
-        .sip
-        .transport
-        .local
-        .iter()
-        .find(|l| l.is_ipv4() == dest.addr.is_ipv4())
-        .map(|l| l.ip())
-        .unwrap_or(media_ip);
+    let bind_ip = ctx.sip.transport.media_bind_ip(&dest.addr, media_ip);
     let socket = match ctx.ports.allocate(bind_ip) {
         Ok(s) => s,
         Err(e) => return TryResult::Error(e.to_string()),

@@ -89,3 +89,19 @@ pub fn wants_rfc4733(t: &Trunk) -> bool {
     use switchboard_proto::v1alpha1::DtmfMode;
     !matches!(t.media.as_ref().map(|m| m.dtmf()), Some(DtmfMode::Info))
 }
+
+/// This node's share of a trunk's concurrent calls: `None` when the trunk
+/// has no limit, else the share the operator gave this node (0 when none).
+pub fn channel_share(trunk: &Trunk) -> Option<usize> {
+    let limited = trunk
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.max_concurrent_calls > 0);
+    limited.then(|| {
+        trunk
+            .share
+            .as_ref()
+            .map(|s| s.max_concurrent_calls as usize)
+            .unwrap_or(0)
+    })
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchboard_tests::node::dechunk;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -178,22 +179,6 @@ pub async fn api_request(
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .context("API request timed out")?
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Receives status webhooks: answers the first `fail_first` requests with

@@ -229,8 +229,19 @@ impl Transport {
         format!("{}:{}", self.advertised_host(peer), self.advertise.port)
     }
 
-    /// The media IP to write into SDP for a peer: the advertised host when it
-    /// is an IP, else the local address.
+    /// The local address a call's RTP socket binds to for a peer: the SIP
+    /// address of the peer's family, else `media_ip`.
+    pub fn media_bind_ip(&self, peer: &SocketAddr, media_ip: IpAddr) -> IpAddr {
+        self.local
+            .iter()
+            .find(|l| l.is_ipv4() == peer.is_ipv4())
+            .map(|l| l.ip())
+            .unwrap_or(media_ip)
+    }
+
+    /// The media IP to write into SDP for a peer: `--media-advertise` when
+    /// set for the peer's family, else the advertised host when it is an IP,
+    /// else the local address.
     pub fn media_ip(&self, peer: &SocketAddr) -> IpAddr {
         if let Some(m) = self.advertise.media
             && m.is_ipv4() == peer.is_ipv4()
