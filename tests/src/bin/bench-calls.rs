@@ -1005,9 +1005,9 @@ async fn media_bench(dir: &Path) -> anyhow::Result<()> {
             f2(percentile(&sorted(base.res.rtt.clone()), 99.0)),
             base.cpu_cores
         );
-        let bad = row.res.lost > 0
-            || row.setup_failed > 0
-            || percentile(&sorted(row.res.load_added.clone()), 99.0) >= 5.0;
+        // Lateness is reported at every step (the verdict reads it); the run goes on until
+        // calls lose packets or fail to set up, or the time budget is spent.
+        let bad = row.res.lost > 0 || row.setup_failed > 0;
         rows.push((row, Some(base)));
         if bad {
             println!("media: {n} calls missed the bar (loss or p99); one step past, stopping");
@@ -1048,7 +1048,7 @@ fn media_markdown(
          the window; memory per call is (RSS during the window − RSS of the idle node, {:.0} KiB) / calls. \
          Baseline at each step: a minimal UDP echo process (`bench-calls udp-echo`, one socket, recv/send \
          loop) receiving the same packets per second from the same caller code. Steps stop at the first \
-         one with loss, a failed set-up or node lateness p99 ≥ 5 ms (that step is one past the limit).\n",
+         one with loss or a failed set-up (one past the limit), or when the time budget is spent.\n",
         warm.as_secs(),
         window.as_secs(),
         rss_idle
@@ -1334,6 +1334,9 @@ async fn setup_step(
         ),
         None => 0.0,
     };
+    // SIPp counts a call that ended on our 503 branch as successful: it is not.
+    let ok = ok.saturating_sub(rejected_503 as u64);
+    let failed = failed + rejected_503 as u64;
     if let Some(mut c) = uas {
         let _ = c.kill();
         let _ = c.wait();
@@ -1410,7 +1413,7 @@ fn setup_markdown(tables: &[(Target, Vec<SetupRow>)], secs: u64) -> String {
         s,
         "Harness: `scripts/bench.d/calls-setup.sh` (`tests/src/bin/bench-calls.rs setup`). SIPp \
          (`scripts/bench.d/sipp/uac_setup.xml`: INVITE, 200, ACK, BYE at once; a 503 is ACKed and counted \
-         failed) places `rate × {secs}` calls at each rate (`sipp -r RATE -m N -recv_timeout 8000`), against a fresh \
+         failed from the node's `switchboard_sip_calls_total{{code=\"503\"}}`, as SIPp counts that branch a success) places `rate × {secs}` calls at each rate (`sipp -r RATE -m N -recv_timeout 8000`), against a fresh \
          target per step: a SIPp UAS (baseline), a media node with `--call-handler logging` (signalling \
          only: no agent, no RTP engine), and a media node bridging each call to an echo agent (WebSocket \
          opened before the 200, RTP engine started). Nodes: release build, routing file with one trunk \
