@@ -67,8 +67,8 @@ impl ControlledNode {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(binary())
-            .args(["--node-id", &self.name])
+        let mut cmd = Command::new(binary());
+        cmd.args(["--node-id", &self.name])
             .args(["--sip-bind", &self.sip.to_string()])
             .args(["--http-bind", &self.http.to_string()])
             .args(["--control-bind", &self.control.to_string()])
@@ -78,9 +78,9 @@ impl ControlledNode {
             .env("RUST_LOG", "info,switchboard_media_node=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn switchboard-media-node");
+            .stderr(log);
+        crate::operator::die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn switchboard-media-node");
         self.child = Some(child);
     }
 

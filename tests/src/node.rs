@@ -85,6 +85,7 @@ impl MediaNode {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        crate::operator::die_with_parent(&mut cmd);
         let child = cmd.spawn().context("spawning switchboard-media-node")?;
         let mut node = MediaNode {
             child,

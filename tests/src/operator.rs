@@ -37,6 +37,19 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Makes a child process die when the process that started it dies, so a
+/// test or benchmark killed midway leaves no servers behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -92,6 +105,7 @@ impl Operator {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn switchboard-operator");
         Self {
             child: Some(child),
