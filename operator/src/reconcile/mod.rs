@@ -66,7 +66,7 @@ pub async fn run(
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     resolved: watch::Sender<Arc<Resolution>>,
-    mut fleet: Option<watch::Receiver<Arc<FleetView>>>,
+    fleet: Option<watch::Receiver<Arc<FleetView>>>,
 ) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
 
@@ -117,62 +117,74 @@ pub async fn run(
     metrics.ready.set(1);
     info!("watch caches synced");
 
+    // Status is written by its own task, so a burst of thousands of status
+    // writes never delays the next resolution (and so the fleet).
     let writer = status::Writer::new(client.clone(), &opts, metrics.clone());
-    let mut leader = leader;
+    tokio::spawn(write_statuses(
+        writer,
+        resolved.subscribe(),
+        fleet,
+        leader.clone(),
+        trunks.clone(),
+        numbers.clone(),
+    ));
+    loop {
+        let resolution = Arc::new(resolve_from(&trunks, &numbers, &secrets, &metrics));
+        let last_resolve = Instant::now();
+        resolved.send_replace(resolution);
+
+        // A lone change is handled at once; in a burst, at most one resolve
+        // per debounce interval.
+        changed.notified().await;
+        let since = last_resolve.elapsed();
+        if since < opts.debounce {
+            tokio::time::sleep(opts.debounce - since).await;
+        }
+    }
+}
+
+/// Writes the status of every object whose desired status changed, while
+/// this replica leads: on each new resolution, on fleet changes (at most once
+/// per STATUS_INTERVAL), and again after failures.
+async fn write_statuses(
+    writer: status::Writer,
+    mut resolution: watch::Receiver<Arc<Resolution>>,
+    mut fleet: Option<watch::Receiver<Arc<FleetView>>>,
+    mut leader: watch::Receiver<bool>,
+    trunks: reflector::Store<SipTrunk>,
+    numbers: reflector::Store<PhoneNumber>,
+) {
     // Retry soon after a failed write even if nothing else changes.
     let retry = Duration::from_secs(2);
     let mut pending_retry = false;
-    let mut resolution = Arc::new(Resolution::default());
-    let mut resolve_needed = true;
-    let mut last_resolve = Instant::now()
-        .checked_sub(opts.debounce)
-        .unwrap_or_else(Instant::now);
     let mut last_fleet_write = Instant::now()
         .checked_sub(crate::fleet::STATUS_INTERVAL)
         .unwrap_or_else(Instant::now);
     loop {
-        let is_leader = *leader.borrow_and_update();
-        if resolve_needed {
-            resolution = Arc::new(resolve_from(&trunks, &numbers, &secrets, &metrics));
-            last_resolve = Instant::now();
-            resolved.send_replace(resolution.clone());
-        }
-        if is_leader {
+        if *leader.borrow_and_update() {
+            let r = resolution.borrow_and_update().clone();
             let view = fleet.as_mut().map(|f| f.borrow_and_update().clone());
             let failures = writer
-                .write_all(
-                    &resolution,
-                    view.as_deref(),
-                    &trunks.state(),
-                    &numbers.state(),
-                )
+                .write_all(&r, view.as_deref(), &trunks.state(), &numbers.state())
                 .await;
             pending_retry = failures > 0;
         }
-
-        // Wait for a change (or leadership, or a retry). A lone change is
-        // handled at once; in a burst, at most one resolve per debounce
-        // interval and one fleet-driven write per STATUS_INTERVAL.
         tokio::select! {
-            _ = changed.notified() => {
-                resolve_needed = true;
-                let since = last_resolve.elapsed();
-                if since < opts.debounce {
-                    tokio::time::sleep(opts.debounce - since).await;
+            r = resolution.changed() => {
+                if r.is_err() {
+                    return;
                 }
             }
             r = leader.changed() => {
                 if r.is_err() {
-                    return Ok(());
+                    return;
                 }
-                resolve_needed = false;
             }
-            _ = tokio::time::sleep(retry), if pending_retry => resolve_needed = false,
+            _ = tokio::time::sleep(retry), if pending_retry => {}
             open = fleet_changed(&mut fleet) => {
                 if !open {
                     fleet = None;
                 }
-                resolve_needed = false;
                 // Call counts change all the time: write at most this often.
                 let since = last_fleet_write.elapsed();
                 if since < crate::fleet::STATUS_INTERVAL {
