@@ -308,6 +308,63 @@ async fn main() -> anyhow::Result<()> {
         "### Kubernetes API (kube-apiserver 1.35 + etcd 3.6 on loopback), 3 nodes\n\n{}",
         table(&kube_rows)
     );
+    // Targets (issue 7): 100,000 numbers onto 10 nodes in under 2 s; a
+    // one-number change in under 100 ms.
+    let find = |rows: &[Row], prefix: &str| {
+        rows.iter()
+            .find(|r| r.what.starts_with(prefix))
+            .map(|r| r.took)
+    };
+    let _ = writeln!(md, "### Against the targets\n");
+    let verdict = |what: &str, got: Option<Duration>, target: Duration| match got {
+        Some(t) if t <= target => format!(
+            "- {what}: {:.0} ms, target {} ms: met.",
+            t.as_secs_f64() * 1e3,
+            target.as_millis()
+        ),
+        Some(t) => format!(
+            "- {what}: {:.0} ms, target {} ms: missed by {:.1}x.",
+            t.as_secs_f64() * 1e3,
+            target.as_millis(),
+            t.as_secs_f64() / target.as_secs_f64()
+        ),
+        None => format!("- {what}: not measured in this run."),
+    };
+    let _ = writeln!(
+        md,
+        "{}",
+        verdict(
+            "100,000 numbers onto 10 nodes",
+            find(&files_rows, "100000 numbers onto"),
+            Duration::from_secs(2)
+        )
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        verdict(
+            "one-number change (1,000 numbers)",
+            find(&files_rows, "one-number change with 1000 numbers"),
+            Duration::from_millis(100)
+        )
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        verdict(
+            "one-number change (100,000 numbers)",
+            find(&files_rows, "one-number change with 100000 numbers"),
+            Duration::from_millis(100)
+        )
+    );
+    let _ = writeln!(
+        md,
+        "\nWhere the time goes at 100,000 numbers (from the code paths, not a profiler): each change rebuilds the \
+         whole routing configuration from every object (file parsing is cached per file, resolution is O(n)), and each \
+         node rebuilds its lookup tables from the full list after applying the delta in place. Ten node processes share \
+         the machine's two cores with the operator, so node-side work is serialised. The next steps are incremental \
+         resolution (re-resolve only the objects a change touches) and incremental node tables.\n"
+    );
     print!("{md}");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("operator.md"), md)?;
