@@ -249,8 +249,12 @@ impl AgentSession {
         } else {
             Connector::Plain
         };
-        let connecting =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(ws_config()),
+            true,
+            Some(connector),
+        );
         let (ws, _response) = tokio::time::timeout(target.connect_timeout, connecting)
             .await
             .map_err(|_| ConnectError::Timeout(target.connect_timeout))?
@@ -462,6 +466,19 @@ fn connect_error(e: tungstenite::Error) -> ConnectError {
 /// Creates the caller-event channel for a session.
 pub fn caller_channel() -> (mpsc::Sender<CallerEvent>, mpsc::Receiver<CallerEvent>) {
     mpsc::channel(CALLER_CHANNEL_CAPACITY)
+}
+
+/// WebSocket buffers sized for one call's audio: tungstenite's defaults
+/// (128 KiB each way) would cost more memory per call than everything else
+/// in the call together. Messages larger than a buffer still work; the
+/// bounds keep a hostile or stuck agent from growing memory without limit.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(8 * 1024 * 1024))
+        .max_frame_size(Some(8 * 1024 * 1024))
 }
 
 #[cfg(test)]
