@@ -25,6 +25,9 @@ pub struct Metrics {
     pub gateway_healthy: IntGaugeVec,
     /// Version of the routing configuration in use.
     pub config_version: IntGauge,
+    /// Call set-up time: INVITE received to 200 sent (inbound), INVITE sent
+    /// to 2xx received (outbound).
+    pub setup_seconds: prometheus::HistogramVec,
     /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
     pub draining: IntGauge,
 }
@@ -92,6 +95,14 @@ impl Metrics {
             "switchboard_config_version",
             "Version of the routing configuration in use",
         ));
+        let setup_seconds = must(prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "switchboard_sip_setup_seconds",
+                "Call set-up time: INVITE received to 200 sent (inbound), INVITE sent to 2xx (outbound)",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["direction"],
+        ));
         let draining = must(IntGauge::new(
             "switchboard_draining",
             "1 while the node drains: no new calls, existing calls run to their end",
@@ -106,6 +117,7 @@ impl Metrics {
             Box::new(gateway_healthy.clone()),
             Box::new(config_version.clone()),
             Box::new(draining.clone()),
+            Box::new(setup_seconds.clone()),
         ] {
             must(registry.register(c));
         }
@@ -120,6 +132,7 @@ impl Metrics {
             gateway_healthy,
             config_version,
             draining,
+            setup_seconds,
         }
     }
 

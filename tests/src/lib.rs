@@ -1,5 +1,6 @@
 //! Harnesses for Switchboard's end-to-end tests: a real Kubernetes API server
 //! with etcd, real media-node processes and real SIP peers (SIPp, baresip).
+pub mod agent;
 pub mod envtest;
 pub mod fleet;
 pub mod helm;
@@ -7,4 +8,3 @@ pub mod node;
 pub mod operator;
 pub mod poll;
 pub mod sipp;
-pub mod agent;

@@ -35,4 +35,10 @@ async fn sip_sdp_answer_uses_the_media_advertise_address() {
     .await
     .expect("sipp")
     .assert_success("SDP answer with c=IN IP4 127.0.0.9");
+    // The answered call's set-up time was recorded.
+    assert_eq!(
+        node.metric(r#"switchboard_sip_setup_seconds_count{direction="inbound"}"#)
+            .await,
+        1.0
+    );
 }

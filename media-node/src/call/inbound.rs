@@ -498,6 +498,7 @@ fn admit(
         handler: None,
         prepared: None,
         rtp_timeout: super::rtp_timeout_of(trunk),
+        started: std::time::Instant::now(),
     };
     Ok((session, answer))
 }

@@ -487,6 +487,7 @@ async fn attempt(
     } else {
         out.ringing_timeout_seconds
     };
+    let invited_at = Instant::now();
     let deadline = Instant::now()
         + hooks
             .ringing_timeout
@@ -656,6 +657,7 @@ async fn attempt(
             // Outbound calls connect their agent on answer (in the handler).
             prepared: None,
             rtp_timeout: super::rtp_timeout_of(trunk),
+            started: invited_at.into_std(),
         };
         session.answered();
         tokio::spawn(session.established());

@@ -51,6 +51,8 @@ pub struct Session {
     pub(crate) prepared: Option<super::Prepared>,
     /// The trunk's RTP timeout, for the media side.
     pub(crate) rtp_timeout: Option<Duration>,
+    /// When set-up began: INVITE received (inbound) or sent (outbound).
+    pub(crate) started: std::time::Instant,
 }
 
 struct Pending {
@@ -161,6 +163,11 @@ impl Session {
 
     /// Hands the answered call to the media side.
     pub(crate) fn answered(&mut self) {
+        self.ctx
+            .metrics
+            .setup_seconds
+            .with_label_values(&[self.direction.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
         self.ctx.calls.set_state(
             &self.dialog.call_id,
             "answered",

@@ -96,6 +96,26 @@ impl PartialEq for FleetView {
 }
 
 impl FleetView {
+    /// Whether the two views differ in what programming, registration or
+    /// health conditions depend on (not just in call counts), so that such
+    /// changes reach the status at once while call counts are rate-limited.
+    pub fn conditions_differ(&self, other: &FleetView) -> bool {
+        self.acks != other.acks
+            || !(Arc::ptr_eq(&self.since, &other.since) || self.since == other.since)
+            || self.trunks.len() != other.trunks.len()
+            || self
+                .trunks
+                .iter()
+                .zip(other.trunks.iter())
+                .any(|((ka, a), (kb, b))| {
+                    ka != kb
+                        || a.programmed != b.programmed
+                        || a.registered != b.registered
+                        || a.degraded != b.degraded
+                        || a.nodes != b.nodes
+                })
+    }
+
     /// The Programmed condition of a routed number (`None`: not routed).
     pub fn number(&self, id: &str) -> Option<Verdict> {
         let since = self.since.get(id)?;

@@ -160,10 +160,12 @@ async fn write_statuses(
     let mut last_fleet_write = Instant::now()
         .checked_sub(crate::fleet::STATUS_INTERVAL)
         .unwrap_or_else(Instant::now);
+    let mut written_view: Option<Arc<FleetView>> = None;
     loop {
         if *leader.borrow_and_update() {
             let r = resolution.borrow_and_update().clone();
             let view = fleet.as_mut().map(|f| f.borrow_and_update().clone());
+            written_view = view.clone();
             let failures = writer
                 .write_all(&r, view.as_deref(), &trunks.state(), &numbers.state())
                 .await;
@@ -185,9 +187,16 @@ async fn write_statuses(
                 if !open {
                     fleet = None;
                 }
-                // Call counts change all the time: write at most this often.
+                // Conditions (Programmed, Registered, Degraded) go out at
+                // once; call counts change all the time and are written at
+                // most this often.
+                let now = fleet.as_ref().map(|f| f.borrow().clone());
+                let conditions_changed = match (&now, &written_view) {
+                    (Some(n), Some(w)) => n.conditions_differ(w),
+                    _ => true,
+                };
                 let since = last_fleet_write.elapsed();
-                if since < crate::fleet::STATUS_INTERVAL {
+                if !conditions_changed && since < crate::fleet::STATUS_INTERVAL {
                     tokio::time::sleep(crate::fleet::STATUS_INTERVAL - since).await;
                 }
                 last_fleet_write = Instant::now();
