@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -163,6 +162,3 @@ pub async fn remove_pod(client: &Client, namespace: &str, name: &str) {
     .await
     .expect("delete pod");
 }
-
-/// Polling interval hint for fleet tests.
-pub const POLL: Duration = Duration::from_millis(100);

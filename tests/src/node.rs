@@ -184,11 +184,25 @@ pub async fn http_request(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, String)> {
+    http_request_with_token(addr, method, path, None, body).await
+}
+
+/// [`http_request`] with an optional `Authorization: Bearer` token.
+pub async fn http_request_with_token(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
             payload.len()
         );
         s.write_all(req.as_bytes()).await?;
@@ -200,18 +214,15 @@ pub async fn http_request(
             .nth(1)
             .and_then(|c| c.parse().ok())
             .context("no HTTP status")?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         // Chunked bodies (axum streams JSON this way sometimes): de-chunk simply.
-        let body = if text
+        let body = if head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked")
         {
-            dechunk(&body)
+            dechunk(body)
         } else {
-            body
+            body.to_owned()
         };
         anyhow::Ok((status, body))
     };

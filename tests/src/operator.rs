@@ -5,8 +5,6 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Path of a binary built by `cargo build --workspace --bins`, next to the
 /// test executable's `deps/` directory.
 pub fn binary(name: &str) -> PathBuf {
@@ -122,27 +120,9 @@ impl Operator {
 
     /// GETs a path on the HTTP port; `Err` while it is not up.
     pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
-        let mut s = tokio::net::TcpStream::connect(self.http)
+        crate::node::http_request(self.http, "GET", path, None)
             .await
-            .map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        let code = buf
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or("bad response")?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+            .map_err(|e| e.to_string())
     }
 
     /// The value of an unlabelled or labelled metric sample line, e.g.

@@ -8,5 +8,5 @@ mod status;
 mod validate;
 
 pub use auth::TokenCheck;
-pub use server::{ControlService, MAX_MESSAGE_BYTES, Programmed, serve};
+pub use server::{ControlService, MAX_MESSAGE_BYTES, serve};
 pub use validate::{validate, validate_delta};

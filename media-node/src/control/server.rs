@@ -25,10 +25,6 @@ const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// A status message at least this often, as a heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// The configuration version this node runs; 0 until the first apply.
-/// Readiness follows it.
-pub type Programmed = watch::Receiver<u64>;
-
 struct Applied {
     config: RoutingConfig,
     refused: Option<(u64, String)>,
@@ -91,16 +87,6 @@ impl ControlService {
             numbers,
             refusals,
         }))
-    }
-
-    /// Follows the applied version (for readiness and logs).
-    pub fn programmed(&self) -> Programmed {
-        self.0.changes.subscribe()
-    }
-
-    /// Applies one request: the core of `Apply`.
-    pub fn apply_change(&self, req: ApplyRequest) -> ApplyResponse {
-        self.0.apply(req)
     }
 }
 

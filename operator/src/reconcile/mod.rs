@@ -161,16 +161,25 @@ async fn write_statuses(
         .checked_sub(crate::fleet::STATUS_INTERVAL)
         .unwrap_or_else(Instant::now);
     let mut written_view: Option<Arc<FleetView>> = None;
+    // Numbers' statuses depend on the resolution and on Programmed only;
+    // a change of call counts alone rewrites (and recomputes) trunks only.
+    let mut numbers_due = true;
     loop {
         if *leader.borrow_and_update() {
             let r = resolution.borrow_and_update().clone();
             let view = fleet.as_mut().map(|f| f.borrow_and_update().clone());
             written_view = view.clone();
+            let number_objects = if numbers_due {
+                numbers.state()
+            } else {
+                Vec::new()
+            };
             let failures = writer
-                .write_all(&r, view.as_deref(), &trunks.state(), &numbers.state())
+                .write_all(&r, view.as_deref(), &trunks.state(), &number_objects)
                 .await;
             pending_retry = failures > 0;
         }
+        numbers_due = true;
         tokio::select! {
             r = resolution.changed() => {
                 if r.is_err() {
@@ -199,6 +208,7 @@ async fn write_statuses(
                 if !conditions_changed && since < crate::fleet::STATUS_INTERVAL {
                     tokio::time::sleep(crate::fleet::STATUS_INTERVAL - since).await;
                 }
+                numbers_due = conditions_changed;
                 last_fleet_write = Instant::now();
             }
         }

@@ -63,12 +63,6 @@ fn is_manifest(p: &Path) -> bool {
     )
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursive),
-/// in name order.
-pub fn load_dir(dir: &Path) -> Result<Loaded, Error> {
-    Directory::new(dir).load()
-}
-
 /// A manifest directory read again on every change. A file that cannot be
 /// read or parsed (an editor halfway through saving it, a typo) keeps its
 /// last good content, so a bad save never withdraws numbers from the fleet;
@@ -96,7 +90,8 @@ impl Directory {
         }
     }
 
-    /// Reads the directory.
+    /// Reads every `*.yaml`, `*.yml` and `*.json` file in the directory (not
+    /// recursive), in name order.
     pub fn load(&mut self) -> Result<Loaded, Error> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::ReadDir {
             path: self.dir.clone(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_tests::node::dechunk;
+use switchboard_tests::node::http_request_with_token;
 
 use anyhow::Context;
 use serde_json::Value;
@@ -132,8 +132,7 @@ pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
-/// One HTTP/1.1 request (Connection: close), bounded to 30 s: (status,
-/// JSON body or `null`).
+/// One HTTP/1.1 request (Connection: close): (status, JSON body or `null`).
 pub async fn api_request(
     addr: SocketAddr,
     method: &str,
@@ -141,44 +140,13 @@ pub async fn api_request(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
-            payload.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no HTTP status")?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        let json = if body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))?
-        };
-        anyhow::Ok((status, json))
+    let (status, body) = http_request_with_token(addr, method, path, token, body).await?;
+    let json = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))?
     };
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .context("API request timed out")?
+    Ok((status, json))
 }
 
 /// Receives status webhooks: answers the first `fail_first` requests with
