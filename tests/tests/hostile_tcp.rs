@@ -425,3 +425,75 @@ async fn tcp_global_connection_cap_holds() {
     let _again = eventually_served(Ipv4Addr::LOCALHOST, node.sip).await;
     assert_no_panic(&node);
 }
+
+/// Outgoing connections share the reader: a call to a carrier over TCP
+/// still works, and the connection counts as outbound, not against the
+/// accept caps.
+#[tokio::test]
+async fn tcp_outbound_call_to_a_carrier_still_works() {
+    let gw = switchboard_tests::node::free_port();
+    let carrier = switchboard_tests::sipp::Sipp::template(
+        "uas_answer.xml",
+        &[
+            ("@RURI_USER@", "77\\+15557654321"),
+            ("@FROM_DOMAIN@", "sb.example"),
+        ],
+    )
+    .expect("template")
+    .args(["-t", "t1"])
+    .spawn_server(gw, 1);
+    let config = json!({
+        "version": "1",
+        "trunks": [{"id": "demo/carrier", "enabled": true, "outbound": {
+            "enabled": true,
+            "gateways": [{"host": "127.0.0.1", "port": gw, "transport": "TRANSPORT_TCP", "priority": 1, "weight": 1}],
+            "leadingPlus": true, "techPrefix": "77", "fromDomain": "sb.example", "ringingTimeoutSeconds": 20
+        }}],
+        "numbers": [{"id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/carrier", "inbound": true, "outbound": true}]
+    });
+    // Only one connection from the node may exist, so the global cap of
+    // one accepted connection must not apply to it.
+    let node = MediaNode::start(&config, &["--debug-routes", "--tcp-max-connections", "1"])
+        .await
+        .expect("node starts");
+    // SIPp must be listening before the node dials: TCP has no retransmission.
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw}").parse().expect("addr");
+    eventually("SIPp listening on TCP", Duration::from_secs(10), || async {
+        let probe = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        // Probing costs SIPp one idle connection, which it tolerates.
+        probe
+            .connect(gw_addr)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let (status, body) = node
+        .http(
+            "POST",
+            "/debug/dial",
+            Some(&json!({"number_id": "demo/caller", "to": "+1 555 765 4321"})),
+        )
+        .await
+        .expect("dial request");
+    assert_eq!(status, 200, "{body}");
+    let outcome: serde_json::Value = serde_json::from_str(&body).expect("outcome JSON");
+    assert_eq!(outcome["outcome"], "answered", "{outcome}");
+    assert_eq!(
+        node.metric(r#"switchboard_sip_tcp_connections{direction="outbound"}"#)
+            .await,
+        1.0
+    );
+    let call_id = outcome["call_id"].as_str().expect("call_id");
+    let (status, _) = node
+        .http("POST", "/debug/hangup", Some(&json!({"call_id": call_id})))
+        .await
+        .expect("hangup");
+    assert_eq!(status, 202);
+    carrier
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("carrier reached over TCP, BYE on the same connection");
+    assert_no_panic(&node);
+}

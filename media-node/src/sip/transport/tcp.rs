@@ -263,7 +263,7 @@ impl Connections {
             writer: None,
         };
         let this = self.clone();
-        self.spawn_guarded(addr, async move {
+        let _ = self.spawn_guarded(addr, async move {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => this.serve(stream, slot, rx).await,
                 Ok(Err(e)) => {
@@ -295,14 +295,14 @@ impl Connections {
         self: &Arc<Self>,
         addr: SocketAddr,
         task: impl Future<Output = ()> + Send + 'static,
-    ) {
+    ) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             if AssertUnwindSafe(task).catch_unwind().await.is_err() {
                 this.closed("panic");
                 tracing::error!(%addr, "TCP connection task panicked; connection closed");
             }
-        });
+        })
     }
 
     /// Serves one connection until either side closes, a limit ends it or
@@ -424,7 +424,7 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, conns: Arc<Co
         match conns.admit(addr) {
             Ok((slot, rx)) => {
                 let c = conns.clone();
-                conns.spawn_guarded(addr, c.serve(stream, slot, rx));
+                let _ = conns.spawn_guarded(addr, c.serve(stream, slot, rx));
             }
             Err(reason) => {
                 conns
@@ -438,5 +438,86 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, conns: Arc<Co
                 drop(stream);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::sip::framing::Limits;
+    use crate::sip::protect::RateLimiter;
+
+    fn connections(limits: TcpLimits) -> Arc<Connections> {
+        let (tx, _rx) = mpsc::channel(8);
+        let recv = Arc::new(Receiver {
+            limits: Limits::default(),
+            rate: RateLimiter::new(0.0, 0.0),
+            metrics: Metrics::new(),
+            tx,
+        });
+        Arc::new(Connections::new(recv, limits))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn per_source_key_is_the_address_or_the_ipv6_64() {
+        let k = |s: &str| source_key(s.parse().expect("ip"));
+        assert_eq!(k("192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::2"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn caps_are_checked_at_admission_and_released_on_drop() {
+        let conns = connections(TcpLimits {
+            max_connections: 3,
+            max_per_source: 2,
+            ..TcpLimits::default()
+        });
+        let a = conns.admit(addr("127.0.0.2:1000")).expect("first");
+        let b = conns.admit(addr("127.0.0.2:1001")).expect("second");
+        assert_eq!(
+            conns.admit(addr("127.0.0.2:1002")).err(),
+            Some("per_source")
+        );
+        let c = conns.admit(addr("127.0.0.3:1000")).expect("other source");
+        assert_eq!(conns.admit(addr("127.0.0.4:1000")).err(), Some("global"));
+        drop(a);
+        let d = conns.admit(addr("127.0.0.2:1003")).expect("slot released");
+        drop((b, c, d));
+        let t = conns.lock();
+        assert!(t.by_addr.is_empty() && t.per_source.is_empty() && t.inbound == 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_releases_its_slot_and_spares_others() {
+        let conns = connections(TcpLimits {
+            max_per_source: 1,
+            ..TcpLimits::default()
+        });
+        let (other, _other_rx) = conns.admit(addr("127.0.0.5:1000")).expect("other");
+        let (slot, rx) = conns.admit(addr("127.0.0.6:1000")).expect("admitted");
+        let task = conns.spawn_guarded(slot.addr, async move {
+            let _held = (slot, rx);
+            panic!("connection task panics on purpose");
+        });
+        task.await.expect("the panic is caught inside the task");
+        let metrics = &conns.recv.metrics.tcp;
+        assert_eq!(metrics.closed.with_label_values(&["panic"]).get(), 1);
+        assert_eq!(metrics.open.with_label_values(&["inbound"]).get(), 1);
+        {
+            let t = conns.lock();
+            assert_eq!(t.inbound, 1);
+            assert!(t.by_addr.contains_key(&other.addr));
+            assert!(!t.by_addr.contains_key(&addr("127.0.0.6:1000")));
+        }
+        // The source's slot is free again.
+        assert!(conns.admit(addr("127.0.0.6:1001")).is_ok());
     }
 }
