@@ -263,7 +263,8 @@ impl Connections {
             writer: None,
         };
         let this = self.clone();
-        let _ = self.spawn_guarded(addr, async move {
+        // Detached: the slot, not the handle, ends the connection.
+        drop(self.spawn_guarded(addr, async move {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => this.serve(stream, slot, rx).await,
                 Ok(Err(e)) => {
@@ -275,7 +276,7 @@ impl Connections {
                     this.closed("connect_failed");
                 }
             }
-        });
+        }));
         Ok(())
     }
 
@@ -424,7 +425,7 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, conns: Arc<Co
         match conns.admit(addr) {
             Ok((slot, rx)) => {
                 let c = conns.clone();
-                let _ = conns.spawn_guarded(addr, c.serve(stream, slot, rx));
+                drop(conns.spawn_guarded(addr, c.serve(stream, slot, rx)));
             }
             Err(reason) => {
                 conns
