@@ -30,6 +30,48 @@ pub struct Metrics {
     pub setup_seconds: prometheus::HistogramVec,
     /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
     pub draining: IntGauge,
+    /// SIP over TCP: connections refused, closed and open.
+    pub tcp: TcpMetrics,
+}
+
+/// SIP over TCP connection metrics.
+#[derive(Clone)]
+pub struct TcpMetrics {
+    /// Connections refused by reason (global, per_source, outbound_limit).
+    pub refused: IntCounterVec,
+    /// Connections closed by reason (peer_closed, idle, message_timeout,
+    /// first_message_timeout, framing_error, panic, ...).
+    pub closed: IntCounterVec,
+    /// Connections open now, by direction (inbound, outbound).
+    pub open: IntGaugeVec,
+}
+
+impl TcpMetrics {
+    fn new() -> TcpMetrics {
+        TcpMetrics {
+            refused: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_refused_total",
+                    "SIP TCP connections refused, by reason (global, per_source, outbound_limit)",
+                ),
+                &["reason"],
+            )),
+            closed: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_closed_total",
+                    "SIP TCP connections closed, by reason",
+                ),
+                &["reason"],
+            )),
+            open: must(IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_connections",
+                    "SIP TCP connections open, by direction",
+                ),
+                &["direction"],
+            )),
+        }
+    }
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -107,6 +149,7 @@ impl Metrics {
             "switchboard_draining",
             "1 while the node drains: no new calls, existing calls run to their end",
         ));
+        let tcp = TcpMetrics::new();
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(active_calls.clone()),
@@ -118,6 +161,9 @@ impl Metrics {
             Box::new(config_version.clone()),
             Box::new(draining.clone()),
             Box::new(setup_seconds.clone()),
+            Box::new(tcp.refused.clone()),
+            Box::new(tcp.closed.clone()),
+            Box::new(tcp.open.clone()),
         ] {
             must(registry.register(c));
         }
@@ -133,6 +179,7 @@ impl Metrics {
             config_version,
             draining,
             setup_seconds,
+            tcp,
         }
     }
 
