@@ -1164,9 +1164,10 @@ mod tests {
             "ws://[2001:db8::1]/a",
             "ws://user:pw@agent.example.com/a",
         ] {
-            let err = AgentSession::connect(&AgentTarget::new(url, Some("tok".into())), ids())
-                .await
-                .expect_err("refused");
+            let err =
+                AgentSession::connect(&AgentTarget::new(url, Some("Zq9-secret".into())), ids())
+                    .await
+                    .expect_err("refused");
             match &err {
                 ConnectError::InsecureToken { host } => {
                     assert!(!host.is_empty() && !host.contains("pw"), "{host}");
@@ -1174,7 +1175,7 @@ mod tests {
                 other => panic!("{url}: unexpected {other:?}"),
             }
             let text = err.to_string();
-            assert!(text.contains("wss://") && !text.contains("tok"), "{text}");
+            assert!(text.contains("wss://") && !text.contains("Zq9"), "{text}");
         }
         // Loopback ws:// with a token stays allowed (local agents, tests, the demo).
         let (url, server) = agent_server().await;

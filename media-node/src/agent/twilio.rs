@@ -8,8 +8,9 @@
 //! Agent -> node messages are parsed leniently by [`parse_agent_message`]: unknown fields are
 //! ignored, unknown events come back as [`AgentEvent::Unknown`] (the session counts and ignores
 //! them), and only a frame that is not JSON, has no `event`, or lacks what its event needs is an
-//! error — which the session also survives. JSON nesting is bounded by serde_json's recursion
-//! limit (128), so a deeply nested unknown field is an error, not a stack overflow. A media
+//! error — which the session also survives. Nesting cannot overflow the stack: unknown fields
+//! are skipped without recursion (serde_json keeps one byte per level, bounded by the message
+//! size) and the fields we read have a fixed shape. A media
 //! payload is decoded by [`decode_payload`] in fixed steps into a stack buffer: no decode
 //! buffer grows with what an agent sends.
 //!
@@ -718,21 +719,33 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_an_error_not_a_crash() {
+    fn deep_nesting_is_bounded_work_not_a_crash() {
+        // Unknown fields are skipped by serde_json without recursion (its scratch stack is one
+        // byte per level, bounded by the message size): the known fields still parse.
         let deep = format!(
             r#"{{"event":"mark","x":{}1{},"mark":{{"name":"m"}}}}"#,
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
+        assert_eq!(
+            parse_agent_message(&deep).expect("parsed"),
+            AgentEvent::Mark { name: "m".into() }
+        );
+        // Nesting where a known field is read is a type error at once; unbalanced nesting is
+        // an error too.
+        let deep_mark = format!(
+            r#"{{"event":"mark","mark":{}{}}}"#,
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
         assert!(matches!(
-            parse_agent_message(&deep),
+            parse_agent_message(&deep_mark),
             Err(AgentProtocolError::Malformed(_))
         ));
-        let deep_obj = format!(
-            r#"{{"event":"x","y":{}null{}}}"#,
-            r#"{"a":"#.repeat(50_000),
-            "}".repeat(50_000)
-        );
-        assert!(parse_agent_message(&deep_obj).is_err());
+        let unbalanced = format!(r#"{{"event":"x","y":{}null}}"#, r#"{"a":"#.repeat(50_000));
+        assert!(matches!(
+            parse_agent_message(&unbalanced),
+            Err(AgentProtocolError::Malformed(_))
+        ));
     }
 }
