@@ -314,10 +314,9 @@ async fn hostile_agent(attack: Attack) -> (String, tokio::task::JoinHandle<Attac
                         break;
                     }
                     report.sent += 1;
-                    if i % 512 == 511 {
-                        if sink.flush().await.is_err() || Instant::now() > deadline {
-                            break;
-                        }
+                    if i % 512 == 511 && (sink.flush().await.is_err() || Instant::now() > deadline)
+                    {
+                        break;
                     }
                 }
                 let _ = sink.flush().await;
