@@ -131,6 +131,14 @@ struct Args {
     /// answering, or `answer-hangup` (answer, then BYE at once).
     #[arg(long = "agent-unreachable", value_enum, default_value_t = UnreachablePolicy::Reject)]
     agent_unreachable: UnreachablePolicy,
+    /// Largest WebSocket message (and frame) accepted from an agent, in bytes; a larger one
+    /// closes that agent's session (1009) and ends its call.
+    #[arg(long = "agent-max-message-bytes", default_value_t = switchboard_media_node::agent::session::DEFAULT_MAX_MESSAGE_BYTES)]
+    agent_max_message_bytes: usize,
+    /// Marks an agent may have outstanding per call (waiting for their audio or their echo);
+    /// more are refused and counted, and an agent that keeps sending them is disconnected.
+    #[arg(long = "agent-max-pending-marks", default_value_t = switchboard_media_node::media::playout::DEFAULT_MAX_MARKS)]
+    agent_max_pending_marks: usize,
     /// What answered calls are handed to: `bridge` (RTP <-> agent, the default) or
     /// `logging` (keeps the RTP port open and logs events; for SIP-only tests).
     #[arg(long = "call-handler", value_enum, default_value_t = HandlerKind::Bridge)]
@@ -264,6 +272,11 @@ async fn main() -> std::process::ExitCode {
         HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {
             connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
             unreachable: args.agent_unreachable,
+            agent_limits: switchboard_media_node::agent::session::AgentLimits {
+                max_message_bytes: args.agent_max_message_bytes,
+                max_pending_marks: args.agent_max_pending_marks,
+                ..Default::default()
+            },
             ..BridgeConfig::default()
         })),
         HandlerKind::Logging => Arc::new(LoggingHandler),

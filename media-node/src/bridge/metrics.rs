@@ -55,6 +55,13 @@ pub struct MediaMetrics {
     pub call_ends: IntCounterVec,
     /// Calls whose media engine is running.
     pub active_media: IntGauge,
+    /// Agent messages refused or cut for a limit, by limit (pending_marks, mark_name,
+    /// message_size, playout_queue).
+    pub agent_limit_exceeded: IntCounterVec,
+    /// Agent messages ignored, by reason (unknown_event, malformed, binary).
+    pub agent_messages_ignored: IntCounterVec,
+    /// Bytes of agent audio dropped because a call's playout queue was full.
+    pub playout_overflow_bytes: IntCounter,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -149,12 +156,35 @@ impl MediaMetrics {
                 "switchboard_media_active_calls",
                 "Calls whose media engine is running",
             )),
+            agent_limit_exceeded: vec(
+                "switchboard_agent_limit_exceeded_total",
+                "Agent messages refused or cut because they went over a limit, by limit",
+                "limit",
+            ),
+            agent_messages_ignored: vec(
+                "switchboard_agent_messages_ignored_total",
+                "Agent messages ignored (unknown event, malformed, binary), by reason",
+                "reason",
+            ),
+            playout_overflow_bytes: counter(
+                "switchboard_playout_overflow_bytes_total",
+                "Bytes of agent audio dropped because a call's playout queue was full",
+            ),
         }
+    }
+
+    /// The agent sessions' counters of refused and ignored messages.
+    pub fn limit_counters(&self) -> crate::agent::session::LimitCounters {
+        crate::agent::session::LimitCounters::new(
+            &self.agent_limit_exceeded,
+            &self.agent_messages_ignored,
+            &self.playout_overflow_bytes,
+        )
     }
 
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        let all: [Box<dyn Collector>; 16] = [
+        let all: [Box<dyn Collector>; 19] = [
             Box::new(self.rtp_in.clone()),
             Box::new(self.rtp_out.clone()),
             Box::new(self.rtp_lost.clone()),
@@ -171,6 +201,9 @@ impl MediaMetrics {
             Box::new(self.dtmf.clone()),
             Box::new(self.call_ends.clone()),
             Box::new(self.active_media.clone()),
+            Box::new(self.agent_limit_exceeded.clone()),
+            Box::new(self.agent_messages_ignored.clone()),
+            Box::new(self.playout_overflow_bytes.clone()),
         ];
         for c in all {
             registry.register(c)?;

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::session::{
-    AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout, caller_channel,
+    AgentLimits, AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout,
+    caller_channel,
 };
 use crate::agent::twilio::StreamIds;
 use crate::call::{
@@ -51,6 +52,8 @@ pub mod reason {
     pub const AGENT_ERROR: &str = "agent_error";
     /// The agent could not be reached when the call was set up.
     pub const AGENT_UNREACHABLE: &str = "agent_unreachable";
+    /// The node closed the agent's session because the agent went over a limit.
+    pub const AGENT_LIMIT: &str = "agent_limit";
 }
 
 /// What to do with an inbound call whose agent cannot be reached at set-up.
@@ -76,6 +79,8 @@ pub struct BridgeConfig {
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
+    /// What an agent may make the node hold per call (message size, marks).
+    pub agent_limits: AgentLimits,
 }
 
 impl Default for BridgeConfig {
@@ -86,6 +91,7 @@ impl Default for BridgeConfig {
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
+            agent_limits: AgentLimits::default(),
         }
     }
 }
@@ -116,6 +122,7 @@ impl BridgeHandler {
             reason::RTP_TIMEOUT,
             reason::AGENT_DISCONNECTED,
             reason::AGENT_UNREACHABLE,
+            reason::AGENT_LIMIT,
         ] {
             metrics.call_ends.with_label_values(&[r]);
         }
@@ -135,6 +142,8 @@ impl BridgeHandler {
         let token = (!agent.bearer_token.is_empty()).then(|| agent.bearer_token.clone());
         let mut t = AgentTarget::new(agent.url.clone(), token);
         t.connect_timeout = self.cfg.connect_timeout;
+        t.limits = self.cfg.agent_limits;
+        t.counters = self.metrics.limit_counters();
         t
     }
 }
@@ -178,6 +187,7 @@ fn connect_failure_label(e: &ConnectError) -> &'static str {
     match e {
         ConnectError::InvalidUrl(_) => "invalid_url",
         ConnectError::InvalidToken => "invalid_token",
+        ConnectError::InsecureToken { .. } => "insecure_token",
         ConnectError::Timeout(_) => "timeout",
         ConnectError::Http { .. } => "http",
         ConnectError::Transport(_) => "transport",
@@ -352,6 +362,7 @@ impl AgentTask {
             SessionEnd::CallEnded => "call_ended",
             SessionEnd::AgentClosed { .. } => "agent_closed",
             SessionEnd::Transport(_) => "transport_error",
+            SessionEnd::LimitExceeded { .. } => "limit_exceeded",
         };
         self.metrics
             .agent_disconnects
@@ -366,6 +377,9 @@ impl AgentTask {
             dtmf_sent = stats.dtmf_sent,
             unknown_events = stats.unknown_events,
             malformed_frames = stats.malformed_frames,
+            marks_refused = stats.marks_refused,
+            playout_overflow_bytes = stats.overflow_bytes,
+            limit_violations = stats.limit_violations,
             "agent session ended"
         );
         // A socket that closes ends the call (the protocol's rule); `hangup` is a no-op when
@@ -377,6 +391,10 @@ impl AgentTask {
             }
             SessionEnd::Transport(_) => {
                 self.hangup.hangup(reason::AGENT_ERROR);
+            }
+            // Ends like an agent disconnect, with its own reason.
+            SessionEnd::LimitExceeded { .. } => {
+                self.hangup.hangup(reason::AGENT_LIMIT);
             }
         }
     }
@@ -405,6 +423,7 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_DISCONNECTED => reason::AGENT_DISCONNECTED,
             reason::AGENT_ERROR => reason::AGENT_ERROR,
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
+            reason::AGENT_LIMIT => reason::AGENT_LIMIT,
             // Free text from the API or the drain: not a label value.
             _ => "local",
         },
