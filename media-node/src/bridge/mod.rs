@@ -76,6 +76,8 @@ pub struct BridgeConfig {
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
+    /// Strict RTP source learning (window, head start of the signalled address, probation).
+    pub learning: crate::media::source::LearningConfig,
 }
 
 impl Default for BridgeConfig {
@@ -86,6 +88,7 @@ impl Default for BridgeConfig {
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
+            learning: crate::media::source::LearningConfig::default(),
         }
     }
 }
@@ -269,6 +272,8 @@ impl CallHandler for BridgeHandler {
             rtp_timeout: call.rtp_timeout,
             jitter_min: self.cfg.jitter_min,
             jitter_max: self.cfg.jitter_max,
+            learning: self.cfg.learning,
+            networks: std::mem::take(&mut call.media_networks),
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();
