@@ -464,3 +464,47 @@ async fn hostile_rtp_nothing_flows_before_the_ack() {
         .await;
     caller.bye().await;
 }
+
+/// `media.mediaSource: signalling-network` (MEDIA_SOURCE_SIGNALLING_NETWORK in the node's
+/// configuration): an SDP address outside the trunk's allowed sources is refused with 488, and
+/// a source outside them is never learned, even one that would pass every learning rule (here
+/// a "NAT'd" peer on 127.0.0.2, which the default mode learns).
+#[tokio::test]
+async fn hostile_rtp_signalling_network_mode_keeps_media_inside_it() {
+    let agent = TestAgent::start().await.expect("agent");
+    let mut cfg = config(&agent.url());
+    cfg["trunks"][0]["media"]["mediaSource"] = json!("MEDIA_SOURCE_SIGNALLING_NETWORK");
+    let node = MediaNode::start(&cfg, &[]).await.expect("node");
+
+    let mut refused = Caller::new(&node, "outside@test").await;
+    let fin = refused.invite("127.0.0.2", 40000).await;
+    assert_eq!(status_of(&fin), Some(488), "c= outside the network: {fin}");
+
+    let signalled = Counter::bind("127.0.0.1").await;
+    let outside = Counter::bind("127.0.0.2").await;
+    let mut caller = Caller::new(&node, "inside@test").await;
+    let ok = caller.invite("127.0.0.1", signalled.addr().port()).await;
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    let rtp_port = node_rtp(&ok);
+    caller.ack().await;
+    let run = Arc::new(AtomicBool::new(true));
+    let s = stream(
+        outside.sock.clone(),
+        rtp_port,
+        0x0075_1DE0,
+        run.clone(),
+        Arc::new(AtomicBool::new(false)),
+        400,
+    );
+    // Past the whole learning window (3 s) with a perfect stream from outside.
+    s.wait_sent("4 s of RTP from outside the network", 200)
+        .await;
+    assert_eq!(outside.got(), 0, "a source outside the network was learned");
+    assert!(
+        signalled.got() > 0,
+        "the node sends to the signalled address"
+    );
+    run.store(false, Ordering::Relaxed);
+    let _ = s.task.await;
+    caller.bye().await;
+}
