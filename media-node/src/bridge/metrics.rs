@@ -14,7 +14,9 @@ pub mod drop_reason {
     pub const MALFORMED: &str = "malformed";
     /// A payload type that was not negotiated.
     pub const PAYLOAD_TYPE: &str = "payload_type";
-    /// From an address other than the one we latched to.
+    /// From an address other than the call's current source: not the signalled address, not a
+    /// source learned in the learning window, or outside the trunk's networks (RTP Bleed
+    /// attempts, stray streams, and a NAT'd peer's packets while on probation).
     pub const SOURCE: &str = "source";
     /// Rejected by sequence validation (RFC 3550 A.1: probation or a large jump).
     pub const SEQUENCE: &str = "sequence";
@@ -31,6 +33,9 @@ pub struct MediaMetrics {
     pub rtp_lost: IntCounter,
     /// Received datagrams dropped, by reason.
     pub rtp_dropped: IntCounterVec,
+    /// Calls whose RTP source was learned on another host than the one signalled in SDP
+    /// (a NAT'd peer; a surge may also mean someone won a learning race).
+    pub rtp_sources_learned: IntCounter,
     /// Interarrival jitter per call, sampled at each RTCP interval and at the end of the call.
     pub rtp_jitter: Histogram,
     /// RTCP compound packets sent.
@@ -79,7 +84,7 @@ impl MediaMetrics {
         let vec = |name: &str, help: &str, label: &str| {
             must(IntCounterVec::new(Opts::new(name, help), &[label]))
         };
-        MediaMetrics {
+        let m = MediaMetrics {
             rtp_in: counter(
                 "switchboard_rtp_packets_received_total",
                 "RTP packets received and accepted",
@@ -93,6 +98,10 @@ impl MediaMetrics {
                 "switchboard_rtp_packets_dropped_total",
                 "Received RTP datagrams dropped, by reason",
                 "reason",
+            ),
+            rtp_sources_learned: counter(
+                "switchboard_rtp_sources_learned_total",
+                "Calls whose RTP source was learned on another host than the SDP named",
             ),
             rtp_jitter: must(Histogram::with_opts(
                 HistogramOpts::new(
@@ -170,7 +179,17 @@ impl MediaMetrics {
                 "switchboard_playout_overflow_bytes_total",
                 "Bytes of agent audio dropped because a call's playout queue was full",
             ),
+        };
+        // The drop series exist from the start (at 0), for alerts on RTP from wrong sources.
+        for r in [
+            drop_reason::MALFORMED,
+            drop_reason::PAYLOAD_TYPE,
+            drop_reason::SOURCE,
+            drop_reason::SEQUENCE,
+        ] {
+            m.rtp_dropped.with_label_values(&[r]);
         }
+        m
     }
 
     /// The agent sessions' counters of refused and ignored messages.
@@ -184,11 +203,12 @@ impl MediaMetrics {
 
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        let all: [Box<dyn Collector>; 19] = [
+        let all: [Box<dyn Collector>; 20] = [
             Box::new(self.rtp_in.clone()),
             Box::new(self.rtp_out.clone()),
             Box::new(self.rtp_lost.clone()),
             Box::new(self.rtp_dropped.clone()),
+            Box::new(self.rtp_sources_learned.clone()),
             Box::new(self.rtp_jitter.clone()),
             Box::new(self.rtcp_out.clone()),
             Box::new(self.rtcp_in.clone()),

@@ -81,6 +81,8 @@ pub struct BridgeConfig {
     pub playout_max_bytes: usize,
     /// What an agent may make the node hold per call (message size, marks).
     pub agent_limits: AgentLimits,
+    /// Strict RTP source learning (window, head start of the signalled address, probation).
+    pub learning: crate::media::source::LearningConfig,
 }
 
 impl Default for BridgeConfig {
@@ -92,6 +94,7 @@ impl Default for BridgeConfig {
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
             agent_limits: AgentLimits::default(),
+            learning: crate::media::source::LearningConfig::default(),
         }
     }
 }
@@ -279,6 +282,8 @@ impl CallHandler for BridgeHandler {
             rtp_timeout: call.rtp_timeout,
             jitter_min: self.cfg.jitter_min,
             jitter_max: self.cfg.jitter_max,
+            learning: self.cfg.learning,
+            networks: std::mem::take(&mut call.media_networks),
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();

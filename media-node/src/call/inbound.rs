@@ -373,6 +373,15 @@ fn admit(
         }
         None => None,
     };
+    // Never stream RTP where a spoofed INVITE points (multicast, link-local, loopback from
+    // outside, outside the trunk's networks when it restricts media).
+    let media_networks = super::media_networks_of(trunk, req.peer.addr.ip());
+    if let Some(n) = &negotiated
+        && let Err(e) = sdp::check_remote(n.remote, req.peer.addr.ip(), &media_networks)
+    {
+        tracing::warn!(source = %req.peer.addr, error = %e, "INVITE offer refused");
+        return Err(Reject::new(488, "media_address"));
+    }
 
     let call_id = req.msg.call_id().unwrap_or_default().to_owned();
     let trunk_max = routing::channel_share(trunk);
@@ -499,6 +508,8 @@ fn admit(
         prepared: None,
         rtp_timeout: super::rtp_timeout_of(trunk),
         started: std::time::Instant::now(),
+        media_networks,
+        awaiting_ack: false,
     };
     Ok((session, answer))
 }

@@ -7,7 +7,7 @@ use switchboard_proto::v1alpha1 as pb;
 
 use super::validate::{Failover, parse_failover};
 use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
-use crate::crd::{AgentSpec, Codec, DtmfMode, SipTrunkSpec, Transport};
+use crate::crd::{AgentSpec, Codec, DtmfMode, MediaSource, SipTrunkSpec, Transport};
 
 /// A reference that did not resolve. Messages name objects, never values.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +244,10 @@ pub(super) fn trunk(
                 DtmfMode::Both => pb::DtmfMode::Both,
             } as i32,
             rtp_timeout_seconds: spec.media.rtp_timeout_seconds,
+            media_source: match spec.media.media_source {
+                MediaSource::Any => pb::MediaSource::Any,
+                MediaSource::SignallingNetwork => pb::MediaSource::SignallingNetwork,
+            } as i32,
         }),
         // The fleet programmer fills in the per-node share; until then a
         // node may use the whole budget.

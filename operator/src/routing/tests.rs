@@ -520,3 +520,32 @@ fn resolve_is_deterministic() {
     assert_eq!(a.config, b.config);
     assert_eq!(a.config.numbers.len(), 51);
 }
+
+#[test]
+fn media_source_defaults_to_any_and_converts() {
+    let r = resolve(&inputs());
+    let media = r.config.trunks[0].media.clone().expect("media");
+    assert_eq!(media.media_source(), pb::MediaSource::Any);
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec = serde_json::from_value(serde_json::json!({
+        "inbound": {"allowedSources": ["203.0.113.0/24"]},
+        "outbound": {
+            "gateways": [{"host": "sip.example.net"}],
+            "auth": {"secretRef": {"name": "carrier-creds"}}
+        },
+        "media": {"mediaSource": "signalling-network"}
+    }))
+    .expect("trunk spec");
+    let r = resolve(&i);
+    let media = r.config.trunks[0].media.clone().expect("media");
+    assert_eq!(media.media_source(), pb::MediaSource::SignallingNetwork);
+    assert!(
+        serde_json::from_value::<SipTrunkSpec>(
+            serde_json::json!({"media": {"mediaSource": "anywhere"}})
+        )
+        .is_err(),
+        "unknown values are refused"
+    );
+}
