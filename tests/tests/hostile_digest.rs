@@ -345,13 +345,16 @@ async fn hostile_digest_nonce_from_another_source_is_refused() {
 async fn hostile_digest_legitimate_sipp_callers_still_authenticate() {
     let agent = TestAgent::start().await.expect("agent");
     let node = node(&agent).await;
+    // SIPp answers for `sip:<remote ip>:<port>` unless told the
+    // Request-URI, which RFC 3261 22.4 and carriers' stacks use.
+    let ruri = format!("{NUMBER_A}@{}", node.sip);
     let sipp = || {
         Sipp::template(
             "uac_auth.xml",
             &[("@USER@", USER), ("@PASSWORD@", PASSWORD)],
         )
         .expect("template")
-        .args(["-s", NUMBER_A])
+        .args(["-s", NUMBER_A, "-auth_uri", ruri.as_str()])
     };
     // Two callers challenged at the same moment from one IP each get a
     // nonce of their own (nc=1 on a shared nonce would look like a replay).
