@@ -21,6 +21,10 @@ const REALM: &str = "carrier";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn node(agent: &TestAgent) -> MediaNode {
+    node_with(agent, &[]).await
+}
+
+async fn node_with(agent: &TestAgent, flags: &[&str]) -> MediaNode {
     let number = |id: &str, e164: &str| {
         json!({
             "id": id, "e164": e164, "trunkId": "ns/carrier", "inbound": true,
@@ -40,7 +44,7 @@ async fn node(agent: &TestAgent) -> MediaNode {
         }],
         "numbers": [number("ns/a", NUMBER_A), number("ns/b", NUMBER_B)]
     });
-    MediaNode::start(&config, &[]).await.expect("node starts")
+    MediaNode::start(&config, flags).await.expect("node starts")
 }
 
 fn md5_hex(s: &str) -> String {
@@ -373,4 +377,37 @@ async fn hostile_digest_legitimate_sipp_callers_still_authenticate() {
         .assert_success("challenged call from 127.0.0.2");
     assert_eq!(agent.connections(), 3);
     assert!(!node.log().contains(PASSWORD), "password in the node log");
+}
+
+#[tokio::test]
+async fn hostile_digest_expired_nonce_gets_stale_and_a_fresh_one_works() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = node_with(&agent, &["--digest-nonce-lifetime-secs", "1"]).await;
+    let mut caller = Caller::new(node.sip, "127.0.0.1").await;
+    let (realm, nonce, _) = caller.challenge(NUMBER_A).await;
+    let uri = caller.ruri(NUMBER_A);
+    // The genuine client keeps using its nonce (nc 1, 2, ...) until the
+    // node calls it stale; with a 1 s lifetime that is within 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut nc = 0;
+    let stale = loop {
+        nc += 1;
+        let auth = authorization(&realm, &nonce, &uri, Some((nc, "5eed")));
+        let (code, resp) = caller.call_with(NUMBER_A, &auth).await;
+        if code == 401 {
+            break resp;
+        }
+        assert_eq!(code, 200, "a live nonce is accepted: {resp}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nonce never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(is_stale(&stale), "our expired nonce is stale: {stale}");
+    assert_eq!(failures(&node, "stale").await, 1.0);
+    let (realm, fresh, _) = caller.challenge(NUMBER_A).await;
+    assert_ne!(fresh, nonce);
+    let auth = authorization(&realm, &fresh, &uri, Some((1, "5eed")));
+    assert_eq!(caller.call_with(NUMBER_A, &auth).await.0, 200);
 }
