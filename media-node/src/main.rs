@@ -251,7 +251,6 @@ async fn main() -> std::process::ExitCode {
             session_expires: args.session_expires,
             min_se: args.min_se,
             nonce_lifetime: Duration::from_secs(args.digest_nonce_lifetime_secs),
-            ..CallOptions::default()
         },
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
