@@ -108,6 +108,11 @@ struct Args {
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
+    /// Seconds an inbound digest nonce stays valid (bound to the caller's
+    /// IP; each nonce-count is accepted once). 1..=3600.
+    #[arg(long = "digest-nonce-lifetime-secs", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    digest_nonce_lifetime_secs: u64,
     /// Call API (gRPC CallService and HTTP/JSON /v1/calls) bind address;
     /// needs --api-token-file. Without it the API is off.
     #[arg(long = "api-bind", env = "SWITCHBOARD_API_BIND")]
@@ -245,7 +250,7 @@ async fn main() -> std::process::ExitCode {
             retry_after_secs: args.retry_after,
             session_expires: args.session_expires,
             min_se: args.min_se,
-            ..CallOptions::default()
+            nonce_lifetime: Duration::from_secs(args.digest_nonce_lifetime_secs),
         },
         limits: Limits {
             max_message_bytes: args.max_message_bytes,

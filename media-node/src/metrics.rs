@@ -32,6 +32,8 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// SIP over TCP: connections refused, closed and open.
     pub tcp: TcpMetrics,
+    /// Inbound digest answers refused, by reason (replay, uri_mismatch, ...).
+    pub digest_failures: IntCounterVec,
 }
 
 /// SIP over TCP connection metrics.
@@ -150,6 +152,14 @@ impl Metrics {
             "1 while the node drains: no new calls, existing calls run to their end",
         ));
         let tcp = TcpMetrics::new();
+        let digest_failures = must(IntCounterVec::new(
+            Opts::new(
+                "switchboard_sip_digest_failures_total",
+                "Inbound digest answers refused, by reason",
+            ),
+            &["reason"],
+        ));
+        must(registry.register(Box::new(digest_failures.clone())));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(active_calls.clone()),
@@ -180,6 +190,7 @@ impl Metrics {
             draining,
             setup_seconds,
             tcp,
+            digest_failures,
         }
     }
 
@@ -191,6 +202,11 @@ impl Metrics {
     /// Counts a refused request.
     pub fn reject(&self, reason: &str) {
         self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a refused digest answer (`reason` from a fixed set).
+    pub fn digest_failure(&self, reason: &str) {
+        self.digest_failures.with_label_values(&[reason]).inc();
     }
 
     /// Counts a dropped message.
