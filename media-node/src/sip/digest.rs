@@ -378,8 +378,12 @@ fn parse_nc(nc: &str) -> Option<u32> {
 }
 
 /// Whether the digest `uri` names the Request-URI: equal text, or the same
-/// scheme, user, host (case-insensitive, RFC 3261 19.1.4) and port. Any
-/// other difference (another number, host or port) is a mismatch.
+/// scheme, user, host (case-insensitive, RFC 3261 19.1.4) and port. A digest
+/// uri without a user part (`sip:host:port`, SIPp's default and some older
+/// carriers') names the node itself and matches when scheme, host and port
+/// do: it cannot be moved to another node, and replaying it for another
+/// number still fails the nonce-count and source-address checks. Any other
+/// difference (another number, host or port) is a mismatch.
 fn uri_matches(digest_uri: &str, request_uri: &str) -> bool {
     let (d, r) = (digest_uri.trim(), request_uri.trim());
     if d.is_empty() || r.is_empty() {
@@ -394,7 +398,9 @@ fn uri_matches(digest_uri: &str, request_uri: &str) -> bool {
     }
     match (SipUri::parse(d), SipUri::parse(r)) {
         (Ok(a), Ok(b)) => {
-            a.user == b.user && a.host.eq_ignore_ascii_case(&b.host) && a.port == b.port
+            (a.user == b.user || a.user.is_none())
+                && a.host.eq_ignore_ascii_case(&b.host)
+                && a.port == b.port
         }
         _ => false,
     }
@@ -781,7 +787,7 @@ mod tests {
             ("qop without nc", Some(a().without("nc").header()), SRC, no(F::QopMissing)),
             ("uri of another number", Some(a().set("uri", "sip:+14155550199@sip.example.com:5060").header()), SRC, no(F::UriMismatch)),
             ("uri of another host", Some(a().set("uri", "sip:+14155550100@evil.example.com:5060").header()), SRC, no(F::UriMismatch)),
-            ("uri without the user (SIPp's default)", Some(a().set("uri", "sip:sip.example.com:5060").header()), SRC, no(F::UriMismatch)),
+            ("uri without the user (SIPp's default)", Some(a().set("uri", "sip:sip.example.com:5060").header()), SRC, ok),
             ("uri without the port", Some(a().set("uri", "sip:+14155550100@sip.example.com").header()), SRC, no(F::UriMismatch)),
             ("sips for sip", Some(a().set("uri", "sips:+14155550100@sip.example.com:5060").header()), SRC, no(F::UriMismatch)),
             ("empty uri", Some(a().set("uri", "").header()), SRC, no(F::UriMismatch)),
