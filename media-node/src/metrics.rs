@@ -30,6 +30,11 @@ pub struct Metrics {
     pub setup_seconds: prometheus::HistogramVec,
     /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
     pub draining: IntGauge,
+    /// Server transactions alive right now.
+    pub server_transactions: IntGauge,
+    /// New requests refused with a stateless 503 because the transaction
+    /// table was full, by the limit hit (`node`, `source`).
+    pub transaction_overload: IntCounterVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -107,8 +112,21 @@ impl Metrics {
             "switchboard_draining",
             "1 while the node drains: no new calls, existing calls run to their end",
         ));
+        let server_transactions = must(IntGauge::new(
+            "switchboard_sip_server_transactions",
+            "SIP server transactions alive right now",
+        ));
+        let transaction_overload = must(IntCounterVec::new(
+            Opts::new(
+                "switchboard_sip_transaction_overload_total",
+                "New requests answered 503 because the transaction table was full, by limit (node, source)",
+            ),
+            &["limit"],
+        ));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(server_transactions.clone()),
+            Box::new(transaction_overload.clone()),
             Box::new(active_calls.clone()),
             Box::new(rejected.clone()),
             Box::new(rate_limited.clone()),
@@ -133,6 +151,8 @@ impl Metrics {
             config_version,
             draining,
             setup_seconds,
+            server_transactions,
+            transaction_overload,
         }
     }
 
