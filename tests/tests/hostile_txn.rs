@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NUMBER: &str = "15550001111";
 const GAUGE: &str = "switchboard_sip_server_transactions";
+/// RSS growth tolerated once the transactions ended (allocator slack);
+/// 4,000 requests kept with their 12 KB keys held about 47 MB.
+const RSS_SLACK_KIB: u64 = 16 * 1024;
 
 /// One trunk whose carrier sends from `sources`, one number on it.
 fn config(sources: &[&str]) -> serde_json::Value {
@@ -139,9 +142,9 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     )
     .await
     .expect("node starts");
-    let base = transactions(&node)
-        .await
-        .expect("the node exports the server transactions gauge");
+    // Checked below, together with RSS, so that a node without the gauge
+    // still shows how much memory it keeps.
+    let base = transactions(&node).await.unwrap_or(0.0);
     let rss0 = rss_kib(&node);
     assert!(rss0 > 0, "VmRSS readable");
 
@@ -149,7 +152,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     let raw = RawSip::new(node.sip).await.expect("socket");
     let local = raw.local();
     let big = "b".repeat(12 * 1024);
-    let codes = udp_requests(&raw, 4000, 64, |i| {
+    let codes = udp_requests(&raw, 4000, 8, |i| {
         options("UDP", local, &format!("{i}{big}"), &format!("big{i}@t"))
     })
     .await;
@@ -157,7 +160,25 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
         codes.iter().all(|c| *c >= 200),
         "every request gets a final answer"
     );
-    wait_transactions_at_most(&node, base, Duration::from_secs(40)).await;
+    // Even over UDP, where Timer J keeps an answered non-INVITE transaction
+    // for 64*T1 (32 s), everything is released within 40 s.
+    eventually(
+        "transactions and RSS back to baseline",
+        Duration::from_secs(40),
+        || async {
+            let n = transactions(&node).await;
+            let rss = rss_kib(&node);
+            match n {
+                Ok(n) if n <= base && rss < rss0 + RSS_SLACK_KIB => Ok(()),
+                _ => Err(format!("transactions {n:?}, RSS {rss0} -> {rss} KiB")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "after 4000 big requests: RSS {rss0} -> {} KiB",
+        rss_kib(&node)
+    );
 
     // Over TCP Timer J is zero: the transactions end with their answer.
     let mut tcp = tokio::net::TcpStream::connect(node.sip).await.expect("tcp");
@@ -186,7 +207,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     wait_transactions_at_most(&node, base, Duration::from_secs(5)).await;
 
     // Over UDP a non-INVITE transaction lives for Timer J (64*T1) and then ends.
-    let codes = udp_requests(&raw, 500, 64, |i| {
+    let codes = udp_requests(&raw, 500, 8, |i| {
         options("UDP", local, &format!("j{i}"), &format!("j{i}@t"))
     })
     .await;
@@ -202,8 +223,9 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     wait_transactions_at_most(&node, base, Duration::from_secs(45)).await;
 
     let rss1 = rss_kib(&node);
+    eprintln!("at the end: RSS {rss0} -> {rss1} KiB");
     assert!(
-        rss1 < rss0 + 16 * 1024,
+        rss1 < rss0 + RSS_SLACK_KIB,
         "RSS grew from {rss0} KiB to {rss1} KiB after the transactions ended"
     );
     assert!(
@@ -311,7 +333,7 @@ async fn txn_invite_reusing_a_live_call_id_never_touches_that_call() {
     let mut later = Vec::new();
     let bye = raw
         .recv_until(Duration::from_secs(36), &mut later, |m| {
-            m.starts_with("BYE ")
+            m.starts_with("BYE ") && m.contains("tag=first")
         })
         .await;
     assert!(bye.is_none(), "the live call was hung up: {bye:?}");
