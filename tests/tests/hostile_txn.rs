@@ -404,3 +404,57 @@ async fn txn_401_challenge_is_sent_once() {
     let (n, seen) = count_answers(&raw, 401, Duration::from_secs(5)).await;
     assert_eq!(n, 1, "one 401, no Timer G retransmissions: {seen:?}");
 }
+
+#[tokio::test]
+async fn txn_unknown_sources_share_one_budget_and_cannot_starve_the_carrier() {
+    let node = MediaNode::start(
+        &config(&["127.0.0.1/32"]),
+        &[
+            "--rate-limit-unknown-total",
+            "0.001",
+            "--rate-burst-unknown-total",
+            "5",
+            "--call-handler",
+            "logging",
+        ],
+    )
+    .await
+    .expect("node starts");
+    // 20 unknown sources, each far below its own per-source limit.
+    let mut socks = Vec::new();
+    for i in 0..20u8 {
+        let raw = RawSip {
+            sock: tokio::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, 10 + i), 0))
+                .await
+                .expect("bind 127.0.1.x"),
+            node: node.sip,
+        };
+        let local = raw.local();
+        raw.send(options("UDP", local, &format!("u{i}"), &format!("u{i}@t")).as_bytes())
+            .await;
+        socks.push(raw);
+    }
+    eventually(
+        "15 unknown requests dropped",
+        Duration::from_secs(5),
+        || async {
+            let n = node
+                .metric(r#"switchboard_sip_dropped_messages_total{reason="unknown_sources_rate"}"#)
+                .await;
+            if n == 15.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} dropped"))
+            }
+        },
+    )
+    .await;
+    // The carrier is budgeted apart: all of its requests are answered.
+    let carrier = RawSip::new(node.sip).await.expect("socket");
+    let local = carrier.local();
+    let codes = udp_requests(&carrier, 20, 1, |i| {
+        options("UDP", local, &format!("c{i}"), &format!("c{i}@t"))
+    })
+    .await;
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+}
