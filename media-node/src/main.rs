@@ -83,6 +83,22 @@ struct Args {
     /// Most header fields per message.
     #[arg(long = "max-headers", default_value_t = 100)]
     max_headers: usize,
+    /// Most SIP TCP connections accepted at once (more are closed at accept);
+    /// outgoing connections have a budget of the same size.
+    #[arg(long = "tcp-max-connections", default_value_t = 2048)]
+    tcp_max_connections: usize,
+    /// Most SIP TCP connections accepted from one source (IPv4 address or IPv6 /64).
+    #[arg(long = "tcp-max-connections-per-source", default_value_t = 32)]
+    tcp_max_connections_per_source: usize,
+    /// Seconds an accepted TCP connection has to deliver its first valid message.
+    #[arg(long = "tcp-first-message-timeout-secs", default_value_t = 5)]
+    tcp_first_message_timeout_secs: u64,
+    /// Seconds a TCP message has to be complete once its first byte arrived.
+    #[arg(long = "tcp-message-timeout-secs", default_value_t = 10)]
+    tcp_message_timeout_secs: u64,
+    /// Seconds without received bytes before a TCP connection is closed.
+    #[arg(long = "tcp-idle-timeout-secs", default_value_t = 300)]
+    tcp_idle_timeout_secs: u64,
     /// Requests per second allowed per source IP (0 disables).
     #[arg(long = "rate-limit", default_value_t = 50.0)]
     rate_limit: f64,
@@ -248,6 +264,13 @@ async fn main() -> std::process::ExitCode {
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
             max_headers: args.max_headers,
+        },
+        tcp: switchboard_media_node::sip::transport::tcp::TcpLimits {
+            max_connections: args.tcp_max_connections,
+            max_per_source: args.tcp_max_connections_per_source,
+            first_message_timeout: Duration::from_secs(args.tcp_first_message_timeout_secs.max(1)),
+            message_timeout: Duration::from_secs(args.tcp_message_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs.max(1)),
         },
         rate: (args.rate_limit, args.rate_burst),
         rate_allowed: match (args.rate_limit_allowed, args.rate_burst_allowed) {

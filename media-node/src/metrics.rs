@@ -35,6 +35,48 @@ pub struct Metrics {
     /// New requests refused with a stateless 503 because the transaction
     /// table was full, by the limit hit (`node`, `source`).
     pub transaction_overload: IntCounterVec,
+    /// SIP over TCP: connections refused, closed and open.
+    pub tcp: TcpMetrics,
+}
+
+/// SIP over TCP connection metrics.
+#[derive(Clone)]
+pub struct TcpMetrics {
+    /// Connections refused by reason (global, per_source, outbound_limit).
+    pub refused: IntCounterVec,
+    /// Connections closed by reason (peer_closed, idle, message_timeout,
+    /// first_message_timeout, framing_error, panic, ...).
+    pub closed: IntCounterVec,
+    /// Connections open now, by direction (inbound, outbound).
+    pub open: IntGaugeVec,
+}
+
+impl TcpMetrics {
+    fn new() -> TcpMetrics {
+        TcpMetrics {
+            refused: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_refused_total",
+                    "SIP TCP connections refused, by reason (global, per_source, outbound_limit)",
+                ),
+                &["reason"],
+            )),
+            closed: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_closed_total",
+                    "SIP TCP connections closed, by reason",
+                ),
+                &["reason"],
+            )),
+            open: must(IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_connections",
+                    "SIP TCP connections open, by direction",
+                ),
+                &["direction"],
+            )),
+        }
+    }
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -123,6 +165,7 @@ impl Metrics {
             ),
             &["limit"],
         ));
+        let tcp = TcpMetrics::new();
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(server_transactions.clone()),
@@ -136,6 +179,9 @@ impl Metrics {
             Box::new(config_version.clone()),
             Box::new(draining.clone()),
             Box::new(setup_seconds.clone()),
+            Box::new(tcp.refused.clone()),
+            Box::new(tcp.closed.clone()),
+            Box::new(tcp.open.clone()),
         ] {
             must(registry.register(c));
         }
@@ -153,6 +199,7 @@ impl Metrics {
             setup_seconds,
             server_transactions,
             transaction_overload,
+            tcp,
         }
     }
 

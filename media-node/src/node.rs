@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub calls: CallOptions,
     /// Message limits.
     pub limits: Limits,
+    /// TCP connection caps and deadlines.
+    pub tcp: crate::sip::transport::tcp::TcpLimits,
     /// Per-source request rate (per second) and burst.
     pub rate: (f64, f64),
     /// Per allowed-source rate and burst (default: `rate`).
@@ -152,6 +154,7 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         &cfg.sip_bind,
         advertise(&cfg)?,
         cfg.limits,
+        cfg.tcp,
         rate,
         metrics.clone(),
     )

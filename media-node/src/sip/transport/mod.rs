@@ -79,6 +79,9 @@ pub enum TransportError {
     /// The TCP connection's queue is full or closed.
     #[error("TCP connection to {0} is congested or closed")]
     TcpQueue(SocketAddr),
+    /// Opening another TCP connection would exceed the connection cap.
+    #[error("no TCP connection to {0}: too many outgoing connections open")]
+    TcpLimit(SocketAddr),
 }
 
 /// What we write into Via/Contact/SDP for each address family.
@@ -142,6 +145,7 @@ impl Transport {
         binds: &[SocketAddr],
         advertise: Advertise,
         limits: Limits,
+        tcp_limits: tcp::TcpLimits,
         rate: RateLimiter,
         metrics: Metrics,
     ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
@@ -152,7 +156,7 @@ impl Transport {
             metrics,
             tx,
         });
-        let tcp = Arc::new(tcp::Connections::new(recv.clone()));
+        let tcp = Arc::new(tcp::Connections::new(recv.clone(), tcp_limits));
         let mut udp = Vec::new();
         let mut local = Vec::new();
         for addr in binds {
