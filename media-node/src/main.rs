@@ -105,6 +105,28 @@ struct Args {
     /// Burst allowed per source IP.
     #[arg(long = "rate-burst", default_value_t = 200.0)]
     rate_burst: f64,
+    /// Requests per second allowed per source inside some trunk's
+    /// allowedSources (and per transport), budgeted apart from unknown
+    /// sources (default: --rate-limit; 0 disables).
+    #[arg(long = "rate-limit-allowed")]
+    rate_limit_allowed: Option<f64>,
+    /// Burst per allowed source (default: --rate-burst).
+    #[arg(long = "rate-burst-allowed")]
+    rate_burst_allowed: Option<f64>,
+    /// Requests per second shared by all sources no trunk allows, so that a
+    /// flood from many addresses cannot starve the carriers (0 disables).
+    #[arg(long = "rate-limit-unknown-total", default_value_t = 500.0)]
+    rate_limit_unknown_total: f64,
+    /// Burst shared by all sources no trunk allows.
+    #[arg(long = "rate-burst-unknown-total", default_value_t = 1000.0)]
+    rate_burst_unknown_total: f64,
+    /// Most SIP server transactions alive at once; new requests beyond get
+    /// a stateless 503.
+    #[arg(long = "max-transactions", default_value_t = 20000)]
+    max_transactions: usize,
+    /// Most SIP server transactions alive at once per source IP.
+    #[arg(long = "max-transactions-per-source", default_value_t = 2000)]
+    max_transactions_per_source: usize,
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
@@ -264,6 +286,16 @@ async fn main() -> std::process::ExitCode {
             idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs.max(1)),
         },
         rate: (args.rate_limit, args.rate_burst),
+        rate_allowed: match (args.rate_limit_allowed, args.rate_burst_allowed) {
+            (None, None) => None,
+            (r, b) => Some((r.unwrap_or(args.rate_limit), b.unwrap_or(args.rate_burst))),
+        },
+        rate_unknown_total: (args.rate_limit_unknown_total, args.rate_burst_unknown_total),
+        transactions: switchboard_media_node::sip::transaction::TxnLimits {
+            max_server: args.max_transactions,
+            max_server_per_source: args.max_transactions_per_source,
+            retry_after_secs: args.retry_after,
+        },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         api,
         outbound_queue_size: args.outbound_queue_size,

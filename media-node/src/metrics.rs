@@ -30,6 +30,11 @@ pub struct Metrics {
     pub setup_seconds: prometheus::HistogramVec,
     /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
     pub draining: IntGauge,
+    /// Server transactions alive right now.
+    pub server_transactions: IntGauge,
+    /// New requests refused with a stateless 503 because the transaction
+    /// table was full, by the limit hit (`node`, `source`).
+    pub transaction_overload: IntCounterVec,
     /// SIP over TCP: connections refused, closed and open.
     pub tcp: TcpMetrics,
     /// Inbound digest answers refused, by reason (replay, uri_mismatch, ...).
@@ -151,6 +156,17 @@ impl Metrics {
             "switchboard_draining",
             "1 while the node drains: no new calls, existing calls run to their end",
         ));
+        let server_transactions = must(IntGauge::new(
+            "switchboard_sip_server_transactions",
+            "SIP server transactions alive right now",
+        ));
+        let transaction_overload = must(IntCounterVec::new(
+            Opts::new(
+                "switchboard_sip_transaction_overload_total",
+                "New requests answered 503 because the transaction table was full, by limit (node, source)",
+            ),
+            &["limit"],
+        ));
         let tcp = TcpMetrics::new();
         let digest_failures = must(IntCounterVec::new(
             Opts::new(
@@ -162,6 +178,8 @@ impl Metrics {
         must(registry.register(Box::new(digest_failures.clone())));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(server_transactions.clone()),
+            Box::new(transaction_overload.clone()),
             Box::new(active_calls.clone()),
             Box::new(rejected.clone()),
             Box::new(rate_limited.clone()),
@@ -189,6 +207,8 @@ impl Metrics {
             config_version,
             draining,
             setup_seconds,
+            server_transactions,
+            transaction_overload,
             tcp,
             digest_failures,
         }

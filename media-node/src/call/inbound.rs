@@ -151,7 +151,13 @@ pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
             for (k, v) in rej.headers {
                 resp.add(k, v);
             }
-            ctx.sip.respond(&req.id, resp);
+            // Unauthorised or unauthenticated sources get their answer once
+            // (no Timer G): a spoofed INVITE must not reflect a burst.
+            if matches!(rej.code, 401 | 403) {
+                ctx.sip.respond_once(&req.id, resp);
+            } else {
+                ctx.sip.respond(&req.id, resp);
+            }
         }
     }
 }

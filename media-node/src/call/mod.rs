@@ -541,6 +541,13 @@ impl Calls {
             .unwrap_or_default()
     }
 
+    /// True when a live call (admitted and not yet ended) uses `call_id`.
+    fn has_call_id(&self, call_id: &str) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|r| r.info.contains_key(call_id))
+    }
+
     fn invite(&self, id: &ServerTxnId) -> Option<mpsc::UnboundedSender<CallMsg>> {
         self.inner.lock().ok()?.invites.get(id).cloned()
     }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::sip::framing::Limits;
 use crate::sip::message::Message;
-use crate::sip::protect::{RateLimiter, is_scanner};
+use crate::sip::protect::{Limited, RateLimiter, is_scanner};
 
 /// A transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,8 +114,12 @@ impl Receiver {
                 self.metrics.drop_msg("scanner");
                 return;
             }
-            if !self.rate.allow(peer.addr.ip(), Instant::now()) {
+            let reliable = peer.proto == Proto::Tcp;
+            if let Err(why) = self.rate.allow(peer.addr.ip(), reliable, Instant::now()) {
                 self.metrics.rate_limited.inc();
+                if why == Limited::UnknownTotal {
+                    self.metrics.drop_msg("unknown_sources_rate");
+                }
                 return;
             }
         }
