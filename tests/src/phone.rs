@@ -113,13 +113,19 @@ pub struct Phone {
 
 impl Phone {
     /// `silence`: the byte of silence in the call's codec.
+    ///
+    /// The sender runs on an OS thread of its own with an absolute 20 ms schedule, so that the
+    /// test's async runtime (agents, SIPp, polling) never delays or bunches the caller's
+    /// packets: what the node sees is a clean line unless a test makes it otherwise.
     pub async fn start(pt: u8, silence: u8) -> Phone {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind phone"));
-        let port = sock.local_addr().expect("addr").port();
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind phone");
+        let port = std_sock.local_addr().expect("addr").port();
+        let tx_sock = std_sock.try_clone().expect("clone phone socket");
+        std_sock.set_nonblocking(true).expect("nonblocking");
+        let rx_sock = UdpSocket::from_std(std_sock).expect("phone socket");
         let received: Arc<Mutex<Vec<Rtp>>> = Arc::default();
         let rec = received.clone();
-        let rx_sock = sock.clone();
-        let (node_tx, mut node_rx) = mpsc::unbounded_channel::<SocketAddr>();
+        let (node_tx, node_rx) = std::sync::mpsc::channel::<SocketAddr>();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             let mut told = false;
@@ -136,86 +142,10 @@ impl Phone {
                 }
             }
         });
-        let (cmd, mut cmds) = mpsc::unbounded_channel();
+        let (cmd, cmds) = mpsc::unbounded_channel();
         let last_sent: Arc<Mutex<Option<Instant>>> = Arc::default();
         let last = last_sent.clone();
-        tokio::spawn(async move {
-            let Some(node) = node_rx.recv().await else {
-                return;
-            };
-            // The stream starts with the test's first command, so that what the agent hears
-            // starts with what the test sent (no leading silence to account for).
-            let first_cmd = cmds.recv().await;
-            let ssrc = 0x0ca1_1e45u32;
-            let (mut seq, mut ts) = (7000u16, 160_000u32);
-            let mut queue: std::collections::VecDeque<u8> = Default::default();
-            let mut dtmf: std::collections::VecDeque<u8> = Default::default();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut first = true;
-            let mut pause: Option<Duration> = None;
-            match first_cmd {
-                Some(PhoneCmd::Audio(a)) => queue.extend(a),
-                Some(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
-                Some(PhoneCmd::Pause(d)) => pause = Some(d),
-                Some(PhoneCmd::Stop) | None => return,
-            }
-            loop {
-                tick.tick().await;
-                loop {
-                    match cmds.try_recv() {
-                        Ok(PhoneCmd::Audio(a)) => queue.extend(a),
-                        Ok(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
-                        Ok(PhoneCmd::Pause(d)) => pause = Some(d),
-                        Ok(PhoneCmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                    }
-                }
-                if queue.is_empty()
-                    && let Some(d) = pause.take()
-                {
-                    tokio::time::sleep(d).await;
-                    tick.reset();
-                    ts = ts.wrapping_add((d.as_millis() as u32) * 8);
-                    continue;
-                }
-                // Key presses follow the audio queued before them.
-                if let Some(ev) = queue.is_empty().then(|| dtmf.pop_front()).flatten() {
-                    // RFC 4733: 5 packets 20 ms apart with growing duration, then the end packet
-                    // three times, all with the event's start timestamp; audio time moves on.
-                    let start_ts = ts;
-                    for k in 1..=5u16 {
-                        let body = [ev, 10, ((k * 160) >> 8) as u8, (k * 160) as u8];
-                        let p = rtp_packet(k == 1, 101, seq, start_ts, ssrc, &body);
-                        let _ = sock.send_to(&p, node).await;
-                        seq = seq.wrapping_add(1);
-                        ts = ts.wrapping_add(160);
-                        tick.tick().await;
-                    }
-                    for _ in 0..3 {
-                        let body = [ev, 0x80 | 10, (960u16 >> 8) as u8, 960u16 as u8];
-                        let p = rtp_packet(false, 101, seq, start_ts, ssrc, &body);
-                        let _ = sock.send_to(&p, node).await;
-                        seq = seq.wrapping_add(1);
-                    }
-                    *last.lock().expect("lock") = Some(Instant::now());
-                    continue;
-                }
-                let mut frame = [silence; FRAME];
-                for b in frame.iter_mut() {
-                    match queue.pop_front() {
-                        Some(x) => *b = x,
-                        None => break,
-                    }
-                }
-                let p = rtp_packet(first, pt, seq, ts, ssrc, &frame);
-                first = false;
-                let _ = sock.send_to(&p, node).await;
-                *last.lock().expect("lock") = Some(Instant::now());
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(160);
-            }
-        });
+        std::thread::spawn(move || phone_sender(tx_sock, node_rx, cmds, last, pt, silence));
         Phone {
             port,
             received,
@@ -275,6 +205,99 @@ impl Phone {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The phone's sending side (see [`Phone::start`]): waits for the node's first packet, then
+/// for the test's first command, then sends a packet every 20 ms on an absolute schedule.
+fn phone_sender(
+    sock: std::net::UdpSocket,
+    node_rx: std::sync::mpsc::Receiver<SocketAddr>,
+    mut cmds: mpsc::UnboundedReceiver<PhoneCmd>,
+    last: Arc<Mutex<Option<Instant>>>,
+    pt: u8,
+    silence: u8,
+) {
+    let Ok(node) = node_rx.recv() else {
+        return;
+    };
+    // The stream starts with the test's first command, so that what the agent hears starts
+    // with what the test sent (no leading silence to account for).
+    let first_cmd = cmds.blocking_recv();
+    let ssrc = 0x0ca1_1e45u32;
+    let (mut seq, mut ts) = (7000u16, 160_000u32);
+    let mut queue: std::collections::VecDeque<u8> = Default::default();
+    let mut dtmf: std::collections::VecDeque<u8> = Default::default();
+    let mut first = true;
+    let mut pause: Option<Duration> = None;
+    match first_cmd {
+        Some(PhoneCmd::Audio(a)) => queue.extend(a),
+        Some(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+        Some(PhoneCmd::Pause(d)) => pause = Some(d),
+        Some(PhoneCmd::Stop) | None => return,
+    }
+    let period = Duration::from_millis(20);
+    let mut next = Instant::now();
+    let send = |p: &[u8]| {
+        let _ = sock.send_to(p, node);
+        *last.lock().expect("lock") = Some(Instant::now());
+    };
+    // Sleeps until the next slot of the schedule (never drifting: slots are absolute).
+    let tick = |next: &mut Instant| {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        *next += period;
+    };
+    loop {
+        tick(&mut next);
+        loop {
+            match cmds.try_recv() {
+                Ok(PhoneCmd::Audio(a)) => queue.extend(a),
+                Ok(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
+                Ok(PhoneCmd::Pause(d)) => pause = Some(d),
+                Ok(PhoneCmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        if queue.is_empty()
+            && let Some(d) = pause.take()
+        {
+            std::thread::sleep(d);
+            next = Instant::now() + period;
+            ts = ts.wrapping_add((d.as_millis() as u32) * 8);
+            continue;
+        }
+        // Key presses follow the audio queued before them.
+        if let Some(ev) = queue.is_empty().then(|| dtmf.pop_front()).flatten() {
+            // RFC 4733: 5 packets 20 ms apart with growing duration, then the end packet three
+            // times, all with the event's start timestamp; audio time moves on.
+            let start_ts = ts;
+            for k in 1..=5u16 {
+                let body = [ev, 10, ((k * 160) >> 8) as u8, (k * 160) as u8];
+                send(&rtp_packet(k == 1, 101, seq, start_ts, ssrc, &body));
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+                tick(&mut next);
+            }
+            for _ in 0..3 {
+                let body = [ev, 0x80 | 10, (960u16 >> 8) as u8, 960u16 as u8];
+                send(&rtp_packet(false, 101, seq, start_ts, ssrc, &body));
+                seq = seq.wrapping_add(1);
+            }
+            continue;
+        }
+        let mut frame = [silence; FRAME];
+        for b in frame.iter_mut() {
+            match queue.pop_front() {
+                Some(x) => *b = x,
+                None => break,
+            }
+        }
+        send(&rtp_packet(first, pt, seq, ts, ssrc, &frame));
+        first = false;
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(160);
     }
 }
 
