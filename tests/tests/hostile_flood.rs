@@ -340,9 +340,11 @@ async fn flood_from_many_sources_leaves_a_legitimate_call_clean() {
         rate_limited + acl + dropped > 0.0,
         "the node counts what it refused or dropped"
     );
+    // Unauthorised sources get one answer at most (no retransmitted 403s), and over their
+    // shared budget none: what comes back is a small fraction of what was sent.
     assert!(
-        report.answer_bytes <= report.sent_bytes,
-        "the node reflects no more bytes than it is sent ({} answered vs {} sent)",
+        report.answer_bytes * 10 <= report.sent_bytes * 3,
+        "the node reflects at most 30% of the bytes it is sent ({} answered vs {} sent)",
         report.answer_bytes,
         report.sent_bytes
     );
