@@ -51,6 +51,8 @@ pub mod reason {
     pub const AGENT_ERROR: &str = "agent_error";
     /// The agent could not be reached when the call was set up.
     pub const AGENT_UNREACHABLE: &str = "agent_unreachable";
+    /// The egress guard refused the agent URL (loopback, link-local, the node itself, ...).
+    pub const AGENT_URL_REFUSED: &str = "agent_url_refused";
 }
 
 /// What to do with an inbound call whose agent cannot be reached at set-up.
@@ -76,6 +78,8 @@ pub struct BridgeConfig {
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
+    /// Where agent URLs may point (the default refuses every internal range).
+    pub egress: Arc<crate::egress::EgressPolicy>,
 }
 
 impl Default for BridgeConfig {
@@ -86,6 +90,7 @@ impl Default for BridgeConfig {
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
+            egress: Arc::default(),
         }
     }
 }
@@ -116,6 +121,7 @@ impl BridgeHandler {
             reason::RTP_TIMEOUT,
             reason::AGENT_DISCONNECTED,
             reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED,
         ] {
             metrics.call_ends.with_label_values(&[r]);
         }
@@ -135,6 +141,10 @@ impl BridgeHandler {
         let token = (!agent.bearer_token.is_empty()).then(|| agent.bearer_token.clone());
         let mut t = AgentTarget::new(agent.url.clone(), token);
         t.connect_timeout = self.cfg.connect_timeout;
+        t.egress = Some(crate::egress::Egress::new(
+            self.cfg.egress.clone(),
+            &agent.egress_allowed_networks,
+        ));
         t
     }
 }
@@ -181,6 +191,7 @@ fn connect_failure_label(e: &ConnectError) -> &'static str {
         ConnectError::Timeout(_) => "timeout",
         ConnectError::Http { .. } => "http",
         ConnectError::Transport(_) => "transport",
+        ConnectError::Refused(_) => "refused",
     }
 }
 
@@ -223,6 +234,19 @@ impl CallHandler for BridgeHandler {
                 Ok(s) => Ok(Some(
                     Box::new(BridgePrepared::Connected(Box::new(s))) as crate::call::Prepared
                 )),
+                Err(ConnectError::Refused(e)) => {
+                    // A policy refusal, not an outage: no answer-and-hang-up either.
+                    tracing::warn!(%call_id, error = %e, "agent URL refused by the egress guard");
+                    metrics
+                        .call_ends
+                        .with_label_values(&[reason::AGENT_URL_REFUSED])
+                        .inc();
+                    Err(PrepareReject {
+                        code: 503,
+                        reason: reason::AGENT_URL_REFUSED,
+                        retry_after: None,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(%call_id, error = %e, ?policy, "agent unreachable at call set-up");
                     match policy {
@@ -314,8 +338,12 @@ impl CallHandler for BridgeHandler {
                     match connect(target, ids, &metrics).await {
                         Ok(session) => agent_task.run(session).await,
                         Err(e) => {
+                            let why = match e {
+                                ConnectError::Refused(_) => reason::AGENT_URL_REFUSED,
+                                _ => reason::AGENT_UNREACHABLE,
+                            };
                             tracing::warn!(call_id = %agent_task.call_id, error = %e, "agent unreachable on answer; hanging up");
-                            agent_task.hangup.hangup(reason::AGENT_UNREACHABLE);
+                            agent_task.hangup.hangup(why);
                         }
                     }
                 });
@@ -405,6 +433,7 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_DISCONNECTED => reason::AGENT_DISCONNECTED,
             reason::AGENT_ERROR => reason::AGENT_ERROR,
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED => reason::AGENT_URL_REFUSED,
             // Free text from the API or the drain: not a label value.
             _ => "local",
         },
