@@ -278,14 +278,17 @@ impl Egress {
         if self.policy.allow.iter().any(|c| c.contains(ip)) {
             return Ok(());
         }
+        match classify(ip) {
+            Some(r) if r.trunk_may_allow() && self.trunk.iter().any(|c| c.contains(ip)) => {}
+            Some(r) => return Err(r),
+            None => {}
+        }
+        // Checked after the ranges so that a loopback address is reported as
+        // such; a trunk's allow-list never opens the node itself.
         if self.policy.own.contains(&ip) {
             return Err(Rule::OwnAddress);
         }
-        match classify(ip) {
-            None => Ok(()),
-            Some(r) if r.trunk_may_allow() && self.trunk.iter().any(|c| c.contains(ip)) => Ok(()),
-            Some(r) => Err(r),
-        }
+        Ok(())
     }
 
     /// Resolves `host` once and checks every address; refuses the target
