@@ -91,6 +91,9 @@ pub struct AgentEgress {
 #[x_kube(validation = Rule::new("!self.enabled || size(self.allowedSources) > 0 || has(self.auth)")
     .message("inbound.enabled needs allowedSources or auth")
     .field_path(".allowedSources"))]
+#[x_kube(validation = Rule::new("has(self.auth) || self.allowedSources.all(s, !isCIDR(s) || cidr(s).prefixLength() >= (cidr(s).ip().family() == 4 ? 8 : 32))")
+    .message("allowedSources wider than /8 (IPv4) or /32 (IPv6) need inbound.auth: anyone in such a range could place calls")
+    .field_path(".allowedSources"))]
 pub struct TrunkInbound {
     /// False refuses every inbound call on the trunk with 403.
     #[serde(default = "yes")]
