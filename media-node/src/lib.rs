@@ -20,6 +20,7 @@ pub mod health;
 pub mod media;
 pub mod metrics;
 pub mod node;
+pub mod redact;
 pub mod register;
 pub mod routing;
 pub mod sdp;

@@ -103,15 +103,58 @@ struct Args {
     /// Most header fields per message.
     #[arg(long = "max-headers", default_value_t = 100)]
     max_headers: usize,
+    /// Most SIP TCP connections accepted at once (more are closed at accept);
+    /// outgoing connections have a budget of the same size.
+    #[arg(long = "tcp-max-connections", default_value_t = 2048)]
+    tcp_max_connections: usize,
+    /// Most SIP TCP connections accepted from one source (IPv4 address or IPv6 /64).
+    #[arg(long = "tcp-max-connections-per-source", default_value_t = 32)]
+    tcp_max_connections_per_source: usize,
+    /// Seconds an accepted TCP connection has to deliver its first valid message.
+    #[arg(long = "tcp-first-message-timeout-secs", default_value_t = 5)]
+    tcp_first_message_timeout_secs: u64,
+    /// Seconds a TCP message has to be complete once its first byte arrived.
+    #[arg(long = "tcp-message-timeout-secs", default_value_t = 10)]
+    tcp_message_timeout_secs: u64,
+    /// Seconds without received bytes before a TCP connection is closed.
+    #[arg(long = "tcp-idle-timeout-secs", default_value_t = 300)]
+    tcp_idle_timeout_secs: u64,
     /// Requests per second allowed per source IP (0 disables).
     #[arg(long = "rate-limit", default_value_t = 50.0)]
     rate_limit: f64,
     /// Burst allowed per source IP.
     #[arg(long = "rate-burst", default_value_t = 200.0)]
     rate_burst: f64,
+    /// Requests per second allowed per source inside some trunk's
+    /// allowedSources (and per transport), budgeted apart from unknown
+    /// sources (default: --rate-limit; 0 disables).
+    #[arg(long = "rate-limit-allowed")]
+    rate_limit_allowed: Option<f64>,
+    /// Burst per allowed source (default: --rate-burst).
+    #[arg(long = "rate-burst-allowed")]
+    rate_burst_allowed: Option<f64>,
+    /// Requests per second shared by all sources no trunk allows, so that a
+    /// flood from many addresses cannot starve the carriers (0 disables).
+    #[arg(long = "rate-limit-unknown-total", default_value_t = 500.0)]
+    rate_limit_unknown_total: f64,
+    /// Burst shared by all sources no trunk allows.
+    #[arg(long = "rate-burst-unknown-total", default_value_t = 1000.0)]
+    rate_burst_unknown_total: f64,
+    /// Most SIP server transactions alive at once; new requests beyond get
+    /// a stateless 503.
+    #[arg(long = "max-transactions", default_value_t = 20000)]
+    max_transactions: usize,
+    /// Most SIP server transactions alive at once per source IP.
+    #[arg(long = "max-transactions-per-source", default_value_t = 2000)]
+    max_transactions_per_source: usize,
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
+    /// Seconds an inbound digest nonce stays valid (bound to the caller's
+    /// IP; each nonce-count is accepted once). 1..=3600.
+    #[arg(long = "digest-nonce-lifetime-secs", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    digest_nonce_lifetime_secs: u64,
     /// Call API (gRPC CallService and HTTP/JSON /v1/calls) bind address;
     /// needs --api-token-file. Without it the API is off.
     #[arg(long = "api-bind", env = "SWITCHBOARD_API_BIND")]
@@ -135,6 +178,14 @@ struct Args {
     /// answering, or `answer-hangup` (answer, then BYE at once).
     #[arg(long = "agent-unreachable", value_enum, default_value_t = UnreachablePolicy::Reject)]
     agent_unreachable: UnreachablePolicy,
+    /// Largest WebSocket message (and frame) accepted from an agent, in bytes; a larger one
+    /// closes that agent's session (1009) and ends its call.
+    #[arg(long = "agent-max-message-bytes", default_value_t = switchboard_media_node::agent::session::DEFAULT_MAX_MESSAGE_BYTES)]
+    agent_max_message_bytes: usize,
+    /// Marks an agent may have outstanding per call (waiting for their audio or their echo);
+    /// more are refused and counted, and an agent that keeps sending them is disconnected.
+    #[arg(long = "agent-max-pending-marks", default_value_t = switchboard_media_node::media::playout::DEFAULT_MAX_MARKS)]
+    agent_max_pending_marks: usize,
     /// What answered calls are handed to: `bridge` (RTP <-> agent, the default) or
     /// `logging` (keeps the RTP port open and logs events; for SIP-only tests).
     #[arg(long = "call-handler", value_enum, default_value_t = HandlerKind::Bridge)]
@@ -310,13 +361,30 @@ async fn main() -> std::process::ExitCode {
             retry_after_secs: args.retry_after,
             session_expires: args.session_expires,
             min_se: args.min_se,
-            ..CallOptions::default()
+            nonce_lifetime: Duration::from_secs(args.digest_nonce_lifetime_secs),
         },
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
             max_headers: args.max_headers,
         },
+        tcp: switchboard_media_node::sip::transport::tcp::TcpLimits {
+            max_connections: args.tcp_max_connections,
+            max_per_source: args.tcp_max_connections_per_source,
+            first_message_timeout: Duration::from_secs(args.tcp_first_message_timeout_secs.max(1)),
+            message_timeout: Duration::from_secs(args.tcp_message_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs.max(1)),
+        },
         rate: (args.rate_limit, args.rate_burst),
+        rate_allowed: match (args.rate_limit_allowed, args.rate_burst_allowed) {
+            (None, None) => None,
+            (r, b) => Some((r.unwrap_or(args.rate_limit), b.unwrap_or(args.rate_burst))),
+        },
+        rate_unknown_total: (args.rate_limit_unknown_total, args.rate_burst_unknown_total),
+        transactions: switchboard_media_node::sip::transaction::TxnLimits {
+            max_server: args.max_transactions,
+            max_server_per_source: args.max_transactions_per_source,
+            retry_after_secs: args.retry_after,
+        },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         api,
         outbound_queue_size: args.outbound_queue_size,
@@ -332,6 +400,11 @@ async fn main() -> std::process::ExitCode {
             connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
             unreachable: args.agent_unreachable,
             egress,
+            agent_limits: switchboard_media_node::agent::session::AgentLimits {
+                max_message_bytes: args.agent_max_message_bytes,
+                max_pending_marks: args.agent_max_pending_marks,
+                ..Default::default()
+            },
             ..BridgeConfig::default()
         })),
         HandlerKind::Logging => Arc::new(LoggingHandler),

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::session::{
-    AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout, caller_channel,
+    AgentLimits, AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout,
+    caller_channel,
 };
 use crate::agent::twilio::StreamIds;
 use crate::call::{
@@ -53,6 +54,8 @@ pub mod reason {
     pub const AGENT_UNREACHABLE: &str = "agent_unreachable";
     /// The egress guard refused the agent URL (loopback, link-local, the node itself, ...).
     pub const AGENT_URL_REFUSED: &str = "agent_url_refused";
+    /// The node closed the agent's session because the agent went over a limit.
+    pub const AGENT_LIMIT: &str = "agent_limit";
 }
 
 /// What to do with an inbound call whose agent cannot be reached at set-up.
@@ -80,6 +83,10 @@ pub struct BridgeConfig {
     pub playout_max_bytes: usize,
     /// Where agent URLs may point (the default refuses every internal range).
     pub egress: Arc<crate::egress::EgressPolicy>,
+    /// What an agent may make the node hold per call (message size, marks).
+    pub agent_limits: AgentLimits,
+    /// Strict RTP source learning (window, head start of the signalled address, probation).
+    pub learning: crate::media::source::LearningConfig,
 }
 
 impl Default for BridgeConfig {
@@ -91,6 +98,8 @@ impl Default for BridgeConfig {
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
             egress: Arc::default(),
+            agent_limits: AgentLimits::default(),
+            learning: crate::media::source::LearningConfig::default(),
         }
     }
 }
@@ -122,6 +131,7 @@ impl BridgeHandler {
             reason::AGENT_DISCONNECTED,
             reason::AGENT_UNREACHABLE,
             reason::AGENT_URL_REFUSED,
+            reason::AGENT_LIMIT,
         ] {
             metrics.call_ends.with_label_values(&[r]);
         }
@@ -145,6 +155,8 @@ impl BridgeHandler {
             self.cfg.egress.clone(),
             &agent.egress_allowed_networks,
         ));
+        t.limits = self.cfg.agent_limits;
+        t.counters = self.metrics.limit_counters();
         t
     }
 }
@@ -188,6 +200,7 @@ fn connect_failure_label(e: &ConnectError) -> &'static str {
     match e {
         ConnectError::InvalidUrl(_) => "invalid_url",
         ConnectError::InvalidToken => "invalid_token",
+        ConnectError::InsecureToken { .. } => "insecure_token",
         ConnectError::Timeout(_) => "timeout",
         ConnectError::Http { .. } => "http",
         ConnectError::Transport(_) => "transport",
@@ -293,6 +306,8 @@ impl CallHandler for BridgeHandler {
             rtp_timeout: call.rtp_timeout,
             jitter_min: self.cfg.jitter_min,
             jitter_max: self.cfg.jitter_max,
+            learning: self.cfg.learning,
+            networks: std::mem::take(&mut call.media_networks),
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();
@@ -380,6 +395,7 @@ impl AgentTask {
             SessionEnd::CallEnded => "call_ended",
             SessionEnd::AgentClosed { .. } => "agent_closed",
             SessionEnd::Transport(_) => "transport_error",
+            SessionEnd::LimitExceeded { .. } => "limit_exceeded",
         };
         self.metrics
             .agent_disconnects
@@ -394,6 +410,9 @@ impl AgentTask {
             dtmf_sent = stats.dtmf_sent,
             unknown_events = stats.unknown_events,
             malformed_frames = stats.malformed_frames,
+            marks_refused = stats.marks_refused,
+            playout_overflow_bytes = stats.overflow_bytes,
+            limit_violations = stats.limit_violations,
             "agent session ended"
         );
         // A socket that closes ends the call (the protocol's rule); `hangup` is a no-op when
@@ -405,6 +424,10 @@ impl AgentTask {
             }
             SessionEnd::Transport(_) => {
                 self.hangup.hangup(reason::AGENT_ERROR);
+            }
+            // Ends like an agent disconnect, with its own reason.
+            SessionEnd::LimitExceeded { .. } => {
+                self.hangup.hangup(reason::AGENT_LIMIT);
             }
         }
     }
@@ -434,6 +457,7 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_ERROR => reason::AGENT_ERROR,
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
             reason::AGENT_URL_REFUSED => reason::AGENT_URL_REFUSED,
+            reason::AGENT_LIMIT => reason::AGENT_LIMIT,
             // Free text from the API or the drain: not a label value.
             _ => "local",
         },

@@ -52,7 +52,7 @@ pub struct SipTrunkSpec {
     /// Calls to the carrier. Absent: the trunk places no outbound calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<TrunkOutbound>,
-    /// Codecs, DTMF and RTP timeout.
+    /// Codecs, DTMF, RTP timeout and which sources media is accepted from.
     #[serde(default)]
     pub media: TrunkMedia,
     /// Fleet-wide limits; unset means unlimited.
@@ -262,6 +262,19 @@ pub enum DtmfMode {
     Both,
 }
 
+/// Which sources a call's RTP is accepted from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaSource {
+    /// The address the peer signalled in SDP, or a source learned in the short window after
+    /// the answer or a re-INVITE after several packets in sequence (NAT'd peers).
+    #[default]
+    Any,
+    /// As `any`, and only from the trunk's signalling network: `inbound.allowedSources` plus
+    /// the address the call's SIP came from or went to. SDP addresses outside it are refused.
+    SignallingNetwork,
+}
+
 /// Media settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -279,6 +292,9 @@ pub struct TrunkMedia {
     #[serde(default = "default_rtp_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub rtp_timeout_seconds: u32,
+    /// Which sources RTP is accepted from (`any` or `signalling-network`).
+    #[serde(default)]
+    pub media_source: MediaSource,
 }
 
 impl Default for TrunkMedia {
@@ -287,6 +303,7 @@ impl Default for TrunkMedia {
             codecs: default_codecs(),
             dtmf: DtmfMode::default(),
             rtp_timeout_seconds: default_rtp_timeout(),
+            media_source: MediaSource::default(),
         }
     }
 }
