@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod control;
+pub mod egress;
 pub mod health;
 pub mod media;
 pub mod metrics;

@@ -52,13 +52,33 @@ struct Args {
     /// but RTP must reach this node directly (default: the advertised address).
     #[arg(long = "media-advertise")]
     media_advertise: Option<std::net::IpAddr>,
-    /// Admin HTTP (/metrics, /healthz, /readyz, /drain; /debug/* with --debug-routes).
-    #[arg(long = "http-bind", default_value = "127.0.0.1:9090")]
+    /// Admin HTTP (/metrics, /healthz, /readyz, POST /drain; /debug/* with --debug-routes).
+    #[arg(
+        long = "http-bind",
+        default_value = "127.0.0.1:9090",
+        env = "SWITCHBOARD_HTTP_BIND"
+    )]
     http_bind: SocketAddr,
     /// DEVELOPMENT AND TESTS ONLY: serve the unauthenticated /debug/* routes
-    /// (dial, hang up, list calls) on the admin port.
+    /// (dial, hang up, list calls) on the admin port. Refused unless
+    /// --http-bind is a loopback address.
     #[arg(long = "debug-routes")]
     debug_routes: bool,
+    /// File holding the bearer token POST /drain needs from any peer but
+    /// 127.0.0.1/::1. Without it only loopback can drain.
+    #[arg(long = "admin-token-file", env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Do not run a node: POST /drain to the node at --http-bind with the
+    /// --admin-token-file token and exit 0 once it drains (the Kubernetes
+    /// preStop hook; both flags may come from their environment variables).
+    #[arg(long = "send-drain")]
+    send_drain: bool,
+    /// A network (CIDR) agent URLs and status webhooks may reach although
+    /// the egress guard refuses it by default (loopback, link-local, private
+    /// ranges, this node's own addresses); repeatable. For operators and
+    /// local runs: never open loopback or link-local on a shared node.
+    #[arg(long = "egress-allow", value_name = "CIDR")]
+    egress_allow: Vec<String>,
     /// RTP port range START-END.
     #[arg(long = "rtp-ports", default_value = "20000-30000")]
     rtp_ports: String,
@@ -191,6 +211,54 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let admin_token = match &args.admin_token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            Ok(_) => {
+                eprintln!("--admin-token-file {} is empty", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("cannot read --admin-token-file {}: {e}", path.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    if args.send_drain {
+        return match switchboard_media_node::admin::send_drain(
+            args.http_bind,
+            admin_token.as_deref(),
+        )
+        .await
+        {
+            Ok(answer) => {
+                println!("{answer}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drain request to {} failed: {e}", args.http_bind);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.debug_routes && !args.http_bind.ip().is_loopback() {
+        eprintln!(
+            "--debug-routes serves unauthenticated call control: it needs a loopback --http-bind, not {}",
+            args.http_bind
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let mut egress_allow = Vec::new();
+    for c in &args.egress_allow {
+        match switchboard_media_node::routing::acl::Cidr::parse(c) {
+            Ok(c) => egress_allow.push(c),
+            Err(e) => {
+                eprintln!("--egress-allow: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let Some(rtp_ports) = switchboard_media_node::call::ports::parse_range(&args.rtp_ports) else {
         eprintln!(
             "invalid --rtp-ports {:?}: expected START-END",
@@ -250,6 +318,26 @@ async fn main() -> std::process::ExitCode {
             }
         },
     };
+    // The node's own addresses: an agent URL naming one of them reaches
+    // this node's ports.
+    let own = args
+        .sip_bind
+        .iter()
+        .map(|a| a.ip())
+        .chain([args.http_bind.ip()])
+        .chain(args.api_bind.map(|a| a.ip()))
+        .chain(args.control_bind.map(|a| a.ip()))
+        .chain(args.media_advertise)
+        .chain(
+            [&args.advertise, &args.advertise6]
+                .into_iter()
+                .flatten()
+                .filter_map(|h| host_ip(h)),
+        );
+    let egress = Arc::new(switchboard_media_node::egress::EgressPolicy::new(
+        egress_allow,
+        own.collect::<Vec<_>>(),
+    ));
     let node_id = args.node_id.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -265,6 +353,7 @@ async fn main() -> std::process::ExitCode {
         media_advertise: args.media_advertise,
         http_bind: args.http_bind,
         debug_routes: args.debug_routes,
+        admin_token,
         rtp_ports,
         calls: CallOptions {
             max_calls: args.max_calls,
@@ -302,6 +391,7 @@ async fn main() -> std::process::ExitCode {
         webhooks: switchboard_media_node::webhook::WebhookOptions {
             attempts: args.webhook_attempts.max(1),
             timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+            egress: egress.clone(),
             ..Default::default()
         },
     };
@@ -309,6 +399,7 @@ async fn main() -> std::process::ExitCode {
         HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {
             connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
             unreachable: args.agent_unreachable,
+            egress,
             agent_limits: switchboard_media_node::agent::session::AgentLimits {
                 max_message_bytes: args.agent_max_message_bytes,
                 max_pending_marks: args.agent_max_pending_marks,
@@ -325,4 +416,13 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The IP of an `--advertise` value (HOST, HOST:PORT, [V6]:PORT), if it is
+/// an address rather than a name.
+fn host_ip(h: &str) -> Option<std::net::IpAddr> {
+    h.parse()
+        .ok()
+        .or_else(|| h.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| h.rsplit_once(':').and_then(|(host, _)| host.parse().ok()))
 }

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub http_bind: SocketAddr,
     /// Serve the unauthenticated `/debug/*` routes on the admin port.
     pub debug_routes: bool,
+    /// The bearer token `/drain` accepts from peers other than loopback.
+    pub admin_token: Option<String>,
     /// RTP port range.
     pub rtp_ports: (u16, u16),
     /// Call tunables.
@@ -210,8 +212,10 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         .await
         .with_context(|| format!("binding admin HTTP on {}", cfg.http_bind))?;
     tracing::info!(addr = %cfg.http_bind, "admin HTTP listening");
-    let app = crate::admin::router(ctx.clone(), cfg.debug_routes);
+    let app = crate::admin::router(ctx.clone(), cfg.debug_routes, cfg.admin_token.clone());
     tokio::spawn(async move {
+        // The peer address decides who may POST /drain.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin HTTP server stopped");
         }

@@ -183,6 +183,9 @@ pub struct AgentTarget {
     pub connect_timeout: Duration,
     /// TLS settings for wss://; None uses the OS trust store (Mozilla roots as fallback).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Which addresses the URL may resolve to (the bridge always sets it; None connects
+    /// unchecked, for in-process tests).
+    pub egress: Option<crate::egress::Egress>,
     /// What the agent may make the node hold.
     pub limits: AgentLimits,
     /// Where refusals are counted.
@@ -212,6 +215,7 @@ impl AgentTarget {
             bearer_token,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tls: None,
+            egress: None,
             limits: AgentLimits::default(),
             counters: LimitCounters::default(),
         }
@@ -257,6 +261,9 @@ pub enum ConnectError {
     /// TCP or TLS failure (refused, unreachable, certificate).
     #[error("agent connection failed: {0}")]
     Transport(String),
+    /// The egress guard refused the addresses the URL resolves to.
+    #[error("agent {0}")]
+    Refused(crate::egress::EgressError),
 }
 
 /// What the call's media path sends to the session.
@@ -436,16 +443,21 @@ impl AgentSession {
         } else {
             Connector::Plain
         };
-        let connecting = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(ws_config(&target.limits)),
-            true,
-            Some(connector),
-        );
+        // TCP to an address the egress guard checked, then TLS and the upgrade on that socket.
+        let connecting = async {
+            let tcp = crate::egress::connect(target.egress.as_ref(), request.uri()).await?;
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                tcp,
+                Some(ws_config(&target.limits)),
+                Some(connector),
+            )
+            .await
+            .map_err(connect_error)
+        };
         let (ws, _response) = tokio::time::timeout(target.connect_timeout, connecting)
             .await
-            .map_err(|_| ConnectError::Timeout(target.connect_timeout))?
-            .map_err(connect_error)?;
+            .map_err(|_| ConnectError::Timeout(target.connect_timeout))??;
         Ok(AgentSession {
             ws,
             writer: StreamWriter::new(ids),

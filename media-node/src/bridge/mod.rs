@@ -52,6 +52,8 @@ pub mod reason {
     pub const AGENT_ERROR: &str = "agent_error";
     /// The agent could not be reached when the call was set up.
     pub const AGENT_UNREACHABLE: &str = "agent_unreachable";
+    /// The egress guard refused the agent URL (loopback, link-local, the node itself, ...).
+    pub const AGENT_URL_REFUSED: &str = "agent_url_refused";
     /// The node closed the agent's session because the agent went over a limit.
     pub const AGENT_LIMIT: &str = "agent_limit";
 }
@@ -79,6 +81,8 @@ pub struct BridgeConfig {
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
+    /// Where agent URLs may point (the default refuses every internal range).
+    pub egress: Arc<crate::egress::EgressPolicy>,
     /// What an agent may make the node hold per call (message size, marks).
     pub agent_limits: AgentLimits,
     /// Strict RTP source learning (window, head start of the signalled address, probation).
@@ -93,6 +97,7 @@ impl Default for BridgeConfig {
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
+            egress: Arc::default(),
             agent_limits: AgentLimits::default(),
             learning: crate::media::source::LearningConfig::default(),
         }
@@ -125,6 +130,7 @@ impl BridgeHandler {
             reason::RTP_TIMEOUT,
             reason::AGENT_DISCONNECTED,
             reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED,
             reason::AGENT_LIMIT,
         ] {
             metrics.call_ends.with_label_values(&[r]);
@@ -145,6 +151,10 @@ impl BridgeHandler {
         let token = (!agent.bearer_token.is_empty()).then(|| agent.bearer_token.clone());
         let mut t = AgentTarget::new(agent.url.clone(), token);
         t.connect_timeout = self.cfg.connect_timeout;
+        t.egress = Some(crate::egress::Egress::new(
+            self.cfg.egress.clone(),
+            &agent.egress_allowed_networks,
+        ));
         t.limits = self.cfg.agent_limits;
         t.counters = self.metrics.limit_counters();
         t
@@ -194,6 +204,7 @@ fn connect_failure_label(e: &ConnectError) -> &'static str {
         ConnectError::Timeout(_) => "timeout",
         ConnectError::Http { .. } => "http",
         ConnectError::Transport(_) => "transport",
+        ConnectError::Refused(_) => "refused",
     }
 }
 
@@ -236,6 +247,19 @@ impl CallHandler for BridgeHandler {
                 Ok(s) => Ok(Some(
                     Box::new(BridgePrepared::Connected(Box::new(s))) as crate::call::Prepared
                 )),
+                Err(ConnectError::Refused(e)) => {
+                    // A policy refusal, not an outage: no answer-and-hang-up either.
+                    tracing::warn!(%call_id, error = %e, "agent URL refused by the egress guard");
+                    metrics
+                        .call_ends
+                        .with_label_values(&[reason::AGENT_URL_REFUSED])
+                        .inc();
+                    Err(PrepareReject {
+                        code: 503,
+                        reason: reason::AGENT_URL_REFUSED,
+                        retry_after: None,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(%call_id, error = %e, ?policy, "agent unreachable at call set-up");
                     match policy {
@@ -329,8 +353,12 @@ impl CallHandler for BridgeHandler {
                     match connect(target, ids, &metrics).await {
                         Ok(session) => agent_task.run(session).await,
                         Err(e) => {
+                            let why = match e {
+                                ConnectError::Refused(_) => reason::AGENT_URL_REFUSED,
+                                _ => reason::AGENT_UNREACHABLE,
+                            };
                             tracing::warn!(call_id = %agent_task.call_id, error = %e, "agent unreachable on answer; hanging up");
-                            agent_task.hangup.hangup(reason::AGENT_UNREACHABLE);
+                            agent_task.hangup.hangup(why);
                         }
                     }
                 });
@@ -428,6 +456,7 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_DISCONNECTED => reason::AGENT_DISCONNECTED,
             reason::AGENT_ERROR => reason::AGENT_ERROR,
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED => reason::AGENT_URL_REFUSED,
             reason::AGENT_LIMIT => reason::AGENT_LIMIT,
             // Free text from the API or the drain: not a label value.
             _ => "local",

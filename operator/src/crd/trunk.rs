@@ -61,6 +61,28 @@ pub struct SipTrunkSpec {
     /// OPTIONS health checks towards the gateways.
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// Where the agent URLs and status webhooks of this trunk's numbers (and
+    /// its default agent) may point besides the public Internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_egress: Option<AgentEgress>,
+}
+
+/// Private networks agents may live in. Media nodes refuse agent and webhook
+/// URLs that resolve to loopback, link-local, private or cluster-internal
+/// addresses or to the node itself; this opens chosen private ranges for
+/// agents inside the cluster or a VPC. Loopback, link-local (metadata
+/// endpoints) and the node's own addresses can never be opened here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentEgress {
+    /// CIDRs inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+    /// 100.64.0.0/10 or fc00::/7 (e.g. the cluster's Service range,
+    /// 10.96.0.0/12) that agent URLs and webhooks may resolve into.
+    #[serde(default)]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(s, isCIDR(s) || isIP(s))")
+        .message("allowedNetworks entries must be IP addresses or CIDRs, e.g. 10.96.0.0/12"))]
+    pub allowed_networks: Vec<String>,
 }
 
 /// Inbound calls from the carrier.
@@ -68,6 +90,9 @@ pub struct SipTrunkSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.enabled || size(self.allowedSources) > 0 || has(self.auth)")
     .message("inbound.enabled needs allowedSources or auth")
+    .field_path(".allowedSources"))]
+#[x_kube(validation = Rule::new("has(self.auth) || self.allowedSources.all(s, !isCIDR(s) || cidr(s).prefixLength() >= (cidr(s).ip().family() == 4 ? 8 : 32))")
+    .message("allowedSources wider than /8 (IPv4) or /32 (IPv6) need inbound.auth: anyone in such a range could place calls")
     .field_path(".allowedSources"))]
 pub struct TrunkInbound {
     /// False refuses every inbound call on the trunk with 403.

@@ -116,6 +116,7 @@ fn agent(
     secrets: &BTreeMap<ObjectKey, SecretData>,
     namespace: &str,
     field: &'static str,
+    egress_allowed_networks: Vec<String>,
 ) -> Result<pb::Agent, RefError> {
     let bearer_token = match &a.auth {
         None => String::new(),
@@ -129,7 +130,16 @@ fn agent(
         bearer_token,
         parameters: a.parameters.clone().into_iter().collect(),
         status_webhook: a.status_webhook.clone().unwrap_or_default(),
+        egress_allowed_networks,
     })
+}
+
+/// A trunk's `agentEgress.allowedNetworks`, carried on each of its agents.
+fn egress_networks(spec: &SipTrunkSpec) -> Vec<String> {
+    spec.agent_egress
+        .as_ref()
+        .map(|e| e.allowed_networks.clone())
+        .unwrap_or_default()
 }
 
 /// Builds a trunk's configuration; the spec has been validated.
@@ -163,6 +173,7 @@ pub(super) fn trunk(
                     secrets,
                     ns,
                     "spec.inbound.defaultAgent.auth.secretRef",
+                    egress_networks(spec),
                 )?),
             },
         },
@@ -311,7 +322,16 @@ pub(super) fn number(
                     host,
                 });
             }
-            Some(agent(a, secrets, ns, "spec.agent.auth.secretRef")?)
+            Some(agent(
+                a,
+                secrets,
+                ns,
+                "spec.agent.auth.secretRef",
+                trunks
+                    .get(&trunk_key)
+                    .map(|t| egress_networks(&t.spec))
+                    .unwrap_or_default(),
+            )?)
         }
         None => {
             let trunk_default = trunks

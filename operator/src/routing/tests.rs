@@ -522,6 +522,103 @@ fn resolve_is_deterministic() {
 }
 
 #[test]
+fn a_source_wider_than_a_slash_8_without_auth_is_refused_with_a_readable_condition() {
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec.inbound = Some(TrunkInbound {
+        enabled: true,
+        allowed_sources: vec!["203.0.113.0/24".into(), "0.0.0.0/7".into()],
+        auth: None,
+        default_agent: None,
+    });
+    let r = resolve(&i);
+    let v = &r.trunks[&key];
+    assert!(!v.accepted.ok);
+    assert_eq!(v.accepted.reason, reason::INVALID);
+    let m = &v.accepted.message;
+    assert!(
+        m.contains("spec.inbound.allowedSources[1]")
+            && m.contains("0.0.0.0/7")
+            && m.contains("wider than /8")
+            && m.contains("inbound.auth"),
+        "{m}"
+    );
+    assert!(
+        r.config.trunks.is_empty(),
+        "a refused trunk is not programmed"
+    );
+
+    for ok in [
+        "10.0.0.0/8",
+        "198.51.100.7",
+        "2001:db8::/32",
+        "::ffff:10.0.0.0/104",
+    ] {
+        let mut spec = trunk_spec();
+        spec.inbound.as_mut().expect("inbound").allowed_sources = vec![ok.into()];
+        assert_eq!(validate::trunk(&spec), Ok(()), "{ok}");
+    }
+    for wide in [
+        "0.0.0.0/0",
+        "128.0.0.0/1",
+        "::/0",
+        "2000::/3",
+        "::ffff:0.0.0.0/100",
+    ] {
+        let mut spec = trunk_spec();
+        spec.inbound.as_mut().expect("inbound").allowed_sources = vec![wide.into()];
+        assert!(validate::trunk(&spec).is_err(), "{wide} without auth");
+        spec.inbound.as_mut().expect("inbound").auth = Some(InboundAuth {
+            secret_ref: SecretRef { name: "x".into() },
+            realm: None,
+        });
+        assert_eq!(validate::trunk(&spec), Ok(()), "{wide} with digest auth");
+    }
+}
+
+#[test]
+fn agent_egress_networks_are_private_ranges_carried_on_every_agent() {
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec.agent_egress = Some(crate::crd::AgentEgress {
+        allowed_networks: vec!["10.96.0.0/12".into(), "fd00::/8".into()],
+    });
+    t.spec.inbound.as_mut().expect("inbound").default_agent = Some(AgentSpec {
+        url: "ws://agent.ns.svc/".into(),
+        ..number_spec("+14155550100", "carrier").agent.expect("agent")
+    });
+    let r = resolve(&i);
+    let want = vec!["10.96.0.0/12".to_string(), "fd00::/8".to_string()];
+    let tc = &r.config.trunks[0];
+    let default = tc
+        .inbound
+        .as_ref()
+        .and_then(|i| i.default_agent.as_ref())
+        .expect("default agent");
+    assert_eq!(default.egress_allowed_networks, want);
+    let number_agent = r.config.numbers[0].agent.as_ref().expect("agent");
+    assert_eq!(number_agent.egress_allowed_networks, want);
+
+    for bad in [
+        "127.0.0.0/8",
+        "169.254.169.254",
+        "0.0.0.0/0",
+        "8.8.8.0/24",
+        "10.0.0.0/7",
+        "fe80::/10",
+    ] {
+        let mut spec = trunk_spec();
+        spec.agent_egress = Some(crate::crd::AgentEgress {
+            allowed_networks: vec![bad.into()],
+        });
+        let err = validate::trunk(&spec).expect_err(bad);
+        assert!(err.contains("spec.agentEgress.allowedNetworks[0]"), "{err}");
+    }
+}
+
+#[test]
 fn media_source_defaults_to_any_and_converts() {
     let r = resolve(&inputs());
     let media = r.config.trunks[0].media.clone().expect("media");
