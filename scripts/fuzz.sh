@@ -105,6 +105,9 @@ for spec in "${selected[@]}"; do
     "$bin" "${args[@]}" "$work" "$seeds" >"$logfile" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logfile" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logfile" | tail -1)
+    # -fork mode prints no final stats: take the last progress line instead.
+    [[ -n "$execs" ]] || execs=$(grep -oE '^#[0-9]+' "$logfile" | tail -1 | tr -d '#')
+    [[ -n "$rate" ]] || rate=$(grep -oE 'exec/s: [0-9]+' "$logfile" | tail -1 | cut -d' ' -f2)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$logfile" | tail -1)
     corpus=$(find "$work" -type f | wc -l)
     summary+=("$(printf '%-13s %10s execs %7s exec/s  %-22s corpus %s' "$name" "${execs:-?}" "${rate:-?}" "${cov:-cov: ?}" "$corpus")")

@@ -259,6 +259,17 @@ mod tests {
         }
     }
 
+    /// The exact datagram the fuzzer found.
+    #[test]
+    fn fuzz_regression_contact_not_a_uri() {
+        let data = include_bytes!("../../../fuzz/regressions/sip_datagram/contact_not_a_uri");
+        let msg = crate::sip::framing::parse_datagram(data, &Default::default()).expect("parses");
+        assert_eq!(
+            Dialog::uas(&msg, "lt", peer(), "<sip:sb@10.0.0.1>".into()).err(),
+            Some(DialogError::Invalid("Contact"))
+        );
+    }
+
     #[test]
     fn uac_dialog_reverses_record_route() {
         let inv = invite();
