@@ -52,13 +52,33 @@ struct Args {
     /// but RTP must reach this node directly (default: the advertised address).
     #[arg(long = "media-advertise")]
     media_advertise: Option<std::net::IpAddr>,
-    /// Admin HTTP (/metrics, /healthz, /readyz, /drain; /debug/* with --debug-routes).
-    #[arg(long = "http-bind", default_value = "127.0.0.1:9090")]
+    /// Admin HTTP (/metrics, /healthz, /readyz, POST /drain; /debug/* with --debug-routes).
+    #[arg(
+        long = "http-bind",
+        default_value = "127.0.0.1:9090",
+        env = "SWITCHBOARD_HTTP_BIND"
+    )]
     http_bind: SocketAddr,
     /// DEVELOPMENT AND TESTS ONLY: serve the unauthenticated /debug/* routes
-    /// (dial, hang up, list calls) on the admin port.
+    /// (dial, hang up, list calls) on the admin port. Refused unless
+    /// --http-bind is a loopback address.
     #[arg(long = "debug-routes")]
     debug_routes: bool,
+    /// File holding the bearer token POST /drain needs from any peer but
+    /// 127.0.0.1/::1. Without it only loopback can drain.
+    #[arg(long = "admin-token-file", env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Do not run a node: POST /drain to the node at --http-bind with the
+    /// --admin-token-file token and exit 0 once it drains (the Kubernetes
+    /// preStop hook; both flags may come from their environment variables).
+    #[arg(long = "send-drain")]
+    send_drain: bool,
+    /// A network (CIDR) agent URLs and status webhooks may reach although
+    /// the egress guard refuses it by default (loopback, link-local, private
+    /// ranges, this node's own addresses); repeatable. For operators and
+    /// local runs: never open loopback or link-local on a shared node.
+    #[arg(long = "egress-allow", value_name = "CIDR")]
+    egress_allow: Vec<String>,
     /// RTP port range START-END.
     #[arg(long = "rtp-ports", default_value = "20000-30000")]
     rtp_ports: String,
@@ -83,15 +103,58 @@ struct Args {
     /// Most header fields per message.
     #[arg(long = "max-headers", default_value_t = 100)]
     max_headers: usize,
+    /// Most SIP TCP connections accepted at once (more are closed at accept);
+    /// outgoing connections have a budget of the same size.
+    #[arg(long = "tcp-max-connections", default_value_t = 2048)]
+    tcp_max_connections: usize,
+    /// Most SIP TCP connections accepted from one source (IPv4 address or IPv6 /64).
+    #[arg(long = "tcp-max-connections-per-source", default_value_t = 32)]
+    tcp_max_connections_per_source: usize,
+    /// Seconds an accepted TCP connection has to deliver its first valid message.
+    #[arg(long = "tcp-first-message-timeout-secs", default_value_t = 5)]
+    tcp_first_message_timeout_secs: u64,
+    /// Seconds a TCP message has to be complete once its first byte arrived.
+    #[arg(long = "tcp-message-timeout-secs", default_value_t = 10)]
+    tcp_message_timeout_secs: u64,
+    /// Seconds without received bytes before a TCP connection is closed.
+    #[arg(long = "tcp-idle-timeout-secs", default_value_t = 300)]
+    tcp_idle_timeout_secs: u64,
     /// Requests per second allowed per source IP (0 disables).
     #[arg(long = "rate-limit", default_value_t = 50.0)]
     rate_limit: f64,
     /// Burst allowed per source IP.
     #[arg(long = "rate-burst", default_value_t = 200.0)]
     rate_burst: f64,
+    /// Requests per second allowed per source inside some trunk's
+    /// allowedSources (and per transport), budgeted apart from unknown
+    /// sources (default: --rate-limit; 0 disables).
+    #[arg(long = "rate-limit-allowed")]
+    rate_limit_allowed: Option<f64>,
+    /// Burst per allowed source (default: --rate-burst).
+    #[arg(long = "rate-burst-allowed")]
+    rate_burst_allowed: Option<f64>,
+    /// Requests per second shared by all sources no trunk allows, so that a
+    /// flood from many addresses cannot starve the carriers (0 disables).
+    #[arg(long = "rate-limit-unknown-total", default_value_t = 500.0)]
+    rate_limit_unknown_total: f64,
+    /// Burst shared by all sources no trunk allows.
+    #[arg(long = "rate-burst-unknown-total", default_value_t = 1000.0)]
+    rate_burst_unknown_total: f64,
+    /// Most SIP server transactions alive at once; new requests beyond get
+    /// a stateless 503.
+    #[arg(long = "max-transactions", default_value_t = 20000)]
+    max_transactions: usize,
+    /// Most SIP server transactions alive at once per source IP.
+    #[arg(long = "max-transactions-per-source", default_value_t = 2000)]
+    max_transactions_per_source: usize,
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]
     drain_grace_secs: u64,
+    /// Seconds an inbound digest nonce stays valid (bound to the caller's
+    /// IP; each nonce-count is accepted once). 1..=3600.
+    #[arg(long = "digest-nonce-lifetime-secs", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    digest_nonce_lifetime_secs: u64,
     /// Call API (gRPC CallService and HTTP/JSON /v1/calls) bind address;
     /// needs --api-token-file. Without it the API is off.
     #[arg(long = "api-bind", env = "SWITCHBOARD_API_BIND")]
@@ -115,6 +178,14 @@ struct Args {
     /// answering, or `answer-hangup` (answer, then BYE at once).
     #[arg(long = "agent-unreachable", value_enum, default_value_t = UnreachablePolicy::Reject)]
     agent_unreachable: UnreachablePolicy,
+    /// Largest WebSocket message (and frame) accepted from an agent, in bytes; a larger one
+    /// closes that agent's session (1009) and ends its call.
+    #[arg(long = "agent-max-message-bytes", default_value_t = switchboard_media_node::agent::session::DEFAULT_MAX_MESSAGE_BYTES)]
+    agent_max_message_bytes: usize,
+    /// Marks an agent may have outstanding per call (waiting for their audio or their echo);
+    /// more are refused and counted, and an agent that keeps sending them is disconnected.
+    #[arg(long = "agent-max-pending-marks", default_value_t = switchboard_media_node::media::playout::DEFAULT_MAX_MARKS)]
+    agent_max_pending_marks: usize,
     /// What answered calls are handed to: `bridge` (RTP <-> agent, the default) or
     /// `logging` (keeps the RTP port open and logs events; for SIP-only tests).
     #[arg(long = "call-handler", value_enum, default_value_t = HandlerKind::Bridge)]
@@ -140,6 +211,54 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let admin_token = match &args.admin_token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            Ok(_) => {
+                eprintln!("--admin-token-file {} is empty", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("cannot read --admin-token-file {}: {e}", path.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    if args.send_drain {
+        return match switchboard_media_node::admin::send_drain(
+            args.http_bind,
+            admin_token.as_deref(),
+        )
+        .await
+        {
+            Ok(answer) => {
+                println!("{answer}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drain request to {} failed: {e}", args.http_bind);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.debug_routes && !args.http_bind.ip().is_loopback() {
+        eprintln!(
+            "--debug-routes serves unauthenticated call control: it needs a loopback --http-bind, not {}",
+            args.http_bind
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let mut egress_allow = Vec::new();
+    for c in &args.egress_allow {
+        match switchboard_media_node::routing::acl::Cidr::parse(c) {
+            Ok(c) => egress_allow.push(c),
+            Err(e) => {
+                eprintln!("--egress-allow: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let Some(rtp_ports) = switchboard_media_node::call::ports::parse_range(&args.rtp_ports) else {
         eprintln!(
             "invalid --rtp-ports {:?}: expected START-END",
@@ -199,6 +318,26 @@ async fn main() -> std::process::ExitCode {
             }
         },
     };
+    // The node's own addresses: an agent URL naming one of them reaches
+    // this node's ports.
+    let own = args
+        .sip_bind
+        .iter()
+        .map(|a| a.ip())
+        .chain([args.http_bind.ip()])
+        .chain(args.api_bind.map(|a| a.ip()))
+        .chain(args.control_bind.map(|a| a.ip()))
+        .chain(args.media_advertise)
+        .chain(
+            [&args.advertise, &args.advertise6]
+                .into_iter()
+                .flatten()
+                .filter_map(|h| host_ip(h)),
+        );
+    let egress = Arc::new(switchboard_media_node::egress::EgressPolicy::new(
+        egress_allow,
+        own.collect::<Vec<_>>(),
+    ));
     let node_id = args.node_id.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -214,6 +353,7 @@ async fn main() -> std::process::ExitCode {
         media_advertise: args.media_advertise,
         http_bind: args.http_bind,
         debug_routes: args.debug_routes,
+        admin_token,
         rtp_ports,
         calls: CallOptions {
             max_calls: args.max_calls,
@@ -221,19 +361,37 @@ async fn main() -> std::process::ExitCode {
             retry_after_secs: args.retry_after,
             session_expires: args.session_expires,
             min_se: args.min_se,
-            ..CallOptions::default()
+            nonce_lifetime: Duration::from_secs(args.digest_nonce_lifetime_secs),
         },
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
             max_headers: args.max_headers,
         },
+        tcp: switchboard_media_node::sip::transport::tcp::TcpLimits {
+            max_connections: args.tcp_max_connections,
+            max_per_source: args.tcp_max_connections_per_source,
+            first_message_timeout: Duration::from_secs(args.tcp_first_message_timeout_secs.max(1)),
+            message_timeout: Duration::from_secs(args.tcp_message_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs.max(1)),
+        },
         rate: (args.rate_limit, args.rate_burst),
+        rate_allowed: match (args.rate_limit_allowed, args.rate_burst_allowed) {
+            (None, None) => None,
+            (r, b) => Some((r.unwrap_or(args.rate_limit), b.unwrap_or(args.rate_burst))),
+        },
+        rate_unknown_total: (args.rate_limit_unknown_total, args.rate_burst_unknown_total),
+        transactions: switchboard_media_node::sip::transaction::TxnLimits {
+            max_server: args.max_transactions,
+            max_server_per_source: args.max_transactions_per_source,
+            retry_after_secs: args.retry_after,
+        },
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         api,
         outbound_queue_size: args.outbound_queue_size,
         webhooks: switchboard_media_node::webhook::WebhookOptions {
             attempts: args.webhook_attempts.max(1),
             timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
+            egress: egress.clone(),
             ..Default::default()
         },
     };
@@ -241,6 +399,12 @@ async fn main() -> std::process::ExitCode {
         HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {
             connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
             unreachable: args.agent_unreachable,
+            egress,
+            agent_limits: switchboard_media_node::agent::session::AgentLimits {
+                max_message_bytes: args.agent_max_message_bytes,
+                max_pending_marks: args.agent_max_pending_marks,
+                ..Default::default()
+            },
             ..BridgeConfig::default()
         })),
         HandlerKind::Logging => Arc::new(LoggingHandler),
@@ -252,4 +416,13 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The IP of an `--advertise` value (HOST, HOST:PORT, [V6]:PORT), if it is
+/// an address rather than a name.
+fn host_ip(h: &str) -> Option<std::net::IpAddr> {
+    h.parse()
+        .ok()
+        .or_else(|| h.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| h.rsplit_once(':').and_then(|(host, _)| host.parse().ok()))
 }

@@ -30,6 +30,55 @@ pub struct Metrics {
     pub setup_seconds: prometheus::HistogramVec,
     /// 1 while the node drains (SIGTERM, `GET /drain` or the operator).
     pub draining: IntGauge,
+    /// Server transactions alive right now.
+    pub server_transactions: IntGauge,
+    /// New requests refused with a stateless 503 because the transaction
+    /// table was full, by the limit hit (`node`, `source`).
+    pub transaction_overload: IntCounterVec,
+    /// SIP over TCP: connections refused, closed and open.
+    pub tcp: TcpMetrics,
+    /// Inbound digest answers refused, by reason (replay, uri_mismatch, ...).
+    pub digest_failures: IntCounterVec,
+}
+
+/// SIP over TCP connection metrics.
+#[derive(Clone)]
+pub struct TcpMetrics {
+    /// Connections refused by reason (global, per_source, outbound_limit).
+    pub refused: IntCounterVec,
+    /// Connections closed by reason (peer_closed, idle, message_timeout,
+    /// first_message_timeout, framing_error, panic, ...).
+    pub closed: IntCounterVec,
+    /// Connections open now, by direction (inbound, outbound).
+    pub open: IntGaugeVec,
+}
+
+impl TcpMetrics {
+    fn new() -> TcpMetrics {
+        TcpMetrics {
+            refused: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_refused_total",
+                    "SIP TCP connections refused, by reason (global, per_source, outbound_limit)",
+                ),
+                &["reason"],
+            )),
+            closed: must(IntCounterVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_closed_total",
+                    "SIP TCP connections closed, by reason",
+                ),
+                &["reason"],
+            )),
+            open: must(IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_sip_tcp_connections",
+                    "SIP TCP connections open, by direction",
+                ),
+                &["direction"],
+            )),
+        }
+    }
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -107,8 +156,30 @@ impl Metrics {
             "switchboard_draining",
             "1 while the node drains: no new calls, existing calls run to their end",
         ));
+        let server_transactions = must(IntGauge::new(
+            "switchboard_sip_server_transactions",
+            "SIP server transactions alive right now",
+        ));
+        let transaction_overload = must(IntCounterVec::new(
+            Opts::new(
+                "switchboard_sip_transaction_overload_total",
+                "New requests answered 503 because the transaction table was full, by limit (node, source)",
+            ),
+            &["limit"],
+        ));
+        let tcp = TcpMetrics::new();
+        let digest_failures = must(IntCounterVec::new(
+            Opts::new(
+                "switchboard_sip_digest_failures_total",
+                "Inbound digest answers refused, by reason",
+            ),
+            &["reason"],
+        ));
+        must(registry.register(Box::new(digest_failures.clone())));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(server_transactions.clone()),
+            Box::new(transaction_overload.clone()),
             Box::new(active_calls.clone()),
             Box::new(rejected.clone()),
             Box::new(rate_limited.clone()),
@@ -118,6 +189,9 @@ impl Metrics {
             Box::new(config_version.clone()),
             Box::new(draining.clone()),
             Box::new(setup_seconds.clone()),
+            Box::new(tcp.refused.clone()),
+            Box::new(tcp.closed.clone()),
+            Box::new(tcp.open.clone()),
         ] {
             must(registry.register(c));
         }
@@ -133,6 +207,10 @@ impl Metrics {
             config_version,
             draining,
             setup_seconds,
+            server_transactions,
+            transaction_overload,
+            tcp,
+            digest_failures,
         }
     }
 
@@ -144,6 +222,11 @@ impl Metrics {
     /// Counts a refused request.
     pub fn reject(&self, reason: &str) {
         self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a refused digest answer (`reason` from a fixed set).
+    pub fn digest_failure(&self, reason: &str) {
+        self.digest_failures.with_label_values(&[reason]).inc();
     }
 
     /// Counts a dropped message.

@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 use crate::sip::digest::DigestServer;
 use crate::sip::framing::Limits;
 use crate::sip::headers::split_host_port;
-use crate::sip::protect::RateLimiter;
-use crate::sip::transaction::TransactionLayer;
+use crate::sip::protect::{Budget, MAX_SOURCES, RateLimiter, RateLimits};
+use crate::sip::transaction::{TransactionLayer, TxnLimits};
 use crate::sip::transport::{Advertise, Transport};
 
 /// Completed calls the call API still answers for (GET after the end).
@@ -56,14 +56,24 @@ pub struct NodeConfig {
     pub http_bind: SocketAddr,
     /// Serve the unauthenticated `/debug/*` routes on the admin port.
     pub debug_routes: bool,
+    /// The bearer token `/drain` accepts from peers other than loopback.
+    pub admin_token: Option<String>,
     /// RTP port range.
     pub rtp_ports: (u16, u16),
     /// Call tunables.
     pub calls: CallOptions,
     /// Message limits.
     pub limits: Limits,
+    /// TCP connection caps and deadlines.
+    pub tcp: crate::sip::transport::tcp::TcpLimits,
     /// Per-source request rate (per second) and burst.
     pub rate: (f64, f64),
+    /// Per allowed-source rate and burst (default: `rate`).
+    pub rate_allowed: Option<(f64, f64)>,
+    /// Rate and burst shared by every source no trunk allows (0 disables).
+    pub rate_unknown_total: (f64, f64),
+    /// Bounds of the transaction table.
+    pub transactions: TxnLimits,
     /// How long a drain waits for calls before hanging them up.
     pub drain_grace: Duration,
     /// The call API (gRPC and HTTP/JSON), when enabled.
@@ -130,17 +140,31 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         }
     };
 
+    let (allowed_rate, allowed_burst) = cfg.rate_allowed.unwrap_or(cfg.rate);
+    let acl = routing.clone();
+    let rate = RateLimiter::with_limits(RateLimits {
+        per_source: Budget::new(cfg.rate.0, cfg.rate.1),
+        per_allowed_source: Budget::new(allowed_rate, allowed_burst),
+        unknown_total: Budget::new(cfg.rate_unknown_total.0, cfg.rate_unknown_total.1),
+        max_sources: MAX_SOURCES,
+    })
+    .allowed_sources(Arc::new(move |ip| {
+        acl.get()
+            .is_some_and(|t| !t.trunks_for_source(ip).is_empty())
+    }));
     let (transport, incoming) = Transport::bind(
         &cfg.sip_bind,
         advertise(&cfg)?,
         cfg.limits,
-        RateLimiter::new(cfg.rate.0, cfg.rate.1),
+        cfg.tcp,
+        rate,
         metrics.clone(),
     )
     .await
     .with_context(|| format!("binding SIP on {:?}", cfg.sip_bind))?;
     tracing::info!(addrs = ?transport.local, "SIP listening (UDP and TCP)");
-    let (sip, tu_events) = TransactionLayer::start(transport, incoming, metrics.clone());
+    let (sip, tu_events) =
+        TransactionLayer::start(transport, incoming, metrics.clone(), cfg.transactions);
     // The call tracker wraps the media handler so the call API and status
     // webhooks learn when calls are answered and end.
     let webhooks = crate::webhook::Webhooks::new(cfg.webhooks.clone(), metrics.registry())
@@ -188,8 +212,10 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         .await
         .with_context(|| format!("binding admin HTTP on {}", cfg.http_bind))?;
     tracing::info!(addr = %cfg.http_bind, "admin HTTP listening");
-    let app = crate::admin::router(ctx.clone(), cfg.debug_routes);
+    let app = crate::admin::router(ctx.clone(), cfg.debug_routes, cfg.admin_token.clone());
     tokio::spawn(async move {
+        // The peer address decides who may POST /drain.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin HTTP server stopped");
         }

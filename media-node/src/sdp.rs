@@ -111,6 +111,70 @@ pub enum SdpError {
     /// No common codec (answer 488).
     #[error("no acceptable audio codec offered")]
     NoCommonCodec,
+    /// The peer asks for RTP at an address we never send to (answer 488).
+    #[error("media address {0} refused: {1}")]
+    MediaAddress(IpAddr, &'static str),
+}
+
+/// Why we refuse to send RTP to `addr` for a peer signalling from `signalling`, if we do:
+/// multicast, broadcast and "this network" addresses (a spoofed INVITE would turn the node
+/// into a traffic source towards a whole segment), link-local addresses, and loopback unless
+/// the signalling itself comes from loopback (a local test or sidecar). Hold with 0.0.0.0
+/// (or `::`) is not an address to send to and is handled by [`negotiate`] before this.
+pub fn refused_media_address(addr: IpAddr, signalling: IpAddr) -> Option<&'static str> {
+    let addr = addr.to_canonical();
+    let signalling = signalling.to_canonical();
+    if addr.is_multicast() {
+        return Some("multicast");
+    }
+    if addr.is_unspecified() {
+        return Some("unspecified");
+    }
+    if addr.is_loopback() && !signalling.is_loopback() {
+        return Some("loopback");
+    }
+    match addr {
+        IpAddr::V4(v4) => {
+            if v4.is_broadcast() {
+                return Some("broadcast");
+            }
+            if v4.octets()[0] == 0 {
+                return Some("this-network");
+            }
+            if v4.is_link_local() {
+                return Some("link-local");
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unicast_link_local() {
+                return Some("link-local");
+            }
+        }
+    }
+    None
+}
+
+/// Checks where a negotiated offer or answer asks for RTP: `Err` when
+/// [`refused_media_address`] refuses it, or when `networks` is not empty and the address lies
+/// outside all of them (the trunk's `mediaSource: SignallingNetwork`).
+pub fn check_remote(
+    remote: Option<std::net::SocketAddr>,
+    signalling: IpAddr,
+    networks: &[crate::routing::acl::Cidr],
+) -> Result<(), SdpError> {
+    let Some(remote) = remote else {
+        return Ok(());
+    };
+    if let Some(why) = refused_media_address(remote.ip(), signalling) {
+        return Err(SdpError::MediaAddress(remote.ip(), why));
+    }
+    if !networks.is_empty() && !networks.iter().any(|n| n.contains(remote.ip())) {
+        return Err(SdpError::MediaAddress(
+            remote.ip(),
+            "outside the signalling network",
+        ));
+    }
+    Ok(())
 }
 
 fn static_format(pt: u8) -> Option<(&'static str, u32)> {
@@ -502,6 +566,67 @@ mod tests {
             vec![8, 101]
         );
         assert!(answer.contains("a=ptime:20\r\n") && answer.contains("a=sendrecv\r\n"));
+    }
+
+    #[test]
+    fn media_addresses_we_never_send_to() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let carrier = ip("203.0.113.9");
+        let local = ip("127.0.0.1");
+        for (addr, why) in [
+            ("224.0.0.1", "multicast"),
+            ("239.1.2.3", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("169.254.10.20", "link-local"),
+            ("fe80::1", "link-local"),
+            ("::ffff:169.254.1.1", "link-local"),
+            ("0.1.2.3", "this-network"),
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+        ] {
+            assert_eq!(
+                refused_media_address(ip(addr), carrier),
+                Some(why),
+                "{addr} from a carrier"
+            );
+        }
+        // Loopback is fine when the signalling is local too (tests, sidecars).
+        assert_eq!(refused_media_address(ip("127.0.0.1"), local), None);
+        assert_eq!(refused_media_address(ip("127.0.0.2"), ip("::1")), None);
+        assert_eq!(
+            refused_media_address(ip("224.0.0.1"), local),
+            Some("multicast")
+        );
+        for ok in ["203.0.113.10", "10.0.0.5", "2001:db8::5", "192.168.1.2"] {
+            assert_eq!(refused_media_address(ip(ok), carrier), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn check_remote_refuses_and_restricts() {
+        use crate::routing::acl::Cidr;
+        use std::net::SocketAddr;
+        let carrier: IpAddr = "203.0.113.9".parse().expect("ip");
+        let sa = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        assert!(check_remote(None, carrier, &[]).is_ok(), "hold");
+        assert!(check_remote(sa("203.0.113.10:4000"), carrier, &[]).is_ok());
+        assert!(matches!(
+            check_remote(sa("224.0.0.1:4000"), carrier, &[]),
+            Err(SdpError::MediaAddress(_, "multicast"))
+        ));
+        let nets = [Cidr::parse("203.0.113.0/24").expect("cidr")];
+        assert!(check_remote(sa("203.0.113.10:4000"), carrier, &nets).is_ok());
+        assert!(matches!(
+            check_remote(sa("198.51.100.1:4000"), carrier, &nets),
+            Err(SdpError::MediaAddress(_, "outside the signalling network"))
+        ));
+        // c=0.0.0.0 is hold, not a refused address.
+        let held = OFFER.replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0");
+        let n = negotiate(&Sdp::parse(&held).expect("valid"), &[Codec::Pcmu], true).expect("ok");
+        assert!(check_remote(n.remote, carrier, &[]).is_ok());
     }
 
     #[test]

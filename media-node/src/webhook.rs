@@ -8,6 +8,11 @@
 //! backoff up to a bounded number of attempts, then the event is dropped,
 //! counted and logged. Logs name only the receiver's scheme, host and port:
 //! webhook URLs often carry a token in the path or query.
+//!
+//! Receivers pass the egress guard ([`crate::egress`]): the client's resolver
+//! hands the connector only checked addresses, and IP literals are checked
+//! before the request. A refused receiver is not retried (counted
+//! `refused`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +46,9 @@ pub enum WebhookError {
     /// The TLS client could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The egress guard refused the receiver's address.
+    #[error(transparent)]
+    Refused(crate::egress::EgressError),
 }
 
 /// Delivery settings.
@@ -54,6 +62,8 @@ pub struct WebhookOptions {
     pub max_backoff: Duration,
     /// Timeout of one attempt (connect + request + response head).
     pub timeout: Duration,
+    /// Where receivers may be (the default refuses every internal range).
+    pub egress: Arc<crate::egress::EgressPolicy>,
 }
 
 impl Default for WebhookOptions {
@@ -63,16 +73,21 @@ impl Default for WebhookOptions {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            egress: Arc::default(),
         }
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<HttpConnector<crate::egress::GuardedResolver>>,
+    Full<Bytes>,
+>;
 
 /// Sends webhooks; cheap to clone.
 #[derive(Clone)]
 pub struct Webhooks {
     client: HttpsClient,
+    guard: crate::egress::Egress,
     opts: Arc<WebhookOptions>,
     deliveries: IntCounterVec,
 }
@@ -125,7 +140,7 @@ impl Webhooks {
         let deliveries = IntCounterVec::new(
             Opts::new(
                 "switchboard_webhook_deliveries_total",
-                "Status webhook deliveries by result (ok, retried, failed, dropped)",
+                "Status webhook deliveries by result (ok, retried, failed, dropped, refused)",
             ),
             &["result"],
         )
@@ -135,16 +150,22 @@ impl Webhooks {
         let _ = registry.register(Box::new(deliveries.clone()));
         // The ring provider named explicitly: the process may link more than
         // one rustls provider, and then no default is chosen.
+        let guard = crate::egress::Egress::new(opts.egress.clone(), &[]);
+        let mut http =
+            HttpConnector::new_with_resolver(crate::egress::GuardedResolver::new(guard.clone()));
+        // hyper-rustls does TLS on top: let https:// URLs through.
+        http.enforce_http(false);
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let https = builder
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| WebhookError::Tls(e.to_string()))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Webhooks {
             client,
+            guard,
             opts: Arc::new(opts),
             deliveries,
         })
@@ -176,6 +197,13 @@ impl Webhooks {
                     self.deliveries.with_label_values(&["ok"]).inc();
                     return;
                 }
+                Err(e @ WebhookError::Refused(_)) => {
+                    // A policy refusal: retrying cannot help.
+                    self.deliveries.with_label_values(&["refused"]).inc();
+                    tracing::warn!(%call_id, receiver = %redact_url(url), error = %e,
+                        "status webhook refused by the egress guard; event dropped");
+                    return;
+                }
                 Err(e) if n < attempts => {
                     self.deliveries.with_label_values(&["retried"]).inc();
                     let wait = backoff(&self.opts, n);
@@ -197,17 +225,28 @@ impl Webhooks {
         if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
             return Err(WebhookError::InvalidUrl);
         }
+        // The connector skips the resolver for IP literals: check them here.
+        let (scheme, host, port) =
+            crate::egress::host_port(&uri).map_err(|_| WebhookError::InvalidUrl)?;
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            self.guard
+                .resolve(scheme, host, port)
+                .await
+                .map_err(WebhookError::Refused)?;
+        }
         let req = hyper::Request::post(uri)
             .header("content-type", "application/json")
             .header("user-agent", crate::sip::USER_AGENT)
             .body(Full::new(body))
             .map_err(|_| WebhookError::InvalidUrl)?;
         let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| WebhookError::Request(error_chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                // The resolver's refusal comes back inside hyper's error.
+                match refusal(&e) {
+                    Some(r) => WebhookError::Refused(r),
+                    None => WebhookError::Request(error_chain(&e)),
+                }
+            })?;
             let status = resp.status().as_u16();
             // Read (and discard) the body so the connection can be reused.
             let _ = resp.into_body().collect().await;
@@ -221,6 +260,24 @@ impl Webhooks {
             .await
             .map_err(|_| WebhookError::Timeout)?
     }
+}
+
+/// The egress refusal inside a client error, if that is what failed.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<crate::egress::EgressError> {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(crate::egress::EgressError::Refused { target, addr, rule }) =
+            s.downcast_ref::<crate::egress::EgressError>()
+        {
+            return Some(crate::egress::EgressError::Refused {
+                target: target.clone(),
+                addr: *addr,
+                rule: *rule,
+            });
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// The error and its sources, without the URL (hyper's errors do not carry
@@ -248,6 +305,27 @@ mod tests {
         assert_eq!(backoff(&o, 3), Duration::from_millis(800));
         assert_eq!(backoff(&o, 10), Duration::from_secs(5));
         assert_eq!(backoff(&o, 100), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn receivers_on_internal_addresses_are_refused_without_retries() {
+        let registry = prometheus::Registry::new();
+        let hooks = Webhooks::new(WebhookOptions::default(), &registry).expect("client");
+        // A literal (checked before the request) and a name (checked by the resolver).
+        for url in ["http://127.0.0.1:9/drain", "http://localhost:9/drain"] {
+            let before = hooks.deliveries.with_label_values(&["refused"]).get();
+            hooks.for_call(url, "c1").send(b"{}".to_vec());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while hooks.deliveries.with_label_values(&["refused"]).get() == before {
+                assert!(tokio::time::Instant::now() < deadline, "{url} not refused");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                hooks.deliveries.with_label_values(&["retried"]).get(),
+                0,
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ impl fmt::Debug for Agent {
             .field("bearer_token", &token)
             .field("parameters", &self.parameters)
             .field("status_webhook", &self.status_webhook)
+            .field("egress_allowed_networks", &self.egress_allowed_networks)
             .finish()
     }
 }

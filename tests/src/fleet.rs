@@ -73,6 +73,8 @@ impl ControlledNode {
             .args(["--control-bind", &self.control.to_string()])
             .args(&self.control_args)
             .args(["--rtp-ports", &format!("{}-{}", self.rtp, self.rtp + 200)])
+            // Test agents and webhooks listen on loopback (refused by default).
+            .args(crate::node::LOOPBACK_EGRESS)
             .args(&self.extra)
             .env("RUST_LOG", "info,switchboard_media_node=debug")
             .stdin(Stdio::null())

@@ -6,5 +6,6 @@ pub mod fleet;
 pub mod helm;
 pub mod node;
 pub mod operator;
+pub mod phone;
 pub mod poll;
 pub mod sipp;

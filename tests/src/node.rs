@@ -44,6 +44,32 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Flags that let agents and webhooks on loopback through the node's egress
+/// guard: every test agent listens on 127.0.0.1. [`MediaNode::start`] passes
+/// them; [`MediaNode::start_with`] lets a test leave them out.
+pub const LOOPBACK_EGRESS: [&str; 4] = ["--egress-allow", "127.0.0.0/8", "--egress-allow", "::1"];
+
+/// How [`MediaNode::start_with`] starts a node.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Pass [`LOOPBACK_EGRESS`] (the default).
+    pub loopback_egress: bool,
+    /// The IP the admin port binds to (default 127.0.0.1).
+    pub http_ip: std::net::IpAddr,
+    /// The admin port (default: a free one).
+    pub http_port: Option<u16>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            loopback_egress: true,
+            http_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            http_port: None,
+        }
+    }
+}
+
 /// A running media node.
 pub struct MediaNode {
     child: Child,
@@ -62,13 +88,22 @@ impl MediaNode {
     /// Starts a node with `config` (a proto3-JSON RoutingConfig) and extra
     /// flags, and waits for `/readyz` (at most 20 s).
     pub async fn start(config: &serde_json::Value, extra: &[&str]) -> anyhow::Result<MediaNode> {
+        Self::start_with(config, extra, StartOptions::default()).await
+    }
+
+    /// [`MediaNode::start`] with explicit [`StartOptions`].
+    pub async fn start_with(
+        config: &serde_json::Value,
+        extra: &[&str],
+        opts: StartOptions,
+    ) -> anyhow::Result<MediaNode> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("routing.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
         let log_path = dir.path().join("node.log");
         let log = std::fs::File::create(&log_path)?;
         let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let http = SocketAddr::new(opts.http_ip, opts.http_port.unwrap_or_else(free_port));
         let rtp_start = 30000 + (free_port() % 20000) / 2 * 2;
         let mut cmd = Command::new(binary());
         cmd.arg("--config")
@@ -80,6 +115,11 @@ impl MediaNode {
                 &http.to_string(),
             ])
             .args(["--rtp-ports", &format!("{rtp_start}-{}", rtp_start + 200)])
+            .args(if opts.loopback_egress {
+                &LOOPBACK_EGRESS[..]
+            } else {
+                &[]
+            })
             .args(extra)
             .env("RUST_LOG", "info,switchboard_media_node=debug")
             .stdin(Stdio::null())

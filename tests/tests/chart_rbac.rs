@@ -362,6 +362,16 @@ async fn operator_runs_under_the_chart_service_account_watching_one_namespace() 
     .await;
 }
 
+#[tokio::test]
+async fn operator_runs_under_the_chart_service_account_with_rbac_watch_namespaces() {
+    run_scenario(
+        "listed",
+        Render::new("listed", RELEASE_NS)
+            .set(&format!("operator.rbac.watchNamespaces={{{APP_NS}}}")),
+    )
+    .await;
+}
+
 /// Whether the API server refused the request as forbidden.
 fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) -> bool {
     match r {
@@ -546,11 +556,24 @@ async fn chart_service_account_is_refused_what_the_operator_does_not_use() {
 
 #[tokio::test]
 async fn one_watched_namespace_grants_nothing_outside_it() {
-    let i = install(
-        "scoped",
+    one_namespace_only(
         Render::new("scoped", RELEASE_NS).set(&format!("operator.watchNamespace={APP_NS}")),
     )
     .await;
+}
+
+#[tokio::test]
+async fn rbac_watch_namespaces_grant_no_secret_outside_them() {
+    one_namespace_only(
+        Render::new("scoped", RELEASE_NS)
+            .set(&format!("operator.rbac.watchNamespaces={{{APP_NS}}}")),
+    )
+    .await;
+}
+
+/// The operator's identity reads Secrets and trunks in APP_NS and nowhere else.
+async fn one_namespace_only(render: Render) {
+    let i = install("scoped", render).await;
     let op = i.operator.clone();
     let lp = ListParams::default();
     let in_app: Api<Secret> = Api::namespaced(op.clone(), APP_NS);

@@ -370,8 +370,59 @@ fn media_nodes_drain_with_a_long_grace_period_and_a_pre_stop_hook() {
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["terminationGracePeriodSeconds"], 3600);
     let c = containers(d)[0];
-    assert_eq!(c["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
-    assert_eq!(c["lifecycle"]["preStop"]["httpGet"]["port"], "admin");
+    // POST /drain with the admin token, from inside the container (an
+    // httpGet hook can only GET, which /drain refuses).
+    assert_eq!(
+        c["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!([
+            "switchboard-media-node",
+            "--send-drain",
+            "--admin-token-file=/etc/switchboard/admin-token/token"
+        ])
+    );
+    assert!(
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "SWITCHBOARD_HTTP_BIND" && e["value"] == "$(POD_IP):9090"),
+        "the hook finds the admin port through the environment: {}",
+        c["env"]
+    );
+    assert!(args(d).contains(&"--admin-token-file=/etc/switchboard/admin-token/token".to_string()));
+    let token = find(
+        &docs,
+        "Secret",
+        &format!("{RELEASE}-switchboard-admin-token"),
+    );
+    assert!(
+        token["data"]["token"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 48),
+        "a generated admin token: {token}"
+    );
+    assert!(
+        pod["volumes"]
+            .to_string()
+            .contains("\"secretName\":\"sb-switchboard-admin-token\""),
+        "{}",
+        pod["volumes"]
+    );
+    let docs = render()
+        .set("adminToken.existingSecret=my-admin")
+        .documents();
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["name"] == "sb-switchboard-admin-token"),
+        "no generated Secret with existingSecret"
+    );
+    let pod = &find(&docs, "Deployment", MEDIA)["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .to_string()
+            .contains("\"secretName\":\"my-admin\"")
+    );
     // The node gives up on remaining calls before the kubelet kills it.
     assert!(args(d).contains(&"--drain-grace-secs=3570".to_string()));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -541,6 +592,44 @@ fn rbac_grants_pods_only_in_the_release_namespace_and_namespaces_with_watch_name
     assert_eq!(watch["metadata"]["namespace"], "telephony");
     let a = args(find(&docs, "Deployment", OPERATOR));
     assert!(a.contains(&"--namespace=telephony".to_string()), "{a:?}");
+
+    // rbac.watchNamespaces: Secrets (and the CRs) only there, no ClusterRole.
+    let docs = render()
+        .set("operator.rbac.watchNamespaces={tenant-a}")
+        .documents();
+    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    let watch: Vec<&Value> = of_kind(&docs, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] == format!("{OPERATOR}-watch"))
+        .collect();
+    assert_eq!(watch.len(), 1);
+    assert_eq!(watch[0]["metadata"]["namespace"], "tenant-a");
+    let r = rules(watch[0]);
+    assert!(r.contains("secrets") && r.contains("siptrunks"), "{r}");
+    let binding = of_kind(&docs, "RoleBinding")
+        .into_iter()
+        .find(|b| b["metadata"]["name"] == format!("{OPERATOR}-watch"))
+        .expect("RoleBinding");
+    assert_eq!(binding["metadata"]["namespace"], "tenant-a");
+    assert_eq!(binding["subjects"][0]["namespace"], NS);
+    let a = args(find(&docs, "Deployment", OPERATOR));
+    assert!(a.contains(&"--namespace=tenant-a".to_string()), "{a:?}");
+    // The operator watches one namespace or all: more is refused, clearly.
+    let err = render()
+        .set("operator.rbac.watchNamespaces={a,b}")
+        .template()
+        .expect_err("two namespaces");
+    assert!(
+        err.contains("operator.rbac.watchNamespaces lists 2 namespaces"),
+        "{err}"
+    );
+    let err = render()
+        .set("operator.rbac.watchNamespaces={a}")
+        .set("operator.watchNamespace=b")
+        .template()
+        .expect_err("both values");
+    assert!(err.contains("not both"), "{err}");
 }
 
 #[test]
@@ -641,6 +730,15 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
     std::fs::create_dir(&api_dir).expect("mkdir");
     std::fs::write(api_dir.join("token"), b64(&api_token["data"]["token"]))
         .expect("write api token");
+    let admin_token = find(
+        &docs,
+        "Secret",
+        &format!("{RELEASE}-switchboard-admin-token"),
+    );
+    let admin_dir = dir.path().join("admin");
+    std::fs::create_dir(&admin_dir).expect("mkdir");
+    std::fs::write(admin_dir.join("token"), b64(&admin_token["data"]["token"]))
+        .expect("write admin token");
     let remap = |a: &str| -> String {
         a.replace(
             "/etc/switchboard/control-tls",
@@ -653,6 +751,10 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
         .replace(
             "/etc/switchboard/call-api-token",
             &api_dir.display().to_string(),
+        )
+        .replace(
+            "/etc/switchboard/admin-token",
+            &admin_dir.display().to_string(),
         )
         .replace("$(NODE_IP)", "127.0.0.1")
         .replace("$(POD_IP)", "127.0.0.1")
@@ -756,6 +858,42 @@ async fn media_node_binary_accepts_the_rendered_arguments() {
     .await;
     let _ = operator.kill();
     let _ = operator.wait();
+
+    // The rendered preStop hook, run as the kubelet would (in the container,
+    // with its environment): the node drains.
+    let c = containers(d)[0];
+    let hook: Vec<String> = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .expect("exec hook")
+        .iter()
+        .map(|v| remap(v.as_str().expect("string")))
+        .collect();
+    let bind = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SWITCHBOARD_HTTP_BIND")
+        .and_then(|e| e["value"].as_str())
+        .map(remap)
+        .expect("SWITCHBOARD_HTTP_BIND");
+    assert_eq!(hook[0], "switchboard-media-node");
+    let out = std::process::Command::new(binary("switchboard-media-node"))
+        .args(&hook[1..])
+        .env("SWITCHBOARD_HTTP_BIND", &bind)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the preStop hook");
+    assert!(
+        out.status.success(),
+        "preStop hook failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the preStop hook to drain the node",
+        Duration::from_secs(10),
+        status_is("503"),
+    )
+    .await;
 }
 
 async fn http_get(addr: &str, path: &str) -> Result<String, String> {

@@ -1,7 +1,7 @@
 //! Graceful drain of the real media-node binary: SIGTERM with calls in progress (they run to
 //! their own BYE, then the process exits 0), a short grace period (the node ends what is left
-//! with BYE, the callers answer 200), `GET /drain` (the Helm preStop hook: draining without
-//! exiting), and the unauthenticated `/debug/*` routes being off unless `--debug-routes`.
+//! with BYE, the callers answer 200), `POST /drain` from loopback (the Helm preStop hook:
+//! draining without exiting), and the unauthenticated `/debug/*` routes being off unless `--debug-routes`.
 //!
 //! Inbound calls are bridged to a real WebSocket test agent (the node connects to the number's
 //! agent before answering), and SIPp plays the carrier.
@@ -226,7 +226,10 @@ async fn drain_endpoint_drains_without_exiting() {
     let call = long_call(node.sip, 4000);
     wait_metric(&node, ANSWERED, 1.0, Duration::from_secs(15)).await;
 
-    let (status, body) = node.http("GET", "/drain", None).await.expect("GET /drain");
+    let (status, body) = node
+        .http("POST", "/drain", None)
+        .await
+        .expect("POST /drain");
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(body["draining"], true, "{body}");
@@ -242,7 +245,10 @@ async fn drain_endpoint_drains_without_exiting() {
     assert_draining(&node).await;
     assert!(node.is_running(), "/drain alone never exits the process");
     // A second /drain is harmless.
-    let (status, _) = node.http("GET", "/drain", None).await.expect("GET /drain");
+    let (status, _) = node
+        .http("POST", "/drain", None)
+        .await
+        .expect("POST /drain");
     assert_eq!(status, 200);
 
     // SIGTERM afterwards: nothing left, so the node exits 0.

@@ -8,20 +8,18 @@
 //! what the node sends can be asserted. Expectations come from RFC 3550/3551/4733, G.711 and the
 //! protocol document, with independent reference code here (G.711 decoding, RTP parsing).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchboard_tests::agent::TestAgent;
 use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::phone::{
+    FRAME, Phone, Rtp, assert_continuous_50pps, rtp_packet, ulaw_pattern,
+};
 use switchboard_tests::sipp::{Sipp, SippRun};
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 const NUMBER: &str = "15550001111";
-const FRAME: usize = 160;
 
 // ------------------------------------------------------------------------------------------
 // Reference G.711 (ITU-T G.711 / the classic Sun reference), independent of the node's tables.
@@ -95,17 +93,6 @@ fn close(a: i32, b: i32) -> bool {
     (a - b).abs() <= (a.abs().max(b.abs()) / 8).max(48)
 }
 
-/// `frames` frames of a recognisable μ-law signal that never contains 0xFF (silence), so it
-/// can be found in a stream padded with silence.
-fn ulaw_pattern(frames: usize, seed: u32) -> Vec<u8> {
-    (0..frames * FRAME)
-        .map(|i| {
-            let x = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8;
-            if x == 0xFF || x == 0x7F { 0x80 } else { x }
-        })
-        .collect()
-}
-
 /// A loud sine as μ-law (for the PCMA test, where values must survive transcoding).
 fn ulaw_sine(frames: usize, hz: f64) -> Vec<u8> {
     (0..frames * FRAME)
@@ -115,56 +102,6 @@ fn ulaw_sine(frames: usize, hz: f64) -> Vec<u8> {
             if u == 0xFF { 0xFE } else { u }
         })
         .collect()
-}
-
-// ------------------------------------------------------------------------------------------
-// RTP on the wire (RFC 3550 5.1), parsed here independently of the node.
-
-#[derive(Debug, Clone)]
-struct Rtp {
-    at: Instant,
-    from: SocketAddr,
-    marker: bool,
-    pt: u8,
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    payload: Vec<u8>,
-}
-
-fn parse_rtp(b: &[u8], at: Instant, from: SocketAddr) -> Option<Rtp> {
-    if b.len() < 12 || b[0] >> 6 != 2 {
-        return None;
-    }
-    let cc = (b[0] & 0x0F) as usize;
-    let mut off = 12 + 4 * cc;
-    if b[0] & 0x10 != 0 {
-        let len = u16::from_be_bytes([*b.get(off + 2)?, *b.get(off + 3)?]) as usize;
-        off += 4 + 4 * len;
-    }
-    let mut end = b.len();
-    if b[0] & 0x20 != 0 {
-        end -= *b.last()? as usize;
-    }
-    Some(Rtp {
-        at,
-        from,
-        marker: b[1] & 0x80 != 0,
-        pt: b[1] & 0x7F,
-        seq: u16::from_be_bytes([b[2], b[3]]),
-        ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        ssrc: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-        payload: b.get(off..end)?.to_vec(),
-    })
-}
-
-fn rtp_packet(marker: bool, pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, (pt & 0x7F) | if marker { 0x80 } else { 0 }];
-    p.extend(seq.to_be_bytes());
-    p.extend(ts.to_be_bytes());
-    p.extend(ssrc.to_be_bytes());
-    p.extend(payload);
-    p
 }
 
 /// A pcap (Ethernet/IPv4/UDP) of RTP packets 20 ms apart, for SIPp's `play_pcap_audio`.
@@ -214,228 +151,6 @@ fn write_pcap(path: &Path, pt: u8, payload: &[u8]) {
     }
     std::fs::write(path, out).expect("writing pcap");
 }
-
-// ------------------------------------------------------------------------------------------
-// The phone: the caller's RTP endpoint.
-
-enum PhoneCmd {
-    Audio(Vec<u8>),
-    Dtmf(u8),
-    /// Send nothing for this long (after the queued audio).
-    Pause(Duration),
-    Stop,
-}
-
-/// Sends RTP towards the node at 20 ms pace (queued audio, RFC 4733 events, silence otherwise)
-/// once the node's first packet told it where the node is (symmetric RTP), and records every
-/// packet the node sends.
-struct Phone {
-    port: u16,
-    received: Arc<Mutex<Vec<Rtp>>>,
-    cmd: mpsc::UnboundedSender<PhoneCmd>,
-    last_sent: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Phone {
-    /// `silence`: the byte of silence in the call's codec.
-    async fn start(pt: u8, silence: u8) -> Phone {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind phone"));
-        let port = sock.local_addr().expect("addr").port();
-        let received: Arc<Mutex<Vec<Rtp>>> = Arc::default();
-        let rec = received.clone();
-        let rx_sock = sock.clone();
-        let (node_tx, mut node_rx) = mpsc::unbounded_channel::<SocketAddr>();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let mut told = false;
-            while let Ok((n, from)) = rx_sock.recv_from(&mut buf).await {
-                // RTCP (payload types 200-204 in the second octet) is not audio.
-                if n >= 2 && (200..=204).contains(&buf[1]) {
-                    continue;
-                }
-                if let Some(p) = parse_rtp(&buf[..n], Instant::now(), from) {
-                    rec.lock().expect("lock").push(p);
-                    if !told {
-                        told = node_tx.send(from).is_ok();
-                    }
-                }
-            }
-        });
-        let (cmd, mut cmds) = mpsc::unbounded_channel();
-        let last_sent: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let last = last_sent.clone();
-        tokio::spawn(async move {
-            let Some(node) = node_rx.recv().await else {
-                return;
-            };
-            // The stream starts with the test's first command, so that what the agent hears
-            // starts with what the test sent (no leading silence to account for).
-            let first_cmd = cmds.recv().await;
-            let ssrc = 0x0ca1_1e45u32;
-            let (mut seq, mut ts) = (7000u16, 160_000u32);
-            let mut queue: std::collections::VecDeque<u8> = Default::default();
-            let mut dtmf: std::collections::VecDeque<u8> = Default::default();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut first = true;
-            let mut pause: Option<Duration> = None;
-            match first_cmd {
-                Some(PhoneCmd::Audio(a)) => queue.extend(a),
-                Some(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
-                Some(PhoneCmd::Pause(d)) => pause = Some(d),
-                Some(PhoneCmd::Stop) | None => return,
-            }
-            loop {
-                tick.tick().await;
-                loop {
-                    match cmds.try_recv() {
-                        Ok(PhoneCmd::Audio(a)) => queue.extend(a),
-                        Ok(PhoneCmd::Dtmf(ev)) => dtmf.push_back(ev),
-                        Ok(PhoneCmd::Pause(d)) => pause = Some(d),
-                        Ok(PhoneCmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                    }
-                }
-                if queue.is_empty()
-                    && let Some(d) = pause.take()
-                {
-                    tokio::time::sleep(d).await;
-                    tick.reset();
-                    ts = ts.wrapping_add((d.as_millis() as u32) * 8);
-                    continue;
-                }
-                // Key presses follow the audio queued before them.
-                if let Some(ev) = queue.is_empty().then(|| dtmf.pop_front()).flatten() {
-                    // RFC 4733: 5 packets 20 ms apart with growing duration, then the end packet
-                    // three times, all with the event's start timestamp; audio time moves on.
-                    let start_ts = ts;
-                    for k in 1..=5u16 {
-                        let body = [ev, 10, ((k * 160) >> 8) as u8, (k * 160) as u8];
-                        let p = rtp_packet(k == 1, 101, seq, start_ts, ssrc, &body);
-                        let _ = sock.send_to(&p, node).await;
-                        seq = seq.wrapping_add(1);
-                        ts = ts.wrapping_add(160);
-                        tick.tick().await;
-                    }
-                    for _ in 0..3 {
-                        let body = [ev, 0x80 | 10, (960u16 >> 8) as u8, 960u16 as u8];
-                        let p = rtp_packet(false, 101, seq, start_ts, ssrc, &body);
-                        let _ = sock.send_to(&p, node).await;
-                        seq = seq.wrapping_add(1);
-                    }
-                    *last.lock().expect("lock") = Some(Instant::now());
-                    continue;
-                }
-                let mut frame = [silence; FRAME];
-                for b in frame.iter_mut() {
-                    match queue.pop_front() {
-                        Some(x) => *b = x,
-                        None => break,
-                    }
-                }
-                let p = rtp_packet(first, pt, seq, ts, ssrc, &frame);
-                first = false;
-                let _ = sock.send_to(&p, node).await;
-                *last.lock().expect("lock") = Some(Instant::now());
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(160);
-            }
-        });
-        Phone {
-            port,
-            received,
-            cmd,
-            last_sent,
-        }
-    }
-
-    fn send_audio(&self, bytes: &[u8]) {
-        let _ = self.cmd.send(PhoneCmd::Audio(bytes.to_vec()));
-    }
-
-    fn send_dtmf(&self, digit: char) {
-        let ev = match digit {
-            '0'..='9' => digit as u8 - b'0',
-            '*' => 10,
-            '#' => 11,
-            _ => panic!("not a DTMF digit"),
-        };
-        let _ = self.cmd.send(PhoneCmd::Dtmf(ev));
-    }
-
-    fn pause(&self, d: Duration) {
-        let _ = self.cmd.send(PhoneCmd::Pause(d));
-    }
-
-    fn stop(&self) {
-        let _ = self.cmd.send(PhoneCmd::Stop);
-    }
-
-    fn last_sent(&self) -> Option<Instant> {
-        *self.last_sent.lock().expect("lock")
-    }
-
-    fn packets(&self) -> Vec<Rtp> {
-        self.received.lock().expect("lock").clone()
-    }
-
-    async fn wait_packets(&self, what: &str, within: Duration, check: impl Fn(&[Rtp]) -> bool) {
-        let deadline = Instant::now() + within;
-        loop {
-            let p = self.packets();
-            if check(&p) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for {what}; phone got {} packets",
-                p.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Asserts RFC 3550 continuity of the node's stream: one SSRC, sequence numbers +1 and
-/// timestamps +160 from packet to packet, and 50 packets per second.
-fn assert_continuous_50pps(pkts: &[Rtp], pt: u8) {
-    assert!(
-        pkts.len() >= 50,
-        "need at least a second of packets, got {}",
-        pkts.len()
-    );
-    let ssrc = pkts[0].ssrc;
-    assert!(
-        pkts[0].marker,
-        "the first packet starts a talkspurt (marker bit)"
-    );
-    for w in pkts.windows(2) {
-        assert_eq!(
-            w[1].from, w[0].from,
-            "one source address (symmetric RTP: our RTP port)"
-        );
-        assert_eq!(w[1].ssrc, ssrc, "one SSRC");
-        assert_eq!(w[1].pt, pt, "payload type");
-        assert_eq!(w[1].payload.len(), FRAME, "20 ms per packet");
-        assert_eq!(
-            w[1].seq,
-            w[0].seq.wrapping_add(1),
-            "sequence numbers continuous"
-        );
-        assert_eq!(
-            w[1].ts,
-            w[0].ts.wrapping_add(160),
-            "timestamps advance 160 per packet"
-        );
-    }
-    let span = pkts[pkts.len() - 1].at - pkts[0].at;
-    let rate = (pkts.len() - 1) as f64 / span.as_secs_f64();
-    assert!(
-        (47.0..=53.0).contains(&rate),
-        "50 packets per second, got {rate:.2} over {span:?}"
-    );
-}
-
 // ------------------------------------------------------------------------------------------
 // Configuration and SIPp helpers.
 

@@ -111,6 +111,14 @@ Where the control-channel TLS material and token are mounted in both containers.
 /etc/switchboard/call-api-token
 {{- end }}
 
+{{- define "switchboard.adminToken.secretName" -}}
+{{- default (printf "%s-admin-token" (include "switchboard.fullname" .)) .Values.adminToken.existingSecret }}
+{{- end }}
+
+{{- define "switchboard.adminToken.mountPath" -}}
+/etc/switchboard/admin-token
+{{- end }}
+
 {{- define "switchboard.controlToken.secretName" -}}
 {{- default (printf "%s-control-token" (include "switchboard.fullname" .)) .Values.controlToken.existingSecret }}
 {{- end }}
@@ -136,8 +144,17 @@ config: --config
 sipBind: --sip-bind
 # --advertise HOST[:PORT]: written into Via, Contact and SDP.
 advertise: --advertise
-# --http-bind ADDR:PORT: /metrics /healthz /readyz.
+# --http-bind ADDR:PORT: /metrics /healthz /readyz, POST /drain.
 httpBind: --http-bind
+# --admin-token-file FILE: the bearer token POST /drain needs from outside
+# the pod's loopback.
+adminTokenFile: --admin-token-file
+# --send-drain: the preStop hook's client (POST /drain with the admin token
+# to the node at $SWITCHBOARD_HTTP_BIND, then exit).
+sendDrain: --send-drain
+# --egress-allow CIDR (repeatable): networks agent URLs and webhooks may
+# reach although the egress guard refuses them by default.
+egressAllow: --egress-allow
 # --rtp-ports START-END.
 rtpPorts: --rtp-ports
 # --max-calls N: 503 above it.
@@ -178,6 +195,22 @@ noDeletionCost: --no-deletion-cost
 {{- end }}
 
 {{/*
+The namespaces the operator is limited to (Roles there instead of a
+ClusterRole), as a JSON list: operator.rbac.watchNamespaces, else
+operator.watchNamespace, else none (cluster-wide).
+*/}}
+{{- define "switchboard.operator.watchNamespaces" -}}
+{{- $op := .Values.operator }}
+{{- if $op.rbac.watchNamespaces }}
+{{- toJson $op.rbac.watchNamespaces }}
+{{- else if $op.watchNamespace }}
+{{- toJson (list $op.watchNamespace) }}
+{{- else }}
+{{- toJson (list) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Cross-field checks the JSON schema cannot express; each names the values.
 */}}
 {{- define "switchboard.validate" -}}
@@ -188,6 +221,13 @@ Cross-field checks the JSON schema cannot express; each names the values.
 {{- $mn := .Values.mediaNode }}
 {{- if ge (int $mn.rtp.portMin) (int $mn.rtp.portMax) }}
 {{- fail (printf "mediaNode.rtp.portMin (%d) must be below mediaNode.rtp.portMax (%d)" (int $mn.rtp.portMin) (int $mn.rtp.portMax)) }}
+{{- end }}
+{{- $rbac := .Values.operator.rbac }}
+{{- if and $op.watchNamespace $rbac.watchNamespaces }}
+{{- fail "set operator.watchNamespace or operator.rbac.watchNamespaces, not both" }}
+{{- end }}
+{{- if gt (len $rbac.watchNamespaces) 1 }}
+{{- fail (printf "operator.rbac.watchNamespaces lists %d namespaces, but switchboard-operator watches one namespace (--namespace) or all of them: list one namespace, or leave it empty for cluster-wide access" (len $rbac.watchNamespaces)) }}
 {{- end }}
 {{- $ports := list (int $mn.sip.port) (int $mn.adminPort) (int $mn.callApiPort) (int $mn.controlPort) }}
 {{- range $p := $ports }}

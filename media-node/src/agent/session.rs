@@ -10,27 +10,167 @@
 //! The media path never waits for the agent: it pushes caller frames with `try_send` (a full
 //! channel drops the frame and counts it) and takes playout frames under a short, never-awaited
 //! lock.
+//!
+//! The agent is not trusted with the node's memory ([`AgentLimits`]): WebSocket messages and
+//! frames are bounded (a larger one closes the session with 1009), marks held per call and mark
+//! names are bounded (excess is refused and counted; an agent that keeps exceeding has its
+//! session closed with 1008), media payloads decode in fixed steps straight into the bounded
+//! playout queue (overflow counted). A session closed for its limits ends the call as an agent
+//! disconnect does. A bearer token is never sent over plain `ws://` except to loopback.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use prometheus::IntCounter;
 use thiserror::Error;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::twilio::{AgentEvent, StreamIds, StreamWriter, parse_agent_message};
-use crate::media::playout::{FRAME_BYTES, FrameFill, PlayoutQueue};
+use super::twilio::{AgentEvent, StreamIds, StreamWriter, decode_payload, parse_agent_message};
+use crate::media::playout::{DEFAULT_MAX_MARKS, FRAME_BYTES, FrameFill, PlayoutQueue};
 
 /// Default bound on opening the WebSocket (TCP, TLS and HTTP upgrade together).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caller events the session may have outstanding before the media path starts dropping.
 pub const CALLER_CHANNEL_CAPACITY: usize = 64;
+/// Default bound on one WebSocket message (and frame) from the agent. Twilio media messages
+/// are about 300 bytes; 256 KiB holds a media message of 24 s of audio. Frames get the same
+/// bound because nearly every client sends a message as one frame: a smaller frame bound
+/// would be the real message bound.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Default bound on a mark name (Twilio's are short labels).
+pub const DEFAULT_MAX_MARK_NAME_BYTES: usize = 256;
+/// Default number of refused messages (over a mark limit) a session tolerates before it is
+/// closed: a well-behaved agent never reaches any limit, so this many is persistence, not an
+/// edge case.
+pub const DEFAULT_MAX_VIOLATIONS: u64 = 100;
+/// How long closing a session for its limits may take (stop, close frame, and reading what
+/// the agent still sends so the close frame is not lost to a TCP reset).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Longest close reason (a close frame's payload is at most 125 bytes with the code).
+const MAX_CLOSE_REASON: usize = 120;
+
+/// Label values of `switchboard_agent_limit_exceeded_total{limit}`.
+pub mod limit {
+    /// A mark refused because the call held the maximum of pending marks.
+    pub const PENDING_MARKS: &str = "pending_marks";
+    /// A mark refused because its name was too long.
+    pub const MARK_NAME: &str = "mark_name";
+    /// A WebSocket message or frame over the size bound (closes the session).
+    pub const MESSAGE_SIZE: &str = "message_size";
+    /// A media message whose audio did not all fit in the playout queue (the rest dropped).
+    pub const PLAYOUT_QUEUE: &str = "playout_queue";
+}
+
+/// Label values of `switchboard_agent_messages_ignored_total{reason}`.
+pub mod ignored {
+    /// An `event` the node does not handle.
+    pub const UNKNOWN_EVENT: &str = "unknown_event";
+    /// Not JSON, or missing what its event needs, or bad base64.
+    pub const MALFORMED: &str = "malformed";
+    /// A binary frame (the protocol is text).
+    pub const BINARY: &str = "binary";
+}
+
+/// What an agent may make the node hold for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Largest WebSocket message and frame accepted from the agent, in bytes.
+    pub max_message_bytes: usize,
+    /// Marks held per call (waiting for their audio, or completed and not yet echoed).
+    pub max_pending_marks: usize,
+    /// Longest mark name, in bytes.
+    pub max_mark_name_bytes: usize,
+    /// Refused messages tolerated before the session is closed.
+    pub max_violations: u64,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_pending_marks: DEFAULT_MAX_MARKS,
+            max_mark_name_bytes: DEFAULT_MAX_MARK_NAME_BYTES,
+            max_violations: DEFAULT_MAX_VIOLATIONS,
+        }
+    }
+}
+
+/// Where a session counts what it refused or ignored: Prometheus counters resolved once, so
+/// counting is an atomic add. [`LimitCounters::default`] counts into unregistered counters.
+#[derive(Clone)]
+pub struct LimitCounters {
+    /// Marks refused: too many pending.
+    pub pending_marks: IntCounter,
+    /// Marks refused: name too long.
+    pub mark_name: IntCounter,
+    /// Messages or frames over the size bound.
+    pub message_size: IntCounter,
+    /// Media messages that overflowed the playout queue.
+    pub playout_queue: IntCounter,
+    /// Bytes of agent audio dropped because the playout queue was full.
+    pub playout_overflow_bytes: IntCounter,
+    /// Messages with an unknown event.
+    pub unknown_event: IntCounter,
+    /// Malformed messages.
+    pub malformed: IntCounter,
+    /// Binary frames.
+    pub binary: IntCounter,
+}
+
+impl LimitCounters {
+    /// Counters from the node's metric families: `exceeded` by `limit`, `ignored` by
+    /// `reason`, and the overflow byte counter.
+    pub fn new(
+        exceeded: &prometheus::IntCounterVec,
+        ignored_messages: &prometheus::IntCounterVec,
+        playout_overflow_bytes: &IntCounter,
+    ) -> Self {
+        let e = |l: &str| exceeded.with_label_values(&[l]);
+        let i = |r: &str| ignored_messages.with_label_values(&[r]);
+        LimitCounters {
+            pending_marks: e(limit::PENDING_MARKS),
+            mark_name: e(limit::MARK_NAME),
+            message_size: e(limit::MESSAGE_SIZE),
+            playout_queue: e(limit::PLAYOUT_QUEUE),
+            playout_overflow_bytes: playout_overflow_bytes.clone(),
+            unknown_event: i(ignored::UNKNOWN_EVENT),
+            malformed: i(ignored::MALFORMED),
+            binary: i(ignored::BINARY),
+        }
+    }
+}
+
+impl Default for LimitCounters {
+    fn default() -> Self {
+        // A fixed, valid name: creating the counter cannot fail.
+        let c = || {
+            IntCounter::new("switchboard_unregistered", "not exported")
+                .unwrap_or_else(|e| panic!("static counter definition: {e}"))
+        };
+        LimitCounters {
+            pending_marks: c(),
+            mark_name: c(),
+            message_size: c(),
+            playout_queue: c(),
+            playout_overflow_bytes: c(),
+            unknown_event: c(),
+            malformed: c(),
+            binary: c(),
+        }
+    }
+}
 
 /// Where and how to reach the agent.
 #[derive(Clone)]
@@ -43,18 +183,26 @@ pub struct AgentTarget {
     pub connect_timeout: Duration,
     /// TLS settings for wss://; None uses the OS trust store (Mozilla roots as fallback).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Which addresses the URL may resolve to (the bridge always sets it; None connects
+    /// unchecked, for in-process tests).
+    pub egress: Option<crate::egress::Egress>,
+    /// What the agent may make the node hold.
+    pub limits: AgentLimits,
+    /// Where refusals are counted.
+    pub counters: LimitCounters,
 }
 
 impl std::fmt::Debug for AgentTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the token.
+        // Never print the token, nor what in the URL may carry one.
         f.debug_struct("AgentTarget")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -67,19 +215,38 @@ impl AgentTarget {
             bearer_token,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tls: None,
+            egress: None,
+            limits: AgentLimits::default(),
+            counters: LimitCounters::default(),
         }
     }
+}
+
+/// True for hosts that are this machine: `localhost`, 127.0.0.0/8, ::1 (also IPv4-mapped).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Why the agent could not be reached.
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    /// The URL is not a usable ws:// or wss:// URL.
+    /// The URL is not a usable ws:// or wss:// URL (the text is redacted).
     #[error("invalid agent URL: {0}")]
     InvalidUrl(String),
     /// The token cannot be sent as a header value.
     #[error("agent token is not a valid header value")]
     InvalidToken,
+    /// A bearer token would travel in clear text: plain ws:// to a host that is not loopback.
+    #[error(
+        "refusing to send the agent's bearer token over plain ws:// to {host} (not loopback): use wss://"
+    )]
+    InsecureToken {
+        /// The agent's host.
+        host: String,
+    },
     /// No answer within the connect timeout.
     #[error("agent did not answer within {0:?}")]
     Timeout(Duration),
@@ -94,6 +261,9 @@ pub enum ConnectError {
     /// TCP or TLS failure (refused, unreachable, certificate).
     #[error("agent connection failed: {0}")]
     Transport(String),
+    /// The egress guard refused the addresses the URL resolves to.
+    #[error("agent {0}")]
+    Refused(crate::egress::EgressError),
 }
 
 /// What the call's media path sends to the session.
@@ -127,6 +297,14 @@ pub enum SessionEnd {
     },
     /// The connection failed mid-call (reset, TLS or protocol violation).
     Transport(String),
+    /// We closed it: the agent went over a limit (an oversized message at once, or refused
+    /// messages beyond [`AgentLimits::max_violations`]).
+    LimitExceeded {
+        /// Which limit ([`limit`] label value).
+        limit: &'static str,
+        /// The reason sent in the close frame and logged.
+        reason: String,
+    },
 }
 
 /// Counters of one session.
@@ -146,6 +324,12 @@ pub struct SessionStats {
     pub malformed_frames: u64,
     /// Binary frames from the agent (ignored; the protocol is text).
     pub binary_frames: u64,
+    /// Marks refused (too many pending, or name too long).
+    pub marks_refused: u64,
+    /// Bytes of agent audio dropped because the playout queue was full.
+    pub overflow_bytes: u64,
+    /// Messages refused for a limit (the session closes past [`AgentLimits::max_violations`]).
+    pub limit_violations: u64,
 }
 
 /// The playout queue shared between the session (which fills it) and the media path (which
@@ -190,6 +374,8 @@ impl SharedPlayout {
 pub struct AgentSession {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     writer: StreamWriter,
+    limits: AgentLimits,
+    counters: LimitCounters,
 }
 
 impl std::fmt::Debug for AgentSession {
@@ -229,13 +415,21 @@ impl AgentSession {
     pub async fn connect(target: &AgentTarget, ids: StreamIds) -> Result<Self, ConnectError> {
         let scheme_ok = target.url.starts_with("ws://") || target.url.starts_with("wss://");
         if !scheme_ok {
-            return Err(ConnectError::InvalidUrl(target.url.clone()));
+            return Err(ConnectError::InvalidUrl(crate::redact::url(&target.url)));
         }
         let mut request = target
             .url
             .as_str()
             .into_client_request()
             .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
+        if target.bearer_token.is_some() && target.url.starts_with("ws://") {
+            let host = request.uri().host().unwrap_or_default();
+            if !is_loopback_host(host) {
+                return Err(ConnectError::InsecureToken {
+                    host: host.to_owned(),
+                });
+            }
+        }
         if let Some(token) = &target.bearer_token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| ConnectError::InvalidToken)?;
@@ -249,19 +443,26 @@ impl AgentSession {
         } else {
             Connector::Plain
         };
-        let connecting = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(ws_config()),
-            true,
-            Some(connector),
-        );
+        // TCP to an address the egress guard checked, then TLS and the upgrade on that socket.
+        let connecting = async {
+            let tcp = crate::egress::connect(target.egress.as_ref(), request.uri()).await?;
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                tcp,
+                Some(ws_config(&target.limits)),
+                Some(connector),
+            )
+            .await
+            .map_err(connect_error)
+        };
         let (ws, _response) = tokio::time::timeout(target.connect_timeout, connecting)
             .await
-            .map_err(|_| ConnectError::Timeout(target.connect_timeout))?
-            .map_err(connect_error)?;
+            .map_err(|_| ConnectError::Timeout(target.connect_timeout))??;
         Ok(AgentSession {
             ws,
             writer: StreamWriter::new(ids),
+            limits: target.limits,
+            counters: target.counters.clone(),
         })
     }
 
@@ -274,7 +475,7 @@ impl AgentSession {
         playout: Arc<SharedPlayout>,
     ) -> (SessionEnd, SessionStats) {
         let mut stats = SessionStats::default();
-        let mut audio = Vec::with_capacity(4096);
+        playout.lock().set_max_marks(self.limits.max_pending_marks);
         let end = 'session: {
             let connected = self.writer.connected().to_owned();
             if let Err(e) = self.ws.send(Message::text(connected)).await {
@@ -314,21 +515,45 @@ impl AgentSession {
                     incoming = self.ws.next() => {
                         let msg = match incoming {
                             None => break 'session SessionEnd::AgentClosed { code: None, reason: String::new() },
+                            Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                                // The stream cannot be resynchronised after an oversized frame.
+                                self.counters.message_size.inc();
+                                stats.limit_violations += 1;
+                                let reason = format!("message of {size} bytes over the limit of {max_size} bytes");
+                                break 'session self.close_for_limit(limit::MESSAGE_SIZE, CloseCode::Size, reason).await;
+                            }
                             Some(Err(e)) => break 'session transport_end(e),
                             Some(Ok(m)) => m,
                         };
                         match msg {
                             Message::Text(text) => {
-                                let sent = match apply_agent_text(text.as_str(), &mut audio, &playout, &mut stats) {
+                                let after = apply_agent_text(text.as_str(), &playout, &self.limits, &self.counters, &mut stats);
+                                drop(text);
+                                let sent = match after {
                                     AfterAgentFrame::Nothing => Ok(()),
                                     AfterAgentFrame::EchoDone => self.send_done_marks(&playout, &mut stats).await,
                                     AfterAgentFrame::EchoCleared(marks) => self.send_marks(marks, &mut stats).await,
+                                    AfterAgentFrame::Refused(what) => {
+                                        stats.limit_violations += 1;
+                                        if stats.limit_violations > self.limits.max_violations {
+                                            let reason = format!(
+                                                "{} messages over the node's limits (last: {})",
+                                                stats.limit_violations,
+                                                describe(what, &self.limits)
+                                            );
+                                            break 'session self.close_for_limit(what, CloseCode::Policy, reason).await;
+                                        }
+                                        Ok(())
+                                    }
                                 };
                                 if let Err(e) = sent {
                                     break 'session transport_end(e);
                                 }
                             }
-                            Message::Binary(_) => stats.binary_frames += 1,
+                            Message::Binary(_) => {
+                                stats.binary_frames += 1;
+                                self.counters.binary.inc();
+                            }
                             Message::Close(frame) => {
                                 let (code, reason) = frame
                                     .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
@@ -380,6 +605,47 @@ impl AgentSession {
         Ok(())
     }
 
+    /// Ends the session because the agent went over a limit: `stop`, a close frame with
+    /// `code` and `reason`, then whatever the agent still sends is read and discarded until it
+    /// closes, so that the close frame is not lost to a TCP reset. All of it within
+    /// [`CLOSE_GRACE`]: an agent that stops reading cannot hold the session open.
+    async fn close_for_limit(
+        &mut self,
+        limit: &'static str,
+        code: CloseCode,
+        mut reason: String,
+    ) -> SessionEnd {
+        truncate_at_char(&mut reason, MAX_CLOSE_REASON);
+        tracing::warn!(
+            call_id = %self.writer.ids().call_sid,
+            limit,
+            reason = %reason,
+            "closing agent session: the agent went over the node's limits"
+        );
+        let stop = self.writer.stop().to_owned();
+        let frame = CloseFrame {
+            code,
+            reason: reason.clone().into(),
+        };
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+            let _ = ws.send(Message::text(stop)).await;
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            // Past this point tungstenite's framing is of no use (it may be mid-way through an
+            // oversized frame): read raw bytes into a small buffer until the agent closes.
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = ws.get_mut().read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        SessionEnd::LimitExceeded { limit, reason }
+    }
+
     async fn finish(&mut self) -> SessionEnd {
         let stop = self.writer.stop().to_owned();
         if let Err(e) = self.ws.send(Message::text(stop)).await {
@@ -398,24 +664,82 @@ enum AfterAgentFrame {
     EchoDone,
     /// A clear returned these marks, in order: echo them.
     EchoCleared(Vec<String>),
+    /// The message was refused for this limit (counted already).
+    Refused(&'static str),
+}
+
+/// A limit in words, for a close reason.
+fn describe(what: &str, limits: &AgentLimits) -> String {
+    match what {
+        limit::PENDING_MARKS => format!("more than {} pending marks", limits.max_pending_marks),
+        limit::MARK_NAME => format!("mark name longer than {} bytes", limits.max_mark_name_bytes),
+        other => other.to_owned(),
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// At most `max` bytes of `s`, on a character boundary (agent text in debug logs).
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Applies one agent text frame to the playout queue.
 fn apply_agent_text(
     text: &str,
-    audio: &mut Vec<u8>,
     playout: &SharedPlayout,
+    limits: &AgentLimits,
+    counters: &LimitCounters,
     stats: &mut SessionStats,
 ) -> AfterAgentFrame {
-    match parse_agent_message(text, audio) {
-        Ok(AgentEvent::Media) => {
-            stats.media_received += 1;
-            playout.lock().push_audio(audio);
+    match parse_agent_message(text) {
+        Ok(AgentEvent::Media { payload }) => {
+            let mut dropped = 0u64;
+            // Lock per decoded piece (a few KiB): the media path never waits long.
+            let decoded = decode_payload(&payload, |piece| {
+                let accepted = playout.lock().push_audio(piece);
+                dropped += (piece.len() - accepted) as u64;
+            });
+            if dropped > 0 {
+                stats.overflow_bytes += dropped;
+                counters.playout_queue.inc();
+                counters.playout_overflow_bytes.inc_by(dropped);
+            }
+            match decoded {
+                Ok(_) => stats.media_received += 1,
+                Err(e) => {
+                    stats.malformed_frames += 1;
+                    counters.malformed.inc();
+                    tracing::debug!(error = %e, "agent media payload is not valid base64");
+                }
+            }
             AfterAgentFrame::Nothing
         }
         Ok(AgentEvent::Mark { name }) => {
+            if name.len() > limits.max_mark_name_bytes {
+                stats.marks_refused += 1;
+                counters.mark_name.inc();
+                return AfterAgentFrame::Refused(limit::MARK_NAME);
+            }
             let mut q = playout.lock();
-            q.push_mark(name.into_owned());
+            if !q.push_mark(name.into_owned()) {
+                stats.marks_refused += 1;
+                counters.pending_marks.inc();
+                return AfterAgentFrame::Refused(limit::PENDING_MARKS);
+            }
             if q.done_marks() > 0 {
                 AfterAgentFrame::EchoDone
             } else {
@@ -425,11 +749,13 @@ fn apply_agent_text(
         Ok(AgentEvent::Clear) => AfterAgentFrame::EchoCleared(playout.lock().clear()),
         Ok(AgentEvent::Unknown { event }) => {
             stats.unknown_events += 1;
-            tracing::debug!(event = %event, "ignoring unknown agent event");
+            counters.unknown_event.inc();
+            tracing::debug!(event = %clip(&event, 64), "ignoring unknown agent event");
             AfterAgentFrame::Nothing
         }
         Err(e) => {
             stats.malformed_frames += 1;
+            counters.malformed.inc();
             tracing::debug!(error = %e, "ignoring malformed agent frame");
             AfterAgentFrame::Nothing
         }
@@ -471,14 +797,17 @@ pub fn caller_channel() -> (mpsc::Sender<CallerEvent>, mpsc::Receiver<CallerEven
 /// WebSocket buffers sized for one call's audio: tungstenite's defaults
 /// (128 KiB each way) would cost more memory per call than everything else
 /// in the call together. Messages larger than a buffer still work; the
-/// bounds keep a hostile or stuck agent from growing memory without limit.
-fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+/// bounds keep a hostile or stuck agent from growing memory without limit
+/// (tungstenite reserves a frame's full length once it has read its header,
+/// so the frame bound is also what one announced frame can make us allocate).
+fn ws_config(limits: &AgentLimits) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = limits.max_message_bytes.max(1024);
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
-        .max_message_size(Some(8 * 1024 * 1024))
-        .max_frame_size(Some(8 * 1024 * 1024))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 #[cfg(test)]
@@ -801,10 +1130,283 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_token() {
-        let t = AgentTarget::new("wss://agent.example/ws", Some("topsecret".into()));
+        let t = AgentTarget::new(
+            "wss://user:urlsecret@agent.example/ws?token=urlsecret",
+            Some("topsecret".into()),
+        );
         let s = format!("{t:?}");
         assert!(!s.contains("topsecret"));
+        assert!(!s.contains("urlsecret"), "{s}");
+        assert!(s.contains("wss://agent.example/ws"), "{s}");
         assert!(s.contains("redacted"));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LocalHost",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "10.0.0.1",
+            "agent.example.com",
+            "localhost.example.com",
+            "[::2]",
+            "0.0.0.0",
+            "",
+            "128.0.0.1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bearer_token_is_never_sent_over_plain_ws_to_a_remote_host() {
+        // Refused before any connection is attempted (these hosts are never contacted).
+        for url in [
+            "ws://agent.example.com/media",
+            "ws://10.1.2.3:8080/a?x=1",
+            "ws://[2001:db8::1]/a",
+            "ws://user:pw@agent.example.com/a",
+        ] {
+            let err =
+                AgentSession::connect(&AgentTarget::new(url, Some("Zq9-secret".into())), ids())
+                    .await
+                    .expect_err("refused");
+            match &err {
+                ConnectError::InsecureToken { host } => {
+                    assert!(!host.is_empty() && !host.contains("pw"), "{host}");
+                }
+                other => panic!("{url}: unexpected {other:?}"),
+            }
+            let text = err.to_string();
+            assert!(text.contains("wss://") && !text.contains("Zq9"), "{text}");
+        }
+        // Loopback ws:// with a token stays allowed (local agents, tests, the demo).
+        let (url, server) = agent_server().await;
+        let url = url.replace("127.0.0.1", "localhost");
+        let session =
+            AgentSession::connect(&AgentTarget::new(url, Some("tok".into())), ids()).await;
+        assert!(session.is_ok(), "{session:?}");
+        let (_agent, auth) = server.await.expect("server");
+        assert_eq!(auth.as_deref(), Some("Bearer tok"));
+    }
+
+    #[tokio::test]
+    async fn invalid_url_errors_are_redacted() {
+        let err = AgentSession::connect(
+            &AgentTarget::new("http://user:s3cret@agent.example/p?token=s3cret", None),
+            ids(),
+        )
+        .await
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(matches!(err, ConnectError::InvalidUrl(_)));
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("http://agent.example/p"), "{text}");
+    }
+
+    /// Connects with `limits`, runs the session, and reads connected + start.
+    async fn limited_session(
+        limits: AgentLimits,
+    ) -> (
+        ServerWs,
+        Arc<SharedPlayout>,
+        mpsc::Sender<CallerEvent>,
+        LimitCounters,
+        tokio::task::JoinHandle<(SessionEnd, SessionStats)>,
+    ) {
+        let (url, server) = agent_server().await;
+        let mut target = AgentTarget::new(url, None);
+        target.limits = limits;
+        let counters = target.counters.clone();
+        let session = AgentSession::connect(&target, ids())
+            .await
+            .expect("connect");
+        let (mut agent, _) = server.await.expect("server");
+        let playout = SharedPlayout::new(16000);
+        let (tx, rx) = caller_channel();
+        let run = tokio::spawn(session.run(BTreeMap::new(), rx, playout.clone()));
+        recv_json(&mut agent).await;
+        recv_json(&mut agent).await;
+        (agent, playout, tx, counters, run)
+    }
+
+    /// Reads until the node's close frame: (code, reason).
+    async fn close_frame(ws: &mut ServerWs) -> (u16, String) {
+        loop {
+            match ws.next().await.expect("open").expect("frame") {
+                Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+                Message::Close(None) => panic!("close without a code"),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn marks_over_the_limit_are_refused_then_the_session_closes() {
+        let limits = AgentLimits {
+            max_pending_marks: 5,
+            max_mark_name_bytes: 16,
+            max_violations: 3,
+            ..AgentLimits::default()
+        };
+        let (mut agent, playout, _tx, counters, run) = limited_session(limits).await;
+        // Audio queued, so marks wait.
+        send(
+            &mut agent,
+            serde_json::json!({"event":"media","media":{"payload": BASE64.encode([1u8; 1600])}}),
+        )
+        .await;
+        for i in 0..5 {
+            send(
+                &mut agent,
+                serde_json::json!({"event":"mark","mark":{"name": format!("m{i}")}}),
+            )
+            .await;
+        }
+        // A name over 16 bytes, then one mark too many: refused, counted, session still open.
+        send(
+            &mut agent,
+            serde_json::json!({"event":"mark","mark":{"name": "n".repeat(17)}}),
+        )
+        .await;
+        send(
+            &mut agent,
+            serde_json::json!({"event":"mark","mark":{"name": "m5"}}),
+        )
+        .await;
+        send(
+            &mut agent,
+            serde_json::json!({"event":"mark","mark":{"name": "m6"}}),
+        )
+        .await;
+        // The session applies frames in order: once clear echoes, the above were applied.
+        send(&mut agent, serde_json::json!({"event":"clear"})).await;
+        let mut echoed = Vec::new();
+        while echoed.len() < 5 {
+            let m = recv_json(&mut agent).await;
+            assert_eq!(m["event"], "mark");
+            echoed.push(m["mark"]["name"].as_str().expect("name").to_owned());
+        }
+        assert_eq!(
+            echoed,
+            ["m0", "m1", "m2", "m3", "m4"],
+            "refused marks are not echoed"
+        );
+        assert_eq!(counters.mark_name.get(), 1);
+        assert_eq!(counters.pending_marks.get(), 2);
+        assert!(playout.lock().is_idle());
+        // A fourth violation closes the session with 1008 and a reason.
+        send(
+            &mut agent,
+            serde_json::json!({"event":"media","media":{"payload": BASE64.encode([1u8; 1600])}}),
+        )
+        .await;
+        for i in 0..6 {
+            send(
+                &mut agent,
+                serde_json::json!({"event":"mark","mark":{"name": format!("x{i}")}}),
+            )
+            .await;
+        }
+        let stop = recv_json(&mut agent).await;
+        assert_eq!(stop["event"], "stop");
+        let (code, reason) = close_frame(&mut agent).await;
+        assert_eq!(code, 1008);
+        assert_eq!(
+            reason,
+            "4 messages over the node's limits (last: more than 5 pending marks)"
+        );
+        let (end, stats) = run.await.expect("task");
+        assert_eq!(
+            end,
+            SessionEnd::LimitExceeded {
+                limit: limit::PENDING_MARKS,
+                reason
+            }
+        );
+        assert_eq!(stats.limit_violations, 4);
+        assert_eq!(stats.marks_refused, 4);
+        assert_eq!(counters.pending_marks.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_message_closes_with_1009() {
+        let limits = AgentLimits {
+            max_message_bytes: 4096,
+            ..AgentLimits::default()
+        };
+        let (mut agent, _playout, _tx, counters, run) = limited_session(limits).await;
+        // At the bound is fine.
+        let pad = "x".repeat(4096 - r#"{"event":"pad","p":""}"#.len());
+        agent
+            .send(Message::text(format!(r#"{{"event":"pad","p":"{pad}"}}"#)))
+            .await
+            .expect("send");
+        // Over it is not, however it is framed.
+        agent
+            .send(Message::text(format!(r#"{{"event":"pad","p":"{pad}x"}}"#)))
+            .await
+            .expect("send");
+        let stop = recv_json(&mut agent).await;
+        assert_eq!(stop["event"], "stop");
+        let (code, reason) = close_frame(&mut agent).await;
+        assert_eq!(code, 1009);
+        assert!(
+            reason.contains("4097") && reason.contains("4096"),
+            "{reason}"
+        );
+        let (end, stats) = run.await.expect("task");
+        assert!(
+            matches!(
+                end,
+                SessionEnd::LimitExceeded {
+                    limit: limit::MESSAGE_SIZE,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        assert_eq!(stats.unknown_events, 1, "the message at the bound was read");
+        assert_eq!(counters.message_size.get(), 1);
+        assert_eq!(counters.unknown_event.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn playout_overflow_is_counted_not_silent() {
+        let (mut agent, playout, _tx, counters, run) =
+            limited_session(AgentLimits::default()).await;
+        // The queue holds 16000 bytes; send 20000.
+        for _ in 0..2 {
+            send(&mut agent, serde_json::json!({"event":"media","media":{"payload": BASE64.encode([1u8; 10000])}})).await;
+        }
+        send(
+            &mut agent,
+            serde_json::json!({"event":"mark","mark":{"name":"after"}}),
+        )
+        .await;
+        // The mark is applied after both media messages.
+        while playout.lock().pending_marks() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(playout.lock().queued_bytes(), 16000);
+        assert_eq!(counters.playout_overflow_bytes.get(), 4000);
+        assert_eq!(counters.playout_queue.get(), 1);
+        agent.close(None).await.expect("close");
+        let (_, stats) = run.await.expect("task");
+        assert_eq!(stats.overflow_bytes, 4000);
+        assert_eq!(
+            stats.limit_violations, 0,
+            "overflow alone never closes the session"
+        );
     }
 
     #[test]

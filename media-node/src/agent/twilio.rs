@@ -8,7 +8,11 @@
 //! Agent -> node messages are parsed leniently by [`parse_agent_message`]: unknown fields are
 //! ignored, unknown events come back as [`AgentEvent::Unknown`] (the session counts and ignores
 //! them), and only a frame that is not JSON, has no `event`, or lacks what its event needs is an
-//! error — which the session also survives.
+//! error — which the session also survives. Nesting cannot overflow the stack: unknown fields
+//! are skipped without recursion (serde_json keeps one byte per level, bounded by the message
+//! size) and the fields we read have a fixed shape. A media
+//! payload is decoded by [`decode_payload`] in fixed steps into a stack buffer: no decode
+//! buffer grows with what an agent sends.
 //!
 //! The serde types [`NodeMessage`] describe the node's messages for tests and for anyone who needs
 //! to read them (an agent written in Rust, say).
@@ -349,8 +353,11 @@ fn write_json_string(out: &mut String, s: &str) {
 /// A message from the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEvent<'a> {
-    /// Audio: its decoded bytes were written into the caller's buffer.
-    Media,
+    /// Audio: `payload` is the base64 text, to be decoded with [`decode_payload`].
+    Media {
+        /// Base64 of μ-law.
+        payload: Cow<'a, str>,
+    },
     /// A mark to place in the playout queue.
     Mark {
         /// Mark name.
@@ -382,6 +389,43 @@ pub enum AgentProtocolError {
     BadBase64(#[from] base64::DecodeError),
 }
 
+/// Base64 characters decoded per step: whole 4-character quanta, so only the last step can
+/// carry padding.
+const DECODE_STEP: usize = 4096;
+/// Bytes one step decodes to at most.
+const DECODE_CHUNK: usize = DECODE_STEP / 4 * 3;
+
+/// Decodes a base64 media payload in fixed steps, handing each decoded piece to `sink` in
+/// order; returns the bytes decoded. Nothing is allocated. On invalid base64 the pieces before
+/// the bad step have already been handed over (an agent sending garbage hears part of it).
+pub fn decode_payload(
+    payload: &str,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<usize, AgentProtocolError> {
+    let mut buf = [0u8; DECODE_CHUNK];
+    let mut total = 0usize;
+    let bytes = payload.as_bytes();
+    for (i, step) in bytes.chunks(DECODE_STEP).enumerate() {
+        // Padding may only end the whole payload, not a step of it.
+        let last = (i + 1) * DECODE_STEP >= bytes.len();
+        if !last && step.ends_with(b"=") {
+            return Err(AgentProtocolError::BadBase64(
+                base64::DecodeError::InvalidPadding,
+            ));
+        }
+        let n = BASE64.decode_slice(step, &mut buf).map_err(|e| match e {
+            base64::DecodeSliceError::DecodeError(e) => AgentProtocolError::BadBase64(e),
+            // A step of DECODE_STEP characters never decodes to more than DECODE_CHUNK bytes.
+            base64::DecodeSliceError::OutputSliceTooSmall => {
+                AgentProtocolError::BadBase64(base64::DecodeError::InvalidLength(step.len()))
+            }
+        })?;
+        sink(&buf[..n]);
+        total = total.saturating_add(n);
+    }
+    Ok(total)
+}
+
 #[derive(Deserialize)]
 struct RawAgentMessage<'a> {
     #[serde(borrow)]
@@ -404,22 +448,16 @@ struct RawMark<'a> {
     name: Option<Cow<'a, str>>,
 }
 
-/// Parses one text frame from the agent. For media, the decoded audio replaces the contents of
-/// `audio` (a buffer the session reuses).
-pub fn parse_agent_message<'a>(
-    text: &'a str,
-    audio: &mut Vec<u8>,
-) -> Result<AgentEvent<'a>, AgentProtocolError> {
-    let raw: RawAgentMessage<'a> = serde_json::from_str(text)?;
+/// Parses one text frame from the agent.
+pub fn parse_agent_message(text: &str) -> Result<AgentEvent<'_>, AgentProtocolError> {
+    let raw: RawAgentMessage<'_> = serde_json::from_str(text)?;
     match raw.event.as_ref() {
         "media" => {
             let payload = raw
                 .media
                 .and_then(|m| m.payload)
                 .ok_or(AgentProtocolError::MissingPayload)?;
-            audio.clear();
-            BASE64.decode_vec(payload.as_bytes(), audio)?;
-            Ok(AgentEvent::Media)
+            Ok(AgentEvent::Media { payload })
         }
         "mark" => {
             let name = raw
@@ -544,6 +582,23 @@ mod tests {
         assert_eq!(w.media(&payload, 2000).as_ptr(), first, "no reallocation");
     }
 
+    /// Parses `text` and decodes its media payload, as the session does.
+    fn parse_with_audio<'a>(
+        text: &'a str,
+        audio: &mut Vec<u8>,
+    ) -> Result<AgentEvent<'a>, AgentProtocolError> {
+        let ev = parse_agent_message(text)?;
+        if let AgentEvent::Media { payload } = &ev {
+            audio.clear();
+            decode_payload(payload, |b| audio.extend_from_slice(b))?;
+        }
+        Ok(ev)
+    }
+
+    fn is_media(ev: &AgentEvent<'_>) -> bool {
+        matches!(ev, AgentEvent::Media { .. })
+    }
+
     #[test]
     fn parses_agent_media_mark_clear() {
         let mut audio = Vec::new();
@@ -551,13 +606,10 @@ mod tests {
             r#"{{"event":"media","streamSid":"MZ0001","media":{{"payload":"{}"}}}}"#,
             BASE64.encode([1u8, 2, 3])
         );
-        assert_eq!(
-            parse_agent_message(&text, &mut audio).expect("ok"),
-            AgentEvent::Media
-        );
+        assert!(is_media(&parse_with_audio(&text, &mut audio).expect("ok")));
         assert_eq!(audio, vec![1, 2, 3]);
         assert_eq!(
-            parse_agent_message(
+            parse_with_audio(
                 r#"{"event":"mark","streamSid":"MZ0001","mark":{"name":"m1"}}"#,
                 &mut audio
             )
@@ -565,14 +617,12 @@ mod tests {
             AgentEvent::Mark { name: "m1".into() }
         );
         assert_eq!(
-            parse_agent_message(r#"{"event":"clear","streamSid":"MZ0001"}"#, &mut audio)
-                .expect("ok"),
+            parse_with_audio(r#"{"event":"clear","streamSid":"MZ0001"}"#, &mut audio).expect("ok"),
             AgentEvent::Clear
         );
         // Escaped names are unescaped.
         assert_eq!(
-            parse_agent_message(r#"{"event":"mark","mark":{"name":"a\"b"}}"#, &mut audio)
-                .expect("ok"),
+            parse_with_audio(r#"{"event":"mark","mark":{"name":"a\"b"}}"#, &mut audio).expect("ok"),
             AgentEvent::Mark {
                 name: "a\"b".into()
             }
@@ -586,13 +636,10 @@ mod tests {
             r#"{{"event":"media","extra":{{"x":[1,2]}},"media":{{"payload":"{}","track":"outbound","chunk":"9"}},"streamSid":"S"}}"#,
             BASE64.encode([9u8; 4])
         );
-        assert_eq!(
-            parse_agent_message(&text, &mut audio).expect("ok"),
-            AgentEvent::Media
-        );
+        assert!(is_media(&parse_with_audio(&text, &mut audio).expect("ok")));
         assert_eq!(audio, vec![9; 4]);
         assert_eq!(
-            parse_agent_message(r#"{"event":"transcript","text":"hi"}"#, &mut audio).expect("ok"),
+            parse_with_audio(r#"{"event":"transcript","text":"hi"}"#, &mut audio).expect("ok"),
             AgentEvent::Unknown {
                 event: "transcript".into()
             }
@@ -614,17 +661,91 @@ mod tests {
             r#"{"event":"mark"}"#,
         ] {
             assert!(
-                parse_agent_message(bad, &mut audio).is_err(),
+                parse_with_audio(bad, &mut audio).is_err(),
                 "{bad} should be an error"
             );
         }
         assert!(matches!(
-            parse_agent_message(r#"{"event":"media","media":{"payload":"%%"}}"#, &mut audio),
+            parse_with_audio(r#"{"event":"media","media":{"payload":"%%"}}"#, &mut audio),
             Err(AgentProtocolError::BadBase64(_))
         ));
         assert!(matches!(
-            parse_agent_message(r#"{"event":"media","media":{}}"#, &mut audio),
+            parse_with_audio(r#"{"event":"media","media":{}}"#, &mut audio),
             Err(AgentProtocolError::MissingPayload)
+        ));
+    }
+
+    #[test]
+    fn payloads_decode_in_steps_exactly() {
+        // Lengths around the step boundary, with and without padding.
+        for len in [
+            0usize,
+            1,
+            2,
+            3,
+            DECODE_CHUNK - 1,
+            DECODE_CHUNK,
+            DECODE_CHUNK + 1,
+            3 * DECODE_CHUNK + 2,
+            100_000,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+            let b64 = BASE64.encode(&bytes);
+            let mut out = Vec::new();
+            let mut pieces = 0;
+            let n = decode_payload(&b64, |p| {
+                assert!(p.len() <= DECODE_CHUNK);
+                pieces += 1;
+                out.extend_from_slice(p);
+            })
+            .expect("valid");
+            assert_eq!(n, len);
+            assert_eq!(out, bytes, "{len} bytes");
+            assert_eq!(pieces, b64.len().div_ceil(DECODE_STEP));
+        }
+        // Padding in the middle (inside a step, or ending a step that is not the last), bad
+        // characters, a truncated quantum.
+        let inside = format!("{}{}", BASE64.encode([1u8; 10]), "AAAA".repeat(2000));
+        assert!(decode_payload(&inside, |_| {}).is_err());
+        let at_step_end = format!("{}AA=={}", "AAAA".repeat(DECODE_STEP / 4 - 1), "AAAA");
+        assert!(decode_payload(&at_step_end, |_| {}).is_err());
+        let at_the_end = format!("{}AA==", "AAAA".repeat(DECODE_STEP / 4 - 1));
+        assert_eq!(
+            decode_payload(&at_the_end, |_| {}).expect("valid"),
+            DECODE_CHUNK - 2
+        );
+        assert!(decode_payload("AAA!", |_| {}).is_err());
+        assert!(decode_payload("AAAAA", |_| {}).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded_work_not_a_crash() {
+        // Unknown fields are skipped by serde_json without recursion (its scratch stack is one
+        // byte per level, bounded by the message size): the known fields still parse.
+        let deep = format!(
+            r#"{{"event":"mark","x":{}1{},"mark":{{"name":"m"}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            parse_agent_message(&deep).expect("parsed"),
+            AgentEvent::Mark { name: "m".into() }
+        );
+        // Nesting where a known field is read is a type error at once; unbalanced nesting is
+        // an error too.
+        let deep_mark = format!(
+            r#"{{"event":"mark","mark":{}{}}}"#,
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        assert!(matches!(
+            parse_agent_message(&deep_mark),
+            Err(AgentProtocolError::Malformed(_))
+        ));
+        let unbalanced = format!(r#"{{"event":"x","y":{}null}}"#, r#"{"a":"#.repeat(50_000));
+        assert!(matches!(
+            parse_agent_message(&unbalanced),
+            Err(AgentProtocolError::Malformed(_))
         ));
     }
 }

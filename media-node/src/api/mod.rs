@@ -192,7 +192,12 @@ impl Api {
             number_id: number.id.clone(),
             trunk_id: number.trunk_id.clone(),
             created_at_ms: tracker::now_ms(),
-            agent_url: agent.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
+            // Call status and events reach API clients and webhook receivers: no token-bearing
+            // parts of the URL.
+            agent_url: agent
+                .as_ref()
+                .map(|a| crate::redact::url(&a.url))
+                .unwrap_or_default(),
             ..Default::default()
         };
         call.set_direction(pb::CallDirection::Outbound);

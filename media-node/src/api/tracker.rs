@@ -328,10 +328,11 @@ impl CallTracker {
         e.call.set_state(pb::CallState::Answered);
         e.call.answered_at_ms = now_ms();
         e.call.final_code = 200;
+        // Redacted: the call's status and events leave the node (API, webhooks).
         e.call.agent_url = call
             .agent
             .as_ref()
-            .map(|a| a.url.clone())
+            .map(|a| crate::redact::url(&a.url))
             .unwrap_or_default();
         e.answered = Some(Instant::now());
         e.cancel = None;

@@ -5,7 +5,8 @@
 //! all state in one task means no locks between receive and send paths; the only shared state
 //! is the agent's playout queue, locked briefly per frame and never across an await.
 //!
-//! Caller -> agent: packets are validated (payload type, source, RFC 3550 A.1 sequence checks),
+//! Caller -> agent: packets are validated (payload type, source per the strict learning rules of
+//! [`crate::media::source`], RFC 3550 A.1 sequence checks),
 //! telephone-events go to the RFC 4733 detector (one DTMF message per key press), audio goes
 //! into the adaptive jitter buffer; each tick takes one frame out, transcodes PCMA to μ-law and
 //! hands it to the agent session with `try_send` (a slow agent loses frames, counted, and never
@@ -29,6 +30,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use prometheus::IntCounter;
+
 use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
 use crate::agent::session::{CallerEvent, SharedPlayout};
@@ -39,7 +42,9 @@ use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::media::playout::FRAME_BYTES;
 use crate::media::rtcp::{self, LastSenderReport, Report, ReportBlock, RtcpPacket, SenderInfo};
 use crate::media::rtp::{ReceiverStats, RtpPacket, RtpSender, SeqUpdate, looks_like_rtcp};
+use crate::media::source::{LearningConfig, SourceLearner, Verdict};
 use crate::media::ticker::{Registration, TickBatch};
+use crate::routing::acl::{Cidr, normalize};
 use crate::sdp::Direction;
 
 /// Samples (and bytes) per 20 ms frame of 8 kHz G.711.
@@ -48,9 +53,6 @@ const FRAME_SAMPLES: u32 = FRAME_BYTES as u32;
 const FRAME_MS: u64 = 20;
 /// Static payload type of comfort noise (RFC 3389): valid, but we have nothing to do with it.
 const PT_COMFORT_NOISE: u8 = 13;
-/// A latched source silent for this long may be replaced by a new one (NAT rebinding, a
-/// carrier moving the stream to another media server).
-const RELATCH_AFTER: Duration = Duration::from_secs(1);
 /// RTCP report interval in ticks (5 s, RFC 3550 6.2 minimum), randomised by ±50% per report.
 const RTCP_TICKS: u32 = 250;
 /// Largest datagram we read.
@@ -66,7 +68,7 @@ pub(crate) enum Control {
 }
 
 /// Per-call settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct EngineSettings {
     /// Hang up after this long without RTP (not while on hold).
     pub rtp_timeout: Option<Duration>,
@@ -74,6 +76,32 @@ pub(crate) struct EngineSettings {
     pub jitter_min: Duration,
     /// Jitter buffer delay bounds.
     pub jitter_max: Duration,
+    /// Source learning (window, head start, probation).
+    pub learning: LearningConfig,
+    /// RTP and RTCP only from these networks (the trunk's `mediaSource: SignallingNetwork`);
+    /// empty accepts any source the learning rules accept.
+    pub networks: Vec<Cidr>,
+}
+
+/// The drop counters, resolved once per call so that a flood of dropped packets costs an
+/// atomic add each, not a label lookup.
+struct Drops {
+    malformed: IntCounter,
+    payload_type: IntCounter,
+    source: IntCounter,
+    sequence: IntCounter,
+}
+
+impl Drops {
+    fn new(m: &MediaMetrics) -> Self {
+        let c = |r: &str| m.rtp_dropped.with_label_values(&[r]);
+        Drops {
+            malformed: c(drop_reason::MALFORMED),
+            payload_type: c(drop_reason::PAYLOAD_TYPE),
+            source: c(drop_reason::SOURCE),
+            sequence: c(drop_reason::SEQUENCE),
+        }
+    }
 }
 
 /// The source we receive from: its SSRC and RFC 3550 statistics.
@@ -114,11 +142,11 @@ pub(crate) struct Engine {
     media: MediaParams,
     law: Law,
     settings: EngineSettings,
-    /// The source address we latched to (symmetric RTP) and when it last sent.
-    latched: Option<SocketAddr>,
-    latched_seen: Duration,
+    /// Which source we accept RTP from and send ours to (strict learning).
+    learner: SourceLearner,
     /// Where the peer's RTCP comes from (its source address is where we send ours).
     rtcp_remote: Option<SocketAddr>,
+    drops: Drops,
     source: Option<Source>,
     jitter: JitterBuffer,
     dtmf: DtmfDetector,
@@ -154,15 +182,18 @@ impl Engine {
         // RFC 3550 5.1: random SSRC, initial sequence number and timestamp.
         let ssrc: u32 = rand::random();
         let sender = RtpSender::new(ssrc, media.payload_type, rand::random(), rand::random());
+        // The learning window opens now: the engine starts when the call is confirmed (ACK).
+        let learner = SourceLearner::new(settings.learning, media.remote, Duration::ZERO)
+            .restrict_to(settings.networks.clone());
         Engine {
             call_id,
             law,
             jitter: JitterBuffer::new(jitter_config(law, &settings)),
             settings,
             media,
-            latched: None,
-            latched_seen: Duration::ZERO,
+            learner,
             rtcp_remote: None,
+            drops: Drops::new(&metrics),
             source: None,
             dtmf: DtmfDetector::default(),
             sender,
@@ -191,9 +222,9 @@ impl Engine {
         is_hold(self.media.direction)
     }
 
-    /// Where our RTP goes: the latched source, else the address in the peer's SDP.
+    /// Where our RTP goes: the learned source, else the address in the peer's SDP.
     fn remote(&self) -> Option<SocketAddr> {
-        self.latched.or(self.media.remote)
+        self.learner.current()
     }
 
     /// Runs until the call stops (control channel) or the engine hangs up (RTP timeout).
@@ -255,11 +286,13 @@ impl Engine {
             // a new buffer here is fine).
             self.jitter = JitterBuffer::new(jitter_config(self.law, &self.settings));
         }
-        if m.remote != self.media.remote {
-            // A new address in the SDP: send there until its first packet latches us again.
-            self.latched = None;
+        if m.remote.is_some() && m.remote != self.media.remote {
+            // A new address in the SDP: its RTCP address is unknown again.
             self.rtcp_remote = None;
         }
+        // A re-INVITE or UPDATE that changed the media: the peer may have moved, so the
+        // learning window opens again (the signalled address keeps its preference).
+        self.learner.media_changed(m.remote, self.now());
         self.media = m;
         if was_hold && !self.on_hold() {
             // The RTP timeout was suspended during hold: it starts again now.
@@ -269,42 +302,38 @@ impl Engine {
         tracing::debug!(call_id = %self.call_id, hold = self.on_hold(), remote = ?self.remote(), "media updated");
     }
 
-    /// Accepts a packet's source per symmetric RTP: latch to the first valid source, keep it
-    /// while it sends, and move to a new one only after the old one fell silent.
-    fn accept_source(&mut self, from: SocketAddr, now: Duration) -> bool {
-        match self.latched {
-            Some(addr) if addr == from => {
-                self.latched_seen = now;
+    /// Applies the source rules to a packet (see [`crate::media::source`]).
+    fn accept_source(&mut self, from: SocketAddr, ssrc: u32, seq: u16, now: Duration) -> bool {
+        match self.learner.on_packet(from, ssrc, seq, now) {
+            Verdict::Accept => true,
+            Verdict::Learned => {
+                let signalled = self.learner.signalled();
+                tracing::info!(call_id = %self.call_id, %from, ?signalled, "RTP source learned");
+                if Some(normalize(from.ip())) != signalled.map(|a| a.ip()) {
+                    self.metrics.rtp_sources_learned.inc();
+                }
+                // The peer's RTCP address is tied to its RTP address: learn it afresh.
+                self.rtcp_remote = None;
                 true
             }
-            Some(_) if now.saturating_sub(self.latched_seen) < RELATCH_AFTER => false,
-            _ => {
-                tracing::debug!(call_id = %self.call_id, %from, "latched RTP source");
-                self.latched = Some(from);
-                self.latched_seen = now;
-                true
-            }
+            Verdict::Drop => false,
         }
-    }
-
-    fn drop_packet(&self, why: &str) {
-        self.metrics.rtp_dropped.with_label_values(&[why]).inc();
     }
 
     fn on_rtp(&mut self, buf: &[u8], from: SocketAddr) {
         let Ok(pkt) = RtpPacket::parse(buf) else {
-            self.drop_packet(drop_reason::MALFORMED);
+            self.drops.malformed.inc();
             return;
         };
         let is_audio = pkt.payload_type == self.media.payload_type;
         let is_dtmf = self.media.dtmf_payload_type == Some(pkt.payload_type);
         if !is_audio && !is_dtmf && pkt.payload_type != PT_COMFORT_NOISE {
-            self.drop_packet(drop_reason::PAYLOAD_TYPE);
+            self.drops.payload_type.inc();
             return;
         }
         let now = self.now();
-        if !self.accept_source(from, now) {
-            self.drop_packet(drop_reason::SOURCE);
+        if !self.accept_source(from, pkt.ssrc, pkt.sequence, now) {
+            self.drops.source.inc();
             return;
         }
         if self.source.as_ref().is_none_or(|s| s.ssrc != pkt.ssrc) {
@@ -329,7 +358,7 @@ impl Engine {
         match source.stats.update(pkt.sequence, pkt.timestamp, now) {
             SeqUpdate::Valid { .. } => {}
             SeqUpdate::Probation | SeqUpdate::BadJump => {
-                self.drop_packet(drop_reason::SEQUENCE);
+                self.drops.sequence.inc();
                 return;
             }
         }
@@ -348,20 +377,30 @@ impl Engine {
                     }
                 }
                 Ok(None) => {}
-                Err(_) => self.drop_packet(drop_reason::MALFORMED),
+                Err(_) => self.drops.malformed.inc(),
             }
         }
     }
 
     fn on_rtcp(&mut self, buf: &[u8], from: SocketAddr) {
-        // Only from the peer we talk to: the RTCP port of the latched/signalled address.
-        let expected_ip = self.remote().map(|a| a.ip());
-        if expected_ip.is_some_and(|ip| ip != from.ip()) {
-            self.drop_packet(drop_reason::SOURCE);
+        // Only from the host of the RTP source we accept (never from anywhere before we have
+        // one), and inside the trunk's networks when restricted.
+        let from = SocketAddr::new(normalize(from.ip()), from.port());
+        let Some(remote) = self.remote() else {
+            self.drops.source.inc();
+            return;
+        };
+        if remote.ip() != from.ip() || !self.learner.allowed_ip(from) {
+            self.drops.source.inc();
             return;
         }
-        self.metrics.rtcp_in.inc();
         let now = self.now();
+        // Where our RTCP goes: RTP port + 1 by default (RFC 3550), the RTP port itself when
+        // multiplexed; another port of that host (NAT) only while the learning window is open,
+        // so that a stray socket there cannot take our reports later.
+        let usual = from.port() == remote.port().wrapping_add(1) || from.port() == remote.port();
+        let may_move = usual || self.learner.learning(now) || self.rtcp_remote == Some(from);
+        self.metrics.rtcp_in.inc();
         let mut valid = false;
         for p in rtcp::parse_compound(buf) {
             let Ok(p) = p else { break };
@@ -373,7 +412,7 @@ impl Engine {
                 source.last_sr = Some(LastSenderReport::new(&info, now));
             }
         }
-        if valid && from.port() != self.remote().map_or(0, |a| a.port()) {
+        if valid && may_move && from.port() != remote.port() {
             self.rtcp_remote = Some(from);
         }
     }
@@ -482,7 +521,7 @@ impl Engine {
         if lost > source.lost_counted {
             self.metrics
                 .rtp_lost
-                .inc_by((lost - source.lost_counted) as u64);
+                .inc_by(lost.saturating_sub(source.lost_counted) as u64);
         }
     }
 
@@ -498,7 +537,9 @@ impl Engine {
                     .observe(s.stats.jitter_duration().as_secs_f64());
                 let lost = s.stats.lost();
                 if lost > s.lost_counted {
-                    self.metrics.rtp_lost.inc_by((lost - s.lost_counted) as u64);
+                    self.metrics
+                        .rtp_lost
+                        .inc_by(lost.saturating_sub(s.lost_counted) as u64);
                     s.lost_counted = lost;
                 }
                 Some(ReportBlock::from_reception(
@@ -603,6 +644,8 @@ mod tests {
             rtp_timeout: None,
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(10),
+            learning: LearningConfig::default(),
+            networks: Vec::new(),
         };
         let c = jitter_config(Law::Alaw, &s);
         assert_eq!(c.silence, g711::ALAW_SILENCE);

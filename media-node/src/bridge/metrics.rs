@@ -14,7 +14,9 @@ pub mod drop_reason {
     pub const MALFORMED: &str = "malformed";
     /// A payload type that was not negotiated.
     pub const PAYLOAD_TYPE: &str = "payload_type";
-    /// From an address other than the one we latched to.
+    /// From an address other than the call's current source: not the signalled address, not a
+    /// source learned in the learning window, or outside the trunk's networks (RTP Bleed
+    /// attempts, stray streams, and a NAT'd peer's packets while on probation).
     pub const SOURCE: &str = "source";
     /// Rejected by sequence validation (RFC 3550 A.1: probation or a large jump).
     pub const SEQUENCE: &str = "sequence";
@@ -31,6 +33,9 @@ pub struct MediaMetrics {
     pub rtp_lost: IntCounter,
     /// Received datagrams dropped, by reason.
     pub rtp_dropped: IntCounterVec,
+    /// Calls whose RTP source was learned on another host than the one signalled in SDP
+    /// (a NAT'd peer; a surge may also mean someone won a learning race).
+    pub rtp_sources_learned: IntCounter,
     /// Interarrival jitter per call, sampled at each RTCP interval and at the end of the call.
     pub rtp_jitter: Histogram,
     /// RTCP compound packets sent.
@@ -55,6 +60,13 @@ pub struct MediaMetrics {
     pub call_ends: IntCounterVec,
     /// Calls whose media engine is running.
     pub active_media: IntGauge,
+    /// Agent messages refused or cut for a limit, by limit (pending_marks, mark_name,
+    /// message_size, playout_queue).
+    pub agent_limit_exceeded: IntCounterVec,
+    /// Agent messages ignored, by reason (unknown_event, malformed, binary).
+    pub agent_messages_ignored: IntCounterVec,
+    /// Bytes of agent audio dropped because a call's playout queue was full.
+    pub playout_overflow_bytes: IntCounter,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -72,7 +84,7 @@ impl MediaMetrics {
         let vec = |name: &str, help: &str, label: &str| {
             must(IntCounterVec::new(Opts::new(name, help), &[label]))
         };
-        MediaMetrics {
+        let m = MediaMetrics {
             rtp_in: counter(
                 "switchboard_rtp_packets_received_total",
                 "RTP packets received and accepted",
@@ -86,6 +98,10 @@ impl MediaMetrics {
                 "switchboard_rtp_packets_dropped_total",
                 "Received RTP datagrams dropped, by reason",
                 "reason",
+            ),
+            rtp_sources_learned: counter(
+                "switchboard_rtp_sources_learned_total",
+                "Calls whose RTP source was learned on another host than the SDP named",
             ),
             rtp_jitter: must(Histogram::with_opts(
                 HistogramOpts::new(
@@ -149,16 +165,50 @@ impl MediaMetrics {
                 "switchboard_media_active_calls",
                 "Calls whose media engine is running",
             )),
+            agent_limit_exceeded: vec(
+                "switchboard_agent_limit_exceeded_total",
+                "Agent messages refused or cut because they went over a limit, by limit",
+                "limit",
+            ),
+            agent_messages_ignored: vec(
+                "switchboard_agent_messages_ignored_total",
+                "Agent messages ignored (unknown event, malformed, binary), by reason",
+                "reason",
+            ),
+            playout_overflow_bytes: counter(
+                "switchboard_playout_overflow_bytes_total",
+                "Bytes of agent audio dropped because a call's playout queue was full",
+            ),
+        };
+        // The drop series exist from the start (at 0), for alerts on RTP from wrong sources.
+        for r in [
+            drop_reason::MALFORMED,
+            drop_reason::PAYLOAD_TYPE,
+            drop_reason::SOURCE,
+            drop_reason::SEQUENCE,
+        ] {
+            m.rtp_dropped.with_label_values(&[r]);
         }
+        m
+    }
+
+    /// The agent sessions' counters of refused and ignored messages.
+    pub fn limit_counters(&self) -> crate::agent::session::LimitCounters {
+        crate::agent::session::LimitCounters::new(
+            &self.agent_limit_exceeded,
+            &self.agent_messages_ignored,
+            &self.playout_overflow_bytes,
+        )
     }
 
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        let all: [Box<dyn Collector>; 16] = [
+        let all: [Box<dyn Collector>; 20] = [
             Box::new(self.rtp_in.clone()),
             Box::new(self.rtp_out.clone()),
             Box::new(self.rtp_lost.clone()),
             Box::new(self.rtp_dropped.clone()),
+            Box::new(self.rtp_sources_learned.clone()),
             Box::new(self.rtp_jitter.clone()),
             Box::new(self.rtcp_out.clone()),
             Box::new(self.rtcp_in.clone()),
@@ -171,6 +221,9 @@ impl MediaMetrics {
             Box::new(self.dtmf.clone()),
             Box::new(self.call_ends.clone()),
             Box::new(self.active_media.clone()),
+            Box::new(self.agent_limit_exceeded.clone()),
+            Box::new(self.agent_messages_ignored.clone()),
+            Box::new(self.playout_overflow_bytes.clone()),
         ];
         for c in all {
             registry.register(c)?;

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::session::{
-    AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout, caller_channel,
+    AgentLimits, AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout,
+    caller_channel,
 };
 use crate::agent::twilio::StreamIds;
 use crate::call::{
@@ -51,6 +52,10 @@ pub mod reason {
     pub const AGENT_ERROR: &str = "agent_error";
     /// The agent could not be reached when the call was set up.
     pub const AGENT_UNREACHABLE: &str = "agent_unreachable";
+    /// The egress guard refused the agent URL (loopback, link-local, the node itself, ...).
+    pub const AGENT_URL_REFUSED: &str = "agent_url_refused";
+    /// The node closed the agent's session because the agent went over a limit.
+    pub const AGENT_LIMIT: &str = "agent_limit";
 }
 
 /// What to do with an inbound call whose agent cannot be reached at set-up.
@@ -76,6 +81,12 @@ pub struct BridgeConfig {
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
+    /// Where agent URLs may point (the default refuses every internal range).
+    pub egress: Arc<crate::egress::EgressPolicy>,
+    /// What an agent may make the node hold per call (message size, marks).
+    pub agent_limits: AgentLimits,
+    /// Strict RTP source learning (window, head start of the signalled address, probation).
+    pub learning: crate::media::source::LearningConfig,
 }
 
 impl Default for BridgeConfig {
@@ -86,6 +97,9 @@ impl Default for BridgeConfig {
             jitter_min: Duration::from_millis(40),
             jitter_max: Duration::from_millis(200),
             playout_max_bytes: DEFAULT_MAX_BYTES,
+            egress: Arc::default(),
+            agent_limits: AgentLimits::default(),
+            learning: crate::media::source::LearningConfig::default(),
         }
     }
 }
@@ -116,6 +130,8 @@ impl BridgeHandler {
             reason::RTP_TIMEOUT,
             reason::AGENT_DISCONNECTED,
             reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED,
+            reason::AGENT_LIMIT,
         ] {
             metrics.call_ends.with_label_values(&[r]);
         }
@@ -135,6 +151,12 @@ impl BridgeHandler {
         let token = (!agent.bearer_token.is_empty()).then(|| agent.bearer_token.clone());
         let mut t = AgentTarget::new(agent.url.clone(), token);
         t.connect_timeout = self.cfg.connect_timeout;
+        t.egress = Some(crate::egress::Egress::new(
+            self.cfg.egress.clone(),
+            &agent.egress_allowed_networks,
+        ));
+        t.limits = self.cfg.agent_limits;
+        t.counters = self.metrics.limit_counters();
         t
     }
 }
@@ -178,9 +200,11 @@ fn connect_failure_label(e: &ConnectError) -> &'static str {
     match e {
         ConnectError::InvalidUrl(_) => "invalid_url",
         ConnectError::InvalidToken => "invalid_token",
+        ConnectError::InsecureToken { .. } => "insecure_token",
         ConnectError::Timeout(_) => "timeout",
         ConnectError::Http { .. } => "http",
         ConnectError::Transport(_) => "transport",
+        ConnectError::Refused(_) => "refused",
     }
 }
 
@@ -223,6 +247,19 @@ impl CallHandler for BridgeHandler {
                 Ok(s) => Ok(Some(
                     Box::new(BridgePrepared::Connected(Box::new(s))) as crate::call::Prepared
                 )),
+                Err(ConnectError::Refused(e)) => {
+                    // A policy refusal, not an outage: no answer-and-hang-up either.
+                    tracing::warn!(%call_id, error = %e, "agent URL refused by the egress guard");
+                    metrics
+                        .call_ends
+                        .with_label_values(&[reason::AGENT_URL_REFUSED])
+                        .inc();
+                    Err(PrepareReject {
+                        code: 503,
+                        reason: reason::AGENT_URL_REFUSED,
+                        retry_after: None,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(%call_id, error = %e, ?policy, "agent unreachable at call set-up");
                     match policy {
@@ -269,6 +306,8 @@ impl CallHandler for BridgeHandler {
             rtp_timeout: call.rtp_timeout,
             jitter_min: self.cfg.jitter_min,
             jitter_max: self.cfg.jitter_max,
+            learning: self.cfg.learning,
+            networks: std::mem::take(&mut call.media_networks),
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();
@@ -314,8 +353,12 @@ impl CallHandler for BridgeHandler {
                     match connect(target, ids, &metrics).await {
                         Ok(session) => agent_task.run(session).await,
                         Err(e) => {
+                            let why = match e {
+                                ConnectError::Refused(_) => reason::AGENT_URL_REFUSED,
+                                _ => reason::AGENT_UNREACHABLE,
+                            };
                             tracing::warn!(call_id = %agent_task.call_id, error = %e, "agent unreachable on answer; hanging up");
-                            agent_task.hangup.hangup(reason::AGENT_UNREACHABLE);
+                            agent_task.hangup.hangup(why);
                         }
                     }
                 });
@@ -352,6 +395,7 @@ impl AgentTask {
             SessionEnd::CallEnded => "call_ended",
             SessionEnd::AgentClosed { .. } => "agent_closed",
             SessionEnd::Transport(_) => "transport_error",
+            SessionEnd::LimitExceeded { .. } => "limit_exceeded",
         };
         self.metrics
             .agent_disconnects
@@ -366,6 +410,9 @@ impl AgentTask {
             dtmf_sent = stats.dtmf_sent,
             unknown_events = stats.unknown_events,
             malformed_frames = stats.malformed_frames,
+            marks_refused = stats.marks_refused,
+            playout_overflow_bytes = stats.overflow_bytes,
+            limit_violations = stats.limit_violations,
             "agent session ended"
         );
         // A socket that closes ends the call (the protocol's rule); `hangup` is a no-op when
@@ -377,6 +424,10 @@ impl AgentTask {
             }
             SessionEnd::Transport(_) => {
                 self.hangup.hangup(reason::AGENT_ERROR);
+            }
+            // Ends like an agent disconnect, with its own reason.
+            SessionEnd::LimitExceeded { .. } => {
+                self.hangup.hangup(reason::AGENT_LIMIT);
             }
         }
     }
@@ -405,6 +456,8 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_DISCONNECTED => reason::AGENT_DISCONNECTED,
             reason::AGENT_ERROR => reason::AGENT_ERROR,
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
+            reason::AGENT_URL_REFUSED => reason::AGENT_URL_REFUSED,
+            reason::AGENT_LIMIT => reason::AGENT_LIMIT,
             // Free text from the API or the drain: not a label value.
             _ => "local",
         },

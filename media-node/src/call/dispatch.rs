@@ -30,8 +30,12 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
                     let _ = tx.send(CallMsg::Ack(msg));
                 }
             }
-            TuEvent::AckTimeout { call_id, .. } => {
-                for tx in ctx.calls.by_call_id(&call_id) {
+            TuEvent::AckTimeout {
+                call_id, local_tag, ..
+            } => {
+                // Only the dialog the 2xx belonged to: our tag is unique to
+                // it, while the Call-ID is the peer's to choose and reuse.
+                if let Some(tx) = ctx.calls.dialog(&call_id, &local_tag) {
                     let _ = tx.send(CallMsg::AckTimeout);
                 }
             }
@@ -75,6 +79,15 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
     }
     match method {
         Method::Invite => {
+            // A new INVITE with the Call-ID of a live call: a merged request
+            // (RFC 3261 8.2.2.2) or a peer reusing the id. Calls are known
+            // by their Call-ID (registry, call API, webhooks), so a second
+            // one would disturb the first: refuse it on its own transaction.
+            if ctx.calls.has_call_id(req.msg.call_id().unwrap_or_default()) {
+                ctx.metrics.reject("call_id_in_use");
+                reply(ctx, &req, 482);
+                return;
+            }
             tokio::spawn(super::inbound::handle_invite(ctx.clone(), req));
         }
         Method::Options => {

@@ -17,7 +17,7 @@ use super::{CallDirection, CallMsg, Ctx, HangupReason, MediaParams, PendingCall}
 use crate::routing::{self, RoutingTable};
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
-use crate::sip::digest::Verdict;
+use crate::sip::digest::{Check, DigestFailure, Verdict};
 use crate::sip::headers::{SipUri, uri_text};
 use crate::sip::message::{Message, reason_phrase};
 use crate::sip::transaction::{ServerRequest, random_token};
@@ -99,17 +99,28 @@ fn realm_of(auth: &switchboard_proto::v1alpha1::InboundAuth) -> &str {
 }
 
 /// Checks the request's Authorization against a trunk's inbound
-/// credentials; `None` when the trunk has none.
+/// credentials; `None` when the trunk has none. The digest must answer a
+/// nonce issued to this source address, for this Request-URI.
 fn verify_inbound(ctx: &Ctx, req: &ServerRequest, trunk: &Trunk) -> Option<Verdict> {
     let auth = trunk.inbound.as_ref()?.auth.as_ref()?;
     let creds = auth.credentials.as_ref()?;
-    Some(ctx.digest.verify(
-        req.msg.header("Authorization"),
-        realm_of(auth),
-        &creds.username,
-        &creds.password,
-        "INVITE",
-    ))
+    Some(ctx.digest.verify(&Check {
+        header: req.msg.header("Authorization"),
+        method: "INVITE",
+        request_uri: req.msg.request_uri().unwrap_or_default(),
+        source: req.peer.addr.ip(),
+        realm: realm_of(auth),
+        username: &creds.username,
+        password: &creds.password,
+    }))
+}
+
+/// Counts a refused Authorization by reason (not the normal first,
+/// credential-less leg of a challenge).
+fn count_digest_failure(ctx: &Ctx, reason: DigestFailure) {
+    if reason != DigestFailure::Missing {
+        ctx.metrics.digest_failure(reason.label());
+    }
 }
 
 /// Handles a new INVITE (no To tag).
@@ -140,7 +151,13 @@ pub async fn handle_invite(ctx: Arc<Ctx>, req: ServerRequest) {
             for (k, v) in rej.headers {
                 resp.add(k, v);
             }
-            ctx.sip.respond(&req.id, resp);
+            // Unauthorised or unauthenticated sources get their answer once
+            // (no Timer G): a spoofed INVITE must not reflect a burst.
+            if matches!(rej.code, 401 | 403) {
+                ctx.sip.respond_once(&req.id, resp);
+            } else {
+                ctx.sip.respond(&req.id, resp);
+            }
         }
     }
 }
@@ -262,15 +279,19 @@ fn admit(
             return Err(Reject::new(403, "acl"));
         }
         auth_only.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut stale = false;
+        // Of the refusals (one per candidate trunk), the one that got
+        // furthest says why: it is the trunk the caller meant.
+        let mut failure = DigestFailure::Missing;
         for t in &auth_only {
             match verify_inbound(ctx, req, t) {
                 Some(Verdict::Ok) => source_trunks.push(t.id.as_str()),
-                Some(Verdict::Challenge { stale: s }) => stale |= s,
+                Some(Verdict::Refused(f)) => failure = failure.max(f),
                 None => {}
             }
         }
         if source_trunks.is_empty() {
+            count_digest_failure(ctx, failure);
+            let stale = Verdict::Refused(failure).stale();
             if req.msg.header("Authorization").is_some() && !stale {
                 ctx.metrics.reject("auth_failed");
             }
@@ -283,7 +304,10 @@ fn admit(
             return Err(Reject {
                 code: 401,
                 reason: "auth_challenge",
-                headers: vec![("WWW-Authenticate", ctx.digest.challenge(realm, stale))],
+                headers: vec![(
+                    "WWW-Authenticate",
+                    ctx.digest.challenge(realm, stale, req.peer.addr.ip()),
+                )],
             });
         }
         pre_authenticated = true;
@@ -310,16 +334,21 @@ fn admit(
         && auth.credentials.is_some()
     {
         let realm = realm_of(auth);
-        match verify_inbound(ctx, req, trunk).unwrap_or(Verdict::Challenge { stale: false }) {
+        match verify_inbound(ctx, req, trunk).unwrap_or(Verdict::Refused(DigestFailure::Missing)) {
             Verdict::Ok => {}
-            Verdict::Challenge { stale } => {
+            verdict @ Verdict::Refused(failure) => {
+                count_digest_failure(ctx, failure);
+                let stale = verdict.stale();
                 if req.msg.header("Authorization").is_some() && !stale {
                     ctx.metrics.reject("auth_failed");
                 }
                 return Err(Reject {
                     code: 401,
                     reason: "auth_challenge",
-                    headers: vec![("WWW-Authenticate", ctx.digest.challenge(realm, stale))],
+                    headers: vec![(
+                        "WWW-Authenticate",
+                        ctx.digest.challenge(realm, stale, req.peer.addr.ip()),
+                    )],
                 });
             }
         }
@@ -373,6 +402,15 @@ fn admit(
         }
         None => None,
     };
+    // Never stream RTP where a spoofed INVITE points (multicast, link-local, loopback from
+    // outside, outside the trunk's networks when it restricts media).
+    let media_networks = super::media_networks_of(trunk, req.peer.addr.ip());
+    if let Some(n) = &negotiated
+        && let Err(e) = sdp::check_remote(n.remote, req.peer.addr.ip(), &media_networks)
+    {
+        tracing::warn!(source = %req.peer.addr, error = %e, "INVITE offer refused");
+        return Err(Reject::new(488, "media_address"));
+    }
 
     let call_id = req.msg.call_id().unwrap_or_default().to_owned();
     let trunk_max = routing::channel_share(trunk);
@@ -499,6 +537,8 @@ fn admit(
         prepared: None,
         rtp_timeout: super::rtp_timeout_of(trunk),
         started: std::time::Instant::now(),
+        media_networks,
+        awaiting_ack: false,
     };
     Ok((session, answer))
 }

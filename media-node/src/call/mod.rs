@@ -146,6 +146,38 @@ pub struct AnsweredCall {
     /// Hang up when no RTP arrives for this long (the trunk's
     /// `media.rtpTimeoutSeconds`); `None` disables the check.
     pub rtp_timeout: Option<Duration>,
+    /// Networks RTP may come from (the trunk's `media.mediaSource:
+    /// SignallingNetwork`); empty: any source the learning rules accept.
+    pub media_networks: Vec<crate::routing::acl::Cidr>,
+}
+
+/// The networks a call's media must come from and go to under the trunk's
+/// `media.mediaSource`: empty for `Any` (the default); for
+/// `SignallingNetwork`, the trunk's inbound allowed sources plus the address
+/// the call's signalling came from or went to.
+pub fn media_networks_of(
+    trunk: &switchboard_proto::v1alpha1::Trunk,
+    signalling: std::net::IpAddr,
+) -> Vec<crate::routing::acl::Cidr> {
+    use crate::routing::acl::{Cidr, normalize};
+    use switchboard_proto::v1alpha1::MediaSource;
+    let strict = trunk
+        .media
+        .as_ref()
+        .is_some_and(|m| m.media_source() == MediaSource::SignallingNetwork);
+    if !strict {
+        return Vec::new();
+    }
+    let mut nets: Vec<Cidr> = trunk
+        .inbound
+        .iter()
+        .flat_map(|i| i.allowed_sources.iter())
+        .filter_map(|s| Cidr::parse(s).ok())
+        .collect();
+    if let Ok(host) = Cidr::parse(&normalize(signalling).to_string()) {
+        nets.push(host);
+    }
+    nets
 }
 
 /// The trunk's RTP timeout: `media.rtpTimeoutSeconds`, 30 s when unset
@@ -507,6 +539,13 @@ impl Calls {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// True when a live call (admitted and not yet ended) uses `call_id`.
+    fn has_call_id(&self, call_id: &str) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|r| r.info.contains_key(call_id))
     }
 
     fn invite(&self, id: &ServerTxnId) -> Option<mpsc::UnboundedSender<CallMsg>> {

@@ -658,8 +658,24 @@ async fn attempt(
             prepared: None,
             rtp_timeout: super::rtp_timeout_of(trunk),
             started: invited_at.into_std(),
+            media_networks: super::media_networks_of(trunk, dest.addr.ip()),
+            awaiting_ack: false,
         };
-        session.answered();
+        match sdp::check_remote(
+            session.media.remote,
+            dest.addr.ip(),
+            &session.media_networks,
+        ) {
+            Ok(()) => session.answered(),
+            Err(e) => {
+                // Answered, but we will not stream there: end the call at once, no media.
+                tracing::warn!(%call_id, error = %e, "SDP answer refused; hanging up");
+                ctx.metrics.reject("media_address");
+                let _ = session.tx.send(super::CallMsg::Hangup(
+                    super::session::MEDIA_ADDRESS_REFUSED.into(),
+                ));
+            }
+        }
         tokio::spawn(session.established());
         return TryResult::Answered(call_id);
     }

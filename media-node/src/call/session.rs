@@ -20,6 +20,9 @@ use crate::sip::headers::has_option_tag;
 use crate::sip::message::{Message, Method, reason_phrase};
 use crate::sip::transaction::{ClientEvent, ClientTxnId, ServerRequest};
 
+/// The hang-up reason when the peer's SDP asks for RTP at a refused address.
+pub const MEDIA_ADDRESS_REFUSED: &str = "refused media address";
+
 /// Far enough in the future to mean "never" for a disabled timer.
 const NEVER: Duration = Duration::from_secs(86400 * 365);
 
@@ -53,6 +56,11 @@ pub struct Session {
     pub(crate) rtp_timeout: Option<Duration>,
     /// When set-up began: INVITE received (inbound) or sent (outbound).
     pub(crate) started: std::time::Instant,
+    /// Networks the call's media must stay in (trunk `mediaSource`); empty: any.
+    pub(crate) media_networks: Vec<crate::routing::acl::Cidr>,
+    /// Inbound: our 2xx is out but its ACK has not arrived, so media and the
+    /// agent have not started yet.
+    pub(crate) awaiting_ack: bool,
 }
 
 struct Pending {
@@ -157,17 +165,64 @@ impl Session {
             .calls
             .with_label_values(&["inbound", "answered", "200"])
             .inc();
-        self.answered();
+        self.observe_setup();
+        // Media and the agent's `start` wait for the ACK: a 2xx to a spoofed INVITE is never
+        // acknowledged, so it never makes us stream RTP to the spoofed SDP address.
+        self.awaiting_ack = true;
         self.established().await;
     }
 
-    /// Hands the answered call to the media side.
-    pub(crate) fn answered(&mut self) {
+    fn observe_setup(&self) {
         self.ctx
             .metrics
             .setup_seconds
             .with_label_values(&[self.direction.as_str()])
             .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    /// The ACK for our 2xx (inbound): the call is confirmed; start media. An
+    /// offerless INVITE gets its SDP answer here (RFC 3264 section 4).
+    fn on_ack(&mut self, ack: &Message) -> Option<HangupReason> {
+        if !self.awaiting_ack {
+            return None;
+        }
+        self.awaiting_ack = false;
+        let is_sdp = ack
+            .header("Content-Type")
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
+        if self.media.remote.is_none() && is_sdp && !ack.body.is_empty() {
+            let answer = Sdp::parse(&String::from_utf8_lossy(&ack.body));
+            match answer.and_then(|a| sdp::negotiate(&a, &self.prefs, self.want_dtmf)) {
+                Ok(n) => {
+                    if let Err(e) = sdp::check_remote(
+                        n.remote,
+                        self.dialog.peer.addr.ip(),
+                        &self.media_networks,
+                    ) {
+                        tracing::warn!(call_id = %self.dialog.call_id, error = %e, "SDP answer in ACK refused");
+                        self.ctx.metrics.reject("media_address");
+                        return Some(HangupReason::Local(MEDIA_ADDRESS_REFUSED.into()));
+                    }
+                    self.media.codec = n.codec;
+                    self.media.payload_type = n.pt;
+                    self.media.remote = n.remote;
+                    self.media.direction = n.answer;
+                    self.media.dtmf_payload_type = n.dtmf_pt;
+                }
+                Err(e) => {
+                    tracing::debug!(call_id = %self.dialog.call_id, error = %e, "unusable SDP answer in ACK");
+                }
+            }
+        }
+        self.answered();
+        None
+    }
+
+    /// Hands the answered (inbound: acknowledged) call to the media side.
+    pub(crate) fn answered(&mut self) {
+        if self.direction == CallDirection::Outbound {
+            self.observe_setup();
+        }
         self.ctx.calls.set_state(
             &self.dialog.call_id,
             "answered",
@@ -186,6 +241,7 @@ impl Session {
             hangup: HangupHandle(self.tx.clone()),
             prepared: self.prepared.take(),
             rtp_timeout: self.rtp_timeout,
+            media_networks: self.media_networks.clone(),
         };
         self.handler = Some(self.ctx.handler.on_answered(call));
     }
@@ -207,7 +263,12 @@ impl Session {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     None => break HangupReason::Local("registry closed".into()),
-                    Some(CallMsg::Ack(_)) => {}
+                    Some(CallMsg::Ack(ack)) => {
+                        if let Some(end) = self.on_ack(&ack) {
+                            self.bye().await;
+                            break end;
+                        }
+                    }
                     Some(CallMsg::AckTimeout) => {
                         tracing::warn!(call_id = %self.dialog.call_id, "no ACK for our 2xx; hanging up");
                         self.bye().await;
@@ -421,6 +482,13 @@ impl Session {
                     return;
                 }
             };
+            if let Err(e) = sdp::check_remote(n.remote, r.peer.addr.ip(), &self.media_networks) {
+                // The call goes on with its current media.
+                tracing::warn!(call_id = %self.dialog.call_id, error = %e, "re-offer refused");
+                self.ctx.metrics.reject("media_address");
+                self.respond(&r, 488);
+                return;
+            }
             let media = MediaParams {
                 codec: n.codec,
                 payload_type: n.pt,

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use switchboard_proto::v1alpha1::{ConfigDelta, PhoneNumber, RoutingConfig, Transport, Trunk};
+use switchboard_proto::v1alpha1::{
+    Agent, ConfigDelta, PhoneNumber, RoutingConfig, Transport, Trunk,
+};
 
 use crate::routing::acl::Cidr;
 
@@ -61,8 +63,20 @@ fn trunk(t: &Trunk) -> Result<(), String> {
     if t.id.is_empty() {
         return Err("a trunk has no id".into());
     }
-    for s in t.inbound.iter().flat_map(|i| i.allowed_sources.iter()) {
-        Cidr::parse(s).map_err(|e| format!("trunk {}: allowed source {s:?}: {e}", t.id))?;
+    if let Some(i) = &t.inbound {
+        for s in &i.allowed_sources {
+            Cidr::parse(s).map_err(|e| format!("trunk {}: allowed source {s:?}: {e}", t.id))?;
+            if i.auth.is_none() && too_wide(s) {
+                return Err(format!(
+                    "trunk {}: allowed source {s:?} is wider than {MIN_V4_PREFIX_WITHOUT_AUTH} (IPv4) \
+                     or /{MIN_V6_PREFIX_WITHOUT_AUTH} (IPv6) without inbound digest auth: anyone in it could call",
+                    t.id
+                ));
+            }
+        }
+        if let Some(a) = &i.default_agent {
+            agent_networks(a).map_err(|e| format!("trunk {}: default agent: {e}", t.id))?;
+        }
     }
     for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {
         if g.transport == Transport::Tls as i32 {
@@ -77,6 +91,41 @@ fn trunk(t: &Trunk) -> Result<(), String> {
                 t.id, g.host, g.port
             ));
         }
+    }
+    Ok(())
+}
+
+/// The widest IPv4 source network a trunk may allow without digest auth
+/// (the prefix, for the message).
+const MIN_V4_PREFIX_WITHOUT_AUTH: &str = "/8";
+const MIN_V4_PREFIX: u8 = 8;
+/// The same for IPv6 (a large provider allocation).
+const MIN_V6_PREFIX_WITHOUT_AUTH: u8 = 32;
+
+/// True for a source CIDR wider than /8 (IPv4) or /32 (IPv6): without
+/// digest auth such a trunk takes calls from a good part of the Internet.
+fn too_wide(s: &str) -> bool {
+    let Some((addr, len)) = s.trim().split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    // A v4-mapped address parses as IPv4 with an IPv4 prefix (see Cidr::parse).
+    match crate::routing::acl::normalize(addr) {
+        std::net::IpAddr::V4(_) => len < MIN_V4_PREFIX,
+        std::net::IpAddr::V6(_) => len < MIN_V6_PREFIX_WITHOUT_AUTH,
+    }
+}
+
+/// An agent's egress allow-list: every entry inside a private range.
+fn agent_networks(a: &Agent) -> Result<(), String> {
+    if a.egress_allowed_networks.len() > 16 {
+        return Err("at most 16 egress allowed networks".into());
+    }
+    for s in &a.egress_allowed_networks {
+        crate::egress::check_trunk_network(s)
+            .map_err(|e| format!("egress allowed network: {e}"))?;
     }
     Ok(())
 }
@@ -96,13 +145,18 @@ fn number(n: &PhoneNumber, trunk_exists: impl Fn(&str) -> bool) -> Result<(), St
             n.id
         ));
     }
+    if let Some(a) = &n.agent {
+        agent_networks(a).map_err(|e| format!("number {}: agent: {e}", n.id))?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_proto::v1alpha1::{Gateway, Outbound, PhoneNumber, Trunk};
+    use switchboard_proto::v1alpha1::{
+        Gateway, Inbound, InboundAuth, Outbound, PhoneNumber, Trunk,
+    };
 
     fn cfg() -> RoutingConfig {
         RoutingConfig {
@@ -171,5 +225,73 @@ mod tests {
         let mut c = cfg();
         c.numbers.push(c.numbers[0].clone());
         assert!(validate(&c).expect_err("dup").contains("twice"));
+    }
+
+    fn with_sources(sources: &[&str], auth: bool) -> RoutingConfig {
+        let mut c = cfg();
+        c.trunks[0].inbound = Some(Inbound {
+            enabled: true,
+            allowed_sources: sources.iter().map(|s| s.to_string()).collect(),
+            auth: auth.then(InboundAuth::default),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn source_networks_wider_than_a_slash_8_need_digest_auth() {
+        for ok in [
+            "10.0.0.0/8",
+            "203.0.113.0/24",
+            "198.51.100.7",
+            "2001:db8::/32",
+            "::ffff:10.0.0.0/8",
+        ] {
+            assert_eq!(validate(&with_sources(&[ok], false)), Ok(()), "{ok}");
+        }
+        for wide in [
+            "0.0.0.0/0",
+            "0.0.0.0/7",
+            "128.0.0.0/1",
+            "::/0",
+            "2000::/3",
+            "::ffff:0.0.0.0/7",
+        ] {
+            let err = validate(&with_sources(&["203.0.113.0/24", wide], false)).expect_err(wide);
+            assert!(err.contains(wide) && err.contains("digest auth"), "{err}");
+            assert_eq!(
+                validate(&with_sources(&[wide], true)),
+                Ok(()),
+                "{wide} with auth"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_egress_networks_must_be_private_ranges() {
+        let mut c = cfg();
+        c.numbers[0].agent = Some(Agent {
+            url: "ws://agent.ns.svc:8080/".into(),
+            egress_allowed_networks: vec!["10.96.0.0/12".into()],
+            ..Default::default()
+        });
+        assert_eq!(validate(&c), Ok(()));
+        c.numbers[0]
+            .agent
+            .as_mut()
+            .expect("agent")
+            .egress_allowed_networks = vec!["127.0.0.0/8".into()];
+        let err = validate(&c).expect_err("loopback");
+        assert!(err.contains("ns/n") && err.contains("127.0.0.0/8"), "{err}");
+        let mut c = cfg();
+        c.trunks[0].inbound = Some(Inbound {
+            default_agent: Some(Agent {
+                url: "ws://a/".into(),
+                egress_allowed_networks: vec!["169.254.0.0/16".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(validate(&c).expect_err("link-local").contains("ns/t"));
     }
 }

@@ -198,7 +198,8 @@ impl DtmfDetector {
                 && ahead as u32 == cur.duration as u32
                 && cur.duration >= 0xFF00
             {
-                cur.previous_segments += cur.duration as u32;
+                // Saturating: a hostile peer can send segment after segment forever.
+                cur.previous_segments = cur.previous_segments.saturating_add(cur.duration as u32);
                 cur.segment_timestamp = timestamp;
                 cur.duration = ev.duration;
                 cur.last_seen = now;
@@ -261,7 +262,9 @@ fn release_of(cur: &Current, reason: ReleaseReason) -> DtmfRelease {
     DtmfRelease {
         event: cur.event,
         timestamp: cur.first_timestamp,
-        duration: cur.previous_segments + cur.duration as u32,
+        duration: cur
+            .previous_segments
+            .saturating_add(u32::from(cur.duration)),
         reason,
     }
 }
@@ -588,6 +591,51 @@ mod tests {
         let r = d.take_release().expect("end");
         assert_eq!(r.duration, 0xFFFF + 800);
         assert_eq!(r.timestamp, 0);
+    }
+
+    /// A hostile peer keeps one event going for ever, segment after segment, starting just
+    /// below the top of the timestamp space: the summed duration saturates instead of
+    /// overflowing (a debug-build panic before), and it stays one press.
+    #[test]
+    fn endless_long_event_saturates_and_wraps() {
+        let mut d = DtmfDetector::default();
+        let mut ts = u32::MAX - 10;
+        assert!(
+            d.on_packet(ts, &pkt(3, false, 0xFFFF), ms(0))
+                .expect("ok")
+                .is_some()
+        );
+        for i in 1..=70_000u64 {
+            ts = ts.wrapping_add(0xFFFF);
+            assert_eq!(
+                d.on_packet(ts, &pkt(3, false, 0xFFFF), ms(i)).expect("ok"),
+                None,
+                "segment {i} is the same press"
+            );
+        }
+        assert_eq!(
+            d.on_packet(ts, &pkt(3, true, 0xFFFF), ms(70_001))
+                .expect("ok"),
+            None
+        );
+        let r = d.take_release().expect("end");
+        assert_eq!(r.duration, u32::MAX);
+        assert_eq!(r.timestamp, u32::MAX - 10);
+    }
+
+    #[test]
+    fn extreme_timestamps_and_durations_never_panic() {
+        let mut d = DtmfDetector::new(Duration::from_millis(1));
+        for (i, ts) in [u32::MAX, 0, 1, u32::MAX / 2, u32::MAX / 2 + 1, u32::MAX - 1]
+            .into_iter()
+            .enumerate()
+        {
+            for dur in [0u16, 1, 0xFF00, 0xFFFF] {
+                let _ = d.on_packet(ts, &pkt((i % 17) as u8, i % 2 == 0, dur), ms(i as u64));
+                d.poll(Duration::MAX);
+                let _ = d.take_release();
+            }
+        }
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod playout;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod source;
 pub mod ticker;

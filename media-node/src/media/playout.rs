@@ -7,9 +7,11 @@
 //! waits in a "done" list for the bridge to echo it to the agent (Twilio Media Streams
 //! semantics). `clear` (barge-in) drops all queued audio at once and completes every pending mark.
 //!
-//! The queue is bounded in bytes; audio beyond the bound is dropped and counted. Taking frames
-//! never allocates; queueing audio only grows the ring when a burst exceeds what it has held
-//! before (mark names are the only other allocation, once per mark).
+//! The queue is bounded in bytes and in marks (pending plus completed-but-not-yet-echoed);
+//! audio beyond the bound is dropped and counted, a mark beyond it is refused (the caller
+//! counts it). Taking frames never allocates; queueing audio only grows the ring when a burst
+//! exceeds what it has held before, and a ring grown by a long burst is given back once it has
+//! drained (mark names are the only other allocation, once per mark).
 
 use std::collections::VecDeque;
 
@@ -21,6 +23,13 @@ pub const ULAW_SILENCE: u8 = 0xFF;
 const INITIAL_BYTES: usize = 8000 * 4;
 /// Default bound: two minutes of audio.
 pub const DEFAULT_MAX_BYTES: usize = 8000 * 120;
+/// Default bound on marks held (pending and completed-but-not-taken). Agents mark utterances
+/// or TTS chunks, not frames: at one mark per 100 ms chunk this covers 100 s of queued audio,
+/// most of [`DEFAULT_MAX_BYTES`], while capping what an agent can make a call hold at about
+/// 1,000 × (name + 40 bytes).
+pub const DEFAULT_MAX_MARKS: usize = 1000;
+/// A drained ring larger than this many times [`INITIAL_BYTES`] is shrunk back.
+const SHRINK_FACTOR: usize = 4;
 
 /// Counters of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +47,8 @@ pub struct PlayoutStats {
     pub cleared_bytes: u64,
     /// Marks completed.
     pub marks_completed: u64,
+    /// Marks refused because the queue held [`PlayoutQueue::max_marks`] already.
+    pub marks_refused: u64,
 }
 
 /// What one frame held.
@@ -52,6 +63,7 @@ pub struct FrameFill {
 pub struct PlayoutQueue {
     audio: VecDeque<u8>,
     max_bytes: usize,
+    max_marks: usize,
     /// Total bytes ever queued (accepted) and ever taken or cleared: positions in one stream.
     queued_total: u64,
     taken_total: u64,
@@ -76,6 +88,7 @@ impl PlayoutQueue {
             // by `max_bytes`, rather than reserving the maximum for every call.
             audio: VecDeque::with_capacity(max_bytes.min(INITIAL_BYTES)),
             max_bytes,
+            max_marks: DEFAULT_MAX_MARKS,
             queued_total: 0,
             taken_total: 0,
             pending: VecDeque::new(),
@@ -84,9 +97,22 @@ impl PlayoutQueue {
         }
     }
 
+    /// Sets the bound on marks held (at least one).
+    pub fn set_max_marks(&mut self, max_marks: usize) {
+        self.max_marks = max_marks.max(1);
+    }
+
+    /// The bound on marks held (pending plus completed-but-not-taken).
+    pub fn max_marks(&self) -> usize {
+        self.max_marks
+    }
+
     /// Queues agent audio; returns how many bytes were accepted (the rest overflowed).
     pub fn push_audio(&mut self, bytes: &[u8]) -> usize {
-        let room = self.max_bytes - self.audio.len();
+        if self.audio.is_empty() {
+            self.shrink_if_drained();
+        }
+        let room = self.max_bytes.saturating_sub(self.audio.len());
         let n = bytes.len().min(room);
         self.audio.extend(&bytes[..n]);
         self.queued_total += n as u64;
@@ -94,8 +120,23 @@ impl PlayoutQueue {
         n
     }
 
+    /// Gives back a ring that a long burst grew, once it has drained. Called from the
+    /// agent's side (queueing, clear), never from the per-frame path.
+    fn shrink_if_drained(&mut self) {
+        let keep = self.max_bytes.min(INITIAL_BYTES);
+        if self.audio.is_empty() && self.audio.capacity() > keep * SHRINK_FACTOR {
+            self.audio.shrink_to(keep);
+        }
+    }
+
     /// Queues a mark after the audio queued so far. With nothing queued it completes at once.
-    pub fn push_mark(&mut self, name: impl Into<String>) {
+    /// Returns false (and counts it) when the queue already holds
+    /// [`PlayoutQueue::max_marks`] marks: the mark is dropped and will not be echoed.
+    pub fn push_mark(&mut self, name: impl Into<String>) -> bool {
+        if self.pending.len() + self.done.len() >= self.max_marks {
+            self.stats.marks_refused += 1;
+            return false;
+        }
         let name = name.into();
         if self.queued_total == self.taken_total && self.pending.is_empty() {
             self.stats.marks_completed += 1;
@@ -103,6 +144,7 @@ impl PlayoutQueue {
         } else {
             self.pending.push_back((self.queued_total, name));
         }
+        true
     }
 
     /// Fills `out` with the next 20 ms frame: queued audio, padded with silence when the queue
@@ -152,6 +194,7 @@ impl PlayoutQueue {
         self.stats.cleared_bytes += self.audio.len() as u64;
         self.taken_total += self.audio.len() as u64;
         self.audio.clear();
+        self.shrink_if_drained();
         let mut marks: Vec<String> = self.done.drain(..).collect();
         self.stats.marks_completed += self.pending.len() as u64;
         marks.extend(self.pending.drain(..).map(|(_, name)| name));
@@ -302,6 +345,60 @@ mod tests {
         assert_eq!(q.queued_duration(), std::time::Duration::ZERO);
         // Space frees up as frames play.
         assert_eq!(q.push_audio(&[1; 160]), 160);
+    }
+
+    #[test]
+    fn marks_are_bounded_and_refusals_counted() {
+        let mut q = PlayoutQueue::default();
+        q.set_max_marks(3);
+        q.push_audio(&[1; 400]);
+        assert!(q.push_mark("a"));
+        assert!(q.push_mark("b"));
+        assert!(q.push_mark("c"));
+        assert!(!q.push_mark("d"), "a fourth mark is refused");
+        assert_eq!(q.pending_marks(), 3);
+        assert_eq!(q.stats().marks_refused, 1);
+        // Completed marks still count until they are taken.
+        frame(&mut q);
+        frame(&mut q);
+        frame(&mut q);
+        assert_eq!(q.done_marks(), 3);
+        assert!(!q.push_mark("e"), "done marks not yet echoed count too");
+        assert_eq!(q.pop_done_mark().as_deref(), Some("a"));
+        assert!(q.push_mark("f"), "room again once one was taken");
+        assert_eq!(q.stats().marks_refused, 2);
+        // The default bound.
+        let mut q = PlayoutQueue::default();
+        q.push_audio(&[1; 10]);
+        let accepted = (0..DEFAULT_MAX_MARKS + 50)
+            .filter(|i| q.push_mark(format!("m{i}")))
+            .count();
+        assert_eq!(accepted, DEFAULT_MAX_MARKS);
+        assert_eq!(q.stats().marks_refused, 50);
+    }
+
+    #[test]
+    fn a_ring_grown_by_a_burst_is_given_back_once_drained() {
+        let mut q = PlayoutQueue::default();
+        let base = q.audio.capacity();
+        q.push_audio(&vec![1; DEFAULT_MAX_BYTES]);
+        assert!(q.audio.capacity() >= DEFAULT_MAX_BYTES);
+        q.clear();
+        assert!(
+            q.audio.capacity() <= INITIAL_BYTES * SHRINK_FACTOR,
+            "cleared ring shrunk to {}",
+            q.audio.capacity()
+        );
+        // Drained by playout, shrunk on the next push.
+        q.push_audio(&vec![2; DEFAULT_MAX_BYTES / 2]);
+        while q.queued_bytes() > 0 {
+            frame(&mut q);
+        }
+        q.push_audio(&[3; 160]);
+        assert!(q.audio.capacity() <= INITIAL_BYTES * SHRINK_FACTOR);
+        assert!(base <= INITIAL_BYTES * SHRINK_FACTOR);
+        let (f, n) = frame(&mut q);
+        assert_eq!((n, f), (160, [3u8; FRAME_BYTES]));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! RTP port allocation over a configured range.
 //!
 //! RTP takes even ports and RTCP the next odd one (RFC 3550 11). A freed pair is quarantined for
-//! a while before reuse so that late packets of the old call never reach a new one. Allocation
-//! and release are O(1) amortised: free pairs sit in a FIFO (least recently used first), and
-//! quarantined pairs in a second FIFO ordered by release time (the quarantine is one fixed
-//! duration, so release order is expiry order).
+//! a while before reuse so that late packets of the old call never reach a new one. Free pairs
+//! are handed out in random order, so that the port of the next call cannot be predicted from
+//! the port of this one (an attacker who knows it could spray RTP at it before the call's own
+//! packets, the set-up of "RTP Bleed"). Allocation and release are O(1) amortised: free pairs
+//! sit in a vector from which a random index is taken with `swap_remove`, and quarantined pairs
+//! in a FIFO ordered by release time (the quarantine is one fixed duration, so release order is
+//! expiry order).
 //!
 //! Time is explicit (`Duration` since any fixed epoch), so the logic is testable without clocks.
 //! [`bind_pair`] binds the two UDP sockets, skipping ports that another process holds.
@@ -13,6 +16,8 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 /// Port allocation failures.
@@ -60,15 +65,36 @@ pub struct PortAllocator {
     first: u16,
     quarantine: Duration,
     states: Vec<PairState>,
-    free: VecDeque<u16>,
+    free: Vec<u16>,
     quarantined: VecDeque<(u16, Duration)>,
     in_use: usize,
+    rng: StdRng,
 }
 
 impl PortAllocator {
     /// An allocator over `start..=end`. `start` is rounded up to even; a pair needs both ports
-    /// inside the range. Freed pairs wait `quarantine` before reuse.
+    /// inside the range. Freed pairs wait `quarantine` before reuse. The order of allocation is
+    /// random (seeded from the OS).
     pub fn new(start: u16, end: u16, quarantine: Duration) -> Result<Self, PortError> {
+        Self::with_rng(start, end, quarantine, StdRng::from_os_rng())
+    }
+
+    /// [`PortAllocator::new`] with a seeded order, for reproducible tests.
+    pub fn with_seed(
+        start: u16,
+        end: u16,
+        quarantine: Duration,
+        seed: u64,
+    ) -> Result<Self, PortError> {
+        Self::with_rng(start, end, quarantine, StdRng::seed_from_u64(seed))
+    }
+
+    fn with_rng(
+        start: u16,
+        end: u16,
+        quarantine: Duration,
+        rng: StdRng,
+    ) -> Result<Self, PortError> {
         let first = start.saturating_add(start & 1);
         let pairs = if end > first {
             ((end - first) as usize).div_ceil(2)
@@ -86,6 +112,7 @@ impl PortAllocator {
             free,
             quarantined: VecDeque::new(),
             in_use: 0,
+            rng,
         })
     }
 
@@ -121,19 +148,21 @@ impl PortAllocator {
             if let Some(i) = self.slot(port) {
                 self.states[i] = PairState::Free;
             }
-            self.free.push_back(port);
+            self.free.push(port);
         }
     }
 
     /// Takes a free pair; returns its (even) RTP port.
     pub fn allocate(&mut self, now: Duration) -> Result<u16, PortError> {
         self.expire(now);
-        let Some(port) = self.free.pop_front() else {
+        if self.free.is_empty() {
             return Err(PortError::Exhausted {
                 in_use: self.in_use,
                 quarantined: self.quarantined.len(),
             });
-        };
+        }
+        let pick = self.rng.random_range(0..self.free.len());
+        let port = self.free.swap_remove(pick);
         if let Some(i) = self.slot(port) {
             self.states[i] = PairState::InUse;
         }
@@ -148,9 +177,9 @@ impl PortAllocator {
             .filter(|&i| self.states[i] == PairState::InUse)
             .ok_or(PortError::NotAllocated(rtp_port))?;
         self.states[i] = PairState::Quarantined;
-        self.in_use -= 1;
+        self.in_use = self.in_use.saturating_sub(1);
         self.quarantined
-            .push_back((rtp_port, now + self.quarantine));
+            .push_back((rtp_port, now.saturating_add(self.quarantine)));
         self.expire(now);
         Ok(())
     }
@@ -242,6 +271,7 @@ mod tests {
         for _ in 0..4 {
             got.push(a.allocate(s(0)).expect("free"));
         }
+        got.sort_unstable();
         assert_eq!(got, vec![10002, 10004, 10006, 10008]);
         assert!(matches!(
             a.allocate(s(0)),
@@ -294,13 +324,64 @@ mod tests {
         assert_eq!(a.allocate(s(23)).expect("free"), p1);
     }
 
+    /// Counts how often a call got the pair right after the previous call's (the prediction
+    /// an attacker would make) over `calls` calls that each hold their pair for a while.
+    fn successors(a: &mut PortAllocator, calls: usize) -> (usize, Vec<u16>) {
+        let mut held = VecDeque::new();
+        let mut got = Vec::new();
+        let mut hits = 0;
+        let mut prev: Option<u16> = None;
+        for t in 0..calls as u64 {
+            let p = a.allocate(s(t)).expect("free");
+            if prev.is_some_and(|q| p == q.wrapping_add(2)) {
+                hits += 1;
+            }
+            prev = Some(p);
+            got.push(p);
+            held.push_back(p);
+            if held.len() > 50 {
+                let old = held.pop_front().expect("held");
+                a.release(old, s(t)).expect("held");
+            }
+        }
+        (hits, got)
+    }
+
     #[test]
-    fn least_recently_used_first() {
-        let mut a = PortAllocator::new(40000, 40007, s(0)).expect("range");
-        let p = a.allocate(s(0)).expect("free");
-        a.release(p, s(0)).expect("ok");
-        // The freed pair goes to the back of the queue.
-        assert_eq!(a.allocate(s(0)).expect("free"), 40002);
+    fn consecutive_calls_do_not_get_consecutive_ports() {
+        // Seeded: reproducible. With 5000 pairs the chance of "next = previous + 2" is about
+        // 1/5000 per call, so a handful over 2000 calls would already be a broken allocator
+        // (the old FIFO scored 2000 of 2000 minus a few).
+        for seed in [1u64, 2, 0xDEAD_BEEF] {
+            let mut a = PortAllocator::with_seed(20000, 29999, s(3), seed).expect("range");
+            let (hits, got) = successors(&mut a, 2000);
+            assert!(
+                hits <= 5,
+                "seed {seed}: {hits} of 2000 calls got the next pair"
+            );
+            // Spread over the whole range, not a corner of it.
+            let (lo, hi) = (
+                got.iter().min().copied().unwrap_or(0),
+                got.iter().max().copied().unwrap_or(0),
+            );
+            assert!(lo < 21000 && hi > 29000, "seed {seed}: {lo}..{hi}");
+        }
+        // From the OS seed, as the node runs: the same bound holds with overwhelming margin.
+        let mut a = PortAllocator::new(20000, 29999, s(3)).expect("range");
+        let (hits, _) = successors(&mut a, 2000);
+        assert!(hits <= 5, "{hits} of 2000 calls got the next pair");
+    }
+
+    #[test]
+    fn random_order_still_hands_out_every_pair_once() {
+        let mut a = PortAllocator::with_seed(40000, 40199, s(1), 7).expect("range");
+        let mut got: Vec<u16> = (0..a.capacity())
+            .map(|_| a.allocate(s(0)).expect("free"))
+            .collect();
+        assert!(a.allocate(s(0)).is_err());
+        got.sort_unstable();
+        let want: Vec<u16> = (0..100).map(|i| 40000 + 2 * i).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -355,13 +436,16 @@ mod tests {
             return; // Too close to the top to build a 2-pair range; nothing to test here.
         }
         let blocker = UdpSocket::bind(SocketAddr::new(ip, base + 1));
-        let mut a = PortAllocator::new(base, base + 5, s(30)).expect("range");
+        // Two pairs: `base` (blocked) and `base + 2`.
+        let mut a = PortAllocator::new(base, base + 3, s(30)).expect("range");
         match blocker {
             Ok(_blocker) => {
                 let pair = bind_pair(&mut a, ip, s(0)).expect("second pair works");
-                assert_ne!(pair.port, base, "the blocked pair is skipped");
-                assert_eq!(pair.port % 2, 0);
+                assert_eq!(pair.port, base + 2, "the blocked pair is skipped");
                 assert_eq!(pair.rtcp.local_addr().expect("addr").port(), pair.port + 1);
+                // Whether or not the random order tried the blocked pair first, a second
+                // call must try it now, set it aside and find nothing else.
+                assert!(bind_pair(&mut a, ip, s(0)).is_err());
                 assert_eq!(a.in_use(), 1);
                 assert_eq!(a.quarantined(), 1);
             }

@@ -415,7 +415,9 @@ pub struct ReceiverStats {
     min_sequential: u16,
     started: bool,
     max_seq: u16,
-    cycles: u32,
+    /// Sequence cycles counted, shifted left by 16 (A.1's `cycles`); 64 bits and saturating
+    /// so that a hostile peer wrapping the sequence space on purpose cannot overflow it.
+    cycles: u64,
     base_seq: u32,
     bad_seq: u32,
     probation: u16,
@@ -429,8 +431,9 @@ pub struct ReceiverStats {
 
 impl ReceiverStats {
     /// Statistics for a source sampled at `clock_rate` Hz that is valid from its first packet.
-    /// (The A.1 probation is off because the media node latches to the source it signalled, so
-    /// the first packet is already expected; see [`ReceiverStats::with_probation`].)
+    /// (The A.1 probation is off because the media node accepts packets only from the source
+    /// the peer signalled, or one that passed probation in [`crate::media::source`], so the
+    /// first packet is already expected; see [`ReceiverStats::with_probation`].)
     pub fn new(clock_rate: u32) -> Self {
         Self::with_probation(clock_rate, 1)
     }
@@ -495,7 +498,7 @@ impl ReceiverStats {
         } else if udelta < MAX_DROPOUT {
             // In order, possibly with a gap; wrapped when the new number is smaller.
             if seq < self.max_seq {
-                self.cycles += RTP_SEQ_MOD;
+                self.cycles = self.cycles.saturating_add(u64::from(RTP_SEQ_MOD));
             }
             self.max_seq = seq;
         } else if udelta as u32 <= RTP_SEQ_MOD - MAX_MISORDER as u32 {
@@ -520,11 +523,11 @@ impl ReceiverStats {
     /// Extends `seq` relative to the current maximum: packets just behind the maximum across a
     /// wrap get the previous cycle.
     fn extended(&self, seq: u16) -> u64 {
-        let cycles = self.cycles as u64;
-        let ext = cycles + seq as u64;
+        let cycles = self.cycles;
+        let ext = cycles.saturating_add(u64::from(seq));
         if seq > self.max_seq && seq.wrapping_sub(self.max_seq) > u16::MAX / 2 && cycles > 0 {
             // Late packet from before the wrap.
-            ext - RTP_SEQ_MOD as u64
+            ext.saturating_sub(u64::from(RTP_SEQ_MOD))
         } else {
             ext
         }
@@ -535,9 +538,13 @@ impl ReceiverStats {
         let arrival_units = (arrival.as_nanos() * self.clock_rate as u128 / 1_000_000_000) as u32;
         let transit = arrival_units.wrapping_sub(timestamp) as i32 as i64;
         if let Some(prev) = self.transit {
+            // Both transits come from i32, so neither the difference nor the sum can overflow.
             let d = (transit - prev).unsigned_abs();
-            // J += (|D| - J) / 16, in fixed point scaled by 16 (A.8).
-            self.jitter_q4 = self.jitter_q4 + d - ((self.jitter_q4 + 8) >> 4);
+            // J += (|D| - J) / 16, in fixed point scaled by 16 (A.8); J stays below 2^36.
+            self.jitter_q4 = self
+                .jitter_q4
+                .saturating_add(d)
+                .saturating_sub(self.jitter_q4.saturating_add(8) >> 4);
         }
         self.transit = Some(transit);
     }
@@ -559,7 +566,7 @@ impl ReceiverStats {
 
     /// Extended highest sequence number received.
     pub fn extended_max(&self) -> u64 {
-        self.cycles as u64 + self.max_seq as u64
+        self.cycles.saturating_add(u64::from(self.max_seq))
     }
 
     /// Packets expected: extended highest minus base plus one (0 before the first valid packet).
@@ -567,12 +574,16 @@ impl ReceiverStats {
         if !self.started || self.probation > 0 {
             return 0;
         }
-        (self.extended_max() + 1).saturating_sub(self.base_seq as u64)
+        self.extended_max()
+            .saturating_add(1)
+            .saturating_sub(u64::from(self.base_seq))
     }
 
     /// Cumulative packets lost (negative when duplicates outnumber losses).
     pub fn lost(&self) -> i64 {
-        self.expected() as i64 - self.received as i64
+        let expected = i64::try_from(self.expected()).unwrap_or(i64::MAX);
+        let received = i64::try_from(self.received).unwrap_or(i64::MAX);
+        expected.saturating_sub(received)
     }
 
     /// Builds a reception report and starts a new reporting interval (A.3 fraction lost).
@@ -582,11 +593,12 @@ impl ReceiverStats {
         self.expected_prior = expected;
         let received_interval = self.received.saturating_sub(self.received_prior);
         self.received_prior = self.received;
-        let lost_interval = expected_interval as i64 - received_interval as i64;
+        // In i128: interval counts are u64 and a hostile stream may make them anything.
+        let lost_interval = i128::from(expected_interval) - i128::from(received_interval);
         let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
             0
         } else {
-            ((lost_interval << 8) / expected_interval as i64).min(255) as u8
+            ((lost_interval * 256) / i128::from(expected_interval)).min(255) as u8
         };
         // The cumulative field is 24-bit signed: clamp rather than wrap.
         let cumulative_lost = self.lost().clamp(-0x80_0000, 0x7F_FFFF) as i32;
@@ -952,6 +964,62 @@ mod tests {
         assert!(j > 75.0 && j <= 80.0, "{j}");
         assert_eq!(st.report().jitter, st.jitter());
         assert!(st.jitter_duration() >= Duration::from_millis(9));
+    }
+
+    /// A hostile peer can wrap the 16-bit sequence space as fast as it likes (jumps just under
+    /// MAX_DROPOUT): more than 2^16 wraps overflowed a 32-bit `cycles << 16` in debug builds.
+    #[test]
+    fn hostile_sequence_wraps_never_overflow() {
+        let mut st = ReceiverStats::new(8000);
+        let mut seq = 0u16;
+        let step = MAX_DROPOUT - 1;
+        let per_wrap = 65536 / step as u64 + 1;
+        let mut wraps = 0u64;
+        let mut i = 0u64;
+        while wraps < 65_540 {
+            let next = seq.wrapping_add(step);
+            if next < seq {
+                wraps += 1;
+            }
+            seq = next;
+            // Timestamps and arrival times that jump around the whole 32-bit range, too.
+            let ts = (i as u32).wrapping_mul(0x9E37_79B9);
+            assert!(matches!(
+                st.update(seq, ts, Duration::from_millis(i % 1_000_000)),
+                SeqUpdate::Valid { .. }
+            ));
+            i += 1;
+        }
+        assert!(i >= wraps * (per_wrap - 1));
+        assert!(
+            st.extended_max() > u64::from(u32::MAX),
+            "cycles kept counting"
+        );
+        let r = st.report();
+        assert!(
+            r.fraction_lost > 0 && r.cumulative_lost == 0x7F_FFFF,
+            "{r:?}"
+        );
+        assert!(st.lost() > 0);
+        let _ = st.jitter_duration();
+    }
+
+    #[test]
+    fn extremes_of_sequence_and_timestamp_in_one_stream() {
+        let mut st = ReceiverStats::new(8000);
+        for (seq, ts, at) in [
+            (u16::MAX, u32::MAX, u64::MAX / 2),
+            (0, 0, 0),
+            (1, u32::MAX / 2 + 1, 1),
+            (u16::MAX, 1, u64::MAX / 2),
+            (40000, u32::MAX, 7),
+            (40001, 0, 7),
+        ] {
+            let _ = st.update(seq, ts, Duration::from_nanos(at));
+        }
+        let _ = st.report();
+        let _ = st.lost();
+        let _ = st.expected();
     }
 
     #[test]

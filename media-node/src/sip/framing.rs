@@ -78,21 +78,39 @@ impl FrameError {
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // Returns (end of head, start of body). Bare LF line endings are
-    // tolerated, as RFC 3261 7.5 asks implementations to be lenient.
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4));
-    let lf = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|i| (i, i + 2));
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// Looks for the blank line ending a head, starting at `from` (an index
+/// no terminator starts before). Returns `Ok((end of head, start of body))`,
+/// or `Err(resume)`: the index to resume from once more bytes arrived.
+///
+/// A head ends at a line feed followed by an empty line (`\n\n` or
+/// `\n\r\n`); a CR before that first line feed belongs to the line ending
+/// (`\r\n\r\n`). Bare LF line endings are tolerated, as RFC 3261 7.5 asks
+/// implementations to be lenient.
+fn scan_head_end(buf: &[u8], from: usize) -> Result<(usize, usize), usize> {
+    let mut pos = from;
+    while let Some(off) = buf
+        .get(pos..)
+        .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+    {
+        let lf = pos + off;
+        let head_end = if lf > 0 && buf[lf - 1] == b'\r' {
+            lf - 1
+        } else {
+            lf
+        };
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Ok((head_end, lf + 2)),
+            (Some(b'\r'), Some(b'\n')) => return Ok((head_end, lf + 3)),
+            // Not decidable yet: resume at this line feed.
+            (None, _) | (Some(b'\r'), None) => return Err(lf),
+            _ => pos = lf + 1,
+        }
     }
+    Err(buf.len())
+}
+
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    scan_head_end(buf, 0).ok()
 }
 
 /// Parses a head (start line + headers, without the blank line).
@@ -209,24 +227,30 @@ pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Message, FrameErro
     }
     let (head_end, body_start) = find_head_end(data).ok_or(FrameError::Unterminated)?;
     let (mut msg, cl) = parse_head(&data[..head_end], limits)?;
-    let available = data.len() - body_start;
-    let body_len = match cl {
-        Some(n) if n > available => {
-            return Err(FrameError::ContentLength(format!(
-                "says {n}, datagram has {available}"
-            )));
-        }
-        Some(n) => n,
-        None => available,
+    let body = data.get(body_start..).unwrap_or_default();
+    let body = match cl {
+        Some(n) => body.get(..n).ok_or_else(|| {
+            FrameError::ContentLength(format!("says {n}, datagram has {}", body.len()))
+        })?,
+        None => body,
     };
-    msg.body = Bytes::copy_from_slice(&data[body_start..body_start + body_len]);
+    msg.body = Bytes::copy_from_slice(body);
     Ok(msg)
 }
 
 /// Frames messages out of a TCP byte stream by Content-Length.
+///
+/// The search for the end of a head resumes where the previous call
+/// stopped, and a parsed head is kept until its body is complete, so a
+/// client sending one byte at a time costs O(bytes), not O(bytes²).
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: BytesMut,
+    /// Bytes of `buf` already searched for the end of the head.
+    scanned: usize,
+    /// The head of the message being received, once parsed: the message
+    /// without its body, where the body starts and the whole length.
+    pending: Option<(Message, usize, usize)>,
 }
 
 impl StreamFramer {
@@ -240,39 +264,82 @@ impl StreamFramer {
         self.buf.extend_from_slice(data);
     }
 
+    /// True when bytes of an unfinished message are buffered (keep-alive
+    /// CRLFs do not count). Meaningful after [`next_message`] returned
+    /// `Ok(None)`; the transport starts the message deadline on it.
+    ///
+    /// [`next_message`]: StreamFramer::next_message
+    pub fn in_progress(&self) -> bool {
+        // Leading CRLFs are skipped before a head is searched for, so any
+        // other first byte starts a message.
+        self.pending.is_some() || self.buf.first().is_some_and(|b| *b != b'\r' && *b != b'\n')
+    }
+
+    /// Bytes buffered, including keep-alive CRLFs.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next complete message, `Ok(None)` when more bytes are needed.
     /// After an error the stream cannot be resynchronised: close it.
     pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>, FrameError> {
-        // CRLF keep-alives (RFC 5626) between messages are skipped.
-        while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
-            self.buf.advance(1);
-        }
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let Some((head_end, body_start)) = find_head_end(&self.buf) else {
-            if self.buf.len() > limits.max_message_bytes {
+        if self.pending.is_none() {
+            if self.scanned == 0 {
+                // CRLF keep-alives (RFC 5626) between messages are skipped.
+                let skip = self
+                    .buf
+                    .iter()
+                    .take_while(|b| **b == b'\r' || **b == b'\n')
+                    .count();
+                self.buf.advance(skip);
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+            }
+            let (head_end, body_start) = match scan_head_end(&self.buf, self.scanned) {
+                Ok(found) => found,
+                Err(resume) => {
+                    self.scanned = resume;
+                    if self.buf.len() > limits.max_message_bytes {
+                        return Err(FrameError::TooLarge {
+                            size: self.buf.len(),
+                            limit: limits.max_message_bytes,
+                        });
+                    }
+                    return Ok(None);
+                }
+            };
+            if head_end > limits.max_message_bytes {
                 return Err(FrameError::TooLarge {
-                    size: self.buf.len(),
+                    size: head_end,
                     limit: limits.max_message_bytes,
                 });
             }
+            let (msg, cl) = parse_head(&self.buf[..head_end], limits)?;
+            let cl = cl.ok_or(FrameError::MissingContentLength)?;
+            // The length comes from the network: checked, never trusted.
+            let total = body_start
+                .checked_add(cl)
+                .filter(|t| *t <= limits.max_message_bytes)
+                .ok_or(FrameError::TooLarge {
+                    size: body_start.saturating_add(cl),
+                    limit: limits.max_message_bytes,
+                })?;
+            self.pending = Some((msg, body_start, total));
+        }
+        let Some((_, body_start, total)) = &self.pending else {
             return Ok(None);
         };
-        let (mut msg, cl) = parse_head(&self.buf[..head_end], limits)?;
-        let cl = cl.ok_or(FrameError::MissingContentLength)?;
-        let total = body_start + cl;
-        if total > limits.max_message_bytes {
-            return Err(FrameError::TooLarge {
-                size: total,
-                limit: limits.max_message_bytes,
-            });
-        }
+        let (body_start, total) = (*body_start, *total);
         if self.buf.len() < total {
             return Ok(None);
         }
+        let Some((mut msg, _, _)) = self.pending.take() else {
+            return Ok(None);
+        };
         let frame = self.buf.split_to(total).freeze();
-        msg.body = frame.slice(body_start..total);
+        msg.body = frame.slice(body_start..);
+        self.scanned = 0;
         Ok(Some(msg))
     }
 }
@@ -393,5 +460,154 @@ mod tests {
             f.next_message(&l),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn stream_content_length_overflow_is_refused_not_panicking() {
+        let l = Limits::default();
+        for cl in [
+            u64::MAX.to_string(),
+            (u64::MAX - 1).to_string(),
+            (u64::MAX - 40).to_string(),
+            usize::MAX.to_string(),
+            (usize::MAX / 2).to_string(),
+        ] {
+            let msg = format!("OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {cl}\r\n\r\n");
+            let mut f = StreamFramer::new();
+            f.push(msg.as_bytes());
+            assert!(
+                matches!(f.next_message(&l), Err(FrameError::TooLarge { .. })),
+                "{cl}"
+            );
+            // The same head in a datagram: the body is shorter than claimed.
+            assert!(
+                matches!(
+                    parse_datagram(msg.as_bytes(), &l),
+                    Err(FrameError::ContentLength(_))
+                ),
+                "{cl}"
+            );
+        }
+        // Beyond u64: not a number we accept at all.
+        let mut f = StreamFramer::new();
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 99999999999999999999999\r\n\r\n");
+        assert!(matches!(
+            f.next_message(&l),
+            Err(FrameError::ContentLength(_))
+        ));
+    }
+
+    #[test]
+    fn head_end_accepts_every_blank_line_form() {
+        for (text, head, body) in [
+            ("A\r\n\r\nB", 1, 5),
+            ("A\n\nB", 1, 3),
+            ("A\r\n\nB", 1, 4),
+            ("A\n\r\nB", 1, 4),
+            ("A\r\nB: c\r\n\r\n", 7, 11),
+        ] {
+            assert_eq!(
+                find_head_end(text.as_bytes()),
+                Some((head, body)),
+                "{text:?}"
+            );
+        }
+        assert_eq!(find_head_end(b"A\r\nB\r\n"), None);
+        assert_eq!(find_head_end(b"A\r\rB"), None);
+    }
+
+    #[test]
+    fn stream_scanning_resumes_where_it_stopped() {
+        let l = Limits::default();
+        let head = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 3\r\n\r\n";
+        let mut f = StreamFramer::new();
+        let bytes = head.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            let before = f.scanned;
+            f.push(&[*b]);
+            let got = f.next_message(&l).expect("no error");
+            assert!(got.is_none());
+            if f.pending.is_none() {
+                // Never searched again from the start: at most the last line
+                // ending (up to two bytes back) is re-examined.
+                assert!(f.scanned + 2 >= before, "scan went back at byte {i}");
+                assert!(f.scanned + 2 >= i, "byte {i}: resumed at {}", f.scanned);
+            }
+            assert!(f.in_progress());
+        }
+        // The head is parsed once and kept while the body trickles in.
+        assert!(f.pending.is_some());
+        f.push(b"ab");
+        assert_eq!(f.next_message(&l), Ok(None));
+        assert!(f.pending.is_some() && f.in_progress());
+        f.push(b"cOPT");
+        let m = f.next_message(&l).expect("ok").expect("message");
+        assert_eq!(&m.body[..], b"abc");
+        // The next message starts fresh: its search begins at its own start.
+        assert_eq!(f.scanned, 0);
+        assert_eq!(f.next_message(&l), Ok(None));
+        assert!(f.in_progress());
+        assert_eq!(f.buffered(), 3);
+    }
+
+    #[test]
+    fn stream_terminator_split_across_reads() {
+        let l = Limits::default();
+        let msg = "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+        for cut in msg.len() - 4..msg.len() {
+            let mut f = StreamFramer::new();
+            f.push(&msg.as_bytes()[..cut]);
+            assert_eq!(f.next_message(&l), Ok(None), "cut at {cut}");
+            f.push(&msg.as_bytes()[cut..]);
+            assert!(f.next_message(&l).expect("ok").is_some(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn stream_crlf_keepalives_are_skipped() {
+        let l = Limits::default();
+        let mut f = StreamFramer::new();
+        // RFC 5626 ping, then half a pong's worth: nothing is in progress.
+        f.push(b"\r\n\r\n");
+        assert_eq!(f.next_message(&l), Ok(None));
+        assert!(!f.in_progress());
+        assert_eq!(f.buffered(), 0);
+        f.push(b"\r");
+        assert_eq!(f.next_message(&l), Ok(None));
+        assert!(!f.in_progress());
+        f.push(format!("\n{INVITE}\r\n\r\n\r\n{INVITE}\r\n").as_bytes());
+        assert!(f.next_message(&l).expect("ok").is_some());
+        assert!(f.next_message(&l).expect("ok").is_some());
+        assert_eq!(f.next_message(&l), Ok(None));
+        assert!(!f.in_progress());
+        // Keep-alives alone never add up to a message over the limit.
+        let small = Limits {
+            max_message_bytes: 64,
+            max_headers: 10,
+        };
+        for _ in 0..100 {
+            f.push(b"\r\n\r\n");
+            assert_eq!(f.next_message(&small), Ok(None));
+        }
+    }
+
+    #[test]
+    fn stream_pipelined_messages_at_every_split() {
+        let l = Limits::default();
+        let data = format!("{INVITE}\r\n{INVITE}{INVITE}");
+        let bytes = data.as_bytes();
+        for cut in 0..bytes.len() {
+            let mut f = StreamFramer::new();
+            let mut got = Vec::new();
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                f.push(part);
+                while let Some(m) = f.next_message(&l).expect("valid") {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert!(got.iter().all(|m| &m.body[..] == b"v=0\n"), "cut at {cut}");
+            assert!(!f.in_progress());
+        }
     }
 }

@@ -3,13 +3,20 @@
 //! retransmissions over UDP, 100 Trying, matching by branch.
 //!
 //! One task owns every transaction and one `DelayQueue` holds all their
-//! timers. Timers are not cancelled when a transaction changes state;
-//! instead each firing timer is checked against the current state, which
-//! keeps the bookkeeping trivial. The task also retransmits 2xx answers to
-//! INVITE until the ACK arrives (RFC 3261 13.3.1.4), since the transaction
-//! is gone by then.
+//! timers. A server transaction remembers the keys of its armed timers and
+//! cancels them when it changes state or ends, so nothing it owned (its
+//! key, its last response) outlives the RFC 3261 timer that ends it. The
+//! task also retransmits 2xx answers to INVITE until the ACK arrives
+//! (RFC 3261 13.3.1.4), since the transaction is gone by then; those are
+//! matched on the full dialog id, never on the Call-ID alone.
+//!
+//! Hostile input: transaction keys have a bounded size (a longer branch is
+//! refused with 400 before any state is created), and the table of server
+//! transactions is bounded per node and per source IP; beyond the bounds a
+//! new request gets one stateless 503 and is counted.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
 
 use crate::metrics::Metrics;
 use crate::sip::headers::Via;
@@ -31,6 +39,38 @@ pub const T2: Duration = Duration::from_secs(4);
 pub const T4: Duration = Duration::from_secs(5);
 /// 64*T1: transaction timeouts B, F, H, J and the 2xx retransmission window.
 pub const T64: Duration = Duration::from_secs(32);
+
+/// Longest Via branch accepted as part of a transaction key. Real stacks
+/// use a few dozen characters; RFC 3261 sets no limit, so without one a
+/// peer decides how much memory each of its transactions holds.
+pub const MAX_BRANCH_LEN: usize = 256;
+/// Longest transaction key (branch, sent-by and method; or the RFC 2543
+/// fields: Call-ID, Request-URI, From tag, CSeq, sent-by, method).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Safety net for a TU that never answers an INVITE (every inbound INVITE
+/// gets a final answer within its ringing time, far below this).
+const INVITE_ABANDON: Duration = Duration::from_secs(300);
+
+/// Bounds of the transaction layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Most server transactions alive at once on the node.
+    pub max_server: usize,
+    /// Most server transactions alive at once per source IP.
+    pub max_server_per_source: usize,
+    /// Retry-After seconds sent with the overload 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for TxnLimits {
+    fn default() -> Self {
+        TxnLimits {
+            max_server: 20_000,
+            max_server_per_source: 2_000,
+            retry_after_secs: 30,
+        }
+    }
+}
 
 /// Identifies a server transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,10 +116,16 @@ pub enum TuEvent {
         /// Who sent it.
         peer: Peer,
     },
-    /// A 2xx to INVITE was retransmitted for 64*T1 without an ACK.
+    /// A 2xx to INVITE was retransmitted for 64*T1 without an ACK. Names
+    /// the one dialog it belongs to (Call-ID and both tags): another dialog
+    /// with the same Call-ID is not concerned.
     AckTimeout {
         /// Call-ID of the INVITE.
         call_id: String,
+        /// Our tag (the To tag of the 2xx).
+        local_tag: String,
+        /// The peer's tag (the From tag of the INVITE).
+        remote_tag: String,
         /// CSeq number of the INVITE.
         cseq: u32,
     },
@@ -89,6 +135,7 @@ enum Command {
     Respond {
         id: ServerTxnId,
         resp: Message,
+        once: bool,
     },
     Request {
         id: ClientTxnId,
@@ -136,6 +183,20 @@ impl SipHandle {
         let _ = self.cmd.send(Command::Respond {
             id: id.clone(),
             resp,
+            once: false,
+        });
+    }
+
+    /// Sends a final non-2xx response to an INVITE once, without Timer G
+    /// retransmissions: for answers to unauthorised or unauthenticated
+    /// sources (401, 403), which would otherwise reflect several datagrams
+    /// per spoofed request. A retransmitted INVITE still gets the same
+    /// answer again (one per request received), until Timer H.
+    pub fn respond_once(&self, id: &ServerTxnId, resp: Message) {
+        let _ = self.cmd.send(Command::Respond {
+            id: id.clone(),
+            resp,
+            once: true,
         });
     }
 
@@ -219,6 +280,51 @@ struct ServerTxn {
     peer: Peer,
     last_response: Option<Bytes>,
     interval: Duration,
+    /// Timer G, while armed.
+    retransmit: Option<Key>,
+    /// The timer that ends the transaction (abandon, H, I, J or L), while
+    /// armed. Replaced, not added to, on each state change.
+    end: Option<Key>,
+}
+
+/// Arms `timer` in `slot`, cancelling what the slot held. A slot only ever
+/// holds the key of a timer that has not fired yet (firing clears it), so
+/// the cancellation never hits a reused key.
+fn arm(timers: &mut DelayQueue<Timer>, slot: &mut Option<Key>, timer: Timer, after: Duration) {
+    if let Some(old) = slot.take() {
+        timers.try_remove(&old);
+    }
+    *slot = Some(timers.insert(timer, after));
+}
+
+/// Identifies a dialog's INVITE, to match the ACK for its 2xx and the
+/// 2xx's retransmissions (RFC 3261 13.3.1.4: the ACK has its own branch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AckKey {
+    call_id: Arc<str>,
+    /// The peer's tag (From).
+    remote_tag: Arc<str>,
+    /// Our tag (To).
+    local_tag: Arc<str>,
+    cseq: u32,
+}
+
+impl AckKey {
+    /// From a 2xx we send or an ACK we receive (same From, To, Call-ID).
+    fn of(msg: &Message) -> Option<AckKey> {
+        let tag = |name: &str| {
+            msg.header(name)
+                .and_then(|v| crate::sip::headers::param(v, "tag"))
+                .unwrap_or("")
+                .into()
+        };
+        Some(AckKey {
+            call_id: msg.call_id()?.into(),
+            remote_tag: tag("From"),
+            local_tag: tag("To"),
+            cseq: msg.cseq()?.0,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +351,8 @@ struct Pending2xx {
     peer: Peer,
     interval: Duration,
     started: Instant,
+    /// The next retransmission, while armed.
+    timer: Option<Key>,
 }
 
 #[derive(Debug, Clone)]
@@ -264,7 +372,7 @@ enum Timer {
     /// Safety net for a TU that never answers.
     ServerAbandon(ServerTxnId),
     /// Retransmit a 2xx to INVITE until ACKed.
-    Retransmit2xx(String, u32),
+    Retransmit2xx(AckKey),
 }
 
 /// Runs the transaction layer until the incoming stream ends.
@@ -273,8 +381,11 @@ pub struct TransactionLayer {
     metrics: Metrics,
     tu: mpsc::UnboundedSender<TuEvent>,
     servers: HashMap<ServerTxnId, ServerTxn>,
+    /// Live server transactions per source IP (entries removed at zero).
+    per_source: HashMap<IpAddr, usize>,
+    limits: TxnLimits,
     clients: HashMap<ClientTxnId, ClientTxn>,
-    pending_2xx: HashMap<(String, u32), Pending2xx>,
+    pending_2xx: HashMap<AckKey, Pending2xx>,
     timers: DelayQueue<Timer>,
 }
 
@@ -285,6 +396,7 @@ impl TransactionLayer {
         transport: Arc<Transport>,
         incoming: mpsc::Receiver<Incoming>,
         metrics: Metrics,
+        limits: TxnLimits,
     ) -> (SipHandle, mpsc::UnboundedReceiver<TuEvent>) {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (tu_tx, tu_rx) = mpsc::unbounded_channel();
@@ -293,6 +405,8 @@ impl TransactionLayer {
             metrics,
             tu: tu_tx,
             servers: HashMap::new(),
+            per_source: HashMap::new(),
+            limits,
             clients: HashMap::new(),
             pending_2xx: HashMap::new(),
             timers: DelayQueue::new(),
@@ -323,7 +437,8 @@ impl TransactionLayer {
                     None => return,
                 },
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
-                    self.on_timer(expired.into_inner());
+                    let key = expired.key();
+                    self.on_timer(key, expired.into_inner());
                 }
             }
         }
@@ -349,31 +464,48 @@ impl TransactionLayer {
         }
     }
 
-    fn server_key(via: &Via, msg: &Message, method: &Method) -> ServerTxnId {
+    /// The server transaction key (RFC 3261 17.2.3): branch, sent-by and
+    /// method; the identifying headers for RFC 2543 peers. Refused when a
+    /// part is longer than the bounds, so a key never holds more than
+    /// [`MAX_KEY_LEN`] bytes of the peer's choosing.
+    fn server_key(via: &Via, msg: &Message, method: &Method) -> Result<ServerTxnId, &'static str> {
         let m = if *method == Method::Ack {
             "INVITE"
         } else {
             method.as_str()
         };
+        // Checked before formatting: the parts' sizes come from the network.
+        let fixed = via.host.len() + m.len() + 16;
         if via.has_rfc3261_branch() {
             let branch = via.branch.as_deref().unwrap_or_default();
-            ServerTxnId(format!("{branch}|{}|{m}", via.sent_by()).into())
+            if branch.len() > MAX_BRANCH_LEN {
+                return Err("Via branch too long");
+            }
+            if fixed + branch.len() > MAX_KEY_LEN {
+                return Err("transaction key too long");
+            }
+            Ok(ServerTxnId(
+                format!("{branch}|{}|{m}", via.sent_by()).into(),
+            ))
         } else {
             // RFC 2543 peers: match on the identifying headers (17.2.3).
             let from_tag = msg
                 .header("From")
                 .and_then(|f| crate::sip::headers::param(f, "tag"))
                 .unwrap_or("");
+            let call_id = msg.call_id().unwrap_or("");
+            let ruri = msg.request_uri().unwrap_or("");
+            if fixed + from_tag.len() + call_id.len() + ruri.len() + 16 > MAX_KEY_LEN {
+                return Err("transaction key too long");
+            }
             let cseq = msg.cseq().map(|c| c.0).unwrap_or(0);
-            ServerTxnId(
+            Ok(ServerTxnId(
                 format!(
-                    "2543|{}|{}|{from_tag}|{cseq}|{}|{m}",
-                    msg.call_id().unwrap_or(""),
-                    msg.request_uri().unwrap_or(""),
+                    "2543|{call_id}|{ruri}|{from_tag}|{cseq}|{}|{m}",
                     via.sent_by()
                 )
                 .into(),
-            )
+            ))
         }
     }
 
@@ -419,27 +551,51 @@ impl TransactionLayer {
             self.send(&peer, resp.to_bytes());
             return;
         }
-        let id = Self::server_key(&via, &msg, &method);
+        let id = match Self::server_key(&via, &msg, &method) {
+            Ok(id) => id,
+            Err(reason) => {
+                // Stateless: nothing of the oversized key is kept.
+                self.metrics.reject("txn_key_too_long");
+                tracing::debug!(peer = %peer.addr, reason, "transaction key refused");
+                if method != Method::Ack {
+                    let resp = msg.response(400, reason, None);
+                    self.send(&peer, resp.to_bytes());
+                }
+                return;
+            }
+        };
         if method == Method::Ack {
             if let Some(txn) = self.servers.get_mut(&id)
                 && txn.invite
             {
                 if txn.state == SState::Completed {
                     txn.state = SState::Confirmed;
+                    // The ACK stops Timer G and replaces Timer H by Timer I.
+                    if let Some(k) = txn.retransmit.take() {
+                        self.timers.try_remove(&k);
+                    }
                     let wait = if Self::reliable(&txn.peer) {
                         Duration::ZERO
                     } else {
                         T4
                     };
-                    self.timers.insert(Timer::ServerTerminate(id), wait);
+                    arm(
+                        &mut self.timers,
+                        &mut txn.end,
+                        Timer::ServerTerminate(id),
+                        wait,
+                    );
                 }
                 if txn.state != SState::Accepted {
                     return;
                 }
             }
             // ACK for a 2xx: stop retransmitting it and tell the TU.
-            if let (Some(call_id), Some((cseq, _))) = (msg.call_id(), msg.cseq()) {
-                self.pending_2xx.remove(&(call_id.to_owned(), cseq));
+            if let Some(key) = AckKey::of(&msg)
+                && let Some(p) = self.pending_2xx.remove(&key)
+                && let Some(k) = p.timer
+            {
+                self.timers.try_remove(&k);
             }
             let _ = self.tu.send(TuEvent::Ack { msg, peer });
             return;
@@ -452,7 +608,33 @@ impl TransactionLayer {
             }
             return;
         }
+        let ip = peer.addr.ip();
+        let full = if self.servers.len() >= self.limits.max_server {
+            Some("node")
+        } else if self.per_source.get(&ip).copied().unwrap_or(0)
+            >= self.limits.max_server_per_source
+        {
+            Some("source")
+        } else {
+            None
+        };
+        if let Some(limit) = full {
+            // One stateless answer, so that the overload itself creates no state.
+            self.metrics
+                .transaction_overload
+                .with_label_values(&[limit])
+                .inc();
+            tracing::debug!(peer = %peer.addr, limit, "transaction table full");
+            let mut resp = msg.response(503, reason_phrase(503), None);
+            resp.add("Retry-After", self.limits.retry_after_secs.to_string());
+            self.send(&peer, resp.to_bytes());
+            return;
+        }
         let invite = method == Method::Invite;
+        let abandon = if invite { INVITE_ABANDON } else { T64 };
+        let end = self
+            .timers
+            .insert(Timer::ServerAbandon(id.clone()), abandon);
         self.servers.insert(
             id.clone(),
             ServerTxn {
@@ -461,18 +643,20 @@ impl TransactionLayer {
                 peer,
                 last_response: None,
                 interval: T1,
+                retransmit: None,
+                end: Some(end),
             },
         );
-        self.timers
-            .insert(Timer::ServerAbandon(id.clone()), Duration::from_secs(3600));
+        *self.per_source.entry(ip).or_insert(0) += 1;
+        self.update_gauge();
         let mut cancels = None;
         if method == Method::Cancel {
-            let invite_id = Self::server_key(&via, &msg, &Method::Invite);
-            if self.servers.contains_key(&invite_id) {
+            let invite_id = Self::server_key(&via, &msg, &Method::Invite).ok();
+            if let Some(invite_id) = invite_id.filter(|i| self.servers.contains_key(i)) {
                 cancels = Some(invite_id);
             } else {
                 let resp = msg.response(481, reason_phrase(481), None);
-                self.respond(&id, resp);
+                self.respond(&id, resp, false);
                 return;
             }
         }
@@ -481,7 +665,7 @@ impl TransactionLayer {
             // longer (auth, capacity checks) and the peer stops
             // retransmitting as soon as it sees a provisional answer.
             let trying = msg.response(100, "Trying", None);
-            self.respond(&id, trying);
+            self.respond(&id, trying, false);
         }
         let _ = self.tu.send(TuEvent::Request(ServerRequest {
             id,
@@ -489,6 +673,30 @@ impl TransactionLayer {
             peer,
             cancels,
         }));
+    }
+
+    fn update_gauge(&self) {
+        self.metrics
+            .server_transactions
+            .set(i64::try_from(self.servers.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets a server transaction and cancels its timers.
+    fn remove_server(&mut self, id: &ServerTxnId) {
+        let Some(txn) = self.servers.remove(id) else {
+            return;
+        };
+        for k in [txn.retransmit, txn.end].into_iter().flatten() {
+            self.timers.try_remove(&k);
+        }
+        let ip = txn.peer.addr.ip();
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+        self.update_gauge();
     }
 
     fn on_response(&mut self, msg: Message) {
@@ -561,7 +769,7 @@ impl TransactionLayer {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Respond { id, resp } => self.respond(&id, resp),
+            Command::Respond { id, resp, once } => self.respond(&id, resp, once),
             Command::Request {
                 id,
                 req,
@@ -630,7 +838,7 @@ impl TransactionLayer {
         );
     }
 
-    fn respond(&mut self, id: &ServerTxnId, resp: Message) {
+    fn respond(&mut self, id: &ServerTxnId, resp: Message, once: bool) {
         let Some(code) = resp.code() else { return };
         let Some(txn) = self.servers.get_mut(id) else {
             tracing::debug!(code, "response for a finished transaction dropped");
@@ -650,37 +858,59 @@ impl TransactionLayer {
             (_, 100..=199) => {}
             (true, 200..=299) => {
                 txn.state = SState::Accepted;
-                if let (Some(call_id), Some((cseq, _))) = (resp.call_id(), resp.cseq()) {
-                    let key = (call_id.to_owned(), cseq);
-                    self.pending_2xx.insert(
-                        key.clone(),
+                if let Some(key) = AckKey::of(&resp) {
+                    // Over TCP the 2xx is not retransmitted, but the ACK is
+                    // still awaited for 64*T1.
+                    let first = if reliable { T64 } else { T1 };
+                    let timer = self.timers.insert(Timer::Retransmit2xx(key.clone()), first);
+                    let old = self.pending_2xx.insert(
+                        key,
                         Pending2xx {
                             bytes: bytes.clone(),
                             peer,
                             interval: T1,
                             started: Instant::now(),
+                            timer: Some(timer),
                         },
                     );
-                    // Over TCP the 2xx is not retransmitted, but the ACK is
-                    // still awaited for 64*T1.
-                    let first = if reliable { T64 } else { T1 };
-                    self.timers
-                        .insert(Timer::Retransmit2xx(key.0, key.1), first);
+                    if let Some(k) = old.and_then(|o| o.timer) {
+                        self.timers.try_remove(&k);
+                    }
                 }
                 // Absorb retransmitted INVITEs for a while (RFC 6026 timer L).
-                self.timers.insert(Timer::ServerTerminate(id.clone()), T64);
+                arm(
+                    &mut self.timers,
+                    &mut txn.end,
+                    Timer::ServerTerminate(id.clone()),
+                    T64,
+                );
             }
             (true, _) => {
                 txn.state = SState::Completed;
-                if !reliable {
-                    self.timers.insert(Timer::ServerRetransmit(id.clone()), T1);
+                if !reliable && !once {
+                    arm(
+                        &mut self.timers,
+                        &mut txn.retransmit,
+                        Timer::ServerRetransmit(id.clone()),
+                        T1,
+                    );
                 }
-                self.timers.insert(Timer::ServerAckTimeout(id.clone()), T64);
+                arm(
+                    &mut self.timers,
+                    &mut txn.end,
+                    Timer::ServerAckTimeout(id.clone()),
+                    T64,
+                );
             }
             (false, _) => {
                 txn.state = SState::Completed;
                 let wait = if reliable { Duration::ZERO } else { T64 };
-                self.timers.insert(Timer::ServerTerminate(id.clone()), wait);
+                arm(
+                    &mut self.timers,
+                    &mut txn.end,
+                    Timer::ServerTerminate(id.clone()),
+                    wait,
+                );
             }
         }
         self.send(&peer, bytes);
@@ -688,7 +918,7 @@ impl TransactionLayer {
 
     // ----- timers -----
 
-    fn on_timer(&mut self, timer: Timer) {
+    fn on_timer(&mut self, key: Key, timer: Timer) {
         match timer {
             Timer::ClientRetransmit(id) => {
                 let Some(txn) = self.clients.get_mut(&id) else {
@@ -736,56 +966,61 @@ impl TransactionLayer {
                 let Some(txn) = self.servers.get_mut(&id) else {
                     return;
                 };
+                if txn.retransmit != Some(key) {
+                    return;
+                }
+                txn.retransmit = None;
                 if txn.state != SState::Completed {
                     return;
                 }
                 txn.interval = (txn.interval * 2).min(T2);
-                let (peer, next) = (txn.peer, txn.interval);
-                if let Some(bytes) = txn.last_response.clone() {
+                let (peer, next, last) = (txn.peer, txn.interval, txn.last_response.clone());
+                txn.retransmit = Some(
+                    self.timers
+                        .insert(Timer::ServerRetransmit(id.clone()), next),
+                );
+                if let Some(bytes) = last {
                     self.send(&peer, bytes);
                 }
-                self.timers.insert(Timer::ServerRetransmit(id), next);
             }
-            Timer::ServerAckTimeout(id) => {
-                if self
-                    .servers
-                    .get(&id)
-                    .is_some_and(|t| t.state == SState::Completed)
-                {
-                    self.servers.remove(&id);
-                }
-            }
-            Timer::ServerTerminate(id) => {
-                self.servers.remove(&id);
-            }
-            Timer::ServerAbandon(id) => {
-                if self
-                    .servers
-                    .get(&id)
-                    .is_some_and(|t| t.state == SState::Proceeding)
-                {
-                    self.servers.remove(&id);
-                }
-            }
-            Timer::Retransmit2xx(call_id, cseq) => {
-                let key = (call_id, cseq);
-                let Some(p) = self.pending_2xx.get_mut(&key) else {
+            // H, I, J, L and the abandon safety net: each is armed in the
+            // transaction's one `end` slot, so whichever fires ends it.
+            Timer::ServerAckTimeout(id) | Timer::ServerTerminate(id) | Timer::ServerAbandon(id) => {
+                let Some(txn) = self.servers.get_mut(&id) else {
                     return;
                 };
+                if txn.end != Some(key) {
+                    return;
+                }
+                txn.end = None;
+                self.remove_server(&id);
+            }
+            Timer::Retransmit2xx(ack) => {
+                let Some(p) = self.pending_2xx.get_mut(&ack) else {
+                    return;
+                };
+                if p.timer != Some(key) {
+                    return;
+                }
+                p.timer = None;
                 if p.started.elapsed() >= T64 {
-                    self.pending_2xx.remove(&key);
+                    self.pending_2xx.remove(&ack);
                     let _ = self.tu.send(TuEvent::AckTimeout {
-                        call_id: key.0,
-                        cseq: key.1,
+                        call_id: ack.call_id.to_string(),
+                        local_tag: ack.local_tag.to_string(),
+                        remote_tag: ack.remote_tag.to_string(),
+                        cseq: ack.cseq,
                     });
                     return;
                 }
                 p.interval = (p.interval * 2).min(T2);
                 let (peer, bytes, next) = (p.peer, p.bytes.clone(), p.interval);
                 let remaining = T64.saturating_sub(p.started.elapsed());
+                p.timer = Some(
+                    self.timers
+                        .insert(Timer::Retransmit2xx(ack), next.min(remaining)),
+                );
                 self.send(&peer, bytes);
-                self.timers
-                    .insert(Timer::Retransmit2xx(key.0, key.1), next.min(remaining));
             }
         }
     }
@@ -882,14 +1117,61 @@ mod tests {
     fn server_keys_match_ack_and_cancel_to_invite() {
         let inv = invite();
         let via = Via::parse(inv.top_via().unwrap_or_default()).expect("via");
-        let k_inv = TransactionLayer::server_key(&via, &inv, &Method::Invite);
-        let k_ack = TransactionLayer::server_key(&via, &inv, &Method::Ack);
-        let k_cancel = TransactionLayer::server_key(&via, &inv, &Method::Cancel);
+        let key = |via: &Via, m: &Method| TransactionLayer::server_key(via, &inv, m).expect("key");
+        let k_inv = key(&via, &Method::Invite);
+        let k_ack = key(&via, &Method::Ack);
+        let k_cancel = key(&via, &Method::Cancel);
         assert_eq!(k_inv, k_ack);
         assert_ne!(k_inv, k_cancel);
         let old = Via::parse("SIP/2.0/UDP 10.0.0.1;branch=1234").expect("via");
-        let k_old = TransactionLayer::server_key(&old, &inv, &Method::Invite);
+        let k_old = key(&old, &Method::Invite);
         assert!(k_old.0.starts_with("2543|cid|"));
+        // Same branch from another sent-by is another transaction.
+        let other = Via::parse("SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKabc").expect("via");
+        assert_ne!(key(&other, &Method::Invite), k_inv);
+    }
+
+    #[test]
+    fn server_keys_are_bounded() {
+        let inv = invite();
+        let via_with = |branch: &str| {
+            Via::parse(&format!("SIP/2.0/UDP 10.0.0.1:5060;branch={branch}")).expect("via")
+        };
+        let longest = format!("z9hG4bK{}", "a".repeat(MAX_BRANCH_LEN - 7));
+        let k = TransactionLayer::server_key(&via_with(&longest), &inv, &Method::Invite)
+            .expect("a branch at the bound is accepted");
+        assert!(k.0.len() <= MAX_KEY_LEN);
+        let too_long = format!("{longest}a");
+        assert_eq!(
+            TransactionLayer::server_key(&via_with(&too_long), &inv, &Method::Invite),
+            Err("Via branch too long")
+        );
+        // RFC 2543 keys carry the Call-ID and Request-URI: bounded as well.
+        let mut old = invite();
+        old.set("Call-ID", "c".repeat(MAX_KEY_LEN));
+        let via = Via::parse("SIP/2.0/UDP 10.0.0.1;branch=1234").expect("via");
+        assert_eq!(
+            TransactionLayer::server_key(&via, &old, &Method::Invite),
+            Err("transaction key too long")
+        );
+    }
+
+    #[test]
+    fn ack_key_is_the_full_dialog_id() {
+        let inv = invite();
+        let ok = inv.response(200, "OK", Some("ours"));
+        let mut ack = Message::request(Method::Ack, "sip:1@h");
+        ack.push_header("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKack");
+        ack.push_header("From", "<sip:a@h>;tag=f");
+        ack.push_header("To", "<sip:1@h>;tag=ours");
+        ack.push_header("Call-ID", "cid");
+        ack.push_header("CSeq", "7 ACK");
+        assert_eq!(AckKey::of(&ok), AckKey::of(&ack));
+        // The same Call-ID and CSeq in another dialog is another key.
+        let mut other = inv.clone();
+        other.set("From", "<sip:a@h>;tag=g");
+        let other_ok = other.response(200, "OK", Some("theirs"));
+        assert_ne!(AckKey::of(&other_ok), AckKey::of(&ok));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct SipTrunkSpec {
     /// Calls to the carrier. Absent: the trunk places no outbound calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<TrunkOutbound>,
-    /// Codecs, DTMF and RTP timeout.
+    /// Codecs, DTMF, RTP timeout and which sources media is accepted from.
     #[serde(default)]
     pub media: TrunkMedia,
     /// Fleet-wide limits; unset means unlimited.
@@ -61,6 +61,28 @@ pub struct SipTrunkSpec {
     /// OPTIONS health checks towards the gateways.
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// Where the agent URLs and status webhooks of this trunk's numbers (and
+    /// its default agent) may point besides the public Internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_egress: Option<AgentEgress>,
+}
+
+/// Private networks agents may live in. Media nodes refuse agent and webhook
+/// URLs that resolve to loopback, link-local, private or cluster-internal
+/// addresses or to the node itself; this opens chosen private ranges for
+/// agents inside the cluster or a VPC. Loopback, link-local (metadata
+/// endpoints) and the node's own addresses can never be opened here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentEgress {
+    /// CIDRs inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+    /// 100.64.0.0/10 or fc00::/7 (e.g. the cluster's Service range,
+    /// 10.96.0.0/12) that agent URLs and webhooks may resolve into.
+    #[serde(default)]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(s, isCIDR(s) || isIP(s))")
+        .message("allowedNetworks entries must be IP addresses or CIDRs, e.g. 10.96.0.0/12"))]
+    pub allowed_networks: Vec<String>,
 }
 
 /// Inbound calls from the carrier.
@@ -68,6 +90,9 @@ pub struct SipTrunkSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.enabled || size(self.allowedSources) > 0 || has(self.auth)")
     .message("inbound.enabled needs allowedSources or auth")
+    .field_path(".allowedSources"))]
+#[x_kube(validation = Rule::new("has(self.auth) || self.allowedSources.all(s, !isCIDR(s) || cidr(s).prefixLength() >= (cidr(s).ip().family() == 4 ? 8 : 32))")
+    .message("allowedSources wider than /8 (IPv4) or /32 (IPv6) need inbound.auth: anyone in such a range could place calls")
     .field_path(".allowedSources"))]
 pub struct TrunkInbound {
     /// False refuses every inbound call on the trunk with 403.
@@ -237,6 +262,19 @@ pub enum DtmfMode {
     Both,
 }
 
+/// Which sources a call's RTP is accepted from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaSource {
+    /// The address the peer signalled in SDP, or a source learned in the short window after
+    /// the answer or a re-INVITE after several packets in sequence (NAT'd peers).
+    #[default]
+    Any,
+    /// As `any`, and only from the trunk's signalling network: `inbound.allowedSources` plus
+    /// the address the call's SIP came from or went to. SDP addresses outside it are refused.
+    SignallingNetwork,
+}
+
 /// Media settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -254,6 +292,9 @@ pub struct TrunkMedia {
     #[serde(default = "default_rtp_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub rtp_timeout_seconds: u32,
+    /// Which sources RTP is accepted from (`any` or `signalling-network`).
+    #[serde(default)]
+    pub media_source: MediaSource,
 }
 
 impl Default for TrunkMedia {
@@ -262,6 +303,7 @@ impl Default for TrunkMedia {
             codecs: default_codecs(),
             dtmf: DtmfMode::default(),
             rtp_timeout_seconds: default_rtp_timeout(),
+            media_source: MediaSource::default(),
         }
     }
 }

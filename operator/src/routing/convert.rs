@@ -7,7 +7,7 @@ use switchboard_proto::v1alpha1 as pb;
 
 use super::validate::{Failover, parse_failover};
 use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
-use crate::crd::{AgentSpec, Codec, DtmfMode, SipTrunkSpec, Transport};
+use crate::crd::{AgentSpec, Codec, DtmfMode, MediaSource, SipTrunkSpec, Transport};
 
 /// A reference that did not resolve. Messages name objects, never values.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub(super) enum RefError {
     FallbackNotReady { name: String, why: String },
     #[error("spec.agent: no agent: set spec.agent or the trunk's spec.inbound.defaultAgent")]
     NoAgent,
+    #[error(
+        "{field}: the agent has a bearer token (auth.secretRef) but a plain ws:// URL to {host}, which is not loopback; media nodes never send a token in clear text: use wss://"
+    )]
+    InsecureAgentUrl { field: &'static str, host: String },
 }
 
 impl RefError {
@@ -41,6 +45,7 @@ impl RefError {
                 reason::TRUNK_NOT_READY
             }
             RefError::NoAgent => reason::NO_AGENT,
+            RefError::InsecureAgentUrl { .. } => reason::INSECURE_AGENT_URL,
         }
     }
 }
@@ -88,11 +93,30 @@ fn credentials(
     Ok(pb::Credentials { username, password })
 }
 
+/// The host of a `ws://` URL when an agent with a token would send it in clear text to a host
+/// other than loopback (the media node refuses that; loopback stays allowed for local agents).
+fn insecure_token_host(a: &AgentSpec) -> Option<String> {
+    a.auth.as_ref()?;
+    let rest = a.url.strip_prefix("ws://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    (!loopback).then(|| host.to_owned())
+}
+
 fn agent(
     a: &AgentSpec,
     secrets: &BTreeMap<ObjectKey, SecretData>,
     namespace: &str,
     field: &'static str,
+    egress_allowed_networks: Vec<String>,
 ) -> Result<pb::Agent, RefError> {
     let bearer_token = match &a.auth {
         None => String::new(),
@@ -106,7 +130,16 @@ fn agent(
         bearer_token,
         parameters: a.parameters.clone().into_iter().collect(),
         status_webhook: a.status_webhook.clone().unwrap_or_default(),
+        egress_allowed_networks,
     })
+}
+
+/// A trunk's `agentEgress.allowedNetworks`, carried on each of its agents.
+fn egress_networks(spec: &SipTrunkSpec) -> Vec<String> {
+    spec.agent_egress
+        .as_ref()
+        .map(|e| e.allowed_networks.clone())
+        .unwrap_or_default()
 }
 
 /// Builds a trunk's configuration; the spec has been validated.
@@ -140,6 +173,7 @@ pub(super) fn trunk(
                     secrets,
                     ns,
                     "spec.inbound.defaultAgent.auth.secretRef",
+                    egress_networks(spec),
                 )?),
             },
         },
@@ -221,6 +255,10 @@ pub(super) fn trunk(
                 DtmfMode::Both => pb::DtmfMode::Both,
             } as i32,
             rtp_timeout_seconds: spec.media.rtp_timeout_seconds,
+            media_source: match spec.media.media_source {
+                MediaSource::Any => pb::MediaSource::Any,
+                MediaSource::SignallingNetwork => pb::MediaSource::SignallingNetwork,
+            } as i32,
         }),
         // The fleet programmer fills in the per-node share; until then a
         // node may use the whole budget.
@@ -277,14 +315,38 @@ pub(super) fn number(
         })?;
     }
     let agent_cfg = match &spec.agent {
-        Some(a) => Some(agent(a, secrets, ns, "spec.agent.auth.secretRef")?),
+        Some(a) => {
+            if let Some(host) = insecure_token_host(a) {
+                return Err(RefError::InsecureAgentUrl {
+                    field: "spec.agent.url",
+                    host,
+                });
+            }
+            Some(agent(
+                a,
+                secrets,
+                ns,
+                "spec.agent.auth.secretRef",
+                trunks
+                    .get(&trunk_key)
+                    .map(|t| egress_networks(&t.spec))
+                    .unwrap_or_default(),
+            )?)
+        }
         None => {
-            let trunk_has_default = trunks
+            let trunk_default = trunks
                 .get(&trunk_key)
                 .and_then(|t| t.spec.inbound.as_ref())
-                .is_some_and(|i| i.default_agent.is_some());
-            if spec.inbound && !trunk_has_default {
+                .and_then(|i| i.default_agent.as_ref());
+            if spec.inbound && trunk_default.is_none() {
                 return Err(RefError::NoAgent);
+            }
+            // Reported on the number that would use it; the trunk itself stays usable.
+            if let Some(host) = trunk_default.and_then(insecure_token_host) {
+                return Err(RefError::InsecureAgentUrl {
+                    field: "the trunk's spec.inbound.defaultAgent.url",
+                    host,
+                });
             }
             // The node falls back to the trunk's default agent.
             None

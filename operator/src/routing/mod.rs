@@ -193,6 +193,9 @@ pub mod reason {
     pub const TRUNK_NOT_READY: &str = "TrunkNotReady";
     /// Neither the number nor its trunk names an agent.
     pub const NO_AGENT: &str = "NoAgent";
+    /// The agent has a bearer token but a plain ws:// URL to a host that is not loopback:
+    /// media nodes refuse to send the token in clear text, so every call would fail.
+    pub const INSECURE_AGENT_URL: &str = "InsecureAgentUrl";
 }
 
 /// What the resolver concluded about a trunk.

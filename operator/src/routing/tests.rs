@@ -394,6 +394,83 @@ fn number_without_agent_needs_trunk_default() {
 }
 
 #[test]
+fn agent_token_over_plain_ws_to_a_remote_host_is_reported() {
+    let mut i = inputs();
+    let main = ObjectKey::new("ns", "main");
+    i.secrets.insert(
+        ObjectKey::new("ns", "agent-tok"),
+        SecretData {
+            type_: Some("Opaque".into()),
+            data: [("token".into(), b"tok-xyz".to_vec())].into(),
+        },
+    );
+    let with = |url: &str, token: bool| -> PhoneNumberSpec {
+        let mut agent = serde_json::json!({"url": url});
+        if token {
+            agent["auth"] = serde_json::json!({"secretRef": {"name": "agent-tok"}});
+        }
+        serde_json::from_value(serde_json::json!({
+            "number": "+14155550100", "trunkRef": {"name": "carrier"}, "agent": agent
+        }))
+        .expect("spec")
+    };
+    for url in [
+        "ws://agent.example.com/ws",
+        "ws://user:pw@10.0.0.7:8080/ws?x=1",
+        "ws://[2001:db8::1]:80/",
+    ] {
+        i.numbers.get_mut(&main).expect("n").spec = with(url, true);
+        let r = resolve(&i);
+        let v = &r.numbers[&main].resolved_refs;
+        assert_eq!(v.reason, reason::INSECURE_AGENT_URL, "{url}");
+        assert!(v.message.contains("wss://"), "{}", v.message);
+        assert!(!v.message.contains("pw") && !v.message.contains("tok-xyz"));
+        assert!(r.config.numbers.is_empty(), "not routed");
+    }
+    // Fine: wss://, loopback ws:// (local agents and demos), or no token.
+    for (url, token) in [
+        ("wss://agent.example.com/ws", true),
+        ("ws://127.0.0.1:9000/ws", true),
+        ("ws://localhost:9000/ws", true),
+        ("ws://[::1]:9000/ws", true),
+        ("ws://agent.example.com/ws", false),
+    ] {
+        i.numbers.get_mut(&main).expect("n").spec = with(url, token);
+        let r = resolve(&i);
+        assert!(r.numbers[&main].usable(), "{url} token={token}");
+    }
+    // A trunk's default agent: reported on the numbers that use it; the trunk stays usable.
+    i.numbers.get_mut(&main).expect("n").spec.agent = None;
+    if let Some(inb) = i
+        .trunks
+        .get_mut(&ObjectKey::new("ns", "carrier"))
+        .and_then(|t| t.spec.inbound.as_mut())
+    {
+        inb.default_agent = Some(AgentSpec {
+            url: "ws://agent.example.com/".into(),
+            protocol: Default::default(),
+            auth: Some(
+                serde_json::from_value(serde_json::json!({"secretRef": {"name": "agent-tok"}}))
+                    .expect("auth"),
+            ),
+            parameters: Default::default(),
+            status_webhook: None,
+        });
+    }
+    let r = resolve(&i);
+    assert_eq!(
+        r.numbers[&main].resolved_refs.reason,
+        reason::INSECURE_AGENT_URL
+    );
+    assert!(
+        r.numbers[&main]
+            .resolved_refs
+            .message
+            .contains("defaultAgent")
+    );
+}
+
+#[test]
 fn agent_token_resolves_from_secret_key() {
     let mut i = inputs();
     let main = ObjectKey::new("ns", "main");
@@ -442,4 +519,130 @@ fn resolve_is_deterministic() {
     let b = resolve(&i);
     assert_eq!(a.config, b.config);
     assert_eq!(a.config.numbers.len(), 51);
+}
+
+#[test]
+fn a_source_wider_than_a_slash_8_without_auth_is_refused_with_a_readable_condition() {
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec.inbound = Some(TrunkInbound {
+        enabled: true,
+        allowed_sources: vec!["203.0.113.0/24".into(), "0.0.0.0/7".into()],
+        auth: None,
+        default_agent: None,
+    });
+    let r = resolve(&i);
+    let v = &r.trunks[&key];
+    assert!(!v.accepted.ok);
+    assert_eq!(v.accepted.reason, reason::INVALID);
+    let m = &v.accepted.message;
+    assert!(
+        m.contains("spec.inbound.allowedSources[1]")
+            && m.contains("0.0.0.0/7")
+            && m.contains("wider than /8")
+            && m.contains("inbound.auth"),
+        "{m}"
+    );
+    assert!(
+        r.config.trunks.is_empty(),
+        "a refused trunk is not programmed"
+    );
+
+    for ok in [
+        "10.0.0.0/8",
+        "198.51.100.7",
+        "2001:db8::/32",
+        "::ffff:10.0.0.0/104",
+    ] {
+        let mut spec = trunk_spec();
+        spec.inbound.as_mut().expect("inbound").allowed_sources = vec![ok.into()];
+        assert_eq!(validate::trunk(&spec), Ok(()), "{ok}");
+    }
+    for wide in [
+        "0.0.0.0/0",
+        "128.0.0.0/1",
+        "::/0",
+        "2000::/3",
+        "::ffff:0.0.0.0/100",
+    ] {
+        let mut spec = trunk_spec();
+        spec.inbound.as_mut().expect("inbound").allowed_sources = vec![wide.into()];
+        assert!(validate::trunk(&spec).is_err(), "{wide} without auth");
+        spec.inbound.as_mut().expect("inbound").auth = Some(InboundAuth {
+            secret_ref: SecretRef { name: "x".into() },
+            realm: None,
+        });
+        assert_eq!(validate::trunk(&spec), Ok(()), "{wide} with digest auth");
+    }
+}
+
+#[test]
+fn agent_egress_networks_are_private_ranges_carried_on_every_agent() {
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec.agent_egress = Some(crate::crd::AgentEgress {
+        allowed_networks: vec!["10.96.0.0/12".into(), "fd00::/8".into()],
+    });
+    t.spec.inbound.as_mut().expect("inbound").default_agent = Some(AgentSpec {
+        url: "ws://agent.ns.svc/".into(),
+        ..number_spec("+14155550100", "carrier").agent.expect("agent")
+    });
+    let r = resolve(&i);
+    let want = vec!["10.96.0.0/12".to_string(), "fd00::/8".to_string()];
+    let tc = &r.config.trunks[0];
+    let default = tc
+        .inbound
+        .as_ref()
+        .and_then(|i| i.default_agent.as_ref())
+        .expect("default agent");
+    assert_eq!(default.egress_allowed_networks, want);
+    let number_agent = r.config.numbers[0].agent.as_ref().expect("agent");
+    assert_eq!(number_agent.egress_allowed_networks, want);
+
+    for bad in [
+        "127.0.0.0/8",
+        "169.254.169.254",
+        "0.0.0.0/0",
+        "8.8.8.0/24",
+        "10.0.0.0/7",
+        "fe80::/10",
+    ] {
+        let mut spec = trunk_spec();
+        spec.agent_egress = Some(crate::crd::AgentEgress {
+            allowed_networks: vec![bad.into()],
+        });
+        let err = validate::trunk(&spec).expect_err(bad);
+        assert!(err.contains("spec.agentEgress.allowedNetworks[0]"), "{err}");
+    }
+}
+
+#[test]
+fn media_source_defaults_to_any_and_converts() {
+    let r = resolve(&inputs());
+    let media = r.config.trunks[0].media.clone().expect("media");
+    assert_eq!(media.media_source(), pb::MediaSource::Any);
+    let mut i = inputs();
+    let key = ObjectKey::new("ns", "carrier");
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec = serde_json::from_value(serde_json::json!({
+        "inbound": {"allowedSources": ["203.0.113.0/24"]},
+        "outbound": {
+            "gateways": [{"host": "sip.example.net"}],
+            "auth": {"secretRef": {"name": "carrier-creds"}}
+        },
+        "media": {"mediaSource": "signalling-network"}
+    }))
+    .expect("trunk spec");
+    let r = resolve(&i);
+    let media = r.config.trunks[0].media.clone().expect("media");
+    assert_eq!(media.media_source(), pb::MediaSource::SignallingNetwork);
+    assert!(
+        serde_json::from_value::<SipTrunkSpec>(
+            serde_json::json!({"media": {"mediaSource": "anywhere"}})
+        )
+        .is_err(),
+        "unknown values are refused"
+    );
 }

@@ -19,7 +19,15 @@ pub(super) fn trunk(spec: &SipTrunkSpec) -> Result<(), String> {
             return Err("spec.inbound.allowedSources: at most 64 entries".into());
         }
         for (i, s) in inb.allowed_sources.iter().enumerate() {
-            parse_cidr(s).map_err(|e| format!("spec.inbound.allowedSources[{i}]: {e}"))?;
+            let (ip, len) =
+                parse_cidr(s).map_err(|e| format!("spec.inbound.allowedSources[{i}]: {e}"))?;
+            if inb.auth.is_none() && too_wide(ip, len) {
+                return Err(format!(
+                    "spec.inbound.allowedSources[{i}]: {s:?} is wider than /{MIN_V4_PREFIX} (IPv4) or \
+                     /{MIN_V6_PREFIX} (IPv6) and spec.inbound.auth is not set: anyone in that range could \
+                     place calls on this trunk; narrow it to the carrier's ranges or add inbound.auth"
+                ));
+            }
         }
         if let Some(a) = &inb.default_agent {
             agent(a).map_err(|e| format!("spec.inbound.defaultAgent.{e}"))?;
@@ -74,7 +82,61 @@ pub(super) fn trunk(spec: &SipTrunkSpec) -> Result<(), String> {
     if spec.health_check.options_interval_seconds > 3600 {
         return Err("spec.healthCheck.optionsIntervalSeconds: must be 0..3600".into());
     }
+    if let Some(e) = &spec.agent_egress {
+        if e.allowed_networks.len() > 16 {
+            return Err("spec.agentEgress.allowedNetworks: at most 16 entries".into());
+        }
+        for (i, s) in e.allowed_networks.iter().enumerate() {
+            let (ip, len) =
+                parse_cidr(s).map_err(|e| format!("spec.agentEgress.allowedNetworks[{i}]: {e}"))?;
+            if !inside_private_range(ip, len) {
+                return Err(format!(
+                    "spec.agentEgress.allowedNetworks[{i}]: {s:?} is not inside 10.0.0.0/8, \
+                     172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 or fc00::/7; loopback, link-local \
+                     and public networks cannot be opened per trunk"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The widest source network a trunk may allow without digest auth.
+const MIN_V4_PREFIX: u8 = 8;
+/// The same for IPv6 (a large provider allocation).
+const MIN_V6_PREFIX: u8 = 32;
+
+/// True for a source network wider than /8 (IPv4, also IPv4-mapped) or /32 (IPv6).
+fn too_wide(ip: IpAddr, len: u8) -> bool {
+    match ip {
+        IpAddr::V4(_) => len < MIN_V4_PREFIX,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(_) => len < 96 + MIN_V4_PREFIX,
+            None => len < MIN_V6_PREFIX,
+        },
+    }
+}
+
+/// True when `ip/len` lies wholly inside one of the private ranges a
+/// trunk's agentEgress may open (the media node checks the same).
+pub(crate) fn inside_private_range(ip: IpAddr, len: u8) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let a = u32::from(v4);
+            [
+                (0x0a00_0000u32, 8u8),
+                (0xac10_0000, 12),
+                (0xc0a8_0000, 16),
+                (0x6440_0000, 10),
+            ]
+            .iter()
+            .any(|&(net, plen)| len >= plen && a >> (32 - plen) == net >> (32 - plen))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => len >= 96 && inside_private_range(IpAddr::V4(v4), len - 96),
+            None => len >= 7 && v6.segments()[0] & 0xfe00 == 0xfc00,
+        },
+    }
 }
 
 /// Checks a phone-number spec; the error names the field.

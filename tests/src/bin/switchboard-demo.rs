@@ -415,6 +415,9 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
                 .arg("--api-token-file")
                 .arg(&token_file)
                 .args(["--rtp-ports", &format!("{rtp}-{}", rtp + 100)])
+                // The demo agent listens on loopback, which the egress guard
+                // refuses by default.
+                .args(["--egress-allow", "127.0.0.0/8"])
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1"),
             &node.log,

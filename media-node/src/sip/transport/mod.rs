@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::sip::framing::Limits;
 use crate::sip::message::Message;
-use crate::sip::protect::{RateLimiter, is_scanner};
+use crate::sip::protect::{Limited, RateLimiter, is_scanner};
 
 /// A transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +79,9 @@ pub enum TransportError {
     /// The TCP connection's queue is full or closed.
     #[error("TCP connection to {0} is congested or closed")]
     TcpQueue(SocketAddr),
+    /// Opening another TCP connection would exceed the connection cap.
+    #[error("no TCP connection to {0}: too many outgoing connections open")]
+    TcpLimit(SocketAddr),
 }
 
 /// What we write into Via/Contact/SDP for each address family.
@@ -111,8 +114,12 @@ impl Receiver {
                 self.metrics.drop_msg("scanner");
                 return;
             }
-            if !self.rate.allow(peer.addr.ip(), Instant::now()) {
+            let reliable = peer.proto == Proto::Tcp;
+            if let Err(why) = self.rate.allow(peer.addr.ip(), reliable, Instant::now()) {
                 self.metrics.rate_limited.inc();
+                if why == Limited::UnknownTotal {
+                    self.metrics.drop_msg("unknown_sources_rate");
+                }
                 return;
             }
         }
@@ -138,6 +145,7 @@ impl Transport {
         binds: &[SocketAddr],
         advertise: Advertise,
         limits: Limits,
+        tcp_limits: tcp::TcpLimits,
         rate: RateLimiter,
         metrics: Metrics,
     ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
@@ -148,7 +156,7 @@ impl Transport {
             metrics,
             tx,
         });
-        let tcp = Arc::new(tcp::Connections::new(recv.clone()));
+        let tcp = Arc::new(tcp::Connections::new(recv.clone(), tcp_limits));
         let mut udp = Vec::new();
         let mut local = Vec::new();
         for addr in binds {
