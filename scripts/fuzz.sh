@@ -39,7 +39,7 @@ ALL_TARGETS=(
     rfc4733:1024:
     sip_info:512:
     digest:1024:json
-    agent_json:4096:json
+    agent_json:16384:json
 )
 if (($#)); then
     selected=()
