@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test test-deps demo bench lint fmt crds
+.PHONY: all build test test-deps demo bench lint fmt crds fuzz
 
 all: build
 
@@ -18,6 +18,15 @@ test-deps:
 test: test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+	bash scripts/fuzz.sh $(TEST_FUZZ_SECONDS)
+
+# Coverage-guided fuzzing of every parser (fuzz/, libFuzzer on stable Rust): a bounded run per
+# target that fails on any crash. `make test` runs it for TEST_FUZZ_SECONDS per target; longer:
+# `make fuzz FUZZ_SECONDS=600`, or one target: `bash scripts/fuzz.sh 3600 sip_stream`.
+TEST_FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 lint:
 	$(CARGO) fmt --all -- --check

