@@ -142,10 +142,10 @@ struct Args {
     rate_burst_unknown_total: f64,
     /// Most SIP server transactions alive at once; new requests beyond get
     /// a stateless 503.
-    #[arg(long = "max-transactions", default_value_t = 20000)]
+    #[arg(long = "max-transactions", default_value_t = 50000)]
     max_transactions: usize,
     /// Most SIP server transactions alive at once per source IP.
-    #[arg(long = "max-transactions-per-source", default_value_t = 2000)]
+    #[arg(long = "max-transactions-per-source", default_value_t = 10000)]
     max_transactions_per_source: usize,
     /// Seconds a drain waits for calls to end before hanging them up.
     #[arg(long = "drain-grace-secs", default_value_t = 3600)]

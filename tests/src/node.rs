@@ -70,6 +70,18 @@ impl Default for StartOptions {
     }
 }
 
+/// A field of `/proc/PID/status` in KiB (`"VmRSS:"`, `"VmHWM:"`); 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A running media node.
 pub struct MediaNode {
     child: Child,
@@ -156,6 +168,11 @@ impl MediaNode {
     /// The node's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The node's resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
     }
 
     /// The OS process id.

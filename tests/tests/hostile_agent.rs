@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_tests::agent::TestAgent;
-use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::node::{MediaNode, free_port, proc_status_kib};
 use switchboard_tests::sipp::{Sipp, SippRun};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -341,18 +341,6 @@ async fn hostile_agent(attack: Attack) -> (String, tokio::task::JoinHandle<Attac
 }
 
 // ------------------------------------------------------------------------------------------
-// Node memory.
-
-fn proc_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("field in /proc status")
-}
-
-// ------------------------------------------------------------------------------------------
 // Tests.
 
 /// Hundreds of thousands of 200-byte marks while audio is queued: the node's memory stays
@@ -378,7 +366,7 @@ async fn mark_flood_is_bounded_and_does_not_disturb_another_call() {
     let calm_conn = calm.connection(0, Duration::from_secs(10)).await;
     calm_phone.wait_packets(25, Duration::from_secs(10)).await;
 
-    let rss_before = proc_kb(node.pid(), "VmRSS:");
+    let rss_before = proc_status_kib(node.pid(), "VmRSS:");
     let hostile_phone = Phone::start();
     let hostile_call = spawn_call(&node, HOSTILE, hostile_phone.port, Duration::from_secs(60));
 
@@ -390,7 +378,7 @@ async fn mark_flood_is_bounded_and_does_not_disturb_another_call() {
         std::thread::spawn(move || {
             let mut peak = 0;
             while sampling.load(Ordering::Relaxed) {
-                peak = peak.max(proc_kb(pid, "VmRSS:"));
+                peak = peak.max(proc_status_kib(pid, "VmRSS:"));
                 std::thread::sleep(Duration::from_millis(20));
             }
             peak
@@ -402,7 +390,7 @@ async fn mark_flood_is_bounded_and_does_not_disturb_another_call() {
         .expect("attack task");
     sampling.store(false, Ordering::Relaxed);
     let peak_rss = sampler.join().expect("sampler");
-    let hwm = proc_kb(pid, "VmHWM:");
+    let hwm = proc_status_kib(pid, "VmHWM:");
     let started = report.started.expect("attack started");
     let growth_kb = hwm.max(peak_rss).saturating_sub(rss_before);
     eprintln!(

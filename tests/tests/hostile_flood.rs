@@ -43,18 +43,6 @@ fn config(agent_url: &str) -> serde_json::Value {
     })
 }
 
-/// Resident memory of a process in KiB (VmRSS).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// CPU time a process has used (user + system), from /proc/PID/stat.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -170,7 +158,7 @@ async fn flood_from_many_sources_leaves_a_legitimate_call_clean() {
     let node = MediaNode::start(&config(&agent.url()), &[])
         .await
         .expect("node");
-    let rss_before = rss_kib(node.pid());
+    let rss_before = node.rss_kib();
     let cpu_before = cpu_secs(node.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -216,7 +204,7 @@ async fn flood_from_many_sources_leaves_a_legitimate_call_clean() {
 
     stop.store(true, Ordering::Relaxed);
     let report = flooder.join().expect("flood thread");
-    let rss_after = rss_kib(node.pid());
+    let rss_after = node.rss_kib();
     let node_cpu = cpu_secs(node.pid()) - cpu_before;
     let rate = report.sent as f64 / report.elapsed.as_secs_f64();
     let rate_limited = node.metric("switchboard_sip_rate_limited_total").await;

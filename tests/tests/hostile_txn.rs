@@ -68,17 +68,6 @@ fn in_dialog(
     )
 }
 
-/// The node's resident set in KiB (`VmRSS` of /proc/PID/status).
-fn rss_kib(node: &MediaNode) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The transactions gauge; fails when the node does not export it (a 0
 /// from an absent series must not pass for "freed").
 async fn transactions(node: &MediaNode) -> Result<f64, String> {
@@ -145,7 +134,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     // Checked below, together with RSS, so that a node without the gauge
     // still shows how much memory it keeps.
     let base = transactions(&node).await.unwrap_or(0.0);
-    let rss0 = rss_kib(&node);
+    let rss0 = node.rss_kib();
     assert!(rss0 > 0, "VmRSS readable");
 
     // 4,000 requests with 12 KB branches: each answered, none kept.
@@ -167,7 +156,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
         Duration::from_secs(40),
         || async {
             let n = transactions(&node).await;
-            let rss = rss_kib(&node);
+            let rss = node.rss_kib();
             match n {
                 Ok(n) if n <= base && rss < rss0 + RSS_SLACK_KIB => Ok(()),
                 _ => Err(format!("transactions {n:?}, RSS {rss0} -> {rss} KiB")),
@@ -177,7 +166,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     .await;
     eprintln!(
         "after 4000 big requests: RSS {rss0} -> {} KiB",
-        rss_kib(&node)
+        node.rss_kib()
     );
 
     // Over TCP Timer J is zero: the transactions end with their answer.
@@ -222,7 +211,7 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     );
     wait_transactions_at_most(&node, base, Duration::from_secs(45)).await;
 
-    let rss1 = rss_kib(&node);
+    let rss1 = node.rss_kib();
     eprintln!("at the end: RSS {rss0} -> {rss1} KiB");
     assert!(
         rss1 < rss0 + RSS_SLACK_KIB,

@@ -65,8 +65,8 @@ pub struct TxnLimits {
 impl Default for TxnLimits {
     fn default() -> Self {
         TxnLimits {
-            max_server: 20_000,
-            max_server_per_source: 2_000,
+            max_server: 50_000,
+            max_server_per_source: 10_000,
             retry_after_secs: 30,
         }
     }

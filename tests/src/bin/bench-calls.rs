@@ -142,6 +142,8 @@ impl Node {
             // Below the ephemeral range our own sockets come from.
             .args(["--rtp-ports", "10000-31999"])
             .args(["--rate-limit", "0"])
+            // The echo agent listens on loopback, which agent egress refuses by default.
+            .args(["--egress-allow", "127.0.0.0/8"])
             .args(["--max-calls", &max_calls.to_string()])
             .args(["--call-handler", handler])
             .env("RUST_LOG", "warn")
