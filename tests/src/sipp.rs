@@ -185,3 +185,32 @@ impl Sipp {
         })
     }
 }
+
+/// A caller whose call the node ends: SIPp (`media_uac_bye.xml`) calls `number` at `node` with
+/// its SDP pointing at the test's own RTP endpoint on `phone_port` (payload type `pt` =
+/// `codec`), runs `info` (scenario XML, e.g. SIP INFO DTMF) after the ACK, and answers the
+/// node's BYE, which must come within `bye_within`. The call runs in the background.
+pub fn spawn_bye_call(
+    node: SocketAddr,
+    number: &str,
+    phone_port: u16,
+    (pt, codec): (&str, &str),
+    info: &str,
+    bye_within: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+    let bye_ms = bye_within.as_millis().to_string();
+    let sipp = Sipp::template(
+        "media_uac_bye.xml",
+        &[
+            ("@INFO@", info),
+            ("@RTP_PORT@", &phone_port.to_string()),
+            ("@PT@", pt),
+            ("@CODEC@", codec),
+            ("@BYE_WITHIN_MS@", &bye_ms),
+        ],
+    )
+    .expect("template")
+    .args(["-s", number, "-mp", &crate::node::free_port().to_string()])
+    .timeout(bye_within + Duration::from_secs(20));
+    tokio::spawn(async move { sipp.run_client(node, crate::node::free_port()).await })
+}

@@ -23,8 +23,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_tests::agent::TestAgent;
-use switchboard_tests::node::{MediaNode, free_port, proc_status_kib};
-use switchboard_tests::sipp::{Sipp, SippRun};
+use switchboard_tests::node::{MediaNode, proc_status_kib};
+use switchboard_tests::sipp::spawn_bye_call;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -192,32 +192,6 @@ fn assert_paced(arrivals: &[Instant], from: Instant, to: Instant, what: &str) {
 // ------------------------------------------------------------------------------------------
 // SIPp.
 
-/// SIPp calling `number` with its SDP pointing at `phone_port`; ends when the node sends BYE
-/// (within `bye_within`).
-fn spawn_call(
-    node: &MediaNode,
-    number: &str,
-    phone_port: u16,
-    bye_within: Duration,
-) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
-    let sip = node.sip;
-    let bye_ms = bye_within.as_millis().to_string();
-    let sipp = Sipp::template(
-        "media_uac_bye.xml",
-        &[
-            ("@INFO@", ""),
-            ("@RTP_PORT@", &phone_port.to_string()),
-            ("@PT@", "0"),
-            ("@CODEC@", "PCMU"),
-            ("@BYE_WITHIN_MS@", &bye_ms),
-        ],
-    )
-    .expect("template")
-    .args(["-s", number, "-mp", &free_port().to_string()])
-    .timeout(bye_within + Duration::from_secs(20));
-    tokio::spawn(async move { sipp.run_client(sip, free_port()).await })
-}
-
 // ------------------------------------------------------------------------------------------
 // The hostile agent.
 
@@ -362,13 +336,27 @@ async fn mark_flood_is_bounded_and_does_not_disturb_another_call() {
 
     // The calm call first, running steadily.
     let calm_phone = Phone::start();
-    let calm_call = spawn_call(&node, CALM, calm_phone.port, Duration::from_secs(60));
+    let calm_call = spawn_bye_call(
+        node.sip,
+        CALM,
+        calm_phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(60),
+    );
     let calm_conn = calm.connection(0, Duration::from_secs(10)).await;
     calm_phone.wait_packets(25, Duration::from_secs(10)).await;
 
     let rss_before = proc_status_kib(node.pid(), "VmRSS:");
     let hostile_phone = Phone::start();
-    let hostile_call = spawn_call(&node, HOSTILE, hostile_phone.port, Duration::from_secs(60));
+    let hostile_call = spawn_bye_call(
+        node.sip,
+        HOSTILE,
+        hostile_phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(60),
+    );
 
     // Sample the node's RSS while the attack runs.
     let pid = node.pid();
@@ -475,12 +463,26 @@ async fn oversized_message_closes_only_that_session() {
         .expect("node");
 
     let calm_phone = Phone::start();
-    let calm_call = spawn_call(&node, CALM, calm_phone.port, Duration::from_secs(60));
+    let calm_call = spawn_bye_call(
+        node.sip,
+        CALM,
+        calm_phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(60),
+    );
     let calm_conn = calm.connection(0, Duration::from_secs(10)).await;
     calm_phone.wait_packets(25, Duration::from_secs(10)).await;
 
     let hostile_phone = Phone::start();
-    let hostile_call = spawn_call(&node, HOSTILE, hostile_phone.port, Duration::from_secs(30));
+    let hostile_call = spawn_bye_call(
+        node.sip,
+        HOSTILE,
+        hostile_phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(30),
+    );
     let report = tokio::time::timeout(Duration::from_secs(30), attack)
         .await
         .expect("the attack ends")

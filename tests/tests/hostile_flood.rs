@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchboard_tests::agent::TestAgent;
-use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::node::MediaNode;
 use switchboard_tests::phone::{FRAME, Phone, assert_continuous_50pps, ulaw_pattern};
-use switchboard_tests::sipp::Sipp;
+use switchboard_tests::sipp::spawn_bye_call;
 
 const NUMBER: &str = "15550001111";
 /// Source addresses of the flood: 127.0.2.1 ..= 127.0.2.SOURCES.
@@ -167,21 +167,14 @@ async fn flood_from_many_sources_leaves_a_legitimate_call_clean() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let phone = Phone::start(0, 0xFF).await;
-    let sipp = Sipp::template(
-        "media_uac_bye.xml",
-        &[
-            ("@INFO@", ""),
-            ("@RTP_PORT@", &phone.port.to_string()),
-            ("@PT@", "0"),
-            ("@CODEC@", "PCMU"),
-            ("@BYE_WITHIN_MS@", "20000"),
-        ],
-    )
-    .expect("template")
-    .args(["-s", NUMBER, "-mp", &free_port().to_string()])
-    .timeout(Duration::from_secs(40));
-    let sip = node.sip;
-    let call = tokio::spawn(async move { sipp.run_client(sip, free_port()).await });
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(20),
+    );
 
     let conn = agent.connection(0, Duration::from_secs(15)).await;
     conn.wait_until("start", Duration::from_secs(10), |c| {
@@ -341,6 +334,7 @@ async fn flood_from_many_sources_leaves_a_legitimate_call_clean() {
         "node memory stays bounded under the flood: {rss_before} -> {rss_after} KiB"
     );
     // The node still serves: the carrier's OPTIONS is answered after the flood.
+    let sip = node.sip;
     let probe = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -17,7 +17,7 @@ use switchboard_tests::node::{MediaNode, free_port};
 use switchboard_tests::phone::{
     FRAME, Phone, Rtp, assert_continuous_50pps, rtp_packet, ulaw_pattern,
 };
-use switchboard_tests::sipp::{Sipp, SippRun};
+use switchboard_tests::sipp::{Sipp, SippRun, spawn_bye_call};
 
 const NUMBER: &str = "15550001111";
 
@@ -195,33 +195,6 @@ const INFO_DTMF: &str = r#"
   <recv response="200"/>
 "#;
 
-/// SIPp calling the node with its SDP pointing at `phone_port`; ends when the node sends BYE.
-fn spawn_bye_call(
-    node: &MediaNode,
-    phone_port: u16,
-    pt: &str,
-    codec: &str,
-    info: &str,
-    bye_within_ms: u64,
-) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
-    let sip = node.sip;
-    let bye = bye_within_ms.to_string();
-    let sipp = Sipp::template(
-        "media_uac_bye.xml",
-        &[
-            ("@INFO@", info),
-            ("@RTP_PORT@", &phone_port.to_string()),
-            ("@PT@", pt),
-            ("@CODEC@", codec),
-            ("@BYE_WITHIN_MS@", &bye),
-        ],
-    )
-    .expect("template")
-    .args(["-s", NUMBER, "-mp", &free_port().to_string()])
-    .timeout(Duration::from_millis(bye_within_ms + 20_000));
-    tokio::spawn(async move { sipp.run_client(sip, free_port()).await })
-}
-
 async fn finish(call: tokio::task::JoinHandle<anyhow::Result<SippRun>>, what: &str) -> SippRun {
     let run = call.await.expect("sipp task").expect("sipp runs");
     run.assert_success(what);
@@ -342,7 +315,14 @@ async fn media_agent_audio_paced_to_caller_and_agent_close_sends_bye() {
         .await
         .expect("node");
     let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(20),
+    );
     let conn = agent.connection(0, Duration::from_secs(10)).await;
     conn.wait_until("start", Duration::from_secs(5), |c| {
         !c.events("start").is_empty()
@@ -428,7 +408,14 @@ async fn media_pcma_call_both_directions() {
         .await
         .expect("node");
     let phone = Phone::start(8, 0xD5).await;
-    let call = spawn_bye_call(&node, phone.port, "8", "PCMA", "", 20_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("8", "PCMA"),
+        "",
+        Duration::from_secs(20),
+    );
     let conn = agent.connection(0, Duration::from_secs(10)).await;
     conn.wait_until("start", Duration::from_secs(5), |c| {
         !c.events("start").is_empty()
@@ -497,7 +484,14 @@ async fn media_dtmf_rfc4733_and_info_once_per_digit() {
     let info = INFO_DTMF
         .replace("@INFO_AFTER_MS@", "200")
         .replace("@DIGIT@", "5");
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", &info, 20_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        &info,
+        Duration::from_secs(20),
+    );
     let conn = agent.connection(0, Duration::from_secs(10)).await;
     conn.wait_until("start", Duration::from_secs(5), |c| {
         !c.events("start").is_empty()
@@ -553,7 +547,14 @@ async fn media_clear_stops_playout_and_marks_come_back_in_order() {
         .await
         .expect("node");
     let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(20),
+    );
     let conn = agent.connection(0, Duration::from_secs(10)).await;
     conn.wait_until("start", Duration::from_secs(5), |c| {
         !c.events("start").is_empty()
@@ -704,7 +705,14 @@ async fn media_agent_unreachable_503_or_answer_hangup() {
     .await
     .expect("node");
     let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 5_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(5),
+    );
     finish(call, "answered, then BYE for an unreachable agent").await;
     metric_eventually(
         &node,
@@ -723,7 +731,14 @@ async fn media_rtp_timeout_sends_bye() {
         .await
         .expect("node");
     let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 15_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(15),
+    );
     let conn = agent.connection(0, Duration::from_secs(10)).await;
     phone.send_audio(&ulaw_pattern(25, 8));
     conn.wait_until("caller audio", Duration::from_secs(5), |c| {
@@ -760,7 +775,14 @@ async fn media_max_call_duration_sends_bye() {
         .expect("node");
     let phone = Phone::start(0, 0xFF).await;
     let started = Instant::now();
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 15_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(15),
+    );
     phone.send_audio(&ulaw_pattern(10, 2));
     finish(call, "BYE at the maximum duration").await;
     let took = started.elapsed();
@@ -827,7 +849,14 @@ async fn media_pipecat_agent_end_to_end() {
         .await
         .expect("node");
     let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(&node, phone.port, "0", "PCMU", "", 20_000);
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(20),
+    );
     let caller_audio = ulaw_pattern(50, 11);
     phone.send_audio(&caller_audio);
     phone.send_dtmf('1');
