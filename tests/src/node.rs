@@ -23,6 +23,22 @@ pub fn free_port() -> u16 {
     panic!("no free port on 127.0.0.1");
 }
 
+/// A port `p` on 127.0.0.1 free for UDP and TCP whose neighbour `p + 1`
+/// is free for TCP too: baresip binds its TLS listener on `sip_listen`
+/// port + 1, so a lone free port can collide with a concurrent test.
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        let Some(next) = port.checked_add(1) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", next)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair on 127.0.0.1");
+}
+
 /// The media-node binary next to the test executable (built by
 /// `make test`; built here on demand otherwise).
 pub fn binary() -> PathBuf {

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_tests::node::{MediaNode, free_port};
+use switchboard_tests::node::{MediaNode, free_port_pair};
 use switchboard_tests::poll::eventually;
 
 #[tokio::test]
@@ -26,7 +26,7 @@ async fn sip_baresip_call_completes() {
         "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_trans_def udp\naudio_player aufile,{p}\naudio_alert aufile,{p}\n\
          audio_source ausine,440\nausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\nauplay_channels 2\n\
          module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n",
-        free_port(),
+        free_port_pair(),
         p = play.display()
     );
     std::fs::write(dir.path().join("config"), cfg).expect("config");
