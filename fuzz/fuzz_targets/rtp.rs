@@ -1,6 +1,7 @@
 //! An RTP stream through what the bridge does per packet: parse, sequence/jitter statistics,
-//! the jitter buffer (audio, PT 0) and the RFC 4733 detector (PT 101), with playout ticks and
-//! detector polls between packets and a reception report at the end.
+//! the reorder buffer (audio, PT 0; everything it releases is taken after each packet and at
+//! each step, as the engine does) and the RFC 4733 detector (PT 101), with detector polls
+//! between packets and a reception report at the end.
 //!
 //! Input: records of `[ms since previous: u8][length: u16 BE][packet]`; a truncated last
 //! record is taken as is. The whole input is also parsed as one datagram.
@@ -21,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Duration::ZERO;
     for (step_ms, packet) in Records::new(data) {
         now += Duration::from_millis(u64::from(step_ms));
-        let _ = jitter.next_frame(now);
+        while jitter.pop(now).is_some() {}
+        let _ = jitter.deadline();
         dtmf.poll(now);
         let _ = dtmf.take_release();
         let _ = looks_like_rtcp(packet);
@@ -30,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
         };
         if let SeqUpdate::Valid { .. } = stats.update(pkt.sequence, pkt.timestamp, now) {
             match pkt.payload_type {
-                0 => jitter.push(pkt.sequence, pkt.timestamp, pkt.payload, now),
+                0 => {
+                    jitter.push(pkt.sequence, pkt.timestamp, pkt.payload, now);
+                    while jitter.pop(now).is_some() {}
+                }
                 101 => {
                     let _ = dtmf.on_packet(pkt.timestamp, pkt.payload, now);
                 }
@@ -42,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = (
         jitter.stats(),
         jitter.jitter(),
-        jitter.target_delay(),
+        jitter.hold(),
         jitter.depth_frames(),
     );
 });

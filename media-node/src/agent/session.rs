@@ -338,6 +338,8 @@ pub struct SessionStats {
 pub struct SharedPlayout {
     queue: Mutex<PlayoutQueue>,
     marks_ready: Notify,
+    /// Wakes the media path when audio reaches an empty queue (it may leave at once).
+    audio_ready: Notify,
 }
 
 impl SharedPlayout {
@@ -346,6 +348,7 @@ impl SharedPlayout {
         Arc::new(SharedPlayout {
             queue: Mutex::new(PlayoutQueue::new(max_bytes)),
             marks_ready: Notify::new(),
+            audio_ready: Notify::new(),
         })
     }
 
@@ -353,6 +356,30 @@ impl SharedPlayout {
     pub fn lock(&self) -> MutexGuard<'_, PlayoutQueue> {
         // Queue operations cannot panic halfway in a way that breaks its invariants.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues agent audio; returns the bytes accepted. Audio reaching an empty queue wakes
+    /// the media path, which may send it at once.
+    pub fn push_audio(&self, bytes: &[u8]) -> usize {
+        let (accepted, was_empty) = {
+            let mut q = self.lock();
+            let was_empty = q.queued_bytes() == 0;
+            (q.push_audio(bytes), was_empty)
+        };
+        if was_empty && accepted > 0 {
+            self.audio_ready.notify_one();
+        }
+        accepted
+    }
+
+    /// True when agent audio is queued.
+    pub fn has_audio(&self) -> bool {
+        self.lock().queued_bytes() > 0
+    }
+
+    /// Resolves when audio has reached an empty queue since the last call.
+    pub fn audio_ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.audio_ready.notified()
     }
 
     /// Takes the next 20 ms frame for the caller (called by the media path each tick) and wakes
@@ -710,7 +737,7 @@ fn apply_agent_text(
             let mut dropped = 0u64;
             // Lock per decoded piece (a few KiB): the media path never waits long.
             let decoded = decode_payload(&payload, |piece| {
-                let accepted = playout.lock().push_audio(piece);
+                let accepted = playout.push_audio(piece);
                 dropped += (piece.len() - accepted) as u64;
             });
             if dropped > 0 {

@@ -1,24 +1,27 @@
 //! The media engine of one call: one task that owns every piece of per-call media state.
 //!
-//! It waits on four things at once: RTP datagrams on the call's socket, RTCP on port+1, the
-//! shared 20 ms ticker, and control messages from the SIP side (media updates, stop). Keeping
-//! all state in one task means no locks between receive and send paths; the only shared state
-//! is the agent's playout queue, locked briefly per frame and never across an await.
+//! It waits on five things at once: RTP datagrams on the call's socket, RTCP on port+1, its
+//! timer in the node's shared [`TimerWheel`], the agent's "audio arrived" signal, and control
+//! messages from the SIP side (media updates, stop). Keeping all state in one task means no
+//! locks between receive and send paths; the only shared state is the agent's playout queue,
+//! locked briefly per frame and never across an await.
 //!
 //! Caller -> agent: packets are validated (payload type, source per the strict learning rules of
-//! [`crate::media::source`], RFC 3550 A.1 sequence checks),
-//! telephone-events go to the RFC 4733 detector (one DTMF message per key press), audio goes
-//! into the adaptive jitter buffer; each tick takes one frame out, transcodes PCMA to μ-law and
-//! hands it to the agent session with `try_send` (a slow agent loses frames, counted, and never
-//! delays this call or any other).
+//! [`crate::media::source`], RFC 3550 A.1 sequence checks), telephone-events go to the RFC 4733
+//! detector (one DTMF message per key press), audio goes into the reorder buffer
+//! ([`crate::media::jitter`]), and every frame it releases is transcoded to μ-law and handed to
+//! the agent session at once, with `try_send` (a slow agent loses frames, counted, and never
+//! delays this call or any other). In-order audio is therefore forwarded on arrival; only a gap
+//! waits, for at most the buffer's adaptive hold, before it is concealed with silence.
 //!
-//! Agent -> caller: each tick takes one 160-byte frame from the playout queue (μ-law silence
-//! when empty), transcodes it for PCMA calls and sends it as the next RTP packet, so the stream
-//! runs at 50 packets per second with continuous sequence numbers and timestamps. While on hold
-//! (our direction recvonly/inactive) nothing is sent, the timestamp keeps advancing with real
-//! time and the RTP timeout is suspended.
+//! Agent -> caller: one RTP packet per 20 ms frame, with continuous sequence numbers and
+//! timestamps, timed by the call's own [`Pacer`]: silence on the call's grid, agent audio that
+//! reaches an empty queue at once and the audio behind it 20 ms apart. The engine wakes only when
+//! something is due (its next packet, a gap's deadline, its next RTCP report): calls spread over
+//! the 20 ms period instead of waking together. While on hold (our direction recvonly/inactive)
+//! nothing is sent, the timestamp advances with real time and the RTP timeout is suspended.
 //!
-//! The hot path (per packet, per tick) allocates nothing: buffers live in the task, metrics are
+//! The hot path (per packet, per frame) allocates nothing: buffers live in the task, metrics are
 //! pre-resolved counters.
 
 use std::net::SocketAddr;
@@ -38,12 +41,13 @@ use crate::agent::session::{CallerEvent, SharedPlayout};
 use crate::call::{HangupHandle, MediaParams};
 use crate::media::dtmf::DtmfDetector;
 use crate::media::g711::{self, Law};
-use crate::media::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Output};
+use crate::media::pacer::{Next, Pacer};
 use crate::media::playout::FRAME_BYTES;
 use crate::media::rtcp::{self, LastSenderReport, Report, ReportBlock, RtcpPacket, SenderInfo};
 use crate::media::rtp::{ReceiverStats, RtpPacket, RtpSender, SeqUpdate, looks_like_rtcp};
 use crate::media::source::{LearningConfig, SourceLearner, Verdict};
-use crate::media::ticker::{Registration, TickBatch};
+use crate::media::wheel::{Timer, TimerWheel};
 use crate::routing::acl::{Cidr, normalize};
 use crate::sdp::Direction;
 
@@ -53,8 +57,10 @@ const FRAME_SAMPLES: u32 = FRAME_BYTES as u32;
 const FRAME_MS: u64 = 20;
 /// Static payload type of comfort noise (RFC 3389): valid, but we have nothing to do with it.
 const PT_COMFORT_NOISE: u8 = 13;
-/// RTCP report interval in ticks (5 s, RFC 3550 6.2 minimum), randomised by ±50% per report.
-const RTCP_TICKS: u32 = 250;
+/// RTCP report interval (5 s, RFC 3550 6.2 minimum), randomised by ±50% per report.
+const RTCP_INTERVAL_MS: u64 = 5000;
+/// How often the engine wakes while it sends nothing (hold): RTCP, DTMF end, media timeout.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 2048;
 
@@ -72,9 +78,9 @@ pub(crate) enum Control {
 pub(crate) struct EngineSettings {
     /// Hang up after this long without RTP (not while on hold).
     pub rtp_timeout: Option<Duration>,
-    /// Jitter buffer delay bounds.
+    /// Smallest wait for a missing caller frame before it is concealed.
     pub jitter_min: Duration,
-    /// Jitter buffer delay bounds.
+    /// Largest wait for a missing caller frame before it is concealed.
     pub jitter_max: Duration,
     /// Source learning (window, head start, probation).
     pub learning: LearningConfig,
@@ -123,8 +129,8 @@ fn law_of(codec: Codec) -> Law {
 
 fn jitter_config(law: Law, s: &EngineSettings) -> JitterConfig {
     JitterConfig {
-        min_delay: s.jitter_min,
-        max_delay: s.jitter_max.max(s.jitter_min),
+        min_hold: s.jitter_min,
+        max_hold: s.jitter_max.max(s.jitter_min),
         // Gaps are filled in the call's own codec so that transcoding yields μ-law silence.
         silence: law.silence(),
         ..JitterConfig::default()
@@ -149,8 +155,12 @@ pub(crate) struct Engine {
     drops: Drops,
     source: Option<Source>,
     jitter: JitterBuffer,
+    /// Frames handed to the agent so far: the next one's `timestamp` is this times 20 ms
+    /// (continuous across a restarted caller stream).
+    agent_frames: u64,
     dtmf: DtmfDetector,
     sender: RtpSender,
+    pacer: Pacer,
     sent_since_report: bool,
     playout: Arc<SharedPlayout>,
     caller: mpsc::Sender<CallerEvent>,
@@ -158,13 +168,18 @@ pub(crate) struct Engine {
     hangup: HangupHandle,
     epoch: Instant,
     last_rx: Duration,
-    next_tick: Option<u64>,
-    first_tick: Option<u64>,
-    ticks_to_rtcp: u32,
+    next_rtcp: Duration,
+    /// The instant the timer is armed for (to skip re-arming it for the same instant).
+    armed: Option<Duration>,
     cname: String,
     frame: [u8; FRAME_BYTES],
     packet: [u8; 256],
     rtcp_out: [u8; 512],
+}
+
+/// A randomised RTCP interval (RFC 3550 6.3.1: 0.5 to 1.5 times the nominal one).
+fn rtcp_interval() -> Duration {
+    Duration::from_millis(RTCP_INTERVAL_MS / 2 + rand::random::<u64>() % RTCP_INTERVAL_MS)
 }
 
 impl Engine {
@@ -189,6 +204,7 @@ impl Engine {
             call_id,
             law,
             jitter: JitterBuffer::new(jitter_config(law, &settings)),
+            agent_frames: 0,
             settings,
             media,
             learner,
@@ -197,6 +213,7 @@ impl Engine {
             source: None,
             dtmf: DtmfDetector::default(),
             sender,
+            pacer: Pacer::new(),
             sent_since_report: false,
             playout,
             caller,
@@ -204,9 +221,8 @@ impl Engine {
             hangup,
             epoch: Instant::now(),
             last_rx: Duration::ZERO,
-            next_tick: None,
-            first_tick: None,
-            ticks_to_rtcp: RTCP_TICKS / 2 + rand::random::<u32>() % RTCP_TICKS,
+            next_rtcp: rtcp_interval(),
+            armed: None,
             cname: format!("switchboard-{ssrc:08x}"),
             frame: [0; FRAME_BYTES],
             packet: [0; 256],
@@ -233,16 +249,22 @@ impl Engine {
         socket: Arc<crate::call::ports::MediaSocket>,
         rtcp: Option<UdpSocket>,
         mut control: mpsc::Receiver<Control>,
-        mut ticks: mpsc::Receiver<TickBatch>,
-        registration: Registration,
+        wheel: TimerWheel,
     ) {
         self.metrics.active_media.inc();
+        let timer = wheel.timer();
+        let playout = self.playout.clone();
         let mut rtp_buf = [0u8; MAX_DATAGRAM];
         let mut rtcp_buf = [0u8; MAX_DATAGRAM];
-        loop {
+        // The first packet (silence, or the agent's greeting) leaves at once.
+        let mut running = self.service(&socket, rtcp.as_ref(), &timer).await;
+        while running {
             tokio::select! {
                 c = control.recv() => match c {
-                    Some(Control::Media(m)) => self.update_media(m),
+                    Some(Control::Media(m)) => {
+                        self.update_media(m);
+                        running = self.service(&socket, rtcp.as_ref(), &timer).await;
+                    }
                     Some(Control::Stop) | None => break,
                 },
                 r = socket.recv_from(&mut rtp_buf) => match r {
@@ -250,8 +272,8 @@ impl Engine {
                         if looks_like_rtcp(&rtp_buf[..n]) {
                             // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
                             self.on_rtcp(&rtp_buf[..n], from);
-                        } else {
-                            self.on_rtp(&rtp_buf[..n], from);
+                        } else if self.on_rtp(&rtp_buf[..n], from) {
+                            self.forward_caller(&timer);
                         }
                     }
                     // ICMP errors surface on the next receive; they are not fatal for RTP.
@@ -262,19 +284,119 @@ impl Engine {
                         self.on_rtcp(&rtcp_buf[..n], from);
                     }
                 }
-                t = ticks.recv() => match t {
-                    Some(batch) => {
-                        if !self.on_tick(&socket, rtcp.as_ref(), batch).await {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
+                _ = timer.fired() => {
+                    self.armed = None;
+                    running = self.service(&socket, rtcp.as_ref(), &timer).await;
+                }
+                _ = playout.audio_ready() => {
+                    running = self.service(&socket, rtcp.as_ref(), &timer).await;
+                }
             }
         }
-        drop(registration);
+        drop(timer);
         self.finish(rtcp.as_ref()).await;
         self.metrics.active_media.dec();
+    }
+
+    /// Arms the timer for the earliest of `at` and the caller audio's gap deadline.
+    fn arm(&mut self, timer: &Timer, at: Duration) {
+        let at = match self.jitter.deadline() {
+            Some(d) => d.min(at),
+            None => at,
+        };
+        if self.armed != Some(at) {
+            self.armed = Some(at);
+            timer.set(self.epoch + at);
+        }
+    }
+
+    /// Caller -> agent: hands every frame the reorder buffer releases to the agent at once.
+    fn forward_caller(&mut self, timer: &Timer) {
+        let now = self.now();
+        while let Some(out) = self.jitter.pop(now) {
+            let mut frame = [0u8; FRAME_BYTES];
+            match out {
+                Output::Frame { data, .. } => {
+                    let n = data.len().min(FRAME_BYTES);
+                    frame[..n].copy_from_slice(&data[..n]);
+                    frame[n..].fill(self.law.silence());
+                    g711::to_ulaw_in_place(self.law, &mut frame);
+                }
+                // A lost frame with audio after it: the agent's stream keeps its 20 ms steps.
+                Output::Concealed { .. } => {
+                    self.metrics.caller_frames_concealed.inc();
+                    frame.fill(g711::ULAW_SILENCE);
+                }
+            }
+            let timestamp_ms = self.agent_frames.saturating_mul(FRAME_MS);
+            self.agent_frames += 1;
+            self.to_agent(CallerEvent::Audio {
+                frame,
+                timestamp_ms,
+            });
+        }
+        // A gap now waiting for its deadline needs the timer earlier than the next packet out.
+        if let Some(d) = self.jitter.deadline()
+            && self.armed.is_none_or(|a| d < a)
+        {
+            self.armed = Some(d);
+            timer.set(self.epoch + d);
+        }
+    }
+
+    /// Does whatever is due now (caller frames past their gap deadline, the next RTP packet,
+    /// DTMF end, RTP timeout, RTCP) and arms the timer for the next thing. Returns false when
+    /// the call must end.
+    async fn service(
+        &mut self,
+        socket: &UdpSocket,
+        rtcp: Option<&UdpSocket>,
+        timer: &Timer,
+    ) -> bool {
+        let now = self.now();
+        self.forward_caller(timer);
+        let mut next = now + IDLE_WAKE;
+        if !self.on_hold() {
+            loop {
+                let queued = self.playout.has_audio();
+                match self.pacer.poll(now, queued) {
+                    Next::Send { skip_frames } => {
+                        if skip_frames > 0 {
+                            // The task woke late (a stalled runtime): the RTP clock moves on so
+                            // the peer sees a gap in time, not a burst.
+                            self.metrics.tick_overruns.inc_by(u64::from(skip_frames));
+                            self.sender.skip(FRAME_SAMPLES.wrapping_mul(skip_frames));
+                        }
+                        let audio = self.send_frame(socket).await;
+                        let backlog = self.playout.has_audio();
+                        self.pacer.sent(now, skip_frames, audio, backlog);
+                    }
+                    Next::At(t) => {
+                        next = t;
+                        break;
+                    }
+                }
+            }
+        }
+        self.dtmf.poll(now);
+        if !self.on_hold()
+            && let Some(limit) = self.settings.rtp_timeout
+        {
+            let expires = self.last_rx + limit;
+            if now >= expires {
+                tracing::warn!(call_id = %self.call_id, timeout = ?limit, "no RTP from the caller; hanging up");
+                self.hangup.hangup(reason::RTP_TIMEOUT);
+                return false;
+            }
+            next = next.min(expires);
+        }
+        if now >= self.next_rtcp {
+            self.next_rtcp = now + rtcp_interval();
+            self.send_report(rtcp, false).await;
+        }
+        next = next.min(self.next_rtcp);
+        self.arm(timer, next);
+        true
     }
 
     fn update_media(&mut self, m: MediaParams) {
@@ -295,9 +417,12 @@ impl Engine {
         self.learner.media_changed(m.remote, self.now());
         self.media = m;
         if was_hold && !self.on_hold() {
-            // The RTP timeout was suspended during hold: it starts again now.
-            self.last_rx = self.now();
-            self.sender.skip(0);
+            // The RTP timeout was suspended during hold: it starts again now. Our timestamp
+            // advances by the time on hold and the next packet (marked) leaves at once.
+            let now = self.now();
+            self.last_rx = now;
+            let skipped = self.pacer.resume(now);
+            self.sender.skip(FRAME_SAMPLES.wrapping_mul(skipped));
         }
         tracing::debug!(call_id = %self.call_id, hold = self.on_hold(), remote = ?self.remote(), "media updated");
     }
@@ -320,21 +445,22 @@ impl Engine {
         }
     }
 
-    fn on_rtp(&mut self, buf: &[u8], from: SocketAddr) {
+    /// Handles one RTP datagram; true when it added audio to the reorder buffer.
+    fn on_rtp(&mut self, buf: &[u8], from: SocketAddr) -> bool {
         let Ok(pkt) = RtpPacket::parse(buf) else {
             self.drops.malformed.inc();
-            return;
+            return false;
         };
         let is_audio = pkt.payload_type == self.media.payload_type;
         let is_dtmf = self.media.dtmf_payload_type == Some(pkt.payload_type);
         if !is_audio && !is_dtmf && pkt.payload_type != PT_COMFORT_NOISE {
             self.drops.payload_type.inc();
-            return;
+            return false;
         }
         let now = self.now();
         if !self.accept_source(from, pkt.ssrc, pkt.sequence, now) {
             self.drops.source.inc();
-            return;
+            return false;
         }
         if self.source.as_ref().is_none_or(|s| s.ssrc != pkt.ssrc) {
             if let Some(old) = self.source.take() {
@@ -353,20 +479,25 @@ impl Engine {
             });
         }
         let Some(source) = self.source.as_mut() else {
-            return;
+            return false;
         };
         match source.stats.update(pkt.sequence, pkt.timestamp, now) {
             SeqUpdate::Valid { .. } => {}
             SeqUpdate::Probation | SeqUpdate::BadJump => {
                 self.drops.sequence.inc();
-                return;
+                return false;
             }
         }
         self.last_rx = now;
         self.metrics.rtp_in.inc();
         if is_audio {
+            let late = self.jitter.stats().late;
             self.jitter
                 .push(pkt.sequence, pkt.timestamp, pkt.payload, now);
+            if self.jitter.stats().late != late {
+                self.metrics.caller_packets_late.inc();
+            }
+            return true;
         } else if is_dtmf {
             match self.dtmf.on_packet(pkt.timestamp, pkt.payload, now) {
                 Ok(Some(press)) => {
@@ -380,6 +511,7 @@ impl Engine {
                 Err(_) => self.drops.malformed.inc(),
             }
         }
+        false
     }
 
     fn on_rtcp(&mut self, buf: &[u8], from: SocketAddr) {
@@ -427,93 +559,32 @@ impl Engine {
         }
     }
 
-    /// One wake-up of the shared ticker: produce `batch.frames` frames each way. Returns false
-    /// when the call must end.
-    async fn on_tick(
-        &mut self,
-        socket: &UdpSocket,
-        rtcp: Option<&UdpSocket>,
-        batch: TickBatch,
-    ) -> bool {
-        let first = *self.first_tick.get_or_insert(batch.first_index);
-        if let Some(next) = self.next_tick {
-            let missed = batch.first_index.saturating_sub(next);
-            if missed > 0 {
-                // This task fell behind (or the ticker did): the RTP clock still moves on so the
-                // peer sees a gap in time, not a burst.
-                self.metrics.tick_overruns.inc_by(missed);
-                self.sender.skip(FRAME_SAMPLES.wrapping_mul(missed as u32));
-            }
-        }
-        self.next_tick = Some(batch.last_index() + 1);
-        let now = self.now();
-        let hold = self.on_hold();
-        let remote = self.remote();
-        for i in 0..u64::from(batch.frames) {
-            let index = batch.first_index + i;
-            self.caller_frame(now, (index - first) * FRAME_MS);
-            match remote {
-                Some(to) if !hold => self.send_frame(socket, to).await,
-                // Nothing to send to, or on hold: keep the RTP clock running without sending.
-                _ => self.sender.skip(FRAME_SAMPLES),
-            }
-        }
-        self.dtmf.poll(now);
-        if !hold
-            && let Some(limit) = self.settings.rtp_timeout
-            && now.saturating_sub(self.last_rx) >= limit
-        {
-            tracing::warn!(call_id = %self.call_id, timeout = ?limit, "no RTP from the caller; hanging up");
-            self.hangup.hangup(reason::RTP_TIMEOUT);
-            return false;
-        }
-        self.ticks_to_rtcp = self.ticks_to_rtcp.saturating_sub(batch.frames);
-        if self.ticks_to_rtcp == 0 {
-            self.ticks_to_rtcp = RTCP_TICKS / 2 + rand::random::<u32>() % RTCP_TICKS;
-            self.send_report(rtcp, false).await;
-        }
-        true
-    }
-
-    /// Caller -> agent: one frame out of the jitter buffer.
-    fn caller_frame(&mut self, now: Duration, timestamp_ms: u64) {
-        let mut frame = [0u8; FRAME_BYTES];
-        match self.jitter.next_frame(now) {
-            Playout::Frame(bytes) => {
-                let n = bytes.len().min(FRAME_BYTES);
-                frame[..n].copy_from_slice(&bytes[..n]);
-                frame[n..].fill(self.law.silence());
-                g711::to_ulaw_in_place(self.law, &mut frame);
-            }
-            // A lost frame with audio after it: the agent's stream keeps its 20 ms pace.
-            Playout::Lost => frame.fill(g711::ULAW_SILENCE),
-            // Nothing received (yet, or the caller went quiet): send nothing.
-            Playout::Buffering => return,
-        }
-        self.to_agent(CallerEvent::Audio {
-            frame,
-            timestamp_ms,
-        });
-    }
-
-    /// Agent -> caller: the next 20 ms of the playout queue as one RTP packet.
-    async fn send_frame(&mut self, socket: &UdpSocket, to: SocketAddr) {
+    /// Agent -> caller: the next 20 ms of the playout queue as one RTP packet (silence when
+    /// empty). Returns whether it carried agent audio. With nowhere to send yet, the frame is
+    /// taken and the RTP clock moves on, as if sent.
+    async fn send_frame(&mut self, socket: &UdpSocket) -> bool {
         let fill = self.playout.next_frame(&mut self.frame);
         if fill.audio_bytes > 0 && fill.audio_bytes < FRAME_BYTES {
             self.metrics.playout_underruns.inc();
         }
+        let audio = fill.audio_bytes > 0;
+        let Some(to) = self.remote() else {
+            self.sender.skip(FRAME_SAMPLES);
+            return audio;
+        };
         g711::from_ulaw_in_place(self.law, &mut self.frame);
         let Ok(n) = self
             .sender
             .write_audio(&self.frame, FRAME_SAMPLES, &mut self.packet)
         else {
-            return;
+            return audio;
         };
         self.sent_since_report = true;
         match socket.send_to(&self.packet[..n], to).await {
             Ok(_) => self.metrics.rtp_out.inc(),
             Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP send failed"),
         }
+        audio
     }
 
     fn account_loss_of(&self, source: &Source) {
@@ -607,8 +678,9 @@ impl Engine {
             jitter_ms = jitter.as_secs_f64() * 1000.0,
             rtp_sent = self.sender.packet_count(),
             jb_late = js.late,
-            jb_lost_frames = js.lost_frames,
-            jb_underruns = js.underruns,
+            jb_concealed_frames = js.concealed_frames,
+            jb_waited_frames = js.waited_frames,
+            jb_hold_ms = self.jitter.hold().as_secs_f64() * 1000.0,
             "call media ended"
         );
     }
@@ -649,6 +721,6 @@ mod tests {
         };
         let c = jitter_config(Law::Alaw, &s);
         assert_eq!(c.silence, g711::ALAW_SILENCE);
-        assert!(c.max_delay >= c.min_delay);
+        assert!(c.max_hold >= c.min_hold);
     }
 }

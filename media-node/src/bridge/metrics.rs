@@ -48,6 +48,10 @@ pub struct MediaMetrics {
     pub agent_events_dropped: IntCounter,
     /// Ticks a call missed because its media task was behind.
     pub tick_overruns: IntCounter,
+    /// Caller frames concealed with silence (lost, later audio arrived).
+    pub caller_frames_concealed: IntCounter,
+    /// Caller RTP packets that arrived after their frame was concealed or released.
+    pub caller_packets_late: IntCounter,
     /// Time to open the agent WebSocket.
     pub agent_connect: Histogram,
     /// Agent connections that failed, by reason (timeout, http, transport, invalid_url, ...).
@@ -130,7 +134,15 @@ impl MediaMetrics {
             ),
             tick_overruns: counter(
                 "switchboard_media_tick_overruns_total",
-                "20 ms ticks a call missed because its media task was behind",
+                "20 ms frames of outgoing silence skipped because a call's media task woke more than a frame late",
+            ),
+            caller_frames_concealed: counter(
+                "switchboard_caller_frames_concealed_total",
+                "Caller audio frames that never arrived (later audio did) and reached the agent as silence",
+            ),
+            caller_packets_late: counter(
+                "switchboard_caller_packets_late_total",
+                "Caller RTP packets dropped because they arrived after their frame had been concealed or released",
             ),
             agent_connect: must(Histogram::with_opts(
                 HistogramOpts::new(
@@ -203,7 +215,7 @@ impl MediaMetrics {
 
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        let all: [Box<dyn Collector>; 20] = [
+        let all: [Box<dyn Collector>; 22] = [
             Box::new(self.rtp_in.clone()),
             Box::new(self.rtp_out.clone()),
             Box::new(self.rtp_lost.clone()),
@@ -215,6 +227,8 @@ impl MediaMetrics {
             Box::new(self.playout_underruns.clone()),
             Box::new(self.agent_events_dropped.clone()),
             Box::new(self.tick_overruns.clone()),
+            Box::new(self.caller_frames_concealed.clone()),
+            Box::new(self.caller_packets_late.clone()),
             Box::new(self.agent_connect.clone()),
             Box::new(self.agent_connect_failures.clone()),
             Box::new(self.agent_disconnects.clone()),

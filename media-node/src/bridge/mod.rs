@@ -1,13 +1,14 @@
 //! The bridge between answered calls and their AI agents: the media node's [`CallHandler`].
 //!
 //! Per call it runs two tasks:
-//! - the media engine ([`engine`]): RTP/RTCP on the call's ports, paced by the node's one shared
-//!   20 ms ticker (never a timer per call);
+//! - the media engine ([`engine`]): RTP/RTCP on the call's ports, woken by its entry in the
+//!   node's one shared timing wheel (never a runtime timer per call) when its next packet or
+//!   deadline is due;
 //! - the agent session ([`crate::agent::session`]): the Twilio Media Streams WebSocket.
 //!
 //! They meet in two bounded places: a caller-event channel (engine -> session, `try_send`, drop
-//! and count when full) and the shared playout queue (session fills it, engine takes one frame
-//! per tick under a short lock). A slow or stuck agent therefore never delays its own call's RTP
+//! and count when full) and the shared playout queue (session fills it and wakes the engine when
+//! audio reaches an empty queue; the engine takes one frame per packet under a short lock). A slow or stuck agent therefore never delays its own call's RTP
 //! nor any other call.
 //!
 //! Inbound calls connect the agent in [`CallHandler::prepare`], before the 200 OK, so that an
@@ -37,7 +38,7 @@ use crate::call::{
     MediaParams, PendingCall, PrepareFuture, PrepareReject,
 };
 use crate::media::playout::DEFAULT_MAX_BYTES;
-use crate::media::ticker::{DEFAULT_MAX_CATCH_UP, DEFAULT_PERIOD, Ticker};
+use crate::media::wheel::TimerWheel;
 use engine::{Control, Engine, EngineSettings};
 pub use metrics::MediaMetrics;
 
@@ -58,6 +59,12 @@ pub mod reason {
     pub const AGENT_LIMIT: &str = "agent_limit";
 }
 
+/// Default smallest wait for a missing caller frame: two frames, so that an adjacent swap is put
+/// back in order before the line's reordering has been measured.
+pub const DEFAULT_JITTER_MIN: Duration = Duration::from_millis(40);
+/// Default bound of the adaptive wait for a missing caller frame.
+pub const DEFAULT_JITTER_MAX: Duration = Duration::from_millis(200);
+
 /// What to do with an inbound call whose agent cannot be reached at set-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UnreachablePolicy {
@@ -75,9 +82,10 @@ pub struct BridgeConfig {
     pub connect_timeout: Duration,
     /// Inbound calls whose agent is unreachable.
     pub unreachable: UnreachablePolicy,
-    /// Smallest jitter buffer delay.
+    /// Smallest wait for a missing caller frame before it is concealed (in-order audio is
+    /// never held).
     pub jitter_min: Duration,
-    /// Largest jitter buffer delay.
+    /// Largest wait for a missing caller frame (the bound of the adaptive hold).
     pub jitter_max: Duration,
     /// Bound of each call's playout queue, in bytes of μ-law (8000 per second).
     pub playout_max_bytes: usize,
@@ -94,8 +102,8 @@ impl Default for BridgeConfig {
         BridgeConfig {
             connect_timeout: crate::agent::session::DEFAULT_CONNECT_TIMEOUT,
             unreachable: UnreachablePolicy::Reject,
-            jitter_min: Duration::from_millis(40),
-            jitter_max: Duration::from_millis(200),
+            jitter_min: DEFAULT_JITTER_MIN,
+            jitter_max: DEFAULT_JITTER_MAX,
             playout_max_bytes: DEFAULT_MAX_BYTES,
             egress: Arc::default(),
             agent_limits: AgentLimits::default(),
@@ -115,15 +123,15 @@ enum BridgePrepared {
 /// The media engine and agent bridge, as the node's [`CallHandler`].
 pub struct BridgeHandler {
     cfg: BridgeConfig,
-    ticker: Ticker,
+    wheel: TimerWheel,
     metrics: MediaMetrics,
 }
 
 impl BridgeHandler {
-    /// Starts the shared ticker; must be called inside the tokio runtime.
+    /// Starts the shared timing wheel; must be called inside the tokio runtime.
     pub fn new(cfg: BridgeConfig) -> Self {
-        // The ticker task lives as long as this handler (it ends once the handle is dropped).
-        let (ticker, _task) = Ticker::start(DEFAULT_PERIOD, DEFAULT_MAX_CATCH_UP);
+        // The wheel's driver lives as long as this handler and the calls' timers.
+        let (wheel, _task) = TimerWheel::start();
         let metrics = MediaMetrics::new();
         // Series that alerts watch exist from the start (at 0), not from their first event.
         for r in [
@@ -137,7 +145,7 @@ impl BridgeHandler {
         }
         BridgeHandler {
             cfg,
-            ticker,
+            wheel,
             metrics,
         }
     }
@@ -299,9 +307,6 @@ impl CallHandler for BridgeHandler {
         let playout = SharedPlayout::new(self.cfg.playout_max_bytes);
         let (caller_tx, caller_rx) = caller_channel();
         let (control_tx, control_rx) = mpsc::channel(16);
-        // Room for a few batches: a task that falls further behind misses ticks (counted)
-        // rather than making the ticker wait.
-        let (registration, ticks, _sink) = self.ticker.register_channel(4);
         let settings = EngineSettings {
             rtp_timeout: call.rtp_timeout,
             jitter_min: self.cfg.jitter_min,
@@ -324,8 +329,7 @@ impl CallHandler for BridgeHandler {
             call.rtp_socket.clone(),
             rtcp,
             control_rx,
-            ticks,
-            registration,
+            self.wheel.clone(),
         ));
 
         let agent_task = AgentTask {

@@ -1,25 +1,30 @@
-//! An adaptive jitter buffer for G.711 audio on its way to the agent.
+//! The caller-to-agent reorder buffer: forwards audio the moment it can, waits only at a gap.
 //!
-//! Packets go in by RTP timestamp (sequence numbers only feed the reorder statistics): they are
-//! reordered, duplicates and packets whose time has already been played are dropped, and the
-//! payload bytes are placed at their timestamp so any packetisation (10, 20, 30 ms) ends up in
-//! fixed frames. Frames come out once per tick (20 ms) through [`JitterBuffer::next_frame`].
+//! Packets go in by RTP timestamp (sequence numbers only feed the reorder statistics). Their
+//! bytes are placed at their timestamp, so any packetisation (10, 20, 30 ms) comes out as fixed
+//! 160-sample frames, in order, numbered 0, 1, 2, ... (the agent's `timestamp` is the number
+//! times 20 ms, so it is always 20 ms apart whatever the arrival pattern).
 //!
-//! Delay: playout (re)starts after a delay that follows the measured interarrival jitter
-//! (RFC 3550 A.8 estimator): `min_delay + 3 x jitter`, rounded up to whole frames and clamped to
-//! `[min_delay, max_delay]`. The delay is chosen whenever playout starts: at the beginning and
-//! after every underrun (the buffer ran dry), so a path that becomes jittery gets a longer delay
-//! at its next underrun. When the buffer holds clearly more than the target (a burst), one frame
-//! per tick is dropped until it is back near the target, so latency does not grow.
+//! Timing model ([`JitterBuffer::pop`]):
+//! - A complete frame that is next in order is released at once: on a clean line nothing is
+//!   held, whatever the measured jitter.
+//! - When the next frame is missing (or only partly received) and later audio is already here,
+//!   the buffer waits for it until its *deadline*: the time it would have arrived with the
+//!   smallest transit seen lately, plus the *hold*. Past the deadline the frame is concealed (one
+//!   frame of silence per missing frame, so the agent's stream keeps its 20 ms steps) and the
+//!   frames behind it are released. A packet that turns up after its frame was concealed is
+//!   dropped as late.
+//! - The hold adapts to what the line does: it follows the largest lateness (transit above the
+//!   smallest) seen lately, at least `min_hold` (so an adjacent swap is put back in order before
+//!   any reordering has been measured) and at most `max_hold`, and decays back towards the
+//!   current lateness when the line calms (time constant ~5 s at 50 packets per second).
+//! - A missing frame with nothing after it is not concealed: the caller may simply have
+//!   stopped sending (silence suppression, hold, end of call).
+//! - A timestamp jump beyond the buffer's window (a restarted stream, a long silence) starts a
+//!   new window at the new packet, without filling the jump; frame numbers continue.
 //!
-//! Loss: a missing frame with later audio behind it is reported as [`Playout::Lost`]; the caller
-//! decides what to send (the media node sends a frame of silence so the agent's stream keeps its
-//! 20 ms pace). An empty buffer reports [`Playout::Buffering`] (nothing to play yet, or the
-//! sender went quiet); callers may send silence or nothing.
-//!
-//! Time is an explicit `Duration` since any fixed epoch: no clocks are read here.
-//!
-//! Storage is allocated once at construction; inserting and playing never allocate.
+//! Time is an explicit `Duration` since any fixed epoch: no clocks are read here. Storage is
+//! allocated once at construction; pushing and popping never allocate.
 
 use std::time::Duration;
 
@@ -30,11 +35,12 @@ pub struct JitterConfig {
     pub frame_samples: u32,
     /// Sample rate (8000 for G.711).
     pub clock_rate: u32,
-    /// Smallest playout delay.
-    pub min_delay: Duration,
-    /// Largest playout delay.
-    pub max_delay: Duration,
-    /// Frames the buffer can hold; packets further ahead than this force a resync.
+    /// Smallest wait for a missing frame beyond its expected arrival.
+    pub min_hold: Duration,
+    /// Largest wait for a missing frame beyond its expected arrival.
+    pub max_hold: Duration,
+    /// Frames the buffer can hold ahead of the next one out; a packet further ahead starts a
+    /// new window.
     pub capacity_frames: usize,
     /// Byte used for parts of a frame that were never received (0xFF is μ-law silence).
     pub silence: u8,
@@ -45,23 +51,38 @@ impl Default for JitterConfig {
         JitterConfig {
             frame_samples: 160,
             clock_rate: 8000,
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
+            min_hold: Duration::from_millis(40),
+            max_hold: Duration::from_millis(200),
             capacity_frames: 64,
             silence: 0xFF,
         }
     }
 }
 
-/// What to play this tick.
+/// A frame released by [`JitterBuffer::pop`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Playout<'a> {
-    /// A frame of audio (`frame_samples` bytes). Parts never received hold the silence byte.
-    Frame(&'a [u8]),
-    /// This frame was lost (later audio exists): substitute silence or conceal.
-    Lost,
-    /// Nothing to play: not started yet, or ran dry and is waiting to restart.
-    Buffering,
+pub enum Output<'a> {
+    /// Audio (`frame_samples` bytes); parts never received hold the silence byte.
+    Frame {
+        /// Frame number in the output stream (0 for the first frame ever released).
+        index: u64,
+        /// The frame's bytes.
+        data: &'a [u8],
+    },
+    /// This frame never arrived and later audio did: substitute one frame of silence.
+    Concealed {
+        /// Frame number in the output stream.
+        index: u64,
+    },
+}
+
+impl Output<'_> {
+    /// The frame number in the output stream.
+    pub fn index(&self) -> u64 {
+        match self {
+            Output::Frame { index, .. } | Output::Concealed { index } => *index,
+        }
+    }
 }
 
 /// Counters since the buffer was created.
@@ -71,73 +92,74 @@ pub struct JitterStats {
     pub packets: u64,
     /// Packets dropped because they were exact duplicates.
     pub duplicates: u64,
-    /// Packets (or parts) dropped because their time had already been played.
+    /// Packets dropped because their frame had already been released or concealed.
     pub late: u64,
     /// Packets that arrived with a lower sequence number than one before them.
     pub reordered: u64,
-    /// Frames reported lost.
-    pub lost_frames: u64,
-    /// Frames played.
-    pub played_frames: u64,
-    /// Times the buffer ran dry while playing.
-    pub underruns: u64,
-    /// Frames dropped to bring latency back to the target.
-    pub dropped_for_latency: u64,
-    /// Times the timestamp jumped so far that the buffer restarted.
+    /// Frames concealed (never arrived, later audio did).
+    pub concealed_frames: u64,
+    /// Frames released with audio.
+    pub released_frames: u64,
+    /// Frames released only partly filled (the rest was lost).
+    pub partial_frames: u64,
+    /// Frames released after waiting at a gap (the wait cost latency).
+    pub waited_frames: u64,
+    /// Times a timestamp jump started a new window.
     pub resyncs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// No packet yet, or ran dry: waiting for `start_at` with audio present.
-    Buffering {
-        start_at: Option<Duration>,
-    },
-    Playing,
-}
-
-/// The adaptive jitter buffer for one stream. See the module documentation.
+/// The adaptive reorder buffer of one stream. See the module documentation.
 #[derive(Debug)]
 pub struct JitterBuffer {
     cfg: JitterConfig,
     frame: usize,
-    /// Ring of frames; slot i holds absolute frame index `slot_index[i]` when `filled[i] > 0`.
+    /// Ring of frames; slot i holds absolute frame `slot_index[i]` when `filled[i] > 0`.
     data: Box<[u8]>,
     slot_index: Box<[u64]>,
     filled: Box<[u16]>,
-    state: State,
-    /// Absolute frame index of the next frame to play.
-    head: u64,
-    /// Highest absolute frame index holding audio.
+    /// Absolute frame (timestamp / frame_samples) of the next frame out; None before the first
+    /// packet.
+    head: Option<u64>,
+    /// Highest absolute frame holding audio.
     newest: Option<u64>,
-    /// Index after the last frame played or skipped; earlier audio is late. None before the
-    /// first frame is played (and after a resync).
-    floor: Option<u64>,
+    /// Output frame number of `head`.
+    out_index: u64,
     /// Highest extended timestamp seen and its 32-bit value (for unwrapping).
     ext_high: Option<(u64, u32)>,
     last_seq: Option<u16>,
-    transit: Option<i64>,
-    /// Jitter estimate in microseconds, scaled by 16 (A.8 integer form).
+    /// Smallest transit (arrival minus media time, µs) in the current and previous window.
+    base_now: i64,
+    base_prev: i64,
+    window_started: Option<Duration>,
+    /// Lateness peak (µs) that the hold follows, scaled by 256 for the decay.
+    peak_q8: i64,
+    /// RFC 3550 A.8 interarrival jitter in µs, scaled by 16.
     jitter_q4_us: u64,
-    target: Duration,
+    prev_transit: Option<i64>,
+    /// True while the frame at `head` has been waited for (for `waited_frames`).
+    waiting: bool,
     stats: JitterStats,
 }
 
 /// Extended timestamps start here so that reordered packets before the first one stay positive.
 const EXT_ORIGIN: u64 = 1 << 40;
+/// Length of one window of the smallest-transit tracker.
+const BASE_WINDOW: Duration = Duration::from_secs(4);
+/// Decay of the lateness peak per packet (1/256 of the way to the current lateness).
+const PEAK_DECAY_SHIFT: u32 = 8;
 
 impl JitterBuffer {
-    /// A buffer with the given tuning. `capacity_frames` is raised to cover `max_delay` plus
-    /// headroom if it is too small.
+    /// A buffer with the given tuning (`max_hold` is raised to `min_hold` when below it, and
+    /// the capacity to cover `max_hold` plus headroom).
     pub fn new(mut cfg: JitterConfig) -> Self {
         cfg.frame_samples = cfg.frame_samples.clamp(1, u16::MAX as u32);
         cfg.clock_rate = cfg.clock_rate.max(1);
-        if cfg.max_delay < cfg.min_delay {
-            cfg.max_delay = cfg.min_delay;
+        if cfg.max_hold < cfg.min_hold {
+            cfg.max_hold = cfg.min_hold;
         }
         let frame = cfg.frame_samples as usize;
-        let frame_time = frame_duration(&cfg);
-        let needed = (cfg.max_delay.as_micros() / frame_time.as_micros().max(1)) as usize + 8;
+        let frame_us = (cfg.frame_samples as i64 * 1_000_000 / cfg.clock_rate as i64).max(1);
+        let needed = (cfg.max_hold.as_micros() as i64 / frame_us) as usize + 8;
         cfg.capacity_frames = cfg.capacity_frames.max(needed);
         let cap = cfg.capacity_frames;
         JitterBuffer {
@@ -145,15 +167,18 @@ impl JitterBuffer {
             data: vec![cfg.silence; cap * frame].into_boxed_slice(),
             slot_index: vec![0; cap].into_boxed_slice(),
             filled: vec![0; cap].into_boxed_slice(),
-            state: State::Buffering { start_at: None },
-            head: 0,
+            head: None,
             newest: None,
-            floor: None,
+            out_index: 0,
             ext_high: None,
             last_seq: None,
-            transit: None,
+            base_now: i64::MAX,
+            base_prev: i64::MAX,
+            window_started: None,
+            peak_q8: 0,
             jitter_q4_us: 0,
-            target: cfg.min_delay,
+            prev_transit: None,
+            waiting: false,
             cfg,
             stats: JitterStats::default(),
         }
@@ -169,27 +194,43 @@ impl JitterBuffer {
         self.stats
     }
 
-    /// Current interarrival jitter estimate.
+    /// RFC 3550 interarrival jitter estimate.
     pub fn jitter(&self) -> Duration {
         Duration::from_micros(self.jitter_q4_us >> 4)
     }
 
-    /// The playout delay used at the last (re)start, or that the next start would use.
-    pub fn target_delay(&self) -> Duration {
-        self.target
+    /// How long past its expected arrival a missing frame is waited for now.
+    pub fn hold(&self) -> Duration {
+        let peak = (self.peak_q8 >> PEAK_DECAY_SHIFT).max(0) as u64;
+        Duration::from_micros(peak)
+            .max(self.cfg.min_hold)
+            .min(self.cfg.max_hold)
     }
 
-    /// Frames buffered from the play position to the newest audio (0 when empty).
+    /// Frames held from the next one out to the newest audio (0 when nothing is waiting).
     pub fn depth_frames(&self) -> u64 {
-        match self.newest {
-            Some(n) if n >= self.head => n - self.head + 1,
+        match (self.head, self.newest) {
+            (Some(h), Some(n)) if n >= h => n - h + 1,
             _ => 0,
         }
     }
 
-    /// True while playing (not buffering).
-    pub fn is_playing(&self) -> bool {
-        self.state == State::Playing
+    fn base(&self) -> i64 {
+        self.base_now.min(self.base_prev)
+    }
+
+    fn slot_of(&self, index: u64) -> usize {
+        (index % self.cfg.capacity_frames as u64) as usize
+    }
+
+    /// Bytes received of absolute frame `index` (0 when none).
+    fn filled_of(&self, index: u64) -> usize {
+        let slot = self.slot_of(index);
+        if self.slot_index[slot] == index {
+            self.filled[slot] as usize
+        } else {
+            0
+        }
     }
 
     /// Unwraps a 32-bit timestamp to 64 bits. The first timestamp (after creation or a resync)
@@ -205,7 +246,7 @@ impl JitterBuffer {
             }
             Some((high, high_ts)) => {
                 let delta = ts.wrapping_sub(high_ts) as i32 as i64;
-                let e = (high as i64 + delta) as u64;
+                let e = high.saturating_add_signed(delta);
                 if e > high {
                     self.ext_high = Some((e, ts));
                 }
@@ -214,207 +255,197 @@ impl JitterBuffer {
         }
     }
 
-    fn update_jitter(&mut self, ext_ts: u64, now: Duration) {
-        let ts_us = (ext_ts as u128 * 1_000_000 / self.cfg.clock_rate as u128) as i64;
-        let transit = now.as_micros() as i64 - ts_us;
-        if let Some(prev) = self.transit {
-            let d = (transit - prev).unsigned_abs();
-            self.jitter_q4_us = self.jitter_q4_us + d - ((self.jitter_q4_us + 8) >> 4);
+    /// Media time of an extended timestamp, in µs.
+    fn media_us(&self, ext: u64) -> i64 {
+        (ext as u128 * 1_000_000 / self.cfg.clock_rate as u128).min(i64::MAX as u128) as i64
+    }
+
+    /// Tracks the smallest transit, the lateness peak and the A.8 jitter for one packet.
+    fn measure(&mut self, ext: u64, now: Duration) {
+        let now_us = now.as_micros().min(i64::MAX as u128) as i64;
+        let transit = now_us.saturating_sub(self.media_us(ext));
+        match self.window_started {
+            Some(t) if now.saturating_sub(t) < BASE_WINDOW => {}
+            _ => {
+                self.base_prev = self.base_now;
+                self.base_now = i64::MAX;
+                self.window_started = Some(now);
+            }
         }
-        self.transit = Some(transit);
+        self.base_now = self.base_now.min(transit);
+        let lateness = transit
+            .saturating_sub(self.base())
+            .clamp(0, self.cfg.max_hold.as_micros() as i64);
+        let l_q8 = lateness << PEAK_DECAY_SHIFT;
+        if l_q8 > self.peak_q8 {
+            self.peak_q8 = l_q8;
+        } else {
+            self.peak_q8 -= (self.peak_q8 - l_q8) >> PEAK_DECAY_SHIFT;
+        }
+        if let Some(prev) = self.prev_transit {
+            let d = transit.saturating_sub(prev).unsigned_abs();
+            self.jitter_q4_us = self
+                .jitter_q4_us
+                .saturating_add(d)
+                .saturating_sub((self.jitter_q4_us + 8) >> 4);
+        }
+        self.prev_transit = Some(transit);
     }
 
-    fn compute_target(&self) -> Duration {
-        let frame_us = frame_duration(&self.cfg).as_micros().max(1) as u64;
-        let want = self.cfg.min_delay.as_micros() as u64 + 3 * (self.jitter_q4_us >> 4);
-        let rounded = want.div_ceil(frame_us) * frame_us;
-        Duration::from_micros(rounded)
-            .max(self.cfg.min_delay)
-            .min(self.cfg.max_delay)
-    }
-
-    fn clear(&mut self) {
+    /// Forgets everything buffered and starts a new window at `ts` (frame numbers continue).
+    fn resync(&mut self, ts: u32) -> u64 {
+        self.stats.resyncs += 1;
         self.filled.fill(0);
         self.newest = None;
+        self.ext_high = None;
+        self.prev_transit = None;
+        self.base_now = i64::MAX;
+        self.base_prev = i64::MAX;
+        self.window_started = None;
+        self.waiting = false;
+        let ext = self.extend(ts);
+        self.head = Some(ext / self.cfg.frame_samples as u64);
+        ext
     }
 
     /// Adds one packet: its sequence number, RTP timestamp and payload, received at `now`.
+    /// Call [`JitterBuffer::pop`] afterwards to take what became ready.
     pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8], now: Duration) {
         if payload.is_empty() {
             return;
         }
-        if let Some(last) = self.last_seq {
-            if (seq.wrapping_sub(last) as i16) < 0 {
-                self.stats.reordered += 1;
-            } else {
-                self.last_seq = Some(seq);
-            }
-        } else {
-            self.last_seq = Some(seq);
+        match self.last_seq {
+            Some(last) if (seq.wrapping_sub(last) as i16) < 0 => self.stats.reordered += 1,
+            _ => self.last_seq = Some(seq),
         }
-        let mut ext = self.extend(timestamp);
         let fs = self.cfg.frame_samples as u64;
         let cap = self.cfg.capacity_frames as u64;
-        let mut first_index = ext / fs;
-        let mut last_index = (ext + payload.len() as u64 - 1) / fs;
-
-        // Is this packet anywhere near the buffer's window? If not, the sender jumped (restart,
-        // long silence, clock change): start over from this packet.
-        if self.newest.is_some() || self.floor.is_some() {
-            let far_ahead = last_index >= self.head + cap;
-            let far_behind = first_index + cap < self.head;
-            if far_ahead || far_behind {
-                self.stats.resyncs += 1;
-                self.clear();
-                self.state = State::Buffering { start_at: None };
-                self.floor = None;
-                self.transit = None;
-                // New timestamp basis: frames follow the restarted sender's grid.
-                self.ext_high = None;
-                ext = self.extend(timestamp);
-                first_index = ext / fs;
-                last_index = (ext + payload.len() as u64 - 1) / fs;
-                self.head = first_index;
+        let len = payload.len() as u64;
+        let mut ext = self.extend(timestamp);
+        let head = match self.head {
+            None => {
+                let h = ext / fs;
+                self.head = Some(h);
+                h
             }
-        } else {
-            self.head = first_index;
-        }
-        let floor = self.floor.unwrap_or(0);
-        if self.floor.is_some() && last_index < floor {
-            // Its time has been played already.
+            Some(h) => {
+                let first = ext / fs;
+                let last = (ext + len - 1) / fs;
+                if last >= h + cap || first.saturating_add(cap) < h {
+                    // Far outside the window: the sender jumped (restart, long silence).
+                    ext = self.resync(timestamp);
+                    ext / fs
+                } else {
+                    h
+                }
+            }
+        };
+        self.measure(ext, now);
+        if (ext + len - 1) / fs < head {
             self.stats.late += 1;
             return;
         }
-        match self.state {
-            State::Buffering { start_at: None } => {
-                // First audio of a (re)start: the window begins here.
-                self.head = first_index.max(floor);
-                if self.floor.is_some() {
-                    // The silence or stall before a restart says nothing about path jitter.
-                    self.transit = None;
-                }
-            }
-            State::Buffering { .. } if first_index < self.head => {
-                // Reordered before the earliest packet while still buffering: make room in front.
-                let span = self.newest.map_or(0, |n| n.saturating_sub(first_index));
-                if span < cap {
-                    self.head = first_index.max(floor);
-                }
-            }
-            _ => {}
-        }
-
-        self.update_jitter(ext, now);
-        let mut accepted = false;
-        let mut duplicate = true;
         let mut pos = ext;
         let mut rest = payload;
+        let mut fresh = false;
         while !rest.is_empty() {
             let index = pos / fs;
             let offset = (pos % fs) as usize;
             let n = (self.frame - offset).min(rest.len());
-            if index >= self.head && index < self.head + cap {
-                let slot = (index % cap) as usize;
+            if index >= head && index < head + cap {
+                let slot = self.slot_of(index);
                 if self.filled[slot] == 0 || self.slot_index[slot] != index {
-                    // Fresh slot (or a stale one from a previous lap): reset to silence.
+                    // Fresh slot (or a stale one from an earlier lap): reset to silence.
                     self.data[slot * self.frame..(slot + 1) * self.frame].fill(self.cfg.silence);
                     self.slot_index[slot] = index;
                     self.filled[slot] = 0;
                 }
-                let dst =
-                    &mut self.data[slot * self.frame + offset..slot * self.frame + offset + n];
-                if self.filled[slot] == 0 || dst.iter().all(|&b| b == self.cfg.silence) {
-                    duplicate = false;
+                let start = slot * self.frame + offset;
+                let dst = &mut self.data[start..start + n];
+                if self.filled[slot] as usize + n <= self.frame
+                    && (self.filled[slot] == 0 || dst.iter().all(|&b| b == self.cfg.silence))
+                {
+                    // Bytes not seen before (a filled slot only grows by new parts).
+                    dst.copy_from_slice(&rest[..n]);
+                    self.filled[slot] += n as u16;
+                    fresh = true;
                 }
-                dst.copy_from_slice(&rest[..n]);
-                self.filled[slot] = self.filled[slot].saturating_add(n as u16);
                 self.newest = Some(self.newest.map_or(index, |m| m.max(index)));
-                accepted = true;
             }
             pos += n as u64;
             rest = &rest[n..];
         }
-        if !accepted {
-            self.stats.late += 1;
-            return;
-        }
-        if duplicate {
-            // Every byte landed where identical audio already was: a retransmission.
+        if fresh {
+            self.stats.packets += 1;
+        } else {
             self.stats.duplicates += 1;
-            return;
-        }
-        self.stats.packets += 1;
-        if let State::Buffering { start_at: None } = self.state {
-            self.target = self.compute_target();
-            self.state = State::Buffering {
-                start_at: Some(now + self.target),
-            };
         }
     }
 
-    fn slot_has(&self, index: u64) -> Option<usize> {
-        let slot = (index % self.cfg.capacity_frames as u64) as usize;
-        (self.filled[slot] > 0 && self.slot_index[slot] == index).then_some(slot)
+    /// When the frame the buffer is waiting for will be concealed (or released partly filled),
+    /// if it is waiting at a gap; None when it holds nothing or only releases on arrival.
+    pub fn deadline(&self) -> Option<Duration> {
+        let head = self.head?;
+        let newest = self.newest?;
+        if newest < head {
+            return None;
+        }
+        let filled = self.filled_of(head);
+        if filled >= self.frame || (filled == 0 && newest == head) {
+            return None;
+        }
+        let base = self.base();
+        if base == i64::MAX {
+            return None;
+        }
+        let fs = self.cfg.frame_samples as u64;
+        let expected = base
+            .saturating_add(self.media_us(head.saturating_mul(fs)))
+            .saturating_add(self.hold().as_micros() as i64);
+        Some(Duration::from_micros(expected.max(0) as u64))
     }
 
-    /// The frame to play at `now` (call once per 20 ms tick).
-    pub fn next_frame(&mut self, now: Duration) -> Playout<'_> {
-        if let State::Buffering { start_at } = self.state {
-            let Some(newest) = self.newest else {
-                return Playout::Buffering;
-            };
-            let target_frames =
-                (self.target.as_micros() / frame_duration(&self.cfg).as_micros().max(1)) as u64;
-            let deep_enough = newest >= self.head + target_frames.max(1);
-            if !(start_at.is_some_and(|t| now >= t) || deep_enough) {
-                return Playout::Buffering;
+    /// The next frame out at `now`, if one is ready: the next frame in order when complete, or
+    /// (past its deadline) a partial or concealed one. Call until it returns None.
+    pub fn pop(&mut self, now: Duration) -> Option<Output<'_>> {
+        let head = self.head?;
+        let newest = self.newest.filter(|&n| n >= head)?;
+        let filled = self.filled_of(head);
+        if filled < self.frame {
+            match self.deadline() {
+                Some(d) if now >= d => {}
+                Some(_) => {
+                    self.waiting = true;
+                    return None;
+                }
+                None => return None,
             }
-            // Start at the earliest audio we hold (skipping a silent stretch before it).
-            while self.head <= newest && self.slot_has(self.head).is_none() {
-                self.head += 1;
-            }
-            self.state = State::Playing;
         }
-
-        let Some(newest) = self.newest.filter(|&n| n >= self.head) else {
-            // Ran dry: wait for audio again, with a delay chosen from the current jitter.
-            self.stats.underruns += 1;
-            self.state = State::Buffering { start_at: None };
+        if self.waiting {
+            self.stats.waited_frames += 1;
+            self.waiting = false;
+        }
+        let index = self.out_index;
+        self.out_index += 1;
+        self.head = Some(head + 1);
+        if head == newest {
             self.newest = None;
-            return Playout::Buffering;
-        };
-
-        // Keep latency near the target: drop one old frame per tick while clearly too deep.
-        let frame_us = frame_duration(&self.cfg).as_micros().max(1) as u64;
-        let target_frames = (self.target.as_micros() as u64).div_ceil(frame_us);
-        let depth = newest - self.head + 1;
-        if depth > target_frames + (target_frames / 2).max(2) {
-            if let Some(slot) = self.slot_has(self.head) {
-                self.filled[slot] = 0;
-            }
-            self.head += 1;
-            self.stats.dropped_for_latency += 1;
         }
-
-        let index = self.head;
-        self.head += 1;
-        self.floor = Some(self.head);
-        match self.slot_has(index) {
-            Some(slot) => {
-                self.filled[slot] = 0;
-                self.stats.played_frames += 1;
-                Playout::Frame(&self.data[slot * self.frame..(slot + 1) * self.frame])
-            }
-            None => {
-                self.stats.lost_frames += 1;
-                Playout::Lost
-            }
+        let slot = self.slot_of(head);
+        if filled == 0 {
+            self.stats.concealed_frames += 1;
+            return Some(Output::Concealed { index });
         }
+        self.filled[slot] = 0;
+        self.stats.released_frames += 1;
+        if filled < self.frame {
+            self.stats.partial_frames += 1;
+        }
+        Some(Output::Frame {
+            index,
+            data: &self.data[slot * self.frame..(slot + 1) * self.frame],
+        })
     }
-}
-
-fn frame_duration(cfg: &JitterConfig) -> Duration {
-    Duration::from_micros(cfg.frame_samples as u64 * 1_000_000 / cfg.clock_rate.max(1) as u64)
 }
 
 #[cfg(test)]
@@ -426,200 +457,257 @@ mod tests {
     }
 
     fn frame(tag: u8) -> [u8; 160] {
-        [tag; 160]
+        let mut f = [tag; 160];
+        f[0] = tag;
+        f
     }
 
-    /// Plays ticks from `start` every 20 ms and records what came out: Some(tag), None for lost,
-    /// and skips buffering ticks unless asked.
-    fn tag_of(p: Playout<'_>) -> Option<Option<u8>> {
-        match p {
-            Playout::Frame(f) => Some(Some(f[0])),
-            Playout::Lost => Some(None),
-            Playout::Buffering => None,
-        }
-    }
-
-    #[test]
-    fn in_order_stream_plays_after_min_delay() {
-        let mut jb = JitterBuffer::new(JitterConfig::default());
-        assert_eq!(jb.next_frame(ms(0)), Playout::Buffering);
+    /// What pop returns, as (index, Some(tag) for audio / None for concealed).
+    fn drain(jb: &mut JitterBuffer, now: Duration) -> Vec<(u64, Option<u8>)> {
         let mut out = Vec::new();
-        for i in 0..10u64 {
-            jb.push(i as u16, 1000 + i as u32 * 160, &frame(i as u8), ms(i * 20));
-            if let Some(t) = tag_of(jb.next_frame(ms(i * 20 + 10))) {
-                out.push(t);
-            }
+        while let Some(o) = jb.pop(now) {
+            out.push(match o {
+                Output::Frame { index, data } => (index, Some(data[0])),
+                Output::Concealed { index } => (index, None),
+            });
         }
-        // The first tick waits for the 20 ms start-up delay.
-        assert_eq!(out, (0..9).map(Some).collect::<Vec<_>>());
-        assert_eq!(jb.target_delay(), ms(20));
-        assert_eq!(jb.stats().lost_frames, 0);
+        out
+    }
+
+    /// Packet `k` of a 20 ms stream (timestamp 160 k) with payload tag `k`.
+    fn push_k(jb: &mut JitterBuffer, k: u16, at: Duration) {
+        jb.push(k, 1000 + 160 * k as u32, &frame(k as u8), at);
     }
 
     #[test]
-    fn reorders_and_drops_duplicates() {
-        // A 60 ms delay so that four buffered frames are not trimmed as a burst.
-        let mut jb = JitterBuffer::new(JitterConfig {
-            min_delay: ms(60),
-            ..JitterConfig::default()
-        });
-        jb.push(1, 160, &frame(1), ms(0));
-        jb.push(3, 480, &frame(3), ms(1));
-        jb.push(2, 320, &frame(2), ms(2));
-        jb.push(2, 320, &frame(2), ms(3));
-        // A packet that belongs before the first one, while still buffering.
-        jb.push(0, 0, &frame(0), ms(4));
-        let out: Vec<_> = (0..4)
-            .filter_map(|i| tag_of(jb.next_frame(ms(60 + 20 * i))))
-            .collect();
-        assert_eq!(out, vec![Some(0), Some(1), Some(2), Some(3)]);
-        assert_eq!(jb.stats().dropped_for_latency, 0);
+    fn in_order_packets_are_released_on_arrival() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        for k in 0..50u16 {
+            let at = ms(20 * k as u64);
+            push_k(&mut jb, k, at);
+            assert_eq!(drain(&mut jb, at), vec![(k as u64, Some(k as u8))]);
+            assert_eq!(jb.depth_frames(), 0, "nothing held");
+        }
+        assert_eq!(jb.stats().released_frames, 50);
+        assert_eq!(jb.stats().waited_frames, 0);
+    }
+
+    #[test]
+    fn jitter_without_reordering_holds_nothing() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        // Arrivals up to 15 ms late but in order: each frame goes out as it arrives.
+        let mut last = ms(0);
+        for k in 0..100u16 {
+            let at = (ms(20 * k as u64 + (k as u64 * 7919) % 16)).max(last);
+            last = at;
+            push_k(&mut jb, k, at);
+            assert_eq!(drain(&mut jb, at).len(), 1);
+        }
+        assert!(jb.jitter() > ms(1));
+    }
+
+    #[test]
+    fn a_swap_is_put_back_in_order() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        for k in 0..3u16 {
+            push_k(&mut jb, k, ms(20 * k as u64));
+            drain(&mut jb, ms(20 * k as u64));
+        }
+        // 4 arrives in 3's slot, 3 a slot later.
+        push_k(&mut jb, 4, ms(60));
+        assert_eq!(drain(&mut jb, ms(60)), vec![]);
+        assert!(jb.deadline().is_some());
+        push_k(&mut jb, 3, ms(81));
+        assert_eq!(
+            drain(&mut jb, ms(81)),
+            vec![(3, Some(3)), (4, Some(4))],
+            "released in order as soon as the gap closed"
+        );
+        assert_eq!(jb.stats().reordered, 1);
+        assert_eq!(jb.stats().concealed_frames, 0);
+    }
+
+    #[test]
+    fn a_loss_is_one_concealed_frame_after_the_hold() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        for k in 0..3u16 {
+            push_k(&mut jb, k, ms(20 * k as u64));
+            drain(&mut jb, ms(20 * k as u64));
+        }
+        // 3 is lost.
+        push_k(&mut jb, 4, ms(80));
+        assert_eq!(drain(&mut jb, ms(80)), vec![]);
+        // Expected at 60 ms, held for min_hold (40 ms).
+        assert_eq!(jb.deadline(), Some(ms(100)));
+        assert_eq!(drain(&mut jb, ms(99)), vec![]);
+        assert_eq!(drain(&mut jb, ms(100)), vec![(3, None), (4, Some(4))]);
+        // It turns up after all: late, dropped.
+        push_k(&mut jb, 3, ms(101));
+        assert_eq!(drain(&mut jb, ms(101)), vec![]);
+        push_k(&mut jb, 5, ms(101));
+        assert_eq!(drain(&mut jb, ms(101)), vec![(5, Some(5))]);
         let s = jb.stats();
-        assert_eq!(s.duplicates, 1);
-        assert_eq!(s.reordered, 3, "2, the duplicate 2 and 0 came after 3");
-        assert_eq!(s.packets, 4);
+        assert_eq!((s.concealed_frames, s.late, s.waited_frames), (1, 1, 1));
     }
 
     #[test]
-    fn loss_gives_gap_marker_and_late_packets_are_dropped() {
+    fn a_long_gap_is_concealed_frame_by_frame_at_once() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        jb.push(0, 0, &frame(0), ms(0));
-        jb.push(2, 320, &frame(2), ms(40));
-        assert_eq!(tag_of(jb.next_frame(ms(40))), Some(Some(0)));
-        assert_eq!(tag_of(jb.next_frame(ms(60))), Some(None), "frame 1 lost");
-        // Frame 1 arrives after its time.
-        jb.push(1, 160, &frame(1), ms(61));
-        assert_eq!(jb.stats().late, 1);
-        assert_eq!(tag_of(jb.next_frame(ms(80))), Some(Some(2)));
-        assert_eq!(jb.stats().lost_frames, 1);
+        push_k(&mut jb, 0, ms(0));
+        drain(&mut jb, ms(0));
+        // 500 ms of packets lost; the next arrives on time: the missing frames' deadlines have
+        // passed, so they are concealed without waiting and the stream stays 20 ms apart.
+        push_k(&mut jb, 26, ms(520));
+        let mut out = drain(&mut jb, ms(520));
+        assert_eq!(out.len(), 24, "frames 1..=24 are at or past their deadline");
+        // Frame 25 (expected at 500 ms) could still come: it is held until 540 ms.
+        assert_eq!(jb.deadline(), Some(ms(540)));
+        out.extend(drain(&mut jb, ms(540)));
+        assert_eq!(out.len(), 26);
+        assert!(out[..25].iter().all(|(_, a)| a.is_none()));
+        assert_eq!(out[25], (26, Some(26)));
+        assert!(out.windows(2).all(|w| w[1].0 == w[0].0 + 1));
     }
 
     #[test]
-    fn underrun_rebuffers_and_jitter_raises_the_delay() {
+    fn a_stall_then_burst_is_released_in_order_without_loss() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        // Very jittery arrivals: alternately on time and 60 ms late.
-        let mut seq = 0u16;
-        for i in 0..50u64 {
-            let late = if i % 2 == 1 { 60 } else { 0 };
-            jb.push(seq, i as u32 * 160, &frame(i as u8), ms(i * 20 + late));
-            seq += 1;
+        push_k(&mut jb, 0, ms(0));
+        drain(&mut jb, ms(0));
+        // Nothing for 500 ms (the network held the packets), then all of them at once.
+        assert_eq!(jb.deadline(), None, "nothing later: nothing to conceal");
+        let mut got = Vec::new();
+        for k in 1..=25u16 {
+            push_k(&mut jb, k, ms(520));
+            got.extend(drain(&mut jb, ms(520)));
         }
-        assert!(jb.jitter() >= ms(40), "jitter {:?}", jb.jitter());
-        // Drain everything, forcing an underrun.
-        let mut t = ms(2000);
-        while jb.next_frame(t) != Playout::Buffering {
-            t += ms(20);
-        }
-        let j = jb.jitter();
-        jb.push(seq, 50 * 160, &frame(50), t);
-        let target = jb.target_delay();
-        assert!(target > ms(20), "target {target:?}");
-        assert!(target <= ms(200));
-        assert!(target >= ms(20) + 3 * j - ms(1));
-        assert!(jb.stats().underruns >= 1);
-        // Plays only once the new delay has passed.
-        assert_eq!(jb.next_frame(t + target - ms(1)), Playout::Buffering);
-        assert_eq!(tag_of(jb.next_frame(t + target)), Some(Some(50)));
+        assert_eq!(got.len(), 25);
+        assert!(got.iter().all(|(_, a)| a.is_some()));
+        // The hold learned the lateness, within its bound.
+        assert!(
+            jb.hold() > ms(190) && jb.hold() <= ms(200),
+            "{:?}",
+            jb.hold()
+        );
     }
 
     #[test]
-    fn delay_is_clamped_to_max() {
-        let cfg = JitterConfig {
-            max_delay: ms(100),
-            ..JitterConfig::default()
-        };
-        let mut jb = JitterBuffer::new(cfg);
-        for i in 0..40u64 {
-            let late = if i % 2 == 1 { 300 } else { 0 };
-            jb.push(i as u16, i as u32 * 160, &frame(1), ms(i * 20 + late));
-        }
-        let mut t = ms(3000);
-        while jb.next_frame(t) != Playout::Buffering {
-            t += ms(20);
-        }
-        jb.push(100, 100 * 160, &frame(2), t);
-        assert_eq!(jb.target_delay(), ms(100));
-    }
-
-    #[test]
-    fn burst_is_trimmed_back_towards_target() {
+    fn hold_grows_with_lateness_and_shrinks_when_calm() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        jb.push(0, 0, &frame(0), ms(0));
-        assert_eq!(tag_of(jb.next_frame(ms(20))), Some(Some(0)));
-        // 10 packets arrive at once.
-        for i in 1..=10u64 {
-            jb.push(i as u16, i as u32 * 160, &frame(i as u8), ms(25));
+        let mut t = 0u64;
+        for k in 0..200u16 {
+            // Every 10th packet 90 ms late (after its successors).
+            let late = if k % 10 == 5 { 90 } else { 0 };
+            t = 20 * k as u64;
+            push_k(&mut jb, k, ms(t + late));
+            drain(&mut jb, ms(t + late));
         }
-        let out: Vec<_> = (0..12)
-            .filter_map(|i| tag_of(jb.next_frame(ms(40 + 20 * i))))
-            .collect();
-        let played: Vec<u8> = out.iter().flatten().copied().collect();
-        assert!(played.len() < 10, "some frames dropped: {played:?}");
-        assert!(jb.stats().dropped_for_latency > 0);
-        assert_eq!(played.last(), Some(&10));
-        assert!(played.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert!(jb.hold() >= ms(85), "{:?}", jb.hold());
+        for k in 200..1000u16 {
+            t = 20 * k as u64;
+            push_k(&mut jb, k, ms(t));
+            drain(&mut jb, ms(t));
+        }
+        let _ = t;
+        assert_eq!(jb.hold(), ms(40), "back to min_hold on a calm line");
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        push_k(&mut jb, 0, ms(0));
+        push_k(&mut jb, 0, ms(1));
+        assert_eq!(drain(&mut jb, ms(1)), vec![(0, Some(0))]);
+        push_k(&mut jb, 2, ms(40));
+        push_k(&mut jb, 2, ms(41));
+        push_k(&mut jb, 1, ms(42));
+        assert_eq!(drain(&mut jb, ms(42)), vec![(1, Some(1)), (2, Some(2))]);
+        push_k(&mut jb, 2, ms(43));
+        let s = jb.stats();
+        assert_eq!(s.duplicates, 2);
+        assert_eq!(s.late, 1);
+        assert_eq!(s.released_frames, 3);
     }
 
     #[test]
     fn timestamp_wrap_is_seamless() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        let start = u32::MAX - 159 - 160;
+        let start = u32::MAX - 320;
         let mut out = Vec::new();
-        for i in 0..6u64 {
+        for k in 0..6u32 {
             jb.push(
-                i as u16,
-                start.wrapping_add(i as u32 * 160),
-                &frame(i as u8),
-                ms(i * 20),
+                k as u16,
+                start.wrapping_add(160 * k),
+                &frame(k as u8),
+                ms(20 * k as u64),
             );
-            if let Some(t) = tag_of(jb.next_frame(ms(i * 20 + 10))) {
-                out.push(t);
-            }
+            out.extend(drain(&mut jb, ms(20 * k as u64)));
         }
-        assert_eq!(out, (0..5).map(Some).collect::<Vec<_>>());
+        assert_eq!(
+            out.iter()
+                .map(|(_, a)| a.unwrap_or(255))
+                .collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 5]
+        );
     }
 
     #[test]
     fn other_packetisations_are_reframed() {
-        // 10 ms packets (80 bytes) fill 20 ms frames; 30 ms packets span frames.
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        jb.push(0, 0, &[1u8; 80], ms(0));
-        jb.push(1, 80, &[2u8; 80], ms(10));
-        jb.push(2, 160, &[3u8; 240], ms(20));
-        let Playout::Frame(f) = jb.next_frame(ms(20)) else {
-            panic!("expected a frame");
-        };
-        assert_eq!(&f[..80], &[1u8; 80]);
-        assert_eq!(&f[80..], &[2u8; 80]);
-        let Playout::Frame(f) = jb.next_frame(ms(40)) else {
-            panic!("expected a frame");
-        };
-        assert_eq!(f, &[3u8; 160]);
-        let Playout::Frame(f) = jb.next_frame(ms(60)) else {
-            panic!("expected a frame");
-        };
-        // Half of this frame came in; the rest is silence.
-        assert_eq!(&f[..80], &[3u8; 80]);
-        assert_eq!(&f[80..], &[0xFFu8; 80]);
+        // 10 ms packets: a frame is out once both halves are in.
+        jb.push(0, 0, &[1; 80], ms(0));
+        assert_eq!(drain(&mut jb, ms(0)), vec![]);
+        assert_eq!(
+            jb.deadline(),
+            Some(ms(40)),
+            "a partial frame waits at most the hold"
+        );
+        jb.push(1, 80, &[2; 80], ms(10));
+        let out = drain(&mut jb, ms(10));
+        assert_eq!(out, vec![(0, Some(1))]);
+        // 30 ms packets: 240 bytes = one frame and a half.
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        jb.push(0, 0, &[7; 240], ms(0));
+        assert_eq!(drain(&mut jb, ms(0)).len(), 1);
+        jb.push(1, 240, &[8; 240], ms(30));
+        assert_eq!(drain(&mut jb, ms(30)).len(), 2);
+        jb.push(2, 480, &[9; 240], ms(60));
+        assert_eq!(drain(&mut jb, ms(60)).len(), 1);
+        // The trailing half frame (expected at 80 ms) is released padded after the hold.
+        assert_eq!(jb.deadline(), Some(ms(120)));
+        assert_eq!(drain(&mut jb, ms(120)).len(), 1);
+        assert_eq!(jb.stats().partial_frames, 1);
     }
 
     #[test]
-    fn large_jump_resyncs() {
+    fn large_jump_starts_a_new_window_and_numbers_continue() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
-        jb.push(0, 0, &frame(0), ms(0));
-        assert_eq!(tag_of(jb.next_frame(ms(20))), Some(Some(0)));
-        // The sender restarts its timestamp far away.
-        jb.push(1, 3_000_000, &frame(9), ms(40));
+        push_k(&mut jb, 0, ms(0));
+        push_k(&mut jb, 1, ms(20));
+        drain(&mut jb, ms(20));
+        // The sender restarts its timestamps far away.
+        jb.push(2, 0x1234_5678, &frame(9), ms(40));
+        jb.push(3, 0x1234_5678 + 160, &frame(10), ms(60));
+        assert_eq!(drain(&mut jb, ms(60)), vec![(2, Some(9)), (3, Some(10))]);
         assert_eq!(jb.stats().resyncs, 1);
-        assert_eq!(jb.next_frame(ms(41)), Playout::Buffering);
-        assert_eq!(tag_of(jb.next_frame(ms(60))), Some(Some(9)));
-        // A short silence (no packets, timestamp moves on) restarts without resync or gaps.
-        let mut t = ms(80);
-        while jb.next_frame(t) != Playout::Buffering {
-            t += ms(20);
+        // And backwards.
+        jb.push(4, 5, &frame(11), ms(80));
+        assert_eq!(drain(&mut jb, ms(80)), vec![(4, Some(11))]);
+        assert_eq!(jb.stats().resyncs, 2);
+    }
+
+    #[test]
+    fn hostile_timestamps_never_panic_or_grow() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let mut x: u32 = 12345;
+        for i in 0..20_000u64 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let len = (x >> 24) as usize % 400 + 1;
+            jb.push(x as u16, x.rotate_left(7), &vec![x as u8; len], ms(i));
+            while jb.pop(ms(i)).is_some() {}
+            let _ = jb.deadline();
+            assert!(jb.depth_frames() <= jb.config().capacity_frames as u64);
         }
-        jb.push(2, 3_000_000 + 160 * 20, &frame(7), t);
-        assert_eq!(tag_of(jb.next_frame(t + ms(20))), Some(Some(7)));
-        assert_eq!(jb.stats().resyncs, 1);
+        let _ = (jb.jitter(), jb.hold(), jb.stats());
     }
 }

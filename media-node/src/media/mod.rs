@@ -2,14 +2,15 @@
 //!
 //! Everything here is synchronous and driven by explicit inputs (packets, times), so it can be
 //! unit-tested without sockets or clocks; the only I/O helpers are the UDP socket binder in
-//! [`ports`] and the shared [`ticker`].
+//! [`ports`] and the node's shared timing wheel ([`wheel`]).
 
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod pacer;
 pub mod playout;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
 pub mod source;
-pub mod ticker;
+pub mod wheel;
