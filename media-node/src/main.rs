@@ -186,6 +186,18 @@ struct Args {
     /// more are refused and counted, and an agent that keeps sending them is disconnected.
     #[arg(long = "agent-max-pending-marks", default_value_t = switchboard_media_node::media::playout::DEFAULT_MAX_MARKS)]
     agent_max_pending_marks: usize,
+    /// Smallest wait, in ms, for a missing caller frame before it reaches the agent as
+    /// silence (in-order audio is never held; the wait adapts upwards to the reordering and
+    /// lateness measured on the line).
+    #[arg(long = "jitter-min-ms", default_value_t = switchboard_media_node::bridge::DEFAULT_JITTER_MIN.as_millis() as u64)]
+    jitter_min_ms: u64,
+    /// Largest wait, in ms, for a missing caller frame (the bound of the adaptive wait).
+    #[arg(long = "jitter-max-ms", default_value_t = switchboard_media_node::bridge::DEFAULT_JITTER_MAX.as_millis() as u64)]
+    jitter_max_ms: u64,
+    /// Agent audio a call may queue ahead of playout, in seconds (agents that send faster
+    /// than real time fill it; audio beyond it is dropped and counted).
+    #[arg(long = "playout-max-seconds", default_value_t = (switchboard_media_node::media::playout::DEFAULT_MAX_BYTES / 8000) as u64)]
+    playout_max_seconds: u64,
     /// What answered calls are handed to: `bridge` (RTP <-> agent, the default) or
     /// `logging` (keeps the RTP port open and logs events; for SIP-only tests).
     #[arg(long = "call-handler", value_enum, default_value_t = HandlerKind::Bridge)]
@@ -399,6 +411,11 @@ async fn main() -> std::process::ExitCode {
         HandlerKind::Bridge => Arc::new(BridgeHandler::new(BridgeConfig {
             connect_timeout: Duration::from_millis(args.agent_connect_timeout_ms),
             unreachable: args.agent_unreachable,
+            jitter_min: Duration::from_millis(args.jitter_min_ms),
+            jitter_max: Duration::from_millis(args.jitter_max_ms.max(args.jitter_min_ms)),
+            playout_max_bytes: usize::try_from(args.playout_max_seconds.saturating_mul(8000))
+                .unwrap_or(usize::MAX)
+                .max(switchboard_media_node::media::playout::FRAME_BYTES),
             egress,
             agent_limits: switchboard_media_node::agent::session::AgentLimits {
                 max_message_bytes: args.agent_max_message_bytes,

@@ -59,9 +59,10 @@ pub mod reason {
     pub const AGENT_LIMIT: &str = "agent_limit";
 }
 
-/// Default smallest wait for a missing caller frame: two frames, so that an adjacent swap is put
-/// back in order before the line's reordering has been measured.
-pub const DEFAULT_JITTER_MIN: Duration = Duration::from_millis(40);
+/// Default smallest wait for a missing caller frame: three frames, so that a packet up to two
+/// frames out of place is put back in order before the line's reordering has been measured. A
+/// clean line never waits; a loss costs the frames behind it this wait minus one frame.
+pub const DEFAULT_JITTER_MIN: Duration = Duration::from_millis(60);
 /// Default bound of the adaptive wait for a missing caller frame.
 pub const DEFAULT_JITTER_MAX: Duration = Duration::from_millis(200);
 

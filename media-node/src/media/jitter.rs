@@ -15,8 +15,8 @@
 //!   frames behind it are released. A packet that turns up after its frame was concealed is
 //!   dropped as late.
 //! - The hold adapts to what the line does: it follows the largest lateness (transit above the
-//!   smallest) seen lately, at least `min_hold` (so an adjacent swap is put back in order before
-//!   any reordering has been measured) and at most `max_hold`, and decays back towards the
+//!   smallest) seen lately, at least `min_hold` (so a packet up to two frames out of place is put
+//!   back in order before any reordering has been measured) and at most `max_hold`, and decays back towards the
 //!   current lateness when the line calms (time constant ~5 s at 50 packets per second).
 //! - A missing frame with nothing after it is not concealed: the caller may simply have
 //!   stopped sending (silence suppression, hold, end of call).
@@ -51,9 +51,9 @@ impl Default for JitterConfig {
         JitterConfig {
             frame_samples: 160,
             clock_rate: 8000,
-            min_hold: Duration::from_millis(40),
+            min_hold: Duration::from_millis(60),
             max_hold: Duration::from_millis(200),
-            capacity_frames: 64,
+            capacity_frames: 32,
             silence: 0xFF,
         }
     }
@@ -537,15 +537,16 @@ mod tests {
         // 3 is lost.
         push_k(&mut jb, 4, ms(80));
         assert_eq!(drain(&mut jb, ms(80)), vec![]);
-        // Expected at 60 ms, held for min_hold (40 ms).
-        assert_eq!(jb.deadline(), Some(ms(100)));
-        assert_eq!(drain(&mut jb, ms(99)), vec![]);
-        assert_eq!(drain(&mut jb, ms(100)), vec![(3, None), (4, Some(4))]);
+        // Expected at 60 ms, held for min_hold (60 ms).
+        assert_eq!(jb.deadline(), Some(ms(120)));
+        assert_eq!(drain(&mut jb, ms(119)), vec![]);
+        push_k(&mut jb, 5, ms(100));
+        assert_eq!(drain(&mut jb, ms(120)), vec![(3, None), (4, Some(4)), (5, Some(5))]);
         // It turns up after all: late, dropped.
-        push_k(&mut jb, 3, ms(101));
-        assert_eq!(drain(&mut jb, ms(101)), vec![]);
-        push_k(&mut jb, 5, ms(101));
-        assert_eq!(drain(&mut jb, ms(101)), vec![(5, Some(5))]);
+        push_k(&mut jb, 3, ms(121));
+        assert_eq!(drain(&mut jb, ms(121)), vec![]);
+        push_k(&mut jb, 6, ms(121));
+        assert_eq!(drain(&mut jb, ms(121)), vec![(6, Some(6))]);
         let s = jb.stats();
         assert_eq!((s.concealed_frames, s.late, s.waited_frames), (1, 1, 1));
     }
@@ -559,10 +560,12 @@ mod tests {
         // passed, so they are concealed without waiting and the stream stays 20 ms apart.
         push_k(&mut jb, 26, ms(520));
         let mut out = drain(&mut jb, ms(520));
-        assert_eq!(out.len(), 24, "frames 1..=24 are at or past their deadline");
-        // Frame 25 (expected at 500 ms) could still come: it is held until 540 ms.
+        assert_eq!(out.len(), 23, "frames 1..=23 are at or past their deadline");
+        // Frames 24 and 25 (expected at 480 and 500 ms) could still come: held 60 ms each.
         assert_eq!(jb.deadline(), Some(ms(540)));
         out.extend(drain(&mut jb, ms(540)));
+        assert_eq!(jb.deadline(), Some(ms(560)));
+        out.extend(drain(&mut jb, ms(560)));
         assert_eq!(out.len(), 26);
         assert!(out[..25].iter().all(|(_, a)| a.is_none()));
         assert_eq!(out[25], (26, Some(26)));
@@ -609,7 +612,7 @@ mod tests {
             drain(&mut jb, ms(t));
         }
         let _ = t;
-        assert_eq!(jb.hold(), ms(40), "back to min_hold on a calm line");
+        assert_eq!(jb.hold(), ms(60), "back to min_hold on a calm line");
     }
 
     #[test]
@@ -659,7 +662,7 @@ mod tests {
         assert_eq!(drain(&mut jb, ms(0)), vec![]);
         assert_eq!(
             jb.deadline(),
-            Some(ms(40)),
+            Some(ms(60)),
             "a partial frame waits at most the hold"
         );
         jb.push(1, 80, &[2; 80], ms(10));
@@ -674,8 +677,8 @@ mod tests {
         jb.push(2, 480, &[9; 240], ms(60));
         assert_eq!(drain(&mut jb, ms(60)).len(), 1);
         // The trailing half frame (expected at 80 ms) is released padded after the hold.
-        assert_eq!(jb.deadline(), Some(ms(120)));
-        assert_eq!(drain(&mut jb, ms(120)).len(), 1);
+        assert_eq!(jb.deadline(), Some(ms(140)));
+        assert_eq!(drain(&mut jb, ms(140)).len(), 1);
         assert_eq!(jb.stats().partial_frames, 1);
     }
 

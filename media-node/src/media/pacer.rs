@@ -12,8 +12,9 @@
 //! - When the agent's audio stops, the next silence waits for the grid again (plus a small
 //!   grace for an agent a little late), so the lead taken at the start of the talkspurt is given
 //!   back during silence, where it costs nothing: the stream never drifts from real time.
-//! - A wake-up more than a frame late (a stalled runtime, the end of hold) skips the silence it
-//!   missed: the timestamp jumps with real time instead of a burst of packets.
+//! - A wake-up a little late sends the few silence frames it owes back to back; one more than
+//!   [`MAX_CATCH_UP`] frames late (a stalled runtime) skips the older ones: the timestamp jumps
+//!   with real time instead of a long burst of packets.
 //!
 //! Pure: time is an explicit `Duration` since any fixed epoch.
 
@@ -27,6 +28,8 @@ pub const PACE_TOLERANCE: Duration = Duration::from_millis(2);
 /// How long past the grid silence waits for an agent that is a little late mid-talkspurt.
 pub const GRACE: Duration = Duration::from_millis(2);
 
+/// Frames of silence a late wake-up still sends (back to back) before it skips older ones.
+pub const MAX_CATCH_UP: u32 = 3;
 /// How late a wake-up may come and still count as on time for pacing.
 const TIMER_SLACK: Duration = Duration::from_millis(3);
 
@@ -90,9 +93,12 @@ impl Pacer {
             return Next::At(due);
         }
         let skip_frames = match self.grid {
-            // Only silence is skipped: queued audio is sent, late, not dropped.
-            Some(grid) if !audio_queued && now >= grid + FRAME => {
-                ((now - grid).as_micros() / FRAME.as_micros()).min(u32::MAX as u128) as u32
+            // Only silence is skipped: queued audio is sent, late, not dropped. A wake-up a
+            // little late sends the few frames it owes back to back (the caller's jitter
+            // buffer absorbs that); beyond MAX_CATCH_UP the older ones are skipped.
+            Some(grid) if !audio_queued && now >= grid + FRAME * MAX_CATCH_UP => {
+                let owed = (now - grid).as_micros() / FRAME.as_micros() + 1;
+                (owed - u128::from(MAX_CATCH_UP)).min(u32::MAX as u128) as u32
             }
             _ => 0,
         };
@@ -263,11 +269,19 @@ mod tests {
     fn a_late_wake_skips_silence_not_audio() {
         let mut p = Pacer::new();
         p.sent(ms(0), 0, false, false);
-        // The task was stalled until 95 ms: the frames due at 20, 40 and 60 are skipped and
-        // the one due at 80 leaves now.
-        assert_eq!(p.poll(ms(95), false), Next::Send { skip_frames: 3 });
-        p.sent(ms(95), 3, false, false);
-        assert_eq!(p.due(false), ms(100));
+        // The task was stalled until 95 ms: of the frames due at 20, 40, 60 and 80 the first
+        // is skipped and the other three leave now, back to back.
+        assert_eq!(p.poll(ms(95), false), Next::Send { skip_frames: 1 });
+        p.sent(ms(95), 1, false, false);
+        for _ in 0..2 {
+            assert_eq!(p.poll(ms(95), false), Next::Send { skip_frames: 0 });
+            p.sent(ms(95), 0, false, false);
+        }
+        assert_eq!(p.poll(ms(95), false), Next::At(ms(100)));
+        // Up to MAX_CATCH_UP frames late, nothing is skipped.
+        let mut p = Pacer::new();
+        p.sent(ms(0), 0, false, false);
+        assert_eq!(p.poll(ms(79), false), Next::Send { skip_frames: 0 });
         // Audio is never skipped.
         let mut p = Pacer::new();
         p.sent(ms(0), 0, true, true);

@@ -19,8 +19,12 @@ use std::collections::VecDeque;
 pub const FRAME_BYTES: usize = 160;
 /// μ-law silence.
 pub const ULAW_SILENCE: u8 = 0xFF;
-/// Ring capacity reserved up front: four seconds.
-const INITIAL_BYTES: usize = 8000 * 4;
+/// Ring capacity reserved up front: a few frames, which is all a real-time agent needs; an
+/// agent ahead of real time grows the ring (amortised doubling) up to the bound.
+const INITIAL_BYTES: usize = FRAME_BYTES * 4;
+/// A drained ring is shrunk back to this (one second) when it grew past
+/// [`SHRINK_FACTOR`] times it.
+const KEEP_BYTES: usize = 8000;
 /// Default bound: two minutes of audio.
 pub const DEFAULT_MAX_BYTES: usize = 8000 * 120;
 /// Default bound on marks held (pending and completed-but-not-taken). Agents mark utterances
@@ -28,7 +32,7 @@ pub const DEFAULT_MAX_BYTES: usize = 8000 * 120;
 /// most of [`DEFAULT_MAX_BYTES`], while capping what an agent can make a call hold at about
 /// 1,000 × (name + 40 bytes).
 pub const DEFAULT_MAX_MARKS: usize = 1000;
-/// A drained ring larger than this many times [`INITIAL_BYTES`] is shrunk back.
+/// A drained ring larger than this many times [`KEEP_BYTES`] is shrunk back.
 const SHRINK_FACTOR: usize = 4;
 
 /// Counters of one queue.
@@ -84,7 +88,7 @@ impl PlayoutQueue {
     pub fn new(max_bytes: usize) -> Self {
         let max_bytes = max_bytes.max(FRAME_BYTES);
         PlayoutQueue {
-            // Room for a few seconds up front; a long burst grows the ring (amortised), bounded
+            // Room for a few frames up front; a long burst grows the ring (amortised), bounded
             // by `max_bytes`, rather than reserving the maximum for every call.
             audio: VecDeque::with_capacity(max_bytes.min(INITIAL_BYTES)),
             max_bytes,
@@ -123,7 +127,7 @@ impl PlayoutQueue {
     /// Gives back a ring that a long burst grew, once it has drained. Called from the
     /// agent's side (queueing, clear), never from the per-frame path.
     fn shrink_if_drained(&mut self) {
-        let keep = self.max_bytes.min(INITIAL_BYTES);
+        let keep = self.max_bytes.min(KEEP_BYTES);
         if self.audio.is_empty() && self.audio.capacity() > keep * SHRINK_FACTOR {
             self.audio.shrink_to(keep);
         }
@@ -385,7 +389,7 @@ mod tests {
         assert!(q.audio.capacity() >= DEFAULT_MAX_BYTES);
         q.clear();
         assert!(
-            q.audio.capacity() <= INITIAL_BYTES * SHRINK_FACTOR,
+            q.audio.capacity() <= KEEP_BYTES * SHRINK_FACTOR,
             "cleared ring shrunk to {}",
             q.audio.capacity()
         );
@@ -395,7 +399,7 @@ mod tests {
             frame(&mut q);
         }
         q.push_audio(&[3; 160]);
-        assert!(q.audio.capacity() <= INITIAL_BYTES * SHRINK_FACTOR);
+        assert!(q.audio.capacity() <= KEEP_BYTES * SHRINK_FACTOR);
         assert!(base <= INITIAL_BYTES * SHRINK_FACTOR);
         let (f, n) = frame(&mut q);
         assert_eq!((n, f), (160, [3u8; FRAME_BYTES]));
