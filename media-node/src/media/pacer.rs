@@ -8,7 +8,10 @@
 //! - Audio that reaches an empty queue leaves at once, up to one frame ahead of the grid (the
 //!   timestamp is continuous, so the packet is simply early; the lead is at most 20 ms).
 //! - The audio behind it goes every 20 ms from that instant (a bursty agent is paced, not
-//!   forwarded at its own speed), never more than one frame ahead of the grid.
+//!   forwarded at its own speed): the whole talkspurt keeps the lead its first frame took, so
+//!   its frames are due at fixed instants and a late wake-up is caught up (frames back to back)
+//!   instead of pushing every later frame back. An agent's queue therefore only grows when the
+//!   agent is ahead of real time, never because of the node's own lateness.
 //! - When the agent's audio stops, the next silence waits for the grid again (plus a small
 //!   grace for an agent a little late), so the lead taken at the start of the talkspurt is given
 //!   back during silence, where it costs nothing: the stream never drifts from real time.
@@ -22,16 +25,14 @@ use std::time::Duration;
 
 /// One frame.
 pub const FRAME: Duration = Duration::from_millis(20);
-/// How much earlier than 20 ms after the previous audio frame the next may leave, so that an
-/// agent streaming in real time with a little jitter is forwarded on arrival.
+/// How much earlier than its slot in the talkspurt a frame may leave, so that an agent streaming
+/// in real time with a little jitter is forwarded on arrival.
 pub const PACE_TOLERANCE: Duration = Duration::from_millis(2);
 /// How long past the grid silence waits for an agent that is a little late mid-talkspurt.
 pub const GRACE: Duration = Duration::from_millis(2);
 
 /// Frames of silence a late wake-up still sends (back to back) before it skips older ones.
 pub const MAX_CATCH_UP: u32 = 3;
-/// How late a wake-up may come and still count as on time for pacing.
-const TIMER_SLACK: Duration = Duration::from_millis(3);
 
 /// What the pacer says about the next packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +52,12 @@ pub enum Next {
 pub struct Pacer {
     /// Grid instant of the next packet's timestamp; None before the first packet.
     grid: Option<Duration>,
-    /// When the previous packet left.
-    last_send: Option<Duration>,
-    /// Whether the previous packet carried agent audio.
-    last_audio: bool,
-    /// Whether more audio was queued right after the previous packet left (the agent is
-    /// ahead: pace exactly, no tolerance).
+    /// In a talkspurt: how far ahead of the grid its first frame left. Every frame of the
+    /// talkspurt is due that much ahead of its grid instant, so the talkspurt keeps the phase
+    /// it started with and a late wake-up is caught up rather than carried forward.
+    lead: Option<Duration>,
+    /// Whether more audio was queued right after the previous packet left: that audio was
+    /// waiting for its slot, so it gets no tolerance.
     backlog: bool,
 }
 
@@ -68,21 +69,23 @@ impl Pacer {
 
     /// The instant the next packet is due, given whether agent audio is queued.
     pub fn due(&self, audio_queued: bool) -> Duration {
-        let (Some(grid), Some(last)) = (self.grid, self.last_send) else {
+        let Some(grid) = self.grid else {
             return Duration::ZERO;
         };
         let earliest = grid.saturating_sub(FRAME);
-        match (audio_queued, self.last_audio) {
-            // Reaching an empty queue: at once (the grid bounds the lead).
-            (true, false) => earliest,
-            // Behind queued audio: 20 ms after the previous frame; a frame that arrived since
-            // may go a little earlier (a real-time agent's jitter); never more than a frame
-            // ahead of the grid.
-            (true, true) if self.backlog => (last + FRAME).max(earliest),
-            (true, true) => (last + FRAME).saturating_sub(PACE_TOLERANCE).max(earliest),
-            // The talkspurt ended: back on the grid, with a little grace.
-            (false, true) => grid.max(last + FRAME) + GRACE,
-            (false, false) => grid,
+        match (audio_queued, self.lead) {
+            // Reaching an empty queue: at once (never more than a frame ahead of the grid).
+            (true, None) => earliest,
+            // In a talkspurt: in its own phase; a frame that arrived since the last one may go
+            // a little early (a real-time agent's jitter), never more than a frame ahead.
+            (true, Some(lead)) if self.backlog => grid.saturating_sub(lead).max(earliest),
+            (true, Some(lead)) => grid
+                .saturating_sub(lead)
+                .saturating_sub(PACE_TOLERANCE)
+                .max(earliest),
+            // The agent is late mid-talkspurt: wait for it until a little past the grid.
+            (false, Some(_)) => grid + GRACE,
+            (false, None) => grid,
         }
     }
 
@@ -105,24 +108,17 @@ impl Pacer {
         Next::Send { skip_frames }
     }
 
-    /// Records that a packet left at `now` after skipping `skip_frames`, carrying audio or not,
-    /// and whether more audio is still queued behind it.
+    /// Records that a packet left at `now` after skipping `skip_frames`, carrying agent audio
+    /// or not, and whether more audio is queued behind it.
     pub fn sent(&mut self, now: Duration, skip_frames: u32, audio: bool, backlog: bool) {
-        // Paced audio counts from when it was due, not from when the wake-up came (timers
-        // fire a little late; counting from the send would let the stream drift behind real
-        // time frame after frame). Audio that came late itself counts from now.
-        let paced = audio && self.last_audio && self.grid.is_some();
-        let due = self.due(audio);
-        let mark = if paced && now <= due + TIMER_SLACK {
-            due
-        } else {
-            now
-        };
-        let grid = self.grid.unwrap_or(now) + FRAME * skip_frames;
-        self.grid = Some(grid + FRAME);
-        self.last_send = Some(mark);
-        self.last_audio = audio;
         self.backlog = audio && backlog;
+        let grid = self.grid.unwrap_or(now) + FRAME * skip_frames;
+        if !audio {
+            self.lead = None;
+        } else if self.lead.is_none() {
+            self.lead = Some(grid.saturating_sub(now).min(FRAME));
+        }
+        self.grid = Some(grid + FRAME);
     }
 
     /// The stream paused (hold) and resumes at `now`: returns the frames to skip so that the
@@ -136,22 +132,16 @@ impl Pacer {
         };
         if let Some(grid) = self.grid.as_mut() {
             *grid += FRAME * skip;
-        }
-        self.last_send = self.last_send.map(|_| now.saturating_sub(FRAME));
-        self.last_audio = false;
-        // Due now: pull the grid to now so the first packet after hold is not held back.
-        if let Some(grid) = self.grid.as_mut() {
+            // Due now: the first packet after hold is not held back.
             *grid = (*grid).min(now);
         }
+        self.lead = None;
         skip
     }
 
-    /// How far ahead of the grid the previous packet left (zero when on or behind it).
+    /// How far ahead of the grid the current talkspurt runs (zero outside one).
     pub fn lead(&self) -> Duration {
-        match (self.grid, self.last_send) {
-            (Some(g), Some(l)) => g.saturating_sub(FRAME).saturating_sub(l),
-            _ => Duration::ZERO,
-        }
+        self.lead.unwrap_or(Duration::ZERO)
     }
 }
 
@@ -240,16 +230,18 @@ mod tests {
         p.sent(ms(0), 0, false, false);
         let mut now = ms(5);
         let mut sends = Vec::new();
-        // 100 frames queued at 5 ms; every wake-up comes 1.5 ms after the due time.
+        // 100 frames queued at 5 ms; every wake-up comes after the due time.
         for k in 0..100 {
             let due = match p.poll(now, true) {
                 Next::Send { .. } => now,
                 Next::At(t) => t,
             };
+            // Mostly 1.5 ms late, sometimes 9 ms (a busy runtime).
+            let late = if k % 7 == 3 { 9000 } else { 1500 };
             now = if k == 0 {
                 due
             } else {
-                due + Duration::from_micros(1500)
+                due + Duration::from_micros(late)
             };
             assert!(matches!(p.poll(now, true), Next::Send { skip_frames: 0 }));
             p.sent(now, 0, true, k < 99);
@@ -284,7 +276,7 @@ mod tests {
         assert_eq!(p.poll(ms(79), false), Next::Send { skip_frames: 0 });
         // Audio is never skipped.
         let mut p = Pacer::new();
-        p.sent(ms(0), 0, true, true);
+        p.sent(ms(0), 0, true, false);
         assert_eq!(p.poll(ms(95), true), Next::Send { skip_frames: 0 });
     }
 
