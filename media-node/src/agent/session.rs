@@ -830,7 +830,7 @@ pub fn caller_channel() -> (mpsc::Sender<CallerEvent>, mpsc::Receiver<CallerEven
 fn ws_config(limits: &AgentLimits) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     let max = limits.max_message_bytes.max(1024);
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(max))

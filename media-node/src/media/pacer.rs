@@ -8,13 +8,16 @@
 //! - Audio that reaches an empty queue leaves at once, up to one frame ahead of the grid (the
 //!   timestamp is continuous, so the packet is simply early; the lead is at most 20 ms).
 //! - The audio behind it goes every 20 ms from that instant (a bursty agent is paced, not
-//!   forwarded at its own speed): the whole talkspurt keeps the lead its first frame took, so
-//!   its frames are due at fixed instants and a late wake-up is caught up (frames back to back)
-//!   instead of pushing every later frame back. An agent's queue therefore only grows when the
-//!   agent is ahead of real time, never because of the node's own lateness.
-//! - When the agent's audio stops, the next silence waits for the grid again (plus a small
-//!   grace for an agent a little late), so the lead taken at the start of the talkspurt is given
-//!   back during silence, where it costs nothing: the stream never drifts from real time.
+//!   forwarded at its own speed). Audio that was waiting keeps that schedule exactly, however
+//!   late a wake-up is (late frames are caught up, not carried forward), so an agent's queue
+//!   only grows while the agent is ahead of real time. A frame that arrived after the previous
+//!   one left (a real-time agent) may leave up to [`PACE_TOLERANCE`] early, and a frame the
+//!   agent sent late moves the schedule to its arrival: the talkspurt follows the agent's own
+//!   phase instead of locking in the lateness of its first frame.
+//! - No audio frame leaves more than one frame ahead of its timestamp's real time. When the
+//!   agent's audio stops, the next silence waits for the grid again (plus a small grace for an
+//!   agent a little late), so the lead taken during the talkspurt is given back during
+//!   silence, where it costs nothing: the stream never drifts from real time.
 //! - A wake-up a little late sends the few silence frames it owes back to back; one more than
 //!   [`MAX_CATCH_UP`] frames late (a stalled runtime) skips the older ones: the timestamp jumps
 //!   with real time instead of a long burst of packets.
@@ -31,6 +34,8 @@ pub const PACE_TOLERANCE: Duration = Duration::from_millis(2);
 /// How long past the grid silence waits for an agent that is a little late mid-talkspurt.
 pub const GRACE: Duration = Duration::from_millis(2);
 
+/// How late a wake-up may come and still count as on time for a frame's schedule.
+const TIMER_SLACK: Duration = Duration::from_millis(3);
 /// Frames of silence a late wake-up still sends (back to back) before it skips older ones.
 pub const MAX_CATCH_UP: u32 = 3;
 
@@ -52,12 +57,11 @@ pub enum Next {
 pub struct Pacer {
     /// Grid instant of the next packet's timestamp; None before the first packet.
     grid: Option<Duration>,
-    /// In a talkspurt: how far ahead of the grid its first frame left. Every frame of the
-    /// talkspurt is due that much ahead of its grid instant, so the talkspurt keeps the phase
-    /// it started with and a late wake-up is caught up rather than carried forward.
-    lead: Option<Duration>,
+    /// In a talkspurt: when its next frame is due on the talkspurt's own schedule (20 ms after
+    /// the previous frame's slot).
+    slot: Option<Duration>,
     /// Whether more audio was queued right after the previous packet left: that audio was
-    /// waiting for its slot, so it gets no tolerance.
+    /// waiting for its slot (the agent is ahead), so it goes exactly on the schedule.
     backlog: bool,
 }
 
@@ -73,18 +77,17 @@ impl Pacer {
             return Duration::ZERO;
         };
         let earliest = grid.saturating_sub(FRAME);
-        match (audio_queued, self.lead) {
+        match (audio_queued, self.slot) {
             // Reaching an empty queue: at once (never more than a frame ahead of the grid).
             (true, None) => earliest,
-            // In a talkspurt: in its own phase; a frame that arrived since the last one may go
-            // a little early (a real-time agent's jitter), never more than a frame ahead.
-            (true, Some(lead)) if self.backlog => grid.saturating_sub(lead).max(earliest),
-            (true, Some(lead)) => grid
-                .saturating_sub(lead)
-                .saturating_sub(PACE_TOLERANCE)
-                .max(earliest),
-            // The agent is late mid-talkspurt: wait for it until a little past the grid.
-            (false, Some(_)) => grid + GRACE,
+            // Waiting behind other audio: exactly on the talkspurt's schedule (a late wake-up
+            // is caught up, not carried forward).
+            (true, Some(slot)) if self.backlog => slot.max(earliest),
+            // Arrived since the last frame left (a real-time agent): a little early is fine,
+            // and the schedule follows the agent's own phase from there.
+            (true, Some(slot)) => slot.saturating_sub(PACE_TOLERANCE).max(earliest),
+            // The agent is late mid-talkspurt: wait for it until a little past its slot.
+            (false, Some(slot)) => slot.max(grid) + GRACE,
             (false, None) => grid,
         }
     }
@@ -111,13 +114,21 @@ impl Pacer {
     /// Records that a packet left at `now` after skipping `skip_frames`, carrying agent audio
     /// or not, and whether more audio is queued behind it.
     pub fn sent(&mut self, now: Duration, skip_frames: u32, audio: bool, backlog: bool) {
-        self.backlog = audio && backlog;
+        let due = self.due(audio);
         let grid = self.grid.unwrap_or(now) + FRAME * skip_frames;
-        if !audio {
-            self.lead = None;
-        } else if self.lead.is_none() {
-            self.lead = Some(grid.saturating_sub(now).min(FRAME));
-        }
+        self.slot = match (audio, self.slot) {
+            (false, _) => None,
+            // The first frame of a talkspurt sets its phase.
+            (true, None) => Some(now + FRAME),
+            // A frame that was waiting keeps the schedule, however late the wake-up was.
+            (true, Some(slot)) if self.backlog => Some(slot + FRAME),
+            // A frame that arrived after the previous one left: on time (or a wake-up a little
+            // late) keeps the schedule from its due time; one the agent sent late moves the
+            // phase to when it came.
+            (true, Some(_)) if now <= due + TIMER_SLACK => Some(due + FRAME),
+            (true, Some(_)) => Some(now + FRAME),
+        };
+        self.backlog = audio && backlog;
         self.grid = Some(grid + FRAME);
     }
 
@@ -135,13 +146,18 @@ impl Pacer {
             // Due now: the first packet after hold is not held back.
             *grid = (*grid).min(now);
         }
-        self.lead = None;
+        self.slot = None;
+        self.backlog = false;
         skip
     }
 
-    /// How far ahead of the grid the current talkspurt runs (zero outside one).
-    pub fn lead(&self) -> Duration {
-        self.lead.unwrap_or(Duration::ZERO)
+    /// How far ahead of its timestamp's real time the next packet would leave if sent now
+    /// (zero when on time or behind); at most one frame for audio.
+    pub fn lead(&self, now: Duration) -> Duration {
+        match self.grid {
+            Some(g) => g.saturating_sub(now),
+            None => Duration::ZERO,
+        }
     }
 }
 
@@ -210,6 +226,23 @@ mod tests {
         let out = run(&arrivals, 500);
         let audio: Vec<u64> = out.iter().filter(|(_, a)| *a).map(|(t, _)| *t).collect();
         assert_eq!(audio, arrivals, "each frame left when it arrived");
+    }
+
+    #[test]
+    fn a_late_first_frame_does_not_hold_a_real_time_agent_back() {
+        // Frames every 20 ms from 30 ms, but the first came 15 ms late.
+        let mut arrivals: Vec<u64> = (0..40).map(|k| 30 + 20 * k).collect();
+        arrivals[0] = 45;
+        let out = run(&arrivals, 1000);
+        let audio: Vec<u64> = out.iter().filter(|(_, a)| *a).map(|(t, _)| *t).collect();
+        assert_eq!(audio.len(), 40);
+        // The schedule moves back towards the agent's phase by the tolerance per frame, as far
+        // as the one-frame lead allows (the first frame took the timestamp of 60 ms at 45 ms:
+        // frame k carries 60 + 20 k and may leave from 40 + 20 k).
+        assert!(audio[1] < 65 && audio[1] >= 50, "{audio:?}");
+        for k in 10..40 {
+            assert_eq!(audio[k], 40 + 20 * k as u64, "frame {k}: {audio:?}");
+        }
     }
 
     #[test]
@@ -300,8 +333,8 @@ mod tests {
         p.sent(ms(0), 0, false, false);
         // Audio right after a silence packet: 19 ms early at most.
         assert_eq!(p.poll(ms(1), true), Next::Send { skip_frames: 0 });
+        assert_eq!(p.lead(ms(1)), ms(19));
         p.sent(ms(1), 0, true, false);
-        assert_eq!(p.lead(), ms(19));
         assert_eq!(p.due(true), ms(20), "never more than a frame ahead");
     }
 }
