@@ -28,7 +28,7 @@ use prometheus::IntCounter;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
@@ -39,6 +39,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::twilio::{AgentEvent, StreamIds, StreamWriter, decode_payload, parse_agent_message};
 use crate::media::playout::{DEFAULT_MAX_MARKS, FRAME_BYTES, FrameFill, PlayoutQueue};
+use crate::media::signal::Signal;
 
 /// Default bound on opening the WebSocket (TCP, TLS and HTTP upgrade together).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -337,9 +338,9 @@ pub struct SessionStats {
 #[derive(Debug, Default)]
 pub struct SharedPlayout {
     queue: Mutex<PlayoutQueue>,
-    marks_ready: Notify,
+    marks_ready: Signal,
     /// Wakes the media path when audio reaches an empty queue (it may leave at once).
-    audio_ready: Notify,
+    audio_ready: Signal,
 }
 
 impl SharedPlayout {
@@ -347,8 +348,8 @@ impl SharedPlayout {
     pub fn new(max_bytes: usize) -> Arc<Self> {
         Arc::new(SharedPlayout {
             queue: Mutex::new(PlayoutQueue::new(max_bytes)),
-            marks_ready: Notify::new(),
-            audio_ready: Notify::new(),
+            marks_ready: Signal::new(),
+            audio_ready: Signal::new(),
         })
     }
 
@@ -367,7 +368,7 @@ impl SharedPlayout {
             (q.push_audio(bytes), was_empty)
         };
         if was_empty && accepted > 0 {
-            self.audio_ready.notify_one();
+            self.audio_ready.notify();
         }
         accepted
     }
@@ -378,20 +379,20 @@ impl SharedPlayout {
     }
 
     /// Resolves when audio has reached an empty queue since the last call.
-    pub fn audio_ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.audio_ready.notified()
+    pub fn audio_ready(&self) -> crate::media::signal::Wait<'_> {
+        self.audio_ready.wait()
     }
 
-    /// Takes the next 20 ms frame for the caller (called by the media path each tick) and wakes
-    /// the session when marks have completed.
-    pub fn next_frame(&self, out: &mut [u8; FRAME_BYTES]) -> FrameFill {
+    /// Takes the next 20 ms frame for the caller (called by the media path for each packet)
+    /// and wakes the session when marks have completed. Also says how much audio is left.
+    pub fn next_frame(&self, out: &mut [u8; FRAME_BYTES]) -> (FrameFill, usize) {
         let (fill, marks_done) = {
             let mut q = self.lock();
             let fill = q.next_frame(out);
-            (fill, q.done_marks() > 0)
+            ((fill, q.queued_bytes()), q.done_marks() > 0)
         };
         if marks_done {
-            self.marks_ready.notify_one();
+            self.marks_ready.notify();
         }
         fill
     }
@@ -534,7 +535,7 @@ impl AgentSession {
                             break 'session transport_end(e);
                         }
                     }
-                    _ = playout.marks_ready.notified() => {
+                    _ = playout.marks_ready.wait() => {
                         if let Err(e) = self.send_done_marks(&playout, &mut stats).await {
                             break 'session transport_end(e);
                         }
@@ -993,7 +994,7 @@ mod tests {
         let mut frame = [0u8; FRAME_BYTES];
         let mut played = Vec::new();
         while played.len() < 200 {
-            let fill = playout.next_frame(&mut frame);
+            let (fill, _) = playout.next_frame(&mut frame);
             played.extend_from_slice(&frame[..fill.audio_bytes]);
             if fill.audio_bytes == 0 {
                 tokio::task::yield_now().await;

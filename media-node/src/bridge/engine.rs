@@ -367,8 +367,7 @@ impl Engine {
                             self.metrics.tick_overruns.inc_by(u64::from(skip_frames));
                             self.sender.skip(FRAME_SAMPLES.wrapping_mul(skip_frames));
                         }
-                        let audio = self.send_frame(socket).await;
-                        let backlog = self.playout.has_audio();
+                        let (audio, backlog) = self.send_frame(socket).await;
                         self.pacer.sent(now, skip_frames, audio, backlog);
                     }
                     Next::At(t) => {
@@ -560,31 +559,32 @@ impl Engine {
     }
 
     /// Agent -> caller: the next 20 ms of the playout queue as one RTP packet (silence when
-    /// empty). Returns whether it carried agent audio. With nowhere to send yet, the frame is
-    /// taken and the RTP clock moves on, as if sent.
-    async fn send_frame(&mut self, socket: &UdpSocket) -> bool {
-        let fill = self.playout.next_frame(&mut self.frame);
+    /// empty). Returns whether it carried agent audio and whether more is queued. With nowhere
+    /// to send yet, the frame is taken and the RTP clock moves on, as if sent.
+    async fn send_frame(&mut self, socket: &UdpSocket) -> (bool, bool) {
+        let (fill, left) = self.playout.next_frame(&mut self.frame);
+        let backlog = left > 0;
         if fill.audio_bytes > 0 && fill.audio_bytes < FRAME_BYTES {
             self.metrics.playout_underruns.inc();
         }
         let audio = fill.audio_bytes > 0;
         let Some(to) = self.remote() else {
             self.sender.skip(FRAME_SAMPLES);
-            return audio;
+            return (audio, backlog);
         };
         g711::from_ulaw_in_place(self.law, &mut self.frame);
         let Ok(n) = self
             .sender
             .write_audio(&self.frame, FRAME_SAMPLES, &mut self.packet)
         else {
-            return audio;
+            return (audio, backlog);
         };
         self.sent_since_report = true;
         match socket.send_to(&self.packet[..n], to).await {
             Ok(_) => self.metrics.rtp_out.inc(),
             Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP send failed"),
         }
-        audio
+        (audio, backlog)
     }
 
     fn account_loss_of(&self, source: &Source) {

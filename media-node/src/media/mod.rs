@@ -12,5 +12,6 @@ pub mod playout;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod signal;
 pub mod source;
 pub mod wheel;
