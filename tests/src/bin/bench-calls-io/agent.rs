@@ -1,0 +1,494 @@
+//! The echo agent: a minimal WebSocket server (RFC 6455, server side only) on one thread with
+//! epoll, speaking just enough Twilio Media Streams to send every `media` payload straight back.
+//!
+//! Cheap on purpose: the payload is found with a byte search (no JSON value per message), the
+//! reply is a preformatted `media` message, replies produced by one read leave in one `write`.
+//! It also checks, per stream, what a voice agent relies on: `timestamp` 20 ms apart, `chunk`
+//! counting up by 1, probe sequence numbers increasing; it counts silence frames (all 0xFF:
+//! concealed losses) and probe frames.
+
+use std::io::{self, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::sys::{self, Epoll};
+use super::{FRAME, Probes, parse_probe};
+
+/// Largest WebSocket frame accepted from the node (its messages are a few hundred bytes).
+const MAX_FRAME: usize = 1 << 20;
+/// Largest handshake request.
+const MAX_REQUEST: usize = 8 << 10;
+/// Replies queued for a connection that does not read: past this it is dropped.
+const MAX_OUT: usize = 4 << 20;
+const LISTENER: u64 = u64::MAX;
+/// The agent reads its sockets at most this often (see [`run`]).
+const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What the agent saw on its streams during one step.
+#[derive(Default)]
+pub struct StreamStats {
+    /// `media` messages received.
+    pub media: AtomicU64,
+    /// Of those, frames carrying a probe.
+    pub probes: AtomicU64,
+    /// Of those, frames of silence (all 0xFF: a loss the node concealed, or no audio yet).
+    pub silence: AtomicU64,
+    /// `timestamp` not 20 ms after the previous one on the stream.
+    pub ts_gaps: AtomicU64,
+    /// `chunk` not one more than the previous one.
+    pub chunk_gaps: AtomicU64,
+    /// A probe whose sequence number is not above the previous probe's on the stream.
+    pub out_of_order: AtomicU64,
+    /// Streams (WebSocket connections) that sent media.
+    pub streams: AtomicU64,
+}
+
+/// State shared between the agent thread and the bench.
+#[derive(Default)]
+pub struct AgentShared {
+    /// The current step's probe tables.
+    pub probes: Mutex<Option<Arc<Probes>>>,
+    /// The current step's stream checks (replaced per step).
+    pub stats: Mutex<Arc<StreamStats>>,
+    /// WebSocket connections accepted so far.
+    pub connections: AtomicUsize,
+    /// Connections dropped for a protocol error or a full send queue.
+    pub dropped: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Stream {
+    /// `{"event":"media","streamSid":"…","media":{"payload":"`: the reply up to the payload.
+    prefix: Vec<u8>,
+    last_ts: Option<u64>,
+    last_chunk: Option<u64>,
+    last_seq: Option<usize>,
+    counted: bool,
+}
+
+struct Conn {
+    sock: TcpStream,
+    inbuf: Vec<u8>,
+    filled: usize,
+    out: Vec<u8>,
+    open: bool,
+    closing: bool,
+    want_out: bool,
+    stream: Stream,
+}
+
+/// Position of `needle` in `hay`: a first-byte scan, then a compare (a slice compare at every
+/// offset costs several times more on these few-hundred-byte messages).
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let last = hay.len().checked_sub(needle.len())?;
+    let mut i = 0;
+    while i <= last {
+        let off = hay[i..=last].iter().position(|&b| b == first)?;
+        i += off;
+        if &hay[i + 1..i + needle.len()] == rest {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The string value after `key` (e.g. `"chunk":"`) at or after `from`, up to the closing
+/// quote, and the position just past it. The node writes its fields in one order, so callers
+/// search onward from the previous field and scan each message about once.
+fn field_from<'a>(msg: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a [u8], usize)> {
+    let start = from + find(msg.get(from..)?, key)? + key.len();
+    let len = msg[start..].iter().position(|&b| b == b'"')?;
+    Some((&msg[start..start + len], start + len))
+}
+
+/// [`field_from`] after `from`, else anywhere in the message.
+fn field<'a>(msg: &'a [u8], from: usize, key: &[u8]) -> Option<(&'a [u8], usize)> {
+    field_from(msg, from, key).or_else(|| field_from(msg, 0, key))
+}
+
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |a, &b| {
+        b.is_ascii_digit().then(|| a * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// XORs the client's mask into `p` (8 bytes at a time: the 4-byte key repeats).
+fn unmask(p: &mut [u8], key: [u8; 4]) {
+    let k8 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = p.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ k8;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (j, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[j & 3];
+    }
+}
+
+/// Appends a server frame (never masked) to `out`.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+struct Ctx<'a> {
+    probes: Option<&'a Probes>,
+    stats: &'a StreamStats,
+    rx_ns: u64,
+    silence_b64: &'a [u8],
+}
+
+/// One `media` message: check the stream, time the probe, queue the echo.
+fn on_text(msg: &[u8], st: &mut Stream, out: &mut Vec<u8>, cx: &Ctx) {
+    let Some(at) = find(msg, b"\"event\":\"media\"") else {
+        return;
+    };
+    let mut pos = at;
+    if st.prefix.is_empty() {
+        let sid = field(msg, pos, b"\"streamSid\":\"").map_or(&b""[..], |(v, _)| v);
+        st.prefix
+            .extend_from_slice(b"{\"event\":\"media\",\"streamSid\":\"");
+        st.prefix.extend_from_slice(sid);
+        st.prefix.extend_from_slice(b"\",\"media\":{\"payload\":\"");
+    }
+    let chunk = field(msg, pos, b"\"chunk\":\"").map(|(v, end)| {
+        pos = end;
+        digits(v)
+    });
+    let ts = field(msg, pos, b"\"timestamp\":\"").map(|(v, end)| {
+        pos = end;
+        digits(v)
+    });
+    let Some((payload, _)) = field(msg, pos, b"\"payload\":\"") else {
+        return;
+    };
+    let stats = cx.stats;
+    stats.media.fetch_add(1, Ordering::Relaxed);
+    if !st.counted {
+        st.counted = true;
+        stats.streams.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(Some(ts)) = ts {
+        if st.last_ts.is_some_and(|p| p.checked_add(20) != Some(ts)) {
+            stats.ts_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        st.last_ts = Some(ts);
+    }
+    if let Some(Some(c)) = chunk {
+        if st.last_chunk.is_some_and(|p| p.checked_add(1) != Some(c)) {
+            stats.chunk_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        st.last_chunk = Some(c);
+    }
+    // 12 base64 characters hold the 8-byte probe header.
+    let mut head = [0u8; 9];
+    let probe = payload
+        .get(..12)
+        .and_then(|b| BASE64.decode_slice(b, &mut head).ok())
+        .and_then(|n| parse_probe(&head[..n]));
+    if let Some((call, seq)) = probe {
+        stats.probes.fetch_add(1, Ordering::Relaxed);
+        if st.last_seq.is_some_and(|p| seq <= p) {
+            stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        st.last_seq = Some(seq);
+        if let Some(p) = cx.probes
+            && let Some(i) = p.slot(call, seq)
+        {
+            let _ =
+                p.agent_in[i].compare_exchange(0, cx.rx_ns, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    } else if payload == cx.silence_b64 {
+        stats.silence.fetch_add(1, Ordering::Relaxed);
+    }
+    push_frame(out, 0x1, &[&st.prefix, payload, b"\"}}"]);
+    if let Some((call, seq)) = probe
+        && let Some(p) = cx.probes
+        && let Some(i) = p.slot(call, seq)
+    {
+        let _ =
+            p.agent_out[i].compare_exchange(0, sys::now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Answers the upgrade request in `req`; false if it is not one.
+fn handshake(req: &[u8], out: &mut Vec<u8>) -> bool {
+    let text = String::from_utf8_lossy(req);
+    let key = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_owned())
+    });
+    match key {
+        Some(k) => {
+            let accept = derive_accept_key(k.as_bytes());
+            out.extend_from_slice(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            true
+        }
+        None => {
+            out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            false
+        }
+    }
+}
+
+/// Parses what `c` has read so far. Err: drop the connection.
+fn process(c: &mut Conn, cx: &Ctx) -> Result<(), ()> {
+    let mut pos = 0;
+    if !c.open {
+        let Some(end) = find(&c.inbuf[..c.filled], b"\r\n\r\n") else {
+            return if c.filled > MAX_REQUEST {
+                Err(())
+            } else {
+                Ok(())
+            };
+        };
+        if !handshake(&c.inbuf[..end], &mut c.out) {
+            c.closing = true;
+        }
+        c.open = true;
+        pos = end + 4;
+    }
+    while !c.closing {
+        let buf = &mut c.inbuf[pos..c.filled];
+        if buf.len() < 2 {
+            break;
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        let masked = b1 & 0x80 != 0;
+        let (len, mut hdr): (usize, usize) = match b1 & 0x7F {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+            127 if buf.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                (usize::try_from(u64::from_be_bytes(b)).map_err(|_| ())?, 10)
+            }
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if len > MAX_FRAME {
+            return Err(());
+        }
+        let key_at = hdr;
+        if masked {
+            hdr += 4;
+        }
+        let Some(total) = hdr.checked_add(len) else {
+            return Err(());
+        };
+        if buf.len() < total {
+            break;
+        }
+        let (head, rest) = buf.split_at_mut(hdr);
+        let payload = &mut rest[..len];
+        if masked {
+            let k = [
+                head[key_at],
+                head[key_at + 1],
+                head[key_at + 2],
+                head[key_at + 3],
+            ];
+            unmask(payload, k);
+        }
+        match b0 & 0x0F {
+            // Text; the node never fragments its messages.
+            0x1 if b0 & 0x80 != 0 => on_text(payload, &mut c.stream, &mut c.out, cx),
+            0x8 => {
+                let code = payload.get(..2).unwrap_or(&[0x03, 0xE8]);
+                push_frame(&mut c.out, 0x8, &[code]);
+                c.closing = true;
+            }
+            0x9 => push_frame(&mut c.out, 0xA, &[payload]),
+            _ => {}
+        }
+        pos += total;
+    }
+    c.inbuf.copy_within(pos..c.filled, 0);
+    c.filled -= pos;
+    Ok(())
+}
+
+/// Writes what is queued; Err: drop the connection.
+fn flush(c: &mut Conn) -> Result<(), ()> {
+    while !c.out.is_empty() {
+        match c.sock.write(&c.out) {
+            Ok(0) => return Err(()),
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    if c.out.len() > MAX_OUT {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Starts the agent thread; returns the URL to give the node.
+pub fn start_agent(shared: Arc<AgentShared>) -> io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let ep = Epoll::new()?;
+    ep.add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)?;
+    std::thread::Builder::new()
+        .name("echo-agent".into())
+        .spawn(move || run(listener, ep, shared))?;
+    Ok(format!("ws://{addr}/agent"))
+}
+
+fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
+    let silence_b64 = BASE64.encode([0xFFu8; FRAME]).into_bytes();
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut evs = sys::events(512);
+    loop {
+        let Ok(n) = ep.wait(&mut evs, 1000) else {
+            return;
+        };
+        if n == 0 {
+            continue;
+        }
+        // Once per wake-up, not per message: the step's tables.
+        let probes = shared.probes.lock().ok().and_then(|g| g.clone());
+        let stats = shared.stats.lock().map(|g| g.clone()).unwrap_or_default();
+        for ev in &evs[..n] {
+            let token = ev.u64;
+            if token == LISTENER {
+                while let Ok((sock, _)) = listener.accept() {
+                    let fd = sock.as_raw_fd();
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let _ = sys::enable_rx_timestamps(fd);
+                    let conn = Conn {
+                        sock,
+                        inbuf: vec![0; 16 << 10],
+                        filled: 0,
+                        out: Vec::with_capacity(1024),
+                        open: false,
+                        closing: false,
+                        want_out: false,
+                        stream: Stream::default(),
+                    };
+                    let idx = match free.pop() {
+                        Some(i) => {
+                            conns[i] = Some(conn);
+                            i
+                        }
+                        None => {
+                            conns.push(Some(conn));
+                            conns.len() - 1
+                        }
+                    };
+                    if ep.add(fd, idx as u64, libc::EPOLLIN as u32).is_err() {
+                        conns[idx] = None;
+                        free.push(idx);
+                        continue;
+                    }
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            let idx = token as usize;
+            let Some(Some(c)) = conns.get_mut(idx) else {
+                continue;
+            };
+            let mut keep = true;
+            let mut rx_ns = 0;
+            if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                if c.filled == c.inbuf.len() {
+                    if c.inbuf.len() >= MAX_FRAME + 16 {
+                        keep = false;
+                    } else {
+                        c.inbuf.resize(c.inbuf.len() * 2, 0);
+                    }
+                }
+                if keep {
+                    match sys::recv_ts(c.sock.as_raw_fd(), &mut c.inbuf[c.filled..]) {
+                        Ok((0, _)) => keep = false,
+                        Ok((got, ts)) => {
+                            c.filled += got;
+                            rx_ns = ts.unwrap_or_else(sys::now_ns);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => keep = false,
+                    }
+                }
+                if keep && rx_ns != 0 {
+                    let cx = Ctx {
+                        probes: probes.as_deref(),
+                        stats: &stats,
+                        rx_ns,
+                        silence_b64: &silence_b64,
+                    };
+                    if process(c, &cx).is_err() {
+                        shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        keep = false;
+                    }
+                }
+            }
+            if keep && flush(c).is_err() {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                keep = false;
+            }
+            if keep && c.closing && c.out.is_empty() {
+                keep = false;
+            }
+            if keep {
+                let want = !c.out.is_empty();
+                if want != c.want_out {
+                    let evmask =
+                        libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
+                    keep = ep.modify(c.sock.as_raw_fd(), token, evmask).is_ok();
+                    c.want_out = want;
+                }
+            }
+            if !keep {
+                // Dropping the socket closes it, which also removes it from the epoll set.
+                conns[idx] = None;
+                free.push(idx);
+            }
+        }
+        // Let messages gather before the next wait: one wake-up per millisecond instead of one
+        // per message (a context switch costs more than the message). Receive times come from
+        // the kernel; the wait is part of the agent's own time, which `added` excludes.
+        std::thread::sleep(POLL);
+    }
+}
