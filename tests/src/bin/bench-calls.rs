@@ -962,6 +962,8 @@ fn media_markdown(
          200 set-ups per second) and one connected UDP socket per call; one sender thread sends every call a \
          160-byte PCMU frame every 20 ms on an absolute schedule, the calls' phases spread evenly over the \
          20 ms period (as independent callers' are), each payload starting with a probe (call, sequence); \
+         the sender runs at real-time priority (SCHED_FIFO 10{}) so that its packets leave on time however \
+         busy the node keeps the cores, as a network's would arrive; \
          one receiver thread (epoll) takes the echoes. Each probe is timed on the wall clock four times: \
          caller send (just before `send`), agent receive and caller receive (the kernel's receive timestamps, \
          `SO_TIMESTAMPNS`, so the harness's own scheduling delay is not counted against the node), agent send \
@@ -973,6 +975,11 @@ fn media_markdown(
          one socket, recv/send loop) receiving the same packets per second from the same caller code. Steps \
          stop after the first one with loss or a failed set-up (one past the limit), or when the time budget \
          is spent; every step reached is in the table.\n",
+        if rows.iter().all(|(r, _)| r.send.realtime) {
+            ""
+        } else {
+            ", where the kernel allowed it"
+        },
         warm.as_secs(),
         window.as_secs(),
         rss_idle
@@ -988,6 +995,12 @@ fn media_markdown(
          means every call's frames reached the agent in order and 20 ms apart. *Caller late* counts sends \
          more than 2 ms behind their schedule (0 means the load generator kept its pace).\n"
     );
+    if rows.is_empty() {
+        for n in notes {
+            let _ = writeln!(s, "Note: {n}.\n");
+        }
+        return impaired_only(s, impaired, metrics);
+    }
     let _ = writeln!(
         s,
         "| calls | pkts/s each way | probes sent | lost (before agent) | set-up p50/p99 ms | round trip p50 / p99 | added p50 / p99 | in p50 / p99 | out p50 / p99 | agent p99 | stream checks ts / chunk / order | node CPU cores | CPU per call % of a core | calls per core | RSS/call KiB | node BYEs | harness CPU cores | caller late |"
@@ -1118,6 +1131,11 @@ fn media_markdown(
             "- The load generator (caller, echo agent and SIP UAC, one process) used at most {gmax:.2} of the 2 cores (per step in the *harness CPU* column)."
         );
     }
+    impaired_only(s, impaired, metrics)
+}
+
+/// The impairment section and the node's counters.
+fn impaired_only(mut s: String, impaired: Option<&ImpairedRun>, metrics: &str) -> String {
     if let Some(im) = impaired {
         impaired_markdown(&mut s, im);
     }
@@ -1161,7 +1179,7 @@ fn impaired_markdown(s: &mut String, im: &ImpairedRun) {
     );
     let _ = writeln!(
         s,
-        "| run | calls | packets sent | dropped by caller | swapped | held by pause | probes at agent | probes never at agent | silence frames at agent | out of order | timestamp not +20 ms | chunk not +1 | in p50 / p99 / max ms | in from planned p50 / p99 / max ms | added round trip p50 / p99 ms | node CPU cores |"
+        "| run | calls | packets sent | dropped by caller | swapped | held by pause | probes at agent | probes sent in the window, never at agent | silence frames at agent | out of order | timestamp not +20 ms | chunk not +1 | in p50 / p99 / max ms | in from planned p50 / p99 / max ms | added round trip p50 / p99 ms | node CPU cores |"
     );
     let _ = writeln!(
         s,
@@ -1187,7 +1205,7 @@ fn impaired_markdown(s: &mut String, im: &ImpairedRun) {
             r.send.swapped,
             r.send.held,
             r.streams.probes,
-            r.send.sent.saturating_sub(r.streams.probes),
+            r.res.lost_before_agent,
             r.streams.silence,
             r.streams.out_of_order,
             r.streams.ts_gaps,

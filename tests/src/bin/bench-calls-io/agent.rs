@@ -386,9 +386,13 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
         // Once per wake-up, not per message: the step's tables.
         let probes = shared.probes.lock().ok().and_then(|g| g.clone());
         let stats = shared.stats.lock().map(|g| g.clone()).unwrap_or_default();
+        // A batch that opened a connection or answered a handshake is set-up traffic: no pause
+        // after it, so the agent adds nothing to call set-up time.
+        let mut setting_up = false;
         for ev in &evs[..n] {
             let token = ev.u64;
             if token == LISTENER {
+                setting_up = true;
                 while let Ok((sock, _)) = listener.accept() {
                     let fd = sock.as_raw_fd();
                     if sock.set_nonblocking(true).is_err() {
@@ -430,6 +434,7 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
                 continue;
             };
             let mut keep = true;
+            setting_up |= !c.open;
             let mut rx_ns = 0;
             if ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
                 if c.filled == c.inbuf.len() {
@@ -489,6 +494,8 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
         // Let messages gather before the next wait: one wake-up per millisecond instead of one
         // per message (a context switch costs more than the message). Receive times come from
         // the kernel; the wait is part of the agent's own time, which `added` excludes.
-        std::thread::sleep(POLL);
+        if !setting_up {
+            std::thread::sleep(POLL);
+        }
     }
 }

@@ -59,6 +59,8 @@ pub struct SendReport {
     pub late_over_2ms: u64,
     /// Largest lateness of a send behind its planned time, ms.
     pub late_max_ms: f64,
+    /// The sender thread ran at real-time priority.
+    pub realtime: bool,
 }
 
 /// Running callers; [`Callers::stop_sending`] then [`Callers::finish`].
@@ -185,7 +187,10 @@ fn send(
     impair: Option<Impairment>,
 ) -> SendReport {
     let n = socks.len().max(1) as u32;
-    let mut rep = SendReport::default();
+    let mut rep = SendReport {
+        realtime: sys::realtime_priority(),
+        ..SendReport::default()
+    };
     let mut pkt = [0xFFu8; HDR + FRAME];
     pkt[0] = 0x80;
     pkt[1] = 0x00;

@@ -168,3 +168,13 @@ pub fn raise_nofile() {
         }
     }
 }
+
+/// Gives the calling thread a low real-time priority (SCHED_FIFO 10) if allowed: the caller's
+/// packets must leave on schedule however busy the node keeps the cores, as a real network's
+/// would arrive. The thread sleeps between bursts, so it cannot starve anything. False if the
+/// kernel refused (then it runs at normal priority, and `caller late` says how it kept up).
+pub fn realtime_priority() -> bool {
+    let p = libc::sched_param { sched_priority: 10 };
+    // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0 }
+}
