@@ -914,6 +914,12 @@ async fn media_bench(dir: &Path, parts: MediaParts) -> anyhow::Result<()> {
     }
     let _ = echo.kill();
     let _ = echo.wait();
+    println!(
+        "media: agent: {} connections, {} dropped, {} reads without a kernel timestamp",
+        agent.connections.load(Ordering::Relaxed),
+        agent.dropped.load(Ordering::Relaxed),
+        agent.untimed_reads.load(Ordering::Relaxed)
+    );
     let metrics = node.metrics().await;
     let md = media_markdown(
         &rows,

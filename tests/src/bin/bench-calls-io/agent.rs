@@ -60,6 +60,8 @@ pub struct AgentShared {
     pub connections: AtomicUsize,
     /// Connections dropped for a protocol error or a full send queue.
     pub dropped: AtomicUsize,
+    /// Reads the kernel gave no receive timestamp for (timed on reading instead).
+    pub untimed_reads: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -449,7 +451,10 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
                         Ok((0, _)) => keep = false,
                         Ok((got, ts)) => {
                             c.filled += got;
-                            rx_ns = ts.unwrap_or_else(sys::now_ns);
+                            rx_ns = ts.unwrap_or_else(|| {
+                                shared.untimed_reads.fetch_add(1, Ordering::Relaxed);
+                                sys::now_ns()
+                            });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -497,5 +502,202 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
         if !setting_up {
             std::thread::sleep(POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(chunk: u64, ts: u64, payload: &[u8]) -> Vec<u8> {
+        format!(
+            "{{\"event\":\"media\",\"sequenceNumber\":\"{}\",\"streamSid\":\"MZ1\",\"media\":{{\"track\":\"inbound\",\"chunk\":\"{chunk}\",\"timestamp\":\"{ts}\",\"payload\":\"{}\"}}}}",
+            chunk + 1,
+            BASE64.encode(payload)
+        )
+        .into_bytes()
+    }
+
+    fn probe(call: u16, seq: u32) -> [u8; FRAME] {
+        let mut p = [0xFFu8; FRAME];
+        super::super::write_probe(&mut p, call, seq);
+        p
+    }
+
+    /// A client frame as the node sends it: masked.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        let mut f = vec![0x80 | opcode];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
+        f
+    }
+
+    fn conn() -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (sock, _) = l.accept().expect("accept");
+        let c = Conn {
+            sock,
+            inbuf: vec![0; 16 << 10],
+            filled: 0,
+            out: Vec::new(),
+            open: true,
+            closing: false,
+            want_out: false,
+            stream: Stream::default(),
+        };
+        (c, client)
+    }
+
+    fn feed(c: &mut Conn, bytes: &[u8], cx: &Ctx) {
+        c.inbuf[c.filled..c.filled + bytes.len()].copy_from_slice(bytes);
+        c.filled += bytes.len();
+        process(c, cx).expect("process");
+    }
+
+    #[test]
+    fn find_and_fields() {
+        let m = media(7, 140, &[1, 2, 3]);
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
+        let (c, end) = field(&m, 0, b"\"chunk\":\"").expect("chunk");
+        assert_eq!(digits(c), Some(7));
+        // Searching on from past a field still finds a later one, and falls back for an earlier.
+        let (t, _) = field(&m, end, b"\"timestamp\":\"").expect("ts");
+        assert_eq!(digits(t), Some(140));
+        let (sid, _) = field(&m, end, b"\"streamSid\":\"").expect("sid");
+        assert_eq!(sid, b"MZ1");
+        assert_eq!(digits(b"12x"), None);
+        assert_eq!(digits(b""), None);
+    }
+
+    #[test]
+    fn unmask_matches_bytewise_xor() {
+        let key = [1, 2, 3, 4];
+        let orig: Vec<u8> = (0..=200u8).collect();
+        let mut p = orig.clone();
+        unmask(&mut p, key);
+        let want: Vec<u8> = orig
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i & 3])
+            .collect();
+        assert_eq!(p, want);
+    }
+
+    #[test]
+    fn stream_checks_count_gaps_disorder_and_silence_and_echo_the_payload() {
+        let stats = StreamStats::default();
+        let probes = Probes::new(1, 10, false);
+        let silence = BASE64.encode([0xFFu8; FRAME]).into_bytes();
+        let cx = Ctx {
+            probes: Some(&probes),
+            stats: &stats,
+            rx_ns: 5,
+            silence_b64: &silence,
+        };
+        let mut st = Stream::default();
+        let mut out = Vec::new();
+        // ts 0, 20, 40, then 80 (a gap); chunk 1..4 then 6 (a gap); probes 1, 3, 2 (disorder), 4.
+        on_text(&media(1, 0, &probe(0, 1)), &mut st, &mut out, &cx);
+        on_text(&media(2, 20, &probe(0, 3)), &mut st, &mut out, &cx);
+        on_text(&media(3, 40, &probe(0, 2)), &mut st, &mut out, &cx);
+        on_text(&media(4, 80, &[0xFF; FRAME]), &mut st, &mut out, &cx);
+        on_text(&media(6, 100, &probe(0, 4)), &mut st, &mut out, &cx);
+        on_text(
+            b"{\"event\":\"mark\",\"mark\":{\"name\":\"x\"}}",
+            &mut st,
+            &mut out,
+            &cx,
+        );
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(g(&stats.media), 5);
+        assert_eq!(g(&stats.probes), 4);
+        assert_eq!(g(&stats.silence), 1);
+        assert_eq!(g(&stats.ts_gaps), 1);
+        assert_eq!(g(&stats.chunk_gaps), 1);
+        assert_eq!(g(&stats.out_of_order), 1);
+        assert_eq!(g(&stats.streams), 1);
+        assert_eq!(probes.agent_in[3].load(Ordering::Relaxed), 5);
+        assert_ne!(probes.agent_out[3].load(Ordering::Relaxed), 0);
+        // Five server text frames, each a media message with the payload it got.
+        let first_len = u16::from_be_bytes([out[2], out[3]]) as usize;
+        assert_eq!(&out[..2], &[0x81, 126]);
+        let msg: serde_json::Value =
+            serde_json::from_slice(&out[4..4 + first_len]).expect("reply is JSON");
+        assert_eq!(msg["event"], "media");
+        assert_eq!(msg["streamSid"], "MZ1");
+        assert_eq!(
+            msg["media"]["payload"].as_str(),
+            Some(BASE64.encode(probe(0, 1)).as_str())
+        );
+    }
+
+    #[test]
+    fn frames_split_across_reads_ping_and_close() {
+        let stats = StreamStats::default();
+        let silence = BASE64.encode([0xFFu8; FRAME]).into_bytes();
+        let cx = Ctx {
+            probes: None,
+            stats: &stats,
+            rx_ns: 1,
+            silence_b64: &silence,
+        };
+        let (mut c, _client) = conn();
+        let f = client_frame(0x1, &media(1, 0, &probe(0, 0)));
+        feed(&mut c, &f[..3], &cx);
+        assert_eq!(c.filled, 3, "an incomplete frame waits");
+        assert!(c.out.is_empty());
+        feed(&mut c, &f[3..], &cx);
+        assert_eq!(c.filled, 0);
+        assert_eq!(stats.media.load(Ordering::Relaxed), 1);
+        c.out.clear();
+        feed(&mut c, &client_frame(0x9, b"hi"), &cx);
+        assert_eq!(c.out, [0x8A, 2, b'h', b'i']);
+        c.out.clear();
+        feed(&mut c, &client_frame(0x8, &[0x03, 0xE8]), &cx);
+        assert_eq!(c.out, [0x88, 2, 0x03, 0xE8]);
+        assert!(c.closing);
+    }
+
+    #[test]
+    fn oversized_frame_drops_the_connection() {
+        let stats = StreamStats::default();
+        let cx = Ctx {
+            probes: None,
+            stats: &stats,
+            rx_ns: 1,
+            silence_b64: b"",
+        };
+        let (mut c, _client) = conn();
+        let mut f = vec![0x81, 0x80 | 127];
+        f.extend_from_slice(&(u64::MAX).to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        c.inbuf[..f.len()].copy_from_slice(&f);
+        c.filled = f.len();
+        assert!(process(&mut c, &cx).is_err());
+    }
+
+    #[test]
+    fn handshake_answers_with_the_accept_key() {
+        let mut out = Vec::new();
+        assert!(handshake(
+            b"GET /agent HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+            &mut out
+        ));
+        // RFC 6455 section 1.3's example.
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 101"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        let mut out = Vec::new();
+        assert!(!handshake(b"GET / HTTP/1.1\r\nHost: x", &mut out));
+        assert!(out.starts_with(b"HTTP/1.1 400"));
     }
 }

@@ -315,3 +315,83 @@ fn send(
     }
     rep
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller socket connected to a peer socket we read from; the caller's packets in order.
+    fn run(impair: Option<Impairment>, want: usize) -> (Vec<(usize, usize)>, SendReport) {
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        peer.set_read_timeout(Some(Duration::from_millis(600)))
+            .expect("timeout");
+        let caller = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        caller
+            .connect(peer.local_addr().expect("addr"))
+            .expect("connect");
+        let probes = Arc::new(Probes::new(1, 1000, impair.is_some()));
+        let callers = Callers::start(vec![caller], probes.clone(), impair).expect("start");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        // Bounded: `want` packets at 50/s, or the read times out.
+        while got.len() < want {
+            let Ok(n) = peer.recv(&mut buf) else { break };
+            let rtp_seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+            let probe = parse_probe(&buf[HDR..n]).expect("probe");
+            assert_eq!(probe.1, rtp_seq, "RTP sequence and probe sequence agree");
+            got.push(probe);
+        }
+        let rep = callers.finish();
+        (got, rep)
+    }
+
+    #[test]
+    fn clean_stream_is_in_order_and_recorded() {
+        let (got, rep) = run(None, 10);
+        let seqs: Vec<usize> = got.iter().map(|p| p.1).collect();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        assert!(got.iter().all(|p| p.0 == 0));
+        assert!(rep.sent >= 10);
+        assert_eq!(rep.dropped + rep.swapped + rep.held, 0);
+    }
+
+    #[test]
+    fn impairment_swaps_and_drops_as_asked() {
+        let never = (Duration::from_secs(3600), Duration::from_secs(3600));
+        let swap_all = Impairment {
+            max_delay: Duration::ZERO,
+            swap: 1.0,
+            drop: 0.0,
+            pause: Duration::from_millis(500),
+            pause_start: never,
+        };
+        let (got, rep) = run(Some(swap_all), 6);
+        let seqs: Vec<usize> = got.iter().map(|p| p.1).collect();
+        assert_eq!(seqs, [1, 0, 3, 2, 5, 4]);
+        assert!(rep.swapped >= 3);
+        let drop_all = Impairment {
+            swap: 0.0,
+            drop: 1.0,
+            ..swap_all
+        };
+        let (got, rep) = run(Some(drop_all), 1);
+        assert!(got.is_empty(), "every packet dropped");
+        assert!(rep.dropped > 0 && rep.sent == 0);
+    }
+
+    #[test]
+    fn a_pause_holds_packets_and_sends_them_together() {
+        let pause = Impairment {
+            max_delay: Duration::ZERO,
+            swap: 0.0,
+            drop: 0.0,
+            pause: Duration::from_millis(200),
+            pause_start: (Duration::ZERO, Duration::ZERO),
+        };
+        let (got, rep) = run(Some(pause), 12);
+        let seqs: Vec<usize> = got.iter().map(|p| p.1).collect();
+        assert_eq!(seqs, (0..12).collect::<Vec<_>>(), "held, not reordered");
+        // 200 ms of 20 ms packets from the start were held.
+        assert!(rep.held >= 9, "held {}", rep.held);
+    }
+}
