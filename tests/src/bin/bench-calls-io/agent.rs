@@ -58,7 +58,8 @@ pub struct AgentShared {
     pub stats: Mutex<Arc<StreamStats>>,
     /// WebSocket connections accepted so far.
     pub connections: AtomicUsize,
-    /// Connections dropped for a protocol error or a full send queue.
+    /// Connections dropped for a protocol error or a send queue past its bound (not counted:
+    /// connections the node closed).
     pub dropped: AtomicUsize,
     /// Reads the kernel gave no receive timestamp for (timed on reading instead).
     pub untimed_reads: AtomicUsize,
@@ -341,21 +342,29 @@ fn process(c: &mut Conn, cx: &Ctx) -> Result<(), ()> {
     Ok(())
 }
 
-/// Writes what is queued; Err: drop the connection.
-fn flush(c: &mut Conn) -> Result<(), ()> {
+/// Why a connection ends early.
+enum Gone {
+    /// The node closed or reset it (e.g. the call ended with replies still queued): normal.
+    Closed,
+    /// It stopped reading and its replies piled up past [`MAX_OUT`].
+    Stuck,
+}
+
+/// Writes what is queued.
+fn flush(c: &mut Conn) -> Result<(), Gone> {
     while !c.out.is_empty() {
         match c.sock.write(&c.out) {
-            Ok(0) => return Err(()),
+            Ok(0) => return Err(Gone::Closed),
             Ok(n) => {
                 c.out.drain(..n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(()),
+            Err(_) => return Err(Gone::Closed),
         }
     }
     if c.out.len() > MAX_OUT {
-        return Err(());
+        return Err(Gone::Stuck);
     }
     Ok(())
 }
@@ -474,8 +483,10 @@ fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
                     }
                 }
             }
-            if keep && flush(c).is_err() {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            if keep && let Err(why) = flush(c) {
+                if matches!(why, Gone::Stuck) {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 keep = false;
             }
             if keep && c.closing && c.out.is_empty() {
