@@ -1163,6 +1163,9 @@ fn impaired_only(mut s: String, impaired: Option<&ImpairedRun>, metrics: &str) -
         "switchboard_media_tick_overruns_total",
         "switchboard_playout_underruns_total",
         "switchboard_rtp_packets_lost_total",
+        "switchboard_caller_frames_concealed_total",
+        "switchboard_caller_packets_late_total",
+        "switchboard_playout_overflow_bytes_total",
     ];
     let _ = writeln!(s, "\nNode counters at the end of the run:\n");
     for name in interesting {
@@ -1186,7 +1189,8 @@ fn impaired_markdown(s: &mut String, im: &ImpairedRun) {
          (probe sequence increasing), `timestamp` 20 ms apart and `chunk` +1 (counted as violations), \
          losses concealed as silence frames (all 0xFF). *In* is caller send → agent receive (the node's \
          buffering, on top of the caller's own delay); *in from planned* is the packet's clean-line send time \
-         → agent receive, i.e. including the impairment's own delay.\n",
+         → agent receive, i.e. including the impairment's own delay. *Added round trip* also holds the \
+         agent → caller direction, where the echo of a burst is played out at the 20 ms pace.\n",
         0,
         i.max_delay.as_millis(),
         i.swap * 100.0,
@@ -1241,7 +1245,7 @@ fn impaired_markdown(s: &mut String, im: &ImpairedRun) {
     let _ = writeln!(
         s,
         "\nUnder impairment: frames in order and 20 ms apart: **{}** ({} out of order, {} timestamp and {} chunk violations over {} media frames on {} streams); \
-         {} packets dropped by the caller vs {} silence frames at the agent (the clean run had {}: silence the node sends before the first packet is not a loss); \
+         {} packets dropped by the caller vs {} silence frames at the agent (clean run: {}); \
          added latency caller send → agent: p50 {} / p99 {} / max {} ms, against {} / {} / {} ms on the clean line.",
         if ok { "yes" } else { "no" },
         r.streams.out_of_order,
