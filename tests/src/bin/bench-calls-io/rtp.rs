@@ -186,7 +186,10 @@ fn send(
     stop: &AtomicBool,
     impair: Option<Impairment>,
 ) -> SendReport {
-    let n = socks.len().max(1) as u32;
+    if socks.is_empty() {
+        return SendReport::default();
+    }
+    let n = socks.len() as u32;
     let mut rep = SendReport {
         realtime: sys::realtime_priority(),
         ..SendReport::default()
