@@ -275,7 +275,6 @@ async fn in_order_caller_audio_reaches_the_agent_before_the_next_packet_is_sent(
     }
     let before_next = (0..49).filter(|&k| m[k].2 < sent[k + 1]).count();
 
-
     assert!(
         before_next >= 45,
         "frames that reached the agent before the next packet left the caller: {before_next} of 49"
@@ -386,7 +385,8 @@ async fn the_first_agent_frame_after_silence_leaves_at_once_then_20_ms_apart() {
         .wait_packets("the next silence packet", |p| p.len() > n0)
         .await;
     let last_silence = c.caller.packets()[n0].at;
-    if let Some(w) = (last_silence + Duration::from_millis(7)).checked_duration_since(Instant::now())
+    if let Some(w) =
+        (last_silence + Duration::from_millis(7)).checked_duration_since(Instant::now())
     {
         tokio::time::sleep(w).await;
     }
@@ -516,7 +516,9 @@ async fn a_30_s_answer_at_twice_real_time_plays_fully_with_marks_after_their_aud
         }
     }
     c.conn
-        .wait_until("six marks", Duration::from_secs(30), |a| a.marks().len() == 6)
+        .wait_until("six marks", Duration::from_secs(30), |a| {
+            a.marks().len() == 6
+        })
         .await;
     c.caller
         .wait_packets("all the audio", |p| {

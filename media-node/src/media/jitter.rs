@@ -541,7 +541,10 @@ mod tests {
         assert_eq!(jb.deadline(), Some(ms(120)));
         assert_eq!(drain(&mut jb, ms(119)), vec![]);
         push_k(&mut jb, 5, ms(100));
-        assert_eq!(drain(&mut jb, ms(120)), vec![(3, None), (4, Some(4)), (5, Some(5))]);
+        assert_eq!(
+            drain(&mut jb, ms(120)),
+            vec![(3, None), (4, Some(4)), (5, Some(5))]
+        );
         // It turns up after all: late, dropped.
         push_k(&mut jb, 3, ms(121));
         assert_eq!(drain(&mut jb, ms(121)), vec![]);
