@@ -935,6 +935,7 @@ async fn media_bench(dir: &Path, parts: MediaParts) -> anyhow::Result<()> {
     let metrics = node.metrics().await;
     let md = media_markdown(
         &rows,
+        agent.realtime.load(Ordering::Relaxed),
         impaired.as_ref(),
         &notes,
         rss_idle,
@@ -955,8 +956,10 @@ fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "missed" }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn media_markdown(
     rows: &[(MediaRow, Option<MediaRow>)],
+    agent_realtime: bool,
     impaired: Option<&ImpairedRun>,
     notes: &[String],
     rss_idle: f64,
@@ -981,7 +984,9 @@ fn media_markdown(
          160-byte PCMU frame every 20 ms on an absolute schedule, the calls' phases spread evenly over the \
          20 ms period (as independent callers' are), each payload starting with a probe (call, sequence); \
          the sender runs at real-time priority (SCHED_FIFO 10{}) so that its packets leave on time however \
-         busy the node keeps the cores, as a network's would arrive; \
+         busy the node keeps the cores, as a network's would arrive, and so does the agent thread (as an \
+         agent on another machine would, it answers without waiting for the node's cores; both sleep \
+         between bursts); \
          one receiver thread (epoll) takes the echoes. Each probe is timed on the wall clock four times: \
          caller send (just before `send`), agent receive and caller receive (the kernel's receive timestamps, \
          `SO_TIMESTAMPNS`, so the harness's own scheduling delay is not counted against the node), agent send \
@@ -993,7 +998,7 @@ fn media_markdown(
          one socket, recv/send loop) receiving the same packets per second from the same caller code. Steps \
          stop after the first one with loss or a failed set-up (one past the limit), or when the time budget \
          is spent; every step reached is in the table.\n",
-        if rows.iter().all(|(r, _)| r.send.realtime) {
+        if rows.iter().all(|(r, _)| r.send.realtime) && agent_realtime {
             ""
         } else {
             ", where the kernel allowed it"

@@ -63,6 +63,8 @@ pub struct AgentShared {
     pub dropped: AtomicUsize,
     /// Reads the kernel gave no receive timestamp for (timed on reading instead).
     pub untimed_reads: AtomicUsize,
+    /// The agent thread runs at real-time priority.
+    pub realtime: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -383,6 +385,11 @@ pub fn start_agent(shared: Arc<AgentShared>) -> io::Result<String> {
 }
 
 fn run(listener: TcpListener, ep: Epoll, shared: Arc<AgentShared>) {
+    // A real agent runs elsewhere: its echoes must not wait for the cores the node keeps busy
+    // here. It sleeps between batches, so it cannot starve the node.
+    shared
+        .realtime
+        .store(sys::realtime_priority(), Ordering::Relaxed);
     let silence_b64 = BASE64.encode([0xFFu8; FRAME]).into_bytes();
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
