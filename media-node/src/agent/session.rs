@@ -44,7 +44,7 @@ use crate::media::signal::Signal;
 /// Default bound on opening the WebSocket (TCP, TLS and HTTP upgrade together).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caller events the session may have outstanding before the media path starts dropping.
-pub const CALLER_CHANNEL_CAPACITY: usize = 64;
+pub const CALLER_CHANNEL_CAPACITY: usize = 32;
 /// Default bound on one WebSocket message (and frame) from the agent. Twilio media messages
 /// are about 300 bytes; 256 KiB holds a media message of 24 s of audio. Frames get the same
 /// bound because nearly every client sends a message as one frame: a smaller frame bound
@@ -663,7 +663,9 @@ impl AgentSession {
             }
             // Past this point tungstenite's framing is of no use (it may be mid-way through an
             // oversized frame): read raw bytes into a small buffer until the agent closes.
-            let mut sink = [0u8; 4096];
+            // On the heap, and only here: a buffer in the future itself would cost every call
+            // its size for a path almost none takes.
+            let mut sink = vec![0u8; 4096];
             while let Ok(n) = ws.get_mut().read(&mut sink).await {
                 if n == 0 {
                     break;
@@ -831,7 +833,7 @@ pub fn caller_channel() -> (mpsc::Sender<CallerEvent>, mpsc::Receiver<CallerEven
 fn ws_config(limits: &AgentLimits) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     let max = limits.max_message_bytes.max(1024);
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(max))
