@@ -18,6 +18,11 @@
 //!   smallest) seen lately, at least `min_hold` (so a packet up to two frames out of place is put
 //!   back in order before any reordering has been measured) and at most `max_hold`, and decays back towards the
 //!   current lateness when the line calms (time constant ~5 s at 50 packets per second).
+//! - A gap revealed by a packet that is itself late by the whole hold (the backlog of a stalled
+//!   path, arriving at once and slightly out of order) is waited for at least 40 ms (or the
+//!   hold if smaller) from when it appeared, even though its frames' expected times are long
+//!   past: the backlog is reordered instead of concealed. A gap revealed by an on-time packet
+//!   is a loss and waits only for the missing frames' own deadlines.
 //! - A missing frame with nothing after it is not concealed: the caller may simply have
 //!   stopped sending (silence suppression, hold, end of call).
 //! - A timestamp jump beyond the buffer's window (a restarted stream, a long silence) starts a
@@ -138,6 +143,9 @@ pub struct JitterBuffer {
     prev_transit: Option<i64>,
     /// True while the frame at `head` has been waited for (for `waited_frames`).
     waiting: bool,
+    /// When the current gap (a missing frame with later audio behind it) was first seen, if a
+    /// late packet (a stalled path's backlog) revealed it.
+    gap_since: Option<Duration>,
     stats: JitterStats,
 }
 
@@ -145,6 +153,9 @@ pub struct JitterBuffer {
 const EXT_ORIGIN: u64 = 1 << 40;
 /// Length of one window of the smallest-transit tracker.
 const BASE_WINDOW: Duration = Duration::from_secs(4);
+/// Longest a gap is waited for from the moment it appeared, even when the missing frame's
+/// expected arrival is long past (a stalled path delivering its backlog out of order).
+const GAP_WAIT: Duration = Duration::from_millis(40);
 /// Decay of the lateness peak per packet (1/256 of the way to the current lateness).
 const PEAK_DECAY_SHIFT: u32 = 8;
 
@@ -179,6 +190,7 @@ impl JitterBuffer {
             jitter_q4_us: 0,
             prev_transit: None,
             waiting: false,
+            gap_since: None,
             cfg,
             stats: JitterStats::default(),
         }
@@ -260,8 +272,9 @@ impl JitterBuffer {
         (ext as u128 * 1_000_000 / self.cfg.clock_rate as u128).min(i64::MAX as u128) as i64
     }
 
-    /// Tracks the smallest transit, the lateness peak and the A.8 jitter for one packet.
-    fn measure(&mut self, ext: u64, now: Duration) {
+    /// Tracks the smallest transit, the lateness peak and the A.8 jitter for one packet;
+    /// returns its lateness (transit above the smallest, clamped to `max_hold`) in µs.
+    fn measure(&mut self, ext: u64, now: Duration) -> i64 {
         let now_us = now.as_micros().min(i64::MAX as u128) as i64;
         let transit = now_us.saturating_sub(self.media_us(ext));
         match self.window_started {
@@ -290,6 +303,7 @@ impl JitterBuffer {
                 .saturating_sub((self.jitter_q4_us + 8) >> 4);
         }
         self.prev_transit = Some(transit);
+        lateness
     }
 
     /// Forgets everything buffered and starts a new window at `ts` (frame numbers continue).
@@ -303,6 +317,7 @@ impl JitterBuffer {
         self.base_prev = i64::MAX;
         self.window_started = None;
         self.waiting = false;
+        self.gap_since = None;
         let ext = self.extend(ts);
         self.head = Some(ext / self.cfg.frame_samples as u64);
         ext
@@ -340,7 +355,7 @@ impl JitterBuffer {
                 }
             }
         };
-        self.measure(ext, now);
+        let lateness = self.measure(ext, now);
         if (ext + len - 1) / fs < head {
             self.stats.late += 1;
             return;
@@ -380,6 +395,23 @@ impl JitterBuffer {
         } else {
             self.stats.duplicates += 1;
         }
+        // A gap revealed by a packet that is itself late by the whole hold is the backlog of a
+        // stalled path arriving at once; a gap revealed by an on-time packet is a loss.
+        if self.gap_since.is_none() && lateness >= self.hold().as_micros() as i64 && self.has_gap()
+        {
+            self.gap_since = Some(now);
+        }
+    }
+
+    /// True when the next frame out is missing or partial and later audio is already here.
+    fn has_gap(&self) -> bool {
+        match (self.head, self.newest) {
+            (Some(h), Some(n)) if n >= h => {
+                let filled = self.filled_of(h);
+                filled < self.frame && !(filled == 0 && n == h)
+            }
+            _ => false,
+        }
     }
 
     /// When the frame the buffer is waiting for will be concealed (or released partly filled),
@@ -402,7 +434,14 @@ impl JitterBuffer {
         let expected = base
             .saturating_add(self.media_us(head.saturating_mul(fs)))
             .saturating_add(self.hold().as_micros() as i64);
-        Some(Duration::from_micros(expected.max(0) as u64))
+        let expected = Duration::from_micros(expected.max(0) as u64);
+        // A gap that has only just appeared gets a short wait of its own, so the backlog of a
+        // stalled path, arriving all at once and out of order, is put back in order rather
+        // than concealed because its frames' expected times are long past.
+        Some(match self.gap_since {
+            Some(since) => expected.max(since + GAP_WAIT.min(self.hold())),
+            None => expected,
+        })
     }
 
     /// The next frame out at `now`, if one is ready: the next frame in order when complete, or
@@ -430,6 +469,11 @@ impl JitterBuffer {
         self.head = Some(head + 1);
         if head == newest {
             self.newest = None;
+        }
+        if !self.has_gap() {
+            // The gap is closed (the next frame is here, or nothing is behind it): the next
+            // one is a new episode. Consecutive missing frames stay one episode.
+            self.gap_since = None;
         }
         let slot = self.slot_of(head);
         if filled == 0 {
@@ -595,6 +639,33 @@ mod tests {
             "{:?}",
             jb.hold()
         );
+    }
+
+    #[test]
+    fn a_stalled_backlog_arriving_out_of_order_is_reordered_not_concealed() {
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        push_k(&mut jb, 0, ms(0));
+        drain(&mut jb, ms(0));
+        // 500 ms without packets, then the 25 held ones within 30 ms, shuffled.
+        let order = [
+            2u16, 1, 4, 3, 5, 7, 6, 8, 10, 9, 11, 13, 12, 14, 16, 15, 17, 19, 18, 20, 22, 21, 23,
+            25, 24,
+        ];
+        let mut got = Vec::new();
+        for (i, k) in order.iter().enumerate() {
+            let at = ms(520 + i as u64);
+            push_k(&mut jb, *k, at);
+            got.extend(drain(&mut jb, at));
+        }
+        got.extend(drain(&mut jb, ms(600)));
+        assert_eq!(got.len(), 25);
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, (_, a))| *a == Some(i as u8 + 1)),
+            "{got:?}"
+        );
+        assert_eq!(jb.stats().concealed_frames, 0);
     }
 
     #[test]
