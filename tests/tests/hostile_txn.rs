@@ -172,26 +172,30 @@ async fn txn_requests_do_not_pin_memory_after_their_timers_end() {
     // Over TCP Timer J is zero: the transactions end with their answer.
     let mut tcp = tokio::net::TcpStream::connect(node.sip).await.expect("tcp");
     let tlocal = tcp.local_addr().expect("local");
-    let mut batch = String::new();
-    for i in 0..2000 {
-        batch.push_str(&options(
-            "TCP",
-            tlocal,
-            &format!("tcp{i}"),
-            &format!("tcp{i}@t"),
-        ));
-    }
-    tcp.write_all(batch.as_bytes()).await.expect("write");
+    // In batches of 100 (a client's window, as over UDP): 2,000 requests pipelined at once
+    // would measure the node's load shedding on a busy CI machine, not Timer J.
     let mut got = String::new();
     let mut buf = vec![0u8; 65536];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while got.matches("SIP/2.0 200 ").count() < 2000 {
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
-            .await
-            .expect("2000 answers over TCP in time")
-            .expect("read");
-        assert!(n > 0, "node closed the TCP connection");
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    for b in 0..20 {
+        let mut batch = String::new();
+        for i in b * 100..(b + 1) * 100 {
+            batch.push_str(&options(
+                "TCP",
+                tlocal,
+                &format!("tcp{i}"),
+                &format!("tcp{i}@t"),
+            ));
+        }
+        tcp.write_all(batch.as_bytes()).await.expect("write");
+        while got.matches("SIP/2.0 200 ").count() < (b + 1) * 100 {
+            let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+                .await
+                .expect("2000 answers over TCP in time")
+                .expect("read");
+            assert!(n > 0, "node closed the TCP connection");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
     }
     wait_transactions_at_most(&node, base, Duration::from_secs(5)).await;
 
