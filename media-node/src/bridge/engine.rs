@@ -41,7 +41,7 @@ use crate::agent::session::{CallerEvent, SharedPlayout};
 use crate::call::{HangupHandle, MediaParams};
 use crate::media::dtmf::DtmfDetector;
 use crate::media::g711::{self, Law};
-use crate::media::jitter::{JitterBuffer, JitterConfig, Output};
+use crate::media::jitter::{JitterBuffer, JitterConfig, Output, Pushed};
 use crate::media::pacer::{Next, Pacer};
 use crate::media::playout::FRAME_BYTES;
 use crate::media::rtcp::{self, LastSenderReport, Report, ReportBlock, RtcpPacket, SenderInfo};
@@ -336,11 +336,8 @@ impl Engine {
             });
         }
         // A gap now waiting for its deadline needs the timer earlier than the next packet out.
-        if let Some(d) = self.jitter.deadline()
-            && self.armed.is_none_or(|a| d < a)
-        {
-            self.armed = Some(d);
-            timer.set(self.epoch + d);
+        if let Some(armed) = self.armed {
+            self.arm(timer, armed);
         }
     }
 
@@ -490,10 +487,11 @@ impl Engine {
         self.last_rx = now;
         self.metrics.rtp_in.inc();
         if is_audio {
-            let late = self.jitter.stats().late;
-            self.jitter
-                .push(pkt.sequence, pkt.timestamp, pkt.payload, now);
-            if self.jitter.stats().late != late {
+            if self
+                .jitter
+                .push(pkt.sequence, pkt.timestamp, pkt.payload, now)
+                == Pushed::Late
+            {
                 self.metrics.caller_packets_late.inc();
             }
             return true;

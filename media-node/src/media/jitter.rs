@@ -90,6 +90,19 @@ impl Output<'_> {
     }
 }
 
+/// What [`JitterBuffer::push`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Its audio is in the buffer.
+    Accepted,
+    /// Every byte of it was already there.
+    Duplicate,
+    /// Its frame had already been released or concealed: dropped.
+    Late,
+    /// No payload.
+    Empty,
+}
+
 /// Counters since the buffer was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JitterStats {
@@ -323,11 +336,12 @@ impl JitterBuffer {
         ext
     }
 
-    /// Adds one packet: its sequence number, RTP timestamp and payload, received at `now`.
-    /// Call [`JitterBuffer::pop`] afterwards to take what became ready.
-    pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8], now: Duration) {
+    /// Adds one packet: its sequence number, RTP timestamp and payload, received at `now`,
+    /// and says what became of it. Call [`JitterBuffer::pop`] afterwards to take what became
+    /// ready.
+    pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8], now: Duration) -> Pushed {
         if payload.is_empty() {
-            return;
+            return Pushed::Empty;
         }
         match self.last_seq {
             Some(last) if (seq.wrapping_sub(last) as i16) < 0 => self.stats.reordered += 1,
@@ -358,7 +372,7 @@ impl JitterBuffer {
         let lateness = self.measure(ext, now);
         if (ext + len - 1) / fs < head {
             self.stats.late += 1;
-            return;
+            return Pushed::Late;
         }
         let mut pos = ext;
         let mut rest = payload;
@@ -390,17 +404,20 @@ impl JitterBuffer {
             pos += n as u64;
             rest = &rest[n..];
         }
-        if fresh {
+        let pushed = if fresh {
             self.stats.packets += 1;
+            Pushed::Accepted
         } else {
             self.stats.duplicates += 1;
-        }
+            Pushed::Duplicate
+        };
         // A gap revealed by a packet that is itself late by the whole hold is the backlog of a
         // stalled path arriving at once; a gap revealed by an on-time packet is a loss.
         if self.gap_since.is_none() && lateness >= self.hold().as_micros() as i64 && self.has_gap()
         {
             self.gap_since = Some(now);
         }
+        pushed
     }
 
     /// True when the next frame out is missing or partial and later audio is already here.
@@ -417,15 +434,10 @@ impl JitterBuffer {
     /// When the frame the buffer is waiting for will be concealed (or released partly filled),
     /// if it is waiting at a gap; None when it holds nothing or only releases on arrival.
     pub fn deadline(&self) -> Option<Duration> {
+        if !self.has_gap() {
+            return None;
+        }
         let head = self.head?;
-        let newest = self.newest?;
-        if newest < head {
-            return None;
-        }
-        let filled = self.filled_of(head);
-        if filled >= self.frame || (filled == 0 && newest == head) {
-            return None;
-        }
         let base = self.base();
         if base == i64::MAX {
             return None;
