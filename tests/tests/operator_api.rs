@@ -495,13 +495,18 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over_within_the_lease(
     wait_condition(&numbers, "main", "ResolvedRefs", "True", "ResolvedRefs").await;
     assert!(writes(leader).await >= 1.0);
     assert_eq!(writes(follower).await, 0.0, "the follower wrote status");
-    // The follower resolved the same objects (its caches are warm).
-    assert_eq!(
-        follower
+    // The follower resolved the same objects (its caches are warm); its watch may see the
+    // number a moment after the leader's status write, so this is awaited, not sampled.
+    eventually("the follower to resolve the number", WAIT, || async {
+        match follower
             .metric(r#"switchboard_operator_objects{kind="PhoneNumber",state="usable"}"#)
-            .await,
-        Ok(1.0)
-    );
+            .await
+        {
+            Ok(v) if v == 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     leader.kill();
     let killed = Instant::now();
