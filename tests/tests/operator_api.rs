@@ -498,12 +498,13 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over_within_the_lease(
     // The follower resolved the same objects (its caches are warm); its watch may see the
     // number a moment after the leader's status write, so this is awaited, not sampled.
     eventually("the follower to resolve the number", WAIT, || async {
-        match follower
+        let v = follower
             .metric(r#"switchboard_operator_objects{kind="PhoneNumber",state="usable"}"#)
-            .await
-        {
-            Ok(v) if v == 1.0 => Ok(()),
-            other => Err(format!("{other:?}")),
+            .await;
+        if v == Ok(1.0) {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
         }
     })
     .await;
