@@ -101,6 +101,7 @@ impl Inner {
                 result: ApplyResult::Refused as i32,
                 applied_version: 0,
                 reason: "internal error: state lock poisoned".into(),
+                term: 0,
             };
         };
         let current = applied.config.version;
@@ -110,6 +111,7 @@ impl Inner {
                     result: ApplyResult::Refused as i32,
                     applied_version: current,
                     reason: "empty request".into(),
+                    term: 0,
                 };
             }
             Some(Change::Snapshot(cfg)) => {
@@ -118,6 +120,7 @@ impl Inner {
                         result: ApplyResult::Applied as i32,
                         applied_version: current,
                         reason: String::new(),
+                        term: 0,
                     };
                 }
                 if let Err(reason) = validate::validate(&cfg) {
@@ -138,6 +141,7 @@ impl Inner {
                             "delta is based on version {}, this node runs {current}",
                             d.base_version
                         ),
+                        term: 0,
                     };
                 }
                 // Checked against the running configuration, then applied in
@@ -152,6 +156,7 @@ impl Inner {
                         result: ApplyResult::NeedSnapshot as i32,
                         applied_version: current,
                         reason: e.to_string(),
+                        term: 0,
                     };
                 }
                 cfg
@@ -174,6 +179,7 @@ impl Inner {
             result: ApplyResult::Applied as i32,
             applied_version: version,
             reason: String::new(),
+            term: 0,
         }
     }
 
@@ -191,6 +197,7 @@ impl Inner {
             result: ApplyResult::Refused as i32,
             applied_version: applied.config.version,
             reason,
+            term: 0,
         }
     }
 

@@ -98,5 +98,6 @@ pub(super) fn build(
         sip_addresses: sip_addresses.to_vec(),
         refused_version: refused.map(|r| r.0).unwrap_or(0),
         refused_reason: refused.map(|r| r.1.clone()).unwrap_or_default(),
+        config_term: 0,
     }
 }

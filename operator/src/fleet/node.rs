@@ -185,6 +185,7 @@ async fn session(
             };
             let req = pb::ApplyRequest {
                 change: Some(request),
+                term: 0,
             };
             send(Report::Sent(snapshot, req.encoded_len()));
             let resp = rpc.apply(req).await?.into_inner();
@@ -202,7 +203,9 @@ async fn session(
                     continue;
                 }
                 apply_response::Result::NeedSnapshot => return Err(SessionError::SnapshotLoop),
-                apply_response::Result::Refused | apply_response::Result::Unspecified => {
+                apply_response::Result::Refused
+                | apply_response::Result::StaleTerm
+                | apply_response::Result::Unspecified => {
                     warn!(node = %id, version = want.version, reason = %resp.reason, "node refused the configuration");
                     refused = Some(want.version);
                     send(Report::Refused(want.version, resp.reason));
