@@ -1,13 +1,22 @@
 //! Turns valid specs into routing-configuration messages, resolving Secrets
 //! and trunk references on the way.
 
-use std::collections::BTreeMap;
-
 use switchboard_proto::v1alpha1 as pb;
 
 use super::validate::{Failover, parse_failover};
 use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
 use crate::crd::{AgentSpec, Codec, DtmfMode, MediaSource, SipTrunkSpec, Transport};
+
+/// What a conversion may look up: the whole-world resolver and the
+/// incremental index answer the same questions from their own tables.
+pub(super) trait World {
+    /// A Secret's decoded data.
+    fn secret(&self, key: &ObjectKey) -> Option<&SecretData>;
+    /// A trunk's spec.
+    fn trunk_spec(&self, key: &ObjectKey) -> Option<&SipTrunkSpec>;
+    /// A trunk's verdict (already judged).
+    fn trunk_verdict(&self, key: &ObjectKey) -> Option<&TrunkVerdict>;
+}
 
 /// A reference that did not resolve. Messages name objects, never values.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +77,13 @@ pub(super) fn trunk_secret_names(spec: &SipTrunkSpec) -> Vec<String> {
 }
 
 fn lookup<'a>(
-    secrets: &'a BTreeMap<ObjectKey, SecretData>,
+    secrets: &'a dyn World,
     namespace: &str,
     name: &str,
     field: &'static str,
 ) -> Result<&'a SecretData, RefError> {
     secrets
-        .get(&ObjectKey::new(namespace, name))
+        .secret(&ObjectKey::new(namespace, name))
         .ok_or_else(|| RefError::SecretNotFound {
             field,
             name: name.into(),
@@ -82,7 +91,7 @@ fn lookup<'a>(
 }
 
 fn credentials(
-    secrets: &BTreeMap<ObjectKey, SecretData>,
+    secrets: &dyn World,
     namespace: &str,
     name: &str,
     field: &'static str,
@@ -113,7 +122,7 @@ fn insecure_token_host(a: &AgentSpec) -> Option<String> {
 
 fn agent(
     a: &AgentSpec,
-    secrets: &BTreeMap<ObjectKey, SecretData>,
+    secrets: &dyn World,
     namespace: &str,
     field: &'static str,
     egress_allowed_networks: Vec<String>,
@@ -143,10 +152,7 @@ fn egress_networks(spec: &SipTrunkSpec) -> Vec<String> {
 }
 
 /// Builds a trunk's configuration; the spec has been validated.
-pub(super) fn trunk(
-    t: &TrunkInput,
-    secrets: &BTreeMap<ObjectKey, SecretData>,
-) -> Result<pb::Trunk, RefError> {
+pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, RefError> {
     let ns = t.key.namespace.as_str();
     let spec = &t.spec;
     let inbound = match &spec.inbound {
@@ -274,17 +280,12 @@ pub(super) fn trunk(
 
 /// Builds a number's configuration; the spec has been validated and the
 /// number won any conflict.
-pub(super) fn number(
-    n: &NumberInput,
-    trunks: &BTreeMap<ObjectKey, TrunkInput>,
-    verdicts: &BTreeMap<ObjectKey, TrunkVerdict>,
-    secrets: &BTreeMap<ObjectKey, SecretData>,
-) -> Result<pb::PhoneNumber, RefError> {
+pub(super) fn number(n: &NumberInput, world: &dyn World) -> Result<pb::PhoneNumber, RefError> {
     let ns = n.key.namespace.as_str();
     let spec = &n.spec;
     let usable = |name: &str| -> Result<(), Option<String>> {
         let key = ObjectKey::new(ns, name);
-        match verdicts.get(&key) {
+        match world.trunk_verdict(&key) {
             None => Err(None),
             Some(v) if v.usable() => Ok(()),
             Some(v) => {
@@ -324,19 +325,19 @@ pub(super) fn number(
             }
             Some(agent(
                 a,
-                secrets,
+                world,
                 ns,
                 "spec.agent.auth.secretRef",
-                trunks
-                    .get(&trunk_key)
-                    .map(|t| egress_networks(&t.spec))
+                world
+                    .trunk_spec(&trunk_key)
+                    .map(egress_networks)
                     .unwrap_or_default(),
             )?)
         }
         None => {
-            let trunk_default = trunks
-                .get(&trunk_key)
-                .and_then(|t| t.spec.inbound.as_ref())
+            let trunk_default = world
+                .trunk_spec(&trunk_key)
+                .and_then(|t| t.inbound.as_ref())
                 .and_then(|i| i.default_agent.as_ref());
             if spec.inbound && trunk_default.is_none() {
                 return Err(RefError::NoAgent);

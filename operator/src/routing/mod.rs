@@ -7,6 +7,7 @@
 
 mod conflicts;
 mod convert;
+pub mod index;
 mod secrets;
 mod validate;
 
@@ -247,42 +248,113 @@ pub struct Resolution {
     pub numbers: BTreeMap<ObjectKey, NumberVerdict>,
 }
 
-/// Resolves the inputs into a routing configuration and verdicts.
+/// The whole-world resolver's view for conversions.
+struct Whole<'a> {
+    inputs: &'a Inputs,
+    verdicts: &'a BTreeMap<ObjectKey, TrunkVerdict>,
+}
+
+impl convert::World for Whole<'_> {
+    fn secret(&self, key: &ObjectKey) -> Option<&SecretData> {
+        self.inputs.secrets.get(key)
+    }
+    fn trunk_spec(&self, key: &ObjectKey) -> Option<&SipTrunkSpec> {
+        self.inputs.trunks.get(key).map(|t| &t.spec)
+    }
+    fn trunk_verdict(&self, key: &ObjectKey) -> Option<&TrunkVerdict> {
+        self.verdicts.get(key)
+    }
+}
+
+/// Judges one trunk: its verdict and, when usable, its configuration.
+fn judge_trunk(t: &TrunkInput, world: &dyn convert::World) -> (TrunkVerdict, Option<pb::Trunk>) {
+    let accepted = match validate::trunk(&t.spec) {
+        Ok(()) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
+        Err(e) => Verdict::fail(reason::INVALID, e),
+    };
+    let (resolved_refs, config) = if accepted.ok {
+        match convert::trunk(t, world) {
+            Ok(c) => (
+                Verdict::ok(reason::RESOLVED, "all references resolved"),
+                Some(c),
+            ),
+            Err(e) => (Verdict::fail(e.reason(), e.to_string()), None),
+        }
+    } else {
+        (
+            Verdict::fail(reason::INVALID, "spec is invalid; references not checked"),
+            None,
+        )
+    };
+    (
+        TrunkVerdict {
+            generation: t.generation,
+            accepted,
+            resolved_refs,
+            numbers: 0,
+        },
+        config,
+    )
+}
+
+/// Judges one number given the winner that beat it (if any): its verdict
+/// and, when usable, its configuration.
+fn judge_number(
+    n: &NumberInput,
+    lost_to: Option<&ObjectKey>,
+    world: &dyn convert::World,
+) -> (NumberVerdict, Option<pb::PhoneNumber>) {
+    let accepted = match (validate::number(&n.spec), lost_to) {
+        (Err(e), _) => Verdict::fail(reason::INVALID, e),
+        (Ok(()), Some(winner)) => Verdict::fail(
+            reason::CONFLICT,
+            format!(
+                "{} is already claimed by PhoneNumber {winner}",
+                n.spec.number
+            ),
+        ),
+        (Ok(()), None) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
+    };
+    let mut number_config = None;
+    let resolved_refs = if !accepted.ok {
+        Verdict::fail(accepted.reason, "not accepted; references not checked")
+    } else {
+        match convert::number(n, world) {
+            Ok(c) => {
+                number_config = Some(c);
+                Verdict::ok(reason::RESOLVED, "all references resolved")
+            }
+            Err(e) => Verdict::fail(e.reason(), e.to_string()),
+        }
+    };
+    (
+        NumberVerdict {
+            generation: n.generation,
+            accepted,
+            resolved_refs,
+        },
+        number_config,
+    )
+}
+
+/// Resolves the inputs into a routing configuration and verdicts. The
+/// operator resolves incrementally ([`index::Index`]); this whole-world
+/// function is the reference the index is tested against.
 pub fn resolve(inputs: &Inputs) -> Resolution {
     let mut out = Resolution::default();
     let mut trunk_configs: BTreeMap<ObjectKey, pb::Trunk> = BTreeMap::new();
+    let no_verdicts = BTreeMap::new();
+    let trunk_world = Whole {
+        inputs,
+        verdicts: &no_verdicts,
+    };
 
     for t in inputs.trunks.values() {
-        let accepted = match validate::trunk(&t.spec) {
-            Ok(()) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
-            Err(e) => Verdict::fail(reason::INVALID, e),
-        };
-        let (resolved_refs, config) = if accepted.ok {
-            match convert::trunk(t, &inputs.secrets) {
-                Ok(c) => (
-                    Verdict::ok(reason::RESOLVED, "all references resolved"),
-                    Some(c),
-                ),
-                Err(e) => (Verdict::fail(e.reason(), e.to_string()), None),
-            }
-        } else {
-            (
-                Verdict::fail(reason::INVALID, "spec is invalid; references not checked"),
-                None,
-            )
-        };
+        let (verdict, config) = judge_trunk(t, &trunk_world);
         if let Some(c) = config {
             trunk_configs.insert(t.key.clone(), c);
         }
-        out.trunks.insert(
-            t.key.clone(),
-            TrunkVerdict {
-                generation: t.generation,
-                accepted,
-                resolved_refs,
-                numbers: 0,
-            },
-        );
+        out.trunks.insert(t.key.clone(), verdict);
     }
 
     let losers = conflicts::losers(
@@ -292,45 +364,21 @@ pub fn resolve(inputs: &Inputs) -> Resolution {
             .filter(|n| validate::number(&n.spec).is_ok()),
     );
 
+    let verdicts = out.trunks.clone();
+    let world = Whole {
+        inputs,
+        verdicts: &verdicts,
+    };
     for n in inputs.numbers.values() {
-        let accepted = match (validate::number(&n.spec), losers.get(&n.key)) {
-            (Err(e), _) => Verdict::fail(reason::INVALID, e),
-            (Ok(()), Some(winner)) => Verdict::fail(
-                reason::CONFLICT,
-                format!(
-                    "{} is already claimed by PhoneNumber {winner}",
-                    n.spec.number
-                ),
-            ),
-            (Ok(()), None) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
-        };
-        let mut number_config = None;
-        let resolved_refs = if !accepted.ok {
-            Verdict::fail(accepted.reason, "not accepted; references not checked")
-        } else {
-            match convert::number(n, &inputs.trunks, &out.trunks, &inputs.secrets) {
-                Ok(c) => {
-                    number_config = Some(c);
-                    Verdict::ok(reason::RESOLVED, "all references resolved")
-                }
-                Err(e) => Verdict::fail(e.reason(), e.to_string()),
-            }
-        };
-        if let Some(c) = number_config {
+        let (verdict, config) = judge_number(n, losers.get(&n.key), &world);
+        if let Some(c) = config {
             let trunk_key = ObjectKey::new(n.key.namespace.clone(), n.spec.trunk_ref.name.clone());
             if let Some(v) = out.trunks.get_mut(&trunk_key) {
                 v.numbers += 1;
             }
             out.config.numbers.push(c);
         }
-        out.numbers.insert(
-            n.key.clone(),
-            NumberVerdict {
-                generation: n.generation,
-                accepted,
-                resolved_refs,
-            },
-        );
+        out.numbers.insert(n.key.clone(), verdict);
     }
 
     out.config.trunks = trunk_configs.into_values().collect();
