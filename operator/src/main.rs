@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use switchboard_operator::fleet::{self, Endpoints, client::ControlClient, view::FleetView};
 use switchboard_operator::metrics::Metrics;
-use switchboard_operator::routing::{self, Resolution};
+use switchboard_operator::routing::index::{Index, Snapshot};
 use switchboard_operator::source::{files, table};
 use switchboard_operator::{http, leader, reconcile};
 
@@ -166,11 +166,10 @@ async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Writes the configuration atomically with owner-only permissions.
-fn emit(path: &Path, r: &Resolution, version: u64) -> std::io::Result<()> {
+fn emit(path: &Path, r: &Snapshot, version: u64) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut cfg = r.config.clone();
-    cfg.version = version;
+    let cfg = r.config(version);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -205,7 +204,7 @@ async fn run_files(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let nodes = parse_nodes(&args.nodes)?;
-    let (resolved_tx, resolved_rx) = watch::channel(Arc::new(Resolution::default()));
+    let (resolved_tx, resolved_rx) = watch::channel(Snapshot::default());
     let (view_tx, mut view_rx) = watch::channel(Arc::new(FleetView::default()));
     let fleet_on = !nodes.is_empty();
     if fleet_on {
@@ -232,24 +231,32 @@ async fn run_files(
     let mut printed = String::new();
     let mut last_print = std::time::Instant::now();
     let mut reload = true;
-    let mut loaded = files::Loaded::default();
+    let mut problems: Vec<files::Problem> = Vec::new();
     let mut directory = files::Directory::new(&dir);
-    let mut r = Arc::new(Resolution::default());
+    let mut index = Index::new();
+    let mut r = Snapshot::default();
     loop {
         if reload {
-            loaded = directory.load()?;
-            let new = Arc::new(routing::resolve(&loaded.inputs));
-            metrics.observe(&new);
+            let found = directory.reload()?;
+            problems = found.problems;
+            let started = std::time::Instant::now();
+            {
+                let secrets = |k: &_| directory.secret(k);
+                index.apply(found.events, &secrets);
+            }
+            metrics
+                .resolve_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let (t, n) = index.counts();
+            metrics.observe(t, n);
             metrics.ready.set(1);
-            // Compared in place: no copy of a large configuration is kept.
-            let same = published
-                && new.config == r.config
-                && new.trunks == r.trunks
-                && new.numbers == r.numbers;
+            let new = index.snapshot();
+            // Compared by identity: the index shares what did not change.
+            let same = published && new.same(&r);
             r = new;
             if !same {
                 version += 1;
-                for p in &loaded.problems {
+                for p in &problems {
                     warn!(location = %p.location, "skipped document: {}", p.message);
                 }
                 if let Some(path) = &args.emit_config {
@@ -262,14 +269,14 @@ async fn run_files(
             }
         }
         let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
-        let text = table::render(&r, view.as_deref(), &loaded.problems);
+        let text = table::render(&r, view.as_deref(), &problems);
         if text != printed {
             print!("{text}");
             printed = text;
             last_print = std::time::Instant::now();
         }
         let Some(rx) = changes.as_mut() else {
-            let all_ok = loaded.problems.is_empty()
+            let all_ok = problems.is_empty()
                 && r.trunks.values().all(|v| v.usable())
                 && r.numbers.values().all(|v| v.usable());
             if !all_ok {
@@ -346,7 +353,7 @@ async fn run_kube(
             }
         });
     }
-    let (resolved_tx, resolved_rx) = watch::channel(Arc::new(Resolution::default()));
+    let (resolved_tx, resolved_rx) = watch::channel(Snapshot::default());
     if let Some(path) = args.emit_config.clone() {
         let mut rx = resolved_rx.clone();
         tokio::spawn(async move {

@@ -3,7 +3,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::routing::Resolution;
+use crate::routing::index::Counts;
 
 /// Every metric the operator exports.
 pub struct Metrics {
@@ -89,41 +89,19 @@ impl Metrics {
         })
     }
 
-    /// Records object counts from a resolution.
-    pub fn observe(&self, r: &Resolution) {
-        let count = |kind: &str, items: &mut dyn Iterator<Item = (bool, bool)>| {
-            let (mut usable, mut rejected, mut unresolved) = (0, 0, 0);
-            for (accepted, resolved) in items {
-                match (accepted, resolved) {
-                    (true, true) => usable += 1,
-                    (false, _) => rejected += 1,
-                    (true, false) => unresolved += 1,
-                }
-            }
+    /// Records object counts (kept by the index per change).
+    pub fn observe(&self, trunks: Counts, numbers: Counts) {
+        for (kind, c) in [("SipTrunk", trunks), ("PhoneNumber", numbers)] {
             self.objects
                 .with_label_values(&[kind, "usable"])
-                .set(usable);
+                .set(c.usable);
             self.objects
                 .with_label_values(&[kind, "not_accepted"])
-                .set(rejected);
+                .set(c.not_accepted);
             self.objects
                 .with_label_values(&[kind, "unresolved"])
-                .set(unresolved);
-        };
-        count(
-            "SipTrunk",
-            &mut r
-                .trunks
-                .values()
-                .map(|v| (v.accepted.ok, v.resolved_refs.ok)),
-        );
-        count(
-            "PhoneNumber",
-            &mut r
-                .numbers
-                .values()
-                .map(|v| (v.accepted.ok, v.resolved_refs.ok)),
-        );
+                .set(c.unresolved);
+        }
     }
 
     /// The text exposition of every metric.

@@ -22,12 +22,11 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::metrics::Metrics;
-use crate::routing::Resolution;
+use crate::routing::index::Snapshot;
 use client::ControlClient;
-use node::{Desired, NumbersDelta, Report};
+use node::{Desired, Report};
 use plan::NodeFacts;
-use switchboard_proto::delta::diff_by_id;
-use view::{FleetView, NodeView};
+use view::{FleetView, NodeView, Since};
 
 /// Media nodes to program: node id -> `host:port` of its control service.
 pub type Endpoints = BTreeMap<String, String>;
@@ -59,11 +58,10 @@ struct Manager {
     client: Arc<ControlClient>,
     reports: mpsc::UnboundedSender<(String, Report)>,
     metrics: Arc<Metrics>,
-    base: Arc<Resolution>,
-    numbers: Arc<Vec<pb::PhoneNumber>>,
-    numbers_version: u64,
-    numbers_delta: Option<Arc<NumbersDelta>>,
-    since: Arc<BTreeMap<String, u64>>,
+    base: Snapshot,
+    /// The base trunks as a list, rebuilt only when a trunk changes.
+    trunks: Arc<Vec<pb::Trunk>>,
+    since: Since,
     last_version: u64,
     nodes: BTreeMap<String, Slot>,
 }
@@ -77,42 +75,36 @@ impl Manager {
         self.last_version
     }
 
-    fn set_base(&mut self, new: Arc<Resolution>) {
+    /// Takes a new resolution. The snapshots share what did not change, so
+    /// finding the change costs its size, not the world's.
+    fn set_base(&mut self, new: Snapshot) {
         let old = std::mem::replace(&mut self.base, new);
-        let mut changed: Vec<String> = Vec::new();
-        let (trunk_upserts, _) =
-            diff_by_id(&old.config.trunks, &self.base.config.trunks, |t| &t.id);
-        changed.extend(trunk_upserts.into_iter().map(|t| t.id));
-        let (upserts, removals) =
-            diff_by_id(&old.config.numbers, &self.base.config.numbers, |n| &n.id);
-        if !upserts.is_empty() || !removals.is_empty() {
-            changed.extend(upserts.iter().map(|n| n.id.clone()));
-            self.numbers = Arc::new(self.base.config.numbers.clone());
-            self.numbers_delta = Some(Arc::new(NumbersDelta {
-                from: self.numbers_version,
-                upserts,
-                removals,
-            }));
-            self.numbers_version += 1;
-        }
-        if !changed.is_empty() {
-            // The next version pushed carries these objects' new content.
-            let v = self.last_version + 1;
-            let since = Arc::make_mut(&mut self.since);
-            for id in changed {
-                since.insert(id, v);
+        // The next version pushed carries these objects' new content.
+        let v = self.last_version + 1;
+        let mut trunks_changed = false;
+        for d in old.trunk_configs.diff(&self.base.trunk_configs) {
+            trunks_changed = true;
+            match d {
+                imbl::ordmap::DiffItem::Add(id, _)
+                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => self.since.set(id, v),
+                imbl::ordmap::DiffItem::Remove(id, _) => self.since.remove(id),
             }
         }
-        let routed: std::collections::BTreeSet<&str> = self
-            .base
-            .config
-            .trunks
-            .iter()
-            .map(|t| t.id.as_str())
-            .chain(self.base.config.numbers.iter().map(|n| n.id.as_str()))
-            .collect();
-        if self.since.keys().any(|k| !routed.contains(k.as_str())) {
-            Arc::make_mut(&mut self.since).retain(|k, _| routed.contains(k.as_str()));
+        for d in old.number_configs.diff(&self.base.number_configs) {
+            match d {
+                imbl::ordmap::DiffItem::Add(id, _)
+                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => self.since.set(id, v),
+                imbl::ordmap::DiffItem::Remove(id, _) => self.since.remove(id),
+            }
+        }
+        if trunks_changed {
+            self.trunks = Arc::new(
+                self.base
+                    .trunk_configs
+                    .values()
+                    .map(|t| t.as_ref().clone())
+                    .collect(),
+            );
         }
     }
 
@@ -200,7 +192,7 @@ impl Manager {
                 (id.clone(), f)
             })
             .collect();
-        let mut planned = plan::plan(&self.base.config.trunks, &facts);
+        let mut planned = plan::plan(&self.trunks, &facts);
         let mut version = None;
         let ids: Vec<String> = self.nodes.keys().cloned().collect();
         for id in ids {
@@ -211,7 +203,7 @@ impl Manager {
             let current = slot.desired.borrow().clone();
             if current.version != 0
                 && current.trunks == trunks
-                && Arc::ptr_eq(&current.numbers, &self.numbers)
+                && current.numbers.ptr_eq(&self.base.number_configs)
             {
                 continue;
             }
@@ -226,9 +218,7 @@ impl Manager {
             let d = Arc::new(Desired {
                 version: v,
                 trunks,
-                numbers: self.numbers.clone(),
-                numbers_version: self.numbers_version,
-                numbers_delta: self.numbers_delta.clone(),
+                numbers: self.base.number_configs.clone(),
             });
             if let Some(slot) = self.nodes.get(&id) {
                 slot.desired.send_replace(d);
@@ -252,7 +242,7 @@ impl Manager {
                 refused: s.refused.clone(),
             })
             .collect();
-        view::build(&self.base.config, &self.since, &nodes)
+        view::build(&self.trunks, &self.since, &nodes)
     }
 }
 
@@ -261,7 +251,7 @@ impl Manager {
 /// configuration pushed.
 pub async fn run(
     client: Arc<ControlClient>,
-    mut resolution: watch::Receiver<Arc<Resolution>>,
+    mut resolution: watch::Receiver<Snapshot>,
     mut endpoints: watch::Receiver<Endpoints>,
     view_tx: watch::Sender<Arc<FleetView>>,
     metrics: Arc<Metrics>,
@@ -271,11 +261,9 @@ pub async fn run(
         client,
         reports: reports_tx,
         metrics,
-        base: Arc::new(Resolution::default()),
-        numbers: Arc::new(Vec::new()),
-        numbers_version: 0,
-        numbers_delta: None,
-        since: Arc::new(BTreeMap::new()),
+        base: Snapshot::default(),
+        trunks: Arc::new(Vec::new()),
+        since: Since::default(),
         last_version: 0,
         nodes: BTreeMap::new(),
     };

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imbl::OrdMap;
+use imbl::ordmap::DiffItem;
 use prost::Message;
 use switchboard_proto::delta::diff_by_id;
 use switchboard_proto::v1alpha1::{
@@ -16,6 +18,11 @@ use tracing::{debug, info, warn};
 
 use super::client::{ControlClient, MAX_MESSAGE_BYTES};
 
+/// Numbers by id, shared by every node's desired configuration: a
+/// persistent map, so a new generation costs only its change and two
+/// generations diff in time proportional to what differs.
+pub type Numbers = OrdMap<String, Arc<pb::PhoneNumber>>;
+
 /// The configuration one node should run. Numbers are shared between nodes
 /// (they are the same everywhere); trunks carry per-node shares.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,23 +32,7 @@ pub struct Desired {
     /// Trunks with this node's shares.
     pub trunks: Vec<pb::Trunk>,
     /// Numbers, identical for every node.
-    pub numbers: Arc<Vec<pb::PhoneNumber>>,
-    /// Generation of `numbers` (changes whenever the list does).
-    pub numbers_version: u64,
-    /// How `numbers` differs from the previous generation, computed once
-    /// for all nodes instead of once per node.
-    pub numbers_delta: Option<Arc<NumbersDelta>>,
-}
-
-/// The change between two generations of the number list.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NumbersDelta {
-    /// The generation this applies to.
-    pub from: u64,
-    /// Numbers added or changed.
-    pub upserts: Vec<pb::PhoneNumber>,
-    /// Ids removed.
-    pub removals: Vec<String>,
+    pub numbers: Numbers,
 }
 
 impl Desired {
@@ -49,22 +40,24 @@ impl Desired {
         pb::RoutingConfig {
             version: self.version,
             trunks: self.trunks.clone(),
-            numbers: self.numbers.as_ref().clone(),
+            numbers: self.numbers.values().map(|n| n.as_ref().clone()).collect(),
         }
     }
 
     fn delta(&self, from: &Desired) -> pb::ConfigDelta {
         let (upsert_trunks, remove_trunks) = diff_by_id(&from.trunks, &self.trunks, |t| &t.id);
-        let (upsert_numbers, remove_numbers) = if Arc::ptr_eq(&from.numbers, &self.numbers) {
-            (Vec::new(), Vec::new())
-        } else {
-            match &self.numbers_delta {
-                Some(d) if d.from == from.numbers_version => {
-                    (d.upserts.clone(), d.removals.clone())
+        let mut upsert_numbers = Vec::new();
+        let mut remove_numbers = Vec::new();
+        // Shared subtrees are skipped: the cost is the change's, however far
+        // apart the two generations are.
+        for d in from.numbers.diff(&self.numbers) {
+            match d {
+                DiffItem::Add(_, n) | DiffItem::Update { new: (_, n), .. } => {
+                    upsert_numbers.push(n.as_ref().clone())
                 }
-                _ => diff_by_id(&from.numbers, &self.numbers, |n| &n.id),
+                DiffItem::Remove(id, _) => remove_numbers.push(id.clone()),
             }
-        };
+        }
         pb::ConfigDelta {
             base_version: from.version,
             version: self.version,
@@ -235,12 +228,20 @@ async fn session(
 mod tests {
     use super::*;
 
+    fn n(id: &str, e164: &str) -> (String, Arc<pb::PhoneNumber>) {
+        (
+            id.to_string(),
+            Arc::new(pb::PhoneNumber {
+                id: id.into(),
+                e164: e164.into(),
+                ..Default::default()
+            }),
+        )
+    }
+
     #[test]
     fn deltas_skip_numbers_when_shared_unchanged() {
-        let numbers = Arc::new(vec![pb::PhoneNumber {
-            id: "ns/n".into(),
-            ..Default::default()
-        }]);
+        let numbers: Numbers = [n("ns/n", "+1")].into_iter().collect();
         let a = Desired {
             version: 1,
             numbers: numbers.clone(),
@@ -261,43 +262,31 @@ mod tests {
     }
 
     #[test]
-    fn a_precomputed_number_delta_is_used_when_it_starts_at_the_acked_generation() {
-        let n = |id: &str| pb::PhoneNumber {
-            id: id.into(),
-            ..Default::default()
-        };
+    fn a_delta_between_distant_generations_carries_exactly_their_difference() {
+        let mut numbers: Numbers = (0..10_000)
+            .map(|i| n(&format!("ns/{i:05}"), &format!("+1555{i:07}")))
+            .collect();
         let a = Desired {
             version: 1,
-            numbers: Arc::new(vec![n("ns/a"), n("ns/b")]),
-            numbers_version: 7,
+            numbers: numbers.clone(),
             ..Default::default()
         };
-        let pre = Arc::new(NumbersDelta {
-            from: 7,
-            upserts: vec![n("ns/c")],
-            removals: vec!["ns/b".into()],
-        });
+        numbers.insert(n("ns/new", "+19990000000").0, n("ns/new", "+19990000000").1);
+        numbers.remove("ns/00007");
+        let (id, changed) = n("ns/00042", "+15550000999");
+        numbers.insert(id, changed);
         let b = Desired {
-            version: 2,
-            numbers: Arc::new(vec![n("ns/a"), n("ns/c")]),
-            numbers_version: 8,
-            numbers_delta: Some(pre),
+            version: 5,
+            numbers,
             ..Default::default()
         };
         let d = b.delta(&a);
-        assert_eq!(d.upsert_numbers, vec![n("ns/c")]);
-        assert_eq!(d.remove_numbers, vec!["ns/b".to_string()]);
+        let mut ups: Vec<&str> = d.upsert_numbers.iter().map(|n| n.id.as_str()).collect();
+        ups.sort();
+        assert_eq!(ups, vec!["ns/00042", "ns/new"]);
+        assert_eq!(d.remove_numbers, vec!["ns/00007".to_string()]);
         assert_eq!(
             switchboard_proto::delta::apply(&a.snapshot(), &d).expect("apply"),
-            b.snapshot()
-        );
-        // From an older generation the delta is computed afresh.
-        let old = Desired {
-            numbers_version: 3,
-            ..a.clone()
-        };
-        assert_eq!(
-            switchboard_proto::delta::apply(&old.snapshot(), &b.delta(&old)).expect("apply"),
             b.snapshot()
         );
     }

@@ -3,7 +3,8 @@
 //! registration and the addresses carriers should send to.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
 
 use switchboard_proto::v1alpha1 as pb;
 
@@ -72,6 +73,63 @@ pub struct NodeAck {
     refused: Option<(u64, String)>,
 }
 
+/// For each routed object, the first configuration version carrying its
+/// current content; also ordered by version, so the objects some node has
+/// not applied yet are found without looking at the others. Persistent maps:
+/// a view holds a copy in O(1).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Since {
+    by_id: OrdMap<String, u64>,
+    by_version: OrdSet<(u64, String)>,
+}
+
+impl Since {
+    /// Records that `id`'s current content first appears in version `v`.
+    pub fn set(&mut self, id: &str, v: u64) {
+        if let Some(old) = self.by_id.get(id).copied() {
+            if old == v {
+                return;
+            }
+            self.by_version.remove(&(old, id.to_string()));
+        }
+        self.by_id.insert(id.to_string(), v);
+        self.by_version.insert((v, id.to_string()));
+    }
+
+    /// Forgets an object that left the configuration.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.get(id).copied() {
+            self.by_id.remove(id);
+            self.by_version.remove(&(old, id.to_string()));
+        }
+    }
+
+    /// The version for `id`.
+    pub fn get(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
+    /// True when both are the same generation (O(1)).
+    pub fn ptr_eq(&self, other: &Since) -> bool {
+        self.by_id.ptr_eq(&other.by_id)
+    }
+
+    /// Ids whose version differs between `old` and `self` (O(change)).
+    pub fn changed_since<'a>(&'a self, old: &'a Since) -> impl Iterator<Item = &'a String> {
+        old.by_id.diff(&self.by_id).map(|d| match d {
+            imbl::ordmap::DiffItem::Add(id, _)
+            | imbl::ordmap::DiffItem::Remove(id, _)
+            | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => id,
+        })
+    }
+
+    /// Ids whose version is newer than `v`.
+    pub fn newer_than(&self, v: u64) -> impl Iterator<Item = &String> {
+        let from = (v.saturating_add(1), String::new());
+        self.by_version.range(from..).map(|(_, id)| id)
+    }
+}
+
 /// Fleet facts for every routed object. Per-number verdicts are computed on
 /// demand from the version each number's content first appeared in and the
 /// nodes' acknowledgements, so a view of 100,000 numbers costs no more to
@@ -82,7 +140,7 @@ pub struct FleetView {
     pub trunks: BTreeMap<String, TrunkFleet>,
     /// Calls in progress by node id.
     pub node_calls: BTreeMap<String, u32>,
-    since: Arc<BTreeMap<String, u64>>,
+    since: Since,
     acks: Vec<NodeAck>,
 }
 
@@ -91,7 +149,7 @@ impl PartialEq for FleetView {
         self.trunks == other.trunks
             && self.node_calls == other.node_calls
             && self.acks == other.acks
-            && (Arc::ptr_eq(&self.since, &other.since) || self.since == other.since)
+            && (self.since.ptr_eq(&other.since) || self.since == other.since)
     }
 }
 
@@ -101,7 +159,7 @@ impl FleetView {
     /// changes reach the status at once while call counts are rate-limited.
     pub fn conditions_differ(&self, other: &FleetView) -> bool {
         self.acks != other.acks
-            || !(Arc::ptr_eq(&self.since, &other.since) || self.since == other.since)
+            || !(self.since.ptr_eq(&other.since) || self.since == other.since)
             || self.trunks.len() != other.trunks.len()
             || self
                 .trunks
@@ -117,9 +175,104 @@ impl FleetView {
     }
 
     /// The Programmed condition of a routed number (`None`: not routed).
+    ///
+    /// Only nodes that have applied (or refused) a configuration count: a
+    /// node that just started is not serving yet, so a rolling restart of
+    /// the fleet does not turn every number Pending and back. The message
+    /// holds no node count when programmed, so a fleet that grows or shrinks
+    /// rewrites no number's status.
     pub fn number(&self, id: &str) -> Option<Verdict> {
         let since = self.since.get(id)?;
-        Some(programmed(*since, &self.acks).0)
+        Some(number_programmed(since, &self.acks, self.acks.len()))
+    }
+
+    /// The oldest version every counted node runs (see [`FleetView::number`]).
+    fn floor(&self) -> u64 {
+        self.acks
+            .iter()
+            .filter(|a| counted(a))
+            .map(|a| a.acked_version)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Numbers whose Programmed condition may differ between `old` and
+    /// `self`: those whose content changed, and those some counted node had
+    /// not applied in either view. O(change + pending), not O(numbers).
+    pub fn programmed_changes(&self, old: &FleetView) -> BTreeSet<String> {
+        if self.acks == old.acks && self.since.ptr_eq(&old.since) {
+            return BTreeSet::new();
+        }
+        let mut out: BTreeSet<String> = self.since.changed_since(&old.since).cloned().collect();
+        // With no node counted (none yet, or all gone) every number's
+        // verdict is the same fleet-wide one: all of them change together.
+        let old_floor = old.floor();
+        let new_floor = self.floor();
+        out.extend(old.since.newer_than(old_floor).cloned());
+        out.extend(self.since.newer_than(new_floor).cloned());
+        let counted_old = old.acks.iter().filter(|a| counted(a)).count();
+        let counted_new = self.acks.iter().filter(|a| counted(a)).count();
+        if (counted_old == 0) != (counted_new == 0) || old.acks.is_empty() != self.acks.is_empty() {
+            out.extend(self.since.by_id.keys().cloned());
+            out.extend(old.since.by_id.keys().cloned());
+        }
+        out
+    }
+}
+
+/// Whether a node counts for numbers' Programmed condition.
+fn counted(a: &NodeAck) -> bool {
+    a.acked_version > 0 || a.refused.is_some()
+}
+
+fn number_programmed(since: u64, nodes: &[NodeAck], total: usize) -> Verdict {
+    let counted: Vec<&NodeAck> = nodes.iter().filter(|n| counted(n)).collect();
+    let done = counted.iter().filter(|n| n.acked_version >= since).count();
+    if total == 0 {
+        return Verdict {
+            ok: false,
+            reason: reason::NO_NODES,
+            message: "no media nodes are running".into(),
+        };
+    }
+    if counted.is_empty() {
+        return Verdict {
+            ok: false,
+            reason: reason::PENDING,
+            message: "no media node has applied a configuration yet".into(),
+        };
+    }
+    if done == counted.len() {
+        return Verdict {
+            ok: true,
+            reason: reason::PROGRAMMED,
+            message: "the media nodes run this generation".into(),
+        };
+    }
+    if let Some((n, why)) = counted
+        .iter()
+        .filter(|n| n.acked_version < since)
+        .find_map(|n| {
+            n.refused
+                .as_ref()
+                .filter(|(v, _)| *v >= since)
+                .map(|(_, why)| (n, why))
+        })
+    {
+        return Verdict {
+            ok: false,
+            reason: reason::NODE_REFUSED,
+            message: format!(
+                "media node {} refused the configuration: {why} ({done}/{} programmed)",
+                n.id,
+                counted.len()
+            ),
+        };
+    }
+    Verdict {
+        ok: false,
+        reason: reason::PENDING,
+        message: format!("{done}/{} media nodes programmed", counted.len()),
     }
 }
 
@@ -174,11 +327,7 @@ fn programmed(since: u64, nodes: &[NodeAck]) -> (Verdict, NodeCount) {
 
 /// Builds the view. `since` maps each routed object id to the first
 /// configuration version carrying its current content.
-pub fn build(
-    config: &pb::RoutingConfig,
-    since: &Arc<BTreeMap<String, u64>>,
-    nodes: &[NodeView],
-) -> FleetView {
+pub fn build(trunks: &[pb::Trunk], since: &Since, nodes: &[NodeView]) -> FleetView {
     let acks: Vec<NodeAck> = nodes
         .iter()
         .map(|n| NodeAck {
@@ -204,8 +353,8 @@ pub fn build(
             n.status.as_ref().map(|s| s.active_calls).unwrap_or(0),
         );
     }
-    for t in &config.trunks {
-        let (programmed, count) = programmed(since.get(&t.id).copied().unwrap_or(u64::MAX), &acks);
+    for t in trunks {
+        let (programmed, count) = programmed(since.get(&t.id).unwrap_or(u64::MAX), &acks);
         let active_calls = statuses
             .iter()
             .flat_map(|s| s.trunks.iter())
@@ -353,14 +502,17 @@ mod tests {
         }
     }
 
-    fn since(t: u64, n: u64) -> Arc<BTreeMap<String, u64>> {
-        Arc::new([("ns/t".to_string(), t), ("ns/n".to_string(), n)].into())
+    fn since(t: u64, n: u64) -> Since {
+        let mut s = Since::default();
+        s.set("ns/t", t);
+        s.set("ns/n", n);
+        s
     }
 
     #[test]
     fn programmed_counts_nodes_at_or_past_the_objects_version() {
         let since = since(5, 7);
-        let v = build(&config(), &since, &[node("a", 7), node("b", 6)]);
+        let v = build(&config().trunks, &since, &[node("a", 7), node("b", 6)]);
         let t = &v.trunks["ns/t"];
         assert!(t.programmed.ok);
         assert_eq!(
@@ -375,7 +527,7 @@ mod tests {
         assert_eq!(n.reason, reason::PENDING);
         assert!(n.message.contains("1/2"));
         assert_eq!(
-            build(&config(), &since, &[])
+            build(&config().trunks, &since, &[])
                 .number("ns/n")
                 .expect("routed")
                 .reason,
@@ -387,9 +539,9 @@ mod tests {
     #[test]
     fn views_compare_equal_only_when_something_changed() {
         let since = since(5, 7);
-        let a = build(&config(), &since, &[node("a", 7)]);
-        assert_eq!(a, build(&config(), &since, &[node("a", 7)]));
-        assert_ne!(a, build(&config(), &since, &[node("a", 6)]));
+        let a = build(&config().trunks, &since, &[node("a", 7)]);
+        assert_eq!(a, build(&config().trunks, &since, &[node("a", 7)]));
+        assert_ne!(a, build(&config().trunks, &since, &[node("a", 6)]));
     }
 
     #[test]
@@ -397,7 +549,7 @@ mod tests {
         let since = since(5, 7);
         let mut b = node("b", 6);
         b.refused = Some((7, "TLS transport is not supported".into()));
-        let v = build(&config(), &since, &[node("a", 7), b]);
+        let v = build(&config().trunks, &since, &[node("a", 7), b]);
         let n = v.number("ns/n").expect("routed");
         assert_eq!(n.reason, reason::NODE_REFUSED);
         assert!(
@@ -450,7 +602,7 @@ mod tests {
             sip_addresses: vec!["10.0.0.2:5060".into()],
             ..Default::default()
         });
-        let v = build(&config(), &since, &[a, b]);
+        let v = build(&config().trunks, &since, &[a, b]);
         let t = &v.trunks["ns/t"];
         assert_eq!(t.active_calls, 4);
         assert_eq!(t.ingress, vec!["10.0.0.1:5060", "10.0.0.2:5060"]);

@@ -3,6 +3,7 @@
 //! written, so an unchanged world costs no API calls.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, stream};
 use kube::api::{Patch, PatchParams};
@@ -16,10 +17,31 @@ use super::conditions::{Fleet, number_status, transitions, trunk_status};
 use crate::crd::{PhoneNumber, SipTrunk};
 use crate::fleet::view::FleetView;
 use crate::metrics::Metrics;
-use crate::routing::{ObjectKey, Resolution};
+use crate::routing::ObjectKey;
+use crate::routing::index::Snapshot;
+use kube::runtime::reflector::{self, ObjectRef};
 
 /// Concurrent status writes; bounds the load on the API server.
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 32;
+
+/// How one write went.
+pub(super) enum Written {
+    Ok,
+    /// The API server asked us to slow down (429).
+    Throttled,
+    Failed,
+}
+
+/// What a round of number writes left to do.
+#[derive(Default)]
+pub(super) struct Round {
+    /// Writes that failed, to retry.
+    pub(super) failed: Vec<(ObjectKey, Instant)>,
+    /// Numbers held back while nodes apply them.
+    pub(super) held: Vec<(ObjectKey, Instant)>,
+    /// Some write was throttled.
+    pub(super) throttled: bool,
+}
 
 pub(super) struct Writer {
     client: Client,
@@ -46,13 +68,12 @@ impl Writer {
         }
     }
 
-    /// Writes every status that changed; returns the number of failures.
-    pub(super) async fn write_all(
+    /// Writes every trunk status that changed; returns the number of failures.
+    pub(super) async fn write_trunks(
         &self,
-        r: &Resolution,
+        r: &Snapshot,
         fleet: Option<&FleetView>,
         trunks: &[Arc<SipTrunk>],
-        numbers: &[Arc<PhoneNumber>],
     ) -> usize {
         let now = jiff::Timestamp::now();
         let mut jobs = Vec::new();
@@ -80,12 +101,45 @@ impl Writer {
                 jobs.push(self.write::<SipTrunk>(t.clone(), body, old, new).boxed());
             }
         }
-        for n in numbers {
-            let key = key_of(n.as_ref());
+        stream::iter(jobs)
+            .buffer_unordered(CONCURRENCY)
+            .filter(|w| std::future::ready(!matches!(w, Written::Ok)))
+            .count()
+            .await
+    }
+
+    /// Writes the statuses of these numbers that differ from what they
+    /// carry, computed from the state now (so a backlog is coalesced).
+    /// A number Pending only because nodes have not applied it yet is held
+    /// back until it has been dirty for `hold`.
+    pub(super) async fn write_numbers(
+        &self,
+        r: &Snapshot,
+        fleet: Option<&FleetView>,
+        store: &reflector::Store<PhoneNumber>,
+        keys: Vec<(ObjectKey, Instant)>,
+        hold: Duration,
+    ) -> Round {
+        let now = jiff::Timestamp::now();
+        let mut out = Round::default();
+        let mut jobs = Vec::new();
+        for (key, dirty_since) in keys {
+            let Some(n) = store.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
+                continue;
+            };
             let Some(v) = r.numbers.get(&key) else {
                 continue;
             };
             let programmed = fleet.map(|f| f.number(&key.id()));
+            if let Some(Some(p)) = &programmed
+                && !p.ok
+                && p.reason == crate::fleet::view::reason::PENDING
+                && v.usable()
+                && dirty_since.elapsed() < hold
+            {
+                out.held.push((key, dirty_since));
+                continue;
+            }
             let f = match &programmed {
                 None => Fleet::Off,
                 Some(p) => Fleet::On(p.as_ref()),
@@ -102,14 +156,28 @@ impl Writer {
                     "status": want,
                 });
                 let new = want.conditions.clone();
-                jobs.push(self.write::<PhoneNumber>(n.clone(), body, old, new).boxed());
+                jobs.push(
+                    self.write::<PhoneNumber>(n.clone(), body, old, new)
+                        .map(move |w| (key, dirty_since, w))
+                        .boxed(),
+                );
             }
         }
-        stream::iter(jobs)
+        let results: Vec<_> = stream::iter(jobs)
             .buffer_unordered(CONCURRENCY)
-            .filter(|ok| std::future::ready(!ok))
-            .count()
-            .await
+            .collect()
+            .await;
+        for (key, since, w) in results {
+            match w {
+                Written::Ok => {}
+                Written::Throttled => {
+                    out.throttled = true;
+                    out.failed.push((key, since));
+                }
+                Written::Failed => out.failed.push((key, since)),
+            }
+        }
+        out
     }
 
     async fn write<K>(
@@ -118,7 +186,7 @@ impl Writer {
         body: serde_json::Value,
         old: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
         new: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    ) -> bool
+    ) -> Written
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -141,12 +209,20 @@ impl Writer {
                 debug!(%kind, %ns, %name, "status written");
             }
             Err(e) => {
+                let throttled = matches!(&e, kube::Error::Api(s) if s.code == 429);
                 self.metrics
                     .status_writes
-                    .with_label_values(&[&kind, "error"])
+                    .with_label_values(&[
+                        kind.as_str(),
+                        if throttled { "throttled" } else { "error" },
+                    ])
                     .inc();
+                if throttled {
+                    debug!(%kind, %ns, %name, "status write throttled (429); backing off");
+                    return Written::Throttled;
+                }
                 warn!(%kind, %ns, %name, error = %e, "status write failed; will retry");
-                return false;
+                return Written::Failed;
             }
         }
         let reference = obj.object_ref(&());
@@ -166,6 +242,6 @@ impl Writer {
                 warn!(%kind, %ns, %name, error = %e, "event not recorded");
             }
         }
-        true
+        Written::Ok
     }
 }

@@ -88,6 +88,14 @@ impl Snapshot {
         }
     }
 
+    /// True when nothing changed between the two (O(1): the maps are shared).
+    pub fn same(&self, other: &Snapshot) -> bool {
+        self.trunks.ptr_eq(&other.trunks)
+            && self.numbers.ptr_eq(&other.numbers)
+            && self.trunk_configs.ptr_eq(&other.trunk_configs)
+            && self.number_configs.ptr_eq(&other.number_configs)
+    }
+
     /// The whole routing configuration (O(n): for files and snapshots).
     pub fn config(&self, version: u64) -> pb::RoutingConfig {
         pb::RoutingConfig {
@@ -229,6 +237,21 @@ impl Index {
     /// Trunks and numbers by state.
     pub fn counts(&self) -> (Counts, Counts) {
         (self.trunk_counts, self.number_counts)
+    }
+
+    /// Keys of every trunk.
+    pub fn trunk_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.trunks.keys()
+    }
+
+    /// Keys of every number.
+    pub fn number_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.numbers.keys()
+    }
+
+    /// Keys of the referenced Secrets that exist.
+    pub fn secret_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.secrets.keys()
     }
 
     /// Every Secret the objects reference.
@@ -447,8 +470,8 @@ impl Index {
                 set_config(&mut self.state.trunk_configs, key.id(), config);
             }
             None => {
-                self.state.trunks.remove(key);
-                self.state.trunk_configs.remove(&key.id());
+                remove(&mut self.state.trunks, key);
+                remove(&mut self.state.trunk_configs, &key.id());
             }
         }
     }
@@ -499,8 +522,8 @@ impl Index {
                 set_config(&mut self.state.number_configs, key.id(), config);
             }
             None => {
-                self.state.numbers.remove(key);
-                self.state.number_configs.remove(&key.id());
+                remove(&mut self.state.numbers, key);
+                remove(&mut self.state.number_configs, &key.id());
             }
         }
     }
@@ -515,9 +538,15 @@ fn set_config<T: PartialEq>(map: &mut OrdMap<String, Arc<T>>, id: String, new: O
                 map.insert(id, Arc::new(c));
             }
         }
-        None => {
-            map.remove(&id);
-        }
+        None => remove(map, &id),
+    }
+}
+
+/// Removes a key only when present: removing an absent key would still copy
+/// the map's path and break sharing with the previous snapshot.
+fn remove<K: Ord + Clone, V: Clone>(map: &mut OrdMap<K, V>, key: &K) {
+    if map.contains_key(key) {
+        map.remove(key);
     }
 }
 

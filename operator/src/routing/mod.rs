@@ -38,6 +38,12 @@ impl ObjectKey {
         }
     }
 
+    /// Parses the `namespace/name` id form.
+    pub fn from_id(id: &str) -> Option<Self> {
+        let (ns, name) = id.split_once('/')?;
+        Some(Self::new(ns, name))
+    }
+
     /// The `namespace/name` form used as an id in the routing configuration.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -51,7 +57,7 @@ impl std::fmt::Display for ObjectKey {
 }
 
 /// One trunk as the resolver sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrunkInput {
     /// Namespace and name.
     pub key: ObjectKey,
@@ -62,7 +68,7 @@ pub struct TrunkInput {
 }
 
 /// One phone number as the resolver sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NumberInput {
     /// Namespace and name.
     pub key: ObjectKey,
@@ -85,45 +91,52 @@ pub struct Inputs {
     pub secrets: BTreeMap<ObjectKey, SecretData>,
 }
 
+impl TrunkInput {
+    /// The resolver's input for a SipTrunk object.
+    pub fn from_object(t: &SipTrunk) -> Self {
+        TrunkInput {
+            key: ObjectKey::new(
+                t.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                t.metadata.name.clone().unwrap_or_default(),
+            ),
+            generation: t.metadata.generation.unwrap_or(0),
+            spec: t.spec.clone(),
+        }
+    }
+}
+
+impl NumberInput {
+    /// The resolver's input for a PhoneNumber object.
+    pub fn from_object(n: &PhoneNumber) -> Self {
+        NumberInput {
+            key: ObjectKey::new(
+                n.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                n.metadata.name.clone().unwrap_or_default(),
+            ),
+            generation: n.metadata.generation.unwrap_or(0),
+            created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            spec: n.spec.clone(),
+        }
+    }
+}
+
 impl Inputs {
     /// Adds a trunk object.
     pub fn add_trunk(&mut self, t: &SipTrunk) {
-        let key = ObjectKey::new(
-            t.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            t.metadata.name.clone().unwrap_or_default(),
-        );
-        let generation = t.metadata.generation.unwrap_or(0);
-        self.trunks.insert(
-            key.clone(),
-            TrunkInput {
-                key,
-                generation,
-                spec: t.spec.clone(),
-            },
-        );
+        let t = TrunkInput::from_object(t);
+        self.trunks.insert(t.key.clone(), t);
     }
 
     /// Adds a phone-number object.
     pub fn add_number(&mut self, n: &PhoneNumber) {
-        let key = ObjectKey::new(
-            n.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            n.metadata.name.clone().unwrap_or_default(),
-        );
-        self.numbers.insert(
-            key.clone(),
-            NumberInput {
-                key,
-                generation: n.metadata.generation.unwrap_or(0),
-                created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                spec: n.spec.clone(),
-            },
-        );
+        let n = NumberInput::from_object(n);
+        self.numbers.insert(n.key.clone(), n);
     }
 
     /// Every Secret the resources reference, for watches and tests.

@@ -2,7 +2,7 @@
 //! would `kubectl apply`, read from a directory. It is the embedded default
 //! for local runs, the demo and tests, and reacts to file changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::crd::{PhoneNumber, SipTrunk};
+use crate::routing::index::Event;
 use crate::routing::{Inputs, ObjectKey, SecretData};
 
 /// Namespace given to objects that name none, as kubectl would.
@@ -67,10 +68,40 @@ fn is_manifest(p: &Path) -> bool {
 /// read or parsed (an editor halfway through saving it, a typo) keeps its
 /// last good content, so a bad save never withdraws numbers from the fleet;
 /// the problem is reported all the same.
+///
+/// Only changed files are parsed, and only the objects whose effective
+/// definition changed become events: a one-number edit next to 100,000
+/// numbers costs one file's parse, not a rebuild of the world.
 #[derive(Debug)]
 pub struct Directory {
     dir: PathBuf,
-    last_good: BTreeMap<String, (Stamp, Vec<Value>)>,
+    files: BTreeMap<String, FileState>,
+    /// Files defining each object; the last file in name order wins.
+    owners: HashMap<Owned, BTreeSet<String>>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    objects: Inputs,
+    problems: Vec<Problem>,
+}
+
+/// An object as files define it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Owned {
+    Trunk(ObjectKey),
+    Number(ObjectKey),
+    Secret(ObjectKey),
+}
+
+/// What a reload found.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// Objects whose effective definition changed.
+    pub events: Vec<Event>,
+    /// Every document currently skipped, in file order.
+    pub problems: Vec<Problem>,
 }
 
 /// What identifies a file's content without reading it: size and mtime.
@@ -81,73 +112,231 @@ fn stamp(path: &Path) -> Stamp {
     Some((m.len(), m.modified().ok()?))
 }
 
+fn owned_keys(i: &Inputs) -> impl Iterator<Item = Owned> + '_ {
+    i.trunks
+        .keys()
+        .map(|k| Owned::Trunk(k.clone()))
+        .chain(i.numbers.keys().map(|k| Owned::Number(k.clone())))
+        .chain(i.secrets.keys().map(|k| Owned::Secret(k.clone())))
+}
+
 impl Directory {
     /// A directory not read yet.
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            last_good: BTreeMap::new(),
+            files: BTreeMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Reads the directory again and returns every object as one set (for
+    /// one-shot checks and tests; the operator uses [`Directory::reload`]).
+    pub fn load(&mut self) -> Result<Loaded, Error> {
+        let r = self.reload()?;
+        let mut inputs = Inputs::default();
+        for f in self.files.values() {
+            inputs
+                .trunks
+                .extend(f.objects.trunks.iter().map(|(k, v)| (k.clone(), v.clone())));
+            inputs.numbers.extend(
+                f.objects
+                    .numbers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            inputs.secrets.extend(
+                f.objects
+                    .secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        Ok(Loaded {
+            inputs,
+            problems: r.problems,
+        })
+    }
+
+    /// A Secret as the files define it now.
+    pub fn secret(&self, key: &ObjectKey) -> Option<SecretData> {
+        match self.effective(&Owned::Secret(key.clone()))? {
+            Event::Secret(_, d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The effective definition of an object: from the last file defining it.
+    fn effective(&self, o: &Owned) -> Option<Event> {
+        let file = self.owners.get(o)?.last()?;
+        let objects = &self.files.get(file)?.objects;
+        match o {
+            Owned::Trunk(k) => objects.trunks.get(k).cloned().map(Event::Trunk),
+            Owned::Number(k) => objects.numbers.get(k).cloned().map(Event::Number),
+            Owned::Secret(k) => objects
+                .secrets
+                .get(k)
+                .cloned()
+                .map(|d| Event::Secret(k.clone(), d)),
+        }
+    }
+
+    fn effective_eq(a: &Option<Event>, b: &Option<Event>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(Event::Trunk(x)), Some(Event::Trunk(y))) => x == y,
+            (Some(Event::Number(x)), Some(Event::Number(y))) => x == y,
+            (Some(Event::Secret(_, x)), Some(Event::Secret(_, y))) => x == y,
+            _ => false,
         }
     }
 
     /// Reads every `*.yaml`, `*.yml` and `*.json` file in the directory (not
-    /// recursive), in name order.
-    pub fn load(&mut self) -> Result<Loaded, Error> {
+    /// recursive) whose size or mtime changed, and returns the objects whose
+    /// effective definition changed.
+    pub fn reload(&mut self) -> Result<Reload, Error> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::ReadDir {
             path: self.dir.clone(),
             source,
         })?;
-        let mut files: Vec<PathBuf> = entries
+        let mut present: BTreeMap<String, PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_manifest(p))
+            .map(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, p)
+            })
             .collect();
-        files.sort();
-        let mut loaded = Loaded::default();
-        let mut seen = BTreeMap::new();
-        for f in files {
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let st = stamp(&f);
+        // Objects whose effective definition may have changed, with it.
+        let mut touched: HashMap<Owned, Option<Event>> = HashMap::new();
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|f| !present.contains_key(*f))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.replace_file(&name, None, &mut touched);
+        }
+        for (name, path) in std::mem::take(&mut present) {
+            let st = stamp(&path);
             // An unchanged file is not parsed again (large number lists).
-            if let Some((old, docs)) = self.last_good.get(&name)
+            if let Some(f) = self.files.get(&name)
                 && st.is_some()
-                && *old == st
+                && f.stamp == st
             {
-                add_docs(&name, docs.clone(), &mut loaded);
-                seen.insert(name, (st, docs.clone()));
                 continue;
             }
-            let parsed = std::fs::read_to_string(&f)
+            let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read: {e}"))
                 .and_then(|text| parse(&text));
-            let (st, docs) = match parsed {
-                Ok(docs) => (st, docs),
-                Err(message) => {
-                    let kept = self.last_good.get(&name).cloned();
-                    let suffix = if kept.is_some() {
-                        "; keeping its last good version"
-                    } else {
-                        ""
-                    };
-                    loaded.problems.push(Problem {
-                        location: name.clone(),
-                        message: format!("{message}{suffix}"),
-                    });
-                    match kept {
-                        // The old stamp stays so the next load parses again.
-                        Some(k) => k,
-                        None => continue,
+            let state = match parsed {
+                Ok(docs) => {
+                    let mut loaded = Loaded::default();
+                    add_docs(&name, docs, &mut loaded);
+                    FileState {
+                        stamp: st,
+                        objects: loaded.inputs,
+                        problems: loaded.problems,
                     }
                 }
+                Err(message) => match self.files.remove(&name) {
+                    // The old stamp is dropped so the next load parses again.
+                    Some(mut kept) => {
+                        kept.stamp = None;
+                        kept.problems = vec![Problem {
+                            location: name.clone(),
+                            message: format!("{message}; keeping its last good version"),
+                        }];
+                        self.files.insert(name.clone(), kept);
+                        continue;
+                    }
+                    None => FileState {
+                        stamp: None,
+                        objects: Inputs::default(),
+                        problems: vec![Problem {
+                            location: name.clone(),
+                            message,
+                        }],
+                    },
+                },
             };
-            add_docs(&name, docs.clone(), &mut loaded);
-            seen.insert(name, (st, docs));
+            self.replace_file(&name, Some(state), &mut touched);
         }
-        // Deleted files are forgotten.
-        self.last_good = seen;
-        Ok(loaded)
+        let mut events = Vec::new();
+        let mut touched: Vec<(Owned, Option<Event>)> = touched.into_iter().collect();
+        // Secrets first, then trunks, then numbers: fewer transient verdicts
+        // within one batch (the index handles any order).
+        touched.sort_by_key(|(o, _)| match o {
+            Owned::Secret(_) => 0,
+            Owned::Trunk(_) => 1,
+            Owned::Number(_) => 2,
+        });
+        for (o, before) in touched {
+            let after = self.effective(&o);
+            if Self::effective_eq(&before, &after) {
+                continue;
+            }
+            events.push(match (after, o) {
+                (Some(e), _) => e,
+                (None, Owned::Trunk(k)) => Event::TrunkDeleted(k),
+                (None, Owned::Number(k)) => Event::NumberDeleted(k),
+                (None, Owned::Secret(k)) => Event::SecretDeleted(k),
+            });
+        }
+        let problems = self
+            .files
+            .values()
+            .flat_map(|f| f.problems.iter().cloned())
+            .collect();
+        Ok(Reload { events, problems })
+    }
+
+    /// Replaces (or removes) one file's objects, remembering the effective
+    /// definition of everything it defined before or defines now.
+    fn replace_file(
+        &mut self,
+        name: &str,
+        new: Option<FileState>,
+        touched: &mut HashMap<Owned, Option<Event>>,
+    ) {
+        let old_keys: Vec<Owned> = self
+            .files
+            .get(name)
+            .map(|f| owned_keys(&f.objects).collect())
+            .unwrap_or_default();
+        let new_keys: Vec<Owned> = new
+            .as_ref()
+            .map(|f| owned_keys(&f.objects).collect())
+            .unwrap_or_default();
+        for o in old_keys.iter().chain(new_keys.iter()) {
+            if !touched.contains_key(o) {
+                let before = self.effective(o);
+                touched.insert(o.clone(), before);
+            }
+        }
+        for o in old_keys {
+            if let Some(files) = self.owners.get_mut(&o) {
+                files.remove(name);
+                if files.is_empty() {
+                    self.owners.remove(&o);
+                }
+            }
+        }
+        for o in new_keys {
+            self.owners.entry(o).or_default().insert(name.to_string());
+        }
+        match new {
+            Some(f) => {
+                self.files.insert(name.to_string(), f);
+            }
+            None => {
+                self.files.remove(name);
+            }
+        }
     }
 }
 

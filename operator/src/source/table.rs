@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use super::files::Problem;
 use crate::fleet::view::FleetView;
-use crate::routing::{Resolution, Verdict};
+use crate::routing::Verdict;
+use crate::routing::index::Snapshot;
 
 fn word(v: &Verdict) -> &'static str {
     if v.ok { "True" } else { "False" }
@@ -25,7 +26,7 @@ pub const LIST_ALL_UP_TO: usize = 200;
 
 /// Renders trunks, then numbers, then unreadable documents. With a fleet,
 /// a PROGRAMMED column shows how many nodes run each object.
-pub fn render(r: &Resolution, fleet: Option<&FleetView>, problems: &[Problem]) -> String {
+pub fn render(r: &Snapshot, fleet: Option<&FleetView>, problems: &[Problem]) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
         "KIND".into(),
         "NAMESPACE/NAME".into(),
