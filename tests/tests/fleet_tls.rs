@@ -127,12 +127,13 @@ async fn tls_and_token_protect_the_control_channel() {
     )
     .await;
     // The other refuses the operator's token: never programmed, and the
-    // status says 1 of 2 nodes.
+    // trunk's status says 1 of 2 nodes (a number counts only nodes that
+    // applied a configuration, so it is Programmed on the serving one).
     eventually(
         "Programmed to show 1/2",
         Duration::from_secs(40),
         || async {
-            let n = numbers.get("main").await.map_err(|e| e.to_string())?;
+            let n = trunks.get("carrier").await.map_err(|e| e.to_string())?;
             let c = n.data["status"]["conditions"].to_string();
             if c.contains("1/2 media nodes programmed") {
                 Ok(())
