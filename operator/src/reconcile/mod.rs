@@ -174,10 +174,21 @@ async fn write_statuses(
             } else {
                 Vec::new()
             };
-            let failures = writer
-                .write_all(&r, view.as_deref(), &trunks.state(), &number_objects)
-                .await;
-            pending_retry = failures > 0;
+            let trunk_objects = trunks.state();
+            let write = writer.write_all(&r, view.as_deref(), &trunk_objects, &number_objects);
+            // A batch can be long: losing leadership abandons it at once
+            // rather than writing on as a deposed leader.
+            let lost = async {
+                while *leader.borrow() {
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            pending_retry = tokio::select! {
+                failures = write => failures > 0,
+                _ = lost => false,
+            };
         }
         numbers_due = true;
         tokio::select! {
