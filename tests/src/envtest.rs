@@ -598,6 +598,19 @@ impl TestCluster {
         self.client_from(kubeconfig, &user.name).await
     }
 
+    /// An admin client that connects to `server` (e.g. a proxy in front of
+    /// the API server) instead of the API server itself. The serving
+    /// certificate must still verify: keep the host `127.0.0.1`.
+    pub async fn client_via(&self, server: &str) -> Result<kube::Client> {
+        let yaml = self.kubeconfig_yaml_at(&self.admin, server);
+        let kubeconfig =
+            Kubeconfig::from_yaml(&yaml).map_err(|source| EnvtestError::Kubeconfig {
+                user: ADMIN_USER.into(),
+                source,
+            })?;
+        self.client_from(kubeconfig, ADMIN_USER).await
+    }
+
     async fn client_from(&self, kubeconfig: Kubeconfig, user: &str) -> Result<kube::Client> {
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -626,6 +639,10 @@ impl TestCluster {
     }
 
     fn kubeconfig_yaml(&self, user: &User) -> String {
+        self.kubeconfig_yaml_at(user, &self.server_url)
+    }
+
+    fn kubeconfig_yaml_at(&self, user: &User, server: &str) -> String {
         // Tokens and names are validated to be CSV/YAML-plain; the CA is a file
         // path so no base64 is needed. Strings are JSON-quoted (valid YAML).
         let q = |s: &str| serde_json::Value::from(s).to_string();
@@ -635,7 +652,7 @@ impl TestCluster {
              user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    \
              cluster: envtest\n    user: {name}\n    namespace: default\n\
              current-context: envtest\n",
-            server = q(&self.server_url),
+            server = q(server),
             ca = q(&self.ca_file.to_string_lossy()),
             name = q(&user.name),
             token = q(&user.token),
