@@ -628,13 +628,24 @@ impl TestCluster {
     /// Writes a kubeconfig for `user` into the cluster directory and returns
     /// its path — for running a binary (the operator, kubectl, helm) as them.
     pub fn write_kubeconfig_for(&self, user: &User) -> Result<PathBuf> {
+        self.write_kubeconfig_via(user, &self.server_url)
+    }
+
+    /// Like [`TestCluster::write_kubeconfig_for`], with `server` (e.g. a
+    /// proxy on `127.0.0.1`) in place of the API server's address.
+    pub fn write_kubeconfig_via(&self, user: &User, server: &str) -> Result<PathBuf> {
         let file_safe: String = user
             .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let path = self.dir().join(format!("kubeconfig-{file_safe}"));
-        write_file(&path, self.kubeconfig_yaml(user).as_bytes())?;
+        let suffix = if server == self.server_url {
+            String::new()
+        } else {
+            format!("-{}", server.rsplit(':').next().unwrap_or_default())
+        };
+        let path = self.dir().join(format!("kubeconfig-{file_safe}{suffix}"));
+        write_file(&path, self.kubeconfig_yaml_at(user, server).as_bytes())?;
         Ok(path)
     }
 

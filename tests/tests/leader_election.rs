@@ -1,6 +1,8 @@
 //! `switchboard_operator::leader` against a real kube-apiserver: terms,
 //! renewal, take-over after a release or a crash, and a leader cut off from
-//! the API server stepping down before anyone else may take over.
+//! the API server stepping down before anyone else may take over; then the
+//! operator binary: its term metric, a deposed leader's status writes, and a
+//! cut-off leader stopping before its successor starts.
 //!
 //! Every candidate's leadership is recorded as a timeline of changes (with
 //! the wall-clock time of each), so "no overlap" is checked on every
@@ -12,9 +14,15 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
 use kube::{Api, Client};
+use serde_json::json;
+use switchboard_operator::crd::PhoneNumber;
 use switchboard_operator::leader::{self, Leadership};
 use switchboard_tests::envtest::TestCluster;
+use switchboard_tests::operator::Operator;
 use switchboard_tests::poll::eventually;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -99,8 +107,12 @@ async fn cluster() -> (TestCluster, Client) {
 }
 
 async fn lease(client: &Client) -> Lease {
+    lease_named(client, LEASE).await
+}
+
+async fn lease_named(client: &Client, name: &str) -> Lease {
     let api: Api<Lease> = Api::namespaced(client.clone(), NS);
-    api.get(LEASE).await.expect("read the Lease")
+    api.get(name).await.expect("read the Lease")
 }
 
 fn holder(l: &Lease) -> Option<String> {
@@ -372,4 +384,204 @@ async fn a_leader_whose_api_server_refuses_connections_steps_down_in_time() {
 #[tokio::test]
 async fn a_leader_whose_requests_hang_steps_down_in_time() {
     cut_off_leader_steps_down_before_the_lease_expires(Cut::Blackhole).await;
+}
+
+// The operator binary: what its metrics and status writes show of the above.
+
+const OP_LEASE: &str = "switchboard-operator";
+const OP_DURATION: Duration = Duration::from_secs(3);
+
+fn crds_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
+fn numbers(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<PhoneNumber>(&()))
+}
+
+/// A PhoneNumber whose trunk does not exist: it still gets a status.
+async fn apply_number(client: &Client, name: &str, e164: &str) {
+    let doc = json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"number": e164, "trunkRef": {"name": "absent"},
+                 "agent": {"url": "wss://agent.example.com/ws"}}
+    });
+    numbers(client)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply PhoneNumber {name}: {e}"));
+}
+
+async fn has_status(client: &Client, name: &str) -> bool {
+    numbers(client)
+        .get(name)
+        .await
+        .ok()
+        .and_then(|o| {
+            o.data["status"]["conditions"]
+                .as_array()
+                .map(|c| !c.is_empty())
+        })
+        .unwrap_or(false)
+}
+
+async fn writes(op: &Operator) -> f64 {
+    op.metric(r#"switchboard_operator_status_writes_total{kind="PhoneNumber",result="ok"}"#)
+        .await
+        .unwrap_or(0.0)
+}
+
+/// `(leader, term)` from the operator's metrics.
+async fn leadership(op: &Operator) -> Result<(f64, f64), String> {
+    Ok((
+        op.metric("switchboard_operator_leader").await?,
+        op.metric("switchboard_operator_leader_term").await?,
+    ))
+}
+
+async fn until_leadership(op: &Operator, want: (f64, f64), within: Duration) {
+    eventually(&format!("leader, term = {want:?}"), within, || async {
+        let got = leadership(op).await?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deposed_operator_stops_writing_status_at_once_and_returns_in_a_higher_term() {
+    let (c, client) = cluster().await;
+    c.install_crds(crds_dir()).await.expect("install crds/");
+    let secs = OP_DURATION.as_secs().to_string();
+    let a = Operator::start_kube(
+        c.kubeconfig_path(),
+        "op-a",
+        &["--lease-duration-seconds", &secs],
+    );
+    until_leadership(&a, (1.0, 1.0), WAIT).await;
+    apply_number(&client, "first", "+14155550100").await;
+    eventually("a to write first's status", WAIT, || async {
+        if has_status(&client, "first").await {
+            Ok(())
+        } else {
+            Err("no status".to_string())
+        }
+    })
+    .await;
+
+    // Someone else takes the Lease (as a replica with a skewed clock might):
+    // a must notice at its next renewal, not after its own lease ran out.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let mut l = leases.get(OP_LEASE).await.expect("the operator's Lease");
+    let intruder_secs = 6;
+    if let Some(s) = l.spec.as_mut() {
+        s.holder_identity = Some("intruder".into());
+        s.renew_time = Some(MicroTime(Timestamp::now()));
+        s.lease_duration_seconds = Some(intruder_secs);
+        s.lease_transitions = Some(s.lease_transitions.unwrap_or(0) + 1);
+    }
+    leases
+        .replace(OP_LEASE, &PostParams::default(), &l)
+        .await
+        .expect("take the Lease");
+    let taken = std::time::Instant::now();
+    until_leadership(&a, (0.0, 0.0), WAIT).await;
+    assert!(
+        taken.elapsed() < OP_DURATION,
+        "a stepped down {:?} after being deposed",
+        taken.elapsed()
+    );
+
+    let before = writes(&a).await;
+    apply_number(&client, "second", "+14155550101").await;
+    // A window in which a deposed leader would have written; the intruder's
+    // lease lasts well beyond it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(taken.elapsed() < Duration::from_secs(intruder_secs as u64));
+    assert_eq!(writes(&a).await, before, "a deposed leader wrote status");
+    assert!(
+        !has_status(&client, "second").await,
+        "second got a status while nobody led"
+    );
+
+    // The intruder never renews: a takes the Lease back in a new term
+    // (transitions 0 -> 1 by the intruder -> 2) and catches up.
+    until_leadership(&a, (1.0, 3.0), WAIT).await;
+    eventually("a to write second's status", WAIT, || async {
+        if has_status(&client, "second").await {
+            Ok(())
+        } else {
+            Err("no status".to_string())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cut_off_operator_stops_leading_before_its_successor_starts() {
+    let (c, client) = cluster().await;
+    c.install_crds(crds_dir()).await.expect("install crds/");
+    let upstream: SocketAddr = c
+        .server_url()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("server address");
+    let proxy = Proxy::start(upstream).await;
+    let via_proxy = c
+        .write_kubeconfig_via(c.admin(), &proxy.url())
+        .expect("kubeconfig via proxy");
+    let secs = OP_DURATION.as_secs().to_string();
+    let a = Operator::start_kube(&via_proxy, "op-a", &["--lease-duration-seconds", &secs]);
+    until_leadership(&a, (1.0, 1.0), WAIT).await;
+    let b = Operator::start_kube(
+        c.kubeconfig_path(),
+        "op-b",
+        &["--lease-duration-seconds", &secs],
+    );
+    until_leadership(&b, (0.0, 0.0), WAIT).await;
+    assert_eq!(
+        holder(&lease_named(&client, OP_LEASE).await).as_deref(),
+        Some("op-a")
+    );
+
+    proxy.set(Cut::Blackhole);
+    let cut = std::time::Instant::now();
+    // Both are watched on one clock; each poll reads a, then b.
+    let (mut a_down, mut b_up) = (None, None);
+    let deadline = cut + WAIT;
+    while b_up.is_none() && std::time::Instant::now() < deadline {
+        if a_down.is_none() && leadership(&a).await == Ok((0.0, 0.0)) {
+            a_down = Some(cut.elapsed());
+        }
+        if leadership(&b).await.is_ok_and(|(l, _)| l == 1.0) {
+            b_up = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a_down = a_down.expect("a never stepped down");
+    let b_up = b_up.expect("b never took over");
+    // a's last renewal was before the cut, so this is a lower bound of
+    // what the lease allows.
+    assert!(
+        a_down < OP_DURATION,
+        "a stepped down {a_down:?} after the cut"
+    );
+    assert!(
+        a_down < b_up,
+        "overlap: a led until {a_down:?}, b from {b_up:?}"
+    );
+    until_leadership(&b, (1.0, 2.0), WAIT).await;
+    assert!(
+        a.log().contains("stopped programming media nodes"),
+        "a's fleet programmer kept running:\n{}",
+        a.log()
+    );
 }
