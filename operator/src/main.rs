@@ -212,8 +212,10 @@ async fn run_files(
         let (_eps_tx, eps_rx) = watch::channel(nodes);
         // The node list is fixed for the life of the process.
         std::mem::forget(_eps_tx);
+        // No leader election here: term 0, unfenced.
         tokio::spawn(fleet::run(
             client,
+            0,
             resolved_rx,
             eps_rx,
             view_tx,
@@ -324,8 +326,9 @@ async fn run_kube(
         .clone()
         .unwrap_or_else(|| "default".into());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (leader_rx, leader_task) = if args.no_leader_election {
-        let (tx, rx) = watch::channel(true);
+    let (leadership_rx, leader_task) = if args.no_leader_election {
+        // Term 0: unfenced, as a single replica needs no fencing.
+        let (tx, rx) = watch::channel(leader::Leadership::Leading { term: 0 });
         // Keep the sender alive for the life of the process.
         std::mem::forget(tx);
         (rx, None)
@@ -341,12 +344,16 @@ async fn run_kube(
         let (rx, task) = leader::spawn(client.clone(), cfg, stop_rx);
         (rx, Some(task))
     };
+    let leader_rx = leader::leading(leadership_rx.clone());
     {
         let m = metrics.clone();
-        let mut l = leader_rx.clone();
+        let mut l = leadership_rx.clone();
         tokio::spawn(async move {
             loop {
-                m.leader.set(i64::from(*l.borrow_and_update()));
+                let now = *l.borrow_and_update();
+                m.leader.set(i64::from(now.is_leader()));
+                let term = now.term().unwrap_or(0);
+                m.leader_term.set(i64::try_from(term).unwrap_or(i64::MAX));
                 if l.changed().await.is_err() {
                     break;
                 }
@@ -383,27 +390,41 @@ async fn run_kube(
     ));
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
     {
-        let (control, metrics, mut leader) = (control.clone(), metrics.clone(), leader_rx.clone());
+        let (control, metrics) = (control.clone(), metrics.clone());
+        let mut leader = leadership_rx.clone();
         let (resolved_rx, eps_rx) = (resolved_rx.clone(), eps_rx.clone());
         tokio::spawn(async move {
             loop {
-                // Wait for leadership, program while leading, stop on loss.
-                while !*leader.borrow_and_update() {
+                // Wait for leadership, program while leading in this term,
+                // stop on loss (or a new term: the nodes are programmed
+                // afresh under it).
+                let term = loop {
+                    if let Some(term) = leader.borrow_and_update().term() {
+                        break term;
+                    }
                     if leader.changed().await.is_err() {
                         return;
                     }
-                }
+                };
                 let run = fleet::run(
                     control.clone(),
+                    term,
                     resolved_rx.clone(),
                     eps_rx.clone(),
                     view_tx.clone(),
                     metrics.clone(),
                 );
+                let same_term = async {
+                    while leader.borrow_and_update().term() == Some(term) {
+                        if leader.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
                 tokio::select! {
                     _ = run => return,
-                    _ = async { while *leader.borrow_and_update() { if leader.changed().await.is_err() { break; } } } => {
-                        info!("no longer leader: stopped programming media nodes");
+                    _ = same_term => {
+                        info!(term, "no longer leader in this term: stopped programming media nodes");
                     }
                 }
             }

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub registry: Registry,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
+    /// The leadership term while this replica leads (0 while following, or
+    /// when leader election is disabled and nothing is fenced).
+    pub leader_term: IntGauge,
     /// 1 once the watch caches are synced (or the files were read).
     pub ready: IntGauge,
     /// Time to resolve the routing configuration.
@@ -36,6 +39,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("switchboard_operator".into()), None)?;
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease")?;
+        let leader_term = IntGauge::new(
+            "leader_term",
+            "The leadership term (Lease transitions + 1) while leading, else 0",
+        )?;
         let ready = IntGauge::new("ready", "1 once the resource caches are synced")?;
         let resolve_seconds = Histogram::with_opts(
             HistogramOpts::new("resolve_seconds", "Time to build the routing configuration")
@@ -54,6 +61,7 @@ impl Metrics {
             &["kind", "state"],
         )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(leader_term.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(resolve_seconds.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
@@ -77,6 +85,7 @@ impl Metrics {
         Ok(Self {
             registry,
             leader,
+            leader_term,
             ready,
             resolve_seconds,
             status_writes,

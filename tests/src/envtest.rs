@@ -598,6 +598,19 @@ impl TestCluster {
         self.client_from(kubeconfig, &user.name).await
     }
 
+    /// An admin client that connects to `server` (e.g. a proxy in front of
+    /// the API server) instead of the API server itself. The serving
+    /// certificate must still verify: keep the host `127.0.0.1`.
+    pub async fn client_via(&self, server: &str) -> Result<kube::Client> {
+        let yaml = self.kubeconfig_yaml_at(&self.admin, server);
+        let kubeconfig =
+            Kubeconfig::from_yaml(&yaml).map_err(|source| EnvtestError::Kubeconfig {
+                user: ADMIN_USER.into(),
+                source,
+            })?;
+        self.client_from(kubeconfig, ADMIN_USER).await
+    }
+
     async fn client_from(&self, kubeconfig: Kubeconfig, user: &str) -> Result<kube::Client> {
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -615,17 +628,32 @@ impl TestCluster {
     /// Writes a kubeconfig for `user` into the cluster directory and returns
     /// its path — for running a binary (the operator, kubectl, helm) as them.
     pub fn write_kubeconfig_for(&self, user: &User) -> Result<PathBuf> {
+        self.write_kubeconfig_via(user, &self.server_url)
+    }
+
+    /// Like [`TestCluster::write_kubeconfig_for`], with `server` (e.g. a
+    /// proxy on `127.0.0.1`) in place of the API server's address.
+    pub fn write_kubeconfig_via(&self, user: &User, server: &str) -> Result<PathBuf> {
         let file_safe: String = user
             .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let path = self.dir().join(format!("kubeconfig-{file_safe}"));
-        write_file(&path, self.kubeconfig_yaml(user).as_bytes())?;
+        let suffix = if server == self.server_url {
+            String::new()
+        } else {
+            format!("-{}", server.rsplit(':').next().unwrap_or_default())
+        };
+        let path = self.dir().join(format!("kubeconfig-{file_safe}{suffix}"));
+        write_file(&path, self.kubeconfig_yaml_at(user, server).as_bytes())?;
         Ok(path)
     }
 
     fn kubeconfig_yaml(&self, user: &User) -> String {
+        self.kubeconfig_yaml_at(user, &self.server_url)
+    }
+
+    fn kubeconfig_yaml_at(&self, user: &User, server: &str) -> String {
         // Tokens and names are validated to be CSV/YAML-plain; the CA is a file
         // path so no base64 is needed. Strings are JSON-quoted (valid YAML).
         let q = |s: &str| serde_json::Value::from(s).to_string();
@@ -635,7 +663,7 @@ impl TestCluster {
              user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    \
              cluster: envtest\n    user: {name}\n    namespace: default\n\
              current-context: envtest\n",
-            server = q(&self.server_url),
+            server = q(server),
             ca = q(&self.ca_file.to_string_lossy()),
             name = q(&user.name),
             token = q(&user.token),

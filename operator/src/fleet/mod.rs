@@ -56,6 +56,8 @@ impl Slot {
 /// The fleet manager's state.
 struct Manager {
     client: Arc<ControlClient>,
+    /// Leadership term sent with every push (0: unfenced).
+    term: u64,
     reports: mpsc::UnboundedSender<(String, Report)>,
     metrics: Arc<Metrics>,
     base: Snapshot,
@@ -121,6 +123,7 @@ impl Manager {
                 id.clone(),
                 addr.clone(),
                 self.client.clone(),
+                self.term,
                 rx,
                 self.reports.clone(),
             ));
@@ -153,6 +156,12 @@ impl Manager {
                 slot.refused = None;
             }
             Report::Refused(v, why) => slot.refused = Some((v, why)),
+            Report::StaleTerm(v, why) => {
+                // The connection task has stopped: this node follows a newer
+                // leader now.
+                slot.connected = false;
+                slot.refused = Some((v, why));
+            }
             Report::Status(s) => slot.status = Some(*s),
             Report::Disconnected(_) => {
                 slot.connected = false;
@@ -246,11 +255,13 @@ impl Manager {
     }
 }
 
-/// Runs the fleet manager until its inputs close. `resolution` must not have
-/// been read yet: its first value after the initial one is the first
+/// Runs the fleet manager until its inputs close. `term` is the leadership
+/// term sent with every push (0 without leader election). `resolution` must
+/// not have been read yet: its first value after the initial one is the first
 /// configuration pushed.
 pub async fn run(
     client: Arc<ControlClient>,
+    term: u64,
     mut resolution: watch::Receiver<Snapshot>,
     mut endpoints: watch::Receiver<Endpoints>,
     view_tx: watch::Sender<Arc<FleetView>>,
@@ -259,6 +270,7 @@ pub async fn run(
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut m = Manager {
         client,
+        term,
         reports: reports_tx,
         metrics,
         base: Snapshot::default(),

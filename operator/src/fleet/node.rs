@@ -78,6 +78,9 @@ pub enum Report {
     Acked(Arc<Desired>),
     /// The node refused this version.
     Refused(u64, String),
+    /// The node refused this version because it follows a newer leadership
+    /// term; the connection has stopped pushing for good.
+    StaleTerm(u64, String),
     /// A status report.
     Status(Box<pb::NodeStatus>),
     /// The connection ended.
@@ -98,14 +101,18 @@ enum SessionError {
     StreamEnded,
     #[error("the node refused a snapshot after asking for one")]
     SnapshotLoop,
+    #[error("the node follows a newer leadership term than {ours} (its term: {theirs})")]
+    StaleTerm { ours: u64, theirs: u64 },
 }
 
-/// Runs until the manager drops the task (node gone) or the desired channel
-/// closes.
+/// Runs until the manager drops the task (node gone), the desired channel
+/// closes, or the node answers that `term` is stale (another replica leads:
+/// pushing again could only be refused, so the task ends).
 pub async fn drive(
     id: String,
     addr: String,
     client: Arc<ControlClient>,
+    term: u64,
     mut desired: watch::Receiver<Arc<Desired>>,
     reports: mpsc::UnboundedSender<(String, Report)>,
 ) {
@@ -113,9 +120,14 @@ pub async fn drive(
     let mut last_error: Option<String> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let result = session(&id, &addr, &client, &mut desired, &reports).await;
+        let result = session(&id, &addr, &client, term, &mut desired, &reports).await;
         let why = match result {
             Ok(()) => return,
+            Err(SessionError::StaleTerm { ours, theirs }) => {
+                warn!(node = %id, %addr, term = ours, node_term = theirs,
+                    "media node follows a newer leader; stopped programming it");
+                return;
+            }
             Err(e) => e.to_string(),
         };
         // Warn once per distinct failure, not on every retry.
@@ -138,6 +150,7 @@ async fn session(
     id: &str,
     addr: &str,
     client: &ControlClient,
+    term: u64,
     desired: &mut watch::Receiver<Arc<Desired>>,
     reports: &mpsc::UnboundedSender<(String, Report)>,
 ) -> Result<(), SessionError> {
@@ -178,7 +191,7 @@ async fn session(
             };
             let req = pb::ApplyRequest {
                 change: Some(request),
-                term: 0,
+                term,
             };
             send(Report::Sent(snapshot, req.encoded_len()));
             let resp = rpc.apply(req).await?.into_inner();
@@ -196,9 +209,18 @@ async fn session(
                     continue;
                 }
                 apply_response::Result::NeedSnapshot => return Err(SessionError::SnapshotLoop),
-                apply_response::Result::Refused
-                | apply_response::Result::StaleTerm
-                | apply_response::Result::Unspecified => {
+                apply_response::Result::StaleTerm => {
+                    let why = format!(
+                        "stale leadership term {term} (the node applied term {}): {}",
+                        resp.term, resp.reason
+                    );
+                    send(Report::StaleTerm(want.version, why));
+                    return Err(SessionError::StaleTerm {
+                        ours: term,
+                        theirs: resp.term,
+                    });
+                }
+                apply_response::Result::Refused | apply_response::Result::Unspecified => {
                     warn!(node = %id, version = want.version, reason = %resp.reason, "node refused the configuration");
                     refused = Some(want.version);
                     send(Report::Refused(want.version, resp.reason));

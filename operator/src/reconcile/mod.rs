@@ -394,9 +394,21 @@ async fn write_statuses(
                     let Some(e) = dirty.pop_first() else { break };
                     round.push(e);
                 }
-                let out = writer
-                    .write_numbers(&snap, view.as_deref(), &numbers, round, PENDING_HOLD)
-                    .await;
+                let write =
+                    writer.write_numbers(&snap, view.as_deref(), &numbers, round, PENDING_HOLD);
+                // A round can be long: losing leadership abandons it at once
+                // rather than writing on as a deposed leader.
+                let lost = async {
+                    while *leader.borrow() {
+                        if leader.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let out = tokio::select! {
+                    out = write => out,
+                    _ = lost => break,
+                };
                 held.extend(out.held);
                 let failed = !out.failed.is_empty();
                 dirty.extend(out.failed);
