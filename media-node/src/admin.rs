@@ -207,7 +207,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     if ctx.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if ctx.routing.get().is_none() {
+    } else if !ctx.routing.is_programmed() {
         (StatusCode::SERVICE_UNAVAILABLE, "not programmed")
     } else {
         (StatusCode::OK, "ready")

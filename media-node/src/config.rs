@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use switchboard_proto::RoutingConfig;
+use switchboard_proto::v1alpha1::{PhoneNumber, Trunk};
 
 use crate::routing::RoutingTable;
 
@@ -41,27 +42,73 @@ pub fn load(path: &Path) -> Result<RoutingConfig, ConfigError> {
     })
 }
 
-/// The routing table in use; readers take a cheap snapshot, a reload
-/// swaps the whole table.
+/// The routing table in use, shared by every call flow. Readers take a
+/// short read section and clone what they need out of it (entries are
+/// `Arc`s); a delta updates the table in place under the write lock; a
+/// snapshot is built outside the lock and swapped in. No section spans an
+/// await (the guard is not `Send`).
 #[derive(Clone, Default)]
 pub struct RoutingStore {
-    inner: Arc<RwLock<Option<Arc<RoutingTable>>>>,
+    inner: Arc<RwLock<Option<RoutingTable>>>,
 }
 
 impl RoutingStore {
-    /// The current table, if any configuration has been applied.
-    pub fn get(&self) -> Option<Arc<RoutingTable>> {
-        self.inner.read().ok().and_then(|g| g.clone())
+    /// Runs `f` on the current table; `None` when no configuration has
+    /// been applied. Keep `f` short: a configuration change waits for it.
+    pub fn read<R>(&self, f: impl FnOnce(&RoutingTable) -> R) -> Option<R> {
+        let g = self.inner.read().ok()?;
+        g.as_ref().map(f)
     }
 
-    /// Applies a configuration.
-    pub fn apply(&self, cfg: RoutingConfig) -> u64 {
-        let table = Arc::new(RoutingTable::build(cfg));
-        let v = table.version;
-        if let Ok(mut g) = self.inner.write() {
-            *g = Some(table);
-        }
+    /// Runs `f` on the current table under the write lock; `None` when no
+    /// configuration has been applied.
+    pub fn update<R>(&self, f: impl FnOnce(&mut RoutingTable) -> R) -> Option<R> {
+        let mut g = self.inner.write().ok()?;
+        g.as_mut().map(f)
+    }
+
+    /// True once a configuration has been applied.
+    pub fn is_programmed(&self) -> bool {
+        self.read(|_| ()).is_some()
+    }
+
+    /// The version in use, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.read(RoutingTable::version)
+    }
+
+    /// A trunk by id.
+    pub fn trunk(&self, id: &str) -> Option<Arc<Trunk>> {
+        self.read(|t| t.trunk(id).cloned()).flatten()
+    }
+
+    /// Every trunk (a few pointers: trunks are few).
+    pub fn trunks(&self) -> Vec<Arc<Trunk>> {
+        self.read(|t| t.trunks().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A number by id.
+    pub fn number_by_id(&self, id: &str) -> Option<Arc<PhoneNumber>> {
+        self.read(|t| t.number_by_id(id).cloned()).flatten()
+    }
+
+    /// Replaces the whole table (a snapshot built by the caller, outside
+    /// the lock). Returns its version.
+    pub fn replace(&self, table: RoutingTable) -> u64 {
+        let v = table.version();
+        let old = match self.inner.write() {
+            Ok(mut g) => g.replace(table),
+            Err(_) => None,
+        };
+        // A large table takes a while to free: not while readers wait.
+        drop(old);
         v
+    }
+
+    /// Applies a whole configuration.
+    pub fn apply(&self, cfg: RoutingConfig) -> u64 {
+        self.replace(RoutingTable::build(cfg))
     }
 }
 
@@ -80,15 +127,21 @@ mod tests {
         )
         .expect("write");
         let store = RoutingStore::default();
-        assert!(store.get().is_none());
+        assert!(!store.is_programmed());
         assert_eq!(store.apply(load(&good).expect("valid")), 3);
-        let t = store.get().expect("applied");
         assert_eq!(
-            t.trunks_for_source("127.0.0.1".parse().expect("ip")),
-            vec!["ns/t"]
+            store.read(|t| t
+                .trunks_for_source("127.0.0.1".parse().expect("ip"))
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()),
+            Some(vec!["ns/t".to_string()])
         );
         assert_eq!(
-            t.number_for("15550001111").map(|n| n.id.as_str()),
+            store
+                .read(|t| t.number_for("15550001111").map(|n| n.id.clone()))
+                .flatten()
+                .as_deref(),
             Some("ns/n")
         );
         let bad = dir.path().join("bad.json");

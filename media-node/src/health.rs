@@ -63,28 +63,26 @@ impl GatewayHealth {
 pub async fn run(ctx: Arc<Ctx>) {
     let mut next: HashMap<(String, String), Instant> = HashMap::new();
     loop {
-        if let Some(table) = ctx.routing.get() {
-            let now = Instant::now();
-            for t in table.trunks.values() {
-                if t.options_interval_seconds == 0 || !t.enabled {
+        let now = Instant::now();
+        for t in ctx.routing.trunks() {
+            if t.options_interval_seconds == 0 || !t.enabled {
+                continue;
+            }
+            let Some(out) = t.outbound.as_ref() else {
+                continue;
+            };
+            for g in &out.gateways {
+                let port = if g.port == 0 { 5060 } else { g.port };
+                let name = format!("{}:{port}", g.host);
+                let key = (t.id.clone(), name.clone());
+                if next.get(&key).is_some_and(|at| *at > now) {
                     continue;
                 }
-                let Some(out) = t.outbound.as_ref() else {
-                    continue;
-                };
-                for g in &out.gateways {
-                    let port = if g.port == 0 { 5060 } else { g.port };
-                    let name = format!("{}:{port}", g.host);
-                    let key = (t.id.clone(), name.clone());
-                    if next.get(&key).is_some_and(|at| *at > now) {
-                        continue;
-                    }
-                    next.insert(
-                        key,
-                        now + Duration::from_secs(u64::from(t.options_interval_seconds)),
-                    );
-                    tokio::spawn(ping(ctx.clone(), t.id.clone(), g.clone()));
-                }
+                next.insert(
+                    key,
+                    now + Duration::from_secs(u64::from(t.options_interval_seconds)),
+                );
+                tokio::spawn(ping(ctx.clone(), t.id.clone(), g.clone()));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -124,21 +124,18 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     let metrics = Metrics::new();
     handler.register_metrics(metrics.registry());
     let routing = RoutingStore::default();
-    let initial = match &cfg.config {
+    match &cfg.config {
         Some(path) => {
-            let initial = config::load(path)?;
-            let version = routing.apply(initial.clone());
+            let version = routing.apply(config::load(path)?);
             metrics.config_version.set(version as i64);
             tracing::info!(version, path = %path.display(), "routing configuration loaded");
-            Some(initial)
         }
         None => {
             tracing::info!(
                 "no configuration file: waiting for the operator (not ready until programmed)"
             );
-            None
         }
-    };
+    }
 
     let (allowed_rate, allowed_burst) = cfg.rate_allowed.unwrap_or(cfg.rate);
     let acl = routing.clone();
@@ -149,8 +146,7 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         max_sources: MAX_SOURCES,
     })
     .allowed_sources(Arc::new(move |ip| {
-        acl.get()
-            .is_some_and(|t| !t.trunks_for_source(ip).is_empty())
+        acl.read(|t| t.allows_source(ip)).unwrap_or(false)
     }));
     let (transport, incoming) = Transport::bind(
         &cfg.sip_bind,
@@ -192,7 +188,7 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         registrations: Default::default(),
     });
     if let Some(control) = &cfg.control {
-        start_control(&cfg, control, ctx.clone(), initial).await?;
+        start_control(&cfg, control, ctx.clone()).await?;
     }
     tokio::spawn(dispatch::run(ctx.clone(), tu_events));
     tokio::spawn(crate::health::run(ctx.clone()));
@@ -249,7 +245,6 @@ async fn start_control(
     cfg: &NodeConfig,
     control: &ControlOptions,
     ctx: Arc<Ctx>,
-    initial: Option<switchboard_proto::RoutingConfig>,
 ) -> anyhow::Result<()> {
     use crate::control::{ControlService, TokenCheck, serve};
     let token = match &control.token_file {
@@ -288,7 +283,7 @@ async fn start_control(
             .map(|a| a.to_string())
             .collect(),
     };
-    let service = ControlService::new(ctx, cfg.node_id.clone(), addresses, initial);
+    let service = ControlService::new(ctx, cfg.node_id.clone(), addresses);
     // Bind first so a port clash fails the start instead of a background task.
     let listener = std::net::TcpListener::bind(control.bind)
         .with_context(|| format!("binding the control port {}", control.bind))?;

@@ -89,10 +89,12 @@ pub fn granted_expires(resp: &Message, contact_uri_user: &str, asked: u32) -> u3
 pub async fn run(ctx: Arc<Ctx>) {
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        if let Some(table) = ctx.routing.get() {
-            let wanted: Vec<&Trunk> = table
-                .trunks
-                .values()
+        if let Some(trunks) = ctx
+            .routing
+            .read(|t| t.trunks().cloned().collect::<Vec<Arc<Trunk>>>())
+        {
+            let wanted: Vec<Arc<Trunk>> = trunks
+                .into_iter()
                 .filter(|t| {
                     t.enabled
                         && t.register_here
@@ -113,7 +115,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                 if !running.contains_key(&t.id) {
                     running.insert(
                         t.id.clone(),
-                        tokio::spawn(keep_registered(ctx.clone(), t.clone())),
+                        tokio::spawn(keep_registered(ctx.clone(), Trunk::clone(&t))),
                     );
                 }
             }

@@ -9,6 +9,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use switchboard_operator::crd::{PhoneNumber, SipTrunk};
+use switchboard_proto::v1alpha1::{
+    self as pb, apply_request::Change, apply_response::Result as Outcome,
+};
 use switchboard_tests::agent::TestAgent;
 use switchboard_tests::envtest::TestCluster;
 use switchboard_tests::fleet::{ControlledNode, register_pod, remove_pod};
@@ -475,4 +478,144 @@ async fn registration_moves_when_its_node_stops() {
     })
     .await;
     registrar.abort();
+}
+
+/// The status a fresh `WatchStatus` stream opens with.
+async fn node_status(
+    client: &mut pb::node_control_client::NodeControlClient<tonic::transport::Channel>,
+) -> pb::NodeStatus {
+    client
+        .watch_status(pb::WatchStatusRequest {})
+        .await
+        .expect("watch status")
+        .into_inner()
+        .message()
+        .await
+        .expect("status message")
+        .expect("status stream open")
+}
+
+/// Leadership-term fencing on a real node, driven by a raw control client
+/// (no operator): a deposed leader's snapshot or delta changes nothing and is
+/// not a refusal; the next leader's delta applies in place.
+#[tokio::test]
+async fn a_deposed_leaders_configuration_changes_nothing_on_the_node() {
+    const OTHER: &str = "+14155550199";
+    let agent = TestAgent::start().await.expect("test agent");
+    let node = ControlledNode::start("media-fenced", &[]);
+    let url = format!("http://{}", node.control);
+    let mut client = eventually("the control port", WAIT, || {
+        let url = url.clone();
+        async move {
+            pb::node_control_client::NodeControlClient::connect(url)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let trunk = pb::Trunk {
+        id: "default/carrier".into(),
+        enabled: true,
+        inbound: Some(pb::Inbound {
+            enabled: true,
+            allowed_sources: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let number = |name: &str, e164: &str| pb::PhoneNumber {
+        id: format!("default/{name}"),
+        e164: e164.into(),
+        trunk_id: trunk.id.clone(),
+        inbound: true,
+        agent: Some(pb::Agent {
+            url: agent.url(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let snapshot = |version: u64, numbers: Vec<pb::PhoneNumber>| {
+        Change::Snapshot(pb::RoutingConfig {
+            version,
+            trunks: vec![trunk.clone()],
+            numbers,
+        })
+    };
+    let remove_main = |base: u64, upsert: Vec<pb::PhoneNumber>| {
+        Change::Delta(pb::ConfigDelta {
+            base_version: base,
+            version: base + 1,
+            remove_numbers: vec!["default/main".into()],
+            upsert_numbers: upsert,
+            ..Default::default()
+        })
+    };
+    let control = client.clone();
+    let apply = async |change: Change, term: u64| {
+        control
+            .clone()
+            .apply(pb::ApplyRequest {
+                change: Some(change),
+                term,
+            })
+            .await
+            .expect("apply")
+            .into_inner()
+    };
+
+    let r = apply(snapshot(1, vec![number("main", NUMBER)]), 4).await;
+    assert_eq!(
+        (r.result(), r.applied_version, r.term),
+        (Outcome::Applied, 1, 4)
+    );
+    call(&node, NUMBER).await;
+
+    // The leader of term 3, and an operator without leader election.
+    for (change, term) in [
+        (snapshot(2, vec![]), 3),
+        (remove_main(1, vec![]), 3),
+        (remove_main(1, vec![]), 0),
+    ] {
+        let r = apply(change, term).await;
+        assert_eq!(
+            (r.result(), r.applied_version, r.term),
+            (Outcome::StaleTerm, 1, 4)
+        );
+        assert!(
+            r.reason.contains(&format!("term {term}")) && r.reason.contains("no longer the leader"),
+            "{}",
+            r.reason
+        );
+    }
+    call(&node, NUMBER).await;
+    assert_eq!(
+        node.metric("switchboard_config_stale_term_total").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        node.metric("switchboard_config_refused_total").await,
+        Some(0.0)
+    );
+    let s = node_status(&mut client).await;
+    assert_eq!(
+        (
+            s.config_version,
+            s.config_term,
+            s.refused_version,
+            s.refused_reason.as_str()
+        ),
+        (1, 4, 0, "")
+    );
+
+    // A new leader's delta on the same base.
+    let r = apply(remove_main(1, vec![number("other", OTHER)]), 5).await;
+    assert_eq!(
+        (r.result(), r.applied_version, r.term),
+        (Outcome::Applied, 2, 5)
+    );
+    rejected(&node, NUMBER, "404").await;
+    call(&node, OTHER).await;
+    assert_eq!(node.metric("switchboard_config_numbers").await, Some(1.0));
+    assert_eq!(node.metric("switchboard_config_version").await, Some(2.0));
+    assert_eq!(node_status(&mut client).await.config_term, 5);
 }

@@ -146,21 +146,16 @@ impl Api {
                 "the node is draining: place the call on another node".into(),
             ));
         }
-        let Some(table) = self.ctx.routing.get() else {
+        let from = req.from.trim();
+        let Some(number) = self.ctx.routing.read(|t| t.caller_number(from).cloned()) else {
             return Err(ApiError::Unavailable(
                 "the node is not programmed yet".into(),
             ));
         };
-        let from = req.from.trim();
-        let number = table
-            .number_by_id(from)
-            .or_else(|| table.numbers.iter().find(|n| n.e164 == from))
-            .or_else(|| table.number_for(from))
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound {
-                what: format!("phone number {from:?}"),
-                field: Some("from".into()),
-            })?;
+        let number = number.ok_or_else(|| ApiError::NotFound {
+            what: format!("phone number {from:?}"),
+            field: Some("from".into()),
+        })?;
         if !number.outbound {
             return Err(ApiError::Conflict(format!(
                 "phone number {} does not allow outbound calls",

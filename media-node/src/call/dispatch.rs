@@ -91,7 +91,7 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
             tokio::spawn(super::inbound::handle_invite(ctx.clone(), req));
         }
         Method::Options => {
-            let code = if ctx.is_draining() || ctx.routing.get().is_none() {
+            let code = if ctx.is_draining() || !ctx.routing.is_programmed() {
                 503
             } else {
                 200

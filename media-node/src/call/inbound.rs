@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::session::Session;
 use super::session_timer;
 use super::{CallDirection, CallMsg, Ctx, HangupReason, MediaParams, PendingCall};
-use crate::routing::{self, RoutingTable};
+use crate::routing;
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::{Check, DigestFailure, Verdict};
@@ -60,19 +60,16 @@ fn user_of(value: Option<&str>) -> String {
 }
 
 /// Which trunk an allowed source's call to a number belongs to:
-/// `Ok(trunk)`, or the rejection.
+/// `Ok(trunk)`, or the rejection. `source_trunks` are the configured trunks
+/// the source may call through.
 fn select_trunk<'a>(
-    table: &'a RoutingTable,
-    source_trunks: &[&str],
+    source_trunks: &'a [Arc<Trunk>],
     number: &switchboard_proto::v1alpha1::PhoneNumber,
 ) -> Result<&'a Trunk, Reject> {
     let candidates = std::iter::once(&number.trunk_id).chain(number.fallback_trunk_ids.iter());
     let mut disabled = false;
     for id in candidates {
-        if !source_trunks.contains(&id.as_str()) {
-            continue;
-        }
-        let Some(t) = table.trunks.get(id) else {
+        let Some(t) = source_trunks.iter().find(|t| t.id == *id) else {
             continue;
         };
         if t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled) {
@@ -247,7 +244,34 @@ fn admit(
             headers: retry(),
         });
     }
-    let Some(table) = ctx.routing.get() else {
+    // One short read section takes the trunks this source may use; the
+    // number is looked up after authentication, below.
+    let source = req.peer.addr.ip();
+    let Some((mut source_trunks, mut auth_only)) = ctx.routing.read(|table| {
+        let by_acl: Vec<Arc<Trunk>> = table
+            .trunks_for_source(source)
+            .into_iter()
+            .filter_map(|id| table.trunk(id).cloned())
+            .collect();
+        // Trunks with digest auth and no allowedSources take calls from any
+        // source that authenticates.
+        let auth_only: Vec<Arc<Trunk>> = if by_acl.is_empty() {
+            table
+                .trunks()
+                .filter(|t| {
+                    t.inbound.as_ref().is_some_and(|i| {
+                        i.enabled
+                            && i.allowed_sources.is_empty()
+                            && i.auth.as_ref().is_some_and(|a| a.credentials.is_some())
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (by_acl, auth_only)
+    }) else {
         return Err(Reject {
             code: 503,
             reason: "not_programmed",
@@ -258,23 +282,10 @@ fn admit(
     if !(ruri.starts_with("sip:") || ruri.starts_with("sips:") || ruri.starts_with("tel:")) {
         return Err(Reject::new(416, "uri_scheme"));
     }
-    let mut source_trunks = table.trunks_for_source(req.peer.addr.ip());
     let mut pre_authenticated = false;
     if source_trunks.is_empty() {
-        // Trunks with digest auth and no allowedSources take calls from any
-        // source that authenticates. Authenticate before looking the number
-        // up, so an unauthenticated source learns nothing about numbers.
-        let mut auth_only: Vec<&Trunk> = table
-            .trunks
-            .values()
-            .filter(|t| {
-                t.inbound.as_ref().is_some_and(|i| {
-                    i.enabled
-                        && i.allowed_sources.is_empty()
-                        && i.auth.as_ref().is_some_and(|a| a.credentials.is_some())
-                })
-            })
-            .collect();
+        // Authenticate before looking the number up, so an unauthenticated
+        // source learns nothing about numbers.
         if auth_only.is_empty() {
             return Err(Reject::new(403, "acl"));
         }
@@ -284,7 +295,7 @@ fn admit(
         let mut failure = DigestFailure::Missing;
         for t in &auth_only {
             match verify_inbound(ctx, req, t) {
-                Some(Verdict::Ok) => source_trunks.push(t.id.as_str()),
+                Some(Verdict::Ok) => source_trunks.push(t.clone()),
                 Some(Verdict::Refused(f)) => failure = failure.max(f),
                 None => {}
             }
@@ -312,20 +323,19 @@ fn admit(
         }
         pre_authenticated = true;
     }
-    let usable = source_trunks.iter().any(|id| {
-        table
-            .trunks
-            .get(*id)
-            .is_some_and(|t| t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled))
-    });
+    let usable = source_trunks
+        .iter()
+        .any(|t| t.enabled && t.inbound.as_ref().is_some_and(|i| i.enabled));
     if !usable {
         return Err(Reject::new(403, "trunk_disabled"));
     }
     let user = called_user(&req.msg).unwrap_or_default();
-    let number = table
-        .number_for(&user)
+    let number = ctx
+        .routing
+        .read(|t| t.number_for(&user).cloned())
+        .flatten()
         .ok_or_else(|| Reject::new(404, "not_found"))?;
-    let trunk = select_trunk(&table, &source_trunks, number)?;
+    let trunk = select_trunk(&source_trunks, &number)?;
     if !number.inbound {
         return Err(Reject::new(403, "number_inbound_disabled"));
     }
@@ -560,16 +570,18 @@ mod tests {
 
     #[test]
     fn trunk_selection() {
-        use switchboard_proto::v1alpha1::{Inbound, PhoneNumber, RoutingConfig};
-        let trunk = |id: &str, enabled: bool| Trunk {
-            id: id.into(),
-            enabled,
-            inbound: Some(Inbound {
-                enabled: true,
-                allowed_sources: vec!["10.0.0.0/8".into()],
+        use switchboard_proto::v1alpha1::{Inbound, PhoneNumber};
+        let trunk = |id: &str, enabled: bool| {
+            Arc::new(Trunk {
+                id: id.into(),
+                enabled,
+                inbound: Some(Inbound {
+                    enabled: true,
+                    allowed_sources: vec!["10.0.0.0/8".into()],
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            })
         };
         let number = PhoneNumber {
             id: "n".into(),
@@ -579,24 +591,28 @@ mod tests {
             inbound: true,
             ..Default::default()
         };
-        let table = RoutingTable::build(RoutingConfig {
-            version: 1,
-            trunks: vec![trunk("a", false), trunk("b", true), trunk("c", true)],
-            numbers: vec![number.clone()],
-        });
+        let (a, b, c) = (trunk("a", false), trunk("b", true), trunk("c", true));
         assert_eq!(
-            select_trunk(&table, &["b"], &number)
-                .map(|t| t.id.clone())
-                .ok(),
+            select_trunk(&[b], &number).map(|t| t.id.clone()).ok(),
             Some("b".into())
         );
         assert_eq!(
-            select_trunk(&table, &["a"], &number).err().map(|r| r.code),
+            select_trunk(std::slice::from_ref(&a), &number)
+                .err()
+                .map(|r| r.code),
             Some(403)
         );
         assert_eq!(
-            select_trunk(&table, &["c"], &number).err().map(|r| r.code),
+            select_trunk(std::slice::from_ref(&c), &number)
+                .err()
+                .map(|r| r.code),
             Some(404)
+        );
+        // A disabled primary falls through to a usable fallback.
+        let b = trunk("b", true);
+        assert_eq!(
+            select_trunk(&[a, b, c], &number).map(|t| t.id.clone()).ok(),
+            Some("b".into())
         );
     }
 }

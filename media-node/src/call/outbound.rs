@@ -264,10 +264,13 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
     if ctx.is_draining() {
         return fail(None, "node is draining", vec![]);
     }
-    let Some(table) = ctx.routing.get() else {
+    let Some(number) = ctx
+        .routing
+        .read(|t| t.number_by_id(&req.number_id).cloned())
+    else {
         return fail(None, "not programmed", vec![]);
     };
-    let Some(number) = table.number_by_id(&req.number_id).cloned() else {
+    let Some(number) = number else {
         return fail(None, "unknown number", vec![]);
     };
     if !number.outbound {
@@ -303,7 +306,9 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
         .chain(number.fallback_trunk_ids.iter().cloned())
         .collect();
     for trunk_id in trunk_ids {
-        let Some(trunk) = table.trunks.get(&trunk_id).cloned() else {
+        // Looked up now, after the queue wait: the trunk as configured at
+        // dial time.
+        let Some(trunk) = ctx.routing.trunk(&trunk_id) else {
             continue;
         };
         let Some(out) = trunk

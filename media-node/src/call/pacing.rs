@@ -213,13 +213,13 @@ impl Pacing {
     }
 
     fn share(routing: &RoutingStore, trunk: &str) -> Share {
-        let Some(table) = routing.get() else {
+        let Some(t) = routing.read(|table| table.trunk(trunk).cloned()) else {
             return Share {
                 max_concurrent: Some(0),
                 cps: 0.0,
             };
         };
-        let Some(t) = table.trunks.get(trunk) else {
+        let Some(t) = t else {
             // Unknown trunk: let the call through; the outbound engine
             // reports the real problem.
             return Share {

@@ -12,11 +12,19 @@ pub(super) fn build(
     node_id: &str,
     boot_id: &str,
     version: u64,
+    term: u64,
     refused: Option<&(u64, String)>,
     sip_addresses: &[String],
 ) -> pb::NodeStatus {
     let draining = ctx.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let table = ctx.routing.get();
+    let registering: Option<Vec<String>> = ctx.routing.read(|t| {
+        t.trunks()
+            .filter(|t| t.register_here)
+            .map(|t| t.id.clone())
+            .collect()
+    });
+    let programmed = registering.is_some();
+    let registering = registering.unwrap_or_default();
     let mut per_trunk: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for c in ctx.calls.list() {
         let e = per_trunk.entry(c.trunk_id).or_default();
@@ -25,21 +33,11 @@ pub(super) fn build(
             CallDirection::Outbound => e.1 += 1,
         }
     }
-    let registering: Vec<&str> = table
-        .as_ref()
-        .map(|t| {
-            t.trunks
-                .values()
-                .filter(|t| t.register_here)
-                .map(|t| t.id.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
     let registrations = ctx
         .registrations
         .list()
         .into_iter()
-        .filter(|r| registering.contains(&r.trunk_id.as_str()))
+        .filter(|r| registering.contains(&r.trunk_id))
         .map(|r| pb::RegistrationState {
             registered: r.state == "registered",
             last_status_code: r.last_code.map(u32::from).unwrap_or(0),
@@ -81,7 +79,7 @@ pub(super) fn build(
         node_id: node_id.to_string(),
         boot_id: boot_id.to_string(),
         config_version: version,
-        ready: table.is_some() && !draining,
+        ready: programmed && !draining,
         draining,
         capacity: u32::try_from(ctx.opts.max_calls).unwrap_or(u32::MAX),
         active_calls: u32::try_from(ctx.calls.total()).unwrap_or(u32::MAX),
@@ -98,6 +96,6 @@ pub(super) fn build(
         sip_addresses: sip_addresses.to_vec(),
         refused_version: refused.map(|r| r.0).unwrap_or(0),
         refused_reason: refused.map(|r| r.1.clone()).unwrap_or_default(),
-        config_term: 0,
+        config_term: term,
     }
 }

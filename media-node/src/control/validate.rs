@@ -7,6 +7,7 @@ use switchboard_proto::v1alpha1::{
     Agent, ConfigDelta, PhoneNumber, RoutingConfig, Transport, Trunk,
 };
 
+use crate::routing::RoutingTable;
 use crate::routing::acl::Cidr;
 
 /// Checks a configuration; the error is for humans and names the object.
@@ -28,16 +29,19 @@ pub fn validate(cfg: &RoutingConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a delta against the configuration it applies to, without building
-/// the result (a one-number change to 100,000 numbers checks one number).
-pub fn validate_delta(current: &RoutingConfig, d: &ConfigDelta) -> Result<(), String> {
+/// Checks a delta against the table it applies to, without building the
+/// result: the work is proportional to the change (a one-number change to
+/// 100,000 numbers checks one number; removing a trunk looks only at the
+/// numbers on it).
+pub fn validate_delta(current: &RoutingTable, d: &ConfigDelta) -> Result<(), String> {
+    let mut upserted_trunks = HashSet::new();
     for t in &d.upsert_trunks {
         trunk(t)?;
+        upserted_trunks.insert(t.id.as_str());
     }
     let removed: HashSet<&str> = d.remove_trunks.iter().map(String::as_str).collect();
     let exists = |id: &str| {
-        d.upsert_trunks.iter().any(|t| t.id == id)
-            || (!removed.contains(id) && current.trunks.iter().any(|t| t.id == id))
+        upserted_trunks.contains(id) || (!removed.contains(id) && current.trunk(id).is_some())
     };
     for n in &d.upsert_numbers {
         number(n, exists)?;
@@ -45,15 +49,24 @@ pub fn validate_delta(current: &RoutingConfig, d: &ConfigDelta) -> Result<(), St
     if !removed.is_empty() {
         let removed_numbers: HashSet<&str> = d.remove_numbers.iter().map(String::as_str).collect();
         let upserted: HashSet<&str> = d.upsert_numbers.iter().map(|n| n.id.as_str()).collect();
-        if let Some(n) = current.numbers.iter().find(|n| {
-            removed.contains(n.trunk_id.as_str())
-                && !removed_numbers.contains(n.id.as_str())
-                && !upserted.contains(n.id.as_str())
-        }) {
-            return Err(format!(
-                "number {} names trunk {}, which is not in the configuration",
-                n.id, n.trunk_id
-            ));
+        // Trunks removed and upserted again stay; of the others, every number
+        // still on one must go or move in this delta. Each id looked at is
+        // in the delta, except the first survivor, which refuses it.
+        let mut gone: Vec<&str> = removed
+            .iter()
+            .copied()
+            .filter(|t| !upserted_trunks.contains(t))
+            .collect();
+        gone.sort_unstable();
+        for t in gone {
+            if let Some(n) = current
+                .numbers_on_trunk(t)
+                .find(|n| !removed_numbers.contains(n) && !upserted.contains(n))
+            {
+                return Err(format!(
+                    "number {n} names trunk {t}, which is not in the configuration"
+                ));
+            }
         }
     }
     Ok(())
@@ -175,7 +188,7 @@ mod tests {
 
     #[test]
     fn deltas_are_checked_against_the_configuration_they_change() {
-        let c = cfg();
+        let c = RoutingTable::build(cfg());
         let ok = ConfigDelta {
             base_version: 1,
             version: 2,
@@ -203,6 +216,77 @@ mod tests {
             ..ok
         };
         assert_eq!(validate_delta(&c, &both), Ok(()));
+    }
+
+    fn on(id: &str, trunk: &str) -> PhoneNumber {
+        PhoneNumber {
+            id: id.into(),
+            trunk_id: trunk.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn removing_a_trunk_checks_only_the_numbers_on_it() {
+        let mut c = cfg();
+        c.trunks.push(Trunk {
+            id: "ns/u".into(),
+            ..Default::default()
+        });
+        c.numbers = vec![on("ns/a", "ns/t"), on("ns/b", "ns/t"), on("ns/c", "ns/u")];
+        let table = RoutingTable::build(c);
+        let remove_t = |numbers: &[&str], upserts: Vec<PhoneNumber>| ConfigDelta {
+            base_version: 1,
+            version: 2,
+            remove_trunks: vec!["ns/t".into()],
+            remove_numbers: numbers.iter().map(|s| s.to_string()).collect(),
+            upsert_numbers: upserts,
+            ..Default::default()
+        };
+        // One of the two numbers left behind: named, the first by id.
+        let err = validate_delta(&table, &remove_t(&[], vec![])).expect_err("dangling");
+        assert!(err.contains("ns/a") && err.contains("ns/t"), "{err}");
+        let err = validate_delta(&table, &remove_t(&["ns/a"], vec![])).expect_err("dangling");
+        assert!(err.contains("ns/b"), "{err}");
+        // Every number on it removed or moved to another trunk: fine; a
+        // number on another trunk is not its business.
+        assert_eq!(
+            validate_delta(&table, &remove_t(&["ns/a", "ns/b"], vec![])),
+            Ok(())
+        );
+        assert_eq!(
+            validate_delta(&table, &remove_t(&["ns/a"], vec![on("ns/b", "ns/u")])),
+            Ok(())
+        );
+        // Moved onto the trunk being removed: refused by the number check.
+        let err = validate_delta(
+            &table,
+            &remove_t(&["ns/a", "ns/b"], vec![on("ns/c", "ns/t")]),
+        )
+        .expect_err("moved onto removed");
+        assert!(err.contains("ns/c"), "{err}");
+        // Removed and upserted again in one delta: the trunk stays.
+        let again = ConfigDelta {
+            upsert_trunks: vec![Trunk {
+                id: "ns/t".into(),
+                enabled: true,
+                ..Default::default()
+            }],
+            ..remove_t(&[], vec![])
+        };
+        assert_eq!(validate_delta(&table, &again), Ok(()));
+        // After the table applied a removal, the reverse index follows.
+        let mut table = table;
+        table.apply_delta(remove_t(&["ns/a"], vec![on("ns/b", "ns/u")]));
+        let remove_u = ConfigDelta {
+            base_version: 2,
+            version: 3,
+            remove_trunks: vec!["ns/u".into()],
+            remove_numbers: vec!["ns/c".into()],
+            ..Default::default()
+        };
+        let err = validate_delta(&table, &remove_u).expect_err("ns/b moved to ns/u");
+        assert!(err.contains("ns/b") && err.contains("ns/u"), "{err}");
     }
 
     #[test]

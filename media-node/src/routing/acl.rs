@@ -1,5 +1,6 @@
 //! Source address ACLs: which trunks' carriers may send from an address.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// An IPv4 or IPv6 network in CIDR notation.
@@ -66,27 +67,53 @@ impl Cidr {
     }
 }
 
-/// All trunks' ACLs.
+/// All trunks' ACLs, by trunk id: a trunk's networks are replaced or
+/// removed as one when the trunk changes.
 #[derive(Debug, Default, Clone)]
 pub struct Acl {
-    entries: Vec<(Cidr, String)>,
+    by_trunk: BTreeMap<String, Vec<Cidr>>,
 }
 
 impl Acl {
-    /// Adds a trunk's network.
+    /// Adds a network to a trunk's.
     pub fn add(&mut self, cidr: Cidr, trunk_id: &str) {
-        self.entries.push((cidr, trunk_id.to_owned()));
+        self.by_trunk
+            .entry(trunk_id.to_owned())
+            .or_default()
+            .push(cidr);
     }
 
-    /// Ids of every trunk whose allowedSources contain `ip`, in config order.
-    pub fn trunks_for(&self, ip: IpAddr) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for (c, t) in &self.entries {
-            if c.contains(ip) && !out.contains(&t.as_str()) {
-                out.push(t);
-            }
+    /// Replaces a trunk's networks (none: the trunk takes no calls by
+    /// source address).
+    pub fn set(&mut self, trunk_id: &str, cidrs: Vec<Cidr>) {
+        if cidrs.is_empty() {
+            self.by_trunk.remove(trunk_id);
+        } else {
+            self.by_trunk.insert(trunk_id.to_owned(), cidrs);
         }
-        out
+    }
+
+    /// Forgets a trunk's networks.
+    pub fn remove(&mut self, trunk_id: &str) {
+        self.by_trunk.remove(trunk_id);
+    }
+
+    /// Ids of every trunk whose allowedSources contain `ip`, by id (the
+    /// operator's configuration order).
+    pub fn trunks_for(&self, ip: IpAddr) -> Vec<&str> {
+        self.by_trunk
+            .iter()
+            .filter(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip)))
+            .map(|(t, _)| t.as_str())
+            .collect()
+    }
+
+    /// True when some trunk's allowedSources contain `ip` (the SIP rate
+    /// limiter asks this for every packet).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.by_trunk
+            .values()
+            .any(|cidrs| cidrs.iter().any(|c| c.contains(ip)))
     }
 }
 
@@ -128,5 +155,23 @@ mod tests {
         acl.add(Cidr::parse("10.1.2.3").expect("v"), "ns/a");
         assert_eq!(acl.trunks_for(ip("10.1.2.3")), vec!["ns/a", "ns/b"]);
         assert!(acl.trunks_for(ip("192.168.0.1")).is_empty());
+        assert!(acl.allows(ip("10.9.9.9")) && !acl.allows(ip("192.168.0.1")));
+    }
+
+    #[test]
+    fn a_trunks_networks_change_and_go_as_one() {
+        let mut acl = Acl::default();
+        acl.add(Cidr::parse("10.0.0.0/8").expect("v"), "ns/a");
+        acl.add(Cidr::parse("192.168.1.0/24").expect("v"), "ns/b");
+        acl.set("ns/a", vec![Cidr::parse("172.16.0.0/12").expect("v")]);
+        assert!(
+            acl.trunks_for(ip("10.1.1.1")).is_empty(),
+            "old network gone"
+        );
+        assert_eq!(acl.trunks_for(ip("172.16.5.5")), vec!["ns/a"]);
+        acl.set("ns/a", vec![]);
+        assert!(!acl.allows(ip("172.16.5.5")));
+        acl.remove("ns/b");
+        assert!(!acl.allows(ip("192.168.1.9")));
     }
 }

@@ -1,72 +1,190 @@
-//! The routing table built from a `RoutingConfig`: trunks by id, the
-//! source ACL and the number index.
+//! The routing table of the configuration in use: trunks by id, the source
+//! ACL, numbers by id and the number index. A delta changes it entry by
+//! entry: a one-number change to 100,000 numbers touches one number.
 
 pub mod acl;
 pub mod numbers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use switchboard_proto::v1alpha1::{Codec, PhoneNumber, RoutingConfig, Trunk};
+use switchboard_proto::v1alpha1::{Codec, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
 
-/// An immutable, indexed view of one configuration version.
+/// An indexed configuration. Entries are `Arc`s so a reader takes what it
+/// needs out of a short read section by cloning a pointer.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    /// The configuration version.
-    pub version: u64,
-    /// Trunks by id.
-    pub trunks: HashMap<String, Trunk>,
-    /// Numbers in configuration order.
-    pub numbers: Vec<PhoneNumber>,
+    version: u64,
+    trunks: HashMap<String, Arc<Trunk>>,
+    numbers: HashMap<String, Arc<PhoneNumber>>,
     acl: acl::Acl,
     index: numbers::NumberIndex,
+    /// Number ids by primary trunk id, so removing a trunk finds the
+    /// numbers that still name it without scanning every number.
+    by_trunk: HashMap<String, BTreeSet<String>>,
 }
 
 impl RoutingTable {
-    /// Builds the table. Invalid CIDRs are skipped with a warning: the
-    /// operator validates them, and a node keeps serving the rest.
+    /// Builds the table of a whole configuration (a snapshot). Invalid
+    /// CIDRs are skipped with a warning: the operator validates them, and a
+    /// node keeps serving the rest.
     pub fn build(cfg: RoutingConfig) -> RoutingTable {
-        let mut acl = acl::Acl::default();
-        let mut trunks = HashMap::new();
-        for t in cfg.trunks {
-            if let Some(inb) = &t.inbound {
-                for src in &inb.allowed_sources {
-                    match acl::Cidr::parse(src) {
-                        Ok(c) => acl.add(c, &t.id),
-                        Err(e) => {
-                            tracing::warn!(trunk = %t.id, error = %e, "skipping invalid allowed source")
-                        }
-                    }
+        let mut t = RoutingTable {
+            version: cfg.version,
+            trunks: HashMap::with_capacity(cfg.trunks.len()),
+            numbers: HashMap::with_capacity(cfg.numbers.len()),
+            ..Default::default()
+        };
+        for tr in cfg.trunks {
+            t.upsert_trunk(tr);
+        }
+        for n in cfg.numbers {
+            t.upsert_number(n);
+        }
+        t
+    }
+
+    /// Applies a delta in place. The caller checked it
+    /// (`control::validate_delta`) and its base version: applying cannot
+    /// fail halfway. Removals come before upserts, as in
+    /// `switchboard_proto::delta::apply_in_place`.
+    pub fn apply_delta(&mut self, d: ConfigDelta) {
+        for id in &d.remove_numbers {
+            self.remove_number(id);
+        }
+        for id in &d.remove_trunks {
+            self.remove_trunk(id);
+        }
+        for t in d.upsert_trunks {
+            self.upsert_trunk(t);
+        }
+        for n in d.upsert_numbers {
+            self.upsert_number(n);
+        }
+        self.version = d.version;
+    }
+
+    /// Adds or replaces a trunk, with its source networks.
+    pub fn upsert_trunk(&mut self, t: Trunk) {
+        let mut cidrs = Vec::new();
+        for src in t.inbound.iter().flat_map(|i| i.allowed_sources.iter()) {
+            match acl::Cidr::parse(src) {
+                Ok(c) => cidrs.push(c),
+                Err(e) => {
+                    tracing::warn!(trunk = %t.id, error = %e, "skipping invalid allowed source")
                 }
             }
-            trunks.insert(t.id.clone(), t);
         }
-        let mut index = numbers::NumberIndex::default();
-        for (i, n) in cfg.numbers.iter().enumerate() {
-            index.add(i, &n.e164, &n.destination_key);
-        }
-        RoutingTable {
-            version: cfg.version,
-            trunks,
-            numbers: cfg.numbers,
-            acl,
-            index,
+        self.acl.set(&t.id, cidrs);
+        self.trunks.insert(t.id.clone(), Arc::new(t));
+    }
+
+    /// Removes a trunk and its source networks; numbers naming it stay
+    /// (validation refuses a change that leaves any).
+    pub fn remove_trunk(&mut self, id: &str) {
+        self.acl.remove(id);
+        self.trunks.remove(id);
+    }
+
+    /// Adds or replaces a number; a replaced number's old index entries go.
+    pub fn upsert_number(&mut self, n: PhoneNumber) {
+        self.remove_number(&n.id);
+        let n = Arc::new(n);
+        self.index.add(&n);
+        self.by_trunk
+            .entry(n.trunk_id.clone())
+            .or_default()
+            .insert(n.id.clone());
+        self.numbers.insert(n.id.clone(), n);
+    }
+
+    /// Removes a number and its index entries (no-op when unknown).
+    pub fn remove_number(&mut self, id: &str) {
+        let Some(old) = self.numbers.remove(id) else {
+            return;
+        };
+        self.index.remove(&old);
+        if let Some(ids) = self.by_trunk.get_mut(&old.trunk_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_trunk.remove(&old.trunk_id);
+            }
         }
     }
 
-    /// Trunk ids whose carriers may send from `ip`.
+    /// The configuration version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A trunk by id.
+    pub fn trunk(&self, id: &str) -> Option<&Arc<Trunk>> {
+        self.trunks.get(id)
+    }
+
+    /// Every trunk, in no particular order.
+    pub fn trunks(&self) -> impl Iterator<Item = &Arc<Trunk>> {
+        self.trunks.values()
+    }
+
+    /// Trunks configured.
+    pub fn trunk_count(&self) -> usize {
+        self.trunks.len()
+    }
+
+    /// Numbers configured.
+    pub fn number_count(&self) -> usize {
+        self.numbers.len()
+    }
+
+    /// Ids of the numbers whose primary trunk is `trunk_id`, by id.
+    pub fn numbers_on_trunk(&self, trunk_id: &str) -> impl Iterator<Item = &str> {
+        self.by_trunk
+            .get(trunk_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter().map(String::as_str))
+    }
+
+    /// Trunk ids whose carriers may send from `ip`, by id.
     pub fn trunks_for_source(&self, ip: IpAddr) -> Vec<&str> {
         self.acl.trunks_for(ip)
     }
 
+    /// True when some trunk's carriers may send from `ip`.
+    pub fn allows_source(&self, ip: IpAddr) -> bool {
+        self.acl.allows(ip)
+    }
+
     /// The number a called user part designates.
-    pub fn number_for(&self, user: &str) -> Option<&PhoneNumber> {
-        self.index.lookup(user).and_then(|i| self.numbers.get(i))
+    pub fn number_for(&self, user: &str) -> Option<&Arc<PhoneNumber>> {
+        self.index.lookup(user)
     }
 
     /// A number by its id.
-    pub fn number_by_id(&self, id: &str) -> Option<&PhoneNumber> {
-        self.numbers.iter().find(|n| n.id == id)
+    pub fn number_by_id(&self, id: &str) -> Option<&Arc<PhoneNumber>> {
+        self.numbers.get(id)
+    }
+
+    /// The number an outbound call's `from` names: its id, else its E.164
+    /// form (with or without `+` and separators) or destination key.
+    pub fn caller_number(&self, from: &str) -> Option<&Arc<PhoneNumber>> {
+        self.number_by_id(from).or_else(|| self.number_for(from))
+    }
+
+    /// True when the table holds exactly `cfg` (a re-sent snapshot).
+    pub fn matches(&self, cfg: &RoutingConfig) -> bool {
+        self.version == cfg.version
+            && self.trunks.len() == cfg.trunks.len()
+            && self.numbers.len() == cfg.numbers.len()
+            && cfg
+                .trunks
+                .iter()
+                .all(|t| self.trunks.get(&t.id).is_some_and(|have| **have == *t))
+            && cfg
+                .numbers
+                .iter()
+                .all(|n| self.numbers.get(&n.id).is_some_and(|have| **have == *n))
     }
 }
 
@@ -104,4 +222,254 @@ pub fn channel_share(trunk: &Trunk) -> Option<usize> {
             .map(|s| s.max_concurrent_calls as usize)
             .unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_proto::v1alpha1::Inbound;
+
+    fn trunk(id: &str, sources: &[&str]) -> Trunk {
+        Trunk {
+            id: id.into(),
+            enabled: true,
+            inbound: Some(Inbound {
+                enabled: true,
+                allowed_sources: sources.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn number(id: &str, e164: &str, trunk_id: &str) -> PhoneNumber {
+        PhoneNumber {
+            id: id.into(),
+            e164: e164.into(),
+            trunk_id: trunk_id.into(),
+            inbound: true,
+            ..Default::default()
+        }
+    }
+
+    fn table() -> RoutingTable {
+        RoutingTable::build(RoutingConfig {
+            version: 1,
+            trunks: vec![
+                trunk("ns/a", &["10.0.0.0/8"]),
+                trunk("ns/b", &["192.168.0.0/16"]),
+            ],
+            numbers: vec![
+                number("ns/one", "+15550000001", "ns/a"),
+                number("ns/two", "+15550000002", "ns/a"),
+                number("ns/three", "+15550000003", "ns/b"),
+            ],
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn called(t: &RoutingTable, user: &str) -> Option<String> {
+        t.number_for(user).map(|n| n.id.clone())
+    }
+
+    fn on(t: &RoutingTable, trunk: &str) -> Vec<String> {
+        t.numbers_on_trunk(trunk).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn lookups_by_id_number_and_caller() {
+        let t = table();
+        assert_eq!(t.version(), 1);
+        assert_eq!((t.trunk_count(), t.number_count()), (2, 3));
+        assert_eq!(
+            t.number_by_id("ns/two").map(|n| n.e164.as_str()),
+            Some("+15550000002")
+        );
+        assert!(t.number_by_id("ns/none").is_none());
+        assert_eq!(called(&t, "+1-555-000-0003").as_deref(), Some("ns/three"));
+        // A call's `from`: the id, the E.164 form or its digits.
+        for from in ["ns/one", "+15550000001", "15550000001"] {
+            assert_eq!(
+                t.caller_number(from).map(|n| n.id.as_str()),
+                Some("ns/one"),
+                "{from}"
+            );
+        }
+        assert!(t.caller_number("+15559999999").is_none());
+        assert_eq!(t.trunk("ns/b").map(|t| t.id.as_str()), Some("ns/b"));
+        assert_eq!(on(&t, "ns/a"), ["ns/one", "ns/two"]);
+    }
+
+    #[test]
+    fn a_changed_number_loses_its_old_index_entries() {
+        let mut t = table();
+        let kept = t.number_by_id("ns/three").cloned().expect("three");
+        t.apply_delta(ConfigDelta {
+            base_version: 1,
+            version: 2,
+            upsert_numbers: vec![
+                // New digits, a key, and another trunk.
+                PhoneNumber {
+                    destination_key: "0301234".into(),
+                    ..number("ns/one", "+15550000011", "ns/b")
+                },
+                number("ns/four", "+15550000004", "ns/b"),
+            ],
+            remove_numbers: vec!["ns/two".into()],
+            ..Default::default()
+        });
+        assert_eq!(t.version(), 2);
+        assert_eq!(t.number_count(), 3);
+        assert_eq!(called(&t, "15550000001"), None, "old digits gone");
+        assert_eq!(called(&t, "15550000011").as_deref(), Some("ns/one"));
+        assert_eq!(called(&t, "0301234").as_deref(), Some("ns/one"));
+        assert_eq!(called(&t, "15550000002"), None, "removed");
+        assert!(t.number_by_id("ns/two").is_none());
+        assert_eq!(called(&t, "15550000004").as_deref(), Some("ns/four"));
+        assert!(on(&t, "ns/a").is_empty());
+        assert_eq!(on(&t, "ns/b"), ["ns/four", "ns/one", "ns/three"]);
+        // Untouched entries are the same allocation: nothing was rebuilt.
+        assert!(Arc::ptr_eq(
+            &kept,
+            t.number_by_id("ns/three").expect("three")
+        ));
+        // Removing the key's owner empties the key.
+        t.remove_number("ns/one");
+        assert_eq!(called(&t, "0301234"), None);
+        t.remove_number("ns/unknown");
+        assert_eq!(t.number_count(), 2);
+    }
+
+    #[test]
+    fn a_shared_number_stays_reachable_after_one_claimant_goes() {
+        let mut t = table();
+        // Two ids with the same digits (the operator refuses this; the node
+        // stays deterministic): the smaller id answers, the other takes
+        // over when it goes, and a changed claimant releases the digits.
+        t.upsert_number(number("ns/zzz", "+15550000001", "ns/a"));
+        assert_eq!(called(&t, "15550000001").as_deref(), Some("ns/one"));
+        t.remove_number("ns/one");
+        assert_eq!(called(&t, "15550000001").as_deref(), Some("ns/zzz"));
+        t.upsert_number(number("ns/one", "+15550000001", "ns/a"));
+        assert_eq!(called(&t, "15550000001").as_deref(), Some("ns/one"));
+        t.upsert_number(number("ns/one", "+15550000099", "ns/a"));
+        assert_eq!(called(&t, "15550000001").as_deref(), Some("ns/zzz"));
+        assert_eq!(called(&t, "15550000099").as_deref(), Some("ns/one"));
+    }
+
+    #[test]
+    fn trunk_changes_update_the_source_acl() {
+        let mut t = table();
+        assert_eq!(t.trunks_for_source(ip("10.1.2.3")), ["ns/a"]);
+        assert!(t.allows_source(ip("192.168.1.1")));
+        // New sources replace the old ones.
+        t.apply_delta(ConfigDelta {
+            base_version: 1,
+            version: 2,
+            upsert_trunks: vec![trunk("ns/a", &["172.16.0.0/12", "10.9.0.0/16"])],
+            ..Default::default()
+        });
+        assert!(t.trunks_for_source(ip("10.1.2.3")).is_empty());
+        assert_eq!(t.trunks_for_source(ip("10.9.1.1")), ["ns/a"]);
+        assert_eq!(t.trunks_for_source(ip("172.16.0.1")), ["ns/a"]);
+        // No sources (digest-only): no ACL entry.
+        t.upsert_trunk(trunk("ns/a", &[]));
+        assert!(!t.allows_source(ip("172.16.0.1")));
+        assert!(t.trunk("ns/a").is_some());
+        // A removed trunk's networks go with it; numbers are the caller's
+        // business (validation).
+        t.apply_delta(ConfigDelta {
+            base_version: 2,
+            version: 3,
+            remove_trunks: vec!["ns/b".into()],
+            remove_numbers: vec!["ns/three".into()],
+            ..Default::default()
+        });
+        assert!(!t.allows_source(ip("192.168.1.1")));
+        assert!(t.trunk("ns/b").is_none());
+        assert!(on(&t, "ns/b").is_empty());
+        // Overlapping trunks are listed by id.
+        t.upsert_trunk(trunk("ns/c", &["10.0.0.0/8"]));
+        t.upsert_trunk(trunk("ns/a", &["10.0.0.0/8"]));
+        assert_eq!(t.trunks_for_source(ip("10.0.0.1")), ["ns/a", "ns/c"]);
+    }
+
+    #[test]
+    fn deltas_match_the_proto_delta_and_snapshots_compare() {
+        let base = RoutingConfig {
+            version: 1,
+            trunks: vec![trunk("ns/a", &["10.0.0.0/8"])],
+            numbers: vec![number("ns/one", "+15550000001", "ns/a")],
+        };
+        let d = ConfigDelta {
+            base_version: 1,
+            version: 2,
+            upsert_trunks: vec![trunk("ns/b", &[])],
+            upsert_numbers: vec![number("ns/two", "+15550000002", "ns/b")],
+            remove_numbers: vec!["ns/one".into()],
+            ..Default::default()
+        };
+        let want = switchboard_proto::delta::apply(&base, &d).expect("apply");
+        let mut t = RoutingTable::build(base.clone());
+        assert!(t.matches(&base));
+        t.apply_delta(d);
+        assert!(t.matches(&want));
+        assert!(!t.matches(&base));
+        let mut other = want.clone();
+        other.numbers[0].inbound = false;
+        assert!(!t.matches(&other), "a changed field");
+    }
+
+    /// Timings for the report (`cargo test --release -p
+    /// switchboard-media-node --lib apply_timings -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn apply_timings() {
+        use std::time::Instant;
+        let cfg = RoutingConfig {
+            version: 1,
+            trunks: vec![trunk("ns/t", &["10.0.0.0/8"])],
+            numbers: (0..100_000)
+                .map(|i| PhoneNumber {
+                    outbound: true,
+                    ..number(&format!("ns/n{i:06}"), &format!("+1555{i:07}"), "ns/t")
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        crate::control::validate(&cfg).expect("valid");
+        let mut t = RoutingTable::build(cfg);
+        eprintln!(
+            "AFTER snapshot 100k (validate + build): {:?}",
+            started.elapsed()
+        );
+        let mut times = Vec::new();
+        for k in 0..10u64 {
+            let d = ConfigDelta {
+                base_version: t.version(),
+                version: t.version() + 1,
+                upsert_numbers: vec![number(
+                    &format!("ns/n{k:06}"),
+                    &format!("+1666{k:07}"),
+                    "ns/t",
+                )],
+                ..Default::default()
+            };
+            let started = Instant::now();
+            crate::control::validate_delta(&t, &d).expect("valid");
+            t.apply_delta(d);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "AFTER one-number delta 100k (validate + apply): median {:?} (min {:?}, max {:?})",
+            times[5], times[0], times[9]
+        );
+        let started = Instant::now();
+        let n = t.caller_number("+15550099999").map(|n| n.id.clone());
+        eprintln!("AFTER caller lookup: {:?} {n:?}", started.elapsed());
+    }
 }

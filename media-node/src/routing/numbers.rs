@@ -2,12 +2,30 @@
 //! first, then the carrier-specific destinationKey.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// Looks numbers up by how carriers write them.
+use switchboard_proto::v1alpha1::PhoneNumber;
+
+/// Looks numbers up by how carriers write them. Updated number by number:
+/// adding and removing one costs a few hash operations.
 #[derive(Debug, Default, Clone)]
 pub struct NumberIndex {
-    by_digits: HashMap<String, usize>,
-    by_key: HashMap<String, usize>,
+    by_digits: HashMap<String, Claimants>,
+    by_key: HashMap<String, Claimants>,
+}
+
+/// The numbers indexed under one form, ordered by id. The operator keeps
+/// forms unique, but a node does not rely on it: the smallest id answers
+/// (the first in the operator's id-ordered configuration), and removing it
+/// lets the next one answer.
+#[derive(Debug, Clone)]
+struct Claimants(Vec<Arc<PhoneNumber>>);
+
+impl Claimants {
+    fn first(&self) -> &Arc<PhoneNumber> {
+        // Never empty: an entry is removed with its last claimant.
+        &self.0[0]
+    }
 }
 
 /// The user part as a number: URI parameters (`;npdi`) and visual
@@ -24,29 +42,76 @@ fn e164_digits(s: &str) -> Option<&str> {
     (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())).then_some(d)
 }
 
-impl NumberIndex {
-    /// Indexes number `idx` by its E.164 form and destination key.
-    pub fn add(&mut self, idx: usize, e164: &str, destination_key: &str) {
-        if let Some(d) = e164_digits(e164) {
-            self.by_digits.entry(d.to_owned()).or_insert(idx);
+fn claim(map: &mut HashMap<String, Claimants>, form: &str, n: &Arc<PhoneNumber>) {
+    match map.get_mut(form) {
+        Some(c) => {
+            let at = c.0.partition_point(|x| x.id < n.id);
+            if c.0.get(at).is_some_and(|x| x.id == n.id) {
+                c.0[at] = n.clone();
+            } else {
+                c.0.insert(at, n.clone());
+            }
         }
-        if !destination_key.is_empty() {
-            self.by_key.entry(destination_key.to_owned()).or_insert(idx);
+        None => {
+            map.insert(form.to_owned(), Claimants(vec![n.clone()]));
+        }
+    }
+}
+
+fn unclaim(map: &mut HashMap<String, Claimants>, form: &str, id: &str) {
+    if let Some(c) = map.get_mut(form) {
+        c.0.retain(|x| x.id != id);
+        if c.0.is_empty() {
+            map.remove(form);
+        }
+    }
+}
+
+impl NumberIndex {
+    /// Indexes a number by its E.164 form and destination key. Add a
+    /// number once; to change it, [`remove`](Self::remove) the old one
+    /// first.
+    pub fn add(&mut self, n: &Arc<PhoneNumber>) {
+        if let Some(d) = e164_digits(&n.e164) {
+            claim(&mut self.by_digits, d, n);
+        }
+        if !n.destination_key.is_empty() {
+            claim(&mut self.by_key, &n.destination_key, n);
+        }
+    }
+
+    /// Removes the entries `n` (as it was added) made.
+    pub fn remove(&mut self, n: &PhoneNumber) {
+        if let Some(d) = e164_digits(&n.e164) {
+            unclaim(&mut self.by_digits, d, &n.id);
+        }
+        if !n.destination_key.is_empty() {
+            unclaim(&mut self.by_key, &n.destination_key, &n.id);
         }
     }
 
     /// Finds the number for a called user part.
-    pub fn lookup(&self, user: &str) -> Option<usize> {
+    pub fn lookup(&self, user: &str) -> Option<&Arc<PhoneNumber>> {
         let cleaned = clean_user(user);
         if let Some(d) = e164_digits(&cleaned)
-            && let Some(i) = self.by_digits.get(d)
+            && let Some(c) = self.by_digits.get(d)
         {
-            return Some(*i);
+            return Some(c.first());
         }
         self.by_key
             .get(user)
             .or_else(|| self.by_key.get(&cleaned))
-            .copied()
+            .map(Claimants::first)
+    }
+
+    /// Index entries (digits and keys), for tests and accounting.
+    pub fn len(&self) -> usize {
+        self.by_digits.len() + self.by_key.len()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -54,27 +119,85 @@ impl NumberIndex {
 mod tests {
     use super::*;
 
+    fn number(id: &str, e164: &str, key: &str) -> Arc<PhoneNumber> {
+        Arc::new(PhoneNumber {
+            id: id.into(),
+            e164: e164.into(),
+            destination_key: key.into(),
+            ..Default::default()
+        })
+    }
+
+    fn id(idx: &NumberIndex, user: &str) -> Option<String> {
+        idx.lookup(user).map(|n| n.id.clone())
+    }
+
     #[test]
     fn matching_order() {
         let mut idx = NumberIndex::default();
-        idx.add(0, "+15551234567", "");
-        idx.add(1, "+4930123456", "030123456");
-        assert_eq!(idx.lookup("+15551234567"), Some(0));
-        assert_eq!(idx.lookup("15551234567"), Some(0));
-        assert_eq!(idx.lookup("+1-555-123-4567"), Some(0));
-        assert_eq!(idx.lookup("+15551234567;npdi"), Some(0));
-        assert_eq!(idx.lookup("030123456"), Some(1));
-        assert_eq!(idx.lookup("4930123456"), Some(1));
-        assert_eq!(idx.lookup("5551234567"), None);
-        assert_eq!(idx.lookup(""), None);
-        assert_eq!(idx.lookup("alice"), None);
+        idx.add(&number("a", "+15551234567", ""));
+        idx.add(&number("b", "+4930123456", "030123456"));
+        assert_eq!(id(&idx, "+15551234567").as_deref(), Some("a"));
+        assert_eq!(id(&idx, "15551234567").as_deref(), Some("a"));
+        assert_eq!(id(&idx, "+1-555-123-4567").as_deref(), Some("a"));
+        assert_eq!(id(&idx, "+15551234567;npdi").as_deref(), Some("a"));
+        assert_eq!(id(&idx, "030123456").as_deref(), Some("b"));
+        assert_eq!(id(&idx, "4930123456").as_deref(), Some("b"));
+        assert_eq!(id(&idx, "5551234567"), None);
+        assert_eq!(id(&idx, ""), None);
+        assert_eq!(id(&idx, "alice"), None);
     }
 
     #[test]
     fn e164_wins_over_destination_key() {
         let mut idx = NumberIndex::default();
-        idx.add(0, "+15550000001", "15550000002");
-        idx.add(1, "+15550000002", "");
-        assert_eq!(idx.lookup("15550000002"), Some(1));
+        idx.add(&number("a", "+15550000001", "15550000002"));
+        idx.add(&number("b", "+15550000002", ""));
+        assert_eq!(id(&idx, "15550000002").as_deref(), Some("b"));
+        // Without the E.164 claimant the key answers again.
+        idx.remove(&number("b", "+15550000002", ""));
+        assert_eq!(id(&idx, "15550000002").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn removal_leaves_nothing_behind() {
+        let mut idx = NumberIndex::default();
+        let a = number("a", "+15550000001", "k1");
+        idx.add(&a);
+        idx.remove(&a);
+        assert_eq!(id(&idx, "+15550000001"), None);
+        assert_eq!(id(&idx, "k1"), None);
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn shared_forms_answer_the_smallest_id_and_survive_its_removal() {
+        let mut idx = NumberIndex::default();
+        // Added out of id order: the answer does not depend on that order.
+        let z = number("z", "+15550000001", "key");
+        let a = number("a", "+15550000001", "key");
+        idx.add(&z);
+        idx.add(&a);
+        assert_eq!(id(&idx, "15550000001").as_deref(), Some("a"));
+        assert_eq!(id(&idx, "key").as_deref(), Some("a"));
+        idx.remove(&a);
+        assert_eq!(id(&idx, "15550000001").as_deref(), Some("z"));
+        assert_eq!(id(&idx, "key").as_deref(), Some("z"));
+        idx.remove(&z);
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn re_adding_a_number_replaces_its_entry() {
+        let mut idx = NumberIndex::default();
+        idx.add(&number("a", "+15550000001", ""));
+        let changed = Arc::new(PhoneNumber {
+            inbound: true,
+            ..(*number("a", "+15550000001", "")).clone()
+        });
+        idx.add(&changed);
+        assert!(idx.lookup("15550000001").is_some_and(|n| n.inbound));
+        idx.remove(&changed);
+        assert!(idx.is_empty(), "one entry per number and form");
     }
 }
