@@ -41,7 +41,11 @@ async fn apply<K: kube::Resource<DynamicType = ()>>(client: &Client, doc: &Value
     // The API server may throttle a burst; retry a few times.
     for _ in 0..5 {
         match api::<K>(client)
-            .patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(doc))
+            .patch(
+                &name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(doc),
+            )
             .await
         {
             Ok(_) => return,
@@ -88,16 +92,12 @@ async fn start_nodes(client: &Client, n: usize) -> Vec<ControlledNode> {
 
 async fn wait_numbers(nodes: &[ControlledNode], want: f64, within: Duration) {
     for n in nodes {
-        eventually(
-            &format!("{want} numbers on {}", n.name),
-            within,
-            || async {
-                match numbers_on(n).await {
-                    Some(v) if v == want => Ok(()),
-                    v => Err(format!("{v:?}")),
-                }
-            },
-        )
+        eventually(&format!("{want} numbers on {}", n.name), within, || async {
+            match numbers_on(n).await {
+                Some(v) if v == want => Ok(()),
+                v => Err(format!("{v:?}")),
+            }
+        })
         .await;
     }
 }
@@ -209,7 +209,10 @@ async fn a_deleted_winner_hands_its_number_to_the_next_oldest_claimant_without_a
     accepted("first", "True").await;
     let lost = accepted("third", "False").await;
     assert!(
-        lost["message"].as_str().unwrap_or("").contains("default/first"),
+        lost["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("default/first"),
         "{lost}"
     );
 
@@ -240,13 +243,19 @@ async fn a_deleted_winner_hands_its_number_to_the_next_oldest_claimant_without_a
         if newer {
             break;
         }
-        assert!(Instant::now() < deadline, "the hand-over never reached the nodes");
+        assert!(
+            Instant::now() < deadline,
+            "the hand-over never reached the nodes"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     accepted("second", "True").await;
     let still = accepted("third", "False").await;
     assert!(
-        still["message"].as_str().unwrap_or("").contains("default/second"),
+        still["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("default/second"),
         "{still}"
     );
 }

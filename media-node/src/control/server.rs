@@ -53,6 +53,8 @@ struct Programming {
     refusals: IntCounter,
     /// Requests from an older leadership term, ignored.
     stale_terms: IntCounter,
+    /// The leadership term of the configuration in use.
+    term: IntGauge,
 }
 
 /// What a request did, for the status stream.
@@ -76,6 +78,11 @@ impl Programming {
             "Routing configurations refused",
         )
         .expect("constant metric name is valid");
+        let term = IntGauge::new(
+            "switchboard_config_term",
+            "Operator leadership term of the configuration in use (0: unfenced)",
+        )
+        .expect("constant metric name is valid");
         let stale_terms = IntCounter::new(
             "switchboard_config_stale_term_total",
             "Configuration requests ignored because they came from an older operator leadership term",
@@ -87,6 +94,7 @@ impl Programming {
             Box::new(numbers.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refusals.clone()),
             Box::new(stale_terms.clone()),
+            Box::new(term.clone()),
         ] {
             let _ = metrics.registry().register(m);
         }
@@ -99,6 +107,7 @@ impl Programming {
             numbers,
             refusals,
             stale_terms,
+            term,
         }
     }
 
@@ -233,6 +242,7 @@ impl Programming {
             }
         };
         st.term = req.term;
+        self.term.set(i64::try_from(st.term).unwrap_or(i64::MAX));
         st.refused = None;
         let (trunks, numbers) = self
             .routing
