@@ -85,6 +85,14 @@ impl ControlledNode {
         self.child = Some(child);
     }
 
+    /// The process's resident memory in KiB (VmRSS; 0 when not running).
+    pub fn rss_kib(&self) -> u64 {
+        self.child
+            .as_ref()
+            .map(|c| crate::node::proc_status_kib(c.id(), "VmRSS:"))
+            .unwrap_or(0)
+    }
+
     /// Kills the process (SIGKILL): its calls die with it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

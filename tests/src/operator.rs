@@ -113,6 +113,14 @@ impl Operator {
         }
     }
 
+    /// The process's resident memory in KiB (VmRSS; 0 when not running).
+    pub fn rss_kib(&self) -> u64 {
+        self.child
+            .as_ref()
+            .map(|c| crate::node::proc_status_kib(c.id(), "VmRSS:"))
+            .unwrap_or(0)
+    }
+
     /// Everything the process printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
