@@ -19,12 +19,19 @@ pub struct NumberIndex {
 /// (the first in the operator's id-ordered configuration), and removing it
 /// lets the next one answer.
 #[derive(Debug, Clone)]
-struct Claimants(Vec<Arc<PhoneNumber>>);
+enum Claimants {
+    /// The usual case, without a list to allocate.
+    One(Arc<PhoneNumber>),
+    /// Ordered by id; never empty (the entry goes with its last claimant).
+    Many(Vec<Arc<PhoneNumber>>),
+}
 
 impl Claimants {
     fn first(&self) -> &Arc<PhoneNumber> {
-        // Never empty: an entry is removed with its last claimant.
-        &self.0[0]
+        match self {
+            Claimants::One(n) => n,
+            Claimants::Many(v) => &v[0],
+        }
     }
 }
 
@@ -43,31 +50,61 @@ fn e164_digits(s: &str) -> Option<&str> {
 }
 
 fn claim(map: &mut HashMap<String, Claimants>, form: &str, n: &Arc<PhoneNumber>) {
-    match map.get_mut(form) {
-        Some(c) => {
-            let at = c.0.partition_point(|x| x.id < n.id);
-            if c.0.get(at).is_some_and(|x| x.id == n.id) {
-                c.0[at] = n.clone();
-            } else {
-                c.0.insert(at, n.clone());
-            }
+    let Some(c) = map.get_mut(form) else {
+        map.insert(form.to_owned(), Claimants::One(n.clone()));
+        return;
+    };
+    match c {
+        Claimants::One(x) if x.id == n.id => *x = n.clone(),
+        Claimants::One(x) => {
+            let mut v = vec![x.clone(), n.clone()];
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            *c = Claimants::Many(v);
         }
-        None => {
-            map.insert(form.to_owned(), Claimants(vec![n.clone()]));
+        Claimants::Many(v) => {
+            let at = v.partition_point(|x| x.id < n.id);
+            if v.get(at).is_some_and(|x| x.id == n.id) {
+                v[at] = n.clone();
+            } else {
+                v.insert(at, n.clone());
+            }
         }
     }
 }
 
 fn unclaim(map: &mut HashMap<String, Claimants>, form: &str, id: &str) {
-    if let Some(c) = map.get_mut(form) {
-        c.0.retain(|x| x.id != id);
-        if c.0.is_empty() {
+    let Some(c) = map.get_mut(form) else {
+        return;
+    };
+    let left = match c {
+        Claimants::One(x) if x.id == id => None,
+        Claimants::One(_) => return,
+        Claimants::Many(v) => {
+            v.retain(|x| x.id != id);
+            match v.as_slice() {
+                [] => None,
+                [only] => Some(Claimants::One(only.clone())),
+                _ => return,
+            }
+        }
+    };
+    match left {
+        Some(one) => *c = one,
+        None => {
             map.remove(form);
         }
     }
 }
 
 impl NumberIndex {
+    /// An index sized for about `numbers` numbers.
+    pub fn with_capacity(numbers: usize) -> NumberIndex {
+        NumberIndex {
+            by_digits: HashMap::with_capacity(numbers),
+            by_key: HashMap::new(),
+        }
+    }
+
     /// Indexes a number by its E.164 form and destination key. Add a
     /// number once; to change it, [`remove`](Self::remove) the old one
     /// first.
