@@ -232,6 +232,7 @@ async fn run_files(
     let mut published = false;
     let mut printed = String::new();
     let mut last_print = std::time::Instant::now();
+    let mut print_pending = false;
     let mut reload = true;
     let mut problems: Vec<files::Problem> = Vec::new();
     let mut directory = files::Directory::new(&dir);
@@ -239,16 +240,24 @@ async fn run_files(
     let mut r = Snapshot::default();
     loop {
         if reload {
+            let read_started = std::time::Instant::now();
             let found = directory.reload()?;
+            let read = read_started.elapsed();
             problems = found.problems;
+            let events = found.events.len();
             let started = std::time::Instant::now();
             {
                 let secrets = |k: &_| directory.secret(k);
                 index.apply(found.events, &secrets);
             }
-            metrics
-                .resolve_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let resolved = started.elapsed();
+            metrics.resolve_seconds.observe(resolved.as_secs_f64());
+            tracing::debug!(
+                events,
+                read_ms = read.as_secs_f64() * 1e3,
+                resolve_ms = resolved.as_secs_f64() * 1e3,
+                "manifests reloaded"
+            );
             let (t, n) = index.counts();
             metrics.observe(t, n);
             metrics.ready.set(1);
@@ -268,14 +277,24 @@ async fn run_files(
                 }
                 resolved_tx.send_replace(r.clone());
                 published = true;
+                // Let the fleet programmer run before the table is rendered:
+                // woken from here it sits in this worker's LIFO slot, which
+                // the other worker cannot steal.
+                tokio::task::yield_now().await;
             }
         }
-        let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
-        let text = table::render(&r, view.as_deref(), &problems);
-        if text != printed {
-            print!("{text}");
-            printed = text;
+        // Call counts change constantly: reprint at most once a second, but
+        // never let that wait hold up a file change.
+        let print_at = last_print + fleet::STATUS_INTERVAL;
+        if reload || print_pending && std::time::Instant::now() >= print_at {
+            let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
+            let text = table::render(&r, view.as_deref(), &problems);
+            if text != printed {
+                print!("{text}");
+                printed = text;
+            }
             last_print = std::time::Instant::now();
+            print_pending = false;
         }
         let Some(rx) = changes.as_mut() else {
             let all_ok = problems.is_empty()
@@ -286,6 +305,7 @@ async fn run_files(
             }
             return Ok(());
         };
+        reload = false;
         tokio::select! {
             got = rx.recv() => {
                 if got.is_none() {
@@ -295,17 +315,13 @@ async fn run_files(
                 while rx.try_recv().is_ok() {}
                 reload = true;
             }
-            changed = view_rx.changed(), if fleet_on => {
+            changed = view_rx.changed(), if fleet_on && !print_pending => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                reload = false;
-                // Call counts change constantly; reprint at most this often.
-                let since = last_print.elapsed();
-                if since < fleet::STATUS_INTERVAL {
-                    tokio::time::sleep(fleet::STATUS_INTERVAL - since).await;
-                }
+                print_pending = true;
             }
+            _ = tokio::time::sleep_until(print_at.into()), if print_pending => {}
             _ = shutdown_requested(&mut shutdown) => return Ok(()),
         }
     }

@@ -226,8 +226,15 @@ fn counted(a: &NodeAck) -> bool {
 }
 
 fn number_programmed(since: u64, nodes: &[NodeAck], total: usize) -> Verdict {
-    let counted: Vec<&NodeAck> = nodes.iter().filter(|n| counted(n)).collect();
-    let done = counted.iter().filter(|n| n.acked_version >= since).count();
+    // Called once per number when a table or status is built: no allocation.
+    let (mut counted_n, mut done) = (0usize, 0usize);
+    for n in nodes.iter().filter(|n| counted(n)) {
+        counted_n += 1;
+        if n.acked_version >= since {
+            done += 1;
+        }
+    }
+    let counted = nodes.iter().filter(|n| counted(n));
     if total == 0 {
         return Verdict {
             ok: false,
@@ -235,44 +242,39 @@ fn number_programmed(since: u64, nodes: &[NodeAck], total: usize) -> Verdict {
             message: "no media nodes are running".into(),
         };
     }
-    if counted.is_empty() {
+    if counted_n == 0 {
         return Verdict {
             ok: false,
             reason: reason::PENDING,
             message: "no media node has applied a configuration yet".into(),
         };
     }
-    if done == counted.len() {
+    if done == counted_n {
         return Verdict {
             ok: true,
             reason: reason::PROGRAMMED,
             message: "the media nodes run this generation".into(),
         };
     }
-    if let Some((n, why)) = counted
-        .iter()
-        .filter(|n| n.acked_version < since)
-        .find_map(|n| {
-            n.refused
-                .as_ref()
-                .filter(|(v, _)| *v >= since)
-                .map(|(_, why)| (n, why))
-        })
-    {
+    if let Some((n, why)) = counted.filter(|n| n.acked_version < since).find_map(|n| {
+        n.refused
+            .as_ref()
+            .filter(|(v, _)| *v >= since)
+            .map(|(_, why)| (n, why))
+    }) {
         return Verdict {
             ok: false,
             reason: reason::NODE_REFUSED,
             message: format!(
-                "media node {} refused the configuration: {why} ({done}/{} programmed)",
+                "media node {} refused the configuration: {why} ({done}/{counted_n} programmed)",
                 n.id,
-                counted.len()
             ),
         };
     }
     Verdict {
         ok: false,
         reason: reason::PENDING,
-        message: format!("{done}/{} media nodes programmed", counted.len()),
+        message: format!("{done}/{counted_n} media nodes programmed"),
     }
 }
 

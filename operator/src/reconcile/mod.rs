@@ -278,6 +278,9 @@ pub async fn run(
         }
         resolved.send_replace(snap.clone());
         published = Some(snap);
+        // Let the fleet programmer run first (it sits in this worker's LIFO
+        // slot, which the other worker cannot steal).
+        tokio::task::yield_now().await;
     }
 }
 

@@ -445,18 +445,23 @@ async fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("bench/results"));
     let quick = std::env::var("BENCH_QUICK").is_ok();
-    let sizes: &[usize] = if quick {
-        &[1, 1000]
-    } else {
-        &[1, 1000, 100_000]
+    // BENCH_OPERATOR_SIZES=100000 runs one size; BENCH_OPERATOR_PARTS=files
+    // (or secret, kube, comma-separated) runs only those parts.
+    let sizes: Vec<usize> = match std::env::var("BENCH_OPERATOR_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) if quick => vec![1, 1000],
+        Err(_) => vec![1, 1000, 100_000],
     };
+    let parts =
+        std::env::var("BENCH_OPERATOR_PARTS").unwrap_or_else(|_| "files,secret,kube".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let kube_count = if quick { 1000 } else { 10_000 };
     let mut files_rows = Vec::new();
-    for &n in sizes {
+    for &n in sizes.iter().filter(|_| part("files")) {
         eprintln!("bench-operator: file source, {n} numbers, 10 nodes");
         files_rows.extend(files_run(n, 10).await?);
     }
-    let secret_rows = if quick {
+    let secret_rows = if quick || !part("secret") {
         Vec::new()
     } else {
         eprintln!(
@@ -466,7 +471,11 @@ async fn main() -> anyhow::Result<()> {
     };
     files_rows.extend(secret_rows);
     eprintln!("bench-operator: Kubernetes API, {kube_count} numbers, {KUBE_NODES} nodes");
-    let kube_rows = kube_run(kube_count).await?;
+    let kube_rows = if part("kube") {
+        kube_run(kube_count).await?
+    } else {
+        Vec::new()
+    };
     let mut md = String::new();
     let _ = writeln!(md, "## Operator: programming numbers onto the fleet\n");
     let _ = writeln!(
