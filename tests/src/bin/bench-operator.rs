@@ -523,7 +523,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(2)
         )
     );
-    let targets: [(&str, &[Row], &str, Duration); 7] = [
+    let targets: [(&str, &[Row], &str, Duration); 6] = [
         (
             "one number added (1,000 numbers)",
             &files_rows,
@@ -559,12 +559,6 @@ async fn main() -> anyhow::Result<()> {
             &kube_rows,
             "10000 PhoneNumbers: all Programmed=True after",
             Duration::from_secs(5),
-        ),
-        (
-            "10,000 PhoneNumbers through the API server: first create to all nodes running them",
-            &kube_rows,
-            "10000 PhoneNumbers: first create to all",
-            Duration::from_secs(30),
         ),
     ];
     for (what, rows, prefix, target) in targets {
