@@ -62,9 +62,9 @@ where
 
 /// A watch event of one of the three kinds.
 enum Watched {
-    Trunk(watcher::Event<SipTrunk>),
-    Number(watcher::Event<PhoneNumber>),
-    Secret(watcher::Event<Secret>),
+    Trunk(Box<watcher::Event<SipTrunk>>),
+    Number(Box<watcher::Event<PhoneNumber>>),
+    Secret(Box<watcher::Event<Secret>>),
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
@@ -103,19 +103,25 @@ impl Translator {
         let (kind, ev) = match w {
             Watched::Trunk(e) => (
                 0,
-                map_event(e, |t| {
-                    (key_of(&t), Event::Trunk(TrunkInput::from_object(&t)))
+                map_event(*e, |t| {
+                    (
+                        key_of(&t),
+                        Event::Trunk(Box::new(TrunkInput::from_object(&t))),
+                    )
                 }),
             ),
             Watched::Number(e) => (
                 1,
-                map_event(e, |n| {
-                    (key_of(&n), Event::Number(NumberInput::from_object(&n)))
+                map_event(*e, |n| {
+                    (
+                        key_of(&n),
+                        Event::Number(Box::new(NumberInput::from_object(&n))),
+                    )
                 }),
             ),
             Watched::Secret(e) => (
                 2,
-                map_event(e, |s| {
+                map_event(*e, |s| {
                     let k = key_of(&s);
                     (k.clone(), Event::Secret(k, SecretData::from(&s)))
                 }),
@@ -201,17 +207,26 @@ pub async fn run(
     let trunk_events = watcher(api::<SipTrunk>(&client, &opts.namespace), cfg.clone())
         .default_backoff()
         .reflect(trunk_writer)
-        .map(|e| e.map(Watched::Trunk).map_err(|e| ("SipTrunk", e)))
+        .map(|e| {
+            e.map(|e| Watched::Trunk(Box::new(e)))
+                .map_err(|e| ("SipTrunk", e))
+        })
         .boxed();
     let number_events = watcher(api::<PhoneNumber>(&client, &opts.namespace), cfg.clone())
         .default_backoff()
         .reflect(number_writer)
-        .map(|e| e.map(Watched::Number).map_err(|e| ("PhoneNumber", e)))
+        .map(|e| {
+            e.map(|e| Watched::Number(Box::new(e)))
+                .map_err(|e| ("PhoneNumber", e))
+        })
         .boxed();
     let secret_events = watcher(api::<Secret>(&client, &opts.namespace), cfg)
         .default_backoff()
         .reflect(secret_writer)
-        .map(|e| e.map(Watched::Secret).map_err(|e| ("Secret", e)))
+        .map(|e| {
+            e.map(|e| Watched::Secret(Box::new(e)))
+                .map_err(|e| ("Secret", e))
+        })
         .boxed();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let m = metrics.clone();

@@ -32,12 +32,13 @@ use crate::crd::SipTrunkSpec;
 /// One change to the resolver's inputs.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A trunk was created or changed.
-    Trunk(TrunkInput),
+    /// A trunk was created or changed (boxed: a batch of 100,000 events
+    /// should not cost 100,000 times the largest variant).
+    Trunk(Box<TrunkInput>),
     /// A trunk was deleted.
     TrunkDeleted(ObjectKey),
     /// A number was created or changed.
-    Number(NumberInput),
+    Number(Box<NumberInput>),
     /// A number was deleted.
     NumberDeleted(ObjectKey),
     /// A Secret was created or changed.
@@ -276,6 +277,7 @@ impl Index {
         for ev in events {
             match ev {
                 Event::Trunk(t) => {
+                    let t = *t;
                     let key = t.key.clone();
                     self.forget_trunk(&key);
                     let names = convert::trunk_secret_names(&t.spec);
@@ -302,6 +304,7 @@ impl Index {
                     dirty_trunks.insert(key);
                 }
                 Event::Number(n) => {
+                    let n = *n;
                     let key = n.key.clone();
                     self.forget_number(&key, &mut dirty_numbers);
                     let claims = if super::validate::number(&n.spec).is_ok() {

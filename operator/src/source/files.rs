@@ -171,8 +171,16 @@ impl Directory {
         let file = self.owners.get(o)?.last()?;
         let objects = &self.files.get(file)?.objects;
         match o {
-            Owned::Trunk(k) => objects.trunks.get(k).cloned().map(Event::Trunk),
-            Owned::Number(k) => objects.numbers.get(k).cloned().map(Event::Number),
+            Owned::Trunk(k) => objects
+                .trunks
+                .get(k)
+                .cloned()
+                .map(|t| Event::Trunk(Box::new(t))),
+            Owned::Number(k) => objects
+                .numbers
+                .get(k)
+                .cloned()
+                .map(|n| Event::Number(Box::new(n))),
             Owned::Secret(k) => objects
                 .secrets
                 .get(k)

@@ -220,7 +220,7 @@ fn step(inputs: &mut Inputs, all_secrets: &mut BTreeMap<ObjectKey, SecretData>, 
         Op::Trunk(ns, t, k) => {
             let t = trunk_input(*ns, *t, k);
             inputs.trunks.insert(t.key.clone(), t.clone());
-            Event::Trunk(t)
+            Event::Trunk(Box::new(t))
         }
         Op::DeleteTrunk(ns, t) => {
             let key = ObjectKey::new(NAMESPACES[*ns], TRUNKS[*t]);
@@ -230,7 +230,7 @@ fn step(inputs: &mut Inputs, all_secrets: &mut BTreeMap<ObjectKey, SecretData>, 
         Op::Number(ns, i, k) => {
             let n = number_input(*ns, *i, k);
             inputs.numbers.insert(n.key.clone(), n.clone());
-            Event::Number(n)
+            Event::Number(Box::new(n))
         }
         Op::DeleteNumber(ns, i) => {
             let key = ObjectKey::new(NAMESPACES[*ns], NUMBERS[*i]);
@@ -378,10 +378,10 @@ fn a_deleted_winner_hands_its_number_to_the_next_oldest_claimant() {
     };
     index.apply(
         [
-            Event::Trunk(trunk_input(0, 0, &trunk)),
-            Event::Number(number_input(0, 0, &claim(0))),
-            Event::Number(number_input(0, 1, &claim(2))),
-            Event::Number(number_input(0, 2, &claim(1))),
+            Event::Trunk(Box::new(trunk_input(0, 0, &trunk))),
+            Event::Number(Box::new(number_input(0, 0, &claim(0)))),
+            Event::Number(Box::new(number_input(0, 1, &claim(2)))),
+            Event::Number(Box::new(number_input(0, 2, &claim(1)))),
         ],
         &secrets,
     );
@@ -410,7 +410,7 @@ fn a_secret_change_rejudges_only_its_users() {
     );
     let mut events = Vec::new();
     for t in 0..TRUNKS.len() {
-        events.push(Event::Trunk(trunk_input(
+        events.push(Event::Trunk(Box::new(trunk_input(
             0,
             t,
             &TrunkKind {
@@ -421,7 +421,7 @@ fn a_secret_change_rejudges_only_its_users() {
                 egress: false,
                 generation: 1,
             },
-        )));
+        ))));
     }
     for i in 0..NUMBERS.len() {
         let mut n = number_input(
@@ -439,7 +439,7 @@ fn a_secret_change_rejudges_only_its_users() {
             },
         );
         n.spec.number = format!("+1555000010{i}");
-        events.push(Event::Number(n));
+        events.push(Event::Number(Box::new(n)));
     }
     let source = |k: &ObjectKey| all.get(k).cloned();
     index.apply(events, &source);
