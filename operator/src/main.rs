@@ -230,73 +230,56 @@ async fn run_files(
     };
     let mut version = 0u64;
     let mut published = false;
-    let mut printed = String::new();
-    let mut last_print = std::time::Instant::now();
-    let mut print_pending = false;
-    let mut reload = true;
-    let mut problems: Vec<files::Problem> = Vec::new();
+    let (table_tx, table_rx) = watch::channel((Snapshot::default(), Arc::new(Vec::new())));
+    let mut table_rx = Some(table_rx);
     let mut directory = files::Directory::new(&dir);
     let mut index = Index::new();
     let mut r = Snapshot::default();
     loop {
-        if reload {
-            let read_started = std::time::Instant::now();
-            let found = directory.reload()?;
-            let read = read_started.elapsed();
-            problems = found.problems;
-            let events = found.events.len();
-            let started = std::time::Instant::now();
-            {
-                let secrets = |k: &_| directory.secret(k);
-                index.apply(found.events, &secrets);
-            }
-            let resolved = started.elapsed();
-            metrics.resolve_seconds.observe(resolved.as_secs_f64());
-            tracing::debug!(
-                events,
-                read_ms = read.as_secs_f64() * 1e3,
-                resolve_ms = resolved.as_secs_f64() * 1e3,
-                "manifests reloaded"
-            );
-            let (t, n) = index.counts();
-            metrics.observe(t, n);
-            metrics.ready.set(1);
-            let new = index.snapshot();
-            // Compared by identity: the index shares what did not change.
-            let same = published && new.same(&r);
-            r = new;
-            if !same {
-                version += 1;
-                for p in &problems {
-                    warn!(location = %p.location, "skipped document: {}", p.message);
-                }
-                if let Some(path) = &args.emit_config {
-                    emit(path, &r, version)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    info!(path = %path.display(), version, "routing configuration written");
-                }
-                resolved_tx.send_replace(r.clone());
-                published = true;
-                // Let the fleet programmer run before the table is rendered:
-                // woken from here it sits in this worker's LIFO slot, which
-                // the other worker cannot steal.
-                tokio::task::yield_now().await;
-            }
+        let read_started = std::time::Instant::now();
+        let found = directory.reload()?;
+        let read = read_started.elapsed();
+        let problems = found.problems;
+        let events = found.events.len();
+        let started = std::time::Instant::now();
+        {
+            let secrets = |k: &_| directory.secret(k);
+            index.apply(found.events, &secrets);
         }
-        // Call counts change constantly: reprint at most once a second, but
-        // never let that wait hold up a file change.
-        let print_at = last_print + fleet::STATUS_INTERVAL;
-        if reload || print_pending && std::time::Instant::now() >= print_at {
-            let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
-            let text = table::render(&r, view.as_deref(), &problems);
-            if text != printed {
-                print!("{text}");
-                printed = text;
+        let resolved = started.elapsed();
+        metrics.resolve_seconds.observe(resolved.as_secs_f64());
+        tracing::debug!(
+            events,
+            read_ms = read.as_secs_f64() * 1e3,
+            resolve_ms = resolved.as_secs_f64() * 1e3,
+            "manifests reloaded"
+        );
+        let (t, n) = index.counts();
+        metrics.observe(t, n);
+        metrics.ready.set(1);
+        let new = index.snapshot();
+        // Compared by identity: the index shares what did not change.
+        let same = published && new.same(&r);
+        r = new;
+        if !same {
+            version += 1;
+            for p in &problems {
+                warn!(location = %p.location, "skipped document: {}", p.message);
             }
-            last_print = std::time::Instant::now();
-            print_pending = false;
+            if let Some(path) = &args.emit_config {
+                emit(path, &r, version).with_context(|| format!("writing {}", path.display()))?;
+                info!(path = %path.display(), version, "routing configuration written");
+            }
+            resolved_tx.send_replace(r.clone());
+            published = true;
+            // Let the fleet programmer run before the table is rendered:
+            // woken from here it sits in this worker's LIFO slot, which
+            // the other worker cannot steal.
+            tokio::task::yield_now().await;
         }
         let Some(rx) = changes.as_mut() else {
+            let view = fleet_on.then(|| view_rx.borrow_and_update().clone());
+            print!("{}", table::render(&r, view.as_deref(), &problems));
             let all_ok = problems.is_empty()
                 && r.trunks.values().all(|v| v.usable())
                 && r.numbers.values().all(|v| v.usable());
@@ -305,7 +288,11 @@ async fn run_files(
             }
             return Ok(());
         };
-        reload = false;
+        table_tx.send_replace((r.clone(), Arc::new(problems.clone())));
+        // The printer starts with the first resolution, not an empty table.
+        if let Some(rx) = table_rx.take() {
+            tokio::spawn(print_tables(rx, fleet_on.then(|| view_rx.clone())));
+        }
         tokio::select! {
             got = rx.recv() => {
                 if got.is_none() {
@@ -313,16 +300,49 @@ async fn run_files(
                 }
                 tokio::time::sleep(files::SETTLE).await;
                 while rx.try_recv().is_ok() {}
-                reload = true;
             }
-            changed = view_rx.changed(), if fleet_on && !print_pending => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                print_pending = true;
-            }
-            _ = tokio::time::sleep_until(print_at.into()), if print_pending => {}
             _ = shutdown_requested(&mut shutdown) => return Ok(()),
+        }
+    }
+}
+
+/// Prints the conditions table whenever the resources or the fleet change,
+/// at most once a second for fleet changes (call counts change constantly).
+/// Rendering 100,000 numbers takes a while, so it runs on a blocking thread
+/// and never holds up a file change.
+async fn print_tables(
+    mut resources: watch::Receiver<(Snapshot, Arc<Vec<files::Problem>>)>,
+    mut view: Option<watch::Receiver<Arc<FleetView>>>,
+) {
+    let mut printed = String::new();
+    loop {
+        let (r, problems) = resources.borrow_and_update().clone();
+        let v = view.as_mut().map(|v| v.borrow_and_update().clone());
+        let text =
+            match tokio::task::spawn_blocking(move || table::render(&r, v.as_deref(), &problems))
+                .await
+            {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        if text != printed {
+            print!("{text}");
+            printed = text;
+        }
+        let printed_at = tokio::time::Instant::now();
+        tokio::select! {
+            r = resources.changed() => if r.is_err() { return },
+            r = async {
+                match view.as_mut() {
+                    Some(v) => v.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if r.is_err() {
+                    view = None;
+                }
+                tokio::time::sleep_until(printed_at + fleet::STATUS_INTERVAL).await;
+            }
         }
     }
 }

@@ -42,6 +42,9 @@ async fn numbers_on(node: &ControlledNode) -> Option<f64> {
     node.metric("switchboard_config_numbers").await
 }
 
+/// Quiet time after a large load before a change is measured.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Polls every node until all report `want` numbers; returns the time.
 async fn wait_all(
     nodes: &[ControlledNode],
@@ -153,6 +156,8 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
         bytes: snap,
     }];
 
+    // Changes are measured in steady state, not in the tail of the load.
+    tokio::time::sleep(SETTLE).await;
     let before = pushed_bytes(&op, "delta").await;
     let changed = Instant::now();
     std::fs::write(manifests.join("one-more.yaml"), number_yaml(count + 1))?;
@@ -483,7 +488,7 @@ async fn main() -> anyhow::Result<()> {
         "Method: real `switchboard-media-node` processes on loopback, programmed over gRPC (plaintext control, \
          `--control-insecure`); time is measured by polling each node's `switchboard_config_numbers` gauge every 5 ms \
          (and, for the API-server run, the PhoneNumbers' `Programmed` condition); bytes are the operator's \
-         `switchboard_operator_config_push_bytes_total` (encoded protobuf, summed over nodes). Release build. \
+         `switchboard_operator_config_push_bytes_total` (encoded protobuf, summed over nodes); changes are made 2 s after a load completes. Release build. \
          Command: `cargo run --release -p switchboard-tests --bin bench-operator`.\n"
     );
     let _ = writeln!(md, "### File source, 10 nodes\n\n{}", table(&files_rows));
