@@ -111,19 +111,12 @@ struct Row {
     bytes: f64,
 }
 
-async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
-    let manifests = dir.path().join("m");
-    std::fs::create_dir(&manifests)?;
-    let mut text = String::from(TRUNK);
-    for i in 0..count {
-        text.push_str(&number_yaml(i));
-    }
-    std::fs::write(manifests.join("numbers.yaml"), text)?;
-    let nodes: Vec<ControlledNode> = (0..node_count)
+/// Starts media nodes and waits until each is listening (before any clock
+/// starts).
+async fn start_nodes(count: usize) -> anyhow::Result<Vec<ControlledNode>> {
+    let nodes: Vec<ControlledNode> = (0..count)
         .map(|i| ControlledNode::start(&format!("node-{i}"), &[]))
         .collect();
-    // Nodes must be listening before the clock starts.
     for n in &nodes {
         let t = Instant::now();
         while numbers_on(n).await.is_none() {
@@ -135,17 +128,35 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    Ok(nodes)
+}
+
+/// An operator reading `manifests` and programming `nodes`.
+fn start_file_operator(manifests: &Path, nodes: &[ControlledNode]) -> Operator {
     let mut args = vec![
         "--manifests".to_string(),
         manifests.display().to_string(),
         "--control-insecure".into(),
     ];
-    for n in &nodes {
+    for n in nodes {
         args.push("--node".into());
         args.push(format!("{}={}", n.name, n.control));
     }
+    Operator::start(args, &[])
+}
+
+async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests)?;
+    let mut text = String::from(TRUNK);
+    for i in 0..count {
+        text.push_str(&number_yaml(i));
+    }
+    std::fs::write(manifests.join("numbers.yaml"), text)?;
+    let nodes = start_nodes(node_count).await?;
     let started = Instant::now();
-    let op = Operator::start(args, &[]);
+    let op = start_file_operator(&manifests, &nodes);
     let full = wait_all(&nodes, count, started, Duration::from_secs(600)).await?;
     let snap = pushed_bytes(&op, "snapshot").await + pushed_bytes(&op, "delta").await;
     let mut rows = vec![Row {
@@ -250,30 +261,8 @@ async fn secret_run(node_count: usize) -> anyhow::Result<Vec<Row>> {
         ));
     }
     std::fs::write(manifests.join("numbers.yaml"), text)?;
-    let nodes: Vec<ControlledNode> = (0..node_count)
-        .map(|i| ControlledNode::start(&format!("node-{i}"), &[]))
-        .collect();
-    for n in &nodes {
-        let t = Instant::now();
-        while numbers_on(n).await.is_none() {
-            anyhow::ensure!(
-                t.elapsed() < Duration::from_secs(30),
-                "node {} did not start",
-                n.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let mut args = vec![
-        "--manifests".to_string(),
-        manifests.display().to_string(),
-        "--control-insecure".into(),
-    ];
-    for n in &nodes {
-        args.push("--node".into());
-        args.push(format!("{}={}", n.name, n.control));
-    }
-    let op = Operator::start(args, &[]);
+    let nodes = start_nodes(node_count).await?;
+    let op = start_file_operator(&manifests, &nodes);
     wait_all(
         &nodes,
         TRUNKS * PER_TRUNK,
