@@ -417,6 +417,18 @@ async fn apply_number(client: &Client, name: &str, e164: &str) {
         .unwrap_or_else(|e| panic!("apply PhoneNumber {name}: {e}"));
 }
 
+/// Waits for the operator to write the PhoneNumber's status.
+async fn wait_status(client: &Client, name: &str) {
+    eventually(&format!("a status on {name}"), WAIT, || async {
+        if has_status(client, name).await {
+            Ok(())
+        } else {
+            Err("no status".to_string())
+        }
+    })
+    .await;
+}
+
 async fn has_status(client: &Client, name: &str) -> bool {
     numbers(client)
         .get(name)
@@ -468,14 +480,7 @@ async fn a_deposed_operator_stops_writing_status_at_once_and_returns_in_a_higher
     );
     until_leadership(&a, (1.0, 1.0), WAIT).await;
     apply_number(&client, "first", "+14155550100").await;
-    eventually("a to write first's status", WAIT, || async {
-        if has_status(&client, "first").await {
-            Ok(())
-        } else {
-            Err("no status".to_string())
-        }
-    })
-    .await;
+    wait_status(&client, "first").await;
 
     // Someone else takes the Lease (as a replica with a skewed clock might):
     // a must notice at its next renewal, not after its own lease ran out.
@@ -515,14 +520,7 @@ async fn a_deposed_operator_stops_writing_status_at_once_and_returns_in_a_higher
     // The intruder never renews: a takes the Lease back in a new term
     // (transitions 0 -> 1 by the intruder -> 2) and catches up.
     until_leadership(&a, (1.0, 3.0), WAIT).await;
-    eventually("a to write second's status", WAIT, || async {
-        if has_status(&client, "second").await {
-            Ok(())
-        } else {
-            Err("no status".to_string())
-        }
-    })
-    .await;
+    wait_status(&client, "second").await;
 }
 
 #[tokio::test]

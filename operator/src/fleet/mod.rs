@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::metrics::Metrics;
-use crate::routing::index::Snapshot;
+use crate::routing::index::{Snapshot, changed};
 use client::ControlClient;
 use node::{Desired, Report};
 use plan::NodeFacts;
@@ -84,20 +84,20 @@ impl Manager {
         // The next version pushed carries these objects' new content.
         let v = self.last_version + 1;
         let mut trunks_changed = false;
-        for d in old.trunk_configs.diff(&self.base.trunk_configs) {
+        for (id, new) in old
+            .trunk_configs
+            .diff(&self.base.trunk_configs)
+            .map(changed)
+        {
             trunks_changed = true;
-            match d {
-                imbl::ordmap::DiffItem::Add(id, _)
-                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => self.since.set(id, v),
-                imbl::ordmap::DiffItem::Remove(id, _) => self.since.remove(id),
-            }
+            self.since.update(id, new.map(|_| v));
         }
-        for d in old.number_configs.diff(&self.base.number_configs) {
-            match d {
-                imbl::ordmap::DiffItem::Add(id, _)
-                | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => self.since.set(id, v),
-                imbl::ordmap::DiffItem::Remove(id, _) => self.since.remove(id),
-            }
+        for (id, new) in old
+            .number_configs
+            .diff(&self.base.number_configs)
+            .map(changed)
+        {
+            self.since.update(id, new.map(|_| v));
         }
         if trunks_changed {
             self.trunks = Arc::new(

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::routing::index::changed;
 use imbl::OrdMap;
-use imbl::ordmap::DiffItem;
 use prost::Message;
 use switchboard_proto::delta::diff_by_id;
 use switchboard_proto::v1alpha1::{
@@ -50,12 +50,10 @@ impl Desired {
         let mut remove_numbers = Vec::new();
         // Shared subtrees are skipped: the cost is the change's, however far
         // apart the two generations are.
-        for d in from.numbers.diff(&self.numbers) {
-            match d {
-                DiffItem::Add(_, n) | DiffItem::Update { new: (_, n), .. } => {
-                    upsert_numbers.push(n.as_ref().clone())
-                }
-                DiffItem::Remove(id, _) => remove_numbers.push(id.clone()),
+        for (id, n) in from.numbers.diff(&self.numbers).map(changed) {
+            match n {
+                Some(n) => upsert_numbers.push(n.as_ref().clone()),
+                None => remove_numbers.push(id.clone()),
             }
         }
         pb::ConfigDelta {

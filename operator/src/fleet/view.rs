@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use imbl::{OrdMap, OrdSet};
 
+use crate::routing::index::changed;
+
 use switchboard_proto::v1alpha1 as pb;
 
 use crate::crd::{GatewayStatus, NodeCount};
@@ -96,6 +98,15 @@ impl Since {
         self.by_version.insert((v, id.to_string()));
     }
 
+    /// Records `id`'s new version, or forgets it (`None`: it left the
+    /// configuration).
+    pub fn update(&mut self, id: &str, v: Option<u64>) {
+        match v {
+            Some(v) => self.set(id, v),
+            None => self.remove(id),
+        }
+    }
+
     /// Forgets an object that left the configuration.
     pub fn remove(&mut self, id: &str) {
         if let Some(old) = self.by_id.get(id).copied() {
@@ -116,11 +127,7 @@ impl Since {
 
     /// Ids whose version differs between `old` and `self` (O(change)).
     pub fn changed_since<'a>(&'a self, old: &'a Since) -> impl Iterator<Item = &'a String> {
-        old.by_id.diff(&self.by_id).map(|d| match d {
-            imbl::ordmap::DiffItem::Add(id, _)
-            | imbl::ordmap::DiffItem::Remove(id, _)
-            | imbl::ordmap::DiffItem::Update { new: (id, _), .. } => id,
-        })
+        old.by_id.diff(&self.by_id).map(|d| changed(d).0)
     }
 
     /// Ids whose version is newer than `v`.

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::crd::{PhoneNumber, SipTrunk};
 use crate::fleet::view::FleetView;
 use crate::metrics::Metrics;
-use crate::routing::index::{Event, Index, Snapshot};
+use crate::routing::index::{Event, Index, Snapshot, changed};
 use crate::routing::{NumberInput, ObjectKey, SecretData, TrunkInput};
 
 /// Settings of the Kubernetes reconciler.
@@ -367,10 +367,10 @@ async fn write_statuses(
             match (&seen_snap, was_leader) {
                 (Some(old), true) => {
                     for d in old.numbers.diff(&snap.numbers) {
-                        mark(diff_key(d).clone());
+                        mark(changed(d).0.clone());
                     }
                     for d in old.number_configs.diff(&snap.number_configs) {
-                        let id: &String = diff_key(d);
+                        let id: &String = changed(d).0;
                         if let Some(k) = ObjectKey::from_id(id) {
                             mark(k);
                         }
@@ -497,14 +497,6 @@ async fn write_statuses(
                 last_fleet_write = Instant::now();
             }
         }
-    }
-}
-
-fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
-    match d {
-        imbl::ordmap::DiffItem::Add(k, _)
-        | imbl::ordmap::DiffItem::Remove(k, _)
-        | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
     }
 }
 

@@ -532,6 +532,17 @@ impl Index {
     }
 }
 
+/// One entry that differs between two snapshots' maps (an item of
+/// `OrdMap::diff`): its key and, unless it was removed, its new value.
+pub fn changed<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> (&'a K, Option<&'a V>) {
+    match d {
+        imbl::ordmap::DiffItem::Add(k, v) | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
+            (k, Some(v))
+        }
+        imbl::ordmap::DiffItem::Remove(k, _) => (k, None),
+    }
+}
+
 /// Publishes a configuration only when it changed, so unchanged entries stay
 /// shared between snapshots (and diffs skip them).
 fn set_config<T: PartialEq>(map: &mut OrdMap<String, Arc<T>>, id: String, new: Option<T>) {
