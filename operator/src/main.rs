@@ -479,7 +479,6 @@ async fn run_kube(
         namespace: args.namespace.clone(),
         manager: "switchboard-operator".into(),
         instance: identity,
-        debounce: Duration::from_millis(100),
     };
     tokio::select! {
         r = reconcile::run(client, opts, leader_rx, metrics, resolved_tx, Some(view_rx)) => r?,

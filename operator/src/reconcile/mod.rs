@@ -37,8 +37,6 @@ pub struct Options {
     pub manager: String,
     /// This replica's identity (pod name), for Events.
     pub instance: String,
-    /// Quiet time after a change before resolving, to batch bursts.
-    pub debounce: Duration,
 }
 
 /// Errors that stop the reconciler.
