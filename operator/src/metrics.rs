@@ -1,7 +1,9 @@
 //! Prometheus metrics of the operator. Labels never carry credentials or
 //! object contents beyond kinds and condition reasons.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::routing::index::Counts;
 
@@ -32,6 +34,8 @@ pub struct Metrics {
     pub push_bytes: IntCounterVec,
     /// The newest configuration version issued.
     pub config_version: IntGauge,
+    /// Trunks whose per-node limit shares were (re)computed.
+    pub trunks_planned: IntCounter,
 }
 
 impl Metrics {
@@ -82,6 +86,11 @@ impl Metrics {
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(push_bytes.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
+        let trunks_planned = IntCounter::new(
+            "trunks_planned_total",
+            "Trunks whose per-node limit shares were computed (changed trunks, node set changes, hand-overs in progress)",
+        )?;
+        registry.register(Box::new(trunks_planned.clone()))?;
         Ok(Self {
             registry,
             leader,
@@ -95,6 +104,7 @@ impl Metrics {
             pushes,
             push_bytes,
             config_version,
+            trunks_planned,
         })
     }
 

@@ -12,7 +12,7 @@ pub mod pods;
 pub mod shares;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::routing::index::{Snapshot, changed};
 use client::ControlClient;
 use node::{Desired, Report};
-use plan::NodeFacts;
+use plan::{NodeFacts, Planner, mark_acked_changes};
 use view::{FleetView, NodeView, Since};
 
 /// Media nodes to program: node id -> `host:port` of its control service.
@@ -61,8 +61,10 @@ struct Manager {
     reports: mpsc::UnboundedSender<(String, Report)>,
     metrics: Arc<Metrics>,
     base: Snapshot,
-    /// The base trunks as a list, rebuilt only when a trunk changes.
-    trunks: Arc<Vec<pb::Trunk>>,
+    planner: Planner,
+    /// Trunks to re-plan: changed in the base or in a node's acknowledged
+    /// table since the last plan.
+    dirty: BTreeSet<String>,
     since: Since,
     last_version: u64,
     nodes: BTreeMap<String, Slot>,
@@ -71,10 +73,10 @@ struct Manager {
 impl Manager {
     /// Versions keep increasing across operator restarts: they start from
     /// the wall clock in milliseconds.
-    fn next_version(&mut self) -> u64 {
+    fn next_version(last: &mut u64) -> u64 {
         let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
-        self.last_version = (self.last_version + 1).max(now);
-        self.last_version
+        *last = (*last + 1).max(now);
+        *last
     }
 
     /// Takes a new resolution. The snapshots share what did not change, so
@@ -83,13 +85,12 @@ impl Manager {
         let old = std::mem::replace(&mut self.base, new);
         // The next version pushed carries these objects' new content.
         let v = self.last_version + 1;
-        let mut trunks_changed = false;
         for (id, new) in old
             .trunk_configs
             .diff(&self.base.trunk_configs)
             .map(changed)
         {
-            trunks_changed = true;
+            self.dirty.insert(id.clone());
             self.since.update(id, new.map(|_| v));
         }
         for (id, new) in old
@@ -98,15 +99,6 @@ impl Manager {
             .map(changed)
         {
             self.since.update(id, new.map(|_| v));
-        }
-        if trunks_changed {
-            self.trunks = Arc::new(
-                self.base
-                    .trunk_configs
-                    .values()
-                    .map(|t| t.as_ref().clone())
-                    .collect(),
-            );
         }
     }
 
@@ -152,6 +144,12 @@ impl Manager {
         match r {
             Report::Connected => slot.connected = true,
             Report::Acked(d) => {
+                let old = slot
+                    .acked
+                    .as_ref()
+                    .map(|a| a.trunks.clone())
+                    .unwrap_or_default();
+                mark_acked_changes(&old, &d.trunks, &mut self.dirty);
                 slot.acked = Some(d);
                 slot.refused = None;
             }
@@ -165,7 +163,9 @@ impl Manager {
             Report::Status(s) => slot.status = Some(*s),
             Report::Disconnected(_) => {
                 slot.connected = false;
-                slot.acked = None;
+                if let Some(old) = slot.acked.take() {
+                    mark_acked_changes(&old.trunks, &Default::default(), &mut self.dirty);
+                }
             }
             Report::Sent(snapshot, bytes) => {
                 let kind = if snapshot { "snapshot" } else { "delta" };
@@ -178,40 +178,45 @@ impl Manager {
         }
     }
 
-    /// Recomputes every node's configuration and pushes those that changed.
+    /// Re-plans what changed (see [`Planner`]) and pushes every node whose
+    /// configuration differs from what it was last given.
     fn replan(&mut self) {
-        let facts: BTreeMap<String, NodeFacts> = self
-            .nodes
-            .iter()
-            .map(|(id, s)| {
-                let f = NodeFacts {
-                    live: s.live(),
-                    acked_trunks: s
-                        .acked
-                        .as_ref()
-                        .map(|a| a.trunks.clone())
-                        .unwrap_or_default(),
-                    active: s
-                        .status
-                        .iter()
-                        .flat_map(|st| st.trunks.iter())
-                        .map(|c| (c.trunk_id.clone(), c.inbound + c.outbound))
-                        .collect(),
-                };
-                (id.clone(), f)
-            })
-            .collect();
-        let mut planned = plan::plan(&self.trunks, &facts);
+        let nodes = self.nodes.iter().map(|(id, s)| (id, s.live()));
+        if self.planner.has_work(nodes, &self.dirty) {
+            let facts: BTreeMap<String, NodeFacts> = self
+                .nodes
+                .iter()
+                .map(|(id, s)| {
+                    let f = NodeFacts {
+                        live: s.live(),
+                        acked_trunks: s
+                            .acked
+                            .as_ref()
+                            .map(|a| a.trunks.clone())
+                            .unwrap_or_default(),
+                        active: s
+                            .status
+                            .iter()
+                            .flat_map(|st| st.trunks.iter())
+                            .map(|c| (c.trunk_id.clone(), c.inbound + c.outbound))
+                            .collect(),
+                    };
+                    (id.clone(), f)
+                })
+                .collect();
+            let dirty = std::mem::take(&mut self.dirty);
+            self.planner
+                .update(&self.base.trunk_configs, &dirty, &facts);
+            self.metrics
+                .trunks_planned
+                .inc_by(self.planner.planned() as u64);
+        }
         let mut version = None;
-        let ids: Vec<String> = self.nodes.keys().cloned().collect();
-        for id in ids {
-            let trunks = planned.remove(&id).unwrap_or_default();
-            let Some(slot) = self.nodes.get(&id) else {
-                continue;
-            };
+        for (id, slot) in &self.nodes {
+            let trunks = self.planner.table(id);
             let current = slot.desired.borrow().clone();
             if current.version != 0
-                && current.trunks == trunks
+                && current.trunks.ptr_eq(&trunks)
                 && current.numbers.ptr_eq(&self.base.number_configs)
             {
                 continue;
@@ -219,19 +224,16 @@ impl Manager {
             let v = match version {
                 Some(v) => v,
                 None => {
-                    let v = self.next_version();
+                    let v = Self::next_version(&mut self.last_version);
                     version = Some(v);
                     v
                 }
             };
-            let d = Arc::new(Desired {
+            slot.desired.send_replace(Arc::new(Desired {
                 version: v,
                 trunks,
                 numbers: self.base.number_configs.clone(),
-            });
-            if let Some(slot) = self.nodes.get(&id) {
-                slot.desired.send_replace(d);
-            }
+            }));
         }
         if let Some(v) = version {
             self.metrics
@@ -251,7 +253,11 @@ impl Manager {
                 refused: s.refused.clone(),
             })
             .collect();
-        view::build(&self.trunks, &self.since, &nodes)
+        view::build(
+            self.base.trunk_configs.values().map(Arc::as_ref),
+            &self.since,
+            &nodes,
+        )
     }
 }
 
@@ -274,7 +280,8 @@ pub async fn run(
         reports: reports_tx,
         metrics,
         base: Snapshot::default(),
-        trunks: Arc::new(Vec::new()),
+        planner: Planner::default(),
+        dirty: BTreeSet::new(),
         since: Since::default(),
         last_version: 0,
         nodes: BTreeMap::new(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::routing::index::changed;
 use imbl::OrdMap;
 use prost::Message;
-use switchboard_proto::delta::diff_by_id;
 use switchboard_proto::v1alpha1::{
     self as pb, apply_response, node_control_client::NodeControlClient,
 };
@@ -17,6 +16,7 @@ use tonic::metadata::MetadataValue;
 use tracing::{debug, info, warn};
 
 use super::client::{ControlClient, MAX_MESSAGE_BYTES};
+use super::plan::Trunks;
 
 /// Numbers by id, shared by every node's desired configuration: a
 /// persistent map, so a new generation costs only its change and two
@@ -30,7 +30,7 @@ pub struct Desired {
     /// Version of this configuration.
     pub version: u64,
     /// Trunks with this node's shares.
-    pub trunks: Vec<pb::Trunk>,
+    pub trunks: Trunks,
     /// Numbers, identical for every node.
     pub numbers: Numbers,
 }
@@ -39,13 +39,20 @@ impl Desired {
     fn snapshot(&self) -> pb::RoutingConfig {
         pb::RoutingConfig {
             version: self.version,
-            trunks: self.trunks.clone(),
+            trunks: self.trunks.values().map(|t| t.as_ref().clone()).collect(),
             numbers: self.numbers.values().map(|n| n.as_ref().clone()).collect(),
         }
     }
 
     fn delta(&self, from: &Desired) -> pb::ConfigDelta {
-        let (upsert_trunks, remove_trunks) = diff_by_id(&from.trunks, &self.trunks, |t| &t.id);
+        let mut upsert_trunks = Vec::new();
+        let mut remove_trunks = Vec::new();
+        for (id, t) in from.trunks.diff(&self.trunks).map(changed) {
+            match t {
+                Some(t) => upsert_trunks.push(t.as_ref().clone()),
+                None => remove_trunks.push(id.clone()),
+            }
+        }
         let mut upsert_numbers = Vec::new();
         let mut remove_numbers = Vec::new();
         // Shared subtrees are skipped: the cost is the change's, however far
@@ -269,10 +276,13 @@ mod tests {
         };
         let mut b = a.clone();
         b.version = 2;
-        b.trunks.push(pb::Trunk {
-            id: "ns/t".into(),
-            ..Default::default()
-        });
+        b.trunks.insert(
+            "ns/t".into(),
+            Arc::new(pb::Trunk {
+                id: "ns/t".into(),
+                ..Default::default()
+            }),
+        );
         let d = b.delta(&a);
         assert_eq!(d.upsert_trunks.len(), 1);
         assert!(d.upsert_numbers.is_empty() && d.remove_numbers.is_empty());

@@ -336,7 +336,11 @@ fn programmed(since: u64, nodes: &[NodeAck]) -> (Verdict, NodeCount) {
 
 /// Builds the view. `since` maps each routed object id to the first
 /// configuration version carrying its current content.
-pub fn build(trunks: &[pb::Trunk], since: &Since, nodes: &[NodeView]) -> FleetView {
+pub fn build<'a>(
+    trunks: impl IntoIterator<Item = &'a pb::Trunk>,
+    since: &Since,
+    nodes: &[NodeView],
+) -> FleetView {
     let acks: Vec<NodeAck> = nodes
         .iter()
         .map(|n| NodeAck {
