@@ -330,6 +330,18 @@ async fn txn_invite_reusing_a_live_call_id_never_touches_that_call() {
         })
         .await;
     assert!(bye.is_none(), "the live call was hung up: {bye:?}");
+    // A BYE naming the call's Call-ID and our tag but another From tag is
+    // not this dialog (RFC 3261 12.2.2): 481, and the call stays up.
+    raw.send(in_dialog("BYE", local, "z9hG4bKbyeX", call_id, "intruder", &to, 2).as_bytes())
+        .await;
+    let mut seen = Vec::new();
+    let foreign = raw
+        .recv_until(Duration::from_secs(5), &mut seen, |m| {
+            m.contains("branch=z9hG4bKbyeX") && status_of(m).is_some_and(|c| c >= 200)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the foreign BYE was not answered; saw {seen:?}"));
+    assert_eq!(status_of(&foreign), Some(481), "{foreign}");
     raw.send(in_dialog("BYE", local, "z9hG4bKbye1", call_id, "first", &to, 2).as_bytes())
         .await;
     let mut seen = Vec::new();

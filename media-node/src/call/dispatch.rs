@@ -11,6 +11,14 @@ use crate::sip::headers::param;
 use crate::sip::message::{Message, Method, reason_phrase};
 use crate::sip::transaction::{ServerRequest, TuEvent};
 
+/// The From tag of a request from the peer: the dialog's remote tag ("" for
+/// a peer that sends none, as RFC 2543 peers may).
+fn from_tag(msg: &Message) -> &str {
+    msg.header("From")
+        .and_then(|f| param(f, "tag"))
+        .unwrap_or("")
+}
+
 fn to_tag(msg: &Message) -> Option<String> {
     msg.header("To")
         .and_then(|t| param(t, "tag"))
@@ -25,7 +33,7 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
             TuEvent::Request(req) => on_request(&ctx, req),
             TuEvent::Ack { msg, .. } => {
                 if let (Some(call_id), Some(tag)) = (msg.call_id(), to_tag(&msg))
-                    && let Some(tx) = ctx.calls.dialog(call_id, &tag)
+                    && let Some(tx) = ctx.calls.dialog(call_id, &tag, Some(from_tag(&msg)))
                 {
                     let _ = tx.send(CallMsg::Ack(msg));
                 }
@@ -35,7 +43,7 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
             } => {
                 // Only the dialog the 2xx belonged to: our tag is unique to
                 // it, while the Call-ID is the peer's to choose and reuse.
-                if let Some(tx) = ctx.calls.dialog(&call_id, &local_tag) {
+                if let Some(tx) = ctx.calls.dialog(&call_id, &local_tag, None) {
                     let _ = tx.send(CallMsg::AckTimeout);
                 }
             }
@@ -69,7 +77,9 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
     }
     if let Some(tag) = to_tag(&req.msg) {
         let call_id = req.msg.call_id().unwrap_or_default().to_owned();
-        match ctx.calls.dialog(&call_id, &tag) {
+        // The full dialog id: Call-ID and both tags (RFC 3261 12.2.2); a
+        // request naming our tag with another From tag is not this dialog.
+        match ctx.calls.dialog(&call_id, &tag, Some(from_tag(&req.msg))) {
             Some(tx) => {
                 let _ = tx.send(CallMsg::Request(req));
             }

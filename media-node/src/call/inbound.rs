@@ -500,7 +500,7 @@ fn admit(
     let (tx, rx) = mpsc::unbounded_channel();
     ctx.calls.register_invite(req.id.clone(), tx.clone());
     ctx.calls
-        .register_dialog(&dialog.call_id, local_tag, tx.clone());
+        .register_dialog(&dialog.call_id, local_tag, &dialog.remote_tag, tx.clone());
 
     let mut ringing = req.msg.response(180, "Ringing", Some(local_tag));
     ringing.add("Contact", dialog.contact.clone());

@@ -341,7 +341,9 @@ pub struct CallInfo {
 #[derive(Default)]
 struct Registry {
     /// (Call-ID, our tag) -> call task.
-    dialogs: HashMap<(String, String), mpsc::UnboundedSender<CallMsg>>,
+    /// Dialogs by (Call-ID, our tag), with the peer's tag: the full dialog
+    /// id (RFC 3261 12) is checked, not just the half the peer chose.
+    dialogs: HashMap<(String, String), (String, mpsc::UnboundedSender<CallMsg>)>,
     /// Pending inbound INVITE transaction -> call task (for CANCEL).
     invites: HashMap<ServerTxnId, mpsc::UnboundedSender<CallMsg>>,
     /// Calls per (trunk, direction).
@@ -493,10 +495,18 @@ impl Calls {
             .unwrap_or_default()
     }
 
-    fn register_dialog(&self, call_id: &str, local_tag: &str, tx: mpsc::UnboundedSender<CallMsg>) {
+    fn register_dialog(
+        &self,
+        call_id: &str,
+        local_tag: &str,
+        remote_tag: &str,
+        tx: mpsc::UnboundedSender<CallMsg>,
+    ) {
         if let Ok(mut r) = self.inner.lock() {
-            r.dialogs
-                .insert((call_id.to_owned(), local_tag.to_owned()), tx);
+            r.dialogs.insert(
+                (call_id.to_owned(), local_tag.to_owned()),
+                (remote_tag.to_owned(), tx),
+            );
         }
     }
 
@@ -519,13 +529,21 @@ impl Calls {
         }
     }
 
-    fn dialog(&self, call_id: &str, local_tag: &str) -> Option<mpsc::UnboundedSender<CallMsg>> {
-        self.inner
-            .lock()
-            .ok()?
-            .dialogs
-            .get(&(call_id.to_owned(), local_tag.to_owned()))
-            .cloned()
+    /// The dialog with this id. `remote_tag` is the peer's tag as a request
+    /// from the peer carries it (its From tag; `None` for our own timer
+    /// events, which our unique tag identifies alone).
+    fn dialog(
+        &self,
+        call_id: &str,
+        local_tag: &str,
+        remote_tag: Option<&str>,
+    ) -> Option<mpsc::UnboundedSender<CallMsg>> {
+        let r = self.inner.lock().ok()?;
+        let (theirs, tx) = r.dialogs.get(&(call_id.to_owned(), local_tag.to_owned()))?;
+        if remote_tag.is_some_and(|t| t != theirs) {
+            return None;
+        }
+        Some(tx.clone())
     }
 
     fn by_call_id(&self, call_id: &str) -> Vec<mpsc::UnboundedSender<CallMsg>> {
@@ -535,7 +553,7 @@ impl Calls {
                 r.dialogs
                     .iter()
                     .filter(|((c, _), _)| c == call_id)
-                    .map(|(_, tx)| tx.clone())
+                    .map(|(_, (_, tx))| tx.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -567,7 +585,7 @@ impl Calls {
         let txs: Vec<_> = self
             .inner
             .lock()
-            .map(|r| r.dialogs.values().cloned().collect())
+            .map(|r| r.dialogs.values().map(|(_, tx)| tx.clone()).collect())
             .unwrap_or_default();
         for tx in txs {
             let _ = tx.send(CallMsg::Hangup(reason.to_owned()));

@@ -622,8 +622,12 @@ async fn attempt(
         let media = media_from_answer(answer.as_ref(), &prefs, want_dtmf);
         let timer = session_timer::uac_from_response(&resp);
         let (tx, rx) = mpsc::unbounded_channel();
-        ctx.calls
-            .register_dialog(&dialog.call_id, &dialog.local_tag, tx.clone());
+        ctx.calls.register_dialog(
+            &dialog.call_id,
+            &dialog.local_tag,
+            &dialog.remote_tag,
+            tx.clone(),
+        );
         let max_secs = if number.max_call_duration_seconds > 0 {
             number.max_call_duration_seconds
         } else {
