@@ -326,6 +326,29 @@ fn invalid_specs_name_the_field() {
             .expect_err("url")
             .contains("spec.agent.url")
     );
+    // A refused URL's message (status, Events) never shows its path, query
+    // or user info: they often carry tokens.
+    for (url, webhook) in [
+        ("http://user:pw@agent.example/ws?token=s3cret", None),
+        ("wss:///ws?token=s3cret", None),
+        ("ws token=s3cret", None),
+        (
+            "wss://agent.example/ws",
+            Some("ftp://hooks.example/cb?token=s3cret"),
+        ),
+        (
+            "wss://agent.example/ws",
+            Some("https://hooks.example/cb?token=s3cret x"),
+        ),
+    ] {
+        s.agent = Some(AgentSpec {
+            url: url.into(),
+            status_webhook: webhook.map(String::from),
+            ..s.agent.clone().expect("a")
+        });
+        let e = validate::number(&s).expect_err(url);
+        assert!(!e.contains("s3cret") && !e.contains("pw@"), "{url}: {e}");
+    }
 }
 
 #[test]

@@ -176,21 +176,44 @@ pub(super) fn number(spec: &PhoneNumberSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// What a refused URL may show in status and Events: its scheme only. Agent
+/// and webhook URLs often carry tokens in their path or query.
+fn scheme_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            format!("{scheme}://")
+        }
+        _ => "no scheme".into(),
+    }
+}
+
 fn agent(a: &AgentSpec) -> Result<(), String> {
     let rest = a
         .url
         .strip_prefix("ws://")
         .or_else(|| a.url.strip_prefix("wss://"))
-        .ok_or_else(|| format!("url: {:?} must start with ws:// or wss://", a.url))?;
+        .ok_or_else(|| {
+            format!(
+                "url: must start with ws:// or wss:// (it has {})",
+                scheme_of(&a.url)
+            )
+        })?;
     if rest.is_empty() || rest.starts_with('/') || a.url.chars().any(char::is_whitespace) {
-        return Err(format!("url: {:?} has no host", a.url));
+        return Err("url: has no host (or holds whitespace)".into());
     }
     if let Some(w) = &a.status_webhook
         && (!(w.starts_with("http://") || w.starts_with("https://"))
             || w.chars().any(char::is_whitespace))
     {
         return Err(format!(
-            "statusWebhook: {w:?} must be an http:// or https:// URL"
+            "statusWebhook: must be an http:// or https:// URL without whitespace (it has {})",
+            scheme_of(w)
         ));
     }
     Ok(())
