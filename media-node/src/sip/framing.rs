@@ -462,6 +462,37 @@ mod tests {
         ));
     }
 
+    /// The exact stream the fuzzer found (fuzz/regressions/sip_stream/
+    /// content_length_overflow): a Content-Length of u64::MAX with a leading
+    /// zero overflowed the length arithmetic and panicked the connection task.
+    /// Whole or byte by byte, the framer now refuses it.
+    #[test]
+    fn fuzz_regression_content_length_overflow() {
+        let data = include_bytes!("../../../fuzz/regressions/sip_stream/content_length_overflow");
+        let l = Limits::default();
+        let mut whole = StreamFramer::new();
+        whole.push(data);
+        assert!(matches!(
+            whole.next_message(&l),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut bytewise = StreamFramer::new();
+        let mut refused = false;
+        for b in data.iter() {
+            bytewise.push(std::slice::from_ref(b));
+            match bytewise.next_message(&l) {
+                Ok(None) => {}
+                Ok(Some(m)) => panic!("framed a message before the overflow: {m:?}"),
+                Err(e) => {
+                    assert!(matches!(e, FrameError::TooLarge { .. }), "{e}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "the overflowing Content-Length was never refused");
+    }
+
     #[test]
     fn stream_content_length_overflow_is_refused_not_panicking() {
         let l = Limits::default();
