@@ -45,24 +45,8 @@ impl Desired {
     }
 
     fn delta(&self, from: &Desired) -> pb::ConfigDelta {
-        let mut upsert_trunks = Vec::new();
-        let mut remove_trunks = Vec::new();
-        for (id, t) in from.trunks.diff(&self.trunks).map(changed) {
-            match t {
-                Some(t) => upsert_trunks.push(t.as_ref().clone()),
-                None => remove_trunks.push(id.clone()),
-            }
-        }
-        let mut upsert_numbers = Vec::new();
-        let mut remove_numbers = Vec::new();
-        // Shared subtrees are skipped: the cost is the change's, however far
-        // apart the two generations are.
-        for (id, n) in from.numbers.diff(&self.numbers).map(changed) {
-            match n {
-                Some(n) => upsert_numbers.push(n.as_ref().clone()),
-                None => remove_numbers.push(id.clone()),
-            }
-        }
+        let (upsert_trunks, remove_trunks) = map_delta(&from.trunks, &self.trunks);
+        let (upsert_numbers, remove_numbers) = map_delta(&from.numbers, &self.numbers);
         pb::ConfigDelta {
             base_version: from.version,
             version: self.version,
@@ -72,6 +56,23 @@ impl Desired {
             remove_numbers,
         }
     }
+}
+
+/// Upserts and removals turning `from` into `to`. Shared subtrees are
+/// skipped: the cost is the change's, however far apart the two
+/// generations are.
+fn map_delta<T: Clone + PartialEq>(
+    from: &OrdMap<String, Arc<T>>,
+    to: &OrdMap<String, Arc<T>>,
+) -> (Vec<T>, Vec<String>) {
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    for (id, v) in from.diff(to).map(changed) {
+        match v {
+            Some(v) => upserts.push(v.as_ref().clone()),
+            None => removals.push(id.clone()),
+        }
+    }
+    (upserts, removals)
 }
 
 /// What a connection tells the manager.
