@@ -222,9 +222,10 @@ impl RateLimiter {
         {
             return Ok(());
         }
-        let Ok(mut st) = self.state.lock() else {
-            return Ok(());
-        };
+        // The buckets stay consistent whatever panicked while they were
+        // held (each update is one assignment), so a poisoned lock is
+        // recovered rather than turning rate limiting off.
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if allowed {
             return if st.allowed.take((ip, reliable), l.per_allowed_source, now) {
                 Ok(())

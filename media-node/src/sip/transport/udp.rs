@@ -1,11 +1,13 @@
 //! UDP: one socket per bind address, one datagram per message.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
 use super::{Peer, Proto, Receiver};
+use crate::metrics::Metrics;
 use crate::sip::framing::parse_datagram;
 
 /// Binds a UDP socket (IPv6 sockets are v6-only so a v4 bind on the same
@@ -47,18 +49,55 @@ pub(crate) async fn receive_loop(sock: Arc<UdpSocket>, recv: Arc<Receiver>) {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        match parse_datagram(data, &recv.limits) {
-            Ok(msg) => recv.accept(
-                msg,
-                Peer {
-                    proto: Proto::Udp,
-                    addr: from,
-                },
-            ),
-            Err(e) => {
-                recv.metrics.drop_msg(e.label());
-                tracing::debug!(%from, error = %e, "dropped malformed UDP message");
-            }
+        contained(&recv.metrics, from, || handle(data, from, &recv));
+    }
+}
+
+/// Runs the handling of one datagram so that a bug reachable from it costs
+/// that datagram, not the node's only UDP reader: a panic is caught,
+/// counted as a `panic` drop and logged. Returns whether `f` completed.
+fn contained(metrics: &Metrics, from: SocketAddr, f: impl FnOnce()) -> bool {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_ok() {
+        return true;
+    }
+    metrics.drop_msg("panic");
+    tracing::error!(%from, "handling a UDP datagram panicked; datagram dropped");
+    false
+}
+
+/// Parses one datagram and hands it on; malformed ones are counted.
+fn handle(data: &[u8], from: SocketAddr, recv: &Receiver) {
+    match parse_datagram(data, &recv.limits) {
+        Ok(msg) => recv.accept(
+            msg,
+            Peer {
+                proto: Proto::Udp,
+                addr: from,
+            },
+        ),
+        Err(e) => {
+            recv.metrics.drop_msg(e.label());
+            tracing::debug!(%from, error = %e, "dropped malformed UDP message");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_handling_one_datagram_is_counted_and_the_next_is_handled() {
+        let metrics = Metrics::new();
+        let from: SocketAddr = "192.0.2.7:5060".parse().unwrap_or_else(|e| panic!("{e}"));
+        let panics = || metrics.dropped.with_label_values(&["panic"]).get();
+        assert!(!contained(&metrics, from, || panic!(
+            "bug reached from the network"
+        )));
+        assert_eq!(panics(), 1);
+        let mut handled = false;
+        assert!(contained(&metrics, from, || handled = true));
+        assert!(handled, "the loop goes on with the next datagram");
+        assert_eq!(panics(), 1);
     }
 }
