@@ -358,16 +358,34 @@ write("sip_info", "dtmf_plain_code", "application/dtmf\n10\r\n")
 write("sip_info", "other_type", "application/media_control+xml\n<media_control/>")
 
 # ---------------------------------------------------------------------------- digest
+# Line 1 a carrier's challenge, line 2 the Request-URI, then Authorization templates checked
+# in order (@N0..@N2 nonces issued to the caller, @N3 to another address, @R the right response).
+RURI = "sip:+14155550100@sbc.example.com:5060"
+def answer(nonce="@N0", uri=RURI, nc="00000001", extra=", qop=auth, cnonce=\"0a4f113b\"", alg="MD5"):
+    return ('Digest username="alice", realm="example.com", nonce="%s", uri="%s", '
+            'response="@R", algorithm=%s%s, nc=%s' % (nonce, uri, alg, extra, nc))
 write("digest", "challenge_md5_qop",
       'Digest realm="carrier.example", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", '
       'opaque="5ccc069c403ebaf9f0171e9517f40e41", algorithm=MD5, qop="auth,auth-int"\n'
-      'Digest username="alice", realm="example.com", nonce="1700000000.abcdef", uri="sip:bob@example.com", '
-      'response="6629fae49393a05397450978507c4ef1", algorithm=MD5, qop=auth, nc=00000001, cnonce="0a4f113b"')
+      + RURI + "\n" + answer())
 write("digest", "challenge_sha256_stale",
       'digest realm="sbc", nonce="x\\"y", algorithm=SHA-256-sess, stale=TRUE, qop=auth\n'
-      'Digest username="alice",realm="example.com",nonce="0.0",uri="sip:bob@example.com",response="00"')
+      + RURI + "\n" + answer(alg="SHA-256-sess"))
 write("digest", "challenge_no_qop",
-      'Digest realm="asterisk",nonce="5f1c8a3e"\nDigest username=alice, realm=example.com, nonce=1, uri=sip:x, response=1')
+      'Digest realm="asterisk",nonce="5f1c8a3e"\nsip:x\nDigest username=alice, realm=example.com, nonce=1, uri=sip:x, response=1')
+# nc climbs, then a replay and an older nc, on one nonce
+write("digest", "nonce_count_sequence", 'Digest realm="x", nonce="1"\n' + RURI + "\n" + "\n".join(
+    [answer(nc="00000001"), answer(nc="00000002"), answer(nc="00000002"), answer(nc="00000001"),
+     answer(nc="0000000a")]))
+# a qop-less answer, another number's uri, a host-only uri, the other address's nonce
+write("digest", "refusals", 'Digest realm="x", nonce="1"\n' + RURI + "\n" + "\n".join(
+    [answer(extra="", nc="00000001").replace(", nc=00000001", ""),
+     answer(uri="sip:+14155550199@sbc.example.com:5060"),
+     answer(uri="sip:SBC.example.com:5060", nonce="@N1"),
+     answer(nonce="@N3"), answer(extra=", qop=auth-int, cnonce=\"1\"")]))
+# more nonces than the server tracks: the oldest are expired early
+write("digest", "eviction", 'Digest realm="x", nonce="1"\n' + RURI + "\n" + "\n".join(
+    [answer(nonce="@N%d" % i) for i in (0, 1, 2)] + [answer(nonce="@N0", nc="00000002")]))
 
 # ---------------------------------------------------------------------------- agent JSON
 write("agent_json", "media",

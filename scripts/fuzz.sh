@@ -38,7 +38,7 @@ ALL_TARGETS=(
     rtcp:2048:
     rfc4733:1024:
     sip_info:512:
-    digest:1024:json
+    digest:2048:json
     agent_json:16384:json
 )
 if (($#)); then

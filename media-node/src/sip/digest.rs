@@ -168,6 +168,31 @@ fn response_hash(
     }
 }
 
+/// The `response` an Authorization header must carry, computed over the
+/// header's own fields (username, realm, nonce, uri, algorithm, and nc and
+/// cnonce when present) with `password` and `method`. `None` when a field
+/// the hash needs is missing or the algorithm is unknown. The fuzz target
+/// uses it to build answers that get past the response check.
+pub fn expected_response(header: &str, password: &str, method: &str) -> Option<String> {
+    let p = parse_params(header).ok()?;
+    let get = |k: &str| p.get(k).map(String::as_str);
+    let alg = Algorithm::parse(get("algorithm")).ok()?;
+    let qop = match (get("nc"), get("cnonce")) {
+        (Some(nc), Some(cnonce)) => Some((nc, cnonce)),
+        _ => None,
+    };
+    Some(response_hash(
+        alg,
+        get("username")?,
+        get("realm")?,
+        password,
+        method,
+        get("uri")?,
+        get("nonce")?,
+        qop,
+    ))
+}
+
 /// Builds the Authorization / Proxy-Authorization value answering a
 /// challenge. `nc` counts requests sent with this nonce (starting at 1).
 pub fn authorization(
@@ -653,6 +678,26 @@ mod tests {
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
     const RURI: &str = "sip:+14155550100@sip.example.com:5060";
+
+    #[test]
+    fn expected_response_is_what_the_server_accepts() {
+        let server = DigestServer::new(Duration::from_secs(60));
+        let header = format!(
+            r#"Digest username="u", realm="sb", nonce="{}", uri="{RURI}", response="@R", algorithm=MD5, qop=auth, nc=00000001, cnonce="c1""#,
+            server.nonce(SRC)
+        );
+        let response = expected_response(&header, "p", "INVITE").expect("all fields present");
+        let header = header.replace("@R", &response);
+        assert_eq!(server.verify(&check(Some(&header), SRC)), Verdict::Ok);
+        assert_eq!(
+            expected_response(&header, "wrong", "INVITE").map(|r| r == response),
+            Some(false)
+        );
+        assert_eq!(
+            expected_response(r#"Digest username="u""#, "p", "INVITE"),
+            None
+        );
+    }
 
     fn check(header: Option<&str>, source: IpAddr) -> Check<'_> {
         Check {
