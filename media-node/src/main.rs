@@ -104,7 +104,8 @@ struct Args {
     #[arg(long = "max-headers", default_value_t = 100)]
     max_headers: usize,
     /// Most SIP TCP connections accepted at once (more are closed at accept);
-    /// outgoing connections have a budget of the same size.
+    /// connections from trunks' allowed sources, and outgoing connections,
+    /// each have a budget of the same size of their own.
     #[arg(long = "tcp-max-connections", default_value_t = 2048)]
     tcp_max_connections: usize,
     /// Most SIP TCP connections accepted from one source (IPv4 address or IPv6 /64).

@@ -397,8 +397,11 @@ async fn tcp_per_source_connection_cap_holds_and_spares_other_sources() {
     assert_no_panic(&node);
 }
 
+/// The global cap holds against many unknown sources, and the carrier
+/// (127.0.0.1 is in the trunk's allowedSources) has a budget of its own
+/// that the flood cannot take.
 #[tokio::test]
-async fn tcp_global_connection_cap_holds() {
+async fn tcp_global_connection_cap_holds_and_spares_the_carriers() {
     let node = MediaNode::start(&config(), &["--tcp-max-connections", "12"])
         .await
         .expect("node starts");
@@ -415,14 +418,24 @@ async fn tcp_global_connection_cap_holds() {
         );
     }
     assert_refused(Ipv4Addr::new(127, 0, 4, 9), node.sip).await;
-    assert_refused(Ipv4Addr::LOCALHOST, node.sip).await;
     assert!(
         node.metric(r#"switchboard_sip_tcp_refused_total{reason="global"}"#)
             .await
-            >= 2.0
+            >= 1.0
+    );
+    // The flood holds every unknown slot; the carrier is still served, up
+    // to a cap of its own.
+    let carrier = established(Ipv4Addr::LOCALHOST, node.sip, 12, "carrier").await;
+    assert_refused(Ipv4Addr::LOCALHOST, node.sip).await;
+    assert!(
+        node.metric(r#"switchboard_sip_tcp_refused_total{reason="global_carriers"}"#)
+            .await
+            >= 1.0
     );
     held.pop();
-    let _again = eventually_served(Ipv4Addr::LOCALHOST, node.sip).await;
+    let _again = eventually_served(Ipv4Addr::new(127, 0, 4, 9), node.sip).await;
+    drop(carrier);
+    let _carrier_again = eventually_served(Ipv4Addr::LOCALHOST, node.sip).await;
     assert_no_panic(&node);
 }
 

@@ -205,6 +205,12 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `ip` is one of the carriers' sources (an `allowedSources`
+    /// entry of some trunk).
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        self.allowed.as_ref().is_some_and(|f| f(ip))
+    }
+
     /// Sets how to recognise the carriers' sources (without it, every
     /// source is unknown).
     pub fn allowed_sources(mut self, allowed: AllowedSources) -> Self {
@@ -216,7 +222,7 @@ impl RateLimiter {
     /// `Err` means drop it.
     pub fn allow(&self, ip: IpAddr, reliable: bool, now: Instant) -> Result<(), Limited> {
         let l = &self.limits;
-        let allowed = self.allowed.as_ref().is_some_and(|f| f(ip));
+        let allowed = self.is_allowed(ip);
         if allowed && !l.per_allowed_source.enabled()
             || !allowed && !l.per_source.enabled() && !l.unknown_total.enabled()
         {

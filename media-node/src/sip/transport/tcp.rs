@@ -2,7 +2,9 @@
 //! same remote address, framed by Content-Length.
 //!
 //! Hostile clients are bounded at accept (a global cap and a cap per
-//! source) and in time: a connection must deliver a valid message within
+//! source; the carriers' own sources, those in some trunk's
+//! `allowedSources`, have a budget apart, so a flood from elsewhere cannot
+//! lock them out) and in time: a connection must deliver a valid message within
 //! [`TcpLimits::first_message_timeout`], every message must be complete
 //! within [`TcpLimits::message_timeout`] of its first byte, and a silent
 //! connection is closed after [`TcpLimits::idle_timeout`]. A connection's
@@ -39,8 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
     /// Most accepted connections open at once; more are closed at accept.
-    /// Outgoing connections have a budget of the same size of their own,
-    /// so a flood of clients cannot stop the node dialling its carriers.
+    /// Connections from the carriers' sources (in some trunk's
+    /// `allowedSources`) and outgoing connections each have a budget of
+    /// the same size of their own, so a flood of other clients can neither
+    /// lock the carriers out nor stop the node dialling them.
     pub max_connections: usize,
     /// Most accepted connections from one source (an IPv4 address, an
     /// IPv6 /64).
@@ -70,8 +74,9 @@ impl Default for TcpLimits {
 /// Who opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
-    /// Accepted from a client.
-    Inbound,
+    /// Accepted from a client; `carrier`: from an allowed source, counted
+    /// in the carriers' budget.
+    Inbound { carrier: bool },
     /// Opened by the node.
     Outbound,
 }
@@ -79,7 +84,7 @@ enum Direction {
 impl Direction {
     fn label(self) -> &'static str {
         match self {
-            Direction::Inbound => "inbound",
+            Direction::Inbound { .. } => "inbound",
             Direction::Outbound => "outbound",
         }
     }
@@ -96,7 +101,10 @@ struct Entry {
 struct Table {
     by_addr: HashMap<SocketAddr, Entry>,
     per_source: HashMap<IpAddr, usize>,
+    /// Accepted from sources no trunk allows.
     inbound: usize,
+    /// Accepted from the carriers' sources.
+    inbound_carriers: usize,
     outbound: usize,
 }
 
@@ -141,8 +149,12 @@ impl Drop for Slot {
             t.by_addr.remove(&self.addr);
         }
         match self.dir {
-            Direction::Inbound => {
-                t.inbound = t.inbound.saturating_sub(1);
+            Direction::Inbound { carrier } => {
+                if carrier {
+                    t.inbound_carriers = t.inbound_carriers.saturating_sub(1);
+                } else {
+                    t.inbound = t.inbound.saturating_sub(1);
+                }
                 let key = source_key(self.addr.ip());
                 if let Some(n) = t.per_source.get_mut(&key) {
                     *n = n.saturating_sub(1);
@@ -205,24 +217,37 @@ impl Connections {
         self: &Arc<Self>,
         addr: SocketAddr,
     ) -> Result<(Slot, mpsc::Receiver<Bytes>), &'static str> {
+        // Decided once: the slot releases the budget it took even if the
+        // trunks' sources change while the connection is open.
+        let carrier = self.recv.rate.is_allowed(addr.ip());
         let mut t = self.lock();
-        if t.inbound >= self.limits.max_connections {
-            return Err("global");
+        let (open, over) = if carrier {
+            (t.inbound_carriers, "global_carriers")
+        } else {
+            (t.inbound, "global")
+        };
+        if open >= self.limits.max_connections {
+            return Err(over);
         }
         let key = source_key(addr.ip());
         if t.per_source.get(&key).copied().unwrap_or(0) >= self.limits.max_per_source {
             return Err("per_source");
         }
-        t.inbound += 1;
+        if carrier {
+            t.inbound_carriers += 1;
+        } else {
+            t.inbound += 1;
+        }
         *t.per_source.entry(key).or_insert(0) += 1;
-        let (id, _, rx) = self.register(&mut t, addr, Direction::Inbound);
+        let dir = Direction::Inbound { carrier };
+        let (id, _, rx) = self.register(&mut t, addr, dir);
         drop(t);
         Ok((
             Slot {
                 conns: self.clone(),
                 addr,
                 id,
-                dir: Direction::Inbound,
+                dir,
                 writer: None,
             },
             rx,
