@@ -117,7 +117,7 @@ pub enum SdpError {
 }
 
 /// Why we refuse to send RTP to `addr` for a peer signalling from `signalling`, if we do:
-/// multicast, broadcast and "this network" addresses (a spoofed INVITE would turn the node
+/// multicast, broadcast, reserved (240/4) and "this network" addresses (a spoofed INVITE would turn the node
 /// into a traffic source towards a whole segment), link-local addresses, and loopback unless
 /// the signalling itself comes from loopback (a local test or sidecar). Hold with 0.0.0.0
 /// (or `::`) is not an address to send to and is handled by [`negotiate`] before this.
@@ -140,6 +140,11 @@ pub fn refused_media_address(addr: IpAddr, signalling: IpAddr) -> Option<&'stati
             }
             if v4.octets()[0] == 0 {
                 return Some("this-network");
+            }
+            // 240.0.0.0/4 is reserved (RFC 1112 4): nothing legitimate
+            // receives RTP there.
+            if v4.octets()[0] >= 240 {
+                return Some("reserved");
             }
             if v4.is_link_local() {
                 return Some("link-local");
@@ -582,6 +587,8 @@ mod tests {
             ("fe80::1", "link-local"),
             ("::ffff:169.254.1.1", "link-local"),
             ("0.1.2.3", "this-network"),
+            ("240.0.0.1", "reserved"),
+            ("254.255.255.255", "reserved"),
             ("127.0.0.1", "loopback"),
             ("127.9.9.9", "loopback"),
             ("::1", "loopback"),
