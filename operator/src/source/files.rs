@@ -348,32 +348,31 @@ impl Directory {
     }
 }
 
-/// The YAML parser's limits, raised for large number lists (100,000
-/// PhoneNumbers in one file is a real deployment) while keeping its
-/// protections against alias bombs and deep nesting.
-fn yaml_options() -> serde_saphyr::Options {
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_documents = 2_000_000;
-    budget.max_nodes = 100_000_000;
-    budget.max_events = 200_000_000;
-    budget.max_total_scalar_bytes = 1024 * 1024 * 1024;
-    budget.max_reader_input_bytes = Some(2 * 1024 * 1024 * 1024);
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    options
-}
-
 /// Parses a file's documents; the error never quotes file content.
+///
+/// libyaml (through `serde_yaml_ng`) reads a 100,000-document number list
+/// about four times faster than `serde-saphyr` (0.8 s against 3.8 s on the
+/// benchmark machine), and still bounds nesting depth and alias expansion.
+/// One bad document fails the whole file, so the file keeps its last good
+/// version rather than losing the documents after the bad one.
 fn parse(text: &str) -> Result<Vec<Value>, String> {
-    serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
-        // The YAML parser's message quotes only the location and token
-        // kinds, but a Secret may be in this file: show the first line only.
-        let msg = e.to_string();
-        format!(
-            "invalid YAML: {}",
-            msg.lines().next().unwrap_or("unparsable")
-        )
-    })
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        match Value::deserialize(doc) {
+            Ok(v) => docs.push(v),
+            Err(e) => {
+                // The message names the location and token kinds, but a
+                // Secret may be in this file: show the first line only.
+                let msg = e.to_string();
+                return Err(format!(
+                    "invalid YAML: {}",
+                    msg.lines().next().unwrap_or("unparsable")
+                ));
+            }
+        }
+    }
+    Ok(docs)
 }
 
 /// Adds the documents in one file's text.
