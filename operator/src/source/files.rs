@@ -491,6 +491,31 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 mod tests {
     use super::*;
 
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_not_expanded() {
+        // Nine levels of ten aliases each would expand to 10^9 strings.
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            bomb.push_str(&format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 10].join(",")
+            ));
+        }
+        let err = parse(&bomb).expect_err("an alias bomb is refused");
+        assert!(err.starts_with("invalid YAML:"), "{err}");
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = parse(&deep).expect_err("deep nesting is refused");
+        assert!(err.starts_with("invalid YAML:"), "{err}");
+        // Ordinary aliases still work.
+        let docs = parse("x: &x {a: 1}\ny: *x\n").expect("parses");
+        assert_eq!(docs[0]["y"]["a"], 1);
+    }
+
     const GOOD: &str = r#"
 apiVersion: v1
 kind: Secret
