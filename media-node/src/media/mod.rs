@@ -14,4 +14,5 @@ pub mod rtcp;
 pub mod rtp;
 pub mod signal;
 pub mod source;
+pub mod srtp;
 pub mod wheel;
