@@ -23,6 +23,7 @@ pub mod node;
 pub mod redact;
 pub mod register;
 pub mod routing;
+pub mod sdes;
 pub mod sdp;
 pub mod sip;
 pub mod webhook;

@@ -86,6 +86,9 @@ pub struct MediaDesc {
     pub direction: Direction,
     /// a=ptime if given.
     pub ptime: Option<u32>,
+    /// `a=crypto` attributes (SDES keys, RFC 4568), in offer order, at most
+    /// [`crate::sdes::MAX_LINES`]; their `Debug` hides the keys.
+    pub crypto: Vec<crate::sdes::CryptoLine>,
 }
 
 /// A parsed session description.
@@ -263,6 +266,7 @@ impl Sdp {
                         addr: session_addr,
                         direction: session_dir,
                         ptime: None,
+                        crypto: Vec::new(),
                     });
                 }
                 "a" => {
@@ -296,6 +300,9 @@ impl Sdp {
                             }
                         }
                         "ptime" => m.ptime = val.trim().parse().ok(),
+                        "crypto" if m.crypto.len() < crate::sdes::MAX_LINES => {
+                            m.crypto.push(crate::sdes::CryptoLine::new(val));
+                        }
                         _ => {}
                     }
                 }
@@ -499,6 +506,32 @@ mod tests {
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
         m=audio 40000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n";
+
+    #[test]
+    fn crypto_attributes_are_kept_per_stream_bounded_and_redacted() {
+        let mut text = String::from(
+            "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+             a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:c2Vzc2lvbi1sZXZlbA==\r\n\
+             m=audio 4000 RTP/SAVP 0\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+             m=video 0 RTP/SAVP 96\r\n",
+        );
+        for i in 0..100 {
+            text.push_str(&format!(
+                "a=crypto:{i} AES_CM_128_HMAC_SHA1_80 inline:x\r\n"
+            ));
+        }
+        let sdp = Sdp::parse(&text).expect("parses");
+        let audio = &sdp.media[0];
+        // The session-level line is not a media key (RFC 4568 9: media level only).
+        assert_eq!(audio.crypto.len(), 2);
+        let chosen = crate::sdes::choose(&audio.crypto).expect("usable");
+        assert_eq!(chosen.tag, 1);
+        assert_eq!(sdp.media[1].crypto.len(), crate::sdes::MAX_LINES);
+        let shown = format!("{sdp:?}");
+        assert!(!shown.contains("WVNfX19zZW1jdGwg"), "{shown}");
+    }
 
     #[test]
     fn parses_offer() {
