@@ -114,6 +114,15 @@ pub enum SdpError {
     /// No common codec (answer 488).
     #[error("no acceptable audio codec offered")]
     NoCommonCodec,
+    /// Only SRTP offered (RTP/SAVP) to a trunk without media encryption (answer 488).
+    #[error("SRTP offered but the trunk's media encryption is disabled")]
+    SrtpDisabled,
+    /// The trunk requires SRTP and the offer carries no usable key (answer 488).
+    #[error("the trunk requires SRTP and the offer has no usable key: {0}")]
+    SrtpRequired(String),
+    /// SDES keys in signalling that is not TLS, and the trunk does not allow it (answer 488).
+    #[error("SRTP keys offered over unencrypted signalling")]
+    SdesInsecure,
     /// The peer asks for RTP at an address we never send to (answer 488).
     #[error("media address {0} refused: {1}")]
     MediaAddress(IpAddr, &'static str),
@@ -345,6 +354,75 @@ pub struct Negotiated {
     pub offered: Direction,
     /// The direction of our answer.
     pub answer: Direction,
+    /// SRTP with the peer's key, when the call is encrypted.
+    pub srtp: Option<crate::sdes::Offered>,
+    /// The accepted stream's transport was RTP/SAVP (or SAVPF): the answer says RTP/SAVP.
+    pub savp: bool,
+}
+
+/// Whether a trunk encrypts media (its `media.encryption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// Plain RTP only.
+    #[default]
+    Disabled,
+    /// SRTP when the peer offers usable keys, else plain RTP.
+    Optional,
+    /// SRTP only.
+    Required,
+}
+
+/// The SRTP rule for negotiating one offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SrtpPolicy {
+    /// The trunk's setting.
+    pub encryption: Encryption,
+    /// SDES keys may be exchanged here: the signalling is TLS, or the trunk's
+    /// `allowSdesWithoutTls` is set.
+    pub keys_allowed: bool,
+}
+
+impl SrtpPolicy {
+    /// Plain RTP only.
+    pub const PLAIN: SrtpPolicy = SrtpPolicy {
+        encryption: Encryption::Disabled,
+        keys_allowed: false,
+    };
+}
+
+/// Decides SRTP for the accepted stream `m`: `Ok(None)` is plain RTP, `Ok(Some)` SRTP with
+/// the peer's key. RTP/SAVP needs a usable key; RTP/AVP with `a=crypto` (best-effort SRTP,
+/// as baresip's `mediaenc=srtp` offers) is encrypted when the trunk allows it.
+fn negotiate_srtp(
+    m: &MediaDesc,
+    savp: bool,
+    policy: SrtpPolicy,
+) -> Result<Option<crate::sdes::Offered>, SdpError> {
+    let required = match policy.encryption {
+        Encryption::Disabled if savp => return Err(SdpError::SrtpDisabled),
+        Encryption::Disabled => return Ok(None),
+        Encryption::Optional => savp,
+        Encryption::Required => true,
+    };
+    if m.crypto.is_empty() {
+        return if required {
+            Err(SdpError::SrtpRequired("no a=crypto".into()))
+        } else {
+            Ok(None)
+        };
+    }
+    if !policy.keys_allowed {
+        return if required {
+            Err(SdpError::SdesInsecure)
+        } else {
+            Ok(None)
+        };
+    }
+    match crate::sdes::choose(&m.crypto) {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if required => Err(SdpError::SrtpRequired(e.to_string())),
+        Err(_) => Ok(None),
+    }
 }
 
 fn codec_name(c: Codec) -> Option<&'static str> {
@@ -355,14 +433,30 @@ fn codec_name(c: Codec) -> Option<&'static str> {
     }
 }
 
-/// Negotiates an offer against our codec preference (first wins).
+/// Negotiates an offer against our codec preference (first wins), plain RTP only.
 pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negotiated, SdpError> {
-    let (index, m) = offer
+    negotiate_with(offer, prefs, want_dtmf, SrtpPolicy::PLAIN)
+}
+
+/// Negotiates an offer against our codec preference and the trunk's SRTP rule.
+pub fn negotiate_with(
+    offer: &Sdp,
+    prefs: &[Codec],
+    want_dtmf: bool,
+    srtp: SrtpPolicy,
+) -> Result<Negotiated, SdpError> {
+    let (index, m, savp) = offer
         .media
         .iter()
         .enumerate()
-        .find(|(_, m)| {
-            m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP")
+        .filter(|(_, m)| m.kind == "audio" && m.port != 0)
+        .find_map(|(i, m)| {
+            let proto = m.proto.to_ascii_uppercase();
+            match proto.as_str() {
+                "RTP/AVP" | "RTP/AVPF" => Some((i, m, false)),
+                "RTP/SAVP" | "RTP/SAVPF" => Some((i, m, true)),
+                _ => None,
+            }
         })
         .ok_or(SdpError::NoCommonCodec)?;
     let mut chosen = None;
@@ -395,6 +489,7 @@ pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negoti
         .addr
         .filter(|a| !a.is_unspecified())
         .map(|a| std::net::SocketAddr::new(a, m.port));
+    let srtp = negotiate_srtp(m, savp, srtp)?;
     Ok(Negotiated {
         index,
         codec,
@@ -403,6 +498,8 @@ pub fn negotiate(offer: &Sdp, prefs: &[Codec], want_dtmf: bool) -> Result<Negoti
         remote,
         offered,
         answer: offered.answer_to(),
+        srtp,
+        savp,
     })
 }
 
@@ -417,6 +514,19 @@ pub struct LocalMedia {
     pub ip: IpAddr,
     /// RTP port.
     pub port: u16,
+    /// Our SRTP key, written into the m= section, when the call is encrypted.
+    pub crypto: Option<LocalCrypto>,
+}
+
+/// Our side of an encrypted stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCrypto {
+    /// The `a=crypto` tag (the offer's, in an answer).
+    pub tag: u32,
+    /// Our master key (what we send with).
+    pub key: crate::media::srtp::MasterKey,
+    /// Write RTP/SAVP (else RTP/AVP, answering a best-effort offer).
+    pub savp: bool,
 }
 
 /// Builds an SDP body for an answer or offer.
@@ -441,13 +551,20 @@ pub fn build(
     if let Some(d) = dtmf_pt {
         pts.push(d.to_string());
     }
+    let proto = match &local.crypto {
+        Some(c) if c.savp => "RTP/SAVP",
+        _ => "RTP/AVP",
+    };
     s.push_str(&format!(
-        "m=audio {} RTP/AVP {}\r\n",
+        "m=audio {} {proto} {}\r\n",
         local.port,
         pts.join(" ")
     ));
     for (pt, name) in formats {
         s.push_str(&format!("a=rtpmap:{pt} {name}/8000\r\n"));
+    }
+    if let Some(c) = &local.crypto {
+        s.push_str(&crate::sdes::line(c.tag, &c.key));
     }
     if let Some(d) = dtmf_pt {
         s.push_str(&format!(
@@ -583,6 +700,123 @@ mod tests {
         assert_eq!((n.answer, n.remote), (Direction::RecvOnly, None));
     }
 
+    const SDES: &str =
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+    fn srtp_offer(proto: &str, crypto: &str) -> Sdp {
+        Sdp::parse(&format!(
+            "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+             m=audio 4000 {proto} 0\r\n{crypto}"
+        ))
+        .expect("valid")
+    }
+
+    /// The SRTP decision for each trunk setting, transport profile, key presence and
+    /// signalling security.
+    #[test]
+    fn srtp_decision_table() {
+        use Encryption::*;
+        type Want = Result<bool, SdpError>;
+        let insecure = |e| SrtpPolicy {
+            encryption: e,
+            keys_allowed: false,
+        };
+        let secure = |e| SrtpPolicy {
+            encryption: e,
+            keys_allowed: true,
+        };
+        let cases: Vec<(&str, &str, SrtpPolicy, Want)> = vec![
+            ("RTP/AVP", "", secure(Disabled), Ok(false)),
+            ("RTP/AVP", SDES, secure(Disabled), Ok(false)),
+            (
+                "RTP/SAVP",
+                SDES,
+                secure(Disabled),
+                Err(SdpError::SrtpDisabled),
+            ),
+            ("RTP/AVP", "", secure(Optional), Ok(false)),
+            ("RTP/AVP", SDES, secure(Optional), Ok(true)),
+            ("RTP/AVP", SDES, insecure(Optional), Ok(false)),
+            ("RTP/SAVP", SDES, secure(Optional), Ok(true)),
+            (
+                "RTP/SAVP",
+                SDES,
+                insecure(Optional),
+                Err(SdpError::SdesInsecure),
+            ),
+            (
+                "RTP/SAVP",
+                "",
+                secure(Optional),
+                Err(SdpError::SrtpRequired("no a=crypto".into())),
+            ),
+            (
+                "RTP/AVP",
+                "",
+                secure(Required),
+                Err(SdpError::SrtpRequired("no a=crypto".into())),
+            ),
+            ("RTP/AVP", SDES, secure(Required), Ok(true)),
+            ("RTP/SAVPF", SDES, secure(Required), Ok(true)),
+            (
+                "RTP/SAVP",
+                SDES,
+                insecure(Required),
+                Err(SdpError::SdesInsecure),
+            ),
+            (
+                "RTP/SAVP",
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:short\r\n",
+                secure(Required),
+                Err(SdpError::SrtpRequired(
+                    "crypto key has the wrong length or encoding".into(),
+                )),
+            ),
+            (
+                "RTP/AVP",
+                "a=crypto:1 F8_128_HMAC_SHA1_80 inline:x\r\n",
+                secure(Optional),
+                Ok(false),
+            ),
+        ];
+        for (proto, crypto, policy, want) in cases {
+            let got = negotiate_with(&srtp_offer(proto, crypto), &[Codec::Pcmu], false, policy)
+                .map(|n| n.srtp.is_some());
+            assert_eq!(got, want, "{proto} {crypto:?} {policy:?}");
+        }
+    }
+
+    #[test]
+    fn an_srtp_answer_carries_our_key_and_the_offers_profile() {
+        let policy = SrtpPolicy {
+            encryption: Encryption::Required,
+            keys_allowed: true,
+        };
+        for (proto, savp) in [("RTP/SAVP", true), ("RTP/AVP", false)] {
+            let offer = srtp_offer(proto, SDES);
+            let n = negotiate_with(&offer, &[Codec::Pcmu], false, policy).expect("ok");
+            assert_eq!(n.savp, savp);
+            let theirs = n.srtp.clone().expect("srtp");
+            let key = crate::media::srtp::MasterKey::random(theirs.key.suite());
+            let local = LocalMedia {
+                session_id: 1,
+                version: 1,
+                ip: "127.0.0.1".parse().expect("ip"),
+                port: 20000,
+                crypto: Some(LocalCrypto {
+                    tag: theirs.tag,
+                    key: key.clone(),
+                    savp: n.savp,
+                }),
+            };
+            let answer = Sdp::parse(&build_answer(&local, &offer, &n)).expect("parses");
+            let a = answer.audio().expect("audio");
+            assert_eq!(a.proto, proto);
+            let ours = crate::sdes::choose(&a.crypto).expect("our key");
+            assert_eq!((ours.tag, ours.key), (1, key));
+        }
+    }
+
     #[test]
     fn answer_keeps_m_line_count_and_parses_back() {
         let text = format!("{OFFER}m=video 5000 RTP/AVP 96\r\n");
@@ -593,6 +827,7 @@ mod tests {
             version: 1,
             ip: "127.0.0.1".parse().expect("ip"),
             port: 20000,
+            crypto: None,
         };
         let answer = build_answer(&local, &offer, &n);
         let parsed = Sdp::parse(&answer).expect("our answer parses");

@@ -22,7 +22,12 @@
 //! nothing is sent, the timestamp advances with real time and the RTP timeout is suspended.
 //!
 //! The hot path (per packet, per frame) allocates nothing: buffers live in the task, metrics are
-//! pre-resolved counters.
+//! pre-resolved counters. (Encrypted calls are the exception: the SRTP library returns each
+//! protected or unprotected packet in a buffer of its own.)
+//!
+//! An encrypted call ([`MediaParams::srtp`]) authenticates and decrypts every datagram before
+//! anything else looks at it, and encrypts every packet it sends; it never sends or accepts
+//! plain RTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +43,7 @@ use prometheus::IntCounter;
 use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
 use crate::agent::session::{CallerEvent, SharedPlayout};
-use crate::call::{HangupHandle, MediaParams};
+use crate::call::{HangupHandle, MediaParams, SrtpKeys};
 use crate::media::dtmf::DtmfDetector;
 use crate::media::g711::{self, Law};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Output, Pushed};
@@ -47,6 +52,7 @@ use crate::media::playout::FRAME_BYTES;
 use crate::media::rtcp::{self, LastSenderReport, Report, ReportBlock, RtcpPacket, SenderInfo};
 use crate::media::rtp::{ReceiverStats, RtpPacket, RtpSender, SeqUpdate, looks_like_rtcp};
 use crate::media::source::{LearningConfig, SourceLearner, Verdict};
+use crate::media::srtp::{self, SrtpError};
 use crate::media::wheel::{Timer, TimerWheel};
 use crate::routing::acl::{Cidr, normalize};
 use crate::sdp::Direction;
@@ -96,6 +102,9 @@ struct Drops {
     payload_type: IntCounter,
     source: IntCounter,
     sequence: IntCounter,
+    srtp_auth: IntCounter,
+    srtp_replay: IntCounter,
+    srtp_other: IntCounter,
 }
 
 impl Drops {
@@ -106,6 +115,9 @@ impl Drops {
             payload_type: c(drop_reason::PAYLOAD_TYPE),
             source: c(drop_reason::SOURCE),
             sequence: c(drop_reason::SEQUENCE),
+            srtp_auth: c(drop_reason::SRTP_AUTH),
+            srtp_replay: c(drop_reason::SRTP_REPLAY),
+            srtp_other: c(drop_reason::SRTP_OTHER),
         }
     }
 }
@@ -175,6 +187,17 @@ pub(crate) struct Engine {
     frame: [u8; FRAME_BYTES],
     packet: [u8; 256],
     rtcp_out: [u8; 512],
+    /// The call's SRTP contexts when [`MediaParams::srtp`] is set (`None` then means the
+    /// keys were unusable: nothing is sent or accepted).
+    srtp: Option<srtp::Session>,
+}
+
+/// Builds the SRTP contexts for a call's keys.
+fn srtp_session(call_id: &str, keys: Option<&SrtpKeys>) -> Option<srtp::Session> {
+    let keys = keys?;
+    srtp::Session::new(&keys.local, keys.remote.clone())
+        .map_err(|e| tracing::error!(%call_id, error = %e, "SRTP keys unusable; media stopped"))
+        .ok()
 }
 
 /// A randomised RTCP interval (RFC 3550 6.3.1: 0.5 to 1.5 times the nominal one).
@@ -200,7 +223,9 @@ impl Engine {
         // The learning window opens now: the engine starts when the call is confirmed (ACK).
         let learner = SourceLearner::new(settings.learning, media.remote, Duration::ZERO)
             .restrict_to(settings.networks.clone());
+        let srtp = srtp_session(&call_id, media.srtp.as_ref());
         Engine {
+            srtp,
             call_id,
             law,
             jitter: JitterBuffer::new(jitter_config(law, &settings)),
@@ -269,10 +294,9 @@ impl Engine {
                 },
                 r = socket.recv_from(&mut rtp_buf) => match r {
                     Ok((n, from)) => {
-                        if looks_like_rtcp(&rtp_buf[..n]) {
-                            // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
-                            self.on_rtcp(&rtp_buf[..n], from);
-                        } else if self.on_rtp(&rtp_buf[..n], from) {
+                        // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
+                        let is_rtcp = looks_like_rtcp(&rtp_buf[..n]);
+                        if self.on_datagram(&rtp_buf[..n], from, is_rtcp) {
                             self.forward_caller(&timer);
                         }
                     }
@@ -281,7 +305,7 @@ impl Engine {
                 },
                 r = recv_opt(rtcp.as_ref(), &mut rtcp_buf) => {
                     if let Ok((n, from)) = r {
-                        self.on_rtcp(&rtcp_buf[..n], from);
+                        self.on_datagram(&rtcp_buf[..n], from, true);
                     }
                 }
                 _ = timer.fired() => {
@@ -397,6 +421,10 @@ impl Engine {
 
     fn update_media(&mut self, m: MediaParams) {
         let was_hold = self.on_hold();
+        if m.srtp != self.media.srtp {
+            // New keys (a rekey, or encryption switched on or off): new contexts.
+            self.srtp = srtp_session(&self.call_id, m.srtp.as_ref());
+        }
         if m.codec != self.media.codec || m.payload_type != self.media.payload_type {
             self.law = law_of(m.codec);
             self.sender.payload_type = m.payload_type;
@@ -438,6 +466,84 @@ impl Engine {
                 true
             }
             Verdict::Drop => false,
+        }
+    }
+
+    /// Handles one received datagram, RTP or RTCP, unprotecting it first on an encrypted
+    /// call; true when it added audio to the reorder buffer.
+    fn on_datagram(&mut self, data: &[u8], from: SocketAddr, is_rtcp: bool) -> bool {
+        if self.media.srtp.is_none() {
+            if is_rtcp {
+                self.on_rtcp(data, from);
+                return false;
+            }
+            return self.on_rtp(data, from);
+        }
+        let Some(s) = self.srtp.as_mut() else {
+            self.drops.srtp_other.inc();
+            return false;
+        };
+        let plain = if is_rtcp {
+            s.unprotect_rtcp(data)
+        } else {
+            s.unprotect_rtp(data)
+        };
+        match plain {
+            Ok(p) if is_rtcp => {
+                self.on_rtcp(&p, from);
+                false
+            }
+            Ok(p) => self.on_rtp(&p, from),
+            Err(e) => {
+                tracing::debug!(call_id = %self.call_id, %from, rtcp = is_rtcp, len = data.len(), head = ?data.get(..data.len().min(12)), error = %e, "SRTP datagram dropped");
+                match e {
+                    SrtpError::Auth => self.drops.srtp_auth.inc(),
+                    SrtpError::Replay => self.drops.srtp_replay.inc(),
+                    _ => self.drops.srtp_other.inc(),
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends one RTP or RTCP packet, protected on an encrypted call.
+    async fn send_packet(
+        &mut self,
+        socket: &UdpSocket,
+        rtcp: bool,
+        n: usize,
+        to: SocketAddr,
+    ) -> bool {
+        let plain = if rtcp {
+            &self.rtcp_out[..n]
+        } else {
+            &self.packet[..n]
+        };
+        let sent = if self.media.srtp.is_none() {
+            socket.send_to(plain, to).await
+        } else {
+            let Some(s) = self.srtp.as_mut() else {
+                return false;
+            };
+            let wire = if rtcp {
+                s.protect_rtcp(plain)
+            } else {
+                s.protect_rtp(plain)
+            };
+            match wire {
+                Ok(w) => socket.send_to(&w, to).await,
+                Err(e) => {
+                    tracing::debug!(call_id = %self.call_id, error = %e, "SRTP protect failed");
+                    return false;
+                }
+            }
+        };
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(call_id = %self.call_id, error = %e, "RTP send failed");
+                false
+            }
         }
     }
 
@@ -578,9 +684,8 @@ impl Engine {
             return (audio, backlog);
         };
         self.sent_since_report = true;
-        match socket.send_to(&self.packet[..n], to).await {
-            Ok(_) => self.metrics.rtp_out.inc(),
-            Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP send failed"),
+        if self.send_packet(socket, false, n, to).await {
+            self.metrics.rtp_out.inc();
         }
         (audio, backlog)
     }
@@ -653,7 +758,7 @@ impl Engine {
         ) else {
             return;
         };
-        if sock.send_to(&self.rtcp_out[..n], to).await.is_ok() {
+        if self.send_packet(sock, true, n, to).await {
             self.metrics.rtcp_out.inc();
         }
     }

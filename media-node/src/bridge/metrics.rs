@@ -20,6 +20,13 @@ pub mod drop_reason {
     pub const SOURCE: &str = "source";
     /// Rejected by sequence validation (RFC 3550 A.1: probation or a large jump).
     pub const SEQUENCE: &str = "sequence";
+    /// SRTP/SRTCP that failed authentication (tampered, wrong key, or plain RTP on an
+    /// encrypted call).
+    pub const SRTP_AUTH: &str = "srtp_auth";
+    /// SRTP/SRTCP replayed (inside the replay window) or older than it.
+    pub const SRTP_REPLAY: &str = "srtp_replay";
+    /// Any other SRTP failure: too short, too many sources, key exhausted.
+    pub const SRTP_OTHER: &str = "srtp_other";
 }
 
 /// Every metric of the media engine. Cheap to clone (all handles are `Arc`s inside).

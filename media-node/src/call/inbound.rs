@@ -406,10 +406,22 @@ fn admit(
                 .map_err(|_| Reject::new(488, "bad_sdp"))?,
         )
     };
+    let srtp_policy = super::srtp_policy_of(trunk, req.peer.proto);
     let negotiated = match &offer {
-        Some(o) => {
-            Some(sdp::negotiate(o, &prefs, want_dtmf).map_err(|_| Reject::new(488, "codec"))?)
-        }
+        Some(o) => Some(
+            sdp::negotiate_with(o, &prefs, want_dtmf, srtp_policy).map_err(|e| {
+                let reason = match e {
+                    sdp::SdpError::SrtpDisabled => "srtp_disabled",
+                    sdp::SdpError::SrtpRequired(_) => "srtp_required",
+                    sdp::SdpError::SdesInsecure => "sdes_insecure",
+                    _ => "codec",
+                };
+                if reason != "codec" {
+                    tracing::info!(source = %req.peer.addr, error = %e, "INVITE offer refused");
+                }
+                Reject::new(488, reason)
+            })?,
+        ),
         None => None,
     };
     // Never stream RTP where a spoofed INVITE points (multicast, link-local, loopback from
@@ -453,24 +465,41 @@ fn admit(
         }
     })?;
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-    let local = LocalMedia {
+    let srtp = negotiated
+        .as_ref()
+        .and_then(|n| n.srtp.as_ref())
+        .map(|o| super::SrtpKeys::after(None, o));
+    let mut local = LocalMedia {
         session_id: rand::random::<u32>() as u64,
         version: 1,
         ip: media_ip,
         port,
+        crypto: None,
     };
     let (media, answer) = match (&offer, &negotiated) {
-        (Some(o), Some(n)) => (
-            MediaParams {
-                codec: n.codec,
-                payload_type: n.pt,
-                dtmf_payload_type: n.dtmf_pt,
-                remote: n.remote,
-                direction: n.answer,
-                ptime_ms: 20,
-            },
-            sdp::build_answer(&local, o, n),
-        ),
+        (Some(o), Some(n)) => {
+            local.crypto = n
+                .srtp
+                .as_ref()
+                .zip(srtp.as_ref())
+                .map(|(o, k)| sdp::LocalCrypto {
+                    tag: o.tag,
+                    key: k.local.clone(),
+                    savp: n.savp,
+                });
+            (
+                MediaParams {
+                    codec: n.codec,
+                    payload_type: n.pt,
+                    dtmf_payload_type: n.dtmf_pt,
+                    remote: n.remote,
+                    direction: n.answer,
+                    ptime_ms: 20,
+                    srtp,
+                },
+                sdp::build_answer(&local, o, n),
+            )
+        }
         _ => {
             // No offer: we offer in the 200 and take the answer from the ACK.
             let fmts: Vec<(u8, &str)> = prefs
@@ -478,6 +507,17 @@ fn admit(
                 .map(|c| (sdp::static_pt(*c), sdp::name(*c)))
                 .collect();
             let dtmf = want_dtmf.then_some(101);
+            // A trunk that requires SRTP gets an SRTP offer; the peer's key comes with the
+            // answer in the ACK.
+            if srtp_policy.encryption == sdp::Encryption::Required && srtp_policy.keys_allowed {
+                local.crypto = Some(sdp::LocalCrypto {
+                    tag: 1,
+                    key: crate::media::srtp::MasterKey::random(
+                        crate::media::srtp::Suite::AesCm128HmacSha1_80,
+                    ),
+                    savp: true,
+                });
+            }
             let body = sdp::build(&local, &fmts, dtmf, sdp::Direction::SendRecv);
             let c = prefs[0];
             (
@@ -488,6 +528,7 @@ fn admit(
                     remote: None,
                     direction: sdp::Direction::SendRecv,
                     ptime_ms: 20,
+                    srtp: None,
                 },
                 body,
             )
@@ -548,6 +589,7 @@ fn admit(
         rtp_timeout: super::rtp_timeout_of(trunk),
         started: std::time::Instant::now(),
         media_networks,
+        srtp_policy,
         awaiting_ack: false,
     };
     Ok((session, answer))

@@ -63,6 +63,57 @@ pub struct MediaParams {
     pub direction: Direction,
     /// Packetisation time in milliseconds (always 20).
     pub ptime_ms: u32,
+    /// SRTP keys when the call's media is encrypted.
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// An encrypted call's SDES keys (their `Debug` shows only the suite).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    /// Ours: we send with it.
+    pub local: crate::media::srtp::MasterKey,
+    /// The peer's: it sends with it.
+    pub remote: crate::media::srtp::MasterKey,
+}
+
+impl SrtpKeys {
+    /// The keys after negotiating `offered`: our key is kept when the peer kept its own
+    /// (a re-INVITE that changes nothing keeps the streams' state), else a fresh one.
+    pub fn after(current: Option<&SrtpKeys>, offered: &crate::sdes::Offered) -> SrtpKeys {
+        match current {
+            Some(k) if k.remote == offered.key => k.clone(),
+            _ => SrtpKeys {
+                local: crate::media::srtp::MasterKey::random(offered.key.suite()),
+                remote: offered.key.clone(),
+            },
+        }
+    }
+}
+
+/// The trunk's SRTP rule for a call whose SIP uses `proto`: SDES keys may be exchanged only
+/// over TLS, or anywhere when the trunk's `allowSdesWithoutTls` says so.
+pub fn srtp_policy_of(
+    trunk: &switchboard_proto::v1alpha1::Trunk,
+    proto: crate::sip::transport::Proto,
+) -> crate::sdp::SrtpPolicy {
+    use crate::sdp::{Encryption, SrtpPolicy};
+    use switchboard_proto::v1alpha1::MediaEncryption;
+    let Some(m) = trunk.media.as_ref() else {
+        return SrtpPolicy::PLAIN;
+    };
+    let encryption = match m.encryption() {
+        MediaEncryption::Unspecified | MediaEncryption::Disabled => Encryption::Disabled,
+        MediaEncryption::Optional => Encryption::Optional,
+        MediaEncryption::Required => Encryption::Required,
+    };
+    // Exhaustive on purpose: a TLS transport must say that it protects keys.
+    let over_tls = match proto {
+        crate::sip::transport::Proto::Udp | crate::sip::transport::Proto::Tcp => false,
+    };
+    SrtpPolicy {
+        encryption,
+        keys_allowed: over_tls || m.allow_sdes_without_tls,
+    }
 }
 
 /// A DTMF digit received with SIP INFO.

@@ -428,6 +428,13 @@ async fn attempt(
             g.host
         ));
     };
+    // Outbound offers are plain RTP for now: a trunk that requires SRTP must not get a
+    // plain call, so the attempt fails with the reason.
+    if super::srtp_policy_of(trunk, dest.proto).encryption == sdp::Encryption::Required {
+        return TryResult::Error(
+            "the trunk requires SRTP, which outbound calls do not offer yet".into(),
+        );
+    }
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
     let tparam = if dest.proto == Proto::Tcp {
@@ -473,6 +480,7 @@ async fn attempt(
         version: 1,
         ip: media_ip,
         port: socket.local_addr().map(|a| a.port()).unwrap_or(0),
+        crypto: None,
     };
     let prefs = routing::codec_prefs(trunk);
     let want_dtmf = routing::wants_rfc4733(trunk);
@@ -668,6 +676,8 @@ async fn attempt(
             rtp_timeout: super::rtp_timeout_of(trunk),
             started: invited_at.into_std(),
             media_networks: super::media_networks_of(trunk, dest.addr.ip()),
+            // Our offers are plain RTP (outbound SRTP is refused before this point).
+            srtp_policy: sdp::SrtpPolicy::PLAIN,
             awaiting_ack: false,
         };
         match sdp::check_remote(
@@ -702,6 +712,7 @@ fn media_from_answer(
         remote: None,
         direction: sdp::Direction::SendRecv,
         ptime_ms: 20,
+        srtp: None,
     };
     let Some(a) = answer else { return fallback };
     match sdp::negotiate(a, prefs, want_dtmf) {
@@ -713,6 +724,7 @@ fn media_from_answer(
             remote: n.remote,
             direction: n.offered.answer_to(),
             ptime_ms: 20,
+            srtp: None,
         },
         Err(_) => fallback,
     }

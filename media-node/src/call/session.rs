@@ -58,6 +58,8 @@ pub struct Session {
     pub(crate) started: std::time::Instant,
     /// Networks the call's media must stay in (trunk `mediaSource`); empty: any.
     pub(crate) media_networks: Vec<crate::routing::acl::Cidr>,
+    /// The trunk's SRTP rule for this call's offers and answers.
+    pub(crate) srtp_policy: sdp::SrtpPolicy,
     /// Inbound: our 2xx is out but its ACK has not arrived, so media and the
     /// agent have not started yet.
     pub(crate) awaiting_ack: bool,
@@ -192,7 +194,9 @@ impl Session {
             .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
         if self.media.remote.is_none() && is_sdp && !ack.body.is_empty() {
             let answer = Sdp::parse(&String::from_utf8_lossy(&ack.body));
-            match answer.and_then(|a| sdp::negotiate(&a, &self.prefs, self.want_dtmf)) {
+            let policy = self.srtp_policy;
+            match answer.and_then(|a| sdp::negotiate_with(&a, &self.prefs, self.want_dtmf, policy))
+            {
                 Ok(n) => {
                     if let Err(e) = sdp::check_remote(
                         n.remote,
@@ -208,9 +212,27 @@ impl Session {
                     self.media.remote = n.remote;
                     self.media.direction = n.answer;
                     self.media.dtmf_payload_type = n.dtmf_pt;
+                    // We offered in the 2xx: the answer brings the peer's key for ours.
+                    self.media.srtp = match (&self.local.crypto, &n.srtp) {
+                        (Some(ours), Some(theirs)) => Some(super::SrtpKeys {
+                            local: ours.key.clone(),
+                            remote: theirs.key.clone(),
+                        }),
+                        _ => None,
+                    };
+                    if self.local.crypto.is_some() && self.media.srtp.is_none() {
+                        tracing::warn!(call_id = %self.dialog.call_id, "SDP answer in ACK has no SRTP key; the trunk requires SRTP");
+                        self.ctx.metrics.reject("srtp_required");
+                        return Some(HangupReason::Local("SRTP required".into()));
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(call_id = %self.dialog.call_id, error = %e, "unusable SDP answer in ACK");
+                    if self.local.crypto.is_some() {
+                        // We offered SRTP because the trunk requires it: no plain fallback.
+                        self.ctx.metrics.reject("srtp_required");
+                        return Some(HangupReason::Local("SRTP required".into()));
+                    }
                 }
             }
         }
@@ -475,9 +497,12 @@ impl Session {
                     return;
                 }
             };
-            let n = match sdp::negotiate(&offer, &self.prefs, self.want_dtmf) {
+            let n = match sdp::negotiate_with(&offer, &self.prefs, self.want_dtmf, self.srtp_policy)
+            {
                 Ok(n) => n,
-                Err(_) => {
+                Err(e) => {
+                    // The call goes on with its current media (and keys).
+                    tracing::debug!(call_id = %self.dialog.call_id, error = %e, "re-offer refused");
                     self.respond(&r, 488);
                     return;
                 }
@@ -489,6 +514,21 @@ impl Session {
                 self.respond(&r, 488);
                 return;
             }
+            // A re-offer that keeps the peer's key keeps ours (and the streams' state); a
+            // new key from the peer is a rekey, answered with a new key of ours.
+            let srtp = n
+                .srtp
+                .as_ref()
+                .map(|o| super::SrtpKeys::after(self.media.srtp.as_ref(), o));
+            self.local.crypto = n
+                .srtp
+                .as_ref()
+                .zip(srtp.as_ref())
+                .map(|(o, k)| sdp::LocalCrypto {
+                    tag: o.tag,
+                    key: k.local.clone(),
+                    savp: n.savp,
+                });
             let media = MediaParams {
                 codec: n.codec,
                 payload_type: n.pt,
@@ -496,6 +536,7 @@ impl Session {
                 remote: n.remote,
                 direction: n.answer,
                 ptime_ms: 20,
+                srtp,
             };
             let changed = media != self.media;
             self.media = media;

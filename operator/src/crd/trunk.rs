@@ -275,6 +275,19 @@ pub enum MediaSource {
     SignallingNetwork,
 }
 
+/// Whether a call's media is encrypted (SRTP with SDES keys).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaEncryption {
+    /// Plain RTP only; an offer with only SRTP gets 488.
+    #[default]
+    Disabled,
+    /// Plain and SRTP offers are both accepted, SRTP used when offered.
+    Optional,
+    /// SRTP only; an offer without usable keys gets 488.
+    Required,
+}
+
 /// Media settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -295,6 +308,13 @@ pub struct TrunkMedia {
     /// Which sources RTP is accepted from (`any` or `signalling-network`).
     #[serde(default)]
     pub media_source: MediaSource,
+    /// SRTP (`disabled`, `optional` or `required`).
+    #[serde(default)]
+    pub encryption: MediaEncryption,
+    /// Lets SRTP keys (SDES `a=crypto`) travel in SIP over UDP or TCP, where anyone who reads
+    /// the signalling can decrypt the media. Without it, SRTP needs SIP over TLS.
+    #[serde(default)]
+    pub allow_sdes_without_tls: bool,
 }
 
 impl Default for TrunkMedia {
@@ -304,6 +324,8 @@ impl Default for TrunkMedia {
             dtmf: DtmfMode::default(),
             rtp_timeout_seconds: default_rtp_timeout(),
             media_source: MediaSource::default(),
+            encryption: MediaEncryption::default(),
+            allow_sdes_without_tls: false,
         }
     }
 }

@@ -5,7 +5,9 @@ use switchboard_proto::v1alpha1 as pb;
 
 use super::validate::{Failover, parse_failover};
 use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
-use crate::crd::{AgentSpec, Codec, DtmfMode, MediaSource, SipTrunkSpec, Transport};
+use crate::crd::{
+    AgentSpec, Codec, DtmfMode, MediaEncryption, MediaSource, SipTrunkSpec, Transport,
+};
 
 /// What a conversion may look up: the whole-world resolver and the
 /// incremental index answer the same questions from their own tables.
@@ -265,6 +267,12 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                 MediaSource::Any => pb::MediaSource::Any,
                 MediaSource::SignallingNetwork => pb::MediaSource::SignallingNetwork,
             } as i32,
+            encryption: match spec.media.encryption {
+                MediaEncryption::Disabled => pb::MediaEncryption::Disabled,
+                MediaEncryption::Optional => pb::MediaEncryption::Optional,
+                MediaEncryption::Required => pb::MediaEncryption::Required,
+            } as i32,
+            allow_sdes_without_tls: spec.media.allow_sdes_without_tls,
         }),
         // The fleet programmer fills in the per-node share; until then a
         // node may use the whole budget.
