@@ -254,6 +254,13 @@ write("sdp", "offer_pcmu_pcma_te", SDP_OFFER)
 write("sdp", "hold_c0", SDP_HOLD)
 write("sdp", "multi_stream_ipv6", SDP_MULTI)
 write("sdp", "multicast_bare_lf", SDP_MULTICAST)
+SDES_KEY = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+write("sdp", "srtp_savp", SDP_OFFER.replace("RTP/AVP", "RTP/SAVP") +
+      "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s|2^20\r\n"
+      "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:%s\r\n" % (SDES_KEY, SDES_KEY))
+write("sdp", "srtp_best_effort_unusable", SDP_OFFER +
+      "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s|2^20|1:4 UNENCRYPTED_SRTP\r\n"
+      "a=crypto:9 AEAD_AES_128_GCM inline:c2hvcnQ=\r\n" % SDES_KEY)
 
 # ---------------------------------------------------------------------------- RTP
 def rtp(pt, seq, ts, ssrc, payload, marker=False, csrcs=(), ext=None, pad=0):
