@@ -1,6 +1,8 @@
 //! Encrypted calls against baresip (its `srtp` module, libsrtp underneath): SRTP with SDES
-//! keys to a trunk whose `media.encryption` is `required`, audio both ways through the
-//! agent; plain offers and keys over unencrypted signalling refused with 488.
+//! keys on a trunk whose `media.encryption` is `required`, inbound (baresip calls) and
+//! outbound (the node calls baresip in auto-answer), audio both ways through the agent;
+//! plain offers, SRTP offers to a plain trunk and keys over unencrypted signalling refused
+//! with 488.
 //!
 //! SIP is UDP here (the node has no TLS listener yet), so the trunks set
 //! `allowSdesWithoutTls`; without it the keys are refused (the last test).
@@ -38,26 +40,14 @@ fn config(agent_url: &str, encryption: &str, allow_insecure_keys: bool) -> serde
 /// encryption (`srtp-mand`, `srtp` or none). Returns its output; what it heard (decoded) is
 /// in `dir/*-dec.wav` (the sndfile module).
 async fn baresip_call(dir: &Path, node: &MediaNode, mediaenc: Option<&str>, secs: u32) -> String {
-    let play = dir.join("play.wav");
-    // ausine only produces 48 kHz stereo; baresip resamples to PCMU.
-    let cfg = format!(
-        "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_trans_def udp\naudio_player aufile,{p}\naudio_alert aufile,{p}\n\
-         audio_source ausine,440\nausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\nauplay_channels 2\n\
-         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aufile.so\nmodule srtp.so\n\
-         module sndfile.so\nsnd_path {d}\nmodule_app account.so\nmodule_app menu.so\n",
-        free_port_pair(),
-        p = play.display(),
-        d = dir.display()
-    );
-    std::fs::write(dir.join("config"), cfg).expect("config");
     let enc = mediaenc
         .map(|m| format!(";mediaenc={m}"))
         .unwrap_or_default();
-    std::fs::write(
-        dir.join("accounts"),
-        format!("<sip:caller@127.0.0.1>;regint=0{enc}\n"),
-    )
-    .expect("accounts");
+    baresip_files(
+        dir,
+        free_port_pair(),
+        &format!("<sip:caller@127.0.0.1>;regint=0{enc}"),
+    );
     let child = tokio::process::Command::new("baresip")
         .arg("-f")
         .arg(dir)
@@ -85,6 +75,46 @@ async fn baresip_call(dir: &Path, node: &MediaNode, mediaenc: Option<&str>, secs
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Writes baresip's config into `dir`, listening on `port`, and its account.
+fn baresip_files(dir: &Path, port: u16, account: &str) {
+    let play = dir.join("play.wav");
+    // ausine only produces 48 kHz stereo; baresip resamples to PCMU.
+    let cfg = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{port}\nsip_trans_def udp\naudio_player aufile,{p}\naudio_alert aufile,{p}\n\
+         audio_source ausine,440\nausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\nauplay_channels 2\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aufile.so\nmodule srtp.so\n\
+         module sndfile.so\nsnd_path {d}\nmodule_app account.so\nmodule_app menu.so\n",
+        p = play.display(),
+        d = dir.display()
+    );
+    std::fs::write(dir.join("config"), cfg).expect("config");
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).expect("accounts");
+}
+
+/// Whether something listens on UDP `port` (IPv4), from /proc/net/udp.
+fn udp_bound(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").contains(&needle))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// What baresip heard, decoded (the sndfile module's `*-dec.wav` in `dir`).
+fn heard(dir: &Path) -> Vec<i16> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .map(|p| wav_samples(&p))
+        .unwrap_or_default()
 }
 
 /// The 16-bit PCM samples of a WAV file (data chunk only).
@@ -146,12 +176,7 @@ async fn srtp_call_from_baresip_carries_audio_both_ways() {
         "the agent's session started"
     );
     // What baresip heard (decrypted by libsrtp) is the agent's audio, not silence.
-    let decoded = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip wrote no decoded audio:\n{text}"));
-    let heard = wav_samples(&decoded);
+    let heard = heard(dir.path());
     let loud = heard.iter().filter(|s| s.unsigned_abs() > 2000).count();
     assert!(
         loud > 4800,
@@ -260,5 +285,108 @@ async fn srtp_offer_to_a_trunk_without_encryption_gets_488() {
             .await,
         1.0,
         "{text}"
+    );
+}
+
+/// The node calls baresip (auto-answer, `srtp-mand`) through a trunk that requires SRTP:
+/// our offer is RTP/SAVP with a key, baresip answers with its own, audio flows both ways.
+#[tokio::test]
+async fn outbound_srtp_call_to_baresip_carries_audio_both_ways() {
+    let agent = TestAgent::start().await.expect("agent");
+    let port = free_port_pair();
+    let cfg = json!({
+        "version": "1",
+        "trunks": [{
+            "id": "demo/carrier", "enabled": true,
+            "outbound": {"enabled": true, "gateways": [
+                {"host": "127.0.0.1", "port": port, "transport": "TRANSPORT_UDP", "priority": 1, "weight": 1}
+            ]},
+            "media": {"codecs": ["CODEC_PCMU"], "encryption": "MEDIA_ENCRYPTION_REQUIRED", "allowSdesWithoutTls": true}
+        }],
+        "numbers": [{
+            "id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/carrier", "outbound": true,
+            "agent": {"url": agent.url()}
+        }]
+    });
+    let node = MediaNode::start(&cfg, &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    baresip_files(
+        dir.path(),
+        port,
+        "<sip:15557654321@127.0.0.1>;regint=0;answermode=auto;mediaenc=srtp-mand",
+    );
+    let baresip = tokio::process::Command::new("baresip")
+        .arg("-f")
+        .arg(dir.path())
+        .args(["-t", "10"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip installed (scripts/test-deps.sh)");
+    switchboard_tests::poll::eventually("baresip listening", Duration::from_secs(10), || async {
+        if udp_bound(port) {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let (status, body) = node
+        .http(
+            "POST",
+            "/debug/dial",
+            Some(&json!({"number_id": "demo/caller", "to": "+1 555 765 4321"})),
+        )
+        .await
+        .expect("dial request");
+    assert_eq!(status, 200, "{body}");
+    let outcome: serde_json::Value = serde_json::from_str(&body).expect("dial outcome JSON");
+    assert_eq!(
+        outcome["outcome"],
+        "answered",
+        "{outcome}\nnode log:\n{}",
+        node.log()
+    );
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("the call's start", Duration::from_secs(10), |c| {
+        !c.stream_sid().is_empty()
+    })
+    .await;
+    conn.send_media(&ulaw_pattern(100, 3));
+    conn.wait_until("baresip's audio, decrypted", Duration::from_secs(10), |c| {
+        let audio = c.audio();
+        let mut seen = [false; 256];
+        audio.iter().for_each(|b| seen[usize::from(*b)] = true);
+        audio.len() >= 8000 && seen.iter().filter(|s| **s).count() > 20
+    })
+    .await;
+    let call_id = outcome["call_id"].as_str().expect("call_id");
+    let (status, _) = node
+        .http("POST", "/debug/hangup", Some(&json!({"call_id": call_id})))
+        .await
+        .expect("hangup");
+    assert_eq!(status, 202);
+    let out = tokio::time::timeout(Duration::from_secs(30), baresip.wait_with_output())
+        .await
+        .expect("baresip exits")
+        .expect("baresip output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let loud = heard(dir.path())
+        .iter()
+        .filter(|s| s.unsigned_abs() > 2000)
+        .count();
+    assert!(
+        loud > 4800,
+        "baresip heard {loud} loud samples:\n{text}\nnode log:\n{}",
+        node.log()
+    );
+    assert_eq!(
+        node.metric(r#"switchboard_rtp_packets_dropped_total{reason="srtp_auth"}"#)
+            .await,
+        0.0
     );
 }

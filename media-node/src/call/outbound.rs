@@ -428,13 +428,28 @@ async fn attempt(
             g.host
         ));
     };
-    // Outbound offers are plain RTP for now: a trunk that requires SRTP must not get a
-    // plain call, so the attempt fails with the reason.
-    if super::srtp_policy_of(trunk, dest.proto).encryption == sdp::Encryption::Required {
-        return TryResult::Error(
-            "the trunk requires SRTP, which outbound calls do not offer yet".into(),
-        );
-    }
+    // Our offer carries a key when the trunk encrypts and keys may travel here; a trunk
+    // that requires SRTP never gets a plain offer.
+    let srtp_policy = super::srtp_policy_of(trunk, dest.proto);
+    let offer_crypto = match (srtp_policy.encryption, srtp_policy.keys_allowed) {
+        (sdp::Encryption::Disabled, _) | (sdp::Encryption::Optional, false) => None,
+        (sdp::Encryption::Required, false) => {
+            return TryResult::Error(
+                "the trunk requires SRTP but its keys would travel in unencrypted SIP \
+                 (use TLS or set media.allowSdesWithoutTls)"
+                    .into(),
+            );
+        }
+        (e, true) => Some(sdp::LocalCrypto {
+            tag: 1,
+            key: crate::media::srtp::MasterKey::random(
+                crate::media::srtp::Suite::AesCm128HmacSha1_80,
+            ),
+            // Optional: RTP/AVP with a key (best-effort SRTP), which peers without SRTP
+            // answer in plain RTP instead of refusing, so no retry is needed.
+            savp: e == sdp::Encryption::Required,
+        }),
+    };
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
     let tparam = if dest.proto == Proto::Tcp {
@@ -480,7 +495,7 @@ async fn attempt(
         version: 1,
         ip: media_ip,
         port: socket.local_addr().map(|a| a.port()).unwrap_or(0),
-        crypto: None,
+        crypto: offer_crypto,
     };
     let prefs = routing::codec_prefs(trunk);
     let want_dtmf = routing::wants_rfc4733(trunk);
@@ -627,7 +642,13 @@ async fn attempt(
         dialog.peer = dest;
         ctx.sip.ack(Some(&txn), dialog.ack(cseq), dialog.next_hop());
         let answer = Sdp::parse(&String::from_utf8_lossy(&resp.body)).ok();
-        let media = media_from_answer(answer.as_ref(), &prefs, want_dtmf);
+        let media = media_from_answer(
+            answer.as_ref(),
+            &prefs,
+            want_dtmf,
+            srtp_policy,
+            local.crypto.as_ref(),
+        );
         let timer = session_timer::uac_from_response(&resp);
         let (tx, rx) = mpsc::unbounded_channel();
         ctx.calls.register_dialog(
@@ -676,10 +697,19 @@ async fn attempt(
             rtp_timeout: super::rtp_timeout_of(trunk),
             started: invited_at.into_std(),
             media_networks: super::media_networks_of(trunk, dest.addr.ip()),
-            // Our offers are plain RTP (outbound SRTP is refused before this point).
-            srtp_policy: sdp::SrtpPolicy::PLAIN,
+            srtp_policy,
             awaiting_ack: false,
         };
+        if srtp_policy.encryption == sdp::Encryption::Required && session.media.srtp.is_none() {
+            // Answered without a usable key: the trunk never carries plain media.
+            tracing::warn!(%call_id, "SDP answer has no usable SRTP key; hanging up");
+            ctx.metrics.reject("srtp_required");
+            let _ = session
+                .tx
+                .send(super::CallMsg::Hangup("SRTP required".into()));
+            tokio::spawn(session.established());
+            return TryResult::Answered(call_id);
+        }
         match sdp::check_remote(
             session.media.remote,
             dest.addr.ip(),
@@ -700,10 +730,14 @@ async fn attempt(
     }
 }
 
+/// Our media after the answer to our offer; SRTP when we offered a key and the answer
+/// accepted it (same tag) with its own.
 fn media_from_answer(
     answer: Option<&Sdp>,
     prefs: &[switchboard_proto::v1alpha1::Codec],
     want_dtmf: bool,
+    policy: sdp::SrtpPolicy,
+    ours: Option<&sdp::LocalCrypto>,
 ) -> MediaParams {
     let fallback = MediaParams {
         codec: prefs[0],
@@ -715,7 +749,13 @@ fn media_from_answer(
         srtp: None,
     };
     let Some(a) = answer else { return fallback };
-    match sdp::negotiate(a, prefs, want_dtmf) {
+    // A key in an answer to a plain offer means nothing: negotiate it as plain.
+    let policy = if ours.is_some() {
+        policy
+    } else {
+        sdp::SrtpPolicy::PLAIN
+    };
+    match sdp::negotiate_with(a, prefs, want_dtmf, policy) {
         // The answer's direction is from the peer's view; ours mirrors it.
         Ok(n) => MediaParams {
             codec: n.codec,
@@ -724,7 +764,15 @@ fn media_from_answer(
             remote: n.remote,
             direction: n.offered.answer_to(),
             ptime_ms: 20,
-            srtp: None,
+            srtp: match (ours, n.srtp) {
+                (Some(o), Some(t)) if t.tag == o.tag && t.key.suite() == o.key.suite() => {
+                    Some(super::SrtpKeys {
+                        local: o.key.clone(),
+                        remote: t.key,
+                    })
+                }
+                _ => None,
+            },
         },
         Err(_) => fallback,
     }
