@@ -390,3 +390,177 @@ async fn outbound_srtp_call_to_baresip_carries_audio_both_ways() {
         0.0
     );
 }
+
+/// A raw caller with a key of its own: the caller's audio reaches the agent byte-exact, the
+/// agent's audio comes back byte-exact once decrypted and never in plaintext on the wire,
+/// and a tampered packet, a replayed one and a plain RTP packet are dropped and counted.
+#[tokio::test]
+async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted() {
+    use switchboard_media_node::media::srtp::{MasterKey, Session, Suite};
+    use switchboard_media_node::sdes;
+    use switchboard_media_node::sdp::Sdp;
+    use switchboard_tests::node::{RawSip, header_of, status_of};
+    use switchboard_tests::phone::rtp_packet;
+
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(
+        &config(&agent.url(), "MEDIA_ENCRYPTION_REQUIRED", true),
+        &[],
+    )
+    .await
+    .expect("node starts");
+    let raw = RawSip::new(node.sip).await.expect("sip socket");
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port();
+    let ours = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let sdp = format!(
+        "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {rtp_port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{}a=ptime:20\r\na=sendrecv\r\n",
+        sdes::line(5, &ours)
+    );
+    let (local, to_node) = (raw.local(), raw.node);
+    let invite = format!(
+        "INVITE sip:+15550001111@{to_node} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-srtp-inv\r\n\
+         From: <sip:raw@{local}>;tag=rawtag\r\nTo: <sip:+15550001111@{to_node}>\r\nCall-ID: srtp-raw\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:raw@{local}>\r\nMax-Forwards: 70\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    raw.send(invite.as_bytes()).await;
+    let mut seen = Vec::new();
+    let ok = raw
+        .recv_until(Duration::from_secs(10), &mut seen, |m| {
+            status_of(m).is_some_and(|c| c >= 200)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no final response; saw {seen:?}"));
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    let body = ok.split("\r\n\r\n").nth(1).expect("SDP body");
+    let answer = Sdp::parse(body).expect("answer parses");
+    let audio = answer.audio().expect("audio");
+    assert_eq!(audio.proto, "RTP/SAVP", "{body}");
+    let theirs = sdes::choose(&audio.crypto).expect("the node's key");
+    assert_eq!(theirs.tag, 5, "the answer echoes our tag");
+    assert_ne!(
+        theirs.key.key_salt(),
+        ours.key_salt(),
+        "the node has its own key"
+    );
+    let node_rtp = std::net::SocketAddr::new(audio.addr.expect("c= address"), audio.port);
+    let to_hdr = header_of(&ok, "To").expect("To").to_owned();
+    let ack = format!(
+        "ACK sip:+15550001111@{to_node} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-srtp-ack\r\n\
+         From: <sip:raw@{local}>;tag=rawtag\r\nTo: {to_hdr}\r\nCall-ID: srtp-raw\r\nCSeq: 1 ACK\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw.send(ack.as_bytes()).await;
+
+    let mut session = Session::new(&ours, theirs.key.clone()).expect("session");
+    let caller_audio = ulaw_pattern(50, 11);
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for (i, frame) in caller_audio.chunks(160).enumerate() {
+        interval.tick().await;
+        let seq = 1000 + i as u16;
+        let plain = rtp_packet(i == 0, 0, seq, 160 * i as u32, 0x5eed, frame);
+        let wire = session.protect_rtp(&plain).expect("protect");
+        if i == 10 {
+            // A tampered copy (sent first: a replayed sequence number is refused before
+            // authentication, RFC 3711 3.3), a replay and a plain packet: none may reach
+            // the agent.
+            let mut bad = wire.to_vec();
+            bad[20] ^= 0x40;
+            rtp.send_to(&bad, node_rtp).await.expect("send");
+            rtp.send_to(&wire, node_rtp).await.expect("send");
+            rtp.send_to(&sent[5], node_rtp).await.expect("send");
+            let plain = rtp_packet(
+                false,
+                0,
+                seq + 1,
+                160 * (i as u32 + 1),
+                0x5eed,
+                &[0x11; 160],
+            );
+            rtp.send_to(&plain, node_rtp).await.expect("send");
+        } else {
+            rtp.send_to(&wire, node_rtp).await.expect("send");
+        }
+        sent.push(wire.to_vec());
+    }
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until(
+        "the caller's audio, byte-exact",
+        Duration::from_secs(10),
+        |c| {
+            c.audio()
+                .windows(caller_audio.len())
+                .any(|w| w == caller_audio)
+        },
+    )
+    .await;
+    assert!(
+        !conn.audio().windows(160).any(|w| w == [0x11; 160]),
+        "the plain packet reached the agent"
+    );
+
+    // The agent speaks; what arrives here is SRTP that decrypts to exactly its audio.
+    let agent_audio = ulaw_pattern(25, 99);
+    conn.send_media(&agent_audio);
+    let mut wire_bytes = Vec::new();
+    let mut decrypted = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !decrypted
+        .windows(agent_audio.len())
+        .any(|w| w == agent_audio)
+    {
+        let (n, _) = tokio::time::timeout_at(deadline, rtp.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the agent's audio never came back; node log:\n{}",
+                    node.log()
+                )
+            })
+            .expect("recv");
+        let packet = &buf[..n];
+        if packet.get(1).is_some_and(|pt| (200..=204).contains(pt)) {
+            continue; // SRTCP
+        }
+        wire_bytes.extend_from_slice(packet);
+        let plain = session
+            .unprotect_rtp(packet)
+            .expect("the node's SRTP authenticates");
+        decrypted.extend_from_slice(&plain[12..]);
+    }
+    assert!(
+        !wire_bytes
+            .windows(16)
+            .any(|w| agent_audio.windows(16).any(|a| a == w)),
+        "the agent's audio is visible in plaintext on the wire"
+    );
+
+    let drops = |reason: &'static str| {
+        let node = &node;
+        async move {
+            node.metric(&format!(
+                r#"switchboard_rtp_packets_dropped_total{{reason="{reason}"}}"#
+            ))
+            .await
+        }
+    };
+    assert_eq!(
+        drops("srtp_auth").await,
+        2.0,
+        "the tampered and the plain packet"
+    );
+    assert_eq!(drops("srtp_replay").await, 1.0, "the replayed packet");
+    let bye = format!(
+        "BYE sip:+15550001111@{to_node} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-srtp-bye\r\n\
+         From: <sip:raw@{local}>;tag=rawtag\r\nTo: {to_hdr}\r\nCall-ID: srtp-raw\r\nCSeq: 2 BYE\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    raw.send(bye.as_bytes()).await;
+}
