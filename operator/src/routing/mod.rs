@@ -210,6 +210,9 @@ pub mod reason {
     /// The agent has a bearer token but a plain ws:// URL to a host that is not loopback:
     /// media nodes refuse to send the token in clear text, so every call would fail.
     pub const INSECURE_AGENT_URL: &str = "InsecureAgentUrl";
+    /// Accepted, with a warning: the trunk encrypts media but lets its SRTP keys travel in
+    /// SIP that is not TLS (`media.allowSdesWithoutTls`).
+    pub const SDES_WITHOUT_TLS: &str = "SdesWithoutTls";
 }
 
 /// What the resolver concluded about a trunk.
@@ -281,7 +284,18 @@ impl convert::World for Whole<'_> {
 
 /// Judges one trunk: its verdict and, when usable, its configuration.
 fn judge_trunk(t: &TrunkInput, world: &dyn convert::World) -> (TrunkVerdict, Option<pb::Trunk>) {
+    let media = &t.spec.media;
     let accepted = match validate::trunk(&t.spec) {
+        Ok(())
+            if media.encryption != crate::crd::MediaEncryption::Disabled
+                && media.allow_sdes_without_tls =>
+        {
+            Verdict::ok(
+                reason::SDES_WITHOUT_TLS,
+                "spec is valid; media.allowSdesWithoutTls lets SRTP keys travel in SIP over \
+                 UDP or TCP, where anyone who can read the signalling can decrypt the calls' media",
+            )
+        }
         Ok(()) => Verdict::ok(reason::ACCEPTED, "spec is valid"),
         Err(e) => Verdict::fail(reason::INVALID, e),
     };

@@ -669,3 +669,48 @@ fn media_source_defaults_to_any_and_converts() {
         "unknown values are refused"
     );
 }
+
+#[test]
+fn media_encryption_reaches_the_nodes_and_keys_over_plain_sip_are_flagged() {
+    use crate::crd::MediaEncryption;
+    let key = ObjectKey::new("ns", "carrier");
+    for (encryption, allow, reason, want) in [
+        (
+            MediaEncryption::Disabled,
+            true,
+            reason::ACCEPTED,
+            pb::MediaEncryption::Disabled,
+        ),
+        (
+            MediaEncryption::Optional,
+            false,
+            reason::ACCEPTED,
+            pb::MediaEncryption::Optional,
+        ),
+        (
+            MediaEncryption::Required,
+            true,
+            reason::SDES_WITHOUT_TLS,
+            pb::MediaEncryption::Required,
+        ),
+    ] {
+        let mut i = inputs();
+        let t = i.trunks.get_mut(&key).expect("trunk");
+        t.spec.media.encryption = encryption;
+        t.spec.media.allow_sdes_without_tls = allow;
+        let r = resolve(&i);
+        let v = &r.trunks[&key];
+        assert!(v.usable(), "{v:?}");
+        assert_eq!(v.accepted.reason, reason, "{v:?}");
+        let media = r.config.trunks[0].media.clone().expect("media");
+        assert_eq!(media.encryption(), want);
+        assert_eq!(media.allow_sdes_without_tls, allow);
+    }
+    // The manifest spelling.
+    let spec: SipTrunkSpec = serde_json::from_value(serde_json::json!({
+        "media": {"encryption": "required", "allowSdesWithoutTls": true}
+    }))
+    .expect("parses");
+    assert_eq!(spec.media.encryption, MediaEncryption::Required);
+    assert!(spec.media.allow_sdes_without_tls);
+}
