@@ -97,7 +97,7 @@ async fn ping(ctx: Arc<Ctx>, trunk_id: String, g: switchboard_proto::v1alpha1::G
     };
     let host = crate::sip::headers::host_port(&dest.addr);
     let mut req = Message::request(Method::Options, format!("sip:{host}"));
-    let adv = ctx.sip.transport.advertised_hostport(&dest.addr);
+    let adv = ctx.sip.transport.advertised_hostport(&dest);
     req.add(
         "From",
         format!("<sip:switchboard@{adv}>;tag={}", random_token(10)),

@@ -42,6 +42,20 @@ struct Args {
     /// SIP bind address (UDP and TCP); repeat for IPv4 and IPv6.
     #[arg(long = "sip-bind", default_value = "0.0.0.0:5060")]
     sip_bind: Vec<SocketAddr>,
+    /// SIP over TLS: PEM certificate chain (a Kubernetes TLS Secret's tls.crt; reloaded when
+    /// it changes). With --tls-key, turns the TLS listener on.
+    #[arg(long = "tls-cert", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// SIP over TLS: PEM private key (tls.key; reloaded when it changes).
+    #[arg(long = "tls-key", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// SIP over TLS listen address; default: the first --sip-bind address on port 5061.
+    #[arg(long = "tls-bind")]
+    tls_bind: Option<SocketAddr>,
+    /// TLS port written into Via and Contact for TLS peers (NAT, load balancer); default:
+    /// the --tls-bind port.
+    #[arg(long = "tls-advertise-port")]
+    tls_advertise_port: Option<u16>,
     /// Address written into Via, Contact and SDP: HOST or HOST:PORT (NAT, hostNetwork).
     #[arg(long)]
     advertise: Option<String>,
@@ -356,6 +370,11 @@ async fn main() -> std::process::ExitCode {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "media-node".into())
     });
+    let default_tls_ip = args
+        .sip_bind
+        .first()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let cfg = NodeConfig {
         node_id,
         control,
@@ -406,6 +425,17 @@ async fn main() -> std::process::ExitCode {
             timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
             egress: egress.clone(),
             ..Default::default()
+        },
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(switchboard_media_node::node::TlsOptions {
+                bind: args
+                    .tls_bind
+                    .unwrap_or(SocketAddr::new(default_tls_ip, 5061)),
+                cert: cert.clone(),
+                key: key.clone(),
+                advertise_port: args.tls_advertise_port,
+            }),
+            _ => None,
         },
     };
     let handler: Arc<dyn CallHandler> = match args.call_handler {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub transaction_overload: IntCounterVec,
     /// SIP over TCP: connections refused, closed and open.
     pub tcp: TcpMetrics,
+    /// SIP TLS connections (the same measures as TCP).
+    pub tls: TcpMetrics,
     /// Inbound digest answers refused, by reason (replay, uri_mismatch, ...).
     pub digest_failures: IntCounterVec,
 }
@@ -54,30 +56,42 @@ pub struct TcpMetrics {
 }
 
 impl TcpMetrics {
-    fn new() -> TcpMetrics {
+    /// The metrics of one stream transport: `tcp` or `tls` in their names.
+    fn new(transport: &str) -> TcpMetrics {
+        let upper = transport.to_ascii_uppercase();
         TcpMetrics {
             refused: must(IntCounterVec::new(
                 Opts::new(
-                    "switchboard_sip_tcp_refused_total",
-                    "SIP TCP connections refused, by reason (global, per_source, outbound_limit)",
+                    format!("switchboard_sip_{transport}_refused_total"),
+                    format!(
+                        "SIP {upper} connections refused, by reason (global, global_carriers, per_source, outbound_limit)"
+                    ),
                 ),
                 &["reason"],
             )),
             closed: must(IntCounterVec::new(
                 Opts::new(
-                    "switchboard_sip_tcp_closed_total",
-                    "SIP TCP connections closed, by reason",
+                    format!("switchboard_sip_{transport}_closed_total"),
+                    format!("SIP {upper} connections closed, by reason"),
                 ),
                 &["reason"],
             )),
             open: must(IntGaugeVec::new(
                 Opts::new(
-                    "switchboard_sip_tcp_connections",
-                    "SIP TCP connections open, by direction",
+                    format!("switchboard_sip_{transport}_connections"),
+                    format!("SIP {upper} connections open, by direction"),
                 ),
                 &["direction"],
             )),
         }
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 3] {
+        [
+            Box::new(self.refused.clone()),
+            Box::new(self.closed.clone()),
+            Box::new(self.open.clone()),
+        ]
     }
 }
 
@@ -167,7 +181,8 @@ impl Metrics {
             ),
             &["limit"],
         ));
-        let tcp = TcpMetrics::new();
+        let tcp = TcpMetrics::new("tcp");
+        let tls = TcpMetrics::new("tls");
         let digest_failures = must(IntCounterVec::new(
             Opts::new(
                 "switchboard_sip_digest_failures_total",
@@ -189,10 +204,11 @@ impl Metrics {
             Box::new(config_version.clone()),
             Box::new(draining.clone()),
             Box::new(setup_seconds.clone()),
-            Box::new(tcp.refused.clone()),
-            Box::new(tcp.closed.clone()),
-            Box::new(tcp.open.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(tcp.collectors())
+        .chain(tls.collectors())
+        {
             must(registry.register(c));
         }
         Metrics {
@@ -210,6 +226,7 @@ impl Metrics {
             server_transactions,
             transaction_overload,
             tcp,
+            tls,
             digest_failures,
         }
     }

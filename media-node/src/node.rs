@@ -82,6 +82,21 @@ pub struct NodeConfig {
     pub outbound_queue_size: usize,
     /// Status webhook delivery settings.
     pub webhooks: crate::webhook::WebhookOptions,
+    /// SIP over TLS, when a certificate is given.
+    pub tls: Option<TlsOptions>,
+}
+
+/// The SIP-over-TLS listener's settings.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// Where it listens.
+    pub bind: SocketAddr,
+    /// PEM certificate chain (reloaded when it changes).
+    pub cert: std::path::PathBuf,
+    /// PEM private key (reloaded when it changes).
+    pub key: std::path::PathBuf,
+    /// The TLS port written into Via and Contact for TLS peers (default: the bind port).
+    pub advertise_port: Option<u16>,
 }
 
 fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
@@ -90,6 +105,10 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
         v4: None,
         v6: None,
         port: default_port,
+        tls_port: cfg
+            .tls
+            .as_ref()
+            .map(|t| t.advertise_port.unwrap_or(t.bind.port())),
         media: cfg.media_advertise,
     };
     if let Some(a) = &cfg.advertise {
@@ -148,6 +167,21 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     .allowed_sources(Arc::new(move |ip| {
         acl.read(|t| t.allows_source(ip)).unwrap_or(false)
     }));
+    let tls = match &cfg.tls {
+        Some(t) => {
+            use crate::sip::transport::tls::{CertStore, Listener};
+            let store =
+                CertStore::open(&t.cert, &t.key).context("loading the SIP TLS certificate")?;
+            let acceptor = store.acceptor().context("setting up SIP TLS")?;
+            tokio::spawn(store.watch());
+            Some(Listener {
+                bind: t.bind,
+                acceptor,
+            })
+        }
+        None => None,
+    };
+    let tls_bind = cfg.tls.as_ref().map(|t| t.bind);
     let (transport, incoming) = Transport::bind(
         &cfg.sip_bind,
         advertise(&cfg)?,
@@ -155,10 +189,11 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         cfg.tcp,
         rate,
         metrics.clone(),
+        tls,
     )
     .await
-    .with_context(|| format!("binding SIP on {:?}", cfg.sip_bind))?;
-    tracing::info!(addrs = ?transport.local, "SIP listening (UDP and TCP)");
+    .with_context(|| format!("binding SIP on {:?} (TLS {tls_bind:?})", cfg.sip_bind))?;
+    tracing::info!(addrs = ?transport.local, tls = ?tls_bind, "SIP listening (UDP and TCP, TLS when set)");
     let (sip, tu_events) =
         TransactionLayer::start(transport, incoming, metrics.clone(), cfg.transactions);
     // The call tracker wraps the media handler so the call API and status

@@ -564,3 +564,126 @@ async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted
     );
     raw.send(bye.as_bytes()).await;
 }
+
+/// A self-signed certificate for the node's TLS listener, written into `dir`.
+fn node_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let (c, k) = (dir.join("node.crt"), dir.join("node.key"));
+    std::fs::write(&c, cert.pem()).expect("write");
+    std::fs::write(&k, key.serialize_pem()).expect("write");
+    (c, k)
+}
+
+/// baresip calls over SIP over TLS with mandatory SRTP, to a trunk that does not allow
+/// keys over plain signalling: TLS carries the keys, the call is answered, audio flows both
+/// ways and baresip's BYE ends it.
+#[tokio::test]
+async fn srtp_call_over_tls_from_baresip() {
+    let agent = TestAgent::start().await.expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = node_certificate(dir.path());
+    let tls_port = switchboard_tests::node::free_port();
+    let tls_bind = format!("127.0.0.1:{tls_port}");
+    let node = MediaNode::start(
+        &config(&agent.url(), "MEDIA_ENCRYPTION_REQUIRED", false),
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--tls-bind",
+            &tls_bind,
+        ],
+    )
+    .await
+    .expect("node starts");
+    let phone = dir.path().join("baresip");
+    std::fs::create_dir(&phone).expect("dir");
+    baresip_files(
+        &phone,
+        free_port_pair(),
+        "<sip:caller@127.0.0.1;transport=tls>;regint=0;mediaenc=srtp-mand",
+    );
+    let call = async {
+        let child = tokio::process::Command::new("baresip")
+            .arg("-f")
+            .arg(&phone)
+            .args([
+                "-e",
+                &format!("/dial sip:+15550001111@{tls_bind};transport=tls"),
+                "-t",
+                "6",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("baresip installed (scripts/test-deps.sh)");
+        let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+            .await
+            .expect("baresip exits")
+            .expect("baresip output");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let speak = async {
+        let conn = agent.connection(0, Duration::from_secs(15)).await;
+        conn.wait_until("the call's start", Duration::from_secs(10), |c| {
+            !c.stream_sid().is_empty()
+        })
+        .await;
+        conn.send_media(&ulaw_pattern(100, 5));
+        conn.wait_until("the caller's audio", Duration::from_secs(10), |c| {
+            c.audio().len() >= 8000
+        })
+        .await;
+    };
+    let (text, ()) = tokio::join!(call, speak);
+    assert!(
+        text.contains("Call established"),
+        "baresip did not establish the call over TLS:\n{text}\nnode log:\n{}",
+        node.log()
+    );
+    let loud = heard(&phone)
+        .iter()
+        .filter(|s| s.unsigned_abs() > 2000)
+        .count();
+    assert!(loud > 4800, "baresip heard {loud} loud samples:\n{text}");
+    assert_eq!(
+        node.metric(
+            r#"switchboard_sip_calls_total{code="200",direction="inbound",result="answered"}"#
+        )
+        .await,
+        1.0
+    );
+    // The keys can only have been accepted over TLS (the trunk refuses them otherwise), and
+    // the TLS connection baresip used is closed now that it quit.
+    switchboard_tests::poll::eventually(
+        "the TLS connection closed",
+        Duration::from_secs(10),
+        || async {
+            let closed = node
+                .metric(r#"switchboard_sip_tls_closed_total{reason="peer_closed"}"#)
+                .await;
+            if closed >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{closed}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        node.metric(r#"switchboard_sip_tls_closed_total{reason="tls_handshake_failed"}"#)
+            .await,
+        0.0
+    );
+}

@@ -109,6 +109,7 @@ pub fn srtp_policy_of(
     // Exhaustive on purpose: a TLS transport must say that it protects keys.
     let over_tls = match proto {
         crate::sip::transport::Proto::Udp | crate::sip::transport::Proto::Tcp => false,
+        crate::sip::transport::Proto::Tls => true,
     };
     SrtpPolicy {
         encryption,
@@ -680,15 +681,15 @@ impl Ctx {
 
     /// Our Contact for a peer.
     pub fn contact(&self, user: &str, peer: &crate::sip::transport::Peer) -> String {
-        let hp = self.sip.transport.advertised_hostport(&peer.addr);
+        let hp = self.sip.transport.advertised_hostport(peer);
         let user = if user.is_empty() {
             "switchboard".to_owned()
         } else {
             user.to_owned()
         };
-        match peer.proto {
-            crate::sip::transport::Proto::Tcp => format!("<sip:{user}@{hp};transport=tcp>"),
-            crate::sip::transport::Proto::Udp => format!("<sip:{user}@{hp}>"),
+        match peer.proto.uri_param() {
+            Some(t) => format!("<sip:{user}@{hp};transport={t}>"),
+            None => format!("<sip:{user}@{hp}>"),
         }
     }
 }

@@ -452,10 +452,10 @@ async fn attempt(
     };
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
-    let tparam = if dest.proto == Proto::Tcp {
-        ";transport=tcp"
-    } else {
-        ""
+    let tparam = match dest.proto.uri_param() {
+        Some("tcp") => ";transport=tcp",
+        Some("tls") => ";transport=tls",
+        _ => "",
     };
     let ruri = format!("sip:{user}@{gw_host}{tparam}");
     let from_domain = if out.from_domain.is_empty() {

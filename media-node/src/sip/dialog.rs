@@ -157,6 +157,12 @@ impl Dialog {
                     Some("udp") => Proto::Udp,
                     _ => self.peer.proto,
                 };
+                // The node does not open TLS connections to a peer that called it (it
+                // would need the peer's name to verify): requests in a TLS dialog go
+                // back over the connection the dialog came on (RFC 5923 style reuse).
+                if proto == Proto::Tls || self.peer.proto == Proto::Tls {
+                    return self.peer;
+                }
                 match u.socket_addr(5060) {
                     Some(addr) => Peer { proto, addr },
                     None => self.peer,

@@ -29,7 +29,7 @@ use tokio_util::time::delay_queue::Key;
 use crate::metrics::Metrics;
 use crate::sip::headers::Via;
 use crate::sip::message::{Message, Method, reason_phrase};
-use crate::sip::transport::{Incoming, Peer, Proto, Transport};
+use crate::sip::transport::{Incoming, Peer, Transport};
 
 /// RTT estimate (RFC 3261 17.1.1.1).
 pub const T1: Duration = Duration::from_millis(500);
@@ -211,7 +211,7 @@ impl SipHandle {
         let via = format!(
             "SIP/2.0/{} {};branch={branch};rport",
             dest.proto.as_str(),
-            self.transport.advertised_hostport(&dest.addr)
+            self.transport.advertised_hostport(&dest)
         );
         req.prepend("Via", via);
         if req.header("Max-Forwards").is_none() {
@@ -250,7 +250,7 @@ impl SipHandle {
             let via = format!(
                 "SIP/2.0/{} {};branch={};rport",
                 dest.proto.as_str(),
-                self.transport.advertised_hostport(&dest.addr),
+                self.transport.advertised_hostport(&dest),
                 new_branch()
             );
             ack.prepend("Via", via);
@@ -451,7 +451,7 @@ impl TransactionLayer {
     }
 
     fn reliable(peer: &Peer) -> bool {
-        peer.proto == Proto::Tcp
+        peer.proto.is_reliable()
     }
 
     // ----- incoming -----

@@ -6,6 +6,7 @@
 //! retransmission) and TCP hands bytes to a per-connection writer task.
 
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,8 @@ pub enum Proto {
     Udp,
     /// TCP
     Tcp,
+    /// TLS over TCP (RFC 3261 26)
+    Tls,
 }
 
 impl Proto {
@@ -35,6 +38,22 @@ impl Proto {
         match self {
             Proto::Udp => "UDP",
             Proto::Tcp => "TCP",
+            Proto::Tls => "TLS",
+        }
+    }
+
+    /// TCP and TLS deliver in order and retransmit themselves: no SIP
+    /// retransmission timers (RFC 3261 17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Tls)
+    }
+
+    /// The `transport=` URI parameter for it (`None` for UDP, the default).
+    pub fn uri_param(self) -> Option<&'static str> {
+        match self {
+            Proto::Udp => None,
+            Proto::Tcp => Some("tcp"),
+            Proto::Tls => Some("tls"),
         }
     }
 }
@@ -93,6 +112,8 @@ pub struct Advertise {
     pub v6: Option<String>,
     /// SIP port to advertise.
     pub port: u16,
+    /// SIP-over-TLS port to advertise to TLS peers, when TLS is on.
+    pub tls_port: Option<u16>,
     /// Address written into SDP for media, when RTP must reach the node
     /// directly while SIP arrives through a load balancer.
     pub media: Option<IpAddr>,
@@ -114,7 +135,7 @@ impl Receiver {
                 self.metrics.drop_msg("scanner");
                 return;
             }
-            let reliable = peer.proto == Proto::Tcp;
+            let reliable = peer.proto.is_reliable();
             if let Err(why) = self.rate.allow(peer.addr.ip(), reliable, Instant::now()) {
                 self.metrics.rate_limited.inc();
                 if why == Limited::UnknownTotal {
@@ -133,14 +154,17 @@ impl Receiver {
 pub struct Transport {
     udp: Vec<Arc<tokio::net::UdpSocket>>,
     tcp: Arc<tcp::Connections>,
+    /// The TLS listener's connections, when TLS is on.
+    tls: Option<Arc<tcp::Connections>>,
     advertise: Advertise,
     /// Local UDP addresses (bound).
     pub local: Vec<SocketAddr>,
 }
 
 impl Transport {
-    /// Binds UDP and TCP on every address, spawns the receive loops and
-    /// returns the transport plus the stream of accepted messages.
+    /// Binds UDP and TCP on every address (and TLS when `tls` is given),
+    /// spawns the receive loops and returns the transport plus the stream of
+    /// accepted messages.
     pub async fn bind(
         binds: &[SocketAddr],
         advertise: Advertise,
@@ -148,6 +172,7 @@ impl Transport {
         tcp_limits: tcp::TcpLimits,
         rate: RateLimiter,
         metrics: Metrics,
+        tls: Option<tls::Listener>,
     ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
         let (tx, rx) = mpsc::channel(4096);
         let recv = Arc::new(Receiver {
@@ -167,10 +192,20 @@ impl Transport {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(tcp::accept_loop(listener, tcp.clone()));
         }
+        let tls = match tls {
+            Some(l) => {
+                let conns = Arc::new(tcp::Connections::tls(recv.clone(), tcp_limits, l.acceptor));
+                let listener = tokio::net::TcpListener::bind(l.bind).await?;
+                tokio::spawn(tcp::accept_loop(listener, conns.clone()));
+                Some(conns)
+            }
+            None => None,
+        };
         Ok((
             Arc::new(Transport {
                 udp,
                 tcp,
+                tls,
                 advertise,
                 local,
             }),
@@ -204,6 +239,10 @@ impl Transport {
                 }
             }
             Proto::Tcp => self.tcp.send(peer.addr, data),
+            Proto::Tls => match &self.tls {
+                Some(t) => t.send(peer.addr, data),
+                None => Err(TransportError::TcpQueue(peer.addr)),
+            },
         }
     }
 
@@ -232,9 +271,13 @@ impl Transport {
         }
     }
 
-    /// `host:port` we advertise to a peer.
-    pub fn advertised_hostport(&self, peer: &SocketAddr) -> String {
-        format!("{}:{}", self.advertised_host(peer), self.advertise.port)
+    /// `host:port` we advertise to a peer (the TLS port to a TLS peer).
+    pub fn advertised_hostport(&self, peer: &Peer) -> String {
+        let port = match (peer.proto, self.advertise.tls_port) {
+            (Proto::Tls, Some(p)) => p,
+            _ => self.advertise.port,
+        };
+        format!("{}:{port}", self.advertised_host(&peer.addr))
     }
 
     /// The local address a call's RTP socket binds to for a peer: the SIP

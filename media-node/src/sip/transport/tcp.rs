@@ -1,5 +1,7 @@
-//! TCP: accepted and outgoing connections, reused for every message to the
-//! same remote address, framed by Content-Length.
+//! TCP and TLS: accepted and outgoing connections, reused for every message
+//! to the same remote address, framed by Content-Length. A TLS listener is a
+//! second [`Connections`] table with a [`TlsAcceptor`]: the same caps (checked
+//! before the handshake), deadlines and clean-up, its own metrics.
 //!
 //! Hostile clients are bounded at accept (a global cap and a cap per
 //! source; the carriers' own sources, those in some trunk's
@@ -20,14 +22,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::{Peer, Proto, Receiver, TransportError};
+use crate::metrics::TcpMetrics;
 use crate::sip::framing::StreamFramer;
 
 /// Messages queued per connection before sends fail.
@@ -114,6 +117,8 @@ pub struct Connections {
     next_id: AtomicU64,
     recv: Arc<Receiver>,
     limits: TcpLimits,
+    /// Set for the TLS listener: accepted connections shake hands first.
+    tls: Option<TlsAcceptor>,
 }
 
 /// The key the per-source cap counts by: an IPv4 address (IPv4-mapped
@@ -167,9 +172,7 @@ impl Drop for Slot {
         }
         drop(t);
         self.conns
-            .recv
-            .metrics
-            .tcp
+            .metrics()
             .open
             .with_label_values(&[self.dir.label()])
             .dec();
@@ -183,6 +186,31 @@ impl Connections {
             next_id: AtomicU64::new(0),
             recv,
             limits,
+            tls: None,
+        }
+    }
+
+    /// A table for the TLS listener.
+    pub(crate) fn tls(recv: Arc<Receiver>, limits: TcpLimits, acceptor: TlsAcceptor) -> Self {
+        Connections {
+            tls: Some(acceptor),
+            ..Connections::new(recv, limits)
+        }
+    }
+
+    fn proto(&self) -> Proto {
+        if self.tls.is_some() {
+            Proto::Tls
+        } else {
+            Proto::Tcp
+        }
+    }
+
+    fn metrics(&self) -> &TcpMetrics {
+        if self.tls.is_some() {
+            &self.recv.metrics.tls
+        } else {
+            &self.recv.metrics.tcp
         }
     }
 
@@ -203,12 +231,7 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
         t.by_addr.insert(addr, Entry { id, tx: tx.clone() });
-        self.recv
-            .metrics
-            .tcp
-            .open
-            .with_label_values(&[dir.label()])
-            .inc();
+        self.metrics().open.with_label_values(&[dir.label()]).inc();
         (id, tx, rx)
     }
 
@@ -266,11 +289,14 @@ impl Connections {
                 .try_send(data)
                 .map_err(|_| TransportError::TcpQueue(addr));
         }
+        if self.tls.is_some() {
+            // Opening TLS needs the peer's name to verify it; this table only
+            // serves connections peers opened (and reuses them).
+            return Err(TransportError::TcpQueue(addr));
+        }
         if t.outbound >= self.limits.max_connections {
             drop(t);
-            self.recv
-                .metrics
-                .tcp
+            self.metrics()
                 .refused
                 .with_label_values(&["outbound_limit"])
                 .inc();
@@ -291,7 +317,10 @@ impl Connections {
         // Detached: the slot, not the handle, ends the connection.
         drop(self.spawn_guarded(addr, async move {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => this.serve(stream, slot, rx).await,
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    this.serve(stream, slot, rx).await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%addr, error = %e, "TCP connect failed");
                     this.closed("connect_failed");
@@ -306,12 +335,7 @@ impl Connections {
     }
 
     fn closed(&self, reason: &str) {
-        self.recv
-            .metrics
-            .tcp
-            .closed
-            .with_label_values(&[reason])
-            .inc();
+        self.metrics().closed.with_label_values(&[reason]).inc();
     }
 
     /// Runs a connection task; a panic in it is caught and counted, and
@@ -326,21 +350,18 @@ impl Connections {
         tokio::spawn(async move {
             if AssertUnwindSafe(task).catch_unwind().await.is_err() {
                 this.closed("panic");
-                tracing::error!(%addr, "TCP connection task panicked; connection closed");
+                tracing::error!(%addr, proto = this.proto().as_str(), "connection task panicked; connection closed");
             }
         })
     }
 
     /// Serves one connection until either side closes, a limit ends it or
     /// it idles out.
-    async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        mut slot: Slot,
-        mut rx: mpsc::Receiver<Bytes>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+    async fn serve<S>(self: Arc<Self>, stream: S, mut slot: Slot, mut rx: mpsc::Receiver<Bytes>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let write_timeout = self.limits.message_timeout;
         let mut writer = tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
@@ -356,20 +377,20 @@ impl Connections {
         });
         slot.writer = Some(writer.abort_handle());
         let reason = self.read_loop(&mut rd, &slot, &mut writer).await;
-        tracing::debug!(addr = %slot.addr, reason, "TCP connection closed");
+        tracing::debug!(addr = %slot.addr, proto = self.proto().as_str(), reason, "connection closed");
         self.closed(reason);
     }
 
     /// Reads and frames until the connection must end; returns why.
     async fn read_loop(
         &self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut (impl AsyncRead + Unpin),
         slot: &Slot,
         writer: &mut JoinHandle<&'static str>,
     ) -> &'static str {
         let limits = self.limits;
         let peer = Peer {
-            proto: Proto::Tcp,
+            proto: self.proto(),
             addr: slot.addr,
         };
         let opened = Instant::now();
@@ -447,19 +468,29 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, conns: Arc<Co
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
+        // The caps are checked before any TLS work: a flood costs an accept.
         match conns.admit(addr) {
             Ok((slot, rx)) => {
                 let c = conns.clone();
-                drop(conns.spawn_guarded(addr, c.serve(stream, slot, rx)));
+                let task = async move {
+                    let Some(acceptor) = c.tls.clone() else {
+                        return c.serve(stream, slot, rx).await;
+                    };
+                    let deadline = c.limits.first_message_timeout;
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => c.serve(tls, slot, rx).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                            c.closed("tls_handshake_failed");
+                        }
+                        Err(_) => c.closed("tls_handshake_timeout"),
+                    }
+                };
+                drop(conns.spawn_guarded(addr, task));
             }
             Err(reason) => {
-                conns
-                    .recv
-                    .metrics
-                    .tcp
-                    .refused
-                    .with_label_values(&[reason])
-                    .inc();
+                conns.metrics().refused.with_label_values(&[reason]).inc();
                 tracing::debug!(%addr, reason, "TCP connection refused");
                 drop(stream);
             }
