@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             ".switchboard.v1alpha1.Credentials",
             ".switchboard.v1alpha1.Agent",
+            ".switchboard.v1alpha1.TlsClient",
         ])
         .compile_protos(PROTOS, &["."])?;
 

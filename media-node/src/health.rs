@@ -72,7 +72,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                 continue;
             };
             for g in &out.gateways {
-                let port = if g.port == 0 { 5060 } else { g.port };
+                let port = crate::call::outbound::gateway_port(g);
                 let name = format!("{}:{port}", g.host);
                 let key = (t.id.clone(), name.clone());
                 if next.get(&key).is_some_and(|at| *at > now) {
@@ -82,19 +82,56 @@ pub async fn run(ctx: Arc<Ctx>) {
                     key,
                     now + Duration::from_secs(u64::from(t.options_interval_seconds)),
                 );
-                tokio::spawn(ping(ctx.clone(), t.id.clone(), g.clone()));
+                tokio::spawn(ping(ctx.clone(), t.id.clone(), g.clone(), out.tls.clone()));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn ping(ctx: Arc<Ctx>, trunk_id: String, g: switchboard_proto::v1alpha1::Gateway) {
-    let port = if g.port == 0 { 5060 } else { g.port };
+async fn ping(
+    ctx: Arc<Ctx>,
+    trunk_id: String,
+    g: switchboard_proto::v1alpha1::Gateway,
+    tls: Option<switchboard_proto::v1alpha1::TlsClient>,
+) {
+    let port = crate::call::outbound::gateway_port(&g);
     let name = format!("{}:{port}", g.host);
     let Some(dest) = crate::call::outbound::resolve(&g).await else {
         return;
     };
+    if dest.proto == crate::sip::transport::Proto::Tls {
+        // A gateway whose certificate does not verify is down for us: the trunk shows
+        // Degraded, and the log says why.
+        let connected = match crate::sip::transport::tls::client_config(&tls.unwrap_or_default()) {
+            Ok(config) => {
+                let host = g.host.trim_start_matches('[').trim_end_matches(']');
+                ctx.sip
+                    .transport
+                    .connect_tls(dest.addr, host, config)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = connected {
+            if ctx.health.is_healthy(&trunk_id, &name) {
+                tracing::warn!(trunk = %trunk_id, gateway = %name, error = %e, "gateway unreachable over TLS");
+            }
+            ctx.metrics
+                .gateway_healthy
+                .with_label_values(&[&trunk_id, &name])
+                .set(0);
+            ctx.health.record(GatewayState {
+                trunk_id,
+                gateway: name,
+                healthy: false,
+                last_code: None,
+                rtt_ms: None,
+            });
+            return;
+        }
+    }
     let host = crate::sip::headers::host_port(&dest.addr);
     let mut req = Message::request(Method::Options, format!("sip:{host}"));
     let adv = ctx.sip.transport.advertised_hostport(&dest);

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::v1alpha1::{Agent, Credentials};
+use crate::v1alpha1::{Agent, Credentials, TlsClient};
 
 const REDACTED: &str = "<redacted>";
 
@@ -11,6 +11,21 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.client_key_pem.is_empty() {
+            ""
+        } else {
+            REDACTED
+        };
+        f.debug_struct("TlsClient")
+            .field("ca_pem", &(!self.ca_pem.is_empty()))
+            .field("client_cert_pem", &(!self.client_cert_pem.is_empty()))
+            .field("client_key_pem", &key)
             .finish()
     }
 }
@@ -47,7 +62,12 @@ mod tests {
             bearer_token: "tok-123".into(),
             ..Default::default()
         };
-        let s = format!("{c:?} {a:?}");
+        let t = TlsClient {
+            client_key_pem: "-----BEGIN PRIVATE KEY-----secret".into(),
+            ..Default::default()
+        };
+        let s = format!("{c:?} {a:?} {t:?}");
+        assert!(!s.contains("BEGIN PRIVATE KEY"));
         assert!(s.contains("alice"));
         assert!(!s.contains("hunter2"));
         assert!(!s.contains("tok-123"));

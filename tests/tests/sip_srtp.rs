@@ -687,3 +687,194 @@ async fn srtp_call_over_tls_from_baresip() {
         0.0
     );
 }
+
+/// A private CA and a certificate it signed for `names` (IP addresses or DNS names), as
+/// baresip's `sip_certificate` wants it (certificate then key, one file).
+fn carrier_certificate(dir: &Path, names: &[&str]) -> (String, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let path = dir.join("carrier.pem");
+    std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write");
+    (ca.pem(), path)
+}
+
+fn tls_trunk(agent_url: &str, gateways: serde_json::Value, ca_pem: &str) -> serde_json::Value {
+    json!({
+        "version": "1",
+        "trunks": [{
+            "id": "demo/carrier", "enabled": true,
+            "outbound": {"enabled": true, "gateways": gateways, "tls": {"caPem": ca_pem}},
+            "media": {"codecs": ["CODEC_PCMU"], "encryption": "MEDIA_ENCRYPTION_REQUIRED"}
+        }],
+        "numbers": [{
+            "id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/carrier", "outbound": true,
+            "agent": {"url": agent_url}
+        }]
+    })
+}
+
+/// Starts baresip in auto-answer with a TLS certificate (it listens for TLS on `port + 1`).
+fn baresip_tls_uas(dir: &Path, port: u16, cert: &Path) -> tokio::process::Child {
+    baresip_files(
+        dir,
+        port,
+        "<sip:15557654321@127.0.0.1>;regint=0;answermode=auto;mediaenc=srtp-mand",
+    );
+    let mut cfg = std::fs::read_to_string(dir.join("config")).expect("config");
+    cfg.push_str(&format!("sip_certificate {}\n", cert.display()));
+    std::fs::write(dir.join("config"), cfg).expect("config");
+    tokio::process::Command::new("baresip")
+        .arg("-f")
+        .arg(dir)
+        .args(["-t", "10"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip installed (scripts/test-deps.sh)")
+}
+
+fn tcp_bound(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+async fn dial(node: &MediaNode) -> serde_json::Value {
+    let (status, body) = node
+        .http(
+            "POST",
+            "/debug/dial",
+            Some(&json!({"number_id": "demo/caller", "to": "+1 555 765 4321"})),
+        )
+        .await
+        .expect("dial request");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("dial outcome JSON")
+}
+
+/// The node calls a TLS gateway (baresip) whose certificate a private CA in the trunk's
+/// `outbound.tls.caPem` signed for its address: verified, the keys go over TLS (the trunk
+/// does not allow them elsewhere) and audio flows both ways.
+#[tokio::test]
+async fn outbound_call_over_tls_verifies_the_gateway_and_carries_srtp() {
+    let agent = TestAgent::start().await.expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert) = carrier_certificate(dir.path(), &["127.0.0.1"]);
+    let port = free_port_pair();
+    let gateways = json!([{"host": "127.0.0.1", "port": port + 1, "transport": "TRANSPORT_TLS", "priority": 1, "weight": 1}]);
+    let node = MediaNode::start(&tls_trunk(&agent.url(), gateways, &ca), &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let phone = dir.path().join("baresip");
+    std::fs::create_dir(&phone).expect("dir");
+    let baresip = baresip_tls_uas(&phone, port, &cert);
+    switchboard_tests::poll::eventually("baresip's TLS port", Duration::from_secs(10), || async {
+        if tcp_bound(port + 1) {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let outcome = dial(&node).await;
+    assert_eq!(
+        outcome["outcome"],
+        "answered",
+        "{outcome}\nnode log:\n{}",
+        node.log()
+    );
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("the call's start", Duration::from_secs(10), |c| {
+        !c.stream_sid().is_empty()
+    })
+    .await;
+    conn.send_media(&ulaw_pattern(100, 4));
+    conn.wait_until("baresip's audio", Duration::from_secs(10), |c| {
+        c.audio().len() >= 8000
+    })
+    .await;
+    assert_eq!(
+        node.metric(r#"switchboard_sip_tls_connections{direction="outbound"}"#)
+            .await,
+        1.0,
+        "the call went over one outbound TLS connection"
+    );
+    let call_id = outcome["call_id"].as_str().expect("call_id");
+    let (status, _) = node
+        .http("POST", "/debug/hangup", Some(&json!({"call_id": call_id})))
+        .await
+        .expect("hangup");
+    assert_eq!(status, 202);
+    let out = tokio::time::timeout(Duration::from_secs(30), baresip.wait_with_output())
+        .await
+        .expect("baresip exits")
+        .expect("output");
+    let loud = heard(&phone)
+        .iter()
+        .filter(|s| s.unsigned_abs() > 2000)
+        .count();
+    assert!(
+        loud > 4800,
+        "baresip heard {loud} loud samples:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A gateway whose certificate is not valid for its name fails the attempt at once with the
+/// reason, and the dial fails over to the next gateway.
+#[tokio::test]
+async fn a_tls_gateway_with_the_wrong_name_fails_over_with_the_reason() {
+    let agent = TestAgent::start().await.expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Signed by the trusted CA, but for another name than the gateway's host.
+    let (ca, cert) = carrier_certificate(dir.path(), &["carrier.example"]);
+    let port = free_port_pair();
+    let gateways = json!([
+        {"host": "127.0.0.1", "port": port + 1, "transport": "TRANSPORT_TLS", "priority": 1, "weight": 1},
+        {"host": "127.0.0.1", "port": port + 1, "transport": "TRANSPORT_TLS", "priority": 2, "weight": 1}
+    ]);
+    let node = MediaNode::start(&tls_trunk(&agent.url(), gateways, &ca), &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let phone = dir.path().join("baresip");
+    std::fs::create_dir(&phone).expect("dir");
+    let _baresip = baresip_tls_uas(&phone, port, &cert);
+    switchboard_tests::poll::eventually("baresip's TLS port", Duration::from_secs(10), || async {
+        if tcp_bound(port + 1) {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let outcome = dial(&node).await;
+    assert_eq!(outcome["outcome"], "failed", "{outcome}");
+    let attempts = outcome["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "both gateways tried: {outcome}");
+    for a in attempts {
+        assert_eq!(a["result"], "error", "{outcome}");
+        let e = a["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("TLS") && e.contains("certificate"),
+            "a clear reason: {outcome}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a certificate failure fails over at once, not after a SIP timeout"
+    );
+    assert!(
+        node.metric(r#"switchboard_sip_tls_closed_total{reason="tls_connect_failed"}"#)
+            .await
+            >= 2.0
+    );
+}

@@ -115,6 +115,9 @@ pub struct Attempt {
     pub code: Option<u16>,
     /// `answered`, `rejected`, `timeout`, `ringing_timeout`, `error`...
     pub result: String,
+    /// For `error`: what failed locally (a TLS certificate refused, no route...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The result of [`dial`].
@@ -217,11 +220,17 @@ pub fn request_user(to: &str, out: &Outbound) -> String {
     )
 }
 
-fn gateway_port(g: &Gateway) -> u16 {
-    if g.port == 0 {
-        5060
+/// A gateway's port: its own, else 5061 for TLS and 5060 otherwise.
+pub(crate) fn gateway_port(g: &Gateway) -> u16 {
+    let default = if g.transport() == Transport::Tls {
+        5061
     } else {
-        u16::try_from(g.port).unwrap_or(5060)
+        5060
+    };
+    if g.port == 0 {
+        default
+    } else {
+        u16::try_from(g.port).unwrap_or(default)
     }
 }
 
@@ -229,7 +238,7 @@ fn gateway_port(g: &Gateway) -> u16 {
 pub async fn resolve(g: &Gateway) -> Option<Peer> {
     let proto = match g.transport() {
         Transport::Tcp => Proto::Tcp,
-        Transport::Tls => return None,
+        Transport::Tls => Proto::Tls,
         _ => Proto::Udp,
     };
     let port = gateway_port(g);
@@ -321,6 +330,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
                 gateway: String::new(),
                 code: None,
                 result: "disabled".into(),
+                error: None,
             });
             continue;
         };
@@ -341,6 +351,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
             }
             let name = format!("{}:{}", g.host, gateway_port(&g));
             let result = attempt(&ctx, &trunk, &out, &g, &number, &req.to, &hooks).await;
+            let mut error = None;
             let (code, label, stop) = match &result {
                 TryResult::Answered(call_id) => {
                     attempts.push(Attempt {
@@ -348,6 +359,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
                         gateway: name.clone(),
                         code: Some(200),
                         result: "answered".into(),
+                        error: None,
                     });
                     ctx.metrics
                         .calls
@@ -374,6 +386,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
                 TryResult::RingingTimeout => (Some(487), "ringing_timeout", true),
                 TryResult::Error(e) => {
                     tracing::warn!(trunk = %trunk.id, gateway = %name, error = %e, "outbound attempt failed locally");
+                    error = Some(e.clone());
                     (None, "error", false)
                 }
             };
@@ -382,6 +395,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
                 gateway: name,
                 code,
                 result: label.into(),
+                error: error.take(),
             });
             if code.is_some() {
                 last_code = code;
@@ -450,6 +464,22 @@ async fn attempt(
             savp: e == sdp::Encryption::Required,
         }),
     };
+    if dest.proto == Proto::Tls {
+        // Connect and verify the gateway's certificate against its configured name first:
+        // a wrong certificate fails this attempt now, with the reason, and the next gateway
+        // is tried.
+        let default = switchboard_proto::v1alpha1::TlsClient::default();
+        let config =
+            match crate::sip::transport::tls::client_config(out.tls.as_ref().unwrap_or(&default)) {
+                Ok(c) => c,
+                Err(e) => return TryResult::Error(format!("TLS settings: {e}")),
+            };
+        let name = g.host.trim_start_matches('[').trim_end_matches(']');
+        if let Err(e) = ctx.sip.transport.connect_tls(dest.addr, name, config).await {
+            tracing::warn!(gateway = %g.host, error = %e, "TLS connection to the gateway failed");
+            return TryResult::Error(e.to_string());
+        }
+    }
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
     let tparam = match dest.proto.uri_param() {

@@ -3,9 +3,7 @@
 
 use std::collections::HashSet;
 
-use switchboard_proto::v1alpha1::{
-    Agent, ConfigDelta, PhoneNumber, RoutingConfig, Transport, Trunk,
-};
+use switchboard_proto::v1alpha1::{Agent, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
 
 use crate::routing::RoutingTable;
 use crate::routing::acl::Cidr;
@@ -91,13 +89,11 @@ fn trunk(t: &Trunk) -> Result<(), String> {
             agent_networks(a).map_err(|e| format!("trunk {}: default agent: {e}", t.id))?;
         }
     }
+    if let Some(tls) = t.outbound.as_ref().and_then(|o| o.tls.as_ref()) {
+        crate::sip::transport::tls::client_config(tls)
+            .map_err(|e| format!("trunk {}: outbound.tls: {e}", t.id))?;
+    }
     for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {
-        if g.transport == Transport::Tls as i32 {
-            return Err(format!(
-                "trunk {}: gateway {}:{} uses TLS, which this media node does not support yet (use udp or tcp)",
-                t.id, g.host, g.port
-            ));
-        }
         if g.host.is_empty() || g.port == 0 || g.port > 65535 {
             return Err(format!(
                 "trunk {}: gateway {:?}:{} is not a valid address",
@@ -168,7 +164,7 @@ fn number(n: &PhoneNumber, trunk_exists: impl Fn(&str) -> bool) -> Result<(), St
 mod tests {
     use super::*;
     use switchboard_proto::v1alpha1::{
-        Gateway, Inbound, InboundAuth, Outbound, PhoneNumber, Trunk,
+        Gateway, Inbound, InboundAuth, Outbound, PhoneNumber, Transport, Trunk,
     };
 
     fn cfg() -> RoutingConfig {
@@ -302,7 +298,15 @@ mod tests {
             }],
             ..Default::default()
         });
-        assert!(validate(&c).expect_err("tls").contains("TLS"));
+        assert_eq!(validate(&c), Ok(()), "TLS gateways are supported");
+        if let Some(o) = c.trunks[0].outbound.as_mut() {
+            o.tls = Some(switchboard_proto::v1alpha1::TlsClient {
+                client_cert_pem: "not a certificate".into(),
+                ..Default::default()
+            });
+        }
+        let e = validate(&c).expect_err("a bad client certificate");
+        assert!(e.contains("outbound.tls"), "{e}");
         let mut c = cfg();
         c.numbers[0].trunk_id = "ns/other".into();
         assert!(validate(&c).expect_err("dangling").contains("ns/other"));

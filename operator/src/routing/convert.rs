@@ -198,6 +198,8 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                 }
             }
             pb::Outbound {
+                // The operator does not pass CA bundles or client certificates yet.
+                tls: None,
                 enabled: o.enabled,
                 gateways: o
                     .gateways

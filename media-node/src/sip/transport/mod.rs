@@ -101,6 +101,15 @@ pub enum TransportError {
     /// Opening another TCP connection would exceed the connection cap.
     #[error("no TCP connection to {0}: too many outgoing connections open")]
     TcpLimit(SocketAddr),
+    /// A TLS connection could not be opened (refused, timed out, or the certificate is not
+    /// valid for the gateway's name).
+    #[error("TLS to {addr} failed: {reason}")]
+    Tls {
+        /// Destination.
+        addr: SocketAddr,
+        /// What went wrong (never key material).
+        reason: String,
+    },
 }
 
 /// What we write into Via/Contact/SDP for each address family.
@@ -156,6 +165,8 @@ pub struct Transport {
     tcp: Arc<tcp::Connections>,
     /// The TLS listener's connections, when TLS is on.
     tls: Option<Arc<tcp::Connections>>,
+    /// TLS connections the node opened to gateways.
+    tls_out: Arc<tcp::Connections>,
     advertise: Advertise,
     /// Local UDP addresses (bound).
     pub local: Vec<SocketAddr>,
@@ -201,16 +212,36 @@ impl Transport {
             }
             None => None,
         };
+        let tls_out = Arc::new(tcp::Connections::tls_client(recv.clone(), tcp_limits));
         Ok((
             Arc::new(Transport {
                 udp,
                 tcp,
                 tls,
+                tls_out,
                 advertise,
                 local,
             }),
             rx,
         ))
+    }
+
+    /// Opens (or reuses) a TLS connection to a gateway named `name` at `addr`; see
+    /// [`tcp::Connections::connect_tls`]. Outbound TLS works with or without a TLS listener.
+    pub async fn connect_tls(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<(), TransportError> {
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+                TransportError::Tls {
+                    addr,
+                    reason: format!("{name:?} is not a valid TLS server name: {e}"),
+                }
+            })?;
+        self.tls_out.connect_tls(addr, server_name, config).await
     }
 
     /// Sends serialised bytes to a peer.
@@ -240,8 +271,9 @@ impl Transport {
             }
             Proto::Tcp => self.tcp.send(peer.addr, data),
             Proto::Tls => match &self.tls {
-                Some(t) => t.send(peer.addr, data),
-                None => Err(TransportError::TcpQueue(peer.addr)),
+                // A connection the peer opened, else one we opened to a gateway.
+                Some(t) if t.has(peer.addr) => t.send(peer.addr, data),
+                _ => self.tls_out.send(peer.addr, data),
             },
         }
     }

@@ -119,6 +119,8 @@ pub struct Connections {
     limits: TcpLimits,
     /// Set for the TLS listener: accepted connections shake hands first.
     tls: Option<TlsAcceptor>,
+    /// TCP, or TLS (the listener's table and the table of gateway connections).
+    proto: Proto,
 }
 
 /// The key the per-source cap counts by: an IPv4 address (IPv4-mapped
@@ -187,6 +189,7 @@ impl Connections {
             recv,
             limits,
             tls: None,
+            proto: Proto::Tcp,
         }
     }
 
@@ -194,24 +197,36 @@ impl Connections {
     pub(crate) fn tls(recv: Arc<Receiver>, limits: TcpLimits, acceptor: TlsAcceptor) -> Self {
         Connections {
             tls: Some(acceptor),
+            proto: Proto::Tls,
+            ..Connections::new(recv, limits)
+        }
+    }
+
+    /// A table for TLS connections the node opens to gateways.
+    pub(crate) fn tls_client(recv: Arc<Receiver>, limits: TcpLimits) -> Self {
+        Connections {
+            proto: Proto::Tls,
             ..Connections::new(recv, limits)
         }
     }
 
     fn proto(&self) -> Proto {
-        if self.tls.is_some() {
-            Proto::Tls
-        } else {
-            Proto::Tcp
-        }
+        self.proto
     }
 
     fn metrics(&self) -> &TcpMetrics {
-        if self.tls.is_some() {
-            &self.recv.metrics.tls
-        } else {
-            &self.recv.metrics.tcp
+        match self.proto {
+            Proto::Tls => &self.recv.metrics.tls,
+            _ => &self.recv.metrics.tcp,
         }
+    }
+
+    /// Whether a connection to `addr` is open.
+    pub(crate) fn has(&self, addr: SocketAddr) -> bool {
+        self.lock()
+            .by_addr
+            .get(&addr)
+            .is_some_and(|e| !e.tx.is_closed())
     }
 
     /// The table; a panic elsewhere while it was held must not stop every
@@ -277,6 +292,72 @@ impl Connections {
         ))
     }
 
+    /// Opens a TLS connection to `addr` (a gateway named `name`) unless one is open, and
+    /// waits for the handshake, so a wrong certificate fails the attempt at once with the
+    /// reason instead of a transaction timeout. The connection is then used by
+    /// [`Connections::send`] like any other.
+    pub async fn connect_tls(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        name: rustls::pki_types::ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<(), TransportError> {
+        let (slot, rx) = {
+            let mut t = self.lock();
+            if t.by_addr.get(&addr).is_some_and(|e| !e.tx.is_closed()) {
+                return Ok(());
+            }
+            if t.outbound >= self.limits.max_connections {
+                drop(t);
+                self.metrics()
+                    .refused
+                    .with_label_values(&["outbound_limit"])
+                    .inc();
+                return Err(TransportError::TcpLimit(addr));
+            }
+            t.outbound += 1;
+            let (id, _, rx) = self.register(&mut t, addr, Direction::Outbound);
+            let slot = Slot {
+                conns: self.clone(),
+                addr,
+                id,
+                dir: Direction::Outbound,
+                writer: None,
+            };
+            (slot, rx)
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let handshake = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(reason)) => {
+                self.closed("tls_connect_failed");
+                drop(slot);
+                return Err(TransportError::Tls { addr, reason });
+            }
+            Err(_) => {
+                self.closed("tls_connect_failed");
+                drop(slot);
+                return Err(TransportError::Tls {
+                    addr,
+                    reason: "timed out".into(),
+                });
+            }
+        };
+        let this = self.clone();
+        drop(self.spawn_guarded(addr, async move { this.serve(stream, slot, rx).await }));
+        Ok(())
+    }
+
     /// Queues bytes on the connection to `addr`, connecting first if none
     /// is open.
     pub fn send(self: &Arc<Self>, addr: SocketAddr, data: Bytes) -> Result<(), TransportError> {
@@ -289,9 +370,10 @@ impl Connections {
                 .try_send(data)
                 .map_err(|_| TransportError::TcpQueue(addr));
         }
-        if self.tls.is_some() {
-            // Opening TLS needs the peer's name to verify it; this table only
-            // serves connections peers opened (and reuses them).
+        if self.proto == Proto::Tls {
+            // Opening TLS needs the peer's name to verify it: outbound calls
+            // connect first ([`Connections::connect_tls`]); here only open
+            // connections are used.
             return Err(TransportError::TcpQueue(addr));
         }
         if t.outbound >= self.limits.max_connections {

@@ -9,11 +9,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use switchboard_proto::v1alpha1::TlsClient;
 use tokio_rustls::TlsAcceptor;
 
 /// How often the certificate files are checked for a change.
@@ -153,6 +154,75 @@ impl ResolvesServerCert for CertStore {
                 .clone(),
         )
     }
+}
+
+/// The OS trust store (with the Mozilla roots when the OS has none), loaded once.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        roots
+    })
+}
+
+/// The client configuration for a trunk's TLS gateways: the system roots plus the trunk's
+/// CA bundle, and its client certificate when it has one (mutual TLS). The gateway's
+/// certificate is verified against its host name by rustls (RFC 5922 in spirit: the name
+/// the trunk configured, not an address from DNS).
+pub fn client_config(tls: &TlsClient) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = system_roots().clone();
+    if !tls.ca_pem.is_empty() {
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut tls.ca_pem.as_bytes()).filter_map(Result::ok) {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Rustls(format!("CA bundle: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(TlsError::Rustls("caPem holds no PEM certificate".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (
+        tls.client_cert_pem.is_empty(),
+        tls.client_key_pem.is_empty(),
+    ) {
+        (true, true) => builder.with_no_client_auth(),
+        (false, false) => {
+            let chain: Vec<_> = rustls_pemfile::certs(&mut tls.client_cert_pem.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+            if chain.is_empty() {
+                return Err(TlsError::Rustls(
+                    "clientCertPem holds no PEM certificate".into(),
+                ));
+            }
+            let key = rustls_pemfile::private_key(&mut tls.client_key_pem.as_bytes())
+                .ok()
+                .flatten()
+                .ok_or_else(|| TlsError::Rustls("clientKeyPem holds no PEM private key".into()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Rustls(format!("client certificate: {e}")))?
+        }
+        _ => {
+            return Err(TlsError::Rustls(
+                "a client certificate needs both clientCertPem and clientKeyPem".into(),
+            ));
+        }
+    };
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
