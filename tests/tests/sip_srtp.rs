@@ -391,9 +391,10 @@ async fn outbound_srtp_call_to_baresip_carries_audio_both_ways() {
     );
 }
 
-/// A raw caller with a key of its own: the caller's audio reaches the agent byte-exact, the
-/// agent's audio comes back byte-exact once decrypted and never in plaintext on the wire,
-/// and a tampered packet, a replayed one and a plain RTP packet are dropped and counted.
+/// A raw caller with a key of its own: the caller's audio (byte-exact) and a DTMF press
+/// reach the agent, the agent's audio comes back byte-exact once decrypted and never in
+/// plaintext on the wire, and a tampered packet, a replayed one and a plain RTP packet are
+/// dropped and counted.
 #[tokio::test]
 async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted() {
     use switchboard_media_node::media::srtp::{MasterKey, Session, Suite};
@@ -417,7 +418,8 @@ async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted
     let ours = MasterKey::random(Suite::AesCm128HmacSha1_80);
     let sdp = format!(
         "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {rtp_port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{}a=ptime:20\r\na=sendrecv\r\n",
+         m=audio {rtp_port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=fmtp:101 0-16\r\n{}a=ptime:20\r\na=sendrecv\r\n",
         sdes::line(5, &ours)
     );
     let (local, to_node) = (raw.local(), raw.node);
@@ -504,6 +506,35 @@ async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted
         !conn.audio().windows(160).any(|w| w == [0x11; 160]),
         "the plain packet reached the agent"
     );
+    // DTMF (RFC 4733) inside SRTP: one press of 7, three updates and three final packets.
+    // A timestamp after the audio (50 frames of 160 samples).
+    let ts = 160 * 60;
+    for (k, (duration, end)) in [
+        (160u16, false),
+        (320, false),
+        (480, false),
+        (640, true),
+        (640, true),
+        (640, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        interval.tick().await;
+        let payload = [
+            7u8,
+            if end { 0x80 | 10 } else { 10 },
+            (duration >> 8) as u8,
+            duration as u8,
+        ];
+        let pkt = rtp_packet(k == 0, 101, 1100 + k as u16, ts, 0x5eed, &payload);
+        let wire = session.protect_rtp(&pkt).expect("protect");
+        rtp.send_to(&wire, node_rtp).await.expect("send");
+    }
+    conn.wait_until("the DTMF digit", Duration::from_secs(5), |c| {
+        c.digits() == "7"
+    })
+    .await;
 
     // The agent speaks; what arrives here is SRTP that decrypts to exactly its audio.
     let agent_audio = ulaw_pattern(25, 99);
