@@ -930,3 +930,68 @@ fn rendered_yaml_parses_into_distinct_objects() {
         assert_eq!(documents(&r.template().expect("render")).len(), docs.len());
     }
 }
+
+/// `mediaNode.sip.tls.secretName` turns on SIP over TLS: the Secret is mounted as a
+/// directory (so renewals reach the node), the node gets its flags, 5061 is a container port,
+/// a load-balancer port and allowed by the NetworkPolicy; without it none of that renders.
+#[test]
+fn sip_tls_mounts_the_certificate_and_opens_its_port() {
+    let docs = render()
+        .values(example("loadbalancer.yaml"))
+        .set("mediaNode.sip.tls.secretName=sip-cert")
+        .documents();
+    let d = find(&docs, "Deployment", MEDIA);
+    let a = args(d);
+    for want in [
+        "--tls-bind=0.0.0.0:5061",
+        "--tls-cert=/etc/switchboard/sip-tls/tls.crt",
+        "--tls-key=/etc/switchboard/sip-tls/tls.key",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing: {a:?}");
+    }
+    let pod = &d["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "sip-tls")
+        .expect("the sip-tls volume");
+    assert_eq!(volume["secret"]["secretName"], "sip-cert");
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "sip-tls")
+        .expect("the sip-tls mount");
+    assert!(
+        mount["subPath"].is_null(),
+        "a subPath mount never sees renewals"
+    );
+    assert!(
+        container["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "sip-tls" && p["containerPort"] == 5061)
+    );
+    let svc = find(&docs, "Service", &format!("{MEDIA}-sip"));
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["port"] == 5061 && p["protocol"] == "TCP")
+    );
+    let np = find(&docs, "NetworkPolicy", MEDIA);
+    assert!(
+        np["spec"]["ingress"][0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["port"] == 5061)
+    );
+    let plain = render().documents();
+    let a = args(find(&plain, "Deployment", MEDIA));
+    assert!(!a.iter().any(|s| s.starts_with("--tls-")), "{a:?}");
+}

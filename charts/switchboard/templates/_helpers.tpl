@@ -174,6 +174,10 @@ callApiTokenFile: --api-token-file
 # A separate address for SDP (media), for loadBalancer mode where SIP goes
 # through the load balancer but RTP must reach the pod directly.
 mediaAdvertise: --media-advertise
+# SIP over TLS: the listener address and its certificate (reloaded on change).
+tlsBind: --tls-bind
+tlsCert: --tls-cert
+tlsKey: --tls-key
 {{- end }}
 
 {{/*
