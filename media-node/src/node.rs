@@ -308,16 +308,11 @@ async fn start_control(
         }
         None => None,
     };
-    let addresses: Vec<String> = match &cfg.advertise {
-        Some(a) => vec![a.clone()],
-        None => ctx
-            .sip
-            .transport
-            .local
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-    };
+    let addresses = sip_addresses(
+        cfg.advertise.as_deref(),
+        &ctx.sip.transport.local,
+        cfg.tls.as_ref(),
+    );
     let service = ControlService::new(ctx, cfg.node_id.clone(), addresses);
     // Bind first so a port clash fails the start instead of a background task.
     let listener = std::net::TcpListener::bind(control.bind)
@@ -332,6 +327,36 @@ async fn start_control(
     });
     tracing::info!(addr = %bind, tls = secure, "control service listening");
     Ok(())
+}
+
+/// The SIP addresses a node reports for its trunks' `status.ingress`: the advertised
+/// address, else the bound ones; and the TLS listener as `host:port;transport=tls`.
+fn sip_addresses(
+    advertise: Option<&str>,
+    local: &[SocketAddr],
+    tls: Option<&TlsOptions>,
+) -> Vec<String> {
+    let mut addresses: Vec<String> = match advertise {
+        Some(a) => vec![a.to_owned()],
+        None => local.iter().map(|a| a.to_string()).collect(),
+    };
+    if let Some(t) = tls {
+        let port = t.advertise_port.unwrap_or(t.bind.port());
+        let tls: Vec<String> = addresses
+            .iter()
+            .filter_map(|a| split_host_port(a))
+            .map(|(host, _)| {
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                format!("{host}:{port};transport=tls")
+            })
+            .collect();
+        addresses.extend(tls);
+    }
+    addresses
 }
 
 /// Puts the node in draining (no new calls; readiness, OPTIONS and the
@@ -367,4 +392,38 @@ async fn drain(ctx: &Arc<Ctx>, grace: Duration) {
         .await;
     }
     tracing::info!("drained; exiting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_lists_the_tls_listener_next_to_the_plain_addresses() {
+        let local: Vec<SocketAddr> = vec!["10.0.0.1:5060".parse().expect("addr")];
+        assert_eq!(sip_addresses(None, &local, None), vec!["10.0.0.1:5060"]);
+        let tls = TlsOptions {
+            bind: "0.0.0.0:5061".parse().expect("addr"),
+            cert: "c".into(),
+            key: "k".into(),
+            advertise_port: None,
+        };
+        assert_eq!(
+            sip_addresses(None, &local, Some(&tls)),
+            vec!["10.0.0.1:5060", "10.0.0.1:5061;transport=tls"]
+        );
+        let lb = TlsOptions {
+            advertise_port: Some(443),
+            ..tls
+        };
+        assert_eq!(
+            sip_addresses(Some("sip.example.com:5060"), &local, Some(&lb)),
+            vec!["sip.example.com:5060", "sip.example.com:443;transport=tls"]
+        );
+        let v6: Vec<SocketAddr> = vec!["[2001:db8::1]:5060".parse().expect("addr")];
+        assert_eq!(
+            sip_addresses(None, &v6, Some(&lb))[1],
+            "[2001:db8::1]:443;transport=tls"
+        );
+    }
 }
