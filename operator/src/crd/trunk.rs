@@ -175,6 +175,24 @@ pub struct TrunkOutbound {
         inner(pattern(r"^(timeout|[3-6][0-9][0-9]|[3-6]xx)$"))
     )]
     pub failover_on: Vec<String>,
+    /// How the node connects to `transport: tls` gateways (the gateway's certificate is
+    /// always verified against its `host`; trust is the OS store plus `caSecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTls>,
+}
+
+/// The client side of SIP over TLS to the trunk's gateways.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTls {
+    /// A Secret whose `ca.crt` holds PEM CA certificates trusted for the gateways, in
+    /// addition to the OS trust store (a carrier's private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) the node presents to gateways
+    /// that authenticate it by certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<SecretRef>,
 }
 
 /// One SIP gateway of the carrier.

@@ -72,10 +72,44 @@ pub(super) fn trunk_secret_names(spec: &SipTrunkSpec) -> Vec<String> {
             out.push(a.secret_ref.name.clone());
         }
     }
-    if let Some(a) = spec.outbound.as_ref().and_then(|o| o.auth.as_ref()) {
-        out.push(a.secret_ref.name.clone());
+    if let Some(o) = &spec.outbound {
+        if let Some(a) = &o.auth {
+            out.push(a.secret_ref.name.clone());
+        }
+        if let Some(t) = &o.tls {
+            out.extend(t.ca_secret_ref.iter().map(|r| r.name.clone()));
+            out.extend(
+                t.client_certificate_secret_ref
+                    .iter()
+                    .map(|r| r.name.clone()),
+            );
+        }
     }
     out
+}
+
+/// The trunk's TLS client settings with its Secrets read.
+fn outbound_tls(
+    t: &crate::crd::OutboundTls,
+    secrets: &dyn World,
+    namespace: &str,
+) -> Result<pb::TlsClient, RefError> {
+    let mut out = pb::TlsClient::default();
+    if let Some(r) = &t.ca_secret_ref {
+        let field = "spec.outbound.tls.caSecretRef";
+        out.ca_pem = lookup(secrets, namespace, &r.name, field)?
+            .text(&r.name, "ca.crt")
+            .map_err(|source| RefError::InvalidSecret { field, source })?;
+    }
+    if let Some(r) = &t.client_certificate_secret_ref {
+        let field = "spec.outbound.tls.clientCertificateSecretRef";
+        let (cert, key) = lookup(secrets, namespace, &r.name, field)?
+            .tls_pair(&r.name)
+            .map_err(|source| RefError::InvalidSecret { field, source })?;
+        out.client_cert_pem = cert;
+        out.client_key_pem = key;
+    }
+    Ok(out)
 }
 
 fn lookup<'a>(
@@ -198,8 +232,10 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                 }
             }
             pb::Outbound {
-                // The operator does not pass CA bundles or client certificates yet.
-                tls: None,
+                tls: match &o.tls {
+                    Some(tls) => Some(outbound_tls(tls, secrets, ns)?),
+                    None => None,
+                },
                 enabled: o.enabled,
                 gateways: o
                     .gateways

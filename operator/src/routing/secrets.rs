@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::Secret;
 
 /// The Secret type that holds `username` and `password`.
 pub const BASIC_AUTH_TYPE: &str = "kubernetes.io/basic-auth";
+/// The type of TLS Secrets.
+pub const TLS_TYPE: &str = "kubernetes.io/tls";
 
 /// A Secret's decoded contents.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -96,6 +98,22 @@ impl SecretData {
             return Err(missing());
         }
         Ok(text.to_owned())
+    }
+
+    /// `tls.crt` and `tls.key` of a TLS Secret. Opaque Secrets carrying the same keys are
+    /// accepted; any other type is refused.
+    pub fn tls_pair(&self, secret: &str) -> Result<(String, String), SecretError> {
+        match self.type_.as_deref() {
+            None | Some("") | Some("Opaque") | Some(TLS_TYPE) => {}
+            Some(other) => {
+                return Err(SecretError::WrongType {
+                    secret: secret.into(),
+                    actual: other.into(),
+                    expected: TLS_TYPE,
+                });
+            }
+        }
+        Ok((self.text(secret, "tls.crt")?, self.text(secret, "tls.key")?))
     }
 
     /// `username` and `password` of a basic-auth Secret. Opaque Secrets

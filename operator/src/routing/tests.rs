@@ -714,3 +714,73 @@ fn media_encryption_reaches_the_nodes_and_keys_over_plain_sip_are_flagged() {
     assert_eq!(spec.media.encryption, MediaEncryption::Required);
     assert!(spec.media.allow_sdes_without_tls);
 }
+
+#[test]
+fn outbound_tls_secrets_reach_the_node_and_missing_ones_are_reported() {
+    use crate::crd::{OutboundTls, SecretRef};
+    let key = ObjectKey::new("ns", "carrier");
+    let mut i = inputs();
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    t.spec.outbound.as_mut().expect("outbound").tls = Some(OutboundTls {
+        ca_secret_ref: Some(SecretRef {
+            name: "carrier-ca".into(),
+        }),
+        client_certificate_secret_ref: Some(SecretRef {
+            name: "node-client".into(),
+        }),
+    });
+    // Without the Secrets: ResolvedRefs false, naming the field.
+    let r = resolve(&i);
+    let v = &r.trunks[&key];
+    assert!(!v.resolved_refs.ok, "{v:?}");
+    assert_eq!(v.resolved_refs.reason, reason::SECRET_NOT_FOUND);
+    assert!(
+        v.resolved_refs.message.contains("spec.outbound.tls"),
+        "{v:?}"
+    );
+    let secret = |type_: &str, pairs: &[(&str, &str)]| SecretData {
+        type_: Some(type_.into()),
+        data: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    };
+    i.secrets.insert(
+        ObjectKey::new("ns", "carrier-ca"),
+        secret("Opaque", &[("ca.crt", "-----BEGIN CERTIFICATE-----\nCA\n")]),
+    );
+    i.secrets.insert(
+        ObjectKey::new("ns", "node-client"),
+        secret(
+            "kubernetes.io/tls",
+            &[("tls.crt", "CERT"), ("tls.key", "PRIVATE-KEY-VALUE")],
+        ),
+    );
+    let r = resolve(&i);
+    let v = &r.trunks[&key];
+    assert!(v.usable(), "{v:?}");
+    let tls = r.config.trunks[0]
+        .outbound
+        .as_ref()
+        .and_then(|o| o.tls.clone())
+        .expect("tls");
+    assert!(tls.ca_pem.contains("BEGIN CERTIFICATE"));
+    assert_eq!(
+        (tls.client_cert_pem.as_str(), tls.client_key_pem.as_str()),
+        ("CERT", "PRIVATE-KEY-VALUE")
+    );
+    assert!(
+        !format!("{:?}", r.config).contains("PRIVATE-KEY-VALUE"),
+        "the key never prints"
+    );
+    // A client certificate Secret of another type is refused.
+    i.secrets.insert(
+        ObjectKey::new("ns", "node-client"),
+        secret(
+            "kubernetes.io/basic-auth",
+            &[("tls.crt", "C"), ("tls.key", "K")],
+        ),
+    );
+    let v = &resolve(&i).trunks[&key];
+    assert_eq!(v.resolved_refs.reason, reason::INVALID_SECRET, "{v:?}");
+}
