@@ -872,7 +872,10 @@ async fn a_tls_gateway_with_the_wrong_name_fails_over_with_the_reason() {
         {"host": "127.0.0.1", "port": port + 1, "transport": "TRANSPORT_TLS", "priority": 1, "weight": 1},
         {"host": "127.0.0.1", "port": port + 1, "transport": "TRANSPORT_TLS", "priority": 2, "weight": 1}
     ]);
-    let node = MediaNode::start(&tls_trunk(&agent.url(), gateways, &ca), &["--debug-routes"])
+    let mut cfg = tls_trunk(&agent.url(), gateways, &ca);
+    // OPTIONS health checks over TLS, every second.
+    cfg["trunks"][0]["optionsIntervalSeconds"] = json!(1);
+    let node = MediaNode::start(&cfg, &["--debug-routes"])
         .await
         .expect("node starts");
     let phone = dir.path().join("baresip");
@@ -907,5 +910,141 @@ async fn a_tls_gateway_with_the_wrong_name_fails_over_with_the_reason() {
         node.metric(r#"switchboard_sip_tls_closed_total{reason="tls_connect_failed"}"#)
             .await
             >= 2.0
+    );
+    // The health check marks the gateway down (the trunk's Degraded in a cluster).
+    let series = format!("gateway=\"127.0.0.1:{}\"", port + 1);
+    switchboard_tests::poll::eventually(
+        "the gateway marked down",
+        Duration::from_secs(10),
+        || async {
+            let (_, text) = node
+                .http("GET", "/metrics", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let down = text.lines().any(|l| {
+                l.starts_with("switchboard_sip_gateway_healthy{")
+                    && l.contains(&series)
+                    && l.ends_with(" 0")
+            });
+            if down && node.log().contains("gateway unreachable over TLS") {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+}
+
+/// A gateway that requires a client certificate (mutual TLS) receives the trunk's: a
+/// TLS server in the test, trusting only the CA that signed the node's client certificate,
+/// accepts the node's connection and reads its INVITE.
+#[tokio::test]
+async fn a_mutual_tls_gateway_receives_the_trunks_client_certificate() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The gateway's own certificate, from a CA the trunk trusts.
+    let (gateway_ca, gateway_pem) = carrier_certificate(dir.path(), &["127.0.0.1"]);
+    let gateway_text = std::fs::read_to_string(&gateway_pem).expect("pem");
+    // The node's client certificate, from a CA the gateway trusts.
+    let client_ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut client_ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    client_ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let client_ca = client_ca_params.self_signed(&client_ca_key).expect("ca");
+    let client_issuer = rcgen::Issuer::new(client_ca_params, client_ca_key);
+    let client_key = rcgen::KeyPair::generate().expect("key");
+    let client_cert = rcgen::CertificateParams::new(vec!["node.switchboard.test".to_owned()])
+        .expect("params")
+        .signed_by(&client_key, &client_issuer)
+        .expect("cert");
+
+    // The gateway: TLS with client authentication required.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let chain: Vec<_> = rustls_pemfile::certs(&mut gateway_text.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut gateway_text.as_bytes())
+        .ok()
+        .flatten()
+        .expect("key");
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let gateway = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tls = acceptor.accept(tcp).await.expect("the node's handshake");
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.len())
+            .unwrap_or(0);
+        let mut buf = vec![0u8; 8192];
+        let n = tls.read(&mut buf).await.expect("read");
+        let invite = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // Turn the call down so the dial ends quickly.
+        let via = invite
+            .lines()
+            .filter(|l| {
+                ["via:", "from:", "to:", "call-id:", "cseq:"]
+                    .iter()
+                    .any(|h| l.to_ascii_lowercase().starts_with(h))
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let resp = format!("SIP/2.0 603 Decline\r\n{via}\r\nContent-Length: 0\r\n\r\n");
+        let _ = tls.write_all(resp.as_bytes()).await;
+        let _ = tls.read(&mut buf).await;
+        (presented, invite)
+    });
+
+    let cfg = json!({
+        "version": "1",
+        "trunks": [{
+            "id": "demo/carrier", "enabled": true,
+            "outbound": {
+                "enabled": true,
+                "gateways": [{"host": "127.0.0.1", "port": port, "transport": "TRANSPORT_TLS", "priority": 1, "weight": 1}],
+                "tls": {
+                    "caPem": gateway_ca,
+                    "clientCertPem": client_cert.pem(),
+                    "clientKeyPem": client_key.serialize_pem()
+                }
+            }
+        }],
+        "numbers": [{"id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/carrier", "outbound": true}]
+    });
+    let node = MediaNode::start(&cfg, &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let outcome = dial(&node).await;
+    let (presented, invite) = tokio::time::timeout(Duration::from_secs(20), gateway)
+        .await
+        .expect("the gateway saw the node")
+        .expect("gateway task");
+    assert_eq!(presented, 1, "the node presented its client certificate");
+    assert!(invite.starts_with("INVITE sip:"), "{invite}");
+    assert!(invite.contains("SIP/2.0/TLS"), "Via says TLS: {invite}");
+    assert_eq!(outcome["code"], 603, "{outcome}");
+    assert!(
+        !node.log().contains("BEGIN PRIVATE KEY"),
+        "the client key never reaches the log"
     );
 }
