@@ -393,8 +393,8 @@ async fn outbound_srtp_call_to_baresip_carries_audio_both_ways() {
 
 /// A raw caller with a key of its own: the caller's audio (byte-exact) and a DTMF press
 /// reach the agent, the agent's audio comes back byte-exact once decrypted and never in
-/// plaintext on the wire, and a tampered packet, a replayed one and a plain RTP packet are
-/// dropped and counted.
+/// plaintext on the wire, a tampered packet, a replayed one and a plain RTP packet are
+/// dropped and counted, and a re-INVITE with a new key rekeys both directions.
 #[tokio::test]
 async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted() {
     use switchboard_media_node::media::srtp::{MasterKey, Session, Suite};
@@ -588,9 +588,81 @@ async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted
         "the tampered and the plain packet"
     );
     assert_eq!(drops("srtp_replay").await, 1.0, "the replayed packet");
+
+    // Rekey: a re-INVITE with a new key of ours gets a new key of the node's; audio under
+    // the new keys flows, packets under the old key are refused.
+    let ours2 = MasterKey::random(Suite::AesCm128HmacSha1_80);
+    let sdp2 = sdp.replace("o=raw 1 1", "o=raw 1 2").replace(
+        sdes::line(5, &ours).as_str(),
+        sdes::line(5, &ours2).as_str(),
+    );
+    let reinvite = invite
+        .replace("z9hG4bK-srtp-inv", "z9hG4bK-srtp-reinv")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            &format!("To: <sip:+15550001111@{to_node}>"),
+            &format!("To: {to_hdr}"),
+        )
+        .replace(&sdp, &sdp2);
+    raw.send(reinvite.as_bytes()).await;
+    let ok2 = raw
+        .recv_until(Duration::from_secs(10), &mut seen, |m| {
+            status_of(m).is_some_and(|c| c >= 200) && m.contains("CSeq: 2 INVITE")
+        })
+        .await
+        .unwrap_or_else(|| panic!("no answer to the re-INVITE; saw {seen:?}"));
+    assert_eq!(status_of(&ok2), Some(200), "{ok2}");
+    let answer2 = Sdp::parse(ok2.split("\r\n\r\n").nth(1).expect("SDP")).expect("parses");
+    let theirs2 = sdes::choose(&answer2.audio().expect("audio").crypto).expect("a key");
+    assert_ne!(theirs2.key, theirs.key, "a new key answers a rekey");
+    raw.send(
+        ack.replace("z9hG4bK-srtp-ack", "z9hG4bK-srtp-ack2")
+            .replace("CSeq: 1 ACK", "CSeq: 2 ACK")
+            .as_bytes(),
+    )
+    .await;
+    let mut old = session;
+    let mut session = Session::new(&ours2, theirs2.key.clone()).expect("session");
+    let after = ulaw_pattern(25, 21);
+    for (i, frame) in after.chunks(160).enumerate() {
+        interval.tick().await;
+        let seq = 2000 + i as u16;
+        let plain = rtp_packet(i == 0, 0, seq, 160 * (100 + i as u32), 0x5eed, frame);
+        if i == 3 {
+            let stale = old
+                .protect_rtp(&rtp_packet(false, 0, seq, 0, 0x5eed, &[0x22; 160]))
+                .expect("protect");
+            rtp.send_to(&stale, node_rtp).await.expect("send");
+        }
+        let wire = session.protect_rtp(&plain).expect("protect");
+        rtp.send_to(&wire, node_rtp).await.expect("send");
+    }
+    conn.wait_until("audio under the new keys", Duration::from_secs(10), |c| {
+        c.audio().windows(after.len()).any(|w| w == after)
+    })
+    .await;
+    assert_eq!(
+        drops("srtp_auth").await,
+        3.0,
+        "the packet under the old key"
+    );
+    // And the node sends under its new key.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (n, _) = tokio::time::timeout_at(deadline, rtp.recv_from(&mut buf))
+            .await
+            .expect("the node's RTP under the new key")
+            .expect("recv");
+        if buf.get(1).is_some_and(|pt| (200..=204).contains(pt)) {
+            continue;
+        }
+        if session.unprotect_rtp(&buf[..n]).is_ok() {
+            break;
+        }
+    }
     let bye = format!(
         "BYE sip:+15550001111@{to_node} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-srtp-bye\r\n\
-         From: <sip:raw@{local}>;tag=rawtag\r\nTo: {to_hdr}\r\nCall-ID: srtp-raw\r\nCSeq: 2 BYE\r\n\
+         From: <sip:raw@{local}>;tag=rawtag\r\nTo: {to_hdr}\r\nCall-ID: srtp-raw\r\nCSeq: 3 BYE\r\n\
          Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     );
     raw.send(bye.as_bytes()).await;
