@@ -1010,7 +1010,8 @@ async fn a_tls_gateway_with_the_wrong_name_fails_over_with_the_reason() {
 
 /// A gateway that requires a client certificate (mutual TLS) receives the trunk's: a
 /// TLS server in the test, trusting only the CA that signed the node's client certificate,
-/// accepts the node's connection and reads its INVITE.
+/// accepts the node's connection, challenges its INVITE with digest and gets the answer
+/// over the same connection.
 #[tokio::test]
 async fn a_mutual_tls_gateway_receives_the_trunks_client_certificate() {
     use std::sync::Arc;
@@ -1068,22 +1069,60 @@ async fn a_mutual_tls_gateway_receives_the_trunks_client_certificate() {
             .peer_certificates()
             .map(|c| c.len())
             .unwrap_or(0);
+        // Messages off the stream, framed by Content-Length.
+        let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 8192];
-        let n = tls.read(&mut buf).await.expect("read");
-        let invite = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut next =
+            async move |tls: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>| loop {
+                if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if pending.len() >= end + 4 + len {
+                        let msg = String::from_utf8_lossy(&pending[..end + 4 + len]).into_owned();
+                        pending.drain(..end + 4 + len);
+                        return msg;
+                    }
+                }
+                let n = tls.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the node closed the connection");
+                pending.extend_from_slice(&buf[..n]);
+            };
+        let answer = |req: &str, status: &str, extra: &str| {
+            let copied = req
+                .lines()
+                .filter(|l| {
+                    ["via:", "from:", "to:", "call-id:", "cseq:"]
+                        .iter()
+                        .any(|h| l.to_ascii_lowercase().starts_with(h))
+                })
+                .collect::<Vec<_>>()
+                .join("\r\n");
+            format!("SIP/2.0 {status}\r\n{copied}\r\n{extra}Content-Length: 0\r\n\r\n")
+        };
+        // A digest challenge first, answered over the same TLS connection.
+        let first = next(&mut tls).await;
+        assert!(first.starts_with("INVITE "), "{first}");
+        let challenge = answer(
+            &first,
+            "401 Unauthorized",
+            "WWW-Authenticate: Digest realm=\"carrier.test\", nonce=\"n0nce\", qop=\"auth\"\r\n",
+        );
+        tls.write_all(challenge.as_bytes()).await.expect("write");
+        let ack = next(&mut tls).await;
+        assert!(ack.starts_with("ACK "), "the 401 is ACKed: {ack}");
+        let invite = next(&mut tls).await;
         // Turn the call down so the dial ends quickly.
-        let via = invite
-            .lines()
-            .filter(|l| {
-                ["via:", "from:", "to:", "call-id:", "cseq:"]
-                    .iter()
-                    .any(|h| l.to_ascii_lowercase().starts_with(h))
-            })
-            .collect::<Vec<_>>()
-            .join("\r\n");
-        let resp = format!("SIP/2.0 603 Decline\r\n{via}\r\nContent-Length: 0\r\n\r\n");
-        let _ = tls.write_all(resp.as_bytes()).await;
-        let _ = tls.read(&mut buf).await;
+        tls.write_all(answer(&invite, "603 Decline", "").as_bytes())
+            .await
+            .expect("write");
+        let _ = next(&mut tls).await;
         (presented, invite)
     });
 
@@ -1094,6 +1133,7 @@ async fn a_mutual_tls_gateway_receives_the_trunks_client_certificate() {
             "outbound": {
                 "enabled": true,
                 "gateways": [{"host": "127.0.0.1", "port": port, "transport": "TRANSPORT_TLS", "priority": 1, "weight": 1}],
+                "auth": {"username": "alice", "password": "s3cret"},
                 "tls": {
                     "caPem": gateway_ca,
                     "clientCertPem": client_cert.pem(),
@@ -1114,6 +1154,10 @@ async fn a_mutual_tls_gateway_receives_the_trunks_client_certificate() {
     assert_eq!(presented, 1, "the node presented its client certificate");
     assert!(invite.starts_with("INVITE sip:"), "{invite}");
     assert!(invite.contains("SIP/2.0/TLS"), "Via says TLS: {invite}");
+    assert!(
+        invite.contains("Authorization: Digest username=\"alice\""),
+        "digest answered over TLS: {invite}"
+    );
     assert_eq!(outcome["code"], 603, "{outcome}");
     assert!(
         !node.log().contains("BEGIN PRIVATE KEY"),
