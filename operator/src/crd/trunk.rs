@@ -195,6 +195,17 @@ pub struct OutboundTls {
     pub client_certificate_secret_ref: Option<SecretRef>,
 }
 
+impl Gateway {
+    /// The port in use: the one set, else 5061 for TLS and 5060 otherwise.
+    pub fn effective_port(&self) -> u32 {
+        self.port.unwrap_or(if self.transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        })
+    }
+}
+
 /// One SIP gateway of the carrier.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -205,10 +216,10 @@ pub struct Gateway {
         pattern(r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?)$")
     )]
     pub host: String,
-    /// SIP port.
-    #[serde(default = "default_sip_port")]
+    /// SIP port; 5060, or 5061 for `tls`, when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: u32,
+    pub port: Option<u32>,
     /// Transport protocol.
     #[serde(default)]
     pub transport: Transport,
@@ -418,6 +429,9 @@ pub struct SipTrunkStatus {
 pub struct GatewayStatus {
     /// The gateway host.
     pub host: String,
+    /// Its transport (`udp`, `tcp`, `tls`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transport: String,
     /// Whether the last health check succeeded.
     pub healthy: bool,
     /// SIP status code of the last response, if any.
@@ -446,9 +460,6 @@ fn default_ringing_timeout() -> u32 {
 }
 fn default_failover_on() -> Vec<String> {
     ["timeout", "408", "478", "5xx"].map(String::from).to_vec()
-}
-fn default_sip_port() -> u32 {
-    5060
 }
 fn default_weight() -> u32 {
     1

@@ -388,6 +388,12 @@ pub fn build<'a>(
             {
                 gateways.push(GatewayStatus {
                     host: format!("{}:{}", g.host, g.port),
+                    transport: match g.transport() {
+                        pb::Transport::Tcp => "tcp",
+                        pb::Transport::Tls => "tls",
+                        _ => "udp",
+                    }
+                    .into(),
                     healthy: best.healthy,
                     last_response_code: (best.last_status_code > 0)
                         .then_some(best.last_status_code),

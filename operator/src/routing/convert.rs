@@ -242,7 +242,7 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                     .iter()
                     .map(|g| pb::Gateway {
                         host: g.host.clone(),
-                        port: g.port,
+                        port: g.effective_port(),
                         transport: match g.transport {
                             Transport::Udp => pb::Transport::Udp,
                             Transport::Tcp => pb::Transport::Tcp,

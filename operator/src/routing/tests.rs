@@ -784,3 +784,36 @@ fn outbound_tls_secrets_reach_the_node_and_missing_ones_are_reported() {
     let v = &resolve(&i).trunks[&key];
     assert_eq!(v.resolved_refs.reason, reason::INVALID_SECRET, "{v:?}");
 }
+
+#[test]
+fn a_tls_gateway_without_a_port_uses_5061() {
+    use crate::crd::Transport;
+    let key = ObjectKey::new("ns", "carrier");
+    let mut i = inputs();
+    let t = i.trunks.get_mut(&key).expect("trunk");
+    let gw = &mut t.spec.outbound.as_mut().expect("outbound").gateways[0];
+    gw.port = None;
+    gw.transport = Transport::Tls;
+    let r = resolve(&i);
+    let g = &r.config.trunks[0]
+        .outbound
+        .as_ref()
+        .expect("outbound")
+        .gateways[0];
+    assert_eq!((g.port, g.transport()), (5061, pb::Transport::Tls));
+    let gw = &mut i
+        .trunks
+        .get_mut(&key)
+        .expect("trunk")
+        .spec
+        .outbound
+        .as_mut()
+        .expect("o")
+        .gateways[0];
+    gw.transport = Transport::Udp;
+    let r = resolve(&i);
+    assert_eq!(
+        r.config.trunks[0].outbound.as_ref().expect("o").gateways[0].port,
+        5060
+    );
+}

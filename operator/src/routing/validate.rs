@@ -235,8 +235,10 @@ fn gateway(g: &Gateway) -> Result<(), String> {
             g.host
         ));
     }
-    if !(1..=65535).contains(&g.port) {
-        return Err(format!("port: {} is not 1..65535", g.port));
+    if let Some(p) = g.port
+        && !(1..=65535).contains(&p)
+    {
+        return Err(format!("port: {p} is not 1..65535"));
     }
     if g.priority > 65535 || g.weight > 65535 {
         return Err("priority/weight: must be 0..65535".into());
