@@ -347,13 +347,39 @@ async fn a_refused_configuration_shows_the_nodes_reason() {
     f.apply(f.number("main", NUMBER, "carrier")).await;
     f.condition::<PhoneNumber>("main", "Programmed", "True", "Programmed")
         .await;
-    // TLS gateways are valid in the API but this node version cannot run them.
-    f.apply(trunk("tls", json!({"outbound": {"gateways": [{"host": "127.0.0.1", "port": 5061, "transport": "tls"}]}}))).await;
+    // A CA bundle Secret that holds no certificate: the operator passes it on (it does not
+    // parse PEM), the nodes refuse the trunk and say why.
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), NS)
+        .patch(
+            "bad-ca",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad-ca"},
+                "stringData": {"ca.crt": "not a certificate"}
+            })),
+        )
+        .await
+        .expect("secret");
+    f.apply(trunk(
+        "tls",
+        json!({"outbound": {
+            "gateways": [{"host": "127.0.0.1", "port": 5061, "transport": "tls"}],
+            "tls": {"caSecretRef": {"name": "bad-ca"}}
+        }}),
+    ))
+    .await;
     let t = f
         .condition::<SipTrunk>("tls", "Programmed", "False", "NodeRefused")
         .await;
     let msg = t.data["status"]["conditions"].to_string();
-    assert!(msg.contains("TLS") && msg.contains("media-"), "{msg}");
+    assert!(
+        msg.contains("outbound.tls") && msg.contains("media-"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("not a certificate"),
+        "no Secret content in status: {msg}"
+    );
     // The nodes keep running their last good configuration.
     call(&f.nodes[0], NUMBER).await;
 }
