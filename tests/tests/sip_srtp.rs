@@ -214,24 +214,29 @@ async fn srtp_call_from_baresip_carries_audio_both_ways() {
     );
 }
 
-#[tokio::test]
-async fn plain_offer_to_a_trunk_requiring_srtp_gets_488() {
+/// baresip (with `mediaenc`) calls a trunk with `encryption`: the call is refused with 488,
+/// counted under `reason`, and no agent session starts.
+async fn refused_with_488(
+    encryption: &str,
+    allow_insecure_keys: bool,
+    mediaenc: Option<&str>,
+    reason: &str,
+) {
     let agent = TestAgent::start().await.expect("agent");
-    let node = MediaNode::start(
-        &config(&agent.url(), "MEDIA_ENCRYPTION_REQUIRED", true),
-        &[],
-    )
-    .await
-    .expect("node starts");
+    let node = MediaNode::start(&config(&agent.url(), encryption, allow_insecure_keys), &[])
+        .await
+        .expect("node starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = baresip_call(dir.path(), &node, None, 2).await;
+    let text = baresip_call(dir.path(), &node, mediaenc, 2).await;
     assert!(
         !text.contains("Call established"),
-        "a plain call was established:\n{text}"
+        "the call was established:\n{text}"
     );
     assert_eq!(
-        node.metric(r#"switchboard_sip_rejected_requests_total{reason="srtp_required"}"#)
-            .await,
+        node.metric(&format!(
+            r#"switchboard_sip_rejected_requests_total{{reason="{reason}"}}"#
+        ))
+        .await,
         1.0,
         "{text}"
     );
@@ -243,49 +248,30 @@ async fn plain_offer_to_a_trunk_requiring_srtp_gets_488() {
 }
 
 #[tokio::test]
+async fn plain_offer_to_a_trunk_requiring_srtp_gets_488() {
+    refused_with_488("MEDIA_ENCRYPTION_REQUIRED", true, None, "srtp_required").await;
+}
+
+#[tokio::test]
 async fn srtp_keys_over_plain_signalling_are_refused_unless_the_trunk_allows_it() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = MediaNode::start(
-        &config(&agent.url(), "MEDIA_ENCRYPTION_REQUIRED", false),
-        &[],
+    refused_with_488(
+        "MEDIA_ENCRYPTION_REQUIRED",
+        false,
+        Some("srtp-mand"),
+        "sdes_insecure",
     )
-    .await
-    .expect("node starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = baresip_call(dir.path(), &node, Some("srtp-mand"), 2).await;
-    assert!(
-        !text.contains("Call established"),
-        "the call was established:\n{text}"
-    );
-    assert_eq!(
-        node.metric(r#"switchboard_sip_rejected_requests_total{reason="sdes_insecure"}"#)
-            .await,
-        1.0,
-        "{text}"
-    );
+    .await;
 }
 
 #[tokio::test]
 async fn srtp_offer_to_a_trunk_without_encryption_gets_488() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = MediaNode::start(
-        &config(&agent.url(), "MEDIA_ENCRYPTION_DISABLED", false),
-        &[],
+    refused_with_488(
+        "MEDIA_ENCRYPTION_DISABLED",
+        false,
+        Some("srtp-mand"),
+        "srtp_disabled",
     )
-    .await
-    .expect("node starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = baresip_call(dir.path(), &node, Some("srtp-mand"), 2).await;
-    assert!(
-        !text.contains("Call established"),
-        "the call was established:\n{text}"
-    );
-    assert_eq!(
-        node.metric(r#"switchboard_sip_rejected_requests_total{reason="srtp_disabled"}"#)
-            .await,
-        1.0,
-        "{text}"
-    );
+    .await;
 }
 
 /// The node calls baresip (auto-answer, `srtp-mand`) through a trunk that requires SRTP:

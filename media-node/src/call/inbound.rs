@@ -465,10 +465,6 @@ fn admit(
         }
     })?;
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-    let srtp = negotiated
-        .as_ref()
-        .and_then(|n| n.srtp.as_ref())
-        .map(|o| super::SrtpKeys::after(None, o));
     let mut local = LocalMedia {
         session_id: rand::random::<u32>() as u64,
         version: 1,
@@ -478,15 +474,8 @@ fn admit(
     };
     let (media, answer) = match (&offer, &negotiated) {
         (Some(o), Some(n)) => {
-            local.crypto = n
-                .srtp
-                .as_ref()
-                .zip(srtp.as_ref())
-                .map(|(o, k)| sdp::LocalCrypto {
-                    tag: o.tag,
-                    key: k.local.clone(),
-                    savp: n.savp,
-                });
+            let (srtp, crypto) = super::answer_srtp(n, None);
+            local.crypto = crypto;
             (
                 MediaParams {
                     codec: n.codec,

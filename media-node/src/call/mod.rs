@@ -90,6 +90,24 @@ impl SrtpKeys {
     }
 }
 
+/// Our keys and our `a=crypto` for answering a negotiated offer (both `None` for plain RTP);
+/// `current` are the call's keys so far (a re-offer keeping the peer's key keeps ours).
+pub fn answer_srtp(
+    n: &crate::sdp::Negotiated,
+    current: Option<&SrtpKeys>,
+) -> (Option<SrtpKeys>, Option<crate::sdp::LocalCrypto>) {
+    let Some(offered) = n.srtp.as_ref() else {
+        return (None, None);
+    };
+    let keys = SrtpKeys::after(current, offered);
+    let crypto = crate::sdp::LocalCrypto {
+        tag: offered.tag,
+        key: keys.local.clone(),
+        savp: n.savp,
+    };
+    (Some(keys), Some(crypto))
+}
+
 /// The trunk's SRTP rule for a call whose SIP uses `proto`: SDES keys may be exchanged only
 /// over TLS, or anywhere when the trunk's `allowSdesWithoutTls` says so.
 pub fn srtp_policy_of(

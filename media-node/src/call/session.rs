@@ -516,19 +516,8 @@ impl Session {
             }
             // A re-offer that keeps the peer's key keeps ours (and the streams' state); a
             // new key from the peer is a rekey, answered with a new key of ours.
-            let srtp = n
-                .srtp
-                .as_ref()
-                .map(|o| super::SrtpKeys::after(self.media.srtp.as_ref(), o));
-            self.local.crypto = n
-                .srtp
-                .as_ref()
-                .zip(srtp.as_ref())
-                .map(|(o, k)| sdp::LocalCrypto {
-                    tag: o.tag,
-                    key: k.local.clone(),
-                    savp: n.savp,
-                });
+            let (srtp, crypto) = super::answer_srtp(&n, self.media.srtp.as_ref());
+            self.local.crypto = crypto;
             let media = MediaParams {
                 codec: n.codec,
                 payload_type: n.pt,

@@ -292,6 +292,34 @@ impl Connections {
         ))
     }
 
+    /// Takes an outgoing connection's place in the (locked, then released)
+    /// table, or refuses it over the outbound budget.
+    fn reserve_outbound(
+        self: &Arc<Self>,
+        mut t: MutexGuard<'_, Table>,
+        addr: SocketAddr,
+    ) -> Result<(Slot, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>), TransportError> {
+        if t.outbound >= self.limits.max_connections {
+            drop(t);
+            self.metrics()
+                .refused
+                .with_label_values(&["outbound_limit"])
+                .inc();
+            return Err(TransportError::TcpLimit(addr));
+        }
+        t.outbound += 1;
+        let (id, tx, rx) = self.register(&mut t, addr, Direction::Outbound);
+        drop(t);
+        let slot = Slot {
+            conns: self.clone(),
+            addr,
+            id,
+            dir: Direction::Outbound,
+            writer: None,
+        };
+        Ok((slot, tx, rx))
+    }
+
     /// Opens a TLS connection to `addr` (a gateway named `name`) unless one is open, and
     /// waits for the handshake, so a wrong certificate fails the attempt at once with the
     /// reason instead of a transaction timeout. The connection is then used by
@@ -302,29 +330,12 @@ impl Connections {
         name: rustls::pki_types::ServerName<'static>,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<(), TransportError> {
-        let (slot, rx) = {
-            let mut t = self.lock();
+        let (slot, _, rx) = {
+            let t = self.lock();
             if t.by_addr.get(&addr).is_some_and(|e| !e.tx.is_closed()) {
                 return Ok(());
             }
-            if t.outbound >= self.limits.max_connections {
-                drop(t);
-                self.metrics()
-                    .refused
-                    .with_label_values(&["outbound_limit"])
-                    .inc();
-                return Err(TransportError::TcpLimit(addr));
-            }
-            t.outbound += 1;
-            let (id, _, rx) = self.register(&mut t, addr, Direction::Outbound);
-            let slot = Slot {
-                conns: self.clone(),
-                addr,
-                id,
-                dir: Direction::Outbound,
-                writer: None,
-            };
-            (slot, rx)
+            self.reserve_outbound(t, addr)?
         };
         let connector = tokio_rustls::TlsConnector::from(config);
         let handshake = async {
@@ -361,7 +372,7 @@ impl Connections {
     /// Queues bytes on the connection to `addr`, connecting first if none
     /// is open.
     pub fn send(self: &Arc<Self>, addr: SocketAddr, data: Bytes) -> Result<(), TransportError> {
-        let mut t = self.lock();
+        let t = self.lock();
         if let Some(e) = t.by_addr.get(&addr)
             && !e.tx.is_closed()
         {
@@ -376,25 +387,8 @@ impl Connections {
             // connections are used.
             return Err(TransportError::TcpQueue(addr));
         }
-        if t.outbound >= self.limits.max_connections {
-            drop(t);
-            self.metrics()
-                .refused
-                .with_label_values(&["outbound_limit"])
-                .inc();
-            return Err(TransportError::TcpLimit(addr));
-        }
-        t.outbound += 1;
-        let (id, tx, rx) = self.register(&mut t, addr, Direction::Outbound);
-        drop(t);
+        let (slot, tx, rx) = self.reserve_outbound(t, addr)?;
         let _ = tx.try_send(data);
-        let slot = Slot {
-            conns: self.clone(),
-            addr,
-            id,
-            dir: Direction::Outbound,
-            writer: None,
-        };
         let this = self.clone();
         // Detached: the slot, not the handle, ends the connection.
         drop(self.spawn_guarded(addr, async move {
