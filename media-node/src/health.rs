@@ -22,6 +22,8 @@ pub struct GatewayState {
     pub last_code: Option<u16>,
     /// Round-trip of the last answer in milliseconds.
     pub rtt_ms: Option<u64>,
+    /// Why the last check failed (`None` when healthy).
+    pub error: Option<String>,
 }
 
 /// Gateway health, shared with the outbound engine.
@@ -100,37 +102,26 @@ async fn ping(
     let Some(dest) = crate::call::outbound::resolve(&g).await else {
         return;
     };
-    if dest.proto == crate::sip::transport::Proto::Tls {
-        // A gateway whose certificate does not verify is down for us: the trunk shows
-        // Degraded, and the log says why.
-        let connected = match crate::sip::transport::tls::client_config(&tls.unwrap_or_default()) {
-            Ok(config) => {
-                let host = g.host.trim_start_matches('[').trim_end_matches(']');
-                ctx.sip
-                    .transport
-                    .connect_tls(dest.addr, host, config)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = connected {
-            if ctx.health.is_healthy(&trunk_id, &name) {
-                tracing::warn!(trunk = %trunk_id, gateway = %name, error = %e, "gateway unreachable over TLS");
-            }
-            ctx.metrics
-                .gateway_healthy
-                .with_label_values(&[&trunk_id, &name])
-                .set(0);
-            ctx.health.record(GatewayState {
-                trunk_id,
-                gateway: name,
-                healthy: false,
-                last_code: None,
-                rtt_ms: None,
-            });
-            return;
+    // A gateway whose certificate does not verify is down for us: the trunk shows Degraded
+    // with the handshake's reason, and the log says it once.
+    if let Err(e) = crate::call::outbound::connect_gateway_tls(&ctx, &g, &dest, tls.as_ref()).await
+    {
+        if ctx.health.is_healthy(&trunk_id, &name) {
+            tracing::warn!(trunk = %trunk_id, gateway = %name, error = %e, "gateway unreachable over TLS");
         }
+        ctx.metrics
+            .gateway_healthy
+            .with_label_values(&[&trunk_id, &name])
+            .set(0);
+        ctx.health.record(GatewayState {
+            trunk_id,
+            gateway: name,
+            healthy: false,
+            last_code: None,
+            rtt_ms: None,
+            error: Some(e),
+        });
+        return;
     }
     let host = crate::sip::headers::host_port(&dest.addr);
     let mut req = Message::request(Method::Options, format!("sip:{host}"));
@@ -145,15 +136,21 @@ async fn ping(
     req.add("User-Agent", crate::sip::USER_AGENT);
     let started = Instant::now();
     let (_, mut events) = ctx.sip.request(req, dest);
-    let (healthy, code) = loop {
+    let (healthy, code, error) = loop {
         match events.recv().await {
             Some(ClientEvent::Response(r)) => match r.code() {
                 Some(c) if c < 200 => continue,
                 // Any answer but "unavailable" proves the gateway is up.
-                Some(c) => break (!(500..600).contains(&c) || c == 501, Some(c)),
+                Some(c) => {
+                    let up = !(500..600).contains(&c) || c == 501;
+                    break (up, Some(c), (!up).then(|| format!("OPTIONS answered {c}")));
+                }
                 None => continue,
             },
-            _ => break (false, None),
+            Some(ClientEvent::TransportError) => {
+                break (false, None, Some("transport error sending OPTIONS".into()));
+            }
+            _ => break (false, None, Some("no answer to OPTIONS".into())),
         }
     };
     let rtt = code.map(|_| started.elapsed().as_millis() as u64);
@@ -171,5 +168,6 @@ async fn ping(
         healthy,
         last_code: code,
         rtt_ms: rtt,
+        error,
     });
 }

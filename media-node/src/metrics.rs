@@ -41,6 +41,9 @@ pub struct Metrics {
     pub tls: TcpMetrics,
     /// Inbound digest answers refused, by reason (replay, uri_mismatch, ...).
     pub digest_failures: IntCounterVec,
+    /// Outbound SRTP offers (optional encryption) refused with 488/606 and sent again
+    /// without a key.
+    pub srtp_plain_retries: IntCounter,
 }
 
 /// SIP over TCP connection metrics.
@@ -191,6 +194,11 @@ impl Metrics {
             &["reason"],
         ));
         must(registry.register(Box::new(digest_failures.clone())));
+        let srtp_plain_retries = must(IntCounter::new(
+            "switchboard_sip_srtp_plain_retries_total",
+            "Outbound offers with an SRTP key refused (488/606) on a trunk with optional encryption and sent again in plain RTP",
+        ));
+        must(registry.register(Box::new(srtp_plain_retries.clone())));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(server_transactions.clone()),
@@ -228,6 +236,7 @@ impl Metrics {
             tcp,
             tls,
             digest_failures,
+            srtp_plain_retries,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct RegistrationState {
     pub expires: Option<u32>,
     /// Successful registrations so far (first one plus refreshes).
     pub successes: u64,
+    /// Why the last attempt failed (`None` after a success).
+    pub error: Option<String>,
 }
 
 /// Registration states, shared with the admin endpoint.
@@ -171,6 +173,7 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
                 last_code: code,
                 expires,
                 successes,
+                error: None,
             }
         };
         if ctx.registrations.get(&trunk.id).is_none() {
@@ -193,11 +196,13 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
                     .set(1);
                 refresh_after(expires)
             }
-            Err(code) => {
+            Err(Failure { code, reason }) => {
                 failures += 1;
-                tracing::warn!(trunk = %trunk.id, code = ?code, failures, "registration failed");
-                ctx.registrations
-                    .set(state("failed", code, None, successes));
+                tracing::warn!(trunk = %trunk.id, code = ?code, %reason, failures, "registration failed");
+                ctx.registrations.set(RegistrationState {
+                    error: Some(reason),
+                    ..state("failed", code, None, successes)
+                });
                 ctx.metrics
                     .registered
                     .with_label_values(&[&trunk.id])
@@ -209,8 +214,15 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
     }
 }
 
-/// One REGISTER exchange including a digest retry. `Ok(expires)` or
-/// `Err(final code)`.
+/// A failed registration attempt.
+struct Failure {
+    /// The registrar's final status, if it answered.
+    code: Option<u16>,
+    /// What the trunk's `Registered` condition says.
+    reason: String,
+}
+
+/// One REGISTER exchange including a digest retry: `Ok(expires)` or why it failed.
 #[allow(clippy::too_many_arguments)]
 async fn register_once(
     ctx: &Arc<Ctx>,
@@ -221,15 +233,51 @@ async fn register_once(
     call_id: &str,
     from_tag: &str,
     cseq: &mut u32,
+) -> Result<u32, Failure> {
+    let Some(dest) = crate::call::outbound::resolve(gw).await else {
+        return Err(Failure {
+            code: None,
+            reason: format!("cannot resolve the registrar {}", gw.host),
+        });
+    };
+    // A TLS registrar: a verified connection first (the REGISTER goes over it), so a bad
+    // certificate is the reason shown rather than a timeout.
+    if let Err(reason) =
+        crate::call::outbound::connect_gateway_tls(ctx, gw, &dest, out.tls.as_ref()).await
+    {
+        return Err(Failure { code: None, reason });
+    }
+    exchange(ctx, gw, out, user, asked, call_id, from_tag, cseq, dest)
+        .await
+        .map_err(|code| Failure {
+            code,
+            reason: match code {
+                Some(c) => format!("registrar answered {c}"),
+                None => "no answer from the registrar".into(),
+            },
+        })
+}
+
+/// The REGISTER transactions themselves: `Err(final code)`, `Err(None)` without one.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    ctx: &Arc<Ctx>,
+    gw: &Gateway,
+    out: &switchboard_proto::v1alpha1::Outbound,
+    user: &str,
+    asked: u32,
+    call_id: &str,
+    from_tag: &str,
+    cseq: &mut u32,
+    dest: crate::sip::transport::Peer,
 ) -> Result<u32, Option<u16>> {
-    let dest = crate::call::outbound::resolve(gw).await.ok_or(None)?;
     let domain = if out.from_domain.is_empty() {
         gw.host.clone()
     } else {
         out.from_domain.clone()
     };
     let ruri = format!("sip:{}", crate::sip::headers::host_port(&dest.addr));
-    let contact = ctx.contact(user, &dest);
+    let contact = ctx.contact(user, &dest, false);
     let mut auth: Option<(&'static str, String)> = None;
     for _ in 0..3 {
         *cseq += 1;

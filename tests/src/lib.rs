@@ -9,3 +9,4 @@ pub mod operator;
 pub mod phone;
 pub mod poll;
 pub mod sipp;
+pub mod tls;

@@ -452,6 +452,95 @@ async fn channel_limit_splits_across_nodes_and_moves_when_a_node_goes() {
     }
 }
 
+/// A TLS gateway whose certificate does not verify is down for the trunk, and its
+/// `Degraded` condition and `status.gateways` say why: one gateway's certificate names
+/// another host, the other's expired.
+#[tokio::test]
+async fn a_tls_gateway_with_a_bad_certificate_shows_the_reason_in_degraded() {
+    use switchboard_tests::tls::{TestCa, handshake_only_listener};
+    let ca = TestCa::new();
+    let (wrong_name, _a) = handshake_only_listener(&ca.issue(&["carrier.example"])).await;
+    let (expired, _b) = handshake_only_listener(&ca.issue_expired(&["127.0.0.1"])).await;
+    let f = Fleet::start(1, &[]).await;
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), NS)
+        .patch(
+            "carrier-ca",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "carrier-ca"},
+                "stringData": {"ca.crt": ca.pem()}
+            })),
+        )
+        .await
+        .expect("secret");
+    f.apply(trunk(
+        "secure",
+        json!({
+            "outbound": {
+                "gateways": [
+                    {"host": "127.0.0.1", "port": wrong_name.port(), "transport": "tls"},
+                    {"host": "127.0.0.1", "port": expired.port(), "transport": "tls", "priority": 20}
+                ],
+                "tls": {"caSecretRef": {"name": "carrier-ca"}}
+            },
+            "healthCheck": {"optionsIntervalSeconds": 1}
+        }),
+    ))
+    .await;
+    let wrong = format!("127.0.0.1:{}", wrong_name.port());
+    let old = format!("127.0.0.1:{}", expired.port());
+    eventually("both gateways down with a reason", WAIT, || async {
+        let o = f
+            .api::<SipTrunk>()
+            .get("secure")
+            .await
+            .map_err(|e| e.to_string())?;
+        let gateways = o.data["status"]["gateways"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let reasons = gateways
+            .iter()
+            .filter(|g| g["healthy"] == false && g["error"].is_string())
+            .count();
+        if reasons == 2 {
+            Ok(())
+        } else {
+            Err(o.data["status"].to_string())
+        }
+    })
+    .await;
+    let t = f
+        .condition::<SipTrunk>("secure", "Degraded", "True", "GatewayUnhealthy")
+        .await
+        .data["status"]
+        .clone();
+    let degraded = t["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == "Degraded"))
+        .map(|c| c["message"].as_str().unwrap_or_default().to_lowercase())
+        .unwrap_or_default();
+    let at = |gw: &str| {
+        let start = degraded
+            .find(gw)
+            .unwrap_or_else(|| panic!("{gw} in {degraded}"));
+        degraded[start..]
+            .split(", 127.")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        at(&wrong).contains("certificate") && at(&wrong).contains("name"),
+        "{degraded}"
+    );
+    assert!(at(&old).contains("expired"), "{degraded}");
+    for g in t["gateways"].as_array().expect("gateways") {
+        assert_eq!(g["transport"], "tls", "{g}");
+        assert_eq!(g["healthy"], false, "{g}");
+    }
+}
+
 #[tokio::test]
 async fn registration_moves_when_its_node_stops() {
     let registrar_port = free_port();

@@ -4,12 +4,12 @@
 //! served throughout.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchboard_tests::node::{MediaNode, free_port, status_of};
 use switchboard_tests::poll::eventually;
+use switchboard_tests::tls::TlsSipClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -67,84 +67,19 @@ async fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
         .expect("connect")
 }
 
-/// A TLS client that accepts any certificate (the node's is self-signed here).
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Sends an OPTIONS over a fresh TLS connection from 127.0.0.1 and returns the status.
 async fn tls_options(to: SocketAddr, branch: &str) -> Option<u16> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = connect_from(Ipv4Addr::LOCALHOST, to).await;
-    let local = tcp.local_addr().ok()?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
-    let mut s = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .ok()?
-        .ok()?;
+    let mut s = TlsSipClient::handshake(tcp).await.ok()?;
+    let local = s.local();
     let msg = format!(
         "OPTIONS sip:+15550001111@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK{branch}\r\n\
          From: <sip:t@{local}>;tag=t{branch}\r\nTo: <sip:+15550001111@127.0.0.1>\r\nCall-ID: {branch}@tls\r\n\
          CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     );
-    s.write_all(msg.as_bytes()).await.ok()?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        if text.contains("\r\n\r\n") {
-            return status_of(text.trim_start());
-        }
-    }
+    s.send(&msg).await.ok()?;
+    let reply = s.next_message(Duration::from_secs(5)).await?;
+    status_of(reply.trim_start())
 }
 
 /// Reads until the node closes the connection: how long it took, or `None` if still open.

@@ -4,8 +4,9 @@
 //! plain offers, SRTP offers to a plain trunk and keys over unencrypted signalling refused
 //! with 488.
 //!
-//! SIP is UDP here (the node has no TLS listener yet), so the trunks set
-//! `allowSdesWithoutTls`; without it the keys are refused (the last test).
+//! The UDP tests' trunks set `allowSdesWithoutTls` (without it the keys are refused, as one
+//! test shows); the TLS tests carry the keys over SIP over TLS, inbound and outbound, with
+//! certificate verification, failover on a bad certificate and mutual TLS.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -667,6 +668,113 @@ fn node_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (c, k)
 }
 
+/// A caller that uses SIPS (RFC 5630): a `sips:` INVITE over TLS is answered with a `sips:`
+/// Contact (RFC 3261 12.1.1) and the dialog works (BYE answered); the same INVITE over plain
+/// UDP is refused with 416, since SIPS promises TLS on every hop.
+#[tokio::test]
+async fn a_sips_call_over_tls_gets_a_sips_contact_and_sips_over_udp_is_refused() {
+    use switchboard_tests::node::{RawSip, header_of, status_of};
+    use switchboard_tests::tls::TlsSipClient;
+    let agent = TestAgent::start().await.expect("agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = node_certificate(dir.path());
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{}", switchboard_tests::node::free_port())
+        .parse()
+        .expect("addr");
+    let node = MediaNode::start(
+        &config(&agent.url(), "MEDIA_ENCRYPTION_OPTIONAL", false),
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--tls-bind",
+            &tls.to_string(),
+        ],
+    )
+    .await
+    .expect("node starts");
+    let sdp = "v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+    let invite = |via: &str, local: std::net::SocketAddr, to: std::net::SocketAddr, id: &str| {
+        format!(
+            "INVITE sips:+15550001111@{to} SIP/2.0\r\nVia: SIP/2.0/{via} {local};branch=z9hG4bK-{id}\r\n\
+             From: <sips:raw@{local}>;tag=t-{id}\r\nTo: <sips:+15550001111@{to}>\r\nCall-ID: {id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sips:raw@{local}>\r\nMax-Forwards: 70\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+
+    let mut c = TlsSipClient::connect(tls).await.expect("TLS connection");
+    let local = c.local();
+    c.send(&invite("TLS", local, tls, "sips-tls"))
+        .await
+        .expect("send");
+    let ok = loop {
+        let m = c
+            .next_message(Duration::from_secs(10))
+            .await
+            .expect("a response over the connection");
+        if status_of(&m).is_some_and(|code| code >= 200) {
+            break m;
+        }
+    };
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    let contact = header_of(&ok, "Contact").expect("Contact");
+    assert!(
+        contact.starts_with("<sips:") && !contact.contains("transport="),
+        "a SIPS Contact without transport=tls: {contact}"
+    );
+    let to = header_of(&ok, "To").expect("To");
+    let target = contact
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("uri");
+    c.send(&format!(
+        "ACK {target} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-sips-ack\r\n\
+         From: <sips:raw@{local}>;tag=t-sips-tls\r\nTo: {to}\r\nCall-ID: sips-tls\r\n\
+         CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .await
+    .expect("ACK");
+    c.send(&format!(
+        "BYE {target} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-sips-bye\r\n\
+         From: <sips:raw@{local}>;tag=t-sips-tls\r\nTo: {to}\r\nCall-ID: sips-tls\r\n\
+         CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .await
+    .expect("BYE");
+    let bye_ok = loop {
+        let m = c
+            .next_message(Duration::from_secs(10))
+            .await
+            .expect("the BYE's answer");
+        if header_of(&m, "CSeq").is_some_and(|v| v.ends_with("BYE")) {
+            break m;
+        }
+    };
+    assert_eq!(status_of(&bye_ok), Some(200), "{bye_ok}");
+
+    let raw = RawSip::new(node.sip).await.expect("sip socket");
+    raw.send(invite("UDP", raw.local(), node.sip, "sips-udp").as_bytes())
+        .await;
+    let mut seen = Vec::new();
+    let refused = raw
+        .recv_until(Duration::from_secs(10), &mut seen, |m| {
+            status_of(m).is_some_and(|code| code >= 200)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no final response; saw {seen:?}"));
+    assert_eq!(status_of(&refused), Some(416), "{refused}");
+    assert_eq!(
+        node.metric(r#"switchboard_sip_rejected_requests_total{reason="sips_without_tls"}"#)
+            .await,
+        1.0
+    );
+}
+
 /// baresip calls over SIP over TLS with mandatory SRTP, to a trunk that does not allow
 /// keys over plain signalling: TLS carries the keys, the call is answered, audio flows both
 /// ways and baresip's BYE ends it.
@@ -780,19 +888,10 @@ async fn srtp_call_over_tls_from_baresip() {
 /// A private CA and a certificate it signed for `names` (IP addresses or DNS names), as
 /// baresip's `sip_certificate` wants it (certificate then key, one file).
 fn carrier_certificate(dir: &Path, names: &[&str]) -> (String, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let ca = switchboard_tests::tls::TestCa::new();
     let path = dir.join("carrier.pem");
-    std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write");
-    (ca.pem(), path)
+    std::fs::write(&path, ca.issue(names).combined_pem()).expect("write");
+    (ca.pem().to_string(), path)
 }
 
 fn tls_trunk(agent_url: &str, gateways: serde_json::Value, ca_pem: &str) -> serde_json::Value {
@@ -847,6 +946,53 @@ async fn dial(node: &MediaNode) -> serde_json::Value {
         .expect("dial request");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("dial outcome JSON")
+}
+
+/// Optional encryption: our offer carries a key (RTP/AVP with `a=crypto`); a carrier that
+/// refuses it with 488 gets the INVITE again without the key (same Call-ID, next CSeq) and
+/// the call is answered in plain RTP. SIPp checks both offers.
+#[tokio::test]
+async fn an_optional_srtp_offer_refused_with_488_is_retried_in_plain_rtp() {
+    let agent = TestAgent::start().await.expect("agent");
+    let gw = switchboard_tests::node::free_port();
+    let carrier = switchboard_tests::sipp::Sipp::new(switchboard_tests::sipp::scenario(
+        "uas_488_srtp_then_plain.xml",
+    ))
+    .spawn_server(gw, 1);
+    let cfg = json!({
+        "version": "1",
+        "trunks": [{
+            "id": "demo/carrier", "enabled": true,
+            "outbound": {"enabled": true, "gateways": [
+                {"host": "127.0.0.1", "port": gw, "transport": "TRANSPORT_UDP", "priority": 1, "weight": 1}
+            ]},
+            "media": {"codecs": ["CODEC_PCMU"], "encryption": "MEDIA_ENCRYPTION_OPTIONAL", "allowSdesWithoutTls": true}
+        }],
+        "numbers": [{
+            "id": "demo/caller", "e164": "+15550001111", "trunkId": "demo/carrier", "outbound": true,
+            "agent": {"url": agent.url()}
+        }]
+    });
+    let node = MediaNode::start(&cfg, &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let outcome = dial(&node).await;
+    assert_eq!(outcome["outcome"], "answered", "{outcome}\n{}", node.log());
+    assert_eq!(
+        outcome["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "one gateway attempt, retried inside it: {outcome}"
+    );
+    let run = carrier.await.expect("join").expect("sipp");
+    run.assert_success("carrier refusing the SRTP offer, answering the plain one");
+    let invites: Vec<&str> = run.messages.split("INVITE sip:").skip(1).collect();
+    assert_eq!(invites.len(), 2, "{}", run.messages);
+    assert!(invites[1].contains("CSeq: 2 INVITE"), "{}", invites[1]);
+    assert_eq!(
+        node.metric("switchboard_sip_srtp_plain_retries_total")
+            .await,
+        1.0
+    );
 }
 
 /// The node calls a TLS gateway (baresip) whose certificate a private CA in the trunk's

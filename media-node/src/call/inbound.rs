@@ -16,11 +16,12 @@ use super::session_timer;
 use super::{CallDirection, CallMsg, Ctx, HangupReason, MediaParams, PendingCall};
 use crate::routing;
 use crate::sdp::{self, LocalMedia, Sdp};
-use crate::sip::dialog::Dialog;
+use crate::sip::dialog::{Dialog, scheme_of, wants_sips};
 use crate::sip::digest::{Check, DigestFailure, Verdict};
 use crate::sip::headers::{SipUri, uri_text};
 use crate::sip::message::{Message, reason_phrase};
 use crate::sip::transaction::{ServerRequest, random_token};
+use crate::sip::transport::Proto;
 
 /// An inbound INVITE refused before a call exists.
 struct Reject {
@@ -278,9 +279,14 @@ fn admit(
             headers: retry(),
         });
     };
-    let ruri = req.msg.request_uri().unwrap_or_default();
-    if !(ruri.starts_with("sip:") || ruri.starts_with("sips:") || ruri.starts_with("tel:")) {
+    let scheme = scheme_of(req.msg.request_uri().unwrap_or_default());
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
         return Err(Reject::new(416, "uri_scheme"));
+    }
+    if scheme == "sips" && req.peer.proto != Proto::Tls {
+        // A SIPS request promises TLS on every hop (RFC 5630 3.1.3); this one came over an
+        // unencrypted transport, so that promise is already broken.
+        return Err(Reject::new(416, "sips_without_tls"));
     }
     let mut pre_authenticated = false;
     if source_trunks.is_empty() {
@@ -524,7 +530,7 @@ fn admit(
         }
     };
 
-    let contact = ctx.contact(&user, &req.peer);
+    let contact = ctx.contact(&user, &req.peer, wants_sips(&req.msg));
     let dialog = Dialog::uas(&req.msg, local_tag, req.peer, contact)
         .map_err(|_| Reject::new(400, "malformed"))?;
     let (tx, rx) = mpsc::unbounded_channel();

@@ -697,14 +697,19 @@ impl Ctx {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Our Contact for a peer.
-    pub fn contact(&self, user: &str, peer: &crate::sip::transport::Peer) -> String {
+    /// Our Contact for a peer: a `sip:` URI with the transport, or a `sips:` one when the
+    /// peer's request asked for SIPS over TLS (RFC 5630: `sips:` means TLS, no
+    /// `transport=tls` with it).
+    pub fn contact(&self, user: &str, peer: &crate::sip::transport::Peer, sips: bool) -> String {
         let hp = self.sip.transport.advertised_hostport(peer);
         let user = if user.is_empty() {
             "switchboard".to_owned()
         } else {
             user.to_owned()
         };
+        if sips && peer.proto == crate::sip::transport::Proto::Tls {
+            return format!("<sips:{user}@{hp}>");
+        }
         match peer.proto.uri_param() {
             Some(t) => format!("<sip:{user}@{hp};transport={t}>"),
             None => format!("<sip:{user}@{hp}>"),

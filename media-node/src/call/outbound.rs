@@ -221,6 +221,30 @@ pub fn request_user(to: &str, out: &Outbound) -> String {
 }
 
 /// A gateway's port: its own, else 5061 for TLS and 5060 otherwise.
+/// For a TLS gateway, a connection whose certificate verified against the gateway's
+/// configured host (rustls: the name the trunk names, not an address from DNS), opened
+/// unless one is open, before any request goes out: calls, registrations and health checks
+/// then fail at once with the handshake's reason. Nothing to do for other transports.
+pub(crate) async fn connect_gateway_tls(
+    ctx: &Ctx,
+    g: &Gateway,
+    dest: &Peer,
+    tls: Option<&switchboard_proto::v1alpha1::TlsClient>,
+) -> Result<(), String> {
+    if dest.proto != Proto::Tls {
+        return Ok(());
+    }
+    let default = switchboard_proto::v1alpha1::TlsClient::default();
+    let config = crate::sip::transport::tls::cached_client_config(tls.unwrap_or(&default))
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    let name = g.host.trim_start_matches('[').trim_end_matches(']');
+    ctx.sip
+        .transport
+        .connect_tls(dest.addr, name, config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 pub(crate) fn gateway_port(g: &Gateway) -> u16 {
     let default = if g.transport() == Transport::Tls {
         5061
@@ -459,26 +483,17 @@ async fn attempt(
             key: crate::media::srtp::MasterKey::random(
                 crate::media::srtp::Suite::AesCm128HmacSha1_80,
             ),
-            // Optional: RTP/AVP with a key (best-effort SRTP), which peers without SRTP
-            // answer in plain RTP instead of refusing, so no retry is needed.
+            // Optional: RTP/AVP with a key (best-effort SRTP, RFC 8643), which most peers
+            // without SRTP answer in plain RTP; one that refuses it with 488 or 606 gets the
+            // same INVITE again without the key (below).
             savp: e == sdp::Encryption::Required,
         }),
     };
-    if dest.proto == Proto::Tls {
-        // Connect and verify the gateway's certificate against its configured name first:
-        // a wrong certificate fails this attempt now, with the reason, and the next gateway
-        // is tried.
-        let default = switchboard_proto::v1alpha1::TlsClient::default();
-        let config =
-            match crate::sip::transport::tls::client_config(out.tls.as_ref().unwrap_or(&default)) {
-                Ok(c) => c,
-                Err(e) => return TryResult::Error(format!("TLS settings: {e}")),
-            };
-        let name = g.host.trim_start_matches('[').trim_end_matches(']');
-        if let Err(e) = ctx.sip.transport.connect_tls(dest.addr, name, config).await {
-            tracing::warn!(gateway = %g.host, error = %e, "TLS connection to the gateway failed");
-            return TryResult::Error(e.to_string());
-        }
+    // A wrong certificate fails this attempt now, with the reason, and the next gateway is
+    // tried.
+    if let Err(e) = connect_gateway_tls(ctx, g, &dest, out.tls.as_ref()).await {
+        tracing::warn!(gateway = %g.host, error = %e, "TLS connection to the gateway failed");
+        return TryResult::Error(e);
     }
     let gw_host = crate::sip::headers::host_port(&dest.addr);
     let user = request_user(to, out);
@@ -500,7 +515,7 @@ async fn attempt(
         random_token(10)
     );
     let to_hdr = format!("<sip:{user}@{gw_host}>");
-    let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest);
+    let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest, false);
 
     let trunk_max = routing::channel_share(trunk);
     let guard = match ctx.calls.admit(
@@ -520,7 +535,7 @@ async fn attempt(
         Ok(s) => s,
         Err(e) => return TryResult::Error(e.to_string()),
     };
-    let local = LocalMedia {
+    let mut local = LocalMedia {
         session_id: rand::random::<u32>() as u64,
         version: 1,
         ip: media_ip,
@@ -533,12 +548,15 @@ async fn attempt(
         .iter()
         .map(|c| (sdp::static_pt(*c), sdp::name(*c)))
         .collect();
-    let offer = sdp::build(
-        &local,
-        &fmts,
-        want_dtmf.then_some(101),
-        sdp::Direction::SendRecv,
-    );
+    let build_offer = |local: &LocalMedia| {
+        sdp::build(
+            local,
+            &fmts,
+            want_dtmf.then_some(101),
+            sdp::Direction::SendRecv,
+        )
+    };
+    let mut offer = build_offer(&local);
 
     let ringing_secs = if out.ringing_timeout_seconds == 0 {
         60
@@ -658,6 +676,23 @@ async fn attempt(
                 &random_token(16),
             );
             auth = Some((auth_name, value));
+            cseq += 1;
+            continue;
+        }
+        if (code == 488 || code == 606)
+            && srtp_policy.encryption == sdp::Encryption::Optional
+            && local.crypto.is_some()
+        {
+            // The peer refuses SRTP offers: try once more in plain RTP, as a new INVITE in
+            // the same call (RFC 3261 14.1 ordering: next CSeq). The digest credentials
+            // are dropped with it, so the carrier challenges afresh rather than seeing a
+            // reused nonce count.
+            tracing::info!(%call_id, gateway = %gw_host, code, "SRTP offer refused; retrying without a key");
+            ctx.metrics.srtp_plain_retries.inc();
+            local.crypto = None;
+            offer = build_offer(&local);
+            auth = None;
+            auth_tries = 0;
             cseq += 1;
             continue;
         }

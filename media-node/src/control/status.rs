@@ -42,10 +42,10 @@ pub(super) fn build(
             registered: r.state == "registered",
             last_status_code: r.last_code.map(u32::from).unwrap_or(0),
             expires_at_unix: 0,
-            error: if r.state == "registered" {
-                String::new()
-            } else {
-                format!("registration {}", r.state)
+            error: match (r.state, r.error) {
+                ("registered", _) => String::new(),
+                (_, Some(e)) => e,
+                (state, None) => format!("registration {state}"),
             },
             trunk_id: r.trunk_id,
         })
@@ -72,6 +72,7 @@ pub(super) fn build(
                     .rtt_ms
                     .map(|r| u32::try_from(r).unwrap_or(u32::MAX))
                     .unwrap_or(0),
+                error: g.error.unwrap_or_default(),
             }
         })
         .collect();

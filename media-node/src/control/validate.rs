@@ -90,7 +90,7 @@ fn trunk(t: &Trunk) -> Result<(), String> {
         }
     }
     if let Some(tls) = t.outbound.as_ref().and_then(|o| o.tls.as_ref()) {
-        crate::sip::transport::tls::client_config(tls)
+        crate::sip::transport::tls::cached_client_config(tls)
             .map_err(|e| format!("trunk {}: outbound.tls: {e}", t.id))?;
     }
     for g in t.outbound.iter().flat_map(|o| o.gateways.iter()) {

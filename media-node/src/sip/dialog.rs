@@ -25,6 +25,28 @@ fn contact_target(contact: &str) -> Option<String> {
         .then(|| uri.to_owned())
 }
 
+/// The scheme of a URI (or of the first URI in a header value), lower-cased: SIP schemes
+/// are case-insensitive (RFC 3261 19.1.4).
+pub fn scheme_of(uri_or_header: &str) -> String {
+    let uri = uri_text(uri_or_header).trim_start();
+    uri.split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// True when our Contact in the answer to `request` must be a SIPS URI (RFC 3261 12.1.1):
+/// its Request-URI is `sips:`, or its top Record-Route is, or (no Record-Route) its Contact.
+pub fn wants_sips(request: &Message) -> bool {
+    let sips = |v: &str| scheme_of(v) == "sips";
+    if request.request_uri().is_some_and(sips) {
+        return true;
+    }
+    match request.headers_named("Record-Route").next() {
+        Some(top) => sips(top),
+        None => request.header("Contact").is_some_and(sips),
+    }
+}
+
 /// One dialog, from our point of view.
 #[derive(Debug, Clone)]
 pub struct Dialog {
@@ -209,6 +231,47 @@ mod tests {
             proto: Proto::Udp,
             addr: "10.0.0.9:5060".parse().expect("addr"),
         }
+    }
+
+    #[test]
+    fn sips_is_wanted_by_the_request_uri_the_top_record_route_or_the_contact() {
+        let cases: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+            ("sip:+1555@10.0.0.1", None, Some("<sip:a@10.0.0.9>"), false),
+            ("sips:+1555@10.0.0.1", None, Some("<sip:a@10.0.0.9>"), true),
+            ("SIPS:+1555@10.0.0.1", None, None, true),
+            ("sip:+1555@10.0.0.1", None, Some("<sips:a@10.0.0.9>"), true),
+            (
+                "sip:+1555@10.0.0.1",
+                Some("<sips:p@10.0.0.2;lr>"),
+                Some("<sip:a@10.0.0.9>"),
+                true,
+            ),
+            // A Record-Route decides over the Contact.
+            (
+                "sip:+1555@10.0.0.1",
+                Some("<sip:p@10.0.0.2;lr>"),
+                Some("<sips:a@10.0.0.9>"),
+                false,
+            ),
+            (
+                "sip:+1555@10.0.0.1",
+                None,
+                Some("\"Sips\" <sip:a@10.0.0.9>"),
+                false,
+            ),
+        ];
+        for (ruri, rr, contact, want) in cases {
+            let mut m = Message::request(Method::Invite, *ruri);
+            if let Some(rr) = rr {
+                m.push_header("Record-Route", rr);
+            }
+            if let Some(c) = contact {
+                m.push_header("Contact", c);
+            }
+            assert_eq!(wants_sips(&m), *want, "{ruri} {rr:?} {contact:?}");
+        }
+        assert_eq!(scheme_of("tel:+1555"), "tel");
+        assert_eq!(scheme_of("no scheme"), "");
     }
 
     fn invite() -> Message {

@@ -440,6 +440,10 @@ pub struct GatewayStatus {
     /// Round-trip time of the last health check in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round_trip_ms: Option<u32>,
+    /// Why the last health check failed: no answer, a 5xx, or the TLS handshake's error
+    /// (a certificate not valid for the host, expired, or from an untrusted CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Programmed nodes out of all nodes.

@@ -35,6 +35,22 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
 }
 
+/// Longest gateway error carried into status (a node's report is bounded before it reaches
+/// the API server).
+const MAX_GATEWAY_ERROR: usize = 256;
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// What the operator knows of one node.
 #[derive(Clone, Debug, Default)]
 pub struct NodeView {
@@ -398,16 +414,21 @@ pub fn build<'a>(
                     last_response_code: (best.last_status_code > 0)
                         .then_some(best.last_status_code),
                     round_trip_ms: best.healthy.then_some(best.round_trip_ms),
+                    error: (!best.healthy && !best.error.is_empty())
+                        .then(|| bounded(&best.error, MAX_GATEWAY_ERROR)),
                 });
             }
         }
         let degraded = if gateways.is_empty() {
             None
         } else {
-            let down: Vec<&str> = gateways
+            let down: Vec<String> = gateways
                 .iter()
                 .filter(|g| !g.healthy)
-                .map(|g| g.host.as_str())
+                .map(|g| match &g.error {
+                    Some(e) => format!("{} ({e})", g.host),
+                    None => g.host.clone(),
+                })
                 .collect();
             Some(if down.is_empty() {
                 Verdict {
@@ -600,6 +621,7 @@ mod tests {
                 healthy: false,
                 last_status_code: 503,
                 round_trip_ms: 0,
+                error: "OPTIONS answered 503".into(),
             }],
             sip_addresses: vec!["10.0.0.1:5060".into()],
             ..Default::default()
@@ -631,8 +653,18 @@ mod tests {
                 .is_some_and(|r| r.ok && r.message.contains("node b"))
         );
         let d = t.degraded.as_ref().expect("degraded");
-        assert!(d.ok && d.message.contains("gw:5060"));
+        assert!(d.ok && d.message.contains("gw:5060 (OPTIONS answered 503)"));
+        assert_eq!(t.gateways[0].error.as_deref(), Some("OPTIONS answered 503"));
         assert_eq!(t.gateways[0].last_response_code, Some(503));
         assert_eq!(v.node_calls["a"], 3);
+    }
+
+    #[test]
+    fn a_long_gateway_error_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_GATEWAY_ERROR);
+        let cut = bounded(&long, MAX_GATEWAY_ERROR);
+        assert!(cut.len() <= MAX_GATEWAY_ERROR + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("short", MAX_GATEWAY_ERROR), "short");
     }
 }

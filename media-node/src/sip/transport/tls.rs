@@ -7,9 +7,10 @@
 //! [`RELOAD_INTERVAL`] without dropping connections, and a bad pair is logged and ignored
 //! (the previous one stays in use).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -225,6 +226,50 @@ pub fn client_config(tls: &TlsClient) -> Result<Arc<rustls::ClientConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// Most distinct trunk TLS settings kept built; past it the cache starts over (settings
+/// come from the operator, so this only bounds churn from many configuration changes).
+const MAX_CACHED_CLIENT_CONFIGS: usize = 1024;
+
+type ClientConfigs = Mutex<HashMap<[u8; 32], Arc<rustls::ClientConfig>>>;
+
+fn client_configs() -> &'static ClientConfigs {
+    static CONFIGS: OnceLock<ClientConfigs> = OnceLock::new();
+    CONFIGS.get_or_init(Default::default)
+}
+
+/// SHA-256 over the settings, each length-prefixed: the cache key, so the map holds no
+/// key material of its own.
+fn settings_digest(tls: &TlsClient) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [&tls.ca_pem, &tls.client_cert_pem, &tls.client_key_pem] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// [`client_config`], built once per distinct setting and shared: connection attempts and
+/// health checks do not re-parse the roots and the trunk's PEM each time, and TLS sessions
+/// to a gateway resume (rustls keeps its session cache in the configuration).
+pub fn cached_client_config(tls: &TlsClient) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let digest = settings_digest(tls);
+    let configs = client_configs();
+    if let Some(c) = configs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&digest)
+    {
+        return Ok(c.clone());
+    }
+    let built = client_config(tls)?;
+    let mut map = configs.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_CACHED_CLIENT_CONFIGS {
+        map.clear();
+    }
+    Ok(map.entry(digest).or_insert(built).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +286,33 @@ mod tests {
 
     fn names(store: &CertStore) -> Vec<u8> {
         store.current.read().expect("lock").cert[0].to_vec()
+    }
+
+    #[test]
+    fn client_configs_are_built_once_per_distinct_setting() {
+        let ca = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = params.self_signed(&ca).expect("ca").pem();
+        let with_ca = TlsClient {
+            ca_pem,
+            ..Default::default()
+        };
+        let a = cached_client_config(&with_ca).expect("config");
+        let b = cached_client_config(&with_ca.clone()).expect("config");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same settings share one configuration"
+        );
+        let plain = cached_client_config(&TlsClient::default()).expect("config");
+        assert!(!Arc::ptr_eq(&a, &plain), "other settings get their own");
+        // A refused setting is an error every time, never cached as something else.
+        let bad = TlsClient {
+            ca_pem: "not a certificate".into(),
+            ..Default::default()
+        };
+        assert!(cached_client_config(&bad).is_err());
+        assert!(cached_client_config(&bad).is_err());
     }
 
     #[test]
