@@ -94,6 +94,15 @@ fn baresip_files(dir: &Path, port: u16, account: &str) {
     std::fs::write(dir.join("accounts"), format!("{account}\n")).expect("accounts");
 }
 
+/// Adds baresip's UDP console (`cons` module) on `port`: commands such as `/sndcode 1`
+/// (RFC 4733 digits in the call) sent there as datagrams.
+fn baresip_console(dir: &Path, port: u16) {
+    let path = dir.join("config");
+    let mut cfg = std::fs::read_to_string(&path).expect("config");
+    cfg.push_str(&format!("module cons.so\ncons_listen 127.0.0.1:{port}\n"));
+    std::fs::write(path, cfg).expect("config");
+}
+
 /// Whether something listens on UDP `port` (IPv4), from /proc/net/udp.
 fn udp_bound(port: u16) -> bool {
     let needle = format!(":{port:04X} ");
@@ -344,11 +353,12 @@ async fn outbound_srtp_call_to_baresip_carries_audio_both_ways() {
     })
     .await;
     conn.send_media(&ulaw_pattern(100, 3));
+    // Two seconds of baresip's audio: by then it has heard the agent's two seconds too.
     conn.wait_until("baresip's audio, decrypted", Duration::from_secs(10), |c| {
         let audio = c.audio();
         let mut seen = [false; 256];
         audio.iter().for_each(|b| seen[usize::from(*b)] = true);
-        audio.len() >= 8000 && seen.iter().filter(|s| **s).count() > 20
+        audio.len() >= 16000 && seen.iter().filter(|s| **s).count() > 20
     })
     .await;
     let call_id = outcome["call_id"].as_str().expect("call_id");
@@ -805,6 +815,8 @@ async fn srtp_call_over_tls_from_baresip() {
         free_port_pair(),
         "<sip:caller@127.0.0.1;transport=tls>;regint=0;mediaenc=srtp-mand",
     );
+    let console_port = switchboard_tests::node::free_port();
+    baresip_console(&phone, console_port);
     let call = async {
         let child = tokio::process::Command::new("baresip")
             .arg("-f")
@@ -838,6 +850,27 @@ async fn srtp_call_over_tls_from_baresip() {
         })
         .await;
         conn.send_media(&ulaw_pattern(100, 5));
+        // Digits typed on baresip's console go out as RFC 4733 events, inside SRTP; one
+        // command per digit, each once the previous one arrived (baresip drops digits typed
+        // faster than it sends them).
+        let console = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("console socket");
+        let mut want = String::new();
+        for d in ['1', '9', '#'] {
+            console
+                .send_to(
+                    format!("/sndcode {d}\n").as_bytes(),
+                    ("127.0.0.1", console_port),
+                )
+                .await
+                .expect("console command");
+            want.push(d);
+            conn.wait_until(&format!("digits {want}"), Duration::from_secs(5), |c| {
+                c.digits() == want
+            })
+            .await;
+        }
         conn.wait_until("the caller's audio", Duration::from_secs(10), |c| {
             c.audio().len() >= 8000
         })
@@ -1032,8 +1065,9 @@ async fn outbound_call_over_tls_verifies_the_gateway_and_carries_srtp() {
     })
     .await;
     conn.send_media(&ulaw_pattern(100, 4));
+    // Two seconds of baresip's audio: by then it has heard the agent's two seconds too.
     conn.wait_until("baresip's audio", Duration::from_secs(10), |c| {
-        c.audio().len() >= 8000
+        c.audio().len() >= 16000
     })
     .await;
     assert_eq!(

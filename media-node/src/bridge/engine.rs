@@ -93,6 +93,8 @@ pub(crate) struct EngineSettings {
     /// RTP and RTCP only from these networks (the trunk's `mediaSource: SignallingNetwork`);
     /// empty accepts any source the learning rules accept.
     pub networks: Vec<Cidr>,
+    /// The IP of the call's SIP peer (trusted like the SDP address when learning).
+    pub signalling_ip: Option<std::net::IpAddr>,
 }
 
 /// The drop counters, resolved once per call so that a flood of dropped packets costs an
@@ -222,7 +224,8 @@ impl Engine {
         let sender = RtpSender::new(ssrc, media.payload_type, rand::random(), rand::random());
         // The learning window opens now: the engine starts when the call is confirmed (ACK).
         let learner = SourceLearner::new(settings.learning, media.remote, Duration::ZERO)
-            .restrict_to(settings.networks.clone());
+            .restrict_to(settings.networks.clone())
+            .trust_signalling(settings.signalling_ip);
         let srtp = srtp_session(&call_id, media.srtp.as_ref());
         Engine {
             srtp,
@@ -821,6 +824,7 @@ mod tests {
             jitter_max: Duration::from_millis(10),
             learning: LearningConfig::default(),
             networks: Vec::new(),
+            signalling_ip: None,
         };
         let c = jitter_config(Law::Alaw, &s);
         assert_eq!(c.silence, g711::ALAW_SILENCE);

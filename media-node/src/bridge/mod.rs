@@ -314,6 +314,7 @@ impl CallHandler for BridgeHandler {
             jitter_max: self.cfg.jitter_max,
             learning: self.cfg.learning,
             networks: std::mem::take(&mut call.media_networks),
+            signalling_ip: call.signalling_ip,
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();

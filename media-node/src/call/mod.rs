@@ -219,6 +219,9 @@ pub struct AnsweredCall {
     /// Networks RTP may come from (the trunk's `media.mediaSource:
     /// SignallingNetwork`); empty: any source the learning rules accept.
     pub media_networks: Vec<crate::routing::acl::Cidr>,
+    /// The IP the call's SIP came from (inbound) or went to (outbound): RTP from it is
+    /// trusted like the SDP address when the source is learned.
+    pub signalling_ip: Option<std::net::IpAddr>,
 }
 
 /// The networks a call's media must come from and go to under the trunk's

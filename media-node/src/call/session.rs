@@ -264,6 +264,7 @@ impl Session {
             prepared: self.prepared.take(),
             rtp_timeout: self.rtp_timeout,
             media_networks: self.media_networks.clone(),
+            signalling_ip: Some(self.dialog.peer.addr.ip()),
         };
         self.handler = Some(self.ctx.handler.on_answered(call));
     }

@@ -12,6 +12,9 @@
 //!    and only after the signalled address had a head start of
 //!    [`LearningConfig::head_start`] to speak first. A packet from the current send address
 //!    closes the window early: once the right peer is talking nobody else can take over.
+//!    A candidate from the IP the call's signalling came from (a peer behind NAT whose SDP
+//!    names its private address) is as trusted as the SDP address and needs no head start,
+//!    only the probation: its first words are not lost.
 //! 3. Nothing is ever learned because the current source fell silent.
 //! 4. Optionally ([`SourceLearner::restrict_to`]) only sources inside given networks (the
 //!    trunk's signalling network) are considered at all.
@@ -19,7 +22,7 @@
 //! Pure logic: input is a packet's source, its RTP identity and the time; output is accept or
 //! drop and the address to send to. No allocation per packet.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::routing::acl::{Cidr, normalize};
@@ -95,6 +98,8 @@ pub struct SourceLearner {
     locked: bool,
     candidates: [Option<Candidate>; CANDIDATES],
     networks: Vec<Cidr>,
+    /// The IP of the call's SIP peer.
+    signalling: Option<IpAddr>,
 }
 
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
@@ -115,7 +120,15 @@ impl SourceLearner {
             locked: false,
             candidates: [None; CANDIDATES],
             networks: Vec::new(),
+            signalling: None,
         }
+    }
+
+    /// Trusts `ip`, the address the call's SIP came from or went to, like the SDP address
+    /// for learning: a candidate from it needs no head start.
+    pub fn trust_signalling(mut self, ip: Option<IpAddr>) -> Self {
+        self.signalling = ip.map(normalize);
+        self
     }
 
     /// Accepts (and learns) only sources inside `networks`; empty allows any source.
@@ -191,7 +204,9 @@ impl SourceLearner {
         }
         let probation = self.cfg.probation.max(1);
         let count = self.track(from, ssrc, seq, now);
-        if count >= probation && now.saturating_sub(self.opened_at) >= self.cfg.head_start {
+        let head_start_over = now.saturating_sub(self.opened_at) >= self.cfg.head_start
+            || self.signalling == Some(from.ip());
+        if count >= probation && head_start_over {
             self.current = Some(from);
             self.locked = true;
             self.candidates = [None; CANDIDATES];
@@ -256,6 +271,45 @@ mod tests {
 
     fn learner() -> SourceLearner {
         SourceLearner::new(LearningConfig::default(), Some(addr(SDP)), ms(0))
+    }
+
+    #[test]
+    fn a_peer_behind_nat_at_the_signalling_ip_is_learned_after_probation_only() {
+        // SDP names a private address; packets come from the public IP the INVITE came from.
+        let nat = addr("203.0.113.7:31000");
+        let mut l = SourceLearner::new(
+            LearningConfig::default(),
+            Some(addr("10.1.2.3:4000")),
+            ms(0),
+        )
+        .trust_signalling(Some("203.0.113.7".parse().expect("ip")));
+        for (i, seq) in (100u16..103).enumerate() {
+            assert_eq!(
+                l.on_packet(nat, 7, seq, ms(20 * i as u64)),
+                Verdict::Drop,
+                "probation"
+            );
+        }
+        assert_eq!(
+            l.on_packet(nat, 7, 103, ms(60)),
+            Verdict::Learned,
+            "no head start to wait"
+        );
+        assert_eq!(l.current(), Some(nat));
+        // Another IP still waits for the head start (and here the window is locked anyway).
+        let mut other = SourceLearner::new(
+            LearningConfig::default(),
+            Some(addr("10.1.2.3:4000")),
+            ms(0),
+        )
+        .trust_signalling(Some("203.0.113.7".parse().expect("ip")));
+        let stranger = addr("198.51.100.9:5000");
+        for (i, seq) in (100u16..110).enumerate() {
+            assert_eq!(
+                other.on_packet(stranger, 7, seq, ms(20 * i as u64)),
+                Verdict::Drop
+            );
+        }
     }
 
     #[test]
