@@ -52,6 +52,7 @@ pub fn router(ctx: Arc<Ctx>, debug_routes: bool, admin_token: Option<String>) ->
             .route("/debug/calls", get(calls))
             .route("/debug/registrations", get(registrations))
             .route("/debug/gateways", get(gateways))
+            .route("/debug/panic", post(inject_panic))
     } else {
         app
     };
@@ -206,11 +207,40 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     if ctx.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned())
     } else if !ctx.routing.is_programmed() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not programmed")
+        (StatusCode::SERVICE_UNAVAILABLE, "not programmed".to_owned())
+    } else if let Err(failing) = ctx.tasks.readiness() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("task failed: {failing}"),
+        )
     } else {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PanicRequest {
+    task: String,
+}
+
+/// Makes a supervised task panic, to see supervision work (`--debug-routes` only).
+async fn inject_panic(
+    State(ctx): State<Arc<Ctx>>,
+    Json(req): Json<PanicRequest>,
+) -> impl IntoResponse {
+    if ctx.tasks.inject_panic(&req.task) {
+        (StatusCode::ACCEPTED, String::new())
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no task {:?}; tasks: {}",
+                req.task,
+                ctx.tasks.tasks().join(", ")
+            ),
+        )
     }
 }
 

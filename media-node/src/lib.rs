@@ -26,4 +26,5 @@ pub mod routing;
 pub mod sdes;
 pub mod sdp;
 pub mod sip;
+pub mod supervisor;
 pub mod webhook;

@@ -141,6 +141,7 @@ fn advertise(cfg: &NodeConfig) -> anyhow::Result<Advertise> {
 /// Runs the node until a drain completes.
 pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let tasks = crate::supervisor::Supervisor::new(metrics.registry());
     handler.register_metrics(metrics.registry());
     let routing = RoutingStore::default();
     match &cfg.config {
@@ -173,7 +174,7 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
             let store =
                 CertStore::open(&t.cert, &t.key).context("loading the SIP TLS certificate")?;
             let acceptor = store.acceptor().context("setting up SIP TLS")?;
-            tokio::spawn(store.watch());
+            tasks.spawn_restarting("tls-cert-reload", move || store.clone().watch());
             Some(Listener {
                 bind: t.bind,
                 acceptor,
@@ -190,12 +191,18 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         rate,
         metrics.clone(),
         tls,
+        &tasks,
     )
     .await
     .with_context(|| format!("binding SIP on {:?} (TLS {tls_bind:?})", cfg.sip_bind))?;
     tracing::info!(addrs = ?transport.local, tls = ?tls_bind, "SIP listening (UDP and TCP, TLS when set)");
-    let (sip, tu_events) =
-        TransactionLayer::start(transport, incoming, metrics.clone(), cfg.transactions);
+    let (sip, tu_events) = TransactionLayer::start(
+        transport,
+        incoming,
+        metrics.clone(),
+        cfg.transactions,
+        &tasks,
+    );
     // The call tracker wraps the media handler so the call API and status
     // webhooks learn when calls are answered and end.
     let webhooks = crate::webhook::Webhooks::new(cfg.webhooks.clone(), metrics.registry())
@@ -221,13 +228,17 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         draining: Default::default(),
         health: Default::default(),
         registrations: Default::default(),
+        tasks: tasks.clone(),
     });
     if let Some(control) = &cfg.control {
         start_control(&cfg, control, ctx.clone()).await?;
     }
-    tokio::spawn(dispatch::run(ctx.clone(), tu_events));
-    tokio::spawn(crate::health::run(ctx.clone()));
-    tokio::spawn(crate::register::run(ctx.clone()));
+    // Holds the transaction layer's only event channel: critical.
+    tasks.spawn_critical("sip-dispatch", dispatch::run(ctx.clone(), tu_events));
+    let c = ctx.clone();
+    tasks.spawn_restarting("gateway-health", move || crate::health::run(c.clone()));
+    let c = ctx.clone();
+    tasks.spawn_restarting("registrations", move || crate::register::run(c.clone()));
 
     if let Some(api) = &cfg.api {
         let state = crate::api::Api {
@@ -244,7 +255,8 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         .with_context(|| format!("binding admin HTTP on {}", cfg.http_bind))?;
     tracing::info!(addr = %cfg.http_bind, "admin HTTP listening");
     let app = crate::admin::router(ctx.clone(), cfg.debug_routes, cfg.admin_token.clone());
-    tokio::spawn(async move {
+    // The probes and metrics live here: without it the pod is restarted anyway.
+    tasks.spawn_critical("admin-http", async move {
         // The peer address decides who may POST /drain.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
@@ -269,6 +281,13 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            reason = tasks.fatal() => {
+                // Not ready already; calls in progress keep their media while they last.
+                tracing::error!(%reason, "a critical task failed: draining, then exiting");
+                ctx.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                drain(&ctx, cfg.drain_grace).await;
+                anyhow::bail!("{reason}");
+            }
         }
     }
     drain(&ctx, cfg.drain_grace).await;
@@ -313,6 +332,7 @@ async fn start_control(
         &ctx.sip.transport.local,
         cfg.tls.as_ref(),
     );
+    let tasks = ctx.tasks.clone();
     let service = ControlService::new(ctx, cfg.node_id.clone(), addresses);
     // Bind first so a port clash fails the start instead of a background task.
     let listener = std::net::TcpListener::bind(control.bind)
@@ -320,7 +340,8 @@ async fn start_control(
     drop(listener);
     let bind = control.bind;
     let secure = tls.is_some();
-    tokio::spawn(async move {
+    // The operator's only way to program the node: without it the node runs stale routing.
+    tasks.spawn_critical("control", async move {
         if let Err(e) = serve(bind, service, tls, TokenCheck::new(token)).await {
             tracing::error!(error = %e, "control service stopped");
         }

@@ -287,3 +287,94 @@ async fn admin_debug_routes_only_with_the_flag() {
     let (status, body) = on.http("GET", "/debug/calls", None).await.expect("admin");
     assert_eq!((status, body.trim()), (200, "[]"));
 }
+
+/// A supervised task that panics (injected through `POST /debug/panic`) makes the node
+/// unready within a second and is counted; a restartable one (the gateway health checks)
+/// comes back after its back-off and the node is ready again, still answering SIP.
+#[tokio::test]
+async fn a_panicking_task_makes_the_node_unready_until_it_is_restarted() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url()), &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let (status, body) = node
+        .http(
+            "POST",
+            "/debug/panic",
+            Some(&json!({"task": "no-such-task"})),
+        )
+        .await
+        .expect("request");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("gateway-health") && body.contains("sip-dispatch"),
+        "{body}"
+    );
+    let (status, _) = node
+        .http(
+            "POST",
+            "/debug/panic",
+            Some(&json!({"task": "gateway-health"})),
+        )
+        .await
+        .expect("request");
+    assert_eq!(status, 202);
+    eventually("readiness false", Duration::from_secs(1), || async {
+        match node.http("GET", "/readyz", None).await {
+            Ok((503, body)) if body.contains("gateway-health") && body.contains("panicked") => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        node.metric(r#"switchboard_task_failures_total{kind="panic",task="gateway-health"}"#)
+            .await,
+        1.0
+    );
+    // Restarted after 1 s, ready once it has run 5 s.
+    eventually("ready again", Duration::from_secs(15), || async {
+        match node.http("GET", "/readyz", None).await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status_of(&options(node.sip).await), Some(200));
+    assert!(
+        node.log().contains("supervised task failed"),
+        "{}",
+        node.log()
+    );
+}
+
+/// A critical task (the SIP dispatcher, which owns the transaction layer's event channel)
+/// that panics makes the node unready, drain and exit with a failure status, so Kubernetes
+/// starts a fresh process.
+#[tokio::test]
+async fn a_critical_task_panic_drains_and_exits_with_failure() {
+    let agent = TestAgent::start().await.expect("agent");
+    let mut node = MediaNode::start(&config(&agent.url()), &["--debug-routes"])
+        .await
+        .expect("node starts");
+    let (status, _) = node
+        .http(
+            "POST",
+            "/debug/panic",
+            Some(&json!({"task": "sip-dispatch"})),
+        )
+        .await
+        .expect("request");
+    assert_eq!(status, 202);
+    let exit = node
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the node exits after its drain");
+    assert!(!exit.success(), "exit status {exit}");
+    let log = node.log();
+    assert!(
+        log.contains("a critical task failed") && log.contains("sip-dispatch"),
+        "{log}"
+    );
+}

@@ -692,6 +692,8 @@ pub struct Ctx {
     pub registrations: Registrations,
     /// Per-trunk outbound queues (concurrent share and CPS pacing).
     pub pacing: pacing::Pacing,
+    /// The node's supervised long-lived tasks (readiness follows them).
+    pub tasks: crate::supervisor::Supervisor,
 }
 
 impl Ctx {

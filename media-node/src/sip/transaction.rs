@@ -397,6 +397,7 @@ impl TransactionLayer {
         incoming: mpsc::Receiver<Incoming>,
         metrics: Metrics,
         limits: TxnLimits,
+        tasks: &crate::supervisor::Supervisor,
     ) -> (SipHandle, mpsc::UnboundedReceiver<TuEvent>) {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (tu_tx, tu_rx) = mpsc::unbounded_channel();
@@ -411,7 +412,8 @@ impl TransactionLayer {
             pending_2xx: HashMap::new(),
             timers: DelayQueue::new(),
         };
-        tokio::spawn(layer.run(incoming, cmd_rx));
+        // It owns every transaction: nothing could rebuild them after a restart.
+        tasks.spawn_critical("sip-transactions", layer.run(incoming, cmd_rx));
         (
             SipHandle {
                 cmd: cmd_tx,

@@ -174,8 +174,9 @@ pub struct Transport {
 
 impl Transport {
     /// Binds UDP and TCP on every address (and TLS when `tls` is given),
-    /// spawns the receive loops and returns the transport plus the stream of
+    /// starts the receive loops under `tasks` and returns the transport plus the stream of
     /// accepted messages.
+    #[allow(clippy::too_many_arguments)] // each is a distinct part of the node's set-up
     pub async fn bind(
         binds: &[SocketAddr],
         advertise: Advertise,
@@ -184,6 +185,7 @@ impl Transport {
         rate: RateLimiter,
         metrics: Metrics,
         tls: Option<tls::Listener>,
+        tasks: &crate::supervisor::Supervisor,
     ) -> std::io::Result<(Arc<Transport>, mpsc::Receiver<Incoming>)> {
         let (tx, rx) = mpsc::channel(4096);
         let recv = Arc::new(Receiver {
@@ -198,16 +200,26 @@ impl Transport {
         for addr in binds {
             let sock = Arc::new(udp::bind(*addr)?);
             local.push(sock.local_addr()?);
-            tokio::spawn(udp::receive_loop(sock.clone(), recv.clone()));
+            let at = sock.local_addr()?;
+            let (s, r) = (sock.clone(), recv.clone());
+            tasks.spawn_restarting(&format!("sip-udp-{at}"), move || {
+                udp::receive_loop(s.clone(), r.clone())
+            });
             udp.push(sock);
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            tokio::spawn(tcp::accept_loop(listener, tcp.clone()));
+            let listener = Arc::new(tokio::net::TcpListener::bind(addr).await?);
+            let c = tcp.clone();
+            tasks.spawn_restarting(&format!("sip-tcp-accept-{at}"), move || {
+                tcp::accept_loop(listener.clone(), c.clone())
+            });
         }
         let tls = match tls {
             Some(l) => {
                 let conns = Arc::new(tcp::Connections::tls(recv.clone(), tcp_limits, l.acceptor));
-                let listener = tokio::net::TcpListener::bind(l.bind).await?;
-                tokio::spawn(tcp::accept_loop(listener, conns.clone()));
+                let listener = Arc::new(tokio::net::TcpListener::bind(l.bind).await?);
+                let c = conns.clone();
+                tasks.spawn_restarting("sip-tls-accept", move || {
+                    tcp::accept_loop(listener.clone(), c.clone())
+                });
                 Some(conns)
             }
             None => None,

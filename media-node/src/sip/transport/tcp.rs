@@ -533,7 +533,7 @@ impl Connections {
 }
 
 /// Accepts connections forever, refusing those over the caps.
-pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, conns: Arc<Connections>) {
+pub(crate) async fn accept_loop(listener: Arc<tokio::net::TcpListener>, conns: Arc<Connections>) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(v) => v,
