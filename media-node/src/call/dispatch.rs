@@ -75,6 +75,13 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
         }
         return;
     }
+    // A Request-URI we cannot have been meant by (RFC 3261 8.2.2.1, RFC 4475 3.3.2/3.3.3).
+    let scheme = crate::sip::dialog::scheme_of(req.msg.request_uri().unwrap_or_default());
+    if method != Method::Ack && !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+        ctx.metrics.reject("uri_scheme");
+        reply(ctx, &req, 416);
+        return;
+    }
     if let Some(tag) = to_tag(&req.msg) {
         let call_id = req.msg.call_id().unwrap_or_default().to_owned();
         // The full dialog id: Call-ID and both tags (RFC 3261 12.2.2); a
@@ -101,6 +108,19 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
             tokio::spawn(super::inbound::handle_invite(ctx.clone(), req));
         }
         Method::Options => {
+            let unsupported = super::unsupported_requirements(&req.msg);
+            if !unsupported.is_empty() {
+                // RFC 3261 8.2.2.3 (RFC 4475 3.3.5): Proxy-Require is for proxies; ignored.
+                ctx.metrics.reject("bad_extension");
+                let mut resp = req.msg.response(
+                    420,
+                    reason_phrase(420),
+                    Some(&crate::sip::transaction::random_token(8)),
+                );
+                resp.add("Unsupported", unsupported.join(", "));
+                ctx.sip.respond(&req.id, resp);
+                return;
+            }
             let code = if ctx.is_draining() || !ctx.routing.is_programmed() {
                 503
             } else {

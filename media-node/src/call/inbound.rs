@@ -370,13 +370,7 @@ fn admit(
         }
     }
     // Requirements we cannot meet (RFC 3261 8.2.2.3).
-    let unsupported: Vec<String> = req
-        .msg
-        .headers_named("Require")
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
-        .collect();
+    let unsupported = super::unsupported_requirements(&req.msg);
     if !unsupported.is_empty() {
         return Err(Reject {
             code: 420,

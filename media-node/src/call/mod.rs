@@ -224,6 +224,16 @@ pub struct AnsweredCall {
     pub signalling_ip: Option<std::net::IpAddr>,
 }
 
+/// The option tags of a request's `Require` that the node does not support (RFC 3261
+/// 8.2.2.3): it supports `timer` (RFC 4028) only.
+pub(crate) fn unsupported_requirements(msg: &crate::sip::message::Message) -> Vec<String> {
+    msg.headers_named("Require")
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+        .collect()
+}
+
 /// The networks a call's media must come from and go to under the trunk's
 /// `media.mediaSource`: empty for `Any` (the default); for
 /// `SignallingNetwork`, the trunk's inbound allowed sources plus the address

@@ -238,6 +238,60 @@ pub fn parse_datagram(data: &[u8], limits: &Limits) -> Result<Message, FrameErro
     Ok(msg)
 }
 
+/// The answer to a request that did not frame (RFC 4475 3.1.2: extra spaces in the
+/// Request-Line, a bad or conflicting Content-Length, another SIP version, no blank line):
+/// 505 for another version, 400 for the rest. `None` when too little of it parses to
+/// address an answer (a request method, and Via, From, To, Call-ID and CSeq), for ACK
+/// (never answered), for responses and for oversized input. The reason phrase is fixed per
+/// error: nothing of the input is echoed but the headers an answer copies.
+pub fn refusal(data: &[u8], err: &FrameError, limits: &Limits) -> Option<Message> {
+    let (code, reason) = match err {
+        FrameError::TooLarge { .. } | FrameError::TooManyHeaders(_) | FrameError::NotUtf8 => {
+            return None;
+        }
+        FrameError::Version(_) => (505, "Version Not Supported"),
+        FrameError::StartLine(_) => (400, "Bad Request-Line"),
+        FrameError::HeaderLine(_) => (400, "Bad Header Line"),
+        FrameError::ContentLength(_) | FrameError::MissingContentLength => {
+            (400, "Bad Content-Length")
+        }
+        FrameError::Unterminated => (400, "Header Section Not Terminated"),
+    };
+    if data.len() > limits.max_message_bytes {
+        return None;
+    }
+    let head = match find_head_end(data) {
+        Some((end, _)) => &data[..end],
+        None => data,
+    };
+    let text = std::str::from_utf8(head).ok()?;
+    let (start, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let method = start.split_whitespace().next()?;
+    if method.starts_with("SIP/") || method == "ACK" || !method.bytes().all(is_token_char) {
+        return None;
+    }
+    // The headers again, under a stand-in Request-Line and without the Content-Length
+    // lines, so that what failed does not fail again; bad lines are skipped.
+    let mut synthetic = format!("{method} sip:refused.invalid SIP/2.0\r\n");
+    for line in rest.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let name = line.split(':').next().unwrap_or("").trim();
+        if line.is_empty() || canonical_name(name) == "Content-Length" {
+            continue;
+        }
+        if !line.starts_with([' ', '\t']) && (name.is_empty() || !name.bytes().all(is_token_char)) {
+            continue;
+        }
+        synthetic.push_str(line);
+        synthetic.push_str("\r\n");
+    }
+    let (msg, _) = parse_head(synthetic.trim_end().as_bytes(), limits).ok()?;
+    for needed in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        msg.header(needed)?;
+    }
+    Some(msg.response(code, reason, None))
+}
+
 /// Frames messages out of a TCP byte stream by Content-Length.
 ///
 /// The search for the end of a head resumes where the previous call
@@ -347,6 +401,40 @@ impl StreamFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_that_do_not_frame_are_refused_when_an_answer_can_be_addressed() {
+        let limits = Limits::default();
+        let head = "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: <sip:a@x>;tag=1\r\n\
+                    To: <sip:b@y>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n";
+        let refused = |start: &str, extra: &str| {
+            let data = format!("{start}\r\n{head}{extra}\r\n");
+            let err = parse_datagram(data.as_bytes(), &limits).expect_err("does not frame");
+            refusal(data.as_bytes(), &err, &limits).map(|r| (r.code(), r.header("Call-ID").map(str::to_owned)))
+        };
+        assert_eq!(
+            refused("OPTIONS sip:a@x SIP/7.0", "Content-Length: 0\r\n"),
+            Some((Some(505), Some("c1".into())))
+        );
+        assert_eq!(
+            refused("OPTIONS  sip:a@x  SIP/2.0", "Content-Length: 0\r\n"),
+            Some((Some(400), Some("c1".into())))
+        );
+        assert_eq!(
+            refused("OPTIONS sip:a@x SIP/2.0", "Content-Length: -3\r\n"),
+            Some((Some(400), Some("c1".into())))
+        );
+        assert_eq!(
+            refused("OPTIONS sip:a@x SIP/2.0", "Content-Length: 99\r\n"),
+            Some((Some(400), Some("c1".into())))
+        );
+        // Never an answer to an ACK or a response, or without the headers to copy.
+        assert_eq!(refused("ACK  sip:a@x SIP/2.0", ""), None);
+        assert_eq!(refused("SIP/7.0 200 OK", ""), None);
+        let bare = "OPTIONS  sip:a@x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n";
+        let err = parse_datagram(bare.as_bytes(), &limits).expect_err("does not frame");
+        assert!(refusal(bare.as_bytes(), &err, &limits).is_none());
+    }
 
     const INVITE: &str = "INVITE sip:+15550001111@127.0.0.1 SIP/2.0\r\n\
         Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\

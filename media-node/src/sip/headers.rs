@@ -250,6 +250,10 @@ impl Via {
         }
         let (host, port) = split_host_port(sent_by).ok_or_else(bad)?;
         let params = &rest[sent_by.len().min(rest.len())..];
+        // `;;` is no parameter at all (RFC 4475 3.1.2.1: extraneous separators).
+        if params.split(';').skip(1).any(|p| p.trim().is_empty()) {
+            return Err(bad());
+        }
         let branch = scan_params(&format!(";{}", params.trim_start_matches(';')), "branch")
             .filter(|b| !b.is_empty())
             .map(str::to_owned);

@@ -518,6 +518,20 @@ impl TransactionLayer {
         if msg.call_id().is_none_or(|c| c.is_empty()) {
             return Err("missing Call-ID");
         }
+        // Header fields that may appear once (RFC 3261 7.3.1, RFC 4475 3.3.8): a second one
+        // leaves the request ambiguous, whichever of them we would pick.
+        for (name, why) in [
+            ("Call-ID", "duplicate Call-ID"),
+            ("CSeq", "duplicate CSeq"),
+            ("From", "duplicate From"),
+            ("To", "duplicate To"),
+            ("Max-Forwards", "duplicate Max-Forwards"),
+            ("Content-Length", "duplicate Content-Length"),
+        ] {
+            if msg.headers_named(name).nth(1).is_some() {
+                return Err(why);
+            }
+        }
         let (_, cseq_method) = msg.cseq().ok_or("invalid CSeq")?;
         if cseq_method != *method {
             return Err("CSeq method does not match");
@@ -540,19 +554,17 @@ impl TransactionLayer {
             Err(reason) => {
                 self.metrics.reject("malformed");
                 tracing::debug!(peer = %peer.addr, reason, "malformed request");
-                // Answer 400 when we can address the answer (never to ACK).
-                if method != Method::Ack && msg.top_via().is_some_and(|v| Via::parse(v).is_ok()) {
+                // Answer 400 (never to ACK); the answer goes back where the request came
+                // from, so a Via we cannot parse is copied, not needed.
+                if method != Method::Ack && msg.top_via().is_some() {
                     let resp = msg.response(400, reason, None);
                     self.send(&peer, resp.to_bytes());
                 }
                 return;
             }
         };
-        if msg.header("Max-Forwards").is_some_and(|m| m.trim() == "0") && method != Method::Ack {
-            let resp = msg.response(483, reason_phrase(483), None);
-            self.send(&peer, resp.to_bytes());
-            return;
-        }
+        // Max-Forwards 0 is for proxies to refuse (RFC 3261 16.3); the node is the request's
+        // endpoint and answers it like any other (RFC 4475 3.3.11).
         let id = match Self::server_key(&via, &msg, &method) {
             Ok(id) => id,
             Err(reason) => {

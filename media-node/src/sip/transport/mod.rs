@@ -138,6 +138,12 @@ pub(crate) struct Receiver {
 
 impl Receiver {
     /// Applies protection and forwards an accepted message.
+    /// Whether a request that did not frame may be answered: within the source's rate,
+    /// like any request (a flood of garbage gets no more answers than one of requests).
+    pub(crate) fn allow_refusal(&self, from: SocketAddr) -> bool {
+        self.rate.allow(from.ip(), false, Instant::now()).is_ok()
+    }
+
     pub(crate) fn accept(&self, msg: Message, peer: Peer) {
         if msg.is_request() {
             if msg.header("User-Agent").is_some_and(is_scanner) {

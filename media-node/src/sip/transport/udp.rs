@@ -49,7 +49,7 @@ pub(crate) async fn receive_loop(sock: Arc<UdpSocket>, recv: Arc<Receiver>) {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        contained(&recv.metrics, from, || handle(data, from, &recv));
+        contained(&recv.metrics, from, || handle(data, from, &recv, &sock));
     }
 }
 
@@ -65,8 +65,9 @@ fn contained(metrics: &Metrics, from: SocketAddr, f: impl FnOnce()) -> bool {
     false
 }
 
-/// Parses one datagram and hands it on; malformed ones are counted.
-fn handle(data: &[u8], from: SocketAddr, recv: &Receiver) {
+/// Parses one datagram and hands it on; malformed ones are counted, and answered 400 (or
+/// 505) when they are requests we can address an answer to, within the source's rate.
+fn handle(data: &[u8], from: SocketAddr, recv: &Receiver, sock: &UdpSocket) {
     match parse_datagram(data, &recv.limits) {
         Ok(msg) => recv.accept(
             msg,
@@ -78,6 +79,12 @@ fn handle(data: &[u8], from: SocketAddr, recv: &Receiver) {
         Err(e) => {
             recv.metrics.drop_msg(e.label());
             tracing::debug!(%from, error = %e, "dropped malformed UDP message");
+            if let Some(resp) = crate::sip::framing::refusal(data, &e, &recv.limits)
+                && recv.allow_refusal(from)
+            {
+                // A full socket buffer loses the answer like the network would.
+                let _ = sock.try_send_to(&resp.to_bytes(), from);
+            }
         }
     }
 }
