@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod routing;
 pub mod source;
+pub mod tasks;

@@ -360,6 +360,9 @@ async fn run_kube(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let control = control_client(&args)?;
+    let mut tasks =
+        switchboard_operator::tasks::Tasks::new(&metrics.registry, metrics.ready.clone())
+            .context("registering the task metrics")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -424,19 +427,22 @@ async fn run_kube(
         .clone()
         .unwrap_or_else(|| own_namespace.clone());
     let (eps_tx, eps_rx) = watch::channel(Endpoints::new());
-    tokio::spawn(fleet::pods::discover(
-        client.clone(),
-        node_ns.clone(),
-        args.media_node_selector.clone(),
-        args.control_port,
-        eps_tx,
-    ));
+    tasks.spawn(
+        "pod-discovery",
+        fleet::pods::discover(
+            client.clone(),
+            node_ns.clone(),
+            args.media_node_selector.clone(),
+            args.control_port,
+            eps_tx,
+        ),
+    );
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
     {
         let (control, metrics) = (control.clone(), metrics.clone());
         let mut leader = leadership_rx.clone();
         let (resolved_rx, eps_rx) = (resolved_rx.clone(), eps_rx.clone());
-        tokio::spawn(async move {
+        tasks.spawn("fleet", async move {
             loop {
                 // Wait for leadership, program while leading in this term,
                 // stop on loss (or a new term: the nodes are programmed
@@ -474,12 +480,15 @@ async fn run_kube(
         });
     }
     if !args.no_deletion_cost {
-        tokio::spawn(fleet::pods::maintain_deletion_cost(
-            client.clone(),
-            node_ns,
-            view_rx.clone(),
-            leader_rx.clone(),
-        ));
+        tasks.spawn(
+            "deletion-cost",
+            fleet::pods::maintain_deletion_cost(
+                client.clone(),
+                node_ns,
+                view_rx.clone(),
+                leader_rx.clone(),
+            ),
+        );
     }
 
     let opts = reconcile::Options {
@@ -490,6 +499,10 @@ async fn run_kube(
     tokio::select! {
         r = reconcile::run(client, opts, leader_rx, metrics, resolved_tx, Some(view_rx)) => r?,
         _ = shutdown_requested(&mut shutdown) => info!("shutting down"),
+        why = tasks.failed() => {
+            let _ = stop_tx.send(true);
+            anyhow::bail!("{why}");
+        }
     }
     let _ = stop_tx.send(true);
     if let Some(t) = leader_task {

@@ -410,7 +410,8 @@ mod tests {
         let refused = |start: &str, extra: &str| {
             let data = format!("{start}\r\n{head}{extra}\r\n");
             let err = parse_datagram(data.as_bytes(), &limits).expect_err("does not frame");
-            refusal(data.as_bytes(), &err, &limits).map(|r| (r.code(), r.header("Call-ID").map(str::to_owned)))
+            refusal(data.as_bytes(), &err, &limits)
+                .map(|r| (r.code(), r.header("Call-ID").map(str::to_owned)))
         };
         assert_eq!(
             refused("OPTIONS sip:a@x SIP/7.0", "Content-Length: 0\r\n"),
