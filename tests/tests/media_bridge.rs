@@ -1028,3 +1028,54 @@ async fn media_hold_pauses_sending_and_suspends_rtp_timeout() {
     .await;
     phone.stop();
 }
+
+/// A carrier's call context reaches the agent: P-Asserted-Identity, Diversion and every X-
+/// header (a repeated one joined) appear in `start.customParameters` as `sip_<Header>` by
+/// default; User-to-User only once the trunk lists it in `inbound.passHeaders`, which then
+/// replaces the default.
+#[tokio::test]
+async fn inbound_sip_headers_reach_the_agent_as_custom_parameters() {
+    for (pass, want_uui) in [(None, false), (Some(json!(["User-to-User"])), true)] {
+        let agent = TestAgent::start().await.expect("agent");
+        let mut cfg = config(&agent.url(), 30, 0);
+        if let Some(p) = &pass {
+            cfg["trunks"][0]["inbound"]["passHeaders"] = json!({"names": p});
+        }
+        let node = MediaNode::start(&cfg, &[]).await.expect("node");
+        Sipp::new(switchboard_tests::sipp::scenario("uac_call_headers.xml"))
+            .args(["-s", NUMBER])
+            .run_client(node.sip, free_port())
+            .await
+            .expect("sipp runs")
+            .assert_success("a call with carrier headers");
+        let conn = agent.connection(0, Duration::from_secs(5)).await;
+        conn.wait_until("start", Duration::from_secs(5), |c| {
+            !c.events("start").is_empty()
+        })
+        .await;
+        let start = conn.events("start")[0].json.clone();
+        let p = &start["start"]["customParameters"];
+        if want_uui {
+            assert_eq!(p["sip_User-to-User"], "00ff;encoding=hex", "{p}");
+            assert!(
+                p.get("sip_X-Customer-Id").is_none(),
+                "the list replaces the default: {p}"
+            );
+        } else {
+            assert_eq!(
+                p["sip_P-Asserted-Identity"], "\"Alice\" <sip:+15551234567@carrier.example>",
+                "{p}"
+            );
+            assert_eq!(
+                p["sip_Diversion"],
+                "<sip:+15557654321@carrier.example>;reason=no-answer"
+            );
+            assert_eq!(p["sip_X-Customer-Id"], "42, 43");
+            assert_eq!(p["sip_X-Campaign"], "spring");
+            assert!(p.get("sip_User-to-User").is_none(), "{p}");
+        }
+        // The call facts are still there and win.
+        assert_eq!(p["direction"], "inbound");
+        assert_eq!(p["tenant"], "acme");
+    }
+}

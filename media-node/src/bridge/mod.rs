@@ -196,6 +196,10 @@ fn custom_parameters(call: &AnsweredCall) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default();
+    // Below the call facts, which are inserted after and win on a clash.
+    for (k, v) in &call.sip_headers {
+        p.insert(k.clone(), v.clone());
+    }
     p.insert("from".into(), call.from.clone());
     p.insert("to".into(), call.to.clone());
     p.insert("trunk".into(), call.trunk_id.clone());

@@ -578,6 +578,7 @@ fn admit(
         rtp_timeout: super::rtp_timeout_of(trunk),
         started: std::time::Instant::now(),
         media_networks,
+        sip_headers: super::passthrough::passed_headers(trunk, &req.msg),
         srtp_policy,
         awaiting_ack: false,
     };

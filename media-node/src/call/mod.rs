@@ -6,6 +6,7 @@ pub mod dtmf;
 pub mod inbound;
 pub mod outbound;
 pub mod pacing;
+pub mod passthrough;
 pub mod ports;
 pub mod session;
 pub mod session_timer;
@@ -222,6 +223,8 @@ pub struct AnsweredCall {
     /// The IP the call's SIP came from (inbound) or went to (outbound): RTP from it is
     /// trusted like the SDP address when the source is learned.
     pub signalling_ip: Option<std::net::IpAddr>,
+    /// INVITE headers the trunk passes to the agent (`sip_<Header>`, value), inbound only.
+    pub sip_headers: Vec<(String, String)>,
 }
 
 /// The option tags of a request's `Require` that the node does not support (RFC 3261

@@ -762,6 +762,7 @@ async fn attempt(
             rtp_timeout: super::rtp_timeout_of(trunk),
             started: invited_at.into_std(),
             media_networks: super::media_networks_of(trunk, dest.addr.ip()),
+            sip_headers: Vec::new(),
             srtp_policy,
             awaiting_ack: false,
         };

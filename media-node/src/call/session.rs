@@ -58,6 +58,8 @@ pub struct Session {
     pub(crate) started: std::time::Instant,
     /// Networks the call's media must stay in (trunk `mediaSource`); empty: any.
     pub(crate) media_networks: Vec<crate::routing::acl::Cidr>,
+    /// INVITE headers passed to the agent (inbound; empty outbound).
+    pub(crate) sip_headers: Vec<(String, String)>,
     /// The trunk's SRTP rule for this call's offers and answers.
     pub(crate) srtp_policy: sdp::SrtpPolicy,
     /// Inbound: our 2xx is out but its ACK has not arrived, so media and the
@@ -265,6 +267,7 @@ impl Session {
             rtp_timeout: self.rtp_timeout,
             media_networks: self.media_networks.clone(),
             signalling_ip: Some(self.dialog.peer.addr.ip()),
+            sip_headers: std::mem::take(&mut self.sip_headers),
         };
         self.handler = Some(self.ctx.handler.on_answered(call));
     }

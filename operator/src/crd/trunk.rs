@@ -111,6 +111,15 @@ pub struct TrunkInbound {
     /// The agent for numbers that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_agent: Option<AgentSpec>,
+    /// INVITE headers passed to the agent in `customParameters` as `sip_<Header>`: names,
+    /// or prefixes ending in `*`. Default: `P-Asserted-Identity`, `Diversion`, `X-*`; `[]`
+    /// passes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 64), pattern(r"^[A-Za-z0-9!%'+._`~-]+\*?$"))
+    )]
+    pub pass_headers: Option<Vec<String>>,
 }
 
 /// Digest authentication of inbound requests.

@@ -218,6 +218,9 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                     egress_networks(spec),
                 )?),
             },
+            pass_headers: i.pass_headers.as_ref().map(|names| pb::HeaderPassing {
+                names: names.clone(),
+            }),
         },
     };
     let outbound = match &spec.outbound {

@@ -244,6 +244,7 @@ fn invalid_specs_name_the_field() {
         allowed_sources: vec![],
         auth: None,
         default_agent: None,
+        pass_headers: None,
     });
     assert!(
         validate::trunk(&spec)
@@ -255,6 +256,7 @@ fn invalid_specs_name_the_field() {
         allowed_sources: vec!["10.0.0.0/33".into()],
         auth: None,
         default_agent: None,
+        pass_headers: None,
     });
     assert!(
         validate::trunk(&spec)
@@ -269,6 +271,7 @@ fn invalid_specs_name_the_field() {
             realm: None,
         }),
         default_agent: None,
+        pass_headers: None,
     });
     assert!(validate::trunk(&spec).is_ok(), "auth alone is enough");
 
@@ -554,6 +557,7 @@ fn a_source_wider_than_a_slash_8_without_auth_is_refused_with_a_readable_conditi
         allowed_sources: vec!["203.0.113.0/24".into(), "0.0.0.0/7".into()],
         auth: None,
         default_agent: None,
+        pass_headers: None,
     });
     let r = resolve(&i);
     let v = &r.trunks[&key];
