@@ -52,12 +52,25 @@ async fn api_outbound_call_is_bridged_and_reports_webhooks_in_order() {
     .spawn_server(gw, 1);
     let node = ApiNode::start(&config(gw, &agent.url(), &hooks.url()), &[]).await;
 
+    // A header that could change routing or identity is refused before anything is dialled.
     let (status, resp) = node
         .call(
             "POST",
             "/v1/calls",
             Some(&json!({"from": "+15550001111", "to": "+1 555 765 4321",
-                          "agent": {"parameters": {"campaign": "spring"}}})),
+                          "headers": {"Authorization": "Digest x"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    assert_eq!(resp["error"]["field"], "headers.Authorization", "{resp}");
+
+    let (status, resp) = node
+        .call(
+            "POST",
+            "/v1/calls",
+            Some(&json!({"from": "+15550001111", "to": "+1 555 765 4321",
+                          "agent": {"parameters": {"campaign": "spring"}},
+                          "headers": {"X-Campaign-Id": "spring-42", "User-to-User": "00ff;encoding=hex"}})),
         )
         .await;
     assert_eq!(status, 201, "{resp}");
@@ -126,6 +139,14 @@ async fn api_outbound_call_is_bridged_and_reports_webhooks_in_order() {
 
     let run = carrier.await.expect("join").expect("sipp");
     run.assert_success("carrier answering the API call");
+    // The API's headers are on the INVITEs (the challenged one and the authenticated one).
+    let invites: Vec<&str> = run.messages.split("INVITE sip:").skip(1).collect();
+    assert!(!invites.is_empty(), "{}", run.messages);
+    for inv in invites {
+        let head = inv.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(head.contains("X-Campaign-Id: spring-42"), "{head}");
+        assert!(head.contains("User-to-User: 00ff;encoding=hex"), "{head}");
+    }
     agent.wait_log("agent-summary", WAIT).await;
 
     let log = node.node.log();

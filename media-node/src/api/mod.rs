@@ -114,6 +114,56 @@ fn check_destination(to: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Most extra headers a dial may carry.
+pub const MAX_DIAL_HEADERS: usize = 16;
+/// Longest value of an extra header (bytes).
+pub const MAX_DIAL_HEADER_VALUE: usize = 512;
+
+/// The extra INVITE headers of a dial: `X-` headers and `User-to-User` only (nothing that
+/// changes routing, identity or authentication), token names, values without control
+/// characters. Sorted by name, for a stable INVITE.
+fn check_headers(
+    headers: &std::collections::HashMap<String, String>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    if headers.len() > MAX_DIAL_HEADERS {
+        return Err(ApiError::invalid(
+            "headers",
+            format!("{} headers: at most {MAX_DIAL_HEADERS}", headers.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+        let allowed = name.len() > 2 && name[..2].eq_ignore_ascii_case("X-")
+            || name.eq_ignore_ascii_case("User-to-User");
+        if !token || !allowed {
+            return Err(ApiError::invalid(
+                &field,
+                "only X- headers and User-to-User may be added",
+            ));
+        }
+        if value.len() > MAX_DIAL_HEADER_VALUE {
+            return Err(ApiError::invalid(
+                &field,
+                format!("{} bytes: at most {MAX_DIAL_HEADER_VALUE}", value.len()),
+            ));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(ApiError::invalid(
+                &field,
+                "control characters are not allowed",
+            ));
+        }
+        out.push((name.clone(), value.trim().to_owned()));
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn check_agent_url(url: &str) -> Result<(), ApiError> {
     let lower = url.to_ascii_lowercase();
     let rest = lower
@@ -136,6 +186,7 @@ impl Api {
             return Err(ApiError::invalid("from", "required"));
         }
         check_destination(&req.to)?;
+        let headers = check_headers(&req.headers)?;
         if let Some(a) = &req.agent
             && !a.url.is_empty()
         {
@@ -222,6 +273,7 @@ impl Api {
             agent,
             ringing_timeout: secs(req.ringing_timeout_seconds),
             max_duration: secs(req.max_duration_seconds),
+            headers,
         };
         if let Some(limit) = secs(req.queue_timeout_seconds) {
             // One sleeping task per call that asked for a queue timeout;
@@ -350,6 +402,56 @@ pub fn router(api: Api, token: &str) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_headers_are_x_or_user_to_user_bounded_and_clean() {
+        let h = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert_eq!(
+            check_headers(&h(&[
+                ("X-Campaign", "spring"),
+                ("User-to-User", "00ff;encoding=hex")
+            ])),
+            Ok(vec![
+                ("User-to-User".into(), "00ff;encoding=hex".into()),
+                ("X-Campaign".into(), "spring".into())
+            ])
+        );
+        let field = |r: Result<Vec<(String, String)>, ApiError>| match r {
+            Err(ApiError::InvalidArgument { field, .. }) => field,
+            other => panic!("not refused: {other:?}"),
+        };
+        for bad in [
+            "Authorization",
+            "From",
+            "Route",
+            "X-",
+            "X Bad",
+            "Max-Forwards",
+        ] {
+            assert_eq!(
+                field(check_headers(&h(&[(bad, "v")]))),
+                format!("headers.{bad}")
+            );
+        }
+        assert_eq!(
+            field(check_headers(&h(&[("X-Inject", "a\r\nVia: evil")]))),
+            "headers.X-Inject"
+        );
+        let long = "a".repeat(MAX_DIAL_HEADER_VALUE + 1);
+        assert_eq!(
+            field(check_headers(&h(&[("X-Long", &long)]))),
+            "headers.X-Long"
+        );
+        let many: Vec<(String, String)> = (0..=MAX_DIAL_HEADERS)
+            .map(|i| (format!("X-H{i}"), "v".into()))
+            .collect();
+        assert_eq!(field(check_headers(&many.into_iter().collect())), "headers");
+    }
 
     #[test]
     fn destinations() {

@@ -77,6 +77,8 @@ pub struct DialHooks {
     pub ringing_timeout: Option<Duration>,
     /// Replaces the number's/trunk's maximum call duration.
     pub max_duration: Option<Duration>,
+    /// Extra headers for every INVITE of the dial (validated by the call API).
+    pub headers: Vec<(String, String)>,
 }
 
 impl DialHooks {
@@ -587,6 +589,9 @@ async fn attempt(
         inv.add("Min-SE", ctx.opts.min_se.to_string());
         inv.add("User-Agent", crate::sip::USER_AGENT);
         if let Some((name, value)) = &auth {
+            inv.add(name, value.clone());
+        }
+        for (name, value) in &hooks.headers {
             inv.add(name, value.clone());
         }
         inv.set_body("application/sdp", offer.clone().into_bytes());
