@@ -1079,3 +1079,40 @@ async fn inbound_sip_headers_reach_the_agent_as_custom_parameters() {
         assert_eq!(p["tenant"], "acme");
     }
 }
+
+/// The agent ends the call with the `hangup` extension event: it gets `stop`, the socket
+/// closes, the caller gets the node's BYE (and answers it), and the end is counted as the
+/// agent's.
+#[tokio::test]
+async fn the_agent_hangs_up_with_the_hangup_event() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let sip = node.sip;
+    let caller = tokio::spawn(async move {
+        Sipp::new(switchboard_tests::sipp::scenario("drain_uac_wait_bye.xml"))
+            .args(["-s", NUMBER])
+            .timeout(Duration::from_secs(30))
+            .run_client(sip, free_port())
+            .await
+    });
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+    conn.send_raw(r#"{"event":"hangup","hangup":{"reason":"conversation finished"}}"#);
+    conn.wait_until("stop", Duration::from_secs(5), |c| {
+        !c.events("stop").is_empty()
+    })
+    .await;
+    let run = caller.await.expect("join").expect("sipp");
+    run.assert_success("the caller receives the node's BYE and answers 200");
+    assert!(run.messages.contains("BYE sip:"), "{}", run.messages);
+    assert_eq!(
+        node.metric(r#"switchboard_call_end_reasons_total{reason="agent_hangup"}"#)
+            .await,
+        1.0
+    );
+}

@@ -289,6 +289,12 @@ pub enum SessionEnd {
     /// We ended it (hang-up, or the call dropped its sender): `stop` was sent and the socket
     /// closed.
     CallEnded,
+    /// The agent asked to end the call (`hangup` event): `stop` was sent and the socket
+    /// closed; the call ends with a BYE.
+    AgentHangup {
+        /// The agent's reason, clipped.
+        reason: String,
+    },
     /// The agent closed the socket (a socket that closes ends the call).
     AgentClosed {
         /// Close code, if the agent sent a close frame.
@@ -561,6 +567,12 @@ impl AgentSession {
                                     AfterAgentFrame::Nothing => Ok(()),
                                     AfterAgentFrame::EchoDone => self.send_done_marks(&playout, &mut stats).await,
                                     AfterAgentFrame::EchoCleared(marks) => self.send_marks(marks, &mut stats).await,
+                                    AfterAgentFrame::Hangup(reason) => {
+                                        break 'session match self.finish().await {
+                                            SessionEnd::CallEnded => SessionEnd::AgentHangup { reason },
+                                            other => other,
+                                        };
+                                    }
                                     AfterAgentFrame::Refused(what) => {
                                         stats.limit_violations += 1;
                                         if stats.limit_violations > self.limits.max_violations {
@@ -696,6 +708,8 @@ enum AfterAgentFrame {
     EchoCleared(Vec<String>),
     /// The message was refused for this limit (counted already).
     Refused(&'static str),
+    /// The agent asks to end the call, for this reason.
+    Hangup(String),
 }
 
 /// A limit in words, for a close reason.
@@ -777,6 +791,9 @@ fn apply_agent_text(
             }
         }
         Ok(AgentEvent::Clear) => AfterAgentFrame::EchoCleared(playout.lock().clear()),
+        Ok(AgentEvent::Hangup { reason }) => {
+            AfterAgentFrame::Hangup(clip(&reason, MAX_CLOSE_REASON).to_owned())
+        }
         Ok(AgentEvent::Unknown { event }) => {
             stats.unknown_events += 1;
             counters.unknown_event.inc();

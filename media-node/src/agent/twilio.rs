@@ -365,6 +365,12 @@ pub enum AgentEvent<'a> {
     },
     /// Drop queued audio (barge-in).
     Clear,
+    /// End the call (an extension to the Twilio protocol: `{"event":"hangup"}`, optionally
+    /// with `"hangup":{"reason":"..."}`).
+    Hangup {
+        /// Why, as the agent says it (clipped by the session); empty when not given.
+        reason: Cow<'a, str>,
+    },
     /// An event we do not handle; ignored and counted by the session.
     Unknown {
         /// The `event` value.
@@ -434,6 +440,14 @@ struct RawAgentMessage<'a> {
     media: Option<RawMedia<'a>>,
     #[serde(borrow, default)]
     mark: Option<RawMark<'a>>,
+    #[serde(borrow, default)]
+    hangup: Option<RawHangup<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawHangup<'a> {
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +481,9 @@ pub fn parse_agent_message(text: &str) -> Result<AgentEvent<'_>, AgentProtocolEr
             Ok(AgentEvent::Mark { name })
         }
         "clear" => Ok(AgentEvent::Clear),
+        "hangup" => Ok(AgentEvent::Hangup {
+            reason: raw.hangup.and_then(|h| h.reason).unwrap_or_default(),
+        }),
         _ => Ok(AgentEvent::Unknown { event: raw.event }),
     }
 }
@@ -597,6 +614,20 @@ mod tests {
 
     fn is_media(ev: &AgentEvent<'_>) -> bool {
         matches!(ev, AgentEvent::Media { .. })
+    }
+
+    #[test]
+    fn parses_the_hangup_extension_with_or_without_a_reason() {
+        assert_eq!(
+            parse_agent_message(r#"{"event":"hangup","hangup":{"reason":"done"}}"#).expect("ok"),
+            AgentEvent::Hangup {
+                reason: "done".into()
+            }
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"hangup"}"#).expect("ok"),
+            AgentEvent::Hangup { reason: "".into() }
+        );
     }
 
     #[test]

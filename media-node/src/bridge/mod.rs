@@ -57,6 +57,8 @@ pub mod reason {
     pub const AGENT_URL_REFUSED: &str = "agent_url_refused";
     /// The node closed the agent's session because the agent went over a limit.
     pub const AGENT_LIMIT: &str = "agent_limit";
+    /// The agent ended the call (its `hangup` event).
+    pub const AGENT_HANGUP: &str = "agent_hangup";
 }
 
 /// Default smallest wait for a missing caller frame: three frames, so that a packet up to two
@@ -141,6 +143,7 @@ impl BridgeHandler {
             reason::AGENT_UNREACHABLE,
             reason::AGENT_URL_REFUSED,
             reason::AGENT_LIMIT,
+            reason::AGENT_HANGUP,
         ] {
             metrics.call_ends.with_label_values(&[r]);
         }
@@ -404,6 +407,7 @@ impl AgentTask {
         let label = match &end {
             SessionEnd::CallEnded => "call_ended",
             SessionEnd::AgentClosed { .. } => "agent_closed",
+            SessionEnd::AgentHangup { .. } => "agent_hangup",
             SessionEnd::Transport(_) => "transport_error",
             SessionEnd::LimitExceeded { .. } => "limit_exceeded",
         };
@@ -431,6 +435,9 @@ impl AgentTask {
             SessionEnd::CallEnded => {}
             SessionEnd::AgentClosed { .. } => {
                 self.hangup.hangup(reason::AGENT_DISCONNECTED);
+            }
+            SessionEnd::AgentHangup { .. } => {
+                self.hangup.hangup(reason::AGENT_HANGUP);
             }
             SessionEnd::Transport(_) => {
                 self.hangup.hangup(reason::AGENT_ERROR);
@@ -468,6 +475,7 @@ fn end_label(reason: &HangupReason) -> &'static str {
             reason::AGENT_UNREACHABLE => reason::AGENT_UNREACHABLE,
             reason::AGENT_URL_REFUSED => reason::AGENT_URL_REFUSED,
             reason::AGENT_LIMIT => reason::AGENT_LIMIT,
+            reason::AGENT_HANGUP => reason::AGENT_HANGUP,
             // Free text from the API or the drain: not a label value.
             _ => "local",
         },
