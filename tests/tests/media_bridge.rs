@@ -1116,3 +1116,75 @@ async fn the_agent_hangs_up_with_the_hangup_event() {
         1.0
     );
 }
+
+/// Digits from the agent (the `dtmf` extension event) reach the caller as RFC 4733 events
+/// inside the call's RTP stream: one event per digit, each with the marker on its first
+/// packet, one timestamp throughout, a growing duration and the end bit, in order; the audio
+/// stream goes on after them without a sequence gap.
+#[tokio::test]
+async fn agent_dtmf_reaches_the_caller_as_rfc4733_events() {
+    let agent = TestAgent::start().await.expect("agent");
+    let node = MediaNode::start(&config(&agent.url(), 30, 0), &[])
+        .await
+        .expect("node");
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(
+        node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        "",
+        Duration::from_secs(6),
+    );
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+    phone.send_audio(&ulaw_sine(50, 300.0));
+    // Invalid characters are ignored, lower-case letters taken.
+    conn.send_raw(r#"{"event":"dtmf","dtmf":{"digits":"1x#d"}}"#);
+    phone
+        .wait_packets("three events", Duration::from_secs(5), |p| {
+            p.iter()
+                .filter(|r| r.pt == 101 && r.payload.get(1).is_some_and(|b| b & 0x80 != 0))
+                .map(|r| (r.ts, r.payload[0]))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                >= 3
+        })
+        .await;
+    let _ = call.await;
+    let pkts = phone.packets();
+    let events: Vec<&switchboard_tests::phone::Rtp> = pkts.iter().filter(|r| r.pt == 101).collect();
+    let mut digits = Vec::new();
+    for e in &events {
+        if e.marker {
+            digits.push((e.payload[0], e.ts));
+        } else {
+            let (code, ts) = *digits.last().expect("an event starts with the marker");
+            assert_eq!((e.payload[0], e.ts), (code, ts), "one timestamp per event");
+        }
+    }
+    let codes: Vec<u8> = digits.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes, [1, 11, 15], "1, #, D in order");
+    for (code, ts) in &digits {
+        let ends = events
+            .iter()
+            .filter(|e| e.ts == *ts && e.payload[0] == *code && e.payload[1] & 0x80 != 0)
+            .count();
+        assert_eq!(ends, 3, "the end packet three times (RFC 4733 2.5.1.4)");
+        let longest = events
+            .iter()
+            .filter(|e| e.ts == *ts)
+            .map(|e| u16::from_be_bytes([e.payload[2], e.payload[3]]))
+            .max();
+        assert_eq!(longest, Some(800), "100 ms at 8 kHz");
+    }
+    // One sequence space with the audio: no gaps from first to last packet of the call.
+    let mut seqs: Vec<u16> = pkts.iter().map(|r| r.seq).collect();
+    seqs.dedup();
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(1), "sequence continues");
+    }
+}

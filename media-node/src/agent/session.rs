@@ -344,6 +344,8 @@ pub struct SessionStats {
 #[derive(Debug, Default)]
 pub struct SharedPlayout {
     queue: Mutex<PlayoutQueue>,
+    /// Digits the agent asked to send to the caller, oldest first.
+    digits: Mutex<std::collections::VecDeque<char>>,
     marks_ready: Signal,
     /// Wakes the media path when audio reaches an empty queue (it may leave at once).
     audio_ready: Signal,
@@ -354,6 +356,7 @@ impl SharedPlayout {
     pub fn new(max_bytes: usize) -> Arc<Self> {
         Arc::new(SharedPlayout {
             queue: Mutex::new(PlayoutQueue::new(max_bytes)),
+            digits: Mutex::default(),
             marks_ready: Signal::new(),
             audio_ready: Signal::new(),
         })
@@ -377,6 +380,36 @@ impl SharedPlayout {
             self.audio_ready.notify();
         }
         accepted
+    }
+
+    /// Queues DTMF digits for the caller (only `0-9 * # A-D`; at most [`MAX_QUEUED_DIGITS`]
+    /// waiting); returns how many were taken. Wakes the media path.
+    pub fn push_digits(&self, digits: &str) -> usize {
+        let taken = {
+            let mut q = self.digits.lock().unwrap_or_else(|e| e.into_inner());
+            let before = q.len();
+            for d in digits.chars() {
+                if q.len() >= MAX_QUEUED_DIGITS {
+                    break;
+                }
+                if crate::media::dtmf::digit_to_event(d).is_some() {
+                    q.push_back(d.to_ascii_uppercase());
+                }
+            }
+            q.len() - before
+        };
+        if taken > 0 {
+            self.audio_ready.notify();
+        }
+        taken
+    }
+
+    /// The next digit to send, if any.
+    pub fn next_digit(&self) -> Option<char> {
+        self.digits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     /// True when agent audio is queued.
@@ -403,6 +436,10 @@ impl SharedPlayout {
         fill
     }
 }
+
+/// Most digits waiting to be sent to the caller; more are dropped (an agent cannot queue
+/// minutes of tones).
+pub const MAX_QUEUED_DIGITS: usize = 32;
 
 /// An open session, ready to run.
 pub struct AgentSession {
@@ -791,6 +828,16 @@ fn apply_agent_text(
             }
         }
         Ok(AgentEvent::Clear) => AfterAgentFrame::EchoCleared(playout.lock().clear()),
+        Ok(AgentEvent::Dtmf { digits }) => {
+            let taken = playout.push_digits(&digits);
+            if taken < digits.chars().count() {
+                tracing::debug!(
+                    taken,
+                    "agent DTMF: digits refused (not 0-9*#A-D, or the queue is full)"
+                );
+            }
+            AfterAgentFrame::Nothing
+        }
         Ok(AgentEvent::Hangup { reason }) => {
             AfterAgentFrame::Hangup(clip(&reason, MAX_CLOSE_REASON).to_owned())
         }

@@ -371,6 +371,12 @@ pub enum AgentEvent<'a> {
         /// Why, as the agent says it (clipped by the session); empty when not given.
         reason: Cow<'a, str>,
     },
+    /// Digits to send to the caller as RFC 4733 events (an extension:
+    /// `{"event":"dtmf","dtmf":{"digits":"12#"}}`).
+    Dtmf {
+        /// The digits as sent (the session keeps only `0-9 * # A-D`).
+        digits: Cow<'a, str>,
+    },
     /// An event we do not handle; ignored and counted by the session.
     Unknown {
         /// The `event` value.
@@ -442,6 +448,14 @@ struct RawAgentMessage<'a> {
     mark: Option<RawMark<'a>>,
     #[serde(borrow, default)]
     hangup: Option<RawHangup<'a>>,
+    #[serde(borrow, default)]
+    dtmf: Option<RawDtmf<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawDtmf<'a> {
+    #[serde(borrow, default)]
+    digits: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -481,6 +495,9 @@ pub fn parse_agent_message(text: &str) -> Result<AgentEvent<'_>, AgentProtocolEr
             Ok(AgentEvent::Mark { name })
         }
         "clear" => Ok(AgentEvent::Clear),
+        "dtmf" => Ok(AgentEvent::Dtmf {
+            digits: raw.dtmf.and_then(|d| d.digits).unwrap_or_default(),
+        }),
         "hangup" => Ok(AgentEvent::Hangup {
             reason: raw.hangup.and_then(|h| h.reason).unwrap_or_default(),
         }),
@@ -627,6 +644,12 @@ mod tests {
         assert_eq!(
             parse_agent_message(r#"{"event":"hangup"}"#).expect("ok"),
             AgentEvent::Hangup { reason: "".into() }
+        );
+        assert_eq!(
+            parse_agent_message(r#"{"event":"dtmf","dtmf":{"digits":"12#"}}"#).expect("ok"),
+            AgentEvent::Dtmf {
+                digits: "12#".into()
+            }
         );
     }
 

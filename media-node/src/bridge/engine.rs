@@ -44,7 +44,7 @@ use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
 use crate::agent::session::{CallerEvent, SharedPlayout};
 use crate::call::{HangupHandle, MediaParams, SrtpKeys};
-use crate::media::dtmf::DtmfDetector;
+use crate::media::dtmf::{DtmfDetector, EventGenerator};
 use crate::media::g711::{self, Law};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Output, Pushed};
 use crate::media::pacer::{Next, Pacer};
@@ -69,6 +69,10 @@ const RTCP_INTERVAL_MS: u64 = 5000;
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 2048;
+/// How long each digit the agent sends lasts (RFC 4733 events).
+const DTMF_DIGIT: Duration = Duration::from_millis(100);
+/// Frames (20 ms) of pause between digits.
+const DTMF_PAUSE_FRAMES: u8 = 2;
 
 /// Messages from the SIP side to the engine.
 #[derive(Debug)]
@@ -173,6 +177,9 @@ pub(crate) struct Engine {
     /// (continuous across a restarted caller stream).
     agent_frames: u64,
     dtmf: DtmfDetector,
+    /// The digit being sent to the caller (RFC 4733), and frames of pause left after one.
+    dtmf_out: Option<EventGenerator>,
+    dtmf_pause: u8,
     sender: RtpSender,
     pacer: Pacer,
     sent_since_report: bool,
@@ -240,6 +247,8 @@ impl Engine {
             drops: Drops::new(&metrics),
             source: None,
             dtmf: DtmfDetector::default(),
+            dtmf_out: None,
+            dtmf_pause: 0,
             sender,
             pacer: Pacer::new(),
             sent_since_report: false,
@@ -669,6 +678,10 @@ impl Engine {
     /// empty). Returns whether it carried agent audio and whether more is queued. With nowhere
     /// to send yet, the frame is taken and the RTP clock moves on, as if sent.
     async fn send_frame(&mut self, socket: &UdpSocket) -> (bool, bool) {
+        if self.send_dtmf(socket).await {
+            // The event takes this frame's place; the agent's audio waits behind it.
+            return (false, false);
+        }
         let (fill, left) = self.playout.next_frame(&mut self.frame);
         let backlog = left > 0;
         if fill.audio_bytes > 0 && fill.audio_bytes < FRAME_BYTES {
@@ -691,6 +704,47 @@ impl Engine {
             self.metrics.rtp_out.inc();
         }
         (audio, backlog)
+    }
+
+    /// Agent -> caller DTMF: when a digit is queued (or one is being sent), this frame's
+    /// packet is its next RFC 4733 event packet (one per 20 ms, the event's start timestamp,
+    /// the audio clock moving on); digits are 100 ms with 40 ms between them. Without a
+    /// negotiated telephone-event payload type the digits are dropped. True when a packet
+    /// took the frame.
+    async fn send_dtmf(&mut self, socket: &UdpSocket) -> bool {
+        let Some(pt) = self.media.dtmf_payload_type else {
+            while self.playout.next_digit().is_some() {
+                tracing::debug!(call_id = %self.call_id, "agent DTMF dropped: no telephone-event negotiated");
+            }
+            return false;
+        };
+        if self.dtmf_out.is_none() {
+            if self.dtmf_pause > 0 {
+                self.dtmf_pause -= 1;
+                return false;
+            }
+            let Some(d) = self.playout.next_digit() else {
+                return false;
+            };
+            self.dtmf_out = EventGenerator::digit(d, self.sender.next_timestamp(), DTMF_DIGIT);
+        }
+        let Some(p) = self.dtmf_out.as_mut().and_then(Iterator::next) else {
+            self.dtmf_out = None;
+            self.dtmf_pause = DTMF_PAUSE_FRAMES;
+            return false;
+        };
+        let written =
+            self.sender
+                .write_other(pt, p.marker, p.timestamp, &p.payload, &mut self.packet);
+        self.sender.skip(FRAME_SAMPLES);
+        let (Ok(n), Some(to)) = (written, self.remote()) else {
+            return true;
+        };
+        self.sent_since_report = true;
+        if self.send_packet(socket, false, n, to).await {
+            self.metrics.rtp_out.inc();
+        }
+        true
     }
 
     fn account_loss_of(&self, source: &Source) {
