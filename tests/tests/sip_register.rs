@@ -38,24 +38,9 @@ async fn sip_register_with_digest_succeeds_and_refreshes() {
         .expect("join")
         .expect("sipp")
         .assert_success("registrar: two challenged registrations");
-    eventually(
-        "two successful registrations reported",
-        Duration::from_secs(5),
-        || async {
-            let (_, body) = node
-                .http("GET", "/debug/registrations", None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let r = &v[0];
-            if r["state"] == "registered" && r["successes"].as_u64() >= Some(2) && r["expires"] == 4
-            {
-                Ok(())
-            } else {
-                Err(body)
-            }
-        },
-    )
+    registration(&node, |r| {
+        r["state"] == "registered" && r["successes"].as_u64() >= Some(2) && r["expires"] == 4
+    })
     .await;
     assert_eq!(
         node.metric(r#"switchboard_sip_registered{trunk="demo/reg"}"#)
