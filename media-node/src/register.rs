@@ -179,10 +179,14 @@ async fn keep_registered(ctx: Arc<Ctx>, trunk: Trunk) {
         if ctx.registrations.get(&trunk.id).is_none() {
             ctx.registrations.set(state("registering", None, None, 0));
         }
-        let result = register_once(
-            &ctx, &gw, &out, &user, asked, &call_id, &from_tag, &mut cseq,
-        )
-        .await;
+        let result = match registrar(&ctx, &gw, &out).await {
+            Ok(dest) => register_once(
+                &ctx, &gw, &out, &user, asked, &call_id, &from_tag, &mut cseq, dest,
+            )
+            .await
+            .map_err(Failure::answered),
+            Err(f) => Err(f),
+        };
         let wait = match result {
             Ok(expires) => {
                 failures = 0;
@@ -222,45 +226,42 @@ struct Failure {
     reason: String,
 }
 
-/// One REGISTER exchange including a digest retry: `Ok(expires)` or why it failed.
-#[allow(clippy::too_many_arguments)]
-async fn register_once(
-    ctx: &Arc<Ctx>,
+impl Failure {
+    /// The outcome of the REGISTER exchange: the registrar's code, or none at all.
+    fn answered(code: Option<u16>) -> Failure {
+        Failure {
+            code,
+            reason: match code {
+                Some(c) => format!("registrar answered {c}"),
+                None => "no answer from the registrar".into(),
+            },
+        }
+    }
+}
+
+/// Where the REGISTER goes; for a TLS registrar, after a verified connection (the REGISTER
+/// goes over it), so a bad certificate is the reason shown rather than a timeout.
+async fn registrar(
+    ctx: &Ctx,
     gw: &Gateway,
     out: &switchboard_proto::v1alpha1::Outbound,
-    user: &str,
-    asked: u32,
-    call_id: &str,
-    from_tag: &str,
-    cseq: &mut u32,
-) -> Result<u32, Failure> {
+) -> Result<crate::sip::transport::Peer, Failure> {
     let Some(dest) = crate::call::outbound::resolve(gw).await else {
         return Err(Failure {
             code: None,
             reason: format!("cannot resolve the registrar {}", gw.host),
         });
     };
-    // A TLS registrar: a verified connection first (the REGISTER goes over it), so a bad
-    // certificate is the reason shown rather than a timeout.
-    if let Err(reason) =
-        crate::call::outbound::connect_gateway_tls(ctx, gw, &dest, out.tls.as_ref()).await
-    {
-        return Err(Failure { code: None, reason });
-    }
-    exchange(ctx, gw, out, user, asked, call_id, from_tag, cseq, dest)
+    crate::call::outbound::connect_gateway_tls(ctx, gw, &dest, out.tls.as_ref())
         .await
-        .map_err(|code| Failure {
-            code,
-            reason: match code {
-                Some(c) => format!("registrar answered {c}"),
-                None => "no answer from the registrar".into(),
-            },
-        })
+        .map_err(|reason| Failure { code: None, reason })?;
+    Ok(dest)
 }
 
-/// The REGISTER transactions themselves: `Err(final code)`, `Err(None)` without one.
+/// One REGISTER exchange to `dest` including a digest retry: `Ok(expires)`,
+/// `Err(final code)`, or `Err(None)` without one.
 #[allow(clippy::too_many_arguments)]
-async fn exchange(
+async fn register_once(
     ctx: &Arc<Ctx>,
     gw: &Gateway,
     out: &switchboard_proto::v1alpha1::Outbound,

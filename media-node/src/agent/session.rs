@@ -346,6 +346,8 @@ pub struct SharedPlayout {
     queue: Mutex<PlayoutQueue>,
     /// Digits the agent asked to send to the caller, oldest first.
     digits: Mutex<std::collections::VecDeque<char>>,
+    /// How many: the media path looks at it every frame, so without taking the lock.
+    queued_digits: std::sync::atomic::AtomicUsize,
     marks_ready: Signal,
     /// Wakes the media path when audio reaches an empty queue (it may leave at once).
     audio_ready: Signal,
@@ -357,6 +359,7 @@ impl SharedPlayout {
         Arc::new(SharedPlayout {
             queue: Mutex::new(PlayoutQueue::new(max_bytes)),
             digits: Mutex::default(),
+            queued_digits: Default::default(),
             marks_ready: Signal::new(),
             audio_ready: Signal::new(),
         })
@@ -396,6 +399,8 @@ impl SharedPlayout {
                     q.push_back(d.to_ascii_uppercase());
                 }
             }
+            self.queued_digits
+                .store(q.len(), std::sync::atomic::Ordering::Release);
             q.len() - before
         };
         if taken > 0 {
@@ -406,10 +411,18 @@ impl SharedPlayout {
 
     /// The next digit to send, if any.
     pub fn next_digit(&self) -> Option<char> {
-        self.digits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        if self
+            .queued_digits
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return None;
+        }
+        let mut q = self.digits.lock().unwrap_or_else(|e| e.into_inner());
+        let d = q.pop_front();
+        self.queued_digits
+            .store(q.len(), std::sync::atomic::Ordering::Release);
+        d
     }
 
     /// True when agent audio is queued.

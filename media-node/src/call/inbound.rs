@@ -279,10 +279,8 @@ fn admit(
             headers: retry(),
         });
     };
+    // Unknown schemes got 416 in dispatch already.
     let scheme = scheme_of(req.msg.request_uri().unwrap_or_default());
-    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
-        return Err(Reject::new(416, "uri_scheme"));
-    }
     if scheme == "sips" && req.peer.proto != Proto::Tls {
         // A SIPS request promises TLS on every hop (RFC 5630 3.1.3); this one came over an
         // unencrypted transport, so that promise is already broken.

@@ -176,7 +176,7 @@ fn system_roots() -> &'static rustls::RootCertStore {
 /// CA bundle, and its client certificate when it has one (mutual TLS). The gateway's
 /// certificate is verified against its host name by rustls (RFC 5922 in spirit: the name
 /// the trunk configured, not an address from DNS).
-pub fn client_config(tls: &TlsClient) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+fn client_config(tls: &TlsClient) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = system_roots().clone();
     if !tls.ca_pem.is_empty() {
         let mut added = 0;
