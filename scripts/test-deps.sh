@@ -144,7 +144,7 @@ fi
 log "done. kube-apiserver=$KUBE_APISERVER etcd=$ETCD kubectl=$BIN/kubectl helm=$BIN/helm"
 
 # ===================================================== Pipecat agent (media tests)
-# tests/tests/media_bridge.rs drives the media node with an agent built on Pipecat's Twilio
+# tests/tests/media/media_bridge.rs drives the media node with an agent built on Pipecat's Twilio
 # Media Streams serializer (tests/agents/pipecat_agent.py): an independent implementation of the
 # agent protocol. It lives in its own venv; the test looks for $CACHE/pipecat-venv/bin/python.
 PIPECAT_VENV="$CACHE/pipecat-venv"

@@ -278,7 +278,7 @@ async fn main() -> std::process::ExitCode {
     }
     let mut egress_allow = Vec::new();
     for c in &args.egress_allow {
-        match switchboard_media_node::routing::acl::Cidr::parse(c) {
+        match switchboard_media_node::node::Cidr::parse(c) {
             Ok(c) => egress_allow.push(c),
             Err(e) => {
                 eprintln!("--egress-allow: {e}");
@@ -286,7 +286,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
-    let Some(rtp_ports) = switchboard_media_node::call::ports::parse_range(&args.rtp_ports) else {
+    let Some(rtp_ports) = switchboard_media_node::node::parse_range(&args.rtp_ports) else {
         eprintln!(
             "invalid --rtp-ports {:?}: expected START-END",
             args.rtp_ports
@@ -331,7 +331,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
         (Some(bind), Some(path)) => match std::fs::read_to_string(path) {
-            Ok(t) if !t.trim().is_empty() => Some(switchboard_media_node::api::ApiOptions {
+            Ok(t) if !t.trim().is_empty() => Some(switchboard_media_node::node::ApiOptions {
                 bind,
                 token: t.trim().to_owned(),
             }),
@@ -361,7 +361,7 @@ async fn main() -> std::process::ExitCode {
                 .flatten()
                 .filter_map(|h| host_ip(h)),
         );
-    let egress = Arc::new(switchboard_media_node::egress::EgressPolicy::new(
+    let egress = Arc::new(switchboard_media_node::node::EgressPolicy::new(
         egress_allow,
         own.collect::<Vec<_>>(),
     ));
@@ -420,7 +420,7 @@ async fn main() -> std::process::ExitCode {
         drain_grace: Duration::from_secs(args.drain_grace_secs),
         api,
         outbound_queue_size: args.outbound_queue_size,
-        webhooks: switchboard_media_node::webhook::WebhookOptions {
+        webhooks: switchboard_media_node::node::WebhookOptions {
             attempts: args.webhook_attempts.max(1),
             timeout: Duration::from_millis(args.webhook_timeout_ms.max(1)),
             egress: egress.clone(),

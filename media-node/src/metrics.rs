@@ -98,7 +98,7 @@ impl TcpMetrics {
     }
 }
 
-fn must<T>(r: Result<T, prometheus::Error>) -> T {
+pub(crate) fn must<T>(r: Result<T, prometheus::Error>) -> T {
     // Metric definitions are static: a failure is a programming error
     // caught by the unit test below, never a runtime condition.
     match r {

@@ -19,6 +19,13 @@ use crate::sip::protect::{Budget, MAX_SOURCES, RateLimiter, RateLimits};
 use crate::sip::transaction::{TransactionLayer, TxnLimits};
 use crate::sip::transport::{Advertise, Transport};
 
+// What the binary configures a node with, from modules that are otherwise the crate's own.
+pub use crate::api::ApiOptions;
+pub use crate::call::ports::parse_range;
+pub use crate::egress::EgressPolicy;
+pub use crate::routing::acl::Cidr;
+pub use crate::webhook::WebhookOptions;
+
 /// Completed calls the call API still answers for (GET after the end).
 const COMPLETED_CALLS_KEPT: usize = 1000;
 

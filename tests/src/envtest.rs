@@ -26,7 +26,6 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -1029,22 +1028,12 @@ fn find_binary(name: &'static str, env: &'static str, cache: &Path) -> Result<Pa
         })
 }
 
-/// Three distinct free loopback ports. They are released before the processes
-/// bind them, so a parallel test may grab one; `start_with` retries then.
+/// Three distinct free loopback ports, never handed out before in this
+/// process (see [`crate::ports`]). A process outside it may still take one
+/// before etcd or the API server binds it; `start_with` retries then.
 fn free_ports() -> Result<[u16; 3]> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free loopback port"))
-    };
-    // All three are held at once so they differ.
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0u16; 3];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(io_err("reading a bound port"))?
-            .port();
-    }
-    Ok(ports)
+    use crate::ports::free_port;
+    Ok([free_port(), free_port(), free_port()])
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -49,7 +49,7 @@ impl ControlledNode {
             sip: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             control: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            rtp: 30000 + (free_port() % 20000) / 2 * 2,
+            rtp: crate::ports::rtp_block(201),
             control_args: control.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,

@@ -8,5 +8,6 @@ pub mod node;
 pub mod operator;
 pub mod phone;
 pub mod poll;
+pub mod ports;
 pub mod sipp;
 pub mod tls;

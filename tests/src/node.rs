@@ -1,7 +1,7 @@
 //! Runs the real `switchboard-media-node` binary with a routing
 //! configuration, on free loopback ports, and kills it on drop.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,34 +9,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port free on 127.0.0.1 for both UDP and TCP (SIP uses both).
+/// A port free on 127.0.0.1 for both UDP and TCP (SIP uses both), never
+/// handed out twice in this process (see [`crate::ports`]).
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = udp.local_addr() else { continue };
-        if TcpListener::bind(addr).is_ok() {
-            return addr.port();
-        }
-    }
-    panic!("no free port on 127.0.0.1");
+    crate::ports::free_port()
 }
 
 /// A port `p` on 127.0.0.1 free for UDP and TCP whose neighbour `p + 1`
-/// is free for TCP too: baresip binds its TLS listener on `sip_listen`
+/// is free too: baresip binds its TLS listener on `sip_listen`
 /// port + 1, so a lone free port can collide with a concurrent test.
 pub fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let port = free_port();
-        let Some(next) = port.checked_add(1) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", next)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port pair on 127.0.0.1");
+    crate::ports::free_port()
 }
 
 /// The media-node binary next to the test executable (built by
@@ -132,7 +115,7 @@ impl MediaNode {
         let log = std::fs::File::create(&log_path)?;
         let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let http = SocketAddr::new(opts.http_ip, opts.http_port.unwrap_or_else(free_port));
-        let rtp_start = 30000 + (free_port() % 20000) / 2 * 2;
+        let rtp_start = crate::ports::rtp_block(201);
         let mut cmd = Command::new(binary());
         cmd.arg("--config")
             .arg(&config_path)

@@ -1,7 +1,7 @@
 //! Runs the real `switchboard-operator` binary against a test cluster (or a
 //! manifest directory), capturing its log so tests can search it.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -48,12 +48,9 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free port on 127.0.0.1, never handed out twice in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    crate::ports::free_port()
 }
 
 /// A running operator process; killed on drop.

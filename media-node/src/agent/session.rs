@@ -279,8 +279,6 @@ pub enum CallerEvent {
     },
     /// A key press.
     Dtmf(char),
-    /// The call ended: send `stop` and close.
-    Hangup,
 }
 
 /// How the session ended.
@@ -581,7 +579,8 @@ impl AgentSession {
                                 stats.dtmf_sent += 1;
                                 self.writer.dtmf(d)
                             }
-                            Some(CallerEvent::Hangup) | None => {
+                            // The call ended (it dropped its sender): `stop`, then close.
+                            None => {
                                 break 'session self.finish().await;
                             }
                         };
@@ -1084,8 +1083,8 @@ mod tests {
         assert_eq!(m2["mark"]["name"], "m2");
         assert_eq!(m2["sequenceNumber"], "5");
 
-        // Hang-up: stop, then close.
-        tx.send(CallerEvent::Hangup).await.expect("send");
+        // Hang-up (the call drops its sender): stop, then close.
+        drop(tx);
         let stop = recv_json(&mut agent).await;
         assert_eq!(stop["event"], "stop");
         assert_eq!(stop["stop"]["callSid"], "CA1");

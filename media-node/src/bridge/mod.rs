@@ -17,8 +17,8 @@
 //! connect when the callee answers. Every way a call ends because of media or the agent is
 //! recorded in `switchboard_call_end_reasons_total` and logged.
 
-pub mod engine;
-pub mod metrics;
+pub(crate) mod engine;
+pub(crate) mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -38,6 +38,12 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
                     let _ = tx.send(CallMsg::Ack(msg));
                 }
             }
+            TuEvent::Cancelled { invite } => {
+                // The layer has answered; the call only has to end.
+                if let Some(tx) = ctx.calls.invite(&invite) {
+                    let _ = tx.send(CallMsg::Cancelled);
+                }
+            }
             TuEvent::AckTimeout {
                 call_id, local_tag, ..
             } => {
@@ -64,17 +70,6 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
     let Some(method) = req.msg.method() else {
         return;
     };
-    if method == Method::Cancel {
-        match req.cancels.as_ref().and_then(|id| ctx.calls.invite(id)) {
-            Some(tx) => {
-                let _ = tx.send(CallMsg::Cancel(req));
-            }
-            // The INVITE is already answered or refused: CANCEL has no
-            // effect, but is itself successful (RFC 3261 9.2).
-            None => reply(ctx, &req, 200),
-        }
-        return;
-    }
     // A Request-URI we cannot have been meant by (RFC 3261 8.2.2.1, RFC 4475 3.3.2/3.3.3).
     let scheme = crate::sip::dialog::scheme_of(req.msg.request_uri().unwrap_or_default());
     if method != Method::Ack && !matches!(scheme.as_str(), "sip" | "sips" | "tel") {

@@ -1,15 +1,16 @@
 //! Calls: the seam towards media and agents ([`CallHandler`]), the registry
 //! of live calls, and the inbound/outbound call flows.
 
-pub mod dispatch;
+mod admission;
+pub(crate) mod dispatch;
 pub mod dtmf;
-pub mod inbound;
-pub mod outbound;
-pub mod pacing;
-pub mod passthrough;
-pub mod ports;
-pub mod session;
-pub mod session_timer;
+pub(crate) mod inbound;
+pub(crate) mod outbound;
+pub(crate) mod pacing;
+pub(crate) mod passthrough;
+pub(crate) mod ports;
+pub(crate) mod session;
+pub(crate) mod session_timer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,6 +67,42 @@ pub struct MediaParams {
     pub ptime_ms: u32,
     /// SRTP keys when the call's media is encrypted.
     pub srtp: Option<SrtpKeys>,
+}
+
+/// Packetisation time of every stream the node sends (RFC 3551's default for G.711).
+pub const PTIME_MS: u32 = 20;
+
+impl MediaParams {
+    /// Before any answer (an offerless INVITE we offer in our 2xx, or an
+    /// offer of ours still unanswered): our first codec, no peer address.
+    pub(crate) fn unanswered(codec: Codec, dtmf_payload_type: Option<u8>) -> Self {
+        MediaParams {
+            codec,
+            payload_type: crate::sdp::static_pt(codec),
+            dtmf_payload_type,
+            remote: None,
+            direction: Direction::SendRecv,
+            ptime_ms: PTIME_MS,
+            srtp: None,
+        }
+    }
+
+    /// What an offer/answer exchange agreed; `direction` is ours.
+    pub(crate) fn negotiated(
+        n: &crate::sdp::Negotiated,
+        direction: Direction,
+        srtp: Option<SrtpKeys>,
+    ) -> Self {
+        MediaParams {
+            codec: n.codec,
+            payload_type: n.pt,
+            dtmf_payload_type: n.dtmf_pt,
+            remote: n.remote,
+            direction,
+            ptime_ms: PTIME_MS,
+            srtp,
+        }
+    }
 }
 
 /// An encrypted call's SDES keys (their `Debug` shows only the suite).
@@ -167,8 +204,10 @@ pub enum HangupReason {
 pub enum CallMsg {
     /// A request inside the dialog.
     Request(ServerRequest),
-    /// A CANCEL of our pending INVITE.
-    Cancel(ServerRequest),
+    /// A CANCEL found our INVITE unanswered: the transaction layer has
+    /// answered it with 487 (and will drop our own answer if one is on its
+    /// way), so the call ends without a dialog.
+    Cancelled,
     /// The ACK for our 2xx.
     Ack(Message),
     /// Our 2xx was retransmitted for 64*T1 without an ACK.

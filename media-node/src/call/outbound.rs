@@ -770,6 +770,7 @@ async fn attempt(
             sip_headers: Vec::new(),
             srtp_policy,
             awaiting_ack: false,
+            unanswered_invite: None,
         };
         if srtp_policy.encryption == sdp::Encryption::Required && session.media.srtp.is_none() {
             // Answered without a usable key: the trunk never carries plain media.
@@ -810,15 +811,7 @@ fn media_from_answer(
     policy: sdp::SrtpPolicy,
     ours: Option<&sdp::LocalCrypto>,
 ) -> MediaParams {
-    let fallback = MediaParams {
-        codec: prefs[0],
-        payload_type: sdp::static_pt(prefs[0]),
-        dtmf_payload_type: None,
-        remote: None,
-        direction: sdp::Direction::SendRecv,
-        ptime_ms: 20,
-        srtp: None,
-    };
+    let fallback = MediaParams::unanswered(prefs[0], None);
     let Some(a) = answer else { return fallback };
     // A key in an answer to a plain offer means nothing: negotiate it as plain.
     let policy = if ours.is_some() {
@@ -828,23 +821,18 @@ fn media_from_answer(
     };
     match sdp::negotiate_with(a, prefs, want_dtmf, policy) {
         // The answer's direction is from the peer's view; ours mirrors it.
-        Ok(n) => MediaParams {
-            codec: n.codec,
-            payload_type: n.pt,
-            dtmf_payload_type: n.dtmf_pt,
-            remote: n.remote,
-            direction: n.offered.answer_to(),
-            ptime_ms: 20,
-            srtp: match (ours, n.srtp) {
+        Ok(n) => {
+            let srtp = match (ours, &n.srtp) {
                 (Some(o), Some(t)) if t.tag == o.tag && t.key.suite() == o.key.suite() => {
                     Some(super::SrtpKeys {
                         local: o.key.clone(),
-                        remote: t.key,
+                        remote: t.key.clone(),
                     })
                 }
                 _ => None,
-            },
-        },
+            };
+            MediaParams::negotiated(&n, n.offered.answer_to(), srtp)
+        }
         Err(_) => fallback,
     }
 }

@@ -15,7 +15,7 @@ use super::{
     MediaParams,
 };
 use crate::sdp::{self, Direction, LocalMedia, Sdp};
-use crate::sip::dialog::Dialog;
+use crate::sip::dialog::{Dialog, InDialog, Outstanding, carries_sdp};
 use crate::sip::headers::has_option_tag;
 use crate::sip::message::{Message, Method, reason_phrase};
 use crate::sip::transaction::{ClientEvent, ClientTxnId, ServerRequest};
@@ -65,6 +65,8 @@ pub struct Session {
     /// Inbound: our 2xx is out but its ACK has not arrived, so media and the
     /// agent have not started yet.
     pub(crate) awaiting_ack: bool,
+    /// Our 2xx's INVITE transaction until its ACK arrives.
+    pub(crate) unanswered_invite: Option<crate::sip::transaction::ServerTxnId>,
 }
 
 struct Pending {
@@ -72,6 +74,17 @@ struct Pending {
     events: mpsc::UnboundedReceiver<ClientEvent>,
     method: Method,
     cseq: u32,
+}
+
+impl Pending {
+    /// What this request means for glare.
+    fn outstanding(&self) -> Outstanding {
+        match self.method {
+            Method::Invite => Outstanding::Invite,
+            // Our refreshes by UPDATE carry no SDP.
+            _ => Outstanding::Update { offer: false },
+        }
+    }
 }
 
 impl Session {
@@ -128,10 +141,7 @@ impl Session {
             tokio::select! {
                 _ = sleep_until(ringing_until) => break,
                 msg = self.rx.recv() => match msg {
-                    Some(CallMsg::Cancel(c)) => {
-                        let ok = c.msg.response(200, "OK", Some(&self.dialog.local_tag));
-                        self.ctx.sip.respond(&c.id, ok);
-                        self.respond(&invite, 487);
+                    Some(CallMsg::Cancelled) => {
                         self.ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
                         self.cleanup(&invite, HangupReason::Cancelled, false);
                         return;
@@ -163,7 +173,9 @@ impl Session {
         self.local_sdp = answer_sdp.clone();
         ok.set_body("application/sdp", answer_sdp.into_bytes());
         self.ctx.sip.respond(&invite.id, ok);
-        self.ctx.calls.unregister_invite(&invite.id);
+        // Registered until the ACK: a CANCEL that overtook this 200 must
+        // still find the call (see `CallMsg::Cancelled`).
+        self.unanswered_invite = Some(invite.id.clone());
         self.ctx
             .metrics
             .calls
@@ -191,10 +203,10 @@ impl Session {
             return None;
         }
         self.awaiting_ack = false;
-        let is_sdp = ack
-            .header("Content-Type")
-            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
-        if self.media.remote.is_none() && is_sdp && !ack.body.is_empty() {
+        if let Some(id) = self.unanswered_invite.take() {
+            self.ctx.calls.unregister_invite(&id);
+        }
+        if self.media.remote.is_none() && carries_sdp(ack) {
             let answer = Sdp::parse(&String::from_utf8_lossy(&ack.body));
             let policy = self.srtp_policy;
             match answer.and_then(|a| sdp::negotiate_with(&a, &self.prefs, self.want_dtmf, policy))
@@ -209,19 +221,15 @@ impl Session {
                         self.ctx.metrics.reject("media_address");
                         return Some(HangupReason::Local(MEDIA_ADDRESS_REFUSED.into()));
                     }
-                    self.media.codec = n.codec;
-                    self.media.payload_type = n.pt;
-                    self.media.remote = n.remote;
-                    self.media.direction = n.answer;
-                    self.media.dtmf_payload_type = n.dtmf_pt;
                     // We offered in the 2xx: the answer brings the peer's key for ours.
-                    self.media.srtp = match (&self.local.crypto, &n.srtp) {
+                    let srtp = match (&self.local.crypto, &n.srtp) {
                         (Some(ours), Some(theirs)) => Some(super::SrtpKeys {
                             local: ours.key.clone(),
                             remote: theirs.key.clone(),
                         }),
                         _ => None,
                     };
+                    self.media = MediaParams::negotiated(&n, n.answer, srtp);
                     if self.local.crypto.is_some() && self.media.srtp.is_none() {
                         tracing::warn!(call_id = %self.dialog.call_id, "SDP answer in ACK has no SRTP key; the trunk requires SRTP");
                         self.ctx.metrics.reject("srtp_required");
@@ -304,13 +312,15 @@ impl Session {
                         self.bye().await;
                         break HangupReason::Local(reason);
                     }
-                    Some(CallMsg::Cancel(c)) => {
-                        // Too late: the INVITE is answered (RFC 3261 9.2).
-                        let ok = c.msg.response(200, "OK", Some(&self.dialog.local_tag));
-                        self.ctx.sip.respond(&c.id, ok);
+                    Some(CallMsg::Cancelled) => {
+                        // The CANCEL reached the transaction layer before our
+                        // 200, which it dropped: the caller has a 487, not a call.
+                        self.ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
+                        break HangupReason::Cancelled;
                     }
                     Some(CallMsg::Request(r)) => {
-                        if let Some(end) = self.on_request(r, pending.is_some()) {
+                        let ours = pending.as_ref().map_or(Outstanding::Nothing, Pending::outstanding);
+                        if let Some(end) = self.on_request(r, ours) {
                             break end;
                         }
                         if self.timer.is_some() {
@@ -404,27 +414,24 @@ impl Session {
         }
     }
 
-    /// Handles one in-dialog request; `Some` ends the call.
-    fn on_request(&mut self, r: ServerRequest, offer_pending: bool) -> Option<HangupReason> {
-        let (cseq, method) = r.msg.cseq()?;
-        if !self.dialog.accept_remote_cseq(cseq, &method) {
-            self.respond(&r, 500);
-            return None;
-        }
-        match method {
-            Method::Bye => {
+    /// Handles one in-dialog request (the dialog layer says what it is);
+    /// `Some` ends the call.
+    fn on_request(&mut self, r: ServerRequest, ours: Outstanding) -> Option<HangupReason> {
+        match self.dialog.classify(&r.msg, ours) {
+            InDialog::Refuse(code) => {
+                self.respond(&r, code);
+                None
+            }
+            InDialog::Bye => {
                 self.respond(&r, 200);
                 Some(HangupReason::RemoteBye)
             }
-            Method::Invite | Method::Update => {
-                if offer_pending && method == Method::Invite {
-                    self.respond(&r, 491);
-                    return None;
-                }
+            InDialog::Offer => {
+                let method = r.msg.method().unwrap_or(Method::Invite);
                 self.on_offer(r, method);
                 None
             }
-            Method::Info => {
+            InDialog::Info => {
                 let ct = r.msg.header("Content-Type").unwrap_or("");
                 match super::dtmf::parse(ct, &r.msg.body) {
                     Some(ev) => {
@@ -438,23 +445,11 @@ impl Session {
                 }
                 None
             }
-            Method::Options => {
+            InDialog::Options => {
                 let mut resp = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
                 self.with_common_headers(&mut resp);
                 resp.add("Accept", "application/sdp");
                 self.ctx.sip.respond(&r.id, resp);
-                None
-            }
-            Method::Prack => {
-                self.respond(&r, 481);
-                None
-            }
-            Method::Other(_) => {
-                self.respond(&r, 501);
-                None
-            }
-            _ => {
-                self.respond(&r, 405);
                 None
             }
         }
@@ -488,11 +483,7 @@ impl Session {
             self.timer = timer;
         }
         let mut body = None;
-        let is_sdp = r
-            .msg
-            .header("Content-Type")
-            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"));
-        if !r.msg.body.is_empty() && is_sdp {
+        if carries_sdp(&r.msg) {
             let offer = match Sdp::parse(&String::from_utf8_lossy(&r.msg.body)) {
                 Ok(o) => o,
                 Err(e) => {
@@ -522,15 +513,7 @@ impl Session {
             // new key from the peer is a rekey, answered with a new key of ours.
             let (srtp, crypto) = super::answer_srtp(&n, self.media.srtp.as_ref());
             self.local.crypto = crypto;
-            let media = MediaParams {
-                codec: n.codec,
-                payload_type: n.pt,
-                dtmf_payload_type: n.dtmf_pt,
-                remote: n.remote,
-                direction: n.answer,
-                ptime_ms: 20,
-                srtp,
-            };
+            let media = MediaParams::negotiated(&n, n.answer, srtp);
             let changed = media != self.media;
             self.media = media;
             body = Some(self.build_sdp(Some(&offer), Some(&n)));
@@ -553,9 +536,7 @@ impl Session {
             }
             body = Some(self.build_sdp(None, None));
         }
-        if let Some(contact) = r.msg.header("Contact") {
-            self.dialog.remote_target = crate::sip::headers::uri_text(contact).to_owned();
-        }
+        self.dialog.refresh_target(&r.msg);
         let mut ok = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
         self.with_common_headers(&mut ok);
         if let Some(t) = &self.timer {
@@ -606,6 +587,9 @@ impl Session {
     }
 
     fn finish(&mut self, reason: HangupReason) {
+        if let Some(id) = self.unanswered_invite.take() {
+            self.ctx.calls.unregister_invite(&id);
+        }
         self.ctx
             .calls
             .unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);

@@ -8,5 +8,7 @@ mod status;
 mod validate;
 
 pub use auth::TokenCheck;
-pub use server::{ControlService, MAX_MESSAGE_BYTES, serve};
-pub use validate::{validate, validate_delta};
+pub use server::{ControlService, serve};
+pub use validate::validate;
+#[cfg(test)]
+pub(crate) use validate::validate_delta;

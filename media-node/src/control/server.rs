@@ -68,26 +68,22 @@ enum Effect {
 
 impl Programming {
     fn new(routing: RoutingStore, metrics: &Metrics) -> Programming {
-        let numbers = IntGauge::new(
+        let numbers = crate::metrics::must(IntGauge::new(
             "switchboard_config_numbers",
             "Phone numbers in the routing configuration in use",
-        )
-        .expect("constant metric name is valid");
-        let refusals = IntCounter::new(
+        ));
+        let refusals = crate::metrics::must(IntCounter::new(
             "switchboard_config_refused_total",
             "Routing configurations refused",
-        )
-        .expect("constant metric name is valid");
-        let term = IntGauge::new(
+        ));
+        let term = crate::metrics::must(IntGauge::new(
             "switchboard_config_term",
             "Operator leadership term of the configuration in use (0: unfenced)",
-        )
-        .expect("constant metric name is valid");
-        let stale_terms = IntCounter::new(
+        ));
+        let stale_terms = crate::metrics::must(IntCounter::new(
             "switchboard_config_stale_term_total",
             "Configuration requests ignored because they came from an older operator leadership term",
-        )
-        .expect("constant metric name is valid");
+        ));
         // Registration fails only for duplicate names (a second service in
         // one process, as in tests); the metrics then stay unexported.
         for m in [

@@ -20,15 +20,8 @@ pub enum Law {
 }
 
 impl Law {
-    /// The static RTP payload type of this law.
-    pub const fn payload_type(self) -> u8 {
-        match self {
-            Law::Ulaw => 0,
-            Law::Alaw => 8,
-        }
-    }
-
     /// The law for a static payload type (0 or 8).
+    #[cfg(test)]
     pub const fn from_payload_type(pt: u8) -> Option<Law> {
         match pt {
             0 => Some(Law::Ulaw),
@@ -51,11 +44,14 @@ pub const ULAW_SILENCE: u8 = 0xFF;
 /// A-law code for silence (smallest positive level, +8 in 16-bit units).
 pub const ALAW_SILENCE: u8 = 0xD5;
 
+#[cfg(test)]
 /// μ-law bias in 14-bit units (G.711 μ-law is a biased logarithm: 33 = 0x84 >> 2).
 const ULAW_BIAS: i32 = 33;
+#[cfg(test)]
 /// Largest μ-law magnitude in 14-bit units before the bias is added (top decision value).
 const ULAW_CLIP: i32 = 8159;
 
+#[cfg(test)]
 /// Decodes one μ-law code to a 16-bit linear sample (computed; see [`ULAW_TO_LINEAR`]).
 const fn ulaw_decode_calc(code: u8) -> i16 {
     // μ-law codes are transmitted inverted.
@@ -71,6 +67,7 @@ const fn ulaw_decode_calc(code: u8) -> i16 {
     }
 }
 
+#[cfg(test)]
 /// Decodes one A-law code to a 16-bit linear sample (computed; see [`ALAW_TO_LINEAR`]).
 const fn alaw_decode_calc(code: u8) -> i16 {
     // A-law codes have their even bits inverted (0x55).
@@ -91,6 +88,7 @@ const fn alaw_decode_calc(code: u8) -> i16 {
     }
 }
 
+#[cfg(test)]
 /// Encodes a 16-bit linear sample to μ-law.
 pub const fn linear_to_ulaw(sample: i16) -> u8 {
     let s = sample as i32;
@@ -121,6 +119,7 @@ pub const fn linear_to_ulaw(sample: i16) -> u8 {
     code ^ sign_mask
 }
 
+#[cfg(test)]
 /// Encodes a 16-bit linear sample to A-law.
 pub const fn linear_to_alaw(sample: i16) -> u8 {
     let s = sample as i32;
@@ -146,6 +145,7 @@ pub const fn linear_to_alaw(sample: i16) -> u8 {
     code ^ sign_mask
 }
 
+#[cfg(test)]
 const fn build_ulaw_decode() -> [i16; 256] {
     let mut t = [0i16; 256];
     let mut i = 0;
@@ -156,6 +156,7 @@ const fn build_ulaw_decode() -> [i16; 256] {
     t
 }
 
+#[cfg(test)]
 const fn build_alaw_decode() -> [i16; 256] {
     let mut t = [0i16; 256];
     let mut i = 0;
@@ -166,17 +167,21 @@ const fn build_alaw_decode() -> [i16; 256] {
     t
 }
 
+#[cfg(test)]
 /// μ-law code -> 16-bit linear sample, for every code.
 pub static ULAW_TO_LINEAR: [i16; 256] = build_ulaw_decode();
+#[cfg(test)]
 /// A-law code -> 16-bit linear sample, for every code.
 pub static ALAW_TO_LINEAR: [i16; 256] = build_alaw_decode();
 
+#[cfg(test)]
 /// Decodes one μ-law code.
 #[inline]
 pub fn ulaw_to_linear(code: u8) -> i16 {
     ULAW_TO_LINEAR[code as usize]
 }
 
+#[cfg(test)]
 /// Decodes one A-law code.
 #[inline]
 pub fn alaw_to_linear(code: u8) -> i16 {
@@ -255,12 +260,14 @@ pub static ULAW_TO_ALAW: [u8; 256] = build_ulaw_to_alaw();
 /// A-law code -> μ-law code per G.711 Table 4.
 pub static ALAW_TO_ULAW: [u8; 256] = build_alaw_to_ulaw();
 
+#[cfg(test)]
 /// Transcodes one μ-law code to A-law.
 #[inline]
 pub fn ulaw_to_alaw(code: u8) -> u8 {
     ULAW_TO_ALAW[code as usize]
 }
 
+#[cfg(test)]
 /// Transcodes one A-law code to μ-law.
 #[inline]
 pub fn alaw_to_ulaw(code: u8) -> u8 {

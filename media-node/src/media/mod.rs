@@ -5,14 +5,14 @@
 //! [`ports`] and the node's shared timing wheel ([`wheel`]).
 
 pub mod dtmf;
-pub mod g711;
+pub(crate) mod g711;
 pub mod jitter;
-pub mod pacer;
+pub(crate) mod pacer;
 pub mod playout;
-pub mod ports;
+pub(crate) mod ports;
 pub mod rtcp;
 pub mod rtp;
-pub mod signal;
-pub mod source;
+pub(crate) mod signal;
+pub(crate) mod source;
 pub mod srtp;
-pub mod wheel;
+pub(crate) mod wheel;

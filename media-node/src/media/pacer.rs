@@ -151,6 +151,7 @@ impl Pacer {
         skip
     }
 
+    #[cfg(test)]
     /// How far ahead of its timestamp's real time the next packet would leave if sent now
     /// (zero when on time or behind); at most one frame for audio.
     pub fn lead(&self, now: Duration) -> Duration {

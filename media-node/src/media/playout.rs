@@ -106,11 +106,6 @@ impl PlayoutQueue {
         self.max_marks = max_marks.max(1);
     }
 
-    /// The bound on marks held (pending plus completed-but-not-taken).
-    pub fn max_marks(&self) -> usize {
-        self.max_marks
-    }
-
     /// Queues agent audio; returns how many bytes were accepted (the rest overflowed).
     pub fn push_audio(&mut self, bytes: &[u8]) -> usize {
         if self.audio.is_empty() {
@@ -210,6 +205,7 @@ impl PlayoutQueue {
         self.audio.len()
     }
 
+    #[cfg(test)]
     /// Queued audio as a duration at 8 kHz.
     pub fn queued_duration(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.audio.len() as u64 * 125)
@@ -220,16 +216,19 @@ impl PlayoutQueue {
         self.done.len()
     }
 
+    #[cfg(test)]
     /// Marks waiting for their audio to play.
     pub fn pending_marks(&self) -> usize {
         self.pending.len()
     }
 
+    #[cfg(test)]
     /// True when no audio is queued and no mark is pending or waiting to be taken.
     pub fn is_idle(&self) -> bool {
         self.audio.is_empty() && self.pending.is_empty() && self.done.is_empty()
     }
 
+    #[cfg(test)]
     /// Counters.
     pub fn stats(&self) -> PlayoutStats {
         self.stats

@@ -79,6 +79,7 @@ impl PortAllocator {
         Self::with_rng(start, end, quarantine, StdRng::from_os_rng())
     }
 
+    #[cfg(test)]
     /// [`PortAllocator::new`] with a seeded order, for reproducible tests.
     pub fn with_seed(
         start: u16,

@@ -67,13 +67,6 @@ pub enum Verdict {
     Drop,
 }
 
-impl Verdict {
-    /// True for [`Verdict::Accept`] and [`Verdict::Learned`].
-    pub fn accepted(self) -> bool {
-        !matches!(self, Verdict::Drop)
-    }
-}
-
 /// Candidates tracked at once while learning; a bounded array, so a flood of sources costs no
 /// memory (the oldest candidate is replaced).
 const CANDIDATES: usize = 4;

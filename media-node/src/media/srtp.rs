@@ -275,6 +275,59 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The length of an RTP header with its CSRC list and extension (RFC 3550 5.1, 5.3.1), as
+/// written in the packet; `None` when the fixed parts it is computed from are missing, or an
+/// RFC 8285 extension element runs past its block (rtc-rtp reads those without a bound).
+fn rtp_header_len(packet: &[u8]) -> Option<usize> {
+    let b0 = *packet.first()?;
+    let mut len = 12 + 4 * usize::from(b0 & 0x0f);
+    if b0 & 0x10 != 0 {
+        let head = packet.get(len..len + 4)?;
+        let profile = u16::from_be_bytes([head[0], head[1]]);
+        let start = len + 4;
+        len = start + 4 * usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let block = packet.get(start..len)?;
+        if !rfc8285_elements_fit(profile, block) {
+            return None;
+        }
+    }
+    Some(len)
+}
+
+/// True when every RFC 8285 element of a one-byte (0xBEDE) or two-byte (0x1000) extension
+/// block ends inside the block; other profiles are opaque.
+fn rfc8285_elements_fit(profile: u16, block: &[u8]) -> bool {
+    let two_byte = match profile {
+        0xBEDE => false,
+        0x1000 => true,
+        _ => return true,
+    };
+    let mut i = 0;
+    while let Some(&b) = block.get(i) {
+        if b == 0 {
+            i += 1;
+            continue;
+        }
+        let (header, data) = if two_byte {
+            match block.get(i + 1) {
+                Some(&l) => (2, usize::from(l)),
+                None => return false,
+            }
+        } else {
+            if b >> 4 == 15 {
+                // The reserved id ends the block.
+                return true;
+            }
+            (1, usize::from(b & 0x0f) + 1)
+        };
+        i += header + data;
+        if i > block.len() {
+            return false;
+        }
+    }
+    true
+}
+
 fn ssrc_at(packet: &[u8], at: usize) -> Result<u32, SrtpError> {
     packet
         .get(at..at + 4)
@@ -311,6 +364,11 @@ impl Session {
     /// Authenticates, checks for replay and decrypts one SRTP packet.
     pub fn unprotect_rtp(&mut self, srtp: &[u8]) -> Result<BytesMut, SrtpError> {
         let ssrc = ssrc_at(srtp, 8)?;
+        // rtc-srtp's header parser panics on a CSRC list or extension that runs past the
+        // packet (found by fuzz/sdp): check the header's extent before handing it over.
+        if rtp_header_len(srtp).is_none_or(|n| n > srtp.len()) {
+            return Err(SrtpError::TooShort);
+        }
         self.inbound.admit(ssrc, |probe| probe.decrypt_rtp(srtp))?;
         self.inbound
             .ctx
@@ -340,6 +398,32 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_that_runs_past_the_packet_is_refused_not_a_panic() {
+        let key = MasterKey::random(Suite::AesCm128HmacSha1_80);
+        let mut s = Session::new(&key, key.clone()).expect("session");
+        // 15 CSRCs announced in a 20-byte packet; then an extension longer than the packet.
+        let mut csrcs = vec![0x8f_u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        csrcs.extend_from_slice(&[0; 8]);
+        assert!(matches!(s.unprotect_rtp(&csrcs), Err(SrtpError::TooShort)));
+        let mut ext = vec![
+            0x90_u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xbe, 0xde, 0xff, 0xff,
+        ];
+        ext.extend_from_slice(&[0; 16]);
+        assert!(matches!(s.unprotect_rtp(&ext), Err(SrtpError::TooShort)));
+        assert_eq!(rtp_header_len(&[0x80; 12]), Some(12));
+        // A two-byte-header element longer than its extension block.
+        let mut two = vec![0x90_u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1];
+        two.extend_from_slice(&[7, 200, 0, 0]);
+        two.extend_from_slice(&[0; 30]);
+        assert!(matches!(s.unprotect_rtp(&two), Err(SrtpError::TooShort)));
+        // Elements that fit are accepted as a header.
+        let ok = [
+            0x90_u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0,
+        ];
+        assert_eq!(rtp_header_len(&ok), Some(20));
+    }
 
     fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

@@ -136,11 +136,7 @@ impl TimerWheel {
         }
     }
 
-    /// Times the driver woke up.
-    pub fn wakeups(&self) -> u64 {
-        self.shared.wakeups.load(Ordering::Relaxed)
-    }
-
+    #[cfg(test)]
     /// Timers fired so far.
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::Relaxed)

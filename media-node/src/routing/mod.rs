@@ -3,7 +3,7 @@
 //! entry: a one-number change to 100,000 numbers touches one number.
 
 pub mod acl;
-pub mod numbers;
+pub(crate) mod numbers;
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -141,12 +141,14 @@ impl NumberIndex {
             .map(Claimants::first)
     }
 
-    /// Index entries (digits and keys), for tests and accounting.
+    /// Index entries (digits and keys), for tests.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_digits.len() + self.by_key.len()
     }
 
     /// True when nothing is indexed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

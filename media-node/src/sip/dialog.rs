@@ -1,5 +1,8 @@
 //! Dialog state (RFC 3261 12): identifiers, CSeq spaces, the remote target
-//! and the route set, and building requests inside the dialog.
+//! and the route set, building requests inside the dialog, and the rules for
+//! the peer's in-dialog requests ([`Dialog::classify`]: CSeq order, re-INVITE
+//! and UPDATE glare, which method does what; [`Dialog::refresh_target`]).
+//! Pure: the call layer does what the answer says.
 
 use crate::sip::headers::{SipUri, param, uri_text};
 use crate::sip::message::{Message, Method};
@@ -45,6 +48,55 @@ pub fn wants_sips(request: &Message) -> bool {
         Some(top) => sips(top),
         None => request.header("Contact").is_some_and(sips),
     }
+}
+
+/// A request of ours in the dialog still waiting for its final answer, as
+/// far as glare is concerned (RFC 3261 14.2, RFC 3311 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outstanding {
+    /// Nothing of ours is pending.
+    Nothing,
+    /// A re-INVITE (ours always carry an offer).
+    Invite,
+    /// An UPDATE; `offer` when it carries SDP.
+    Update {
+        /// The UPDATE carries an offer.
+        offer: bool,
+    },
+}
+
+impl Outstanding {
+    fn has_offer(self) -> bool {
+        matches!(
+            self,
+            Outstanding::Invite | Outstanding::Update { offer: true }
+        )
+    }
+}
+
+/// What the call does with an in-dialog request from the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InDialog {
+    /// Answer with this code and change nothing: 500 for a CSeq out of
+    /// order, 491 for glare, 481 for PRACK (we never send reliable
+    /// provisionals), 501 for unknown methods, 405 for the rest.
+    Refuse(u16),
+    /// BYE: answer 200 and end the call.
+    Bye,
+    /// re-INVITE or UPDATE: an offer, or a session refresh without one.
+    Offer,
+    /// INFO (DTMF).
+    Info,
+    /// OPTIONS inside the dialog.
+    Options,
+}
+
+/// True when a request carries an SDP body (an offer, in a request).
+pub fn carries_sdp(msg: &Message) -> bool {
+    !msg.body.is_empty()
+        && msg
+            .header("Content-Type")
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"))
 }
 
 /// One dialog, from our point of view.
@@ -163,6 +215,44 @@ impl Dialog {
         }
     }
 
+    /// Decides what an in-dialog request from the peer gets, given what of
+    /// ours is pending, and records its CSeq when it is in order (RFC 3261
+    /// 12.2.2). ACK and CANCEL never come here (the transaction layer and
+    /// the call handle them).
+    pub fn classify(&mut self, msg: &Message, ours: Outstanding) -> InDialog {
+        let Some((cseq, method)) = msg.cseq() else {
+            return InDialog::Refuse(400);
+        };
+        if !self.accept_remote_cseq(cseq, &method) {
+            return InDialog::Refuse(500);
+        }
+        match method {
+            Method::Bye => InDialog::Bye,
+            // An INVITE while one of ours (or an UPDATE offer of ours) is
+            // unanswered is glare (RFC 3261 14.2, RFC 3311 5.2)...
+            Method::Invite if ours.has_offer() => InDialog::Refuse(491),
+            // ...and so is an UPDATE offer while an offer of ours is; an
+            // UPDATE without SDP only refreshes the session and may cross.
+            Method::Update if carries_sdp(msg) && ours.has_offer() => InDialog::Refuse(491),
+            Method::Invite | Method::Update => InDialog::Offer,
+            Method::Info => InDialog::Info,
+            Method::Options => InDialog::Options,
+            Method::Prack => InDialog::Refuse(481),
+            Method::Other(_) => InDialog::Refuse(501),
+            _ => InDialog::Refuse(405),
+        }
+    }
+
+    /// A target refresh the call accepted (re-INVITE or UPDATE, RFC 3261
+    /// 12.2.2): its Contact becomes the remote target. An unusable Contact
+    /// leaves the target as it was, so a hostile one cannot make our next
+    /// request unparseable.
+    pub fn refresh_target(&mut self, msg: &Message) {
+        if let Some(target) = msg.header("Contact").and_then(contact_target) {
+            self.remote_target = target;
+        }
+    }
+
     /// Where to send in-dialog requests: the first route (we assume loose
     /// routing) or the remote target, when it is an IP literal; otherwise
     /// back to the address the dialog's messages came from.
@@ -231,6 +321,151 @@ mod tests {
             proto: Proto::Udp,
             addr: "10.0.0.9:5060".parse().expect("addr"),
         }
+    }
+
+    /// A dialog from an INVITE with CSeq 1 and no Record-Route.
+    fn established() -> Dialog {
+        let mut inv = invite();
+        inv.remove("Record-Route");
+        inv.set("CSeq", "1 INVITE");
+        Dialog::uas(&inv, "ours", peer(), "<sip:node@10.0.0.1>".into()).expect("dialog")
+    }
+
+    fn in_dialog(method: Method, cseq: u32) -> Message {
+        let mut m = Message::request(method.clone(), "sip:node@10.0.0.1");
+        m.push_header("CSeq", &format!("{cseq} {}", method.as_str()));
+        m
+    }
+
+    fn with_sdp(mut m: Message) -> Message {
+        m.set_body("application/sdp", b"v=0\r\n".to_vec());
+        m
+    }
+
+    #[test]
+    fn a_request_out_of_cseq_order_is_500_and_not_recorded() {
+        let mut d = established();
+        // The INVITE had CSeq 1.
+        assert_eq!(
+            d.classify(&in_dialog(Method::Info, 1), Outstanding::Nothing),
+            InDialog::Refuse(500)
+        );
+        assert_eq!(
+            d.classify(&in_dialog(Method::Info, 5), Outstanding::Nothing),
+            InDialog::Info
+        );
+        assert_eq!(
+            d.classify(&in_dialog(Method::Info, 5), Outstanding::Nothing),
+            InDialog::Refuse(500)
+        );
+        assert_eq!(
+            d.classify(&in_dialog(Method::Info, 4), Outstanding::Nothing),
+            InDialog::Refuse(500)
+        );
+        assert_eq!(d.remote_cseq, Some(5));
+        // Gaps are fine (RFC 3261 12.2.2: only order matters).
+        assert_eq!(
+            d.classify(&in_dialog(Method::Bye, 90), Outstanding::Nothing),
+            InDialog::Bye
+        );
+    }
+
+    #[test]
+    fn reinvite_glare_is_491_while_an_offer_of_ours_is_pending() {
+        let cases = [
+            (Outstanding::Nothing, InDialog::Offer),
+            (Outstanding::Invite, InDialog::Refuse(491)),
+            (Outstanding::Update { offer: true }, InDialog::Refuse(491)),
+            // Our UPDATE without SDP is a refresh, not an offer.
+            (Outstanding::Update { offer: false }, InDialog::Offer),
+        ];
+        for (i, (ours, want)) in cases.into_iter().enumerate() {
+            let mut d = established();
+            let cseq = 2 + u32::try_from(i).unwrap_or(0);
+            assert_eq!(
+                d.classify(&with_sdp(in_dialog(Method::Invite, cseq)), ours),
+                want,
+                "{ours:?}"
+            );
+            // An offerless re-INVITE is glare just the same (RFC 3261 14.2).
+            let mut d = established();
+            assert_eq!(
+                d.classify(&in_dialog(Method::Invite, cseq), ours),
+                want,
+                "{ours:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_update_offer_is_491_during_our_offer_but_a_plain_refresh_may_cross() {
+        let mut d = established();
+        assert_eq!(
+            d.classify(&with_sdp(in_dialog(Method::Update, 2)), Outstanding::Invite),
+            InDialog::Refuse(491)
+        );
+        assert_eq!(
+            d.classify(&in_dialog(Method::Update, 3), Outstanding::Invite),
+            InDialog::Offer,
+            "an UPDATE without SDP only refreshes the session timer"
+        );
+        assert_eq!(
+            d.classify(
+                &with_sdp(in_dialog(Method::Update, 4)),
+                Outstanding::Update { offer: false }
+            ),
+            InDialog::Offer
+        );
+    }
+
+    #[test]
+    fn methods_map_to_what_the_call_does() {
+        let mut d = established();
+        let cases = [
+            (Method::Options, InDialog::Options),
+            (Method::Info, InDialog::Info),
+            (Method::Prack, InDialog::Refuse(481)),
+            (Method::Other("FOO".into()), InDialog::Refuse(501)),
+            (Method::Register, InDialog::Refuse(405)),
+            (Method::Bye, InDialog::Bye),
+        ];
+        for (i, (m, want)) in cases.into_iter().enumerate() {
+            let cseq = 10 + u32::try_from(i).unwrap_or(0);
+            assert_eq!(
+                d.classify(&in_dialog(m.clone(), cseq), Outstanding::Nothing),
+                want,
+                "{m:?}"
+            );
+        }
+        let mut no_cseq = Message::request(Method::Info, "sip:node@10.0.0.1");
+        no_cseq.push_header("Call-ID", "x");
+        assert_eq!(
+            d.classify(&no_cseq, Outstanding::Nothing),
+            InDialog::Refuse(400)
+        );
+    }
+
+    #[test]
+    fn a_target_refresh_takes_a_usable_contact_only() {
+        let mut d = established();
+        let before = d.remote_target.clone();
+        let mut bad = in_dialog(Method::Invite, 2);
+        bad.push_header("Contact", "<not a uri>");
+        d.refresh_target(&bad);
+        assert_eq!(d.remote_target, before, "an unusable Contact is ignored");
+        let mut none = in_dialog(Method::Invite, 3);
+        none.push_header("Max-Forwards", "70");
+        d.refresh_target(&none);
+        assert_eq!(d.remote_target, before);
+        let mut moved = in_dialog(Method::Update, 4);
+        moved.push_header("Contact", "<sip:carrier@10.0.0.77:5070;transport=tcp>");
+        d.refresh_target(&moved);
+        assert_eq!(d.remote_target, "sip:carrier@10.0.0.77:5070;transport=tcp");
+        assert_eq!(
+            d.next_hop().addr,
+            "10.0.0.77:5070".parse().expect("addr"),
+            "the next request goes to the new target"
+        );
     }
 
     #[test]

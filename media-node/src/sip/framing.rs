@@ -334,6 +334,14 @@ impl StreamFramer {
         self.buf.len()
     }
 
+    /// The buffered bytes that have not framed yet: after [`next_message`] failed, the
+    /// message it failed on (for [`refusal`]).
+    ///
+    /// [`next_message`]: StreamFramer::next_message
+    pub fn unframed(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The next complete message, `Ok(None)` when more bytes are needed.
     /// After an error the stream cannot be resynchronised: close it.
     pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>, FrameError> {
@@ -435,6 +443,28 @@ mod tests {
         let bare = "OPTIONS  sip:a@x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n";
         let err = parse_datagram(bare.as_bytes(), &limits).expect_err("does not frame");
         assert!(refusal(bare.as_bytes(), &err, &limits).is_none());
+    }
+
+    #[test]
+    fn a_stream_request_that_does_not_frame_stays_buffered_for_its_refusal() {
+        let limits = Limits::default();
+        let mut f = StreamFramer::new();
+        // A valid message first, then one without Content-Length (required on streams).
+        f.push(
+            b"OPTIONS sip:a@x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\n\
+              To: <sip:b@y>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n\r\n\
+              OPTIONS sip:a@x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK2\r\nFrom: <sip:a@x>;tag=1\r\n\
+              To: <sip:b@y>\r\nCall-ID: bad\r\nCSeq: 2 OPTIONS\r\n\r\n",
+        );
+        assert!(matches!(f.next_message(&limits), Ok(Some(_))));
+        let err = f
+            .next_message(&limits)
+            .expect_err("no Content-Length on a stream");
+        assert!(f.unframed().starts_with(b"OPTIONS"));
+        let answer = refusal(f.unframed(), &err, &limits).expect("an addressable request");
+        assert_eq!(answer.code(), Some(400));
+        assert_eq!(answer.header("Call-ID"), Some("bad"));
+        assert_eq!(answer.header("CSeq"), Some("2 OPTIONS"));
     }
 
     const INVITE: &str = "INVITE sip:+15550001111@127.0.0.1 SIP/2.0\r\n\

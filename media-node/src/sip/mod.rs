@@ -5,9 +5,10 @@ pub mod digest;
 pub mod framing;
 pub mod headers;
 pub mod message;
-pub mod protect;
+pub(crate) mod protect;
 pub mod transaction;
 pub mod transport;
+pub mod uri;
 
 /// Written into User-Agent and Server headers.
 pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));

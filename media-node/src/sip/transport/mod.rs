@@ -137,13 +137,14 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// Applies protection and forwards an accepted message.
     /// Whether a request that did not frame may be answered: within the source's rate,
     /// like any request (a flood of garbage gets no more answers than one of requests).
-    pub(crate) fn allow_refusal(&self, from: SocketAddr) -> bool {
-        self.rate.allow(from.ip(), false, Instant::now()).is_ok()
+    /// `reliable` picks the source's TCP/TLS bucket instead of its UDP one.
+    pub(crate) fn allow_refusal(&self, from: SocketAddr, reliable: bool) -> bool {
+        self.rate.allow(from.ip(), reliable, Instant::now()).is_ok()
     }
 
+    /// Applies protection and forwards an accepted message.
     pub(crate) fn accept(&self, msg: Message, peer: Peer) {
         if msg.is_request() {
             if msg.header("User-Agent").is_some_and(is_scanner) {

@@ -457,6 +457,32 @@ impl Connections {
         self.closed(reason);
     }
 
+    /// Sends a last answer (the 400 or 505 for a request that did not frame) behind whatever
+    /// is queued, then lets the writer end: the connection leaves the table, so nothing else
+    /// is queued and the writer stops once the queue is written, within the write deadline.
+    async fn answer_and_close(
+        &self,
+        slot: &Slot,
+        answer: Bytes,
+        writer: &mut JoinHandle<&'static str>,
+    ) {
+        let tx = {
+            let mut t = self.lock();
+            match t.by_addr.get(&slot.addr) {
+                Some(e) if e.id == slot.id => t.by_addr.remove(&slot.addr).map(|e| e.tx),
+                _ => None,
+            }
+        };
+        let Some(tx) = tx else {
+            return;
+        };
+        if tx.try_send(answer).is_err() {
+            return;
+        }
+        drop(tx);
+        let _ = tokio::time::timeout(self.limits.message_timeout, &mut *writer).await;
+    }
+
     /// Reads and frames until the connection must end; returns why.
     async fn read_loop(
         &self,
@@ -516,6 +542,12 @@ impl Connections {
                         // A stream cannot be resynchronised after a framing error.
                         self.recv.metrics.drop_msg(e.label());
                         tracing::debug!(addr = %slot.addr, error = %e, "closing TCP connection after framing error");
+                        if let Some(resp) =
+                            crate::sip::framing::refusal(framer.unframed(), &e, &self.recv.limits)
+                            && self.recv.allow_refusal(slot.addr, true)
+                        {
+                            self.answer_and_close(slot, resp.to_bytes(), writer).await;
+                        }
                         return "framing_error";
                     }
                 }

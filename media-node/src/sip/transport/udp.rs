@@ -80,7 +80,7 @@ fn handle(data: &[u8], from: SocketAddr, recv: &Receiver, sock: &UdpSocket) {
             recv.metrics.drop_msg(e.label());
             tracing::debug!(%from, error = %e, "dropped malformed UDP message");
             if let Some(resp) = crate::sip::framing::refusal(data, &e, &recv.limits)
-                && recv.allow_refusal(from)
+                && recv.allow_refusal(from, false)
             {
                 // A full socket buffer loses the answer like the network would.
                 let _ = sock.try_send_to(&resp.to_bytes(), from);

@@ -2,9 +2,7 @@
 //! bearer token (HTTP and gRPC), clear 400/404/409 errors naming the field,
 //! the API only on its own port, and no secrets in responses.
 
-mod api_support;
-
-use api_support::{ApiNode, TOKEN, api_request, authed};
+use crate::api_support::{ApiNode, TOKEN, api_request, authed};
 use serde_json::{Value, json};
 use switchboard_proto::v1alpha1 as pb;
 use switchboard_tests::node::http_request;

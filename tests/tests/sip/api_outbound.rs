@@ -2,11 +2,9 @@
 //! demo agent is bridged once the carrier answers, and a webhook receiver
 //! gets initiated, ringing, answered and completed in order.
 
-mod api_support;
-
 use std::time::Duration;
 
-use api_support::{ApiNode, DemoAgent, TOKEN, WebhookReceiver};
+use crate::api_support::{ApiNode, DemoAgent, TOKEN, WebhookReceiver};
 use serde_json::{Value, json};
 use switchboard_tests::node::free_port;
 use switchboard_tests::sipp::Sipp;

@@ -24,7 +24,7 @@ pub const TOKEN: &str = "test-api-token-5f3a";
 /// A scenario file next to this module.
 pub fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/api_support")
+        .join("tests/sip/api_support")
         .join(name)
 }
 

@@ -3,12 +3,10 @@
 //! than the share at once; a full queue is refused with 503 (HTTP) and
 //! RESOURCE_EXHAUSTED (gRPC).
 
-mod api_support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use api_support::{ApiNode, TOKEN, authed, local_scenario};
+use crate::api_support::{ApiNode, TOKEN, authed, local_scenario};
 use serde_json::{Value, json};
 use switchboard_proto::v1alpha1 as pb;
 use switchboard_tests::node::free_port;

@@ -185,6 +185,60 @@ async fn tcp_overflowing_content_length_closes_without_fd_leak_or_panic() {
     );
 }
 
+/// Reads until the node closes the connection: everything it sent, or `None` if it was still
+/// open after `within`.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A request that does not frame over TCP is answered (400, or 505 for another SIP
+/// version) before the connection is closed, as over UDP: the client learns why.
+#[tokio::test]
+async fn tcp_unframed_requests_are_answered_before_the_close() {
+    let mut node = MediaNode::start(&config(), &[]).await.expect("node starts");
+    let cases = [
+        ("neg", "-5", None, "SIP/2.0 400 Bad Content-Length"),
+        ("word", "five", None, "SIP/2.0 400 Bad Content-Length"),
+        ("ver", "0", Some("SIP/7.0"), "SIP/2.0 505 "),
+    ];
+    for (branch, cl, version, want) in cases {
+        let mut s = connect_from(Ipv4Addr::LOCALHOST, node.sip).await;
+        let local = s.local_addr().expect("local address");
+        let mut req = options(local, branch, cl);
+        if let Some(v) = version {
+            req = req.replacen("SIP/2.0\r\n", &format!("{v}\r\n"), 1);
+        }
+        s.write_all(req.as_bytes()).await.expect("send");
+        let got = read_to_close(&mut s, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{branch}: connection still open after 10 s"));
+        assert!(
+            got.starts_with(want),
+            "{branch}: expected {want:?} before the close, got {got:?}"
+        );
+        assert!(
+            got.contains(&format!("Call-ID: {branch}@hostile-tcp")),
+            "{branch}: the answer must be addressed to the request: {got:?}"
+        );
+    }
+    assert!(node.is_running(), "node died; log:\n{}", node.log());
+    assert_no_panic(&node);
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, node.sip).await;
+    assert_eq!(
+        ping(&mut s, "after", Duration::from_secs(5)).await,
+        Some(200)
+    );
+}
+
 /// Defaults: 5 s for the first message of a connection, 10 s to finish
 /// any message once its first byte arrived, idle 300 s.
 #[tokio::test]
