@@ -328,6 +328,11 @@ fn rfc8285_elements_fit(profile: u16, block: &[u8]) -> bool {
     true
 }
 
+/// The fixed RTCP header with the sender's SSRC (RFC 3550 6.4).
+const RTCP_HEADER_LEN: usize = 8;
+/// The E flag and SRTCP index after an SRTCP packet's payload (RFC 3711 3.4).
+const SRTCP_INDEX_LEN: usize = 4;
+
 fn ssrc_at(packet: &[u8], at: usize) -> Result<u32, SrtpError> {
     packet
         .get(at..at + 4)
@@ -386,6 +391,18 @@ impl Session {
     /// Authenticates, checks for replay and decrypts one SRTCP packet.
     pub fn unprotect_rtcp(&mut self, srtcp: &[u8]) -> Result<BytesMut, SrtpError> {
         let ssrc = ssrc_at(srtcp, 4)?;
+        // rtc-srtp reads the SRTCP index from the packet's tail before it checks the length
+        // (a packet shorter than header, index and tag panics), and hands back a packet whose
+        // E flag is clear without checking its tag. Unencrypted SRTCP is never negotiated
+        // here (RFC 4568 UNENCRYPTED_SRTCP), so such a packet is a forgery: refused.
+        let profile = self.suite.profile();
+        let tail = SRTCP_INDEX_LEN + profile.rtcp_auth_tag_len();
+        if srtcp.len() < RTCP_HEADER_LEN + tail + profile.aead_auth_tag_len() {
+            return Err(SrtpError::TooShort);
+        }
+        if srtcp[srtcp.len() - tail] & 0x80 == 0 {
+            return Err(SrtpError::Auth);
+        }
         self.inbound
             .admit(ssrc, |probe| probe.decrypt_rtcp(srtcp))?;
         self.inbound
@@ -514,6 +531,37 @@ mod tests {
             );
             assert_eq!(&rx.unprotect_rtp(&hex(srtp)).expect("rtp")[..], &plain[..]);
             assert_eq!(&rx.unprotect_rtcp(&hex(srtcp)).expect("rtcp")[..], &rr[..]);
+        }
+    }
+
+    #[test]
+    fn short_and_unencrypted_srtcp_is_refused_not_a_panic_or_a_bypass() {
+        // A receiver report with one report block: 8 + 24 bytes, length 7.
+        let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0x12, 0x34];
+        rr.extend((0..24u8).map(|i| i.wrapping_mul(7)));
+        for suite in Suite::ALL {
+            let (mut a, mut b) = pair(suite);
+            let wire = a.protect_rtcp(&rr).expect("protect");
+            // Every length short of a whole packet, with the E flag set wherever it may be read.
+            for len in 0..wire.len().min(40) {
+                let mut short = vec![0x80u8; len];
+                short[..len.min(8)].copy_from_slice(&rr[..len.min(8)]);
+                let r = b.unprotect_rtcp(&short);
+                assert!(r.is_err(), "{suite:?}: {len} bytes accepted");
+            }
+            // The E flag cleared on a forged packet: the library would return it unchecked.
+            let tail = 4 + suite.profile().rtcp_auth_tag_len();
+            let mut forged = wire.to_vec();
+            let at = forged.len() - tail;
+            forged[at] &= 0x7f;
+            forged[9] ^= 0xff;
+            assert_eq!(b.unprotect_rtcp(&forged), Err(SrtpError::Auth), "{suite:?}");
+            // The genuine packet still passes.
+            assert_eq!(
+                &b.unprotect_rtcp(&wire).expect("unprotect")[..],
+                &rr[..],
+                "{suite:?}"
+            );
         }
     }
 
