@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use switchboard_proto::v1alpha1::{Codec, PhoneNumber, Trunk};
 
-use super::session_timer::{self, SessionTimer};
 use crate::routing;
 use crate::routing::acl::Cidr;
 use crate::sdp::{self, Negotiated, Sdp, SrtpPolicy};
@@ -21,6 +20,7 @@ use crate::sip::dialog::scheme_of;
 use crate::sip::digest::{DigestFailure, Verdict};
 use crate::sip::headers::{SipUri, uri_text};
 use crate::sip::message::Message;
+use crate::sip::session_timer::{self, SessionTimer};
 use crate::sip::transport::Peer;
 use crate::sip::transport::Proto;
 

@@ -9,7 +9,7 @@ use switchboard_proto::v1alpha1::{PhoneNumber, Trunk};
 use tokio::sync::mpsc;
 
 use super::admission::{self, Accepted, AdmissionView, Refusal, Reject, SourceTrunks};
-use super::session::Session;
+use super::session::{Session, SessionSetup};
 use super::{CallDirection, CallMsg, Ctx, HangupReason, MediaParams, PendingCall};
 use crate::routing;
 use crate::sdp::{self, LocalMedia};
@@ -341,48 +341,32 @@ fn admit(
         .agent
         .clone()
         .or_else(|| trunk.inbound.as_ref().and_then(|i| i.default_agent.clone()));
-    let max_secs = if number.max_call_duration_seconds > 0 {
-        number.max_call_duration_seconds
-    } else {
-        trunk
-            .limits
-            .as_ref()
-            .map(|l| l.max_call_duration_seconds)
-            .unwrap_or(0)
-    };
-    let session = Session {
-        ctx: ctx.clone(),
-        peer_allows_update: req
-            .msg
-            .headers_named("Allow")
-            .any(|a| a.to_ascii_uppercase().contains("UPDATE")),
-        dialog,
-        direction: CallDirection::Inbound,
-        trunk_id: trunk.id.clone(),
-        number_id: number.id.clone(),
-        from_user: user_of(req.msg.header("From")),
-        to_user: user,
-        agent,
-        local,
-        socket: Arc::new(socket),
-        media,
-        prefs,
-        want_dtmf,
-        timer,
-        rx,
-        tx,
-        guard,
-        max_duration: (max_secs > 0).then(|| std::time::Duration::from_secs(u64::from(max_secs))),
-        local_sdp: String::new(),
-        handler: None,
-        prepared: None,
-        rtp_timeout: super::rtp_timeout_of(trunk),
-        started: std::time::Instant::now(),
-        media_networks,
-        sip_headers: super::passthrough::passed_headers(trunk, &req.msg),
-        srtp_policy,
-        awaiting_ack: false,
-        unanswered_invite: None,
-    };
+    let session = Session::new(
+        ctx.clone(),
+        SessionSetup {
+            dialog,
+            direction: CallDirection::Inbound,
+            trunk,
+            number: &number,
+            from_user: user_of(req.msg.header("From")),
+            to_user: user,
+            agent,
+            local,
+            socket,
+            media,
+            prefs,
+            want_dtmf,
+            timer,
+            channel: (tx, rx),
+            guard,
+            peer_msg: &req.msg,
+            max_duration: None,
+            local_sdp: String::new(),
+            started: std::time::Instant::now(),
+            media_networks,
+            sip_headers: super::passthrough::passed_headers(trunk, &req.msg),
+            srtp_policy,
+        },
+    );
     Ok((session, answer))
 }

@@ -10,7 +10,6 @@ pub(crate) mod pacing;
 pub(crate) mod passthrough;
 pub(crate) mod ports;
 pub(crate) mod session;
-pub(crate) mod session_timer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -14,14 +14,14 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::pacing::Ticket;
-use super::session::Session;
-use super::session_timer;
+use super::session::{Session, SessionSetup};
 use super::{CallDirection, Ctx, MediaParams};
 use crate::routing;
 use crate::sdp::{self, LocalMedia, Sdp};
 use crate::sip::dialog::Dialog;
 use crate::sip::digest::{self, Challenge};
 use crate::sip::message::{Message, Method};
+use crate::sip::session_timer;
 use crate::sip::transaction::{ClientEvent, random_token};
 use crate::sip::transport::{Peer, Proto};
 
@@ -727,51 +727,33 @@ async fn attempt(
             &dialog.remote_tag,
             tx.clone(),
         );
-        let max_secs = if number.max_call_duration_seconds > 0 {
-            number.max_call_duration_seconds
-        } else {
-            trunk
-                .limits
-                .as_ref()
-                .map(|l| l.max_call_duration_seconds)
-                .unwrap_or(0)
-        };
-        let mut session = Session {
-            ctx: ctx.clone(),
-            peer_allows_update: resp
-                .headers_named("Allow")
-                .any(|a| a.to_ascii_uppercase().contains("UPDATE")),
-            dialog,
-            direction: CallDirection::Outbound,
-            trunk_id: trunk.id.clone(),
-            number_id: number.id.clone(),
-            from_user: number.e164.clone(),
-            to_user: to.to_owned(),
-            agent: hooks.agent.clone().or_else(|| number.agent.clone()),
-            local,
-            socket: Arc::new(socket),
-            media,
-            prefs,
-            want_dtmf,
-            timer,
-            rx,
-            tx,
-            guard,
-            max_duration: hooks
-                .max_duration
-                .or((max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs)))),
-            local_sdp: offer,
-            handler: None,
-            // Outbound calls connect their agent on answer (in the handler).
-            prepared: None,
-            rtp_timeout: super::rtp_timeout_of(trunk),
-            started: invited_at.into_std(),
-            media_networks: super::media_networks_of(trunk, dest.addr.ip()),
-            sip_headers: Vec::new(),
-            srtp_policy,
-            awaiting_ack: false,
-            unanswered_invite: None,
-        };
+        let mut session = Session::new(
+            ctx.clone(),
+            SessionSetup {
+                dialog,
+                direction: CallDirection::Outbound,
+                trunk,
+                number,
+                from_user: number.e164.clone(),
+                to_user: to.to_owned(),
+                agent: hooks.agent.clone().or_else(|| number.agent.clone()),
+                local,
+                socket,
+                media,
+                prefs,
+                want_dtmf,
+                timer,
+                channel: (tx, rx),
+                guard,
+                peer_msg: &resp,
+                max_duration: hooks.max_duration,
+                local_sdp: offer,
+                started: invited_at.into_std(),
+                media_networks: super::media_networks_of(trunk, dest.addr.ip()),
+                sip_headers: Vec::new(),
+                srtp_policy,
+            },
+        );
         if srtp_policy.encryption == sdp::Encryption::Required && session.media.srtp.is_none() {
             // Answered without a usable key: the trunk never carries plain media.
             tracing::warn!(%call_id, "SDP answer has no usable SRTP key; hanging up");

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_proto::v1alpha1::{Agent, Codec};
+use switchboard_proto::v1alpha1::{Agent, Codec, PhoneNumber, Trunk};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::session_timer::{self, Refresher, SessionTimer};
 use super::{
     AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason,
     MediaParams,
@@ -18,6 +17,7 @@ use crate::sdp::{self, Direction, LocalMedia, Sdp};
 use crate::sip::dialog::{Dialog, InDialog, Outstanding, carries_sdp};
 use crate::sip::headers::has_option_tag;
 use crate::sip::message::{Message, Method, reason_phrase};
+use crate::sip::session_timer::{self, Due, RefreshClock, Role, SessionTimer};
 use crate::sip::transaction::{ClientEvent, ClientTxnId, ServerRequest};
 
 /// The hang-up reason when the peer's SDP asks for RTP at a refused address.
@@ -41,7 +41,8 @@ pub struct Session {
     pub(crate) media: MediaParams,
     pub(crate) prefs: Vec<Codec>,
     pub(crate) want_dtmf: bool,
-    pub(crate) timer: Option<SessionTimer>,
+    /// The RFC 4028 session timer and its refresh clock (dialog layer).
+    pub(crate) clock: RefreshClock,
     pub(crate) rx: mpsc::UnboundedReceiver<CallMsg>,
     pub(crate) tx: mpsc::UnboundedSender<CallMsg>,
     pub(crate) guard: CallGuard,
@@ -69,6 +70,42 @@ pub struct Session {
     pub(crate) unanswered_invite: Option<crate::sip::transaction::ServerTxnId>,
 }
 
+/// What differs between an inbound and an outbound call when its session is
+/// created; [`Session::new`] derives the rest, so the two directions cannot
+/// drift apart.
+pub(crate) struct SessionSetup<'a> {
+    pub dialog: Dialog,
+    pub direction: CallDirection,
+    pub trunk: &'a Trunk,
+    pub number: &'a PhoneNumber,
+    pub from_user: String,
+    pub to_user: String,
+    pub agent: Option<Agent>,
+    pub local: LocalMedia,
+    pub socket: super::ports::MediaSocket,
+    pub media: MediaParams,
+    pub prefs: Vec<Codec>,
+    pub want_dtmf: bool,
+    pub timer: Option<SessionTimer>,
+    /// The call's message channel (registered with the call registry by the caller).
+    pub channel: (
+        mpsc::UnboundedSender<CallMsg>,
+        mpsc::UnboundedReceiver<CallMsg>,
+    ),
+    pub guard: CallGuard,
+    /// The peer's INVITE (inbound) or 2xx (outbound): its Allow says whether
+    /// refreshes may use UPDATE.
+    pub peer_msg: &'a Message,
+    /// A limit set for this call (outbound API), before the number's and the trunk's.
+    pub max_duration: Option<Duration>,
+    /// The SDP we sent so far (outbound: our offer).
+    pub local_sdp: String,
+    pub started: std::time::Instant,
+    pub media_networks: Vec<crate::routing::acl::Cidr>,
+    pub sip_headers: Vec<(String, String)>,
+    pub srtp_policy: sdp::SrtpPolicy,
+}
+
 struct Pending {
     id: ClientTxnId,
     events: mpsc::UnboundedReceiver<ClientEvent>,
@@ -88,6 +125,58 @@ impl Pending {
 }
 
 impl Session {
+    /// The session of a call whose dialog exists (inbound: before the answer;
+    /// outbound: answered).
+    pub(crate) fn new(ctx: Arc<Ctx>, s: SessionSetup<'_>) -> Session {
+        let (tx, rx) = s.channel;
+        // The number's limit, else the trunk's; 0 means none.
+        let max_secs = match s.number.max_call_duration_seconds {
+            0 => s
+                .trunk
+                .limits
+                .as_ref()
+                .map_or(0, |l| l.max_call_duration_seconds),
+            n => n,
+        };
+        let max_duration = s
+            .max_duration
+            .or((max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))));
+        Session {
+            ctx,
+            peer_allows_update: s
+                .peer_msg
+                .headers_named("Allow")
+                .any(|a| a.to_ascii_uppercase().contains("UPDATE")),
+            dialog: s.dialog,
+            direction: s.direction,
+            trunk_id: s.trunk.id.clone(),
+            number_id: s.number.id.clone(),
+            from_user: s.from_user,
+            to_user: s.to_user,
+            agent: s.agent,
+            local: s.local,
+            socket: Arc::new(s.socket),
+            media: s.media,
+            prefs: s.prefs,
+            want_dtmf: s.want_dtmf,
+            clock: RefreshClock::new(s.timer),
+            rx,
+            tx,
+            guard: s.guard,
+            max_duration,
+            local_sdp: s.local_sdp,
+            handler: None,
+            prepared: None,
+            rtp_timeout: super::rtp_timeout_of(s.trunk),
+            started: s.started,
+            media_networks: s.media_networks,
+            sip_headers: s.sip_headers,
+            srtp_policy: s.srtp_policy,
+            awaiting_ack: false,
+            unanswered_invite: None,
+        }
+    }
+
     fn respond(&self, req: &ServerRequest, code: u16) {
         let resp = req
             .msg
@@ -164,8 +253,8 @@ impl Session {
         }
         let mut ok = invite.msg.response(200, "OK", Some(&self.dialog.local_tag));
         self.with_common_headers(&mut ok);
-        if let Some(t) = &self.timer {
-            ok.add("Session-Expires", t.header_as_uas());
+        if let Some(t) = self.clock.timer() {
+            ok.add("Session-Expires", t.header(Role::Uas));
             if t.peer_supports {
                 ok.add("Require", "timer");
             }
@@ -280,16 +369,28 @@ impl Session {
         self.handler = Some(self.ctx.handler.on_answered(call));
     }
 
+    /// When the refresh clock next needs us ("never" when it does not).
     fn timer_deadline(&self) -> Instant {
-        match self.timer {
-            Some(t) if t.refresher == Refresher::Us => Instant::now() + t.refresh_after(),
-            Some(t) => Instant::now() + t.expire_after(),
-            None => Instant::now() + NEVER,
+        self.clock
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + NEVER)
+    }
+
+    /// Acts on what the refresh clock says; `true`: the session expired.
+    fn on_due(&mut self, due: Due, pending: &mut Option<Pending>) -> bool {
+        match due {
+            Due::Nothing => false,
+            Due::Refresh(t) => {
+                *pending = Some(self.send_refresh(t));
+                false
+            }
+            Due::Expired => true,
         }
     }
 
     /// The confirmed dialog until it ends.
     pub(crate) async fn established(mut self) {
+        self.clock.start(Instant::now());
         let mut timer_at = self.timer_deadline();
         let end_at = Instant::now() + self.max_duration.unwrap_or(NEVER);
         let mut pending: Option<Pending> = None;
@@ -323,9 +424,7 @@ impl Session {
                         if let Some(end) = self.on_request(r, ours) {
                             break end;
                         }
-                        if self.timer.is_some() {
-                            timer_at = self.timer_deadline();
-                        }
+                        timer_at = self.timer_deadline();
                     }
                 },
                 ev = async { match pending.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
@@ -333,47 +432,37 @@ impl Session {
                     match ev {
                         Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c < 200) => pending = Some(p),
                         Some(ClientEvent::Response(resp)) => {
-                            let code = resp.code().unwrap_or(500);
-                            if (200..300).contains(&code) {
-                                if p.method == Method::Invite {
-                                    let ack = self.dialog.ack(p.cseq);
-                                    self.ctx.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
-                                }
-                                if let Some(t) = session_timer::uac_from_response(&resp) {
-                                    // The peer may adjust the interval but we stay refresher.
-                                    self.timer = Some(SessionTimer { refresher: Refresher::Us, ..t });
-                                }
-                                timer_at = self.timer_deadline();
-                            } else if code == 408 || code == 481 {
-                                // RFC 4028 10: the session is gone.
+                            if resp.code().is_some_and(|c| (200..300).contains(&c)) && p.method == Method::Invite {
+                                let ack = self.dialog.ack(p.cseq);
+                                self.ctx.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
+                            }
+                            let due = self.clock.refresh_answered(Some(&resp), Instant::now());
+                            if self.on_due(due, &mut pending) {
+                                tracing::info!(call_id = %self.dialog.call_id, code = resp.code().unwrap_or(0), "session refresh refused; session gone");
                                 self.bye().await;
                                 break HangupReason::SessionExpired;
-                            } else {
-                                // e.g. 491: try again later, well before expiry.
-                                timer_at = Instant::now() + Duration::from_secs(2);
                             }
+                            timer_at = self.timer_deadline();
                         }
                         Some(ClientEvent::Timeout) | Some(ClientEvent::TransportError) | None => {
-                            self.bye().await;
-                            break HangupReason::SessionExpired;
+                            let due = self.clock.refresh_answered(None, Instant::now());
+                            if self.on_due(due, &mut pending) {
+                                tracing::info!(call_id = %self.dialog.call_id, "session refresh unanswered; session gone");
+                                self.bye().await;
+                                break HangupReason::SessionExpired;
+                            }
+                            timer_at = self.timer_deadline();
                         }
                     }
                 }
                 _ = sleep_until(timer_at) => {
-                    match self.timer {
-                        Some(t) if t.refresher == Refresher::Us => {
-                            if pending.is_none() {
-                                pending = Some(self.send_refresh(t));
-                            }
-                            timer_at = Instant::now() + t.refresh_after();
-                        }
-                        Some(_) => {
-                            tracing::info!(call_id = %self.dialog.call_id, "session expired without refresh");
-                            self.bye().await;
-                            break HangupReason::SessionExpired;
-                        }
-                        None => timer_at = Instant::now() + NEVER,
+                    let due = self.clock.on_deadline(Instant::now());
+                    if self.on_due(due, &mut pending) {
+                        tracing::info!(call_id = %self.dialog.call_id, "session expired without refresh");
+                        self.bye().await;
+                        break HangupReason::SessionExpired;
                     }
+                    timer_at = self.timer_deadline();
                 }
                 _ = sleep_until(end_at) => {
                     self.bye().await;
@@ -391,14 +480,8 @@ impl Session {
             Method::Invite
         };
         let mut req = self.dialog.request(method.clone());
-        req.add(
-            "Session-Expires",
-            if self.direction == CallDirection::Inbound {
-                t.header_as_uas()
-            } else {
-                t.header_as_uac()
-            },
-        );
+        // We send this request: the refresher is named as its UAC or UAS.
+        req.add("Session-Expires", t.header(Role::Uac));
         req.add("Supported", "timer");
         if method == Method::Invite {
             // An unchanged offer: same o= version (RFC 4028 7.4).
@@ -458,6 +541,8 @@ impl Session {
     /// re-INVITE or UPDATE: a new offer (hold/resume/codec change) or
     /// just a session refresh.
     fn on_offer(&mut self, r: ServerRequest, method: Method) {
+        // The refresher is named by its role in this transaction, whichever side
+        // sent the dialog's first INVITE (RFC 4028 4).
         let timer = match session_timer::uas_negotiate(&r.msg, self.ctx.opts.min_se) {
             Ok(t) => t,
             Err(min_se) => {
@@ -469,19 +554,6 @@ impl Session {
                 return;
             }
         };
-        if self.direction == CallDirection::Outbound
-            && let Some(t) = timer
-        {
-            // As UAC of the original INVITE, our roles in the header swap.
-            let refresher = if t.refresher == Refresher::Us {
-                Refresher::Them
-            } else {
-                Refresher::Us
-            };
-            self.timer = Some(SessionTimer { refresher, ..t });
-        } else if timer.is_some() {
-            self.timer = timer;
-        }
         let mut body = None;
         if carries_sdp(&r.msg) {
             let offer = match Sdp::parse(&String::from_utf8_lossy(&r.msg.body)) {
@@ -537,16 +609,13 @@ impl Session {
             body = Some(self.build_sdp(None, None));
         }
         self.dialog.refresh_target(&r.msg);
+        // Our 2xx refreshes the session (RFC 4028 10).
+        self.clock.peer_refreshed(timer, Instant::now());
         let mut ok = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
         self.with_common_headers(&mut ok);
-        if let Some(t) = &self.timer {
-            let (hdr, require) = if self.direction == CallDirection::Inbound {
-                (t.header_as_uas(), t.peer_supports)
-            } else {
-                (t.header_as_uac(), true)
-            };
-            ok.add("Session-Expires", hdr);
-            if require && has_option_tag(r.msg.headers_named("Supported"), "timer") {
+        if let Some(t) = self.clock.timer() {
+            ok.add("Session-Expires", t.header(Role::Uas));
+            if has_option_tag(r.msg.headers_named("Supported"), "timer") {
                 ok.add("Require", "timer");
             }
         }

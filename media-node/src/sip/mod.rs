@@ -6,6 +6,7 @@ pub mod framing;
 pub mod headers;
 pub mod message;
 pub(crate) mod protect;
+pub mod session_timer;
 pub mod transaction;
 pub mod transport;
 pub mod uri;

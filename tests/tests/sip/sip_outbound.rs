@@ -207,3 +207,27 @@ async fn sip_outbound_uses_fallback_trunk_when_every_gateway_failed() {
         .assert_success("fallback trunk's gateway answering");
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn sip_outbound_carrier_asking_the_node_to_refresh_gets_refreshes() {
+    // The carrier's UPDATE says refresher=uas: the node (the UAS of that UPDATE) must refresh,
+    // although it was the UAC of the dialog's INVITE (RFC 4028 4: roles per transaction).
+    let gw = free_port();
+    let carrier = Sipp::new(switchboard_tests::sipp::scenario(
+        "uas_session_timer_update.xml",
+    ))
+    .spawn_server(gw, 1);
+    let node = MediaNode::start(
+        &config(vec![gateway(gw, 1)], vec![]),
+        &["--debug-routes", "--min-se", "4"],
+    )
+    .await
+    .expect("node starts");
+    let outcome = dial(&node).await;
+    assert_eq!(outcome["outcome"], "answered", "{outcome}");
+    carrier
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("the node refreshes the session the carrier asked it to refresh");
+}
