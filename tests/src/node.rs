@@ -1,8 +1,12 @@
 //! Runs the real `switchboard-media-node` binary with a routing
 //! configuration, on free loopback ports, and kills it on drop.
+//!
+//! [`NodeSpec`] and [`wait_ready`] are the one harness that starts media
+//! nodes: the end-to-end tests ([`MediaNode`]), `make bench` (bench-calls) and
+//! `make demo` (switchboard-demo) all build the node's command line with it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,107 @@ pub fn binary() -> PathBuf {
 /// guard: every test agent listens on 127.0.0.1. [`MediaNode::start`] passes
 /// them; [`MediaNode::start_with`] lets a test leave them out.
 pub const LOOPBACK_EGRESS: [&str; 4] = ["--egress-allow", "127.0.0.0/8", "--egress-allow", "::1"];
+
+/// A media node's command line: addresses, RTP range, configuration file,
+/// egress and logging. Callers add their own flags with [`NodeSpec::extra`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// The binary to run.
+    pub binary: PathBuf,
+    /// `--sip-bind` (UDP and TCP).
+    pub sip: SocketAddr,
+    /// `--http-bind` (admin: health, metrics, the call list).
+    pub http: SocketAddr,
+    /// `--rtp-ports`, inclusive.
+    pub rtp: (u16, u16),
+    /// `--config` (a proto3-JSON RoutingConfig); `None` for a node
+    /// programmed over gRPC.
+    pub config: Option<PathBuf>,
+    /// Pass [`LOOPBACK_EGRESS`]: agents and webhooks on loopback.
+    pub loopback_egress: bool,
+    /// `RUST_LOG`.
+    pub rust_log: String,
+    /// Further flags, after the ones above.
+    pub extra: Vec<String>,
+}
+
+impl NodeSpec {
+    /// A node on free loopback ports with 200 RTP ports of its own.
+    pub fn new(binary: PathBuf) -> NodeSpec {
+        let rtp = crate::ports::rtp_block(201);
+        NodeSpec {
+            binary,
+            sip: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            rtp: (rtp, rtp + 200),
+            config: None,
+            loopback_egress: true,
+            rust_log: "info".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Appends flags.
+    pub fn extra<I, S>(mut self, args: I) -> NodeSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The command (stdio left to the caller).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(["--sip-bind", &self.sip.to_string()])
+            .args(["--http-bind", &self.http.to_string()])
+            .args(["--rtp-ports", &format!("{}-{}", self.rtp.0, self.rtp.1)])
+            .args(if self.loopback_egress {
+                &LOOPBACK_EGRESS[..]
+            } else {
+                &[]
+            })
+            .args(&self.extra)
+            .env("RUST_LOG", &self.rust_log)
+            .env("NO_COLOR", "1");
+        cmd
+    }
+}
+
+/// Polls `GET /readyz` on `http` until it answers 200; fails at once when
+/// `child` exits, and after `within`. Errors carry the end of `log`.
+pub async fn wait_ready(
+    http: SocketAddr,
+    child: &mut Child,
+    within: Duration,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let tail = || {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok((200, _)) = http_request(http, "GET", "/readyz", None).await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "media node exited with {status} before ready; log:\n{}",
+                tail()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("media node not ready within {within:?}; log:\n{}", tail());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// How [`MediaNode::start_with`] starts a node.
 #[derive(Debug, Clone)]
@@ -113,55 +218,31 @@ impl MediaNode {
         std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
         let log_path = dir.path().join("node.log");
         let log = std::fs::File::create(&log_path)?;
-        let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let http = SocketAddr::new(opts.http_ip, opts.http_port.unwrap_or_else(free_port));
-        let rtp_start = crate::ports::rtp_block(201);
-        let mut cmd = Command::new(binary());
-        cmd.arg("--config")
-            .arg(&config_path)
-            .args([
-                "--sip-bind",
-                &sip.to_string(),
-                "--http-bind",
-                &http.to_string(),
-            ])
-            .args(["--rtp-ports", &format!("{rtp_start}-{}", rtp_start + 200)])
-            .args(if opts.loopback_egress {
-                &LOOPBACK_EGRESS[..]
-            } else {
-                &[]
-            })
-            .args(extra)
-            .env("RUST_LOG", "info,switchboard_media_node=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut spec = NodeSpec::new(binary()).extra(extra.iter().copied());
+        spec.http = SocketAddr::new(opts.http_ip, opts.http_port.unwrap_or_else(free_port));
+        spec.config = Some(config_path.clone());
+        spec.loopback_egress = opts.loopback_egress;
+        spec.rust_log = "info,switchboard_media_node=debug".into();
+        let mut cmd = spec.command();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         crate::operator::die_with_parent(&mut cmd);
         let child = cmd.spawn().context("spawning switchboard-media-node")?;
         let mut node = MediaNode {
             child,
-            sip,
-            http,
+            sip: spec.sip,
+            http: spec.http,
             config_path,
             log_path,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, _)) = node.http("GET", "/readyz", None).await {
-                return Ok(node);
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                bail!(
-                    "media node exited with {status} before ready; log:\n{}",
-                    node.log()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("media node not ready within 20s; log:\n{}", node.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(
+            node.http,
+            &mut node.child,
+            Duration::from_secs(20),
+            &node.log_path,
+        )
+        .await?;
+        Ok(node)
     }
 
     /// The node's log so far.

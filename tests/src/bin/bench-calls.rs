@@ -126,29 +126,26 @@ impl Node {
         let cfg = dir.path().join("routing.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&config)?)?;
         let log = dir.path().join("node.log");
-        let sip: SocketAddr =
-            format!("127.0.0.1:{}", switchboard_tests::node::free_port()).parse()?;
-        let http: SocketAddr =
-            format!("127.0.0.1:{}", switchboard_tests::node::free_port()).parse()?;
         let bin = switchboard_tests::operator::target_dir().join("switchboard-media-node");
         anyhow::ensure!(
             bin.exists(),
             "{} missing: cargo build --release",
             bin.display()
         );
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--sip-bind", &sip.to_string()])
-            .args(["--http-bind", &http.to_string()])
-            // Below the ephemeral range our own sockets come from.
-            .args(["--rtp-ports", "10000-31999"])
-            .args(["--rate-limit", "0"])
-            // The echo agent listens on loopback, which agent egress refuses by default.
-            .args(["--egress-allow", "127.0.0.0/8"])
-            .args(["--max-calls", &max_calls.to_string()])
-            .args(["--call-handler", handler])
-            .env("RUST_LOG", "warn")
+        let mut spec = switchboard_tests::node::NodeSpec::new(bin).extra([
+            "--rate-limit",
+            "0",
+            "--max-calls",
+            &max_calls.to_string(),
+            "--call-handler",
+            handler,
+        ]);
+        spec.config = Some(cfg);
+        // Below the ephemeral range our own sockets come from.
+        spec.rtp = (10000, 31999);
+        spec.rust_log = "warn".into();
+        let child = spec
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -156,35 +153,23 @@ impl Node {
             .context("spawning switchboard-media-node")?;
         let mut node = Node {
             child,
-            sip,
-            http,
+            sip: spec.sip,
+            http: spec.http,
             _dir: dir,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, _)) =
-                switchboard_tests::node::http_request(node.http, "GET", "/readyz", None).await
-            {
-                return Ok(node);
-            }
-            if let Ok(Some(s)) = node.child.try_wait() {
-                bail!("media node exited with {s}: {}", node.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!("media node not ready within 20 s: {}", node.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        switchboard_tests::node::wait_ready(
+            node.http,
+            &mut node.child,
+            Duration::from_secs(20),
+            &node.log,
+        )
+        .await?;
+        Ok(node)
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        s.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     }
 
     async fn metrics(&self) -> String {

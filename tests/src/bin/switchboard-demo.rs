@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use switchboard_tests::node::{free_port, http_request};
+use switchboard_tests::node::{NodeSpec, free_port, http_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where examples/numbers.yaml points the agent.
@@ -400,28 +400,21 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
             name,
         };
         let rtp = media_port();
-        fleet.spawn(
+        let mut spec = NodeSpec::new(bin("switchboard-media-node")?).extra([
+            "--node-id",
             &node.name,
-            Command::new(bin("switchboard-media-node")?)
-                .args(["--node-id", &node.name])
-                .args([
-                    "--control-bind",
-                    &node.control.to_string(),
-                    "--control-insecure",
-                ])
-                .args(["--sip-bind", &node.sip.to_string()])
-                .args(["--http-bind", &node.http.to_string()])
-                .args(["--api-bind", &node.api.to_string()])
-                .arg("--api-token-file")
-                .arg(&token_file)
-                .args(["--rtp-ports", &format!("{rtp}-{}", rtp + 100)])
-                // The demo agent listens on loopback, which the egress guard
-                // refuses by default.
-                .args(["--egress-allow", "127.0.0.0/8"])
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1"),
-            &node.log,
-        )?;
+            "--control-bind",
+            &node.control.to_string(),
+            "--control-insecure",
+            "--api-bind",
+            &node.api.to_string(),
+            "--api-token-file",
+            &token_file.to_string_lossy(),
+        ]);
+        spec.sip = node.sip;
+        spec.http = node.http;
+        spec.rtp = (rtp, rtp + 100);
+        fleet.spawn(&node.name, &mut spec.command(), &node.log)?;
         say(&format!(
             "media node {} : SIP {} | control (gRPC) {} | call API {}",
             node.name, node.sip, node.control, node.api
