@@ -5,11 +5,11 @@
 //! resources' status shows.
 
 pub mod client;
-pub mod node;
-pub mod owners;
-pub mod plan;
+mod node;
+mod owners;
+mod plan;
 pub mod pods;
-pub mod shares;
+mod shares;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,7 +161,7 @@ impl Manager {
                 slot.refused = Some((v, why));
             }
             Report::Status(s) => slot.status = Some(*s),
-            Report::Disconnected(_) => {
+            Report::Disconnected => {
                 slot.connected = false;
                 if let Some(old) = slot.acked.take() {
                     mark_acked_changes(&old.trunks, &Default::default(), &mut self.dirty);

@@ -90,7 +90,7 @@ pub enum Report {
     /// A status report.
     Status(Box<pb::NodeStatus>),
     /// The connection ended.
-    Disconnected(String),
+    Disconnected,
     /// A push was sent: (snapshot?, encoded bytes).
     Sent(bool, usize),
 }
@@ -142,8 +142,8 @@ pub async fn drive(
         } else {
             debug!(node = %id, %addr, error = %why, "control connection retry failed");
         }
-        last_error = Some(why.clone());
-        let _ = reports.send((id.clone(), Report::Disconnected(why)));
+        last_error = Some(why);
+        let _ = reports.send((id.clone(), Report::Disconnected));
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }

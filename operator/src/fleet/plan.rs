@@ -119,7 +119,8 @@ fn live_nodes(nodes: &BTreeMap<String, NodeFacts>) -> Vec<String> {
 
 /// The trunks each node should run, planned from scratch. Every node known
 /// (live or not) gets an entry; nodes that are not live get no share and no
-/// registrations.
+/// registrations. The oracle the incremental planner is tested against.
+#[cfg(test)]
 pub fn plan(
     base: &[pb::Trunk],
     nodes: &BTreeMap<String, NodeFacts>,

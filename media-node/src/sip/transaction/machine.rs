@@ -525,19 +525,19 @@ impl<S: Clone> Transactions<S> {
             return;
         };
         let dest = txn.dest;
-        let to = txn.events.clone();
         match (txn.invite, txn.state, code) {
             (_, CState::Calling | CState::Proceeding, 100..=199) => {
                 txn.state = CState::Proceeding;
                 self.out.push(Output::Client {
-                    to,
+                    // Cloned only where an event goes out (not for retransmissions).
+                    to: txn.events.clone(),
                     event: ClientEvent::Response(msg),
                 });
             }
             (true, CState::Calling | CState::Proceeding, 200..=299) => {
                 txn.state = CState::Accepted;
                 self.out.push(Output::Client {
-                    to,
+                    to: txn.events.clone(),
                     event: ClientEvent::Response(msg),
                 });
                 // Timer M (RFC 6026): 2xx retransmissions are absorbed.
@@ -554,7 +554,7 @@ impl<S: Clone> Transactions<S> {
                 txn.ack = Some(ack.clone());
                 txn.state = CState::Completed;
                 self.out.push(Output::Client {
-                    to,
+                    to: txn.events.clone(),
                     event: ClientEvent::Response(msg),
                 });
                 self.send(dest, ack);
@@ -570,7 +570,7 @@ impl<S: Clone> Transactions<S> {
             (false, CState::Calling | CState::Proceeding, 200..=699) => {
                 txn.state = CState::Completed;
                 self.out.push(Output::Client {
-                    to,
+                    to: txn.events.clone(),
                     event: ClientEvent::Response(msg),
                 });
                 // Timer K.
