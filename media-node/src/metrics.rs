@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Outbound SRTP offers (optional encryption) refused with 488/606 and sent again
     /// without a key.
     pub srtp_plain_retries: IntCounter,
+    /// DTMF digits sent to peers as SIP INFO.
+    pub dtmf_info_sent: IntCounter,
+    /// INFO digits the peer refused (3xx-6xx) or never answered.
+    pub dtmf_info_failed: IntCounter,
 }
 
 /// SIP over TCP connection metrics.
@@ -199,6 +203,16 @@ impl Metrics {
             "Outbound offers with an SRTP key refused (488/606) on a trunk with optional encryption and sent again in plain RTP",
         ));
         must(registry.register(Box::new(srtp_plain_retries.clone())));
+        let dtmf_info_sent = must(IntCounter::new(
+            "switchboard_sip_dtmf_info_sent_total",
+            "DTMF digits sent to the peer as SIP INFO (application/dtmf-relay)",
+        ));
+        must(registry.register(Box::new(dtmf_info_sent.clone())));
+        let dtmf_info_failed = must(IntCounter::new(
+            "switchboard_sip_dtmf_info_failed_total",
+            "DTMF INFO requests the peer refused or never answered",
+        ));
+        must(registry.register(Box::new(dtmf_info_failed.clone())));
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(server_transactions.clone()),
@@ -237,6 +251,8 @@ impl Metrics {
             tls,
             digest_failures,
             srtp_plain_retries,
+            dtmf_info_sent,
+            dtmf_info_failed,
         }
     }
 

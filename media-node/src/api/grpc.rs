@@ -52,8 +52,18 @@ impl pb::call_service_server::CallService for CallApi {
         &self,
         req: Request<pb::HangupRequest>,
     ) -> Result<Response<pb::HangupResponse>, Status> {
-        let call = self.api.hangup(&req.into_inner().call_id)?;
+        let req = req.into_inner();
+        let call = self.api.hangup(&req.call_id, &req.reason)?;
         Ok(Response::new(pb::HangupResponse { call: Some(call) }))
+    }
+
+    async fn send_dtmf(
+        &self,
+        req: Request<pb::SendDtmfRequest>,
+    ) -> Result<Response<pb::SendDtmfResponse>, Status> {
+        let req = req.into_inner();
+        let call = self.api.send_dtmf(&req.call_id, &req.digits)?;
+        Ok(Response::new(pb::SendDtmfResponse { call: Some(call) }))
     }
 
     async fn get(&self, req: Request<pb::GetCallRequest>) -> Result<Response<pb::Call>, Status> {

@@ -24,7 +24,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/calls", get(list).post(dial))
         .route("/v1/calls/events", get(events))
-        .route("/v1/calls/{id}", get(one).delete(hangup))
+        .route("/v1/calls/{id}", get(one).delete(hangup).post(action))
         .with_state(api)
 }
 
@@ -126,11 +126,56 @@ async fn one(State(api): State<Api>, Path(id): Path<String>) -> Result<Response,
 /// `DELETE /v1/calls/{id}`: 202, the call ends shortly (its `completed`
 /// event follows).
 async fn hangup(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let call = api.hangup(&id)?;
+    let call = api.hangup(&id, "")?;
     Ok(json(
         StatusCode::ACCEPTED,
         &pb::HangupResponse { call: Some(call) },
     ))
+}
+
+/// `POST /v1/calls/{id}:hangup` (`{"reason"}`, optional) and
+/// `POST /v1/calls/{id}:dtmf` (`{"digits"}`): 202 with the call. The action
+/// is the suffix after the id's last `:` (Google API style custom methods).
+async fn action(
+    State(api): State<Api>,
+    Path(target): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some((id, verb)) = target.rsplit_once(':') else {
+        return Err(ApiError::NotFound {
+            what: format!("action on {target:?} (POST /v1/calls/ID:hangup or ID:dtmf)"),
+            field: None,
+        });
+    };
+    // An empty body is an empty request (hangup without a reason).
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    let bad = |e: serde_json::Error| ApiError::BadBody(e.to_string());
+    match verb {
+        "hangup" => {
+            let req: pb::HangupRequest = serde_json::from_slice(body).map_err(bad)?;
+            let call = api.hangup(id, &req.reason)?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &pb::HangupResponse { call: Some(call) },
+            ))
+        }
+        "dtmf" => {
+            let req: pb::SendDtmfRequest = serde_json::from_slice(body).map_err(bad)?;
+            let call = api.send_dtmf(id, &req.digits)?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &pb::SendDtmfResponse { call: Some(call) },
+            ))
+        }
+        other => Err(ApiError::NotFound {
+            what: format!("action {other:?} (hangup or dtmf)"),
+            field: None,
+        }),
+    }
 }
 
 /// `GET /v1/calls/events`: newline-delimited JSON, one `CallEvent` a line,

@@ -318,9 +318,21 @@ impl Api {
         Ok(call)
     }
 
-    /// Ends a call.
-    pub fn hangup(&self, id: &str) -> Result<pb::Call, ApiError> {
-        match self.tracker.hangup(id) {
+    /// Ends a call; `reason` (empty: "call API") goes into its final reason.
+    pub fn hangup(&self, id: &str, reason: &str) -> Result<pb::Call, ApiError> {
+        let reason = reason.trim();
+        if reason.len() > MAX_HANGUP_REASON || reason.chars().any(char::is_control) {
+            return Err(ApiError::InvalidArgument {
+                field: "reason".into(),
+                message: format!("at most {MAX_HANGUP_REASON} bytes, no control characters"),
+            });
+        }
+        let reason = if reason.is_empty() {
+            "call API"
+        } else {
+            reason
+        };
+        match self.tracker.hangup(id, reason) {
             tracker::HangupResult::Ending(c) => Ok(*c),
             tracker::HangupResult::NotFound => Err(ApiError::NotFound {
                 what: format!("call {id:?}"),
@@ -332,12 +344,56 @@ impl Api {
         }
     }
 
+    /// Sends DTMF digits to the far end of an answered call (the call's
+    /// media path picks RFC 4733 or SIP INFO).
+    pub fn send_dtmf(&self, id: &str, digits: &str) -> Result<pb::Call, ApiError> {
+        let valid = (1..=MAX_DTMF_DIGITS).contains(&digits.chars().count())
+            && digits
+                .chars()
+                .all(|d| crate::media::dtmf::digit_to_event(d).is_some());
+        if !valid {
+            return Err(ApiError::InvalidArgument {
+                field: "digits".into(),
+                message: format!("1 to {MAX_DTMF_DIGITS} of 0-9 * # A-D"),
+            });
+        }
+        match self.tracker.send_dtmf(id, &digits.to_ascii_uppercase()) {
+            tracker::ControlResult::Sent(c) => Ok(*c),
+            tracker::ControlResult::NotFound => Err(ApiError::NotFound {
+                what: format!("call {id:?}"),
+                field: None,
+            }),
+            tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
+                "call {id} is {}: DTMF needs an answered call",
+                state_name(c.state())
+            ))),
+        }
+    }
+
     /// One call.
     pub fn get(&self, id: &str) -> Result<pb::Call, ApiError> {
         self.tracker.get(id).ok_or_else(|| ApiError::NotFound {
             what: format!("call {id:?}"),
             field: None,
         })
+    }
+}
+
+/// Longest hang-up reason the API takes.
+pub const MAX_HANGUP_REASON: usize = 128;
+
+/// Most digits one DTMF request may carry (the call's queue holds as many).
+pub const MAX_DTMF_DIGITS: usize = crate::agent::session::MAX_QUEUED_DIGITS;
+
+/// A call state as the JSON API spells it.
+fn state_name(s: pb::CallState) -> &'static str {
+    match s {
+        pb::CallState::Queued => "queued",
+        pb::CallState::Dialing => "dialing",
+        pb::CallState::Ringing => "ringing",
+        pb::CallState::Answered => "answered",
+        pb::CallState::Completed => "completed",
+        _ => "in an unknown state",
     }
 }
 

@@ -77,8 +77,8 @@ struct Entry {
     /// Ends the answered call.
     hangup: Option<HangupHandle>,
     answered: Option<Instant>,
-    /// Set when the API asked to hang up: the final reason says so.
-    hangup_requested: bool,
+    /// Set when the API asked to hang up, with its reason: the final reason says so.
+    hangup_requested: Option<String>,
 }
 
 #[derive(Default)]
@@ -99,6 +99,27 @@ pub enum HangupResult {
     NotFound,
     /// The call is already over.
     AlreadyCompleted(Box<pb::Call>),
+}
+
+/// What a call-control request (DTMF) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlResult {
+    /// Handed to the call.
+    Sent(Box<pb::Call>),
+    /// No such call.
+    NotFound,
+    /// The call is not answered (yet, or any more).
+    NotAnswered(Box<pb::Call>),
+}
+
+/// The final reason of a call the API hung up: "hung up by the API", with the
+/// caller's reason when one was given.
+fn api_reason(why: &str, when: &str) -> String {
+    if why == "call API" {
+        format!("hung up by the API{when}")
+    } else {
+        format!("hung up by the API{when}: {why}")
+    }
 }
 
 /// The API's view of calls. Cheap to clone.
@@ -174,7 +195,7 @@ impl CallTracker {
             cancel: Some(cancel),
             hangup: None,
             answered: None,
-            hangup_requested: false,
+            hangup_requested: None,
         };
         let Ok(mut s) = self.state.lock() else {
             return entry.call;
@@ -239,10 +260,9 @@ impl CallTracker {
                 return;
             }
             e.call.final_code = code.map(u32::from).unwrap_or(0);
-            e.call.reason = if e.hangup_requested {
-                "hung up by the API before answer".to_owned()
-            } else {
-                reason.to_owned()
+            e.call.reason = match &e.hangup_requested {
+                Some(why) => api_reason(why, " before answer"),
+                None => reason.to_owned(),
             };
             self.complete(s, id);
         });
@@ -306,7 +326,7 @@ impl CallTracker {
                     cancel: None,
                     hangup: None,
                     answered: None,
-                    hangup_requested: false,
+                    hangup_requested: None,
                 };
                 self.emit(&entry, EventKind::Initiated);
                 s.calls.insert(id.clone(), entry);
@@ -347,8 +367,8 @@ impl CallTracker {
             return;
         };
         if let Some(e) = s.calls.get_mut(&id) {
-            e.call.reason = match (reason, e.hangup_requested) {
-                (HangupReason::Local(_), true) => "hung up by the API".to_owned(),
+            e.call.reason = match (reason, &e.hangup_requested) {
+                (HangupReason::Local(_), Some(why)) => api_reason(why, ""),
                 _ => reason_text(reason),
             };
         }
@@ -360,15 +380,16 @@ impl CallTracker {
     pub fn dial_answered(&self, id: &str) {
         let handle = self.state.lock().ok().and_then(|s| {
             let e = s.calls.get(id)?;
-            e.hangup_requested.then(|| e.hangup.clone()).flatten()
+            let why = e.hangup_requested.clone()?;
+            Some((e.hangup.clone()?, why))
         });
-        if let Some(h) = handle {
-            h.hangup("call API");
+        if let Some((h, why)) = handle {
+            h.hangup(&why);
         }
     }
 
-    /// Ends a call in any state.
-    pub fn hangup(&self, id: &str) -> HangupResult {
+    /// Ends a call in any state, for `reason`.
+    pub fn hangup(&self, id: &str, reason: &str) -> HangupResult {
         let Ok(mut s) = self.state.lock() else {
             return HangupResult::NotFound;
         };
@@ -378,14 +399,31 @@ impl CallTracker {
         if e.call.state() == pb::CallState::Completed {
             return HangupResult::AlreadyCompleted(Box::new(e.call.clone()));
         }
-        e.hangup_requested = true;
+        e.hangup_requested = Some(reason.to_owned());
         if let Some(h) = &e.hangup {
-            h.hangup("call API");
+            h.hangup(reason);
         }
         if let Some(c) = &e.cancel {
             c.cancel();
         }
         HangupResult::Ending(Box::new(e.call.clone()))
+    }
+
+    /// Sends DTMF digits (validated) into an answered call.
+    pub fn send_dtmf(&self, id: &str, digits: &str) -> ControlResult {
+        let Ok(s) = self.state.lock() else {
+            return ControlResult::NotFound;
+        };
+        let Some(e) = s.calls.get(id) else {
+            return ControlResult::NotFound;
+        };
+        let call = Box::new(e.call.clone());
+        match &e.hangup {
+            Some(h) if e.call.state() == pb::CallState::Answered && h.send_dtmf(digits) => {
+                ControlResult::Sent(call)
+            }
+            _ => ControlResult::NotAnswered(call),
+        }
     }
 
     /// One call.
@@ -458,6 +496,9 @@ impl CallSession for TrackingSession {
     }
     fn on_media_update(&mut self, media: &MediaParams) {
         self.inner.on_media_update(media);
+    }
+    fn send_dtmf(&mut self, digits: &str) {
+        self.inner.send_dtmf(digits);
     }
     fn on_hangup(&mut self, reason: &HangupReason) {
         self.inner.on_hangup(reason);

@@ -43,7 +43,7 @@ use prometheus::IntCounter;
 use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
 use crate::agent::session::{CallerEvent, SharedPlayout};
-use crate::call::{HangupHandle, MediaParams, SrtpKeys};
+use crate::call::{DtmfPath, HangupHandle, MediaParams, SrtpKeys};
 use crate::media::dtmf::{DtmfDetector, EventGenerator};
 use crate::media::g711::{self, Law};
 use crate::media::jitter::{JitterBuffer, JitterConfig, Output, Pushed};
@@ -79,6 +79,8 @@ const DTMF_PAUSE_FRAMES: u8 = 2;
 pub(crate) enum Control {
     /// The negotiated media changed (hold, resume, new address or codec).
     Media(MediaParams),
+    /// Digits to send to the caller (call API), queued with the agent's.
+    Dtmf(String),
     /// The call is over.
     Stop,
 }
@@ -88,6 +90,8 @@ pub(crate) enum Control {
 pub(crate) struct EngineSettings {
     /// Hang up after this long without RTP (not while on hold).
     pub rtp_timeout: Option<Duration>,
+    /// The trunk's DTMF setting, for the digits we send.
+    pub dtmf_mode: switchboard_proto::v1alpha1::DtmfMode,
     /// Smallest wait for a missing caller frame before it is concealed.
     pub jitter_min: Duration,
     /// Largest wait for a missing caller frame before it is concealed.
@@ -300,6 +304,13 @@ impl Engine {
                 c = control.recv() => match c {
                     Some(Control::Media(m)) => {
                         self.update_media(m);
+                        running = self.service(&socket, rtcp.as_ref(), &timer).await;
+                    }
+                    Some(Control::Dtmf(digits)) => {
+                        let taken = self.playout.push_digits(&digits);
+                        if taken < digits.len() {
+                            tracing::debug!(call_id = %self.call_id, taken, "DTMF queue full; digits dropped");
+                        }
                         running = self.service(&socket, rtcp.as_ref(), &timer).await;
                     }
                     Some(Control::Stop) | None => break,
@@ -712,9 +723,16 @@ impl Engine {
     /// negotiated telephone-event payload type the digits are dropped. True when a packet
     /// took the frame.
     async fn send_dtmf(&mut self, socket: &UdpSocket) -> bool {
-        let Some(pt) = self.media.dtmf_payload_type else {
-            while self.playout.next_digit().is_some() {
-                tracing::debug!(call_id = %self.call_id, "agent DTMF dropped: no telephone-event negotiated");
+        let pt = self.media.dtmf_payload_type;
+        let path = crate::call::dtmf_path(self.settings.dtmf_mode, pt.is_some());
+        let Some(pt) = pt.filter(|_| path == Some(DtmfPath::Rtp)) else {
+            // INFO is the SIP side's: hand the digits over in order; without a path, drop.
+            while let Some(d) = self.playout.next_digit() {
+                if path == Some(DtmfPath::Info) {
+                    self.hangup.send_info_dtmf(d);
+                } else {
+                    tracing::debug!(call_id = %self.call_id, "DTMF dropped: the trunk allows only RFC 4733 and none was negotiated");
+                }
             }
             return false;
         };
@@ -879,6 +897,7 @@ mod tests {
             learning: LearningConfig::default(),
             networks: Vec::new(),
             signalling_ip: None,
+            dtmf_mode: Default::default(),
         };
         let c = jitter_config(Law::Alaw, &s);
         assert_eq!(c.silence, g711::ALAW_SILENCE);

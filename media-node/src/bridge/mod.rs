@@ -322,6 +322,7 @@ impl CallHandler for BridgeHandler {
             learning: self.cfg.learning,
             networks: std::mem::take(&mut call.media_networks),
             signalling_ip: call.signalling_ip,
+            dtmf_mode: call.dtmf_mode,
         };
         // The allocator reserved RTP port + 1 for RTCP with the call.
         let rtcp = call.rtp_socket.take_rtcp();
@@ -490,6 +491,16 @@ impl CallSession for BridgeSession {
                 tx.try_send(CallerEvent::Dtmf(event.digit))
         {
             self.metrics.agent_events_dropped.inc();
+        }
+    }
+
+    fn send_dtmf(&mut self, digits: &str) {
+        if self
+            .control
+            .try_send(Control::Dtmf(digits.to_owned()))
+            .is_err()
+        {
+            tracing::warn!(call_id = %self.call_id, "media engine busy or gone; DTMF not sent");
         }
     }
 

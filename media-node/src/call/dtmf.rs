@@ -60,6 +60,15 @@ pub fn parse(content_type: &str, body: &[u8]) -> Option<DtmfEvent> {
     }
 }
 
+/// The Content-Type of the INFO bodies we send.
+pub const RELAY_CONTENT_TYPE: &str = "application/dtmf-relay";
+
+/// An `application/dtmf-relay` INFO body for one digit (the de-facto format
+/// carriers and PBXs parse: `Signal=` and `Duration=` in milliseconds).
+pub fn relay_body(digit: char, duration_ms: u32) -> String {
+    format!("Signal={digit}\r\nDuration={duration_ms}\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +113,13 @@ mod tests {
         assert_eq!(parse("application/dtmf", b"xyz"), None);
         assert_eq!(parse("application/sdp", b"v=0"), None);
         assert_eq!(parse("application/dtmf-relay", &[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn our_relay_body_parses_back() {
+        for d in ['0', '9', '*', '#', 'A', 'D'] {
+            let ev = parse(RELAY_CONTENT_TYPE, relay_body(d, 100).as_bytes()).expect("parses");
+            assert_eq!((ev.digit, ev.duration_ms), (d, 100));
+        }
     }
 }

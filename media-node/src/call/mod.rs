@@ -213,6 +213,40 @@ pub enum CallMsg {
     AckTimeout,
     /// Hang up (BYE, or reject if not answered yet).
     Hangup(String),
+    /// Send these DTMF digits to the peer (call API): the call's media
+    /// handler queues them and sends them by the path [`dtmf_path`] picks.
+    SendDtmf(String),
+    /// Send this digit to the peer as SIP INFO (from the media handler, when
+    /// [`dtmf_path`] says INFO).
+    InfoDtmf(char),
+}
+
+/// How DTMF we send reaches the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfPath {
+    /// RFC 4733 events in the call's RTP.
+    Rtp,
+    /// SIP INFO requests in the dialog, one per digit.
+    Info,
+}
+
+/// The path for DTMF we send, from the trunk's `media.dtmf` and whether the
+/// peer negotiated telephone-event; `None`: the trunk allows only RFC 4733
+/// and the peer has none (the digits are dropped and logged).
+pub fn dtmf_path(
+    mode: switchboard_proto::v1alpha1::DtmfMode,
+    negotiated: bool,
+) -> Option<DtmfPath> {
+    use switchboard_proto::v1alpha1::DtmfMode;
+    match mode {
+        DtmfMode::Info => Some(DtmfPath::Info),
+        DtmfMode::Rfc4733 => negotiated.then_some(DtmfPath::Rtp),
+        DtmfMode::Both | DtmfMode::Unspecified => Some(if negotiated {
+            DtmfPath::Rtp
+        } else {
+            DtmfPath::Info
+        }),
+    }
 }
 
 /// Hangs up a call from outside the SIP layer. Cheap to clone.
@@ -224,6 +258,17 @@ impl HangupHandle {
     /// answered yet). Returns false when the call is already over.
     pub fn hangup(&self, reason: &str) -> bool {
         self.0.send(CallMsg::Hangup(reason.to_owned())).is_ok()
+    }
+
+    /// Queues DTMF digits (already validated) for the peer. Returns false
+    /// when the call is already over.
+    pub fn send_dtmf(&self, digits: &str) -> bool {
+        self.0.send(CallMsg::SendDtmf(digits.to_owned())).is_ok()
+    }
+
+    /// Asks the SIP side to send one digit as INFO.
+    pub fn send_info_dtmf(&self, digit: char) -> bool {
+        self.0.send(CallMsg::InfoDtmf(digit)).is_ok()
     }
 }
 
@@ -263,6 +308,8 @@ pub struct AnsweredCall {
     pub signalling_ip: Option<std::net::IpAddr>,
     /// INVITE headers the trunk passes to the agent (`sip_<Header>`, value), inbound only.
     pub sip_headers: Vec<(String, String)>,
+    /// The trunk's DTMF setting, for digits we send ([`dtmf_path`]).
+    pub dtmf_mode: switchboard_proto::v1alpha1::DtmfMode,
 }
 
 /// The option tags of a request's `Require` that the node does not support (RFC 3261
@@ -362,6 +409,11 @@ pub trait CallSession: Send + 'static {
     fn on_dtmf(&mut self, _event: DtmfEvent) {}
     /// The media changed (hold, resume, new remote address or codec).
     fn on_media_update(&mut self, _media: &MediaParams) {}
+    /// Digits (validated: 0-9 * # A-D) to send to the peer; the handler
+    /// sends them in its RTP or hands them back with
+    /// [`HangupHandle::send_info_dtmf`] by [`dtmf_path`]. No default: a
+    /// wrapping session that forgot to forward it would drop digits silently.
+    fn send_dtmf(&mut self, digits: &str);
     /// The call is over; release media resources.
     fn on_hangup(&mut self, _reason: &HangupReason) {}
 }
@@ -408,6 +460,9 @@ impl CallHandler for LoggingHandler {
 impl CallSession for LoggingSession {
     fn on_dtmf(&mut self, event: DtmfEvent) {
         tracing::info!(call_id = %self.call_id, digit = %event.digit, duration_ms = event.duration_ms, "DTMF");
+    }
+    fn send_dtmf(&mut self, digits: &str) {
+        tracing::info!(call_id = %self.call_id, digits = digits.len(), "DTMF to send, but no media engine (logging handler); dropped");
     }
     fn on_media_update(&mut self, media: &MediaParams) {
         tracing::info!(call_id = %self.call_id, direction = media.direction.as_str(), "media updated");
@@ -769,6 +824,33 @@ impl Ctx {
         match peer.proto.uri_param() {
             Some(t) => format!("<sip:{user}@{hp};transport={t}>"),
             None => format!("<sip:{user}@{hp}>"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DtmfPath, dtmf_path};
+    use switchboard_proto::v1alpha1::DtmfMode;
+
+    #[test]
+    fn dtmf_path_follows_the_trunk_and_the_negotiation() {
+        let table = [
+            (DtmfMode::Rfc4733, true, Some(DtmfPath::Rtp)),
+            (DtmfMode::Rfc4733, false, None),
+            (DtmfMode::Info, true, Some(DtmfPath::Info)),
+            (DtmfMode::Info, false, Some(DtmfPath::Info)),
+            (DtmfMode::Both, true, Some(DtmfPath::Rtp)),
+            (DtmfMode::Both, false, Some(DtmfPath::Info)),
+            (DtmfMode::Unspecified, true, Some(DtmfPath::Rtp)),
+            (DtmfMode::Unspecified, false, Some(DtmfPath::Info)),
+        ];
+        for (mode, negotiated, want) in table {
+            assert_eq!(
+                dtmf_path(mode, negotiated),
+                want,
+                "{mode:?} negotiated={negotiated}"
+            );
         }
     }
 }

@@ -23,6 +23,12 @@ use crate::sip::transaction::{ClientEvent, ClientTxnId, ServerRequest};
 /// The hang-up reason when the peer's SDP asks for RTP at a refused address.
 pub const MEDIA_ADDRESS_REFUSED: &str = "refused media address";
 
+/// Most digits waiting to go out as INFO.
+const MAX_INFO_QUEUE: usize = 32;
+
+/// The Duration= of the INFO digits we send, in milliseconds.
+const INFO_DTMF_MS: u32 = 100;
+
 /// Far enough in the future to mean "never" for a disabled timer.
 const NEVER: Duration = Duration::from_secs(86400 * 365);
 
@@ -68,6 +74,8 @@ pub struct Session {
     pub(crate) awaiting_ack: bool,
     /// Our 2xx's INVITE transaction until its ACK arrives.
     pub(crate) unanswered_invite: Option<crate::sip::transaction::ServerTxnId>,
+    /// The trunk's `media.dtmf`, handed to the media side.
+    pub(crate) dtmf_mode: switchboard_proto::v1alpha1::DtmfMode,
 }
 
 /// What differs between an inbound and an outbound call when its session is
@@ -174,6 +182,11 @@ impl Session {
             srtp_policy: s.srtp_policy,
             awaiting_ack: false,
             unanswered_invite: None,
+            dtmf_mode: s
+                .trunk
+                .media
+                .as_ref()
+                .map_or_else(Default::default, |m| m.dtmf()),
         }
     }
 
@@ -365,6 +378,7 @@ impl Session {
             media_networks: self.media_networks.clone(),
             signalling_ip: Some(self.dialog.peer.addr.ip()),
             sip_headers: std::mem::take(&mut self.sip_headers),
+            dtmf_mode: self.dtmf_mode,
         };
         self.handler = Some(self.ctx.handler.on_answered(call));
     }
@@ -394,6 +408,9 @@ impl Session {
         let mut timer_at = self.timer_deadline();
         let end_at = Instant::now() + self.max_duration.unwrap_or(NEVER);
         let mut pending: Option<Pending> = None;
+        // DTMF by INFO: one request outstanding at a time keeps the digits in order.
+        let mut info: Option<Pending> = None;
+        let mut info_queue: std::collections::VecDeque<char> = Default::default();
         let reason = loop {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -412,6 +429,20 @@ impl Session {
                     Some(CallMsg::Hangup(reason)) => {
                         self.bye().await;
                         break HangupReason::Local(reason);
+                    }
+                    Some(CallMsg::SendDtmf(digits)) => match self.handler.as_mut() {
+                        Some(h) => h.send_dtmf(&digits),
+                        None => tracing::debug!(call_id = %self.dialog.call_id, "DTMF before the call is up; dropped"),
+                    },
+                    Some(CallMsg::InfoDtmf(digit)) => {
+                        if info_queue.len() >= MAX_INFO_QUEUE {
+                            tracing::debug!(call_id = %self.dialog.call_id, "INFO DTMF queue full; digit dropped");
+                        } else {
+                            info_queue.push_back(digit);
+                        }
+                        if info.is_none() {
+                            info = info_queue.pop_front().map(|d| self.send_info_dtmf(d));
+                        }
                     }
                     Some(CallMsg::Cancelled) => {
                         // The CANCEL reached the transaction layer before our
@@ -455,6 +486,28 @@ impl Session {
                         }
                     }
                 }
+                ev = async { match info.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
+                    if let Some(ClientEvent::Response(resp)) = &ev
+                        && resp.code().is_some_and(|c| c < 200)
+                    {
+                        continue;
+                    }
+                    match ev {
+                        Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c == 481 || c == 408) => {
+                            // RFC 3261 12.2.1.2: the dialog is gone.
+                            tracing::info!(call_id = %self.dialog.call_id, "INFO answered 481/408; the dialog is gone");
+                            self.bye().await;
+                            break HangupReason::Local("dialog gone (INFO)".into());
+                        }
+                        Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c >= 300) => {
+                            tracing::info!(call_id = %self.dialog.call_id, code = resp.code().unwrap_or(0), "INFO DTMF refused by the peer");
+                            self.ctx.metrics.dtmf_info_failed.inc();
+                        }
+                        Some(ClientEvent::Response(_)) => {}
+                        _ => self.ctx.metrics.dtmf_info_failed.inc(),
+                    }
+                    info = info_queue.pop_front().map(|d| self.send_info_dtmf(d));
+                }
                 _ = sleep_until(timer_at) => {
                     let due = self.clock.on_deadline(Instant::now());
                     if self.on_due(due, &mut pending) {
@@ -493,6 +546,24 @@ impl Session {
             id,
             events,
             method,
+            cseq,
+        }
+    }
+
+    /// Sends one digit as INFO (application/dtmf-relay).
+    fn send_info_dtmf(&mut self, digit: char) -> Pending {
+        let mut req = self.dialog.request(Method::Info);
+        req.set_body(
+            super::dtmf::RELAY_CONTENT_TYPE,
+            super::dtmf::relay_body(digit, INFO_DTMF_MS).into_bytes(),
+        );
+        let cseq = self.dialog.local_cseq;
+        let (id, events) = self.ctx.sip.request(req, self.dialog.next_hop());
+        self.ctx.metrics.dtmf_info_sent.inc();
+        Pending {
+            id,
+            events,
+            method: Method::Info,
             cseq,
         }
     }

@@ -6,6 +6,7 @@
 mod api_support;
 
 mod api_auth;
+mod api_call_control;
 mod api_outbound;
 mod api_pacing;
 mod dashboard;
