@@ -67,14 +67,16 @@ fn say(text: &str) {
 }
 
 /// An even RTP port whose neighbours are free too (SIPp uses port+2).
-fn media_port() -> u16 {
-    for _ in 0..200 {
-        let p = 40000 + (free_port() % 10000) / 4 * 4;
+fn media_port(len: u16) -> u16 {
+    // Blocks from the shared allocator never overlap (a node's RTP range and a SIPp
+    // caller's media port once did); skip one that something else on the machine holds.
+    for _ in 0..50 {
+        let p = switchboard_tests::ports::rtp_block(len);
         if (0..4).all(|i| UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
-    40000
+    switchboard_tests::ports::rtp_block(len)
 }
 
 /// Every process the demo started; stopped on drop.
@@ -399,7 +401,7 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
             control: port(free_port()),
             name,
         };
-        let rtp = media_port();
+        let rtp = media_port(101);
         let mut spec = NodeSpec::new(bin("switchboard-media-node")?).extra([
             "--node-id",
             &node.name,
@@ -518,7 +520,7 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
             "-mi",
             "127.0.0.1",
             "-mp",
-            &media_port().to_string(),
+            &media_port(4).to_string(),
             "-rtp_echo",
             "-m",
             "1",
@@ -555,7 +557,7 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
             "-mi",
             "127.0.0.1",
             "-mp",
-            &media_port().to_string(),
+            &media_port(4).to_string(),
             "-rtp_echo",
             "-d",
             &TALK_MS.to_string(),
