@@ -114,6 +114,7 @@ struct Drops {
     sequence: IntCounter,
     srtp_auth: IntCounter,
     srtp_replay: IntCounter,
+    srtcp_unencrypted: IntCounter,
     srtp_other: IntCounter,
 }
 
@@ -127,6 +128,7 @@ impl Drops {
             sequence: c(drop_reason::SEQUENCE),
             srtp_auth: c(drop_reason::SRTP_AUTH),
             srtp_replay: c(drop_reason::SRTP_REPLAY),
+            srtcp_unencrypted: c(drop_reason::SRTCP_UNENCRYPTED),
             srtp_other: c(drop_reason::SRTP_OTHER),
         }
     }
@@ -522,6 +524,7 @@ impl Engine {
                 match e {
                     SrtpError::Auth => self.drops.srtp_auth.inc(),
                     SrtpError::Replay => self.drops.srtp_replay.inc(),
+                    SrtpError::Unencrypted => self.drops.srtcp_unencrypted.inc(),
                     _ => self.drops.srtp_other.inc(),
                 }
                 false

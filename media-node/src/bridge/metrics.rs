@@ -25,6 +25,9 @@ pub mod drop_reason {
     pub const SRTP_AUTH: &str = "srtp_auth";
     /// SRTP/SRTCP replayed (inside the replay window) or older than it.
     pub const SRTP_REPLAY: &str = "srtp_replay";
+    /// RTCP without SRTCP encryption on an encrypted call (E flag clear: never negotiated here;
+    /// baresip sends its RTCP BYE this way at hang-up). Not authenticated, so not used.
+    pub const SRTCP_UNENCRYPTED: &str = "srtcp_unencrypted";
     /// Any other SRTP failure: too short, too many sources, key exhausted.
     pub const SRTP_OTHER: &str = "srtp_other";
 }

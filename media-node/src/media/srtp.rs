@@ -161,6 +161,10 @@ pub enum SrtpError {
     /// Already received (inside the replay window) or older than it.
     #[error("SRTP replay")]
     Replay,
+    /// SRTCP with the E flag clear: unencrypted SRTCP is never negotiated here, so this is
+    /// plain RTCP on an encrypted call (or a forgery; it is not authenticated either).
+    #[error("unencrypted SRTCP (not negotiated)")]
+    Unencrypted,
     /// A new source while the call already keeps state for [`MAX_SSRCS`] sources.
     #[error("too many SRTP sources")]
     TooManySources,
@@ -179,6 +183,7 @@ impl SrtpError {
             SrtpError::TooShort => "too_short",
             SrtpError::Auth => "auth",
             SrtpError::Replay => "replay",
+            SrtpError::Unencrypted => "unencrypted",
             SrtpError::TooManySources => "too_many_sources",
             SrtpError::KeyExhausted => "key_exhausted",
             SrtpError::Other(_) => "malformed",
@@ -401,7 +406,7 @@ impl Session {
             return Err(SrtpError::TooShort);
         }
         if srtcp[srtcp.len() - tail] & 0x80 == 0 {
-            return Err(SrtpError::Auth);
+            return Err(SrtpError::Unencrypted);
         }
         self.inbound
             .admit(ssrc, |probe| probe.decrypt_rtcp(srtcp))?;
@@ -555,7 +560,11 @@ mod tests {
             let at = forged.len() - tail;
             forged[at] &= 0x7f;
             forged[9] ^= 0xff;
-            assert_eq!(b.unprotect_rtcp(&forged), Err(SrtpError::Auth), "{suite:?}");
+            assert_eq!(
+                b.unprotect_rtcp(&forged),
+                Err(SrtpError::Unencrypted),
+                "{suite:?}"
+            );
             // The genuine packet still passes.
             assert_eq!(
                 &b.unprotect_rtcp(&wire).expect("unprotect")[..],
