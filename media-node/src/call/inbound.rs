@@ -342,7 +342,7 @@ fn admit(
         .clone()
         .or_else(|| trunk.inbound.as_ref().and_then(|i| i.default_agent.clone()));
     let session = Session::new(
-        ctx.clone(),
+        ctx,
         SessionSetup {
             dialog,
             direction: CallDirection::Inbound,

@@ -728,7 +728,7 @@ async fn attempt(
             tx.clone(),
         );
         let mut session = Session::new(
-            ctx.clone(),
+            ctx,
             SessionSetup {
                 dialog,
                 direction: CallDirection::Outbound,

@@ -32,9 +32,45 @@ const INFO_DTMF_MS: u32 = 100;
 /// Far enough in the future to mean "never" for a disabled timer.
 const NEVER: Duration = Duration::from_secs(86400 * 365);
 
+/// What a call's session uses of the node: the transaction layer, the call
+/// registry, metrics, the media handler and two tunables. Narrower than
+/// [`Ctx`] on purpose: a session never touches routing, ports, digest or
+/// pacing state.
+pub(crate) struct SessionEnv {
+    pub sip: crate::sip::transaction::SipHandle,
+    pub calls: super::Calls,
+    pub metrics: crate::metrics::Metrics,
+    pub handler: Arc<dyn super::CallHandler>,
+    pub opts: SessionOptions,
+}
+
+/// The call-layer tunables a session reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionOptions {
+    /// How long an inbound call rings before we answer.
+    pub answer_delay: Duration,
+    /// The smallest Session-Expires accepted in re-INVITEs and UPDATEs (RFC 4028 Min-SE).
+    pub min_se: u32,
+}
+
+impl SessionEnv {
+    fn of(ctx: &Ctx) -> SessionEnv {
+        SessionEnv {
+            sip: ctx.sip.clone(),
+            calls: ctx.calls.clone(),
+            metrics: ctx.metrics.clone(),
+            handler: ctx.handler.clone(),
+            opts: SessionOptions {
+                answer_delay: ctx.opts.answer_delay,
+                min_se: ctx.opts.min_se,
+            },
+        }
+    }
+}
+
 /// The state of one call.
 pub struct Session {
-    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) env: SessionEnv,
     pub(crate) dialog: Dialog,
     pub(crate) direction: CallDirection,
     pub(crate) trunk_id: String,
@@ -135,7 +171,7 @@ impl Pending {
 impl Session {
     /// The session of a call whose dialog exists (inbound: before the answer;
     /// outbound: answered).
-    pub(crate) fn new(ctx: Arc<Ctx>, s: SessionSetup<'_>) -> Session {
+    pub(crate) fn new(ctx: &Ctx, s: SessionSetup<'_>) -> Session {
         let (tx, rx) = s.channel;
         // The number's limit, else the trunk's; 0 means none.
         let max_secs = match s.number.max_call_duration_seconds {
@@ -150,7 +186,7 @@ impl Session {
             .max_duration
             .or((max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))));
         Session {
-            ctx,
+            env: SessionEnv::of(ctx),
             peer_allows_update: s
                 .peer_msg
                 .headers_named("Allow")
@@ -194,7 +230,7 @@ impl Session {
         let resp = req
             .msg
             .response(code, reason_phrase(code), Some(&self.dialog.local_tag));
-        self.ctx.sip.respond(&req.id, resp);
+        self.env.sip.respond(&req.id, resp);
     }
 
     fn with_common_headers(&self, resp: &mut Message) {
@@ -238,20 +274,20 @@ impl Session {
 
     /// Inbound: ring, then answer with `answer_sdp` unless cancelled.
     pub(crate) async fn run_inbound(mut self, invite: ServerRequest, answer_sdp: String) {
-        let ringing_until = Instant::now() + self.ctx.opts.answer_delay;
+        let ringing_until = Instant::now() + self.env.opts.answer_delay;
         loop {
             tokio::select! {
                 _ = sleep_until(ringing_until) => break,
                 msg = self.rx.recv() => match msg {
                     Some(CallMsg::Cancelled) => {
-                        self.ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
+                        self.env.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
                         self.cleanup(&invite, HangupReason::Cancelled, false);
                         return;
                     }
                     Some(CallMsg::Hangup(reason)) => {
                         tracing::info!(call_id = %self.dialog.call_id, %reason, "rejected before answer");
                         self.respond(&invite, 480);
-                        self.ctx.metrics.calls.with_label_values(&["inbound", "rejected", "480"]).inc();
+                        self.env.metrics.calls.with_label_values(&["inbound", "rejected", "480"]).inc();
                         self.cleanup(&invite, HangupReason::Local(reason), false);
                         return;
                     }
@@ -274,11 +310,11 @@ impl Session {
         }
         self.local_sdp = answer_sdp.clone();
         ok.set_body("application/sdp", answer_sdp.into_bytes());
-        self.ctx.sip.respond(&invite.id, ok);
+        self.env.sip.respond(&invite.id, ok);
         // Registered until the ACK: a CANCEL that overtook this 200 must
         // still find the call (see `CallMsg::Cancelled`).
         self.unanswered_invite = Some(invite.id.clone());
-        self.ctx
+        self.env
             .metrics
             .calls
             .with_label_values(&["inbound", "answered", "200"])
@@ -291,7 +327,7 @@ impl Session {
     }
 
     fn observe_setup(&self) {
-        self.ctx
+        self.env
             .metrics
             .setup_seconds
             .with_label_values(&[self.direction.as_str()])
@@ -306,7 +342,7 @@ impl Session {
         }
         self.awaiting_ack = false;
         if let Some(id) = self.unanswered_invite.take() {
-            self.ctx.calls.unregister_invite(&id);
+            self.env.calls.unregister_invite(&id);
         }
         if self.media.remote.is_none() && carries_sdp(ack) {
             let answer = Sdp::parse(&String::from_utf8_lossy(&ack.body));
@@ -320,7 +356,7 @@ impl Session {
                         &self.media_networks,
                     ) {
                         tracing::warn!(call_id = %self.dialog.call_id, error = %e, "SDP answer in ACK refused");
-                        self.ctx.metrics.reject("media_address");
+                        self.env.metrics.reject("media_address");
                         return Some(HangupReason::Local(MEDIA_ADDRESS_REFUSED.into()));
                     }
                     // We offered in the 2xx: the answer brings the peer's key for ours.
@@ -334,7 +370,7 @@ impl Session {
                     self.media = MediaParams::negotiated(&n, n.answer, srtp);
                     if self.local.crypto.is_some() && self.media.srtp.is_none() {
                         tracing::warn!(call_id = %self.dialog.call_id, "SDP answer in ACK has no SRTP key; the trunk requires SRTP");
-                        self.ctx.metrics.reject("srtp_required");
+                        self.env.metrics.reject("srtp_required");
                         return Some(HangupReason::Local("SRTP required".into()));
                     }
                 }
@@ -342,7 +378,7 @@ impl Session {
                     tracing::debug!(call_id = %self.dialog.call_id, error = %e, "unusable SDP answer in ACK");
                     if self.local.crypto.is_some() {
                         // We offered SRTP because the trunk requires it: no plain fallback.
-                        self.ctx.metrics.reject("srtp_required");
+                        self.env.metrics.reject("srtp_required");
                         return Some(HangupReason::Local("SRTP required".into()));
                     }
                 }
@@ -357,7 +393,7 @@ impl Session {
         if self.direction == CallDirection::Outbound {
             self.observe_setup();
         }
-        self.ctx.calls.set_state(
+        self.env.calls.set_state(
             &self.dialog.call_id,
             "answered",
             self.media.direction.as_str(),
@@ -380,7 +416,7 @@ impl Session {
             sip_headers: std::mem::take(&mut self.sip_headers),
             dtmf_mode: self.dtmf_mode,
         };
-        self.handler = Some(self.ctx.handler.on_answered(call));
+        self.handler = Some(self.env.handler.on_answered(call));
     }
 
     /// When the refresh clock next needs us ("never" when it does not).
@@ -447,7 +483,7 @@ impl Session {
                     Some(CallMsg::Cancelled) => {
                         // The CANCEL reached the transaction layer before our
                         // 200, which it dropped: the caller has a 487, not a call.
-                        self.ctx.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
+                        self.env.metrics.calls.with_label_values(&["inbound", "cancelled", "487"]).inc();
                         break HangupReason::Cancelled;
                     }
                     Some(CallMsg::Request(r)) => {
@@ -465,7 +501,7 @@ impl Session {
                         Some(ClientEvent::Response(resp)) => {
                             if resp.code().is_some_and(|c| (200..300).contains(&c)) && p.method == Method::Invite {
                                 let ack = self.dialog.ack(p.cseq);
-                                self.ctx.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
+                                self.env.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
                             }
                             let due = self.clock.refresh_answered(Some(&resp), Instant::now());
                             if self.on_due(due, &mut pending) {
@@ -501,10 +537,10 @@ impl Session {
                         }
                         Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c >= 300) => {
                             tracing::info!(call_id = %self.dialog.call_id, code = resp.code().unwrap_or(0), "INFO DTMF refused by the peer");
-                            self.ctx.metrics.dtmf_info_failed.inc();
+                            self.env.metrics.dtmf_info_failed.inc();
                         }
                         Some(ClientEvent::Response(_)) => {}
-                        _ => self.ctx.metrics.dtmf_info_failed.inc(),
+                        _ => self.env.metrics.dtmf_info_failed.inc(),
                     }
                     info = info_queue.pop_front().map(|d| self.send_info_dtmf(d));
                 }
@@ -541,7 +577,7 @@ impl Session {
             req.set_body("application/sdp", self.local_sdp.clone().into_bytes());
         }
         let cseq = self.dialog.local_cseq;
-        let (id, events) = self.ctx.sip.request(req, self.dialog.next_hop());
+        let (id, events) = self.env.sip.request(req, self.dialog.next_hop());
         Pending {
             id,
             events,
@@ -558,8 +594,8 @@ impl Session {
             super::dtmf::relay_body(digit, INFO_DTMF_MS).into_bytes(),
         );
         let cseq = self.dialog.local_cseq;
-        let (id, events) = self.ctx.sip.request(req, self.dialog.next_hop());
-        self.ctx.metrics.dtmf_info_sent.inc();
+        let (id, events) = self.env.sip.request(req, self.dialog.next_hop());
+        self.env.metrics.dtmf_info_sent.inc();
         Pending {
             id,
             events,
@@ -603,7 +639,7 @@ impl Session {
                 let mut resp = r.msg.response(200, "OK", Some(&self.dialog.local_tag));
                 self.with_common_headers(&mut resp);
                 resp.add("Accept", "application/sdp");
-                self.ctx.sip.respond(&r.id, resp);
+                self.env.sip.respond(&r.id, resp);
                 None
             }
         }
@@ -614,14 +650,14 @@ impl Session {
     fn on_offer(&mut self, r: ServerRequest, method: Method) {
         // The refresher is named by its role in this transaction, whichever side
         // sent the dialog's first INVITE (RFC 4028 4).
-        let timer = match session_timer::uas_negotiate(&r.msg, self.ctx.opts.min_se) {
+        let timer = match session_timer::uas_negotiate(&r.msg, self.env.opts.min_se) {
             Ok(t) => t,
             Err(min_se) => {
                 let mut resp =
                     r.msg
                         .response(422, reason_phrase(422), Some(&self.dialog.local_tag));
                 resp.add("Min-SE", min_se.to_string());
-                self.ctx.sip.respond(&r.id, resp);
+                self.env.sip.respond(&r.id, resp);
                 return;
             }
         };
@@ -648,7 +684,7 @@ impl Session {
             if let Err(e) = sdp::check_remote(n.remote, r.peer.addr.ip(), &self.media_networks) {
                 // The call goes on with its current media.
                 tracing::warn!(call_id = %self.dialog.call_id, error = %e, "re-offer refused");
-                self.ctx.metrics.reject("media_address");
+                self.env.metrics.reject("media_address");
                 self.respond(&r, 488);
                 return;
             }
@@ -662,7 +698,7 @@ impl Session {
             body = Some(self.build_sdp(Some(&offer), Some(&n)));
             if changed {
                 tracing::info!(call_id = %self.dialog.call_id, direction = n.answer.as_str(), "media updated by peer");
-                self.ctx.calls.set_state(
+                self.env.calls.set_state(
                     &self.dialog.call_id,
                     "answered",
                     self.media.direction.as_str(),
@@ -693,14 +729,14 @@ impl Session {
         if let Some(b) = body {
             ok.set_body("application/sdp", b.into_bytes());
         }
-        self.ctx.sip.respond(&r.id, ok);
+        self.env.sip.respond(&r.id, ok);
     }
 
     /// Sends BYE and waits (bounded) for its answer, still answering the
     /// peer's own BYE if they cross.
     async fn bye(&mut self) {
         let bye = self.dialog.request(Method::Bye);
-        let (_, mut events) = self.ctx.sip.request(bye, self.dialog.next_hop());
+        let (_, mut events) = self.env.sip.request(bye, self.dialog.next_hop());
         let deadline = Instant::now() + crate::sip::transaction::T64 + Duration::from_secs(1);
         loop {
             tokio::select! {
@@ -722,15 +758,15 @@ impl Session {
     }
 
     fn cleanup(&mut self, invite: &ServerRequest, reason: HangupReason, _answered: bool) {
-        self.ctx.calls.unregister_invite(&invite.id);
+        self.env.calls.unregister_invite(&invite.id);
         self.finish(reason);
     }
 
     fn finish(&mut self, reason: HangupReason) {
         if let Some(id) = self.unanswered_invite.take() {
-            self.ctx.calls.unregister_invite(&id);
+            self.env.calls.unregister_invite(&id);
         }
-        self.ctx
+        self.env
             .calls
             .unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);
         tracing::info!(call_id = %self.dialog.call_id, trunk = %self.trunk_id, ?reason, "call ended");
