@@ -279,6 +279,8 @@ pub enum CallerEvent {
     },
     /// A key press.
     Dtmf(char),
+    /// A transfer moved on.
+    Transfer(Box<crate::call::transfer::TransferUpdate>),
 }
 
 /// How the session ended.
@@ -458,6 +460,8 @@ pub struct AgentSession {
     writer: StreamWriter,
     limits: AgentLimits,
     counters: LimitCounters,
+    /// The call, for the agent's `transfer` requests (none: they are ignored).
+    call: Option<crate::call::HangupHandle>,
 }
 
 impl std::fmt::Debug for AgentSession {
@@ -545,7 +549,14 @@ impl AgentSession {
             writer: StreamWriter::new(ids),
             limits: target.limits,
             counters: target.counters.clone(),
+            call: None,
         })
+    }
+
+    /// Lets the agent's `transfer` events reach the call.
+    pub fn with_call(mut self, call: crate::call::HangupHandle) -> AgentSession {
+        self.call = Some(call);
+        self
     }
 
     /// Runs the session until the call or the agent ends it. `caller` carries the call's audio
@@ -579,6 +590,7 @@ impl AgentSession {
                                 stats.dtmf_sent += 1;
                                 self.writer.dtmf(d)
                             }
+                            Some(CallerEvent::Transfer(u)) => self.writer.transfer(&u),
                             // The call ended (it dropped its sender): `stop`, then close.
                             None => {
                                 break 'session self.finish().await;
@@ -616,6 +628,16 @@ impl AgentSession {
                                     AfterAgentFrame::Nothing => Ok(()),
                                     AfterAgentFrame::EchoDone => self.send_done_marks(&playout, &mut stats).await,
                                     AfterAgentFrame::EchoCleared(marks) => self.send_marks(marks, &mut stats).await,
+                                    AfterAgentFrame::Transfer(target) => {
+                                        match &self.call {
+                                            // The call checks the trunk's policy; the outcome comes back as transfer events.
+                                            Some(call) => {
+                                                call.transfer(&target, std::time::Duration::from_secs(u64::from(crate::api::DEFAULT_TRANSFER_TIMEOUT_SECS)));
+                                            }
+                                            None => tracing::debug!("agent transfer ignored: no call attached"),
+                                        }
+                                        Ok(())
+                                    }
                                     AfterAgentFrame::Hangup(reason) => {
                                         break 'session match self.finish().await {
                                             SessionEnd::CallEnded => SessionEnd::AgentHangup { reason },
@@ -759,6 +781,8 @@ enum AfterAgentFrame {
     Refused(&'static str),
     /// The agent asks to end the call, for this reason.
     Hangup(String),
+    /// The agent asks to transfer the call to this target.
+    Transfer(String),
 }
 
 /// A limit in words, for a close reason.
@@ -852,6 +876,9 @@ fn apply_agent_text(
         }
         Ok(AgentEvent::Hangup { reason }) => {
             AfterAgentFrame::Hangup(clip(&reason, MAX_CLOSE_REASON).to_owned())
+        }
+        Ok(AgentEvent::Transfer { target }) => {
+            AfterAgentFrame::Transfer(clip(&target, 40).to_owned())
         }
         Ok(AgentEvent::Unknown { event }) => {
             stats.unknown_events += 1;

@@ -88,6 +88,19 @@ pub struct MediaInfo {
     pub payload: String,
 }
 
+/// The `transfer` object of the extension event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// E.164 target.
+    pub target: String,
+    /// `requested`, `accepted`, `ringing`, `succeeded` or `failed`.
+    pub status: String,
+    /// The SIP code behind it, 0 if none.
+    pub code: u16,
+    /// Why it failed (empty otherwise).
+    pub reason: String,
+}
+
 /// The `dtmf` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DtmfInfo {
@@ -146,6 +159,16 @@ pub enum NodeMessage {
         stream_sid: String,
         /// Audio.
         media: MediaInfo,
+    },
+    /// A step of a transfer the agent or the call API asked for (an extension:
+    /// `{"event":"transfer","transfer":{"target","status","code","reason"}}`).
+    Transfer {
+        /// Stream id.
+        stream_sid: String,
+        /// Message count.
+        sequence_number: String,
+        /// Where it stands.
+        transfer: TransferInfo,
     },
     /// A key press.
     Dtmf {
@@ -305,6 +328,21 @@ impl StreamWriter {
         self.write_serde(&msg)
     }
 
+    /// A `transfer` extension message.
+    pub fn transfer(&mut self, u: &crate::call::transfer::TransferUpdate) -> &str {
+        let msg = NodeMessage::Transfer {
+            stream_sid: self.ids.stream_sid.clone(),
+            sequence_number: self.next_seq(),
+            transfer: TransferInfo {
+                target: u.target.clone(),
+                status: u.state.as_str().to_owned(),
+                code: u.code,
+                reason: u.reason.clone(),
+            },
+        };
+        self.write_serde(&msg)
+    }
+
     /// A `mark` message echoing the agent's mark `name`.
     pub fn mark(&mut self, name: &str) -> &str {
         let msg = NodeMessage::Mark {
@@ -376,6 +414,11 @@ pub enum AgentEvent<'a> {
     Dtmf {
         /// The digits as sent (the session keeps only `0-9 * # A-D`).
         digits: Cow<'a, str>,
+    },
+    /// Transfer the call (an extension: `{"event":"transfer","transfer":{"target":"+1..."}}`).
+    Transfer {
+        /// The target as sent (checked against the trunk's policy by the call).
+        target: Cow<'a, str>,
     },
     /// An event we do not handle; ignored and counted by the session.
     Unknown {
@@ -450,6 +493,14 @@ struct RawAgentMessage<'a> {
     hangup: Option<RawHangup<'a>>,
     #[serde(borrow, default)]
     dtmf: Option<RawDtmf<'a>>,
+    #[serde(borrow, default)]
+    transfer: Option<RawTransfer<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawTransfer<'a> {
+    #[serde(borrow, default)]
+    target: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +551,9 @@ pub fn parse_agent_message(text: &str) -> Result<AgentEvent<'_>, AgentProtocolEr
         }),
         "hangup" => Ok(AgentEvent::Hangup {
             reason: raw.hangup.and_then(|h| h.reason).unwrap_or_default(),
+        }),
+        "transfer" => Ok(AgentEvent::Transfer {
+            target: raw.transfer.and_then(|t| t.target).unwrap_or_default(),
         }),
         _ => Ok(AgentEvent::Unknown { event: raw.event }),
     }

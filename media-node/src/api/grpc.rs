@@ -32,6 +32,8 @@ impl From<ApiError> for Status {
             ApiError::Conflict(_) => Status::failed_precondition(msg),
             ApiError::QueueFull(_) => Status::resource_exhausted(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
+            ApiError::Unimplemented(_) => Status::unimplemented(msg),
         }
     }
 }
@@ -55,6 +57,17 @@ impl pb::call_service_server::CallService for CallApi {
         let req = req.into_inner();
         let call = self.api.hangup(&req.call_id, &req.reason)?;
         Ok(Response::new(pb::HangupResponse { call: Some(call) }))
+    }
+
+    async fn transfer(
+        &self,
+        req: Request<pb::TransferRequest>,
+    ) -> Result<Response<pb::TransferResponse>, Status> {
+        let req = req.into_inner();
+        let call = self
+            .api
+            .transfer(&req.call_id, &req.target, req.timeout_seconds)?;
+        Ok(Response::new(pb::TransferResponse { call: Some(call) }))
     }
 
     async fn send_dtmf(

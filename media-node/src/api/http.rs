@@ -39,6 +39,8 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::QueueFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
+            ApiError::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
         }
     }
 }
@@ -133,8 +135,9 @@ async fn hangup(State(api): State<Api>, Path(id): Path<String>) -> Result<Respon
     ))
 }
 
-/// `POST /v1/calls/{id}:hangup` (`{"reason"}`, optional) and
-/// `POST /v1/calls/{id}:dtmf` (`{"digits"}`): 202 with the call. The action
+/// `POST /v1/calls/{id}:hangup` (`{"reason"}`, optional),
+/// `POST /v1/calls/{id}:dtmf` (`{"digits"}`) and
+/// `POST /v1/calls/{id}:transfer` (`{"target", "timeoutSeconds"}`): 202 with the call. The action
 /// is the suffix after the id's last `:` (Google API style custom methods).
 async fn action(
     State(api): State<Api>,
@@ -171,8 +174,16 @@ async fn action(
                 &pb::SendDtmfResponse { call: Some(call) },
             ))
         }
+        "transfer" => {
+            let req: pb::TransferRequest = serde_json::from_slice(body).map_err(bad)?;
+            let call = api.transfer(id, &req.target, req.timeout_seconds)?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &pb::TransferResponse { call: Some(call) },
+            ))
+        }
         other => Err(ApiError::NotFound {
-            what: format!("action {other:?} (hangup or dtmf)"),
+            what: format!("action {other:?} (hangup, dtmf or transfer)"),
             field: None,
         }),
     }

@@ -66,6 +66,12 @@ pub enum ApiError {
     /// The node cannot place calls now (503 / UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
+    /// The trunk's policy forbids it (403 / PERMISSION_DENIED).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Asked of a feature that is not built (501 / UNIMPLEMENTED).
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl ApiError {
@@ -358,7 +364,7 @@ impl Api {
             });
         }
         match self.tracker.send_dtmf(id, &digits.to_ascii_uppercase()) {
-            tracker::ControlResult::Sent(c) => Ok(*c),
+            tracker::ControlResult::Sent(c) | tracker::ControlResult::Busy(c) => Ok(*c),
             tracker::ControlResult::NotFound => Err(ApiError::NotFound {
                 what: format!("call {id:?}"),
                 field: None,
@@ -366,6 +372,56 @@ impl Api {
             tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
                 "call {id} is {}: DTMF needs an answered call",
                 state_name(c.state())
+            ))),
+        }
+    }
+
+    /// Starts a blind transfer (REFER) of an answered call, after checking the
+    /// target against its trunk's `spec.transfer` (the SIP side checks again).
+    pub fn transfer(
+        &self,
+        id: &str,
+        target: &str,
+        timeout_seconds: u32,
+    ) -> Result<pb::Call, ApiError> {
+        use crate::call::transfer::{TransferRefusal, check};
+        let call = self.get(id)?;
+        let policy = self
+            .ctx
+            .routing
+            .read(|t| t.trunk(&call.trunk_id).and_then(|tr| tr.transfer.clone()))
+            .flatten();
+        let target = check(policy.as_ref(), target).map_err(|e| match e {
+            TransferRefusal::BadTarget(_) => ApiError::InvalidArgument {
+                field: "target".into(),
+                message: e.to_string(),
+            },
+            TransferRefusal::NotAllowed(_) => ApiError::PermissionDenied(e.to_string()),
+            TransferRefusal::Disabled => ApiError::Conflict(e.to_string()),
+            TransferRefusal::DialNotSupported => ApiError::Unimplemented(e.to_string()),
+        })?;
+        if timeout_seconds > MAX_TRANSFER_TIMEOUT_SECS {
+            return Err(ApiError::InvalidArgument {
+                field: "timeoutSeconds".into(),
+                message: format!("at most {MAX_TRANSFER_TIMEOUT_SECS}"),
+            });
+        }
+        let timeout = std::time::Duration::from_secs(u64::from(match timeout_seconds {
+            0 => DEFAULT_TRANSFER_TIMEOUT_SECS,
+            n => n,
+        }));
+        match self.tracker.transfer(id, &target, timeout) {
+            tracker::ControlResult::Sent(c) => Ok(*c),
+            tracker::ControlResult::NotFound => Err(ApiError::NotFound {
+                what: format!("call {id:?}"),
+                field: None,
+            }),
+            tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
+                "call {id} is {}: a transfer needs an answered call",
+                state_name(c.state())
+            ))),
+            tracker::ControlResult::Busy(_) => Err(ApiError::Conflict(format!(
+                "call {id} has a transfer under way"
             ))),
         }
     }
@@ -378,6 +434,11 @@ impl Api {
         })
     }
 }
+
+/// How long a transfer waits for the carrier's outcome unless the request says.
+pub const DEFAULT_TRANSFER_TIMEOUT_SECS: u32 = 60;
+/// The longest wait a transfer request may ask for.
+pub const MAX_TRANSFER_TIMEOUT_SECS: u32 = 600;
 
 /// Longest hang-up reason the API takes.
 pub const MAX_HANGUP_REASON: usize = 128;

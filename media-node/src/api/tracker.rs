@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_proto::v1alpha1 as pb;
 use tokio::sync::broadcast;
@@ -28,6 +28,8 @@ pub enum EventKind {
     Ringing,
     /// The call was answered.
     Answered,
+    /// A transfer moved on (`Call.transfer` says where it stands).
+    Transfer,
     /// The call is over.
     Completed,
 }
@@ -39,6 +41,7 @@ impl EventKind {
             EventKind::Initiated => "initiated",
             EventKind::Ringing => "ringing",
             EventKind::Answered => "answered",
+            EventKind::Transfer => "transfer",
             EventKind::Completed => "completed",
         }
     }
@@ -110,6 +113,8 @@ pub enum ControlResult {
     NotFound,
     /// The call is not answered (yet, or any more).
     NotAnswered(Box<pb::Call>),
+    /// Another transfer of the call is under way.
+    Busy(Box<pb::Call>),
 }
 
 /// The final reason of a call the API hung up: "hung up by the API", with the
@@ -360,6 +365,47 @@ impl CallTracker {
         self.emit(e, EventKind::Answered);
     }
 
+    /// A transfer of an answered call moved on (from the SIP side).
+    fn transfer_update(&self, sip_call_id: &str, u: &crate::call::transfer::TransferUpdate) {
+        let Ok(mut s) = self.state.lock() else { return };
+        let Some(id) = s.by_sip.get(sip_call_id).cloned() else {
+            return;
+        };
+        if let Some(e) = s.calls.get_mut(&id) {
+            e.call.transfer = Some(pb::TransferStatus {
+                target: u.target.clone(),
+                state: u.state.as_str().to_owned(),
+                code: u32::from(u.code),
+                reason: u.reason.clone(),
+            });
+            let e = &*e;
+            self.emit(e, EventKind::Transfer);
+        }
+    }
+
+    /// Asks an answered call to transfer to `target` (checked by the caller).
+    pub fn transfer(&self, id: &str, target: &str, timeout: Duration) -> ControlResult {
+        let Ok(s) = self.state.lock() else {
+            return ControlResult::NotFound;
+        };
+        let Some(e) = s.calls.get(id) else {
+            return ControlResult::NotFound;
+        };
+        let call = Box::new(e.call.clone());
+        let busy = e
+            .call
+            .transfer
+            .as_ref()
+            .is_some_and(|t| !matches!(t.state.as_str(), "succeeded" | "failed"));
+        match &e.hangup {
+            _ if busy => ControlResult::Busy(call),
+            Some(h) if e.call.state() == pb::CallState::Answered && h.transfer(target, timeout) => {
+                ControlResult::Sent(call)
+            }
+            _ => ControlResult::NotAnswered(call),
+        }
+    }
+
     /// An answered call ended (from the media handler).
     fn ended(&self, sip_call_id: &str, reason: &HangupReason) {
         let Ok(mut s) = self.state.lock() else { return };
@@ -499,6 +545,10 @@ impl CallSession for TrackingSession {
     }
     fn send_dtmf(&mut self, digits: &str) {
         self.inner.send_dtmf(digits);
+    }
+    fn on_transfer(&mut self, update: &crate::call::transfer::TransferUpdate) {
+        self.tracker.transfer_update(&self.sip_call_id, update);
+        self.inner.on_transfer(update);
     }
     fn on_hangup(&mut self, reason: &HangupReason) {
         self.inner.on_hangup(reason);

@@ -404,7 +404,10 @@ struct AgentTask {
 
 impl AgentTask {
     async fn run(self, session: AgentSession) {
-        let (end, stats) = session.run(self.params, self.caller, self.playout).await;
+        let (end, stats) = session
+            .with_call(self.hangup.clone())
+            .run(self.params, self.caller, self.playout)
+            .await;
         let label = match &end {
             SessionEnd::CallEnded => "call_ended",
             SessionEnd::AgentClosed { .. } => "agent_closed",
@@ -489,6 +492,18 @@ impl CallSession for BridgeSession {
         if let Some(tx) = &self.caller
             && let Err(mpsc::error::TrySendError::Full(_)) =
                 tx.try_send(CallerEvent::Dtmf(event.digit))
+        {
+            self.metrics.agent_events_dropped.inc();
+        }
+    }
+
+    fn on_transfer(&mut self, update: &crate::call::transfer::TransferUpdate) {
+        tracing::info!(call_id = %self.call_id, target = %update.target, state = update.state.as_str(), code = update.code, reason = %update.reason, "transfer");
+        // The agent hears every step (it stays on the call until the transfer succeeds).
+        if let Some(tx) = &self.caller
+            && tx
+                .try_send(CallerEvent::Transfer(Box::new(update.clone())))
+                .is_err()
         {
             self.metrics.agent_events_dropped.inc();
         }

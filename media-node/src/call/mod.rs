@@ -10,6 +10,7 @@ pub(crate) mod pacing;
 pub(crate) mod passthrough;
 pub(crate) mod ports;
 pub(crate) mod session;
+pub(crate) mod transfer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -219,6 +220,14 @@ pub enum CallMsg {
     /// Send this digit to the peer as SIP INFO (from the media handler, when
     /// [`dtmf_path`] says INFO).
     InfoDtmf(char),
+    /// Transfer the call by REFER to this target (checked again against the
+    /// trunk's policy), waiting this long for the outcome.
+    Transfer {
+        /// The target as given.
+        target: String,
+        /// How long the carrier may take to report the outcome.
+        timeout: Duration,
+    },
 }
 
 /// How DTMF we send reaches the peer.
@@ -269,6 +278,17 @@ impl HangupHandle {
     /// Asks the SIP side to send one digit as INFO.
     pub fn send_info_dtmf(&self, digit: char) -> bool {
         self.0.send(CallMsg::InfoDtmf(digit)).is_ok()
+    }
+
+    /// Asks for a blind transfer to `target` (see [`transfer`]); the outcome
+    /// reaches [`CallSession::on_transfer`]. Returns false when the call is over.
+    pub fn transfer(&self, target: &str, timeout: Duration) -> bool {
+        self.0
+            .send(CallMsg::Transfer {
+                target: target.to_owned(),
+                timeout,
+            })
+            .is_ok()
     }
 }
 
@@ -414,6 +434,9 @@ pub trait CallSession: Send + 'static {
     /// [`HangupHandle::send_info_dtmf`] by [`dtmf_path`]. No default: a
     /// wrapping session that forgot to forward it would drop digits silently.
     fn send_dtmf(&mut self, digits: &str);
+    /// A transfer moved on (requested, accepted, ringing, succeeded, failed).
+    /// On success the call ends next (BYE); on failure it goes on.
+    fn on_transfer(&mut self, update: &transfer::TransferUpdate);
     /// The call is over; release media resources.
     fn on_hangup(&mut self, _reason: &HangupReason) {}
 }
@@ -463,6 +486,9 @@ impl CallSession for LoggingSession {
     }
     fn send_dtmf(&mut self, digits: &str) {
         tracing::info!(call_id = %self.call_id, digits = digits.len(), "DTMF to send, but no media engine (logging handler); dropped");
+    }
+    fn on_transfer(&mut self, update: &transfer::TransferUpdate) {
+        tracing::info!(call_id = %self.call_id, target = %update.target, state = update.state.as_str(), code = update.code, "transfer");
     }
     fn on_media_update(&mut self, media: &MediaParams) {
         tracing::info!(call_id = %self.call_id, direction = media.direction.as_str(), "media updated");

@@ -9,6 +9,7 @@ use switchboard_proto::v1alpha1::{Agent, Codec, PhoneNumber, Trunk};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use super::transfer::TransferState;
 use super::{
     AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason,
     MediaParams,
@@ -112,6 +113,33 @@ pub struct Session {
     pub(crate) unanswered_invite: Option<crate::sip::transaction::ServerTxnId>,
     /// The trunk's `media.dtmf`, handed to the media side.
     pub(crate) dtmf_mode: switchboard_proto::v1alpha1::DtmfMode,
+    /// The trunk's `spec.transfer`.
+    pub(crate) transfer_policy: Option<switchboard_proto::v1alpha1::Transfer>,
+    /// The host in our REFERs' Refer-To: the trunk's first gateway, else the
+    /// address the dialog's peer signals from.
+    pub(crate) refer_host: String,
+    /// REFERs sent in this call (bounded by [`MAX_TRANSFERS_PER_CALL`]).
+    pub(crate) transfers: u32,
+}
+
+/// Most REFERs one call may send: an agent looping on declined transfers must
+/// not turn the call into a REFER generator.
+pub(crate) const MAX_TRANSFERS_PER_CALL: u32 = 5;
+
+/// A REFER of ours under way (RFC 3515): its transaction until answered,
+/// then the NOTIFYs until the outcome or the deadline.
+struct Referral {
+    target: String,
+    events: Option<mpsc::UnboundedReceiver<ClientEvent>>,
+    deadline: Instant,
+}
+
+/// How an in-dialog request ends the call.
+enum Ended {
+    /// The peer ended it (BYE): nothing to send.
+    ByPeer(HangupReason),
+    /// We end it: BYE first.
+    ByUs(HangupReason),
 }
 
 /// What differs between an inbound and an outbound call when its session is
@@ -185,6 +213,13 @@ impl Session {
         let max_duration = s
             .max_duration
             .or((max_secs > 0).then(|| Duration::from_secs(u64::from(max_secs))));
+        let refer_host = s
+            .trunk
+            .outbound
+            .as_ref()
+            .and_then(|o| o.gateways.first())
+            .map(|g| g.host.clone())
+            .unwrap_or_else(|| crate::sip::headers::uri_host(&s.dialog.peer.addr.ip()));
         Session {
             env: SessionEnv::of(ctx),
             peer_allows_update: s
@@ -223,6 +258,9 @@ impl Session {
                 .media
                 .as_ref()
                 .map_or_else(Default::default, |m| m.dtmf()),
+            transfer_policy: s.trunk.transfer.clone(),
+            refer_host,
+            transfers: 0,
         }
     }
 
@@ -447,6 +485,7 @@ impl Session {
         // DTMF by INFO: one request outstanding at a time keeps the digits in order.
         let mut info: Option<Pending> = None;
         let mut info_queue: std::collections::VecDeque<char> = Default::default();
+        let mut referral: Option<Referral> = None;
         let reason = loop {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -470,6 +509,9 @@ impl Session {
                         Some(h) => h.send_dtmf(&digits),
                         None => tracing::debug!(call_id = %self.dialog.call_id, "DTMF before the call is up; dropped"),
                     },
+                    Some(CallMsg::Transfer { target, timeout }) => {
+                        referral = self.start_transfer(&target, timeout, referral);
+                    }
                     Some(CallMsg::InfoDtmf(digit)) => {
                         if info_queue.len() >= MAX_INFO_QUEUE {
                             tracing::debug!(call_id = %self.dialog.call_id, "INFO DTMF queue full; digit dropped");
@@ -488,8 +530,13 @@ impl Session {
                     }
                     Some(CallMsg::Request(r)) => {
                         let ours = pending.as_ref().map_or(Outstanding::Nothing, Pending::outstanding);
-                        if let Some(end) = self.on_request(r, ours) {
-                            break end;
+                        match self.on_request(r, ours, &mut referral) {
+                            Some(Ended::ByPeer(end)) => break end,
+                            Some(Ended::ByUs(end)) => {
+                                self.bye().await;
+                                break end;
+                            }
+                            None => {}
                         }
                         timer_at = self.timer_deadline();
                     }
@@ -520,6 +567,50 @@ impl Session {
                             }
                             timer_at = self.timer_deadline();
                         }
+                    }
+                }
+                step = async {
+                    match referral.as_mut() {
+                        Some(r) => {
+                            let deadline = r.deadline;
+                            match r.events.as_mut() {
+                                Some(rx) => tokio::select! {
+                                    ev = rx.recv() => Some(ev),
+                                    _ = sleep_until(deadline) => None,
+                                },
+                                None => {
+                                    sleep_until(deadline).await;
+                                    None
+                                }
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // `None`: the deadline passed without an outcome.
+                    let Some(ev) = step else {
+                        if let Some(r) = referral.take() {
+                            self.report_transfer(&r.target, TransferState::Failed, 0, "no outcome from the carrier in time");
+                        }
+                        continue;
+                    };
+                    let Some(r) = referral.as_mut() else { continue };
+                    let code = match &ev {
+                        Some(ClientEvent::Response(resp)) => resp.code().unwrap_or(500),
+                        _ => 408,
+                    };
+                    if code < 200 {
+                        continue;
+                    }
+                    r.events = None;
+                    if (200..300).contains(&code) {
+                        let target = r.target.clone();
+                        self.report_transfer(&target, TransferState::Accepted, code, "");
+                    } else {
+                        let target = r.target.clone();
+                        referral = None;
+                        let why = if matches!(ev, Some(ClientEvent::Response(_))) { "REFER refused by the carrier" } else { "REFER unanswered" };
+                        self.report_transfer(&target, TransferState::Failed, code, why);
                     }
                 }
                 ev = async { match info.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
@@ -586,6 +677,121 @@ impl Session {
         }
     }
 
+    /// Checks a transfer request and sends its REFER; the referral under way
+    /// (the old one when this one is refused because another is running).
+    fn start_transfer(
+        &mut self,
+        target: &str,
+        timeout: Duration,
+        current: Option<Referral>,
+    ) -> Option<Referral> {
+        if let Some(cur) = current {
+            self.report_transfer(
+                target,
+                TransferState::Failed,
+                0,
+                "a transfer is already under way",
+            );
+            return Some(cur);
+        }
+        let target = match super::transfer::check(self.transfer_policy.as_ref(), target) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(call_id = %self.dialog.call_id, error = %e, "transfer refused");
+                self.report_transfer(target, TransferState::Failed, 0, &e.to_string());
+                return None;
+            }
+        };
+        if self.transfers >= MAX_TRANSFERS_PER_CALL {
+            self.report_transfer(
+                &target,
+                TransferState::Failed,
+                0,
+                "too many transfer attempts in this call",
+            );
+            return None;
+        }
+        self.transfers += 1;
+        let mut req = self.dialog.request(Method::Other("REFER".into()));
+        req.add("Refer-To", format!("<sip:{target}@{}>", self.refer_host));
+        req.add("Referred-By", self.dialog.contact.clone());
+        let (_, events) = self.env.sip.request(req, self.dialog.next_hop());
+        tracing::info!(call_id = %self.dialog.call_id, %target, "transfer: REFER sent");
+        self.report_transfer(&target, TransferState::Requested, 0, "");
+        Some(Referral {
+            target,
+            events: Some(events),
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    /// A NOTIFY in the dialog: the progress of our REFER (RFC 3515 2.4.5).
+    fn on_notify(&mut self, r: &ServerRequest, referral: &mut Option<Referral>) -> Option<Ended> {
+        use super::transfer::{is_refer_event, sipfrag_status, state_of};
+        let Some(rf) = referral
+            .as_mut()
+            .filter(|_| is_refer_event(r.msg.header("Event")))
+        else {
+            self.respond(r, 481);
+            return None;
+        };
+        self.respond(r, 200);
+        // A NOTIFY can overtake the REFER's 202 (UDP): it implies acceptance.
+        rf.events = None;
+        let terminated = r
+            .msg
+            .header("Subscription-State")
+            .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"));
+        let target = rf.target.clone();
+        match sipfrag_status(&r.msg.body).map(|c| (c, state_of(c))) {
+            Some((code, TransferState::Succeeded)) => {
+                *referral = None;
+                self.report_transfer(&target, TransferState::Succeeded, code, "");
+                tracing::info!(call_id = %self.dialog.call_id, %target, "transfer succeeded; leaving the call");
+                Some(Ended::ByUs(HangupReason::Local(format!(
+                    "transferred to {target}"
+                ))))
+            }
+            Some((code, TransferState::Failed)) => {
+                *referral = None;
+                self.report_transfer(
+                    &target,
+                    TransferState::Failed,
+                    code,
+                    "the target did not answer",
+                );
+                None
+            }
+            _ if terminated => {
+                *referral = None;
+                self.report_transfer(
+                    &target,
+                    TransferState::Failed,
+                    0,
+                    "the carrier ended the transfer without an outcome",
+                );
+                None
+            }
+            Some((code, state)) => {
+                self.report_transfer(&target, state, code, "");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn report_transfer(&mut self, target: &str, state: TransferState, code: u16, reason: &str) {
+        let update = super::transfer::TransferUpdate {
+            target: target.to_owned(),
+            state,
+            code,
+            reason: reason.to_owned(),
+        };
+        if let Some(h) = self.handler.as_mut() {
+            h.on_transfer(&update);
+        }
+    }
+
     /// Sends one digit as INFO (application/dtmf-relay).
     fn send_info_dtmf(&mut self, digit: char) -> Pending {
         let mut req = self.dialog.request(Method::Info);
@@ -606,7 +812,12 @@ impl Session {
 
     /// Handles one in-dialog request (the dialog layer says what it is);
     /// `Some` ends the call.
-    fn on_request(&mut self, r: ServerRequest, ours: Outstanding) -> Option<HangupReason> {
+    fn on_request(
+        &mut self,
+        r: ServerRequest,
+        ours: Outstanding,
+        referral: &mut Option<Referral>,
+    ) -> Option<Ended> {
         match self.dialog.classify(&r.msg, ours) {
             InDialog::Refuse(code) => {
                 self.respond(&r, code);
@@ -614,8 +825,9 @@ impl Session {
             }
             InDialog::Bye => {
                 self.respond(&r, 200);
-                Some(HangupReason::RemoteBye)
+                Some(Ended::ByPeer(HangupReason::RemoteBye))
             }
+            InDialog::Notify => self.on_notify(&r, referral),
             InDialog::Offer => {
                 let method = r.msg.method().unwrap_or(Method::Invite);
                 self.on_offer(r, method);

@@ -89,6 +89,9 @@ pub enum InDialog {
     Info,
     /// OPTIONS inside the dialog.
     Options,
+    /// NOTIFY: progress of a REFER of ours (RFC 3515), or 481 when none is
+    /// under way (RFC 6665 4.1.3).
+    Notify,
 }
 
 /// True when a request carries an SDP body (an offer, in a request).
@@ -238,6 +241,7 @@ impl Dialog {
             Method::Info => InDialog::Info,
             Method::Options => InDialog::Options,
             Method::Prack => InDialog::Refuse(481),
+            Method::Other(m) if m == "NOTIFY" => InDialog::Notify,
             Method::Other(_) => InDialog::Refuse(501),
             _ => InDialog::Refuse(405),
         }
@@ -426,6 +430,7 @@ mod tests {
             (Method::Info, InDialog::Info),
             (Method::Prack, InDialog::Refuse(481)),
             (Method::Other("FOO".into()), InDialog::Refuse(501)),
+            (Method::Other("NOTIFY".into()), InDialog::Notify),
             (Method::Register, InDialog::Refuse(405)),
             (Method::Bye, InDialog::Bye),
         ];

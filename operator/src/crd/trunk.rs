@@ -65,6 +65,45 @@ pub struct SipTrunkSpec {
     /// its default agent) may point besides the public Internet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_egress: Option<AgentEgress>,
+    /// Whether agents and the call API may transfer this trunk's calls, how,
+    /// and to which numbers. Absent: transfers are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TrunkTransfer>,
+}
+
+/// Call transfers on a trunk (toll-fraud guard: only to the listed targets).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode == 'disabled' || size(self.allowedTargets) > 0")
+    .message("transfer.mode refer or dial needs allowedTargets: a transfer may otherwise dial anywhere")
+    .field_path(".allowedTargets"))]
+pub struct TrunkTransfer {
+    /// `refer` (blind transfer: the carrier connects the caller, RFC 3515),
+    /// `dial` (the node calls the target through the trunk and bridges the
+    /// legs; not built yet, refused by the call API) or `disabled`.
+    #[serde(default)]
+    pub mode: TransferMode,
+    /// E.164 numbers or prefixes (`+1415`, `+14155550100`) a transfer may
+    /// target; anything else is refused before a request leaves the node.
+    #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 16), pattern(r"^\+?[0-9]{1,15}$"))
+    )]
+    pub allowed_targets: Vec<String>,
+}
+
+/// How a trunk's calls are transferred.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMode {
+    /// Transfers are refused.
+    #[default]
+    Disabled,
+    /// SIP REFER to the carrier (RFC 3515).
+    Refer,
+    /// A new call through the trunk, bridged in the node (not built yet).
+    Dial,
 }
 
 /// Private networks agents may live in. Media nodes refuse agent and webhook

@@ -6,7 +6,7 @@ use switchboard_proto::v1alpha1 as pb;
 use super::validate::{Failover, parse_failover};
 use super::{NumberInput, ObjectKey, SecretData, SecretError, TrunkInput, TrunkVerdict, reason};
 use crate::crd::{
-    AgentSpec, Codec, DtmfMode, MediaEncryption, MediaSource, SipTrunkSpec, Transport,
+    AgentSpec, Codec, DtmfMode, MediaEncryption, MediaSource, SipTrunkSpec, TransferMode, Transport,
 };
 
 /// What a conversion may look up: the whole-world resolver and the
@@ -324,6 +324,14 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
         limits: Some(limits),
         options_interval_seconds: spec.health_check.options_interval_seconds,
         register_here: false,
+        transfer: spec.transfer.as_ref().map(|t| pb::Transfer {
+            mode: match t.mode {
+                TransferMode::Disabled => pb::TransferMode::Disabled,
+                TransferMode::Refer => pb::TransferMode::Refer,
+                TransferMode::Dial => pb::TransferMode::Dial,
+            } as i32,
+            allowed_targets: t.allowed_targets.clone(),
+        }),
     })
 }
 

@@ -821,3 +821,23 @@ fn a_tls_gateway_without_a_port_uses_5061() {
         5060
     );
 }
+
+#[test]
+fn transfer_policy_reaches_the_nodes() {
+    let mut i = inputs();
+    let mut r = resolve(&i);
+    assert_eq!(
+        r.config.trunks[0].transfer, None,
+        "absent: refused on the node"
+    );
+    for t in i.trunks.values_mut() {
+        t.spec.transfer = Some(crate::crd::TrunkTransfer {
+            mode: crate::crd::TransferMode::Refer,
+            allowed_targets: vec!["+1415".into(), "44207".into()],
+        });
+    }
+    r = resolve(&i);
+    let t = r.config.trunks[0].transfer.as_ref().expect("transfer");
+    assert_eq!(t.mode(), pb::TransferMode::Refer);
+    assert_eq!(t.allowed_targets, ["+1415", "44207"]);
+}

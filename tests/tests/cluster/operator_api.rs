@@ -192,6 +192,16 @@ async fn crds_install_and_bad_specs_are_refused_naming_the_field() {
             json!({"outbound": {"gateways": [{"host": "a.example"}], "failoverOn": ["sometimes"]}}),
             "failoverOn",
         ),
+        (
+            "transfer anywhere",
+            json!({"transfer": {"mode": "refer"}}),
+            "allowedTargets",
+        ),
+        (
+            "transfer target",
+            json!({"transfer": {"mode": "refer", "allowedTargets": ["sip:x@y"]}}),
+            "allowedTargets",
+        ),
     ];
     for (what, spec, field) in bad_trunks {
         let obj: DynamicObject = serde_json::from_value(json!({

@@ -9,6 +9,7 @@ mod api_auth;
 mod api_call_control;
 mod api_outbound;
 mod api_pacing;
+mod api_transfer;
 mod dashboard;
 mod drain;
 mod sip_baresip;
