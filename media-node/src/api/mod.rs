@@ -363,17 +363,11 @@ impl Api {
                 message: format!("1 to {MAX_DTMF_DIGITS} of 0-9 * # A-D"),
             });
         }
-        match self.tracker.send_dtmf(id, &digits.to_ascii_uppercase()) {
-            tracker::ControlResult::Sent(c) | tracker::ControlResult::Busy(c) => Ok(*c),
-            tracker::ControlResult::NotFound => Err(ApiError::NotFound {
-                what: format!("call {id:?}"),
-                field: None,
-            }),
-            tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
-                "call {id} is {}: DTMF needs an answered call",
-                state_name(c.state())
-            ))),
-        }
+        control_result(
+            id,
+            "DTMF",
+            self.tracker.send_dtmf(id, &digits.to_ascii_uppercase()),
+        )
     }
 
     /// Starts a blind transfer (REFER) of an answered call, after checking the
@@ -410,20 +404,11 @@ impl Api {
             0 => DEFAULT_TRANSFER_TIMEOUT_SECS,
             n => n,
         }));
-        match self.tracker.transfer(id, &target, timeout) {
-            tracker::ControlResult::Sent(c) => Ok(*c),
-            tracker::ControlResult::NotFound => Err(ApiError::NotFound {
-                what: format!("call {id:?}"),
-                field: None,
-            }),
-            tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
-                "call {id} is {}: a transfer needs an answered call",
-                state_name(c.state())
-            ))),
-            tracker::ControlResult::Busy(_) => Err(ApiError::Conflict(format!(
-                "call {id} has a transfer under way"
-            ))),
-        }
+        control_result(
+            id,
+            "a transfer",
+            self.tracker.transfer(id, &target, timeout),
+        )
     }
 
     /// One call.
@@ -445,6 +430,24 @@ pub const MAX_HANGUP_REASON: usize = 128;
 
 /// Most digits one DTMF request may carry (the call's queue holds as many).
 pub const MAX_DTMF_DIGITS: usize = crate::agent::session::MAX_QUEUED_DIGITS;
+
+/// The API's answer to a call-control request (`what` needs an answered call).
+fn control_result(id: &str, what: &str, r: tracker::ControlResult) -> Result<pb::Call, ApiError> {
+    match r {
+        tracker::ControlResult::Sent(c) => Ok(*c),
+        tracker::ControlResult::NotFound => Err(ApiError::NotFound {
+            what: format!("call {id:?}"),
+            field: None,
+        }),
+        tracker::ControlResult::NotAnswered(c) => Err(ApiError::Conflict(format!(
+            "call {id} is {}: {what} needs an answered call",
+            state_name(c.state())
+        ))),
+        tracker::ControlResult::Busy(_) => Err(ApiError::Conflict(format!(
+            "call {id} has a transfer under way"
+        ))),
+    }
+}
 
 /// A call state as the JSON API spells it.
 fn state_name(s: pb::CallState) -> &'static str {

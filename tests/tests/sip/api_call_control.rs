@@ -11,7 +11,7 @@ use switchboard_tests::agent::TestAgent;
 use switchboard_tests::phone::Phone;
 use switchboard_tests::sipp::spawn_bye_call;
 
-use crate::api_support::{ApiNode, TOKEN, authed};
+use crate::api_support::{ApiNode, TOKEN, agent_call, authed};
 
 const NUMBER: &str = "15550001111";
 
@@ -32,21 +32,6 @@ fn config(agent_url: &str, dtmf: &str) -> Value {
     })
 }
 
-/// The agent's connection for the call and the call's API id (`callId` in its `start`).
-async fn call_id(agent: &TestAgent) -> (switchboard_tests::agent::AgentConn, String) {
-    let conn = agent.connection(0, Duration::from_secs(10)).await;
-    conn.wait_until("start", Duration::from_secs(5), |c| {
-        !c.events("start").is_empty()
-    })
-    .await;
-    let start = conn.events("start").remove(0);
-    let id = start.json["start"]["customParameters"]["callId"]
-        .as_str()
-        .expect("callId in start")
-        .to_owned();
-    (conn, id)
-}
-
 async fn wait_metric(node: &ApiNode, series: &str, value: f64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -63,13 +48,15 @@ async fn wait_metric(node: &ApiNode, series: &str, value: f64, within: Duration)
     }
 }
 
-/// What the caller answers to each of three INFOs, checking the digit in each (two from
-/// the API, one from the agent's `dtmf` event).
-const EXPECT_THREE_INFOS: &str = r#"
+/// The caller receives an INFO carrying `signal` (application/dtmf-relay) and answers 200;
+/// `var` names the SIPp variable its check assigns.
+fn expect_info(signal: &str, var: &str) -> String {
+    format!(
+        r#"
   <recv request="INFO" timeout="15000">
     <action>
-      <ereg regexp="Content-Type: application/dtmf-relay" search_in="msg" check_it="true" assign_to="ct1"/>
-      <ereg regexp="Signal=7" search_in="body" check_it="true" assign_to="d1"/>
+      <ereg regexp="Content-Type: application/dtmf-relay" search_in="msg" check_it="true" assign_to="{var}ct"/>
+      <ereg regexp="Signal={signal}" search_in="body" check_it="true" assign_to="{var}"/>
     </action>
   </recv>
   <send>
@@ -83,40 +70,10 @@ const EXPECT_THREE_INFOS: &str = r#"
       Content-Length: 0
     ]]>
   </send>
-  <recv request="INFO" timeout="5000">
-    <action>
-      <ereg regexp="Signal=#" search_in="body" check_it="true" assign_to="d2"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv request="INFO" timeout="5000">
-    <action>
-      <ereg regexp="Signal=5" search_in="body" check_it="true" assign_to="d3"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-  <Reference variables="ct1,d1,d2,d3"/>
-"#;
+  <Reference variables="{var}ct,{var}"/>
+"#
+    )
+}
 
 #[tokio::test]
 async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reason() {
@@ -128,10 +85,16 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
         NUMBER,
         phone.port,
         ("0", "PCMU"),
-        EXPECT_THREE_INFOS,
+        // Two digits from the API, one from the agent's `dtmf` event, in order.
+        &[
+            expect_info("7", "d1"),
+            expect_info("#", "d2"),
+            expect_info("5", "d3"),
+        ]
+        .concat(),
         Duration::from_secs(30),
     );
-    let (conn, id) = call_id(&agent).await;
+    let (conn, id) = agent_call(&agent).await;
     node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
         .await;
 
@@ -248,7 +211,7 @@ async fn api_dtmf_goes_out_as_rfc4733_events_over_http_and_grpc() {
         "",
         Duration::from_secs(8),
     );
-    let (_conn, id) = call_id(&agent).await;
+    let (_conn, id) = agent_call(&agent).await;
     node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
         .await;
     let (status, resp) = node

@@ -11,7 +11,7 @@ use switchboard_tests::agent::TestAgent;
 use switchboard_tests::phone::Phone;
 use switchboard_tests::sipp::spawn_bye_call;
 
-use crate::api_support::ApiNode;
+use crate::api_support::{ApiNode, agent_call};
 
 const NUMBER: &str = "15550001111";
 
@@ -105,19 +105,6 @@ fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)>
         .collect()
 }
 
-async fn call_id(agent: &TestAgent) -> (switchboard_tests::agent::AgentConn, String) {
-    let conn = agent.connection(0, Duration::from_secs(10)).await;
-    conn.wait_until("start", Duration::from_secs(5), |c| {
-        !c.events("start").is_empty()
-    })
-    .await;
-    let id = conn.events("start")[0].json["start"]["customParameters"]["callId"]
-        .as_str()
-        .expect("callId")
-        .to_owned();
-    (conn, id)
-}
-
 #[tokio::test]
 async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succeeds() {
     let agent = TestAgent::start().await.expect("agent");
@@ -137,7 +124,7 @@ async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succ
         &carrier_side,
         Duration::from_secs(30),
     );
-    let (conn, id) = call_id(&agent).await;
+    let (conn, id) = agent_call(&agent).await;
     node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
         .await;
 
@@ -221,7 +208,7 @@ async fn a_declined_refer_from_the_agent_keeps_the_caller_with_the_agent() {
         &refer_answered("603"),
         Duration::from_secs(30),
     );
-    let (conn, id) = call_id(&agent).await;
+    let (conn, id) = agent_call(&agent).await;
     node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
         .await;
     // A target the trunk does not allow: refused by the node, no REFER (the carrier's

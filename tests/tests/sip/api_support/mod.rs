@@ -122,6 +122,23 @@ impl ApiNode {
     }
 }
 
+/// The agent's connection for its first call, once `start` arrived, and the call's API id
+/// (`callId` in `start.customParameters`).
+pub async fn agent_call(
+    agent: &switchboard_tests::agent::TestAgent,
+) -> (switchboard_tests::agent::AgentConn, String) {
+    let conn = agent.connection(0, Duration::from_secs(10)).await;
+    conn.wait_until("start", Duration::from_secs(5), |c| {
+        !c.events("start").is_empty()
+    })
+    .await;
+    let id = conn.events("start")[0].json["start"]["customParameters"]["callId"]
+        .as_str()
+        .expect("callId in start")
+        .to_owned();
+    (conn, id)
+}
+
 /// Adds the bearer token to a gRPC request.
 pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
