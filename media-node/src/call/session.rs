@@ -603,7 +603,19 @@ impl Session {
                         continue;
                     }
                     r.events = None;
-                    if (200..300).contains(&code) {
+                    let no_subscription = match &ev {
+                        Some(ClientEvent::Response(resp)) => resp
+                            .header("Refer-Sub")
+                            .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
+                        _ => false,
+                    };
+                    if (200..300).contains(&code) && no_subscription {
+                        // The carrier agreed to RFC 4488's no-progress mode: it has the caller.
+                        let target = r.target.clone();
+                        self.report_transfer(&target, TransferState::Succeeded, code, "");
+                        self.bye().await;
+                        break HangupReason::Local(format!("transferred to {target}"));
+                    } else if (200..300).contains(&code) {
                         let target = r.target.clone();
                         self.report_transfer(&target, TransferState::Accepted, code, "");
                     } else {
@@ -715,6 +727,11 @@ impl Session {
         let mut req = self.dialog.request(Method::Other("REFER".into()));
         req.add("Refer-To", format!("<sip:{target}@{}>", self.refer_host));
         req.add("Referred-By", self.dialog.contact.clone());
+        if self.transfer_policy.as_ref().is_some_and(|p| p.no_progress) {
+            // RFC 4488: no implicit subscription, so no NOTIFY progress.
+            req.add("Refer-Sub", "false");
+            req.add("Supported", "norefersub");
+        }
         let (_, events) = self.env.sip.request(req, self.dialog.next_hop());
         tracing::info!(call_id = %self.dialog.call_id, %target, "transfer: REFER sent");
         self.report_transfer(&target, TransferState::Requested, 0, "");

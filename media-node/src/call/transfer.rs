@@ -142,6 +142,7 @@ mod tests {
         Transfer {
             mode: mode as i32,
             allowed_targets: targets.iter().map(|s| (*s).to_owned()).collect(),
+            no_progress: false,
         }
     }
 

@@ -91,6 +91,13 @@ pub struct TrunkTransfer {
         inner(length(min = 1, max = 16), pattern(r"^\+?[0-9]{1,15}$"))
     )]
     pub allowed_targets: Vec<String>,
+    /// Ask the carrier not to report the transfer's progress (RFC 4488
+    /// `Refer-Sub: false`, for carriers that support `norefersub`). A carrier
+    /// that agrees takes the caller at once: the transfer counts as succeeded
+    /// when the REFER is accepted, and a failure to reach the target is no
+    /// longer seen. Default: progress is reported by NOTIFY.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_progress: bool,
 }
 
 /// How a trunk's calls are transferred.

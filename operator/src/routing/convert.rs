@@ -331,6 +331,7 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
                 TransferMode::Dial => pb::TransferMode::Dial,
             } as i32,
             allowed_targets: t.allowed_targets.clone(),
+            no_progress: t.no_progress,
         }),
     })
 }

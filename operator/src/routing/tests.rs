@@ -834,10 +834,12 @@ fn transfer_policy_reaches_the_nodes() {
         t.spec.transfer = Some(crate::crd::TrunkTransfer {
             mode: crate::crd::TransferMode::Refer,
             allowed_targets: vec!["+1415".into(), "44207".into()],
+            no_progress: true,
         });
     }
     r = resolve(&i);
     let t = r.config.trunks[0].transfer.as_ref().expect("transfer");
     assert_eq!(t.mode(), pb::TransferMode::Refer);
     assert_eq!(t.allowed_targets, ["+1415", "44207"]);
+    assert!(t.no_progress);
 }

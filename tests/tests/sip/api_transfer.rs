@@ -16,6 +16,10 @@ use crate::api_support::{ApiNode, agent_call};
 const NUMBER: &str = "15550001111";
 
 fn config(agent_url: &str) -> Value {
+    config_with(agent_url, false)
+}
+
+fn config_with(agent_url: &str, no_progress: bool) -> Value {
     json!({
         "version": "1",
         "trunks": [{
@@ -23,7 +27,7 @@ fn config(agent_url: &str) -> Value {
             "enabled": true,
             "inbound": {"enabled": true, "allowedSources": ["127.0.0.1/32"]},
             "media": {"codecs": ["CODEC_PCMU"]},
-            "transfer": {"mode": "TRANSFER_MODE_REFER", "allowedTargets": ["+1415"]}
+            "transfer": {"mode": "TRANSFER_MODE_REFER", "allowedTargets": ["+1415"], "noProgress": no_progress}
         }],
         "numbers": [{
             "id": "demo/support", "e164": "+15550001111", "trunkId": "demo/carrier",
@@ -63,6 +67,18 @@ fn notify(cseq: u32, frag: &str, sub: &str) -> String {
 
 /// Receives the REFER (checking its Refer-To and Referred-By) and answers it `code`.
 fn refer_answered(code: &str) -> String {
+    refer_answered_with(code, "", "")
+}
+
+/// [`refer_answered`], also checking the REFER for `must_have` and adding `extra` headers to
+/// the answer.
+fn refer_answered_with(code: &str, must_have: &str, extra: &str) -> String {
+    let check = if must_have.is_empty() {
+        String::new()
+    } else {
+        format!(r#"<ereg regexp="{must_have}" search_in="msg" check_it="true" assign_to="must"/>"#)
+    };
+    let reference = if must_have.is_empty() { "" } else { ",must" };
     format!(
         r#"
   <recv request="REFER" timeout="15000">
@@ -71,6 +87,7 @@ fn refer_answered(code: &str) -> String {
       <ereg regexp="Referred-By: " search_in="msg" check_it="true" assign_to="referredby"/>
       <ereg regexp="sip:[^>]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>
       <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="nodefrom"/>
+      {check}
     </action>
   </recv>
   <send>
@@ -81,10 +98,11 @@ fn refer_answered(code: &str) -> String {
       [last_To:]
       [last_Call-ID:]
       [last_CSeq:]
+      {extra}
       Content-Length: 0
     ]]>
   </send>
-  <Reference variables="referto,referredby,contact,nodefrom"/>
+  <Reference variables="referto,referredby,contact,nodefrom{reference}"/>
 "#
     )
 }
@@ -251,4 +269,49 @@ async fn a_declined_refer_from_the_agent_keeps_the_caller_with_the_agent() {
         .expect("join")
         .expect("sipp")
         .assert_success("REFER declined, the call goes on until the API hangs up");
+}
+
+#[tokio::test]
+async fn a_no_progress_refer_accepted_with_refer_sub_false_counts_as_succeeded() {
+    // RFC 4488: the trunk asks for no NOTIFY; the carrier agrees in its 202 and takes the
+    // caller, so the node leaves at once.
+    let agent = TestAgent::start().await.expect("agent");
+    let node = ApiNode::start(&config_with(&agent.url(), true), &[]).await;
+    let phone = Phone::start(0, 0xFF).await;
+    let call = spawn_bye_call(
+        node.node.sip,
+        NUMBER,
+        phone.port,
+        ("0", "PCMU"),
+        &refer_answered_with("202", "Refer-Sub: false", "Refer-Sub: false"),
+        Duration::from_secs(30),
+    );
+    let (conn, id) = agent_call(&agent).await;
+    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
+        .await;
+    let (status, resp) = node
+        .call(
+            "POST",
+            &format!("/v1/calls/{id}:transfer"),
+            Some(&json!({"target": "+14155550199"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    let done = node
+        .wait_state(&id, "CALL_STATE_COMPLETED", Duration::from_secs(15))
+        .await;
+    assert_eq!(done["transfer"]["state"], "succeeded", "{done}");
+    assert_eq!(done["transfer"]["code"], 202, "{done}");
+    call.await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("REFER with Refer-Sub: false accepted, then the node's BYE");
+    conn.wait_until("stop", Duration::from_secs(5), |c| {
+        !c.events("stop").is_empty()
+    })
+    .await;
+    assert_eq!(
+        agent_steps(&conn),
+        [("requested".to_owned(), 0), ("succeeded".to_owned(), 202)]
+    );
 }
