@@ -7,11 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard_proto::v1alpha1 as pb;
-use switchboard_tests::agent::TestAgent;
-use switchboard_tests::phone::Phone;
-use switchboard_tests::sipp::spawn_bye_call;
 
-use crate::api_support::{ApiNode, TOKEN, agent_call, authed};
+use crate::api_support::{ApiNode, InboundCall, TOKEN, authed};
 
 const NUMBER: &str = "15550001111";
 
@@ -77,14 +74,16 @@ fn expect_info(signal: &str, var: &str) -> String {
 
 #[tokio::test]
 async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reason() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = ApiNode::start(&config(&agent.url(), "DTMF_MODE_INFO"), &[]).await;
-    let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(
-        node.node.sip,
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone,
+        sipp: call,
+        conn,
+        id,
+    } = InboundCall::start(
+        |url| config(url, "DTMF_MODE_INFO"),
         NUMBER,
-        phone.port,
-        ("0", "PCMU"),
         // Two digits from the API, one from the agent's `dtmf` event, in order.
         &[
             expect_info("7", "d1"),
@@ -93,10 +92,8 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
         ]
         .concat(),
         Duration::from_secs(30),
-    );
-    let (conn, id) = agent_call(&agent).await;
-    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
-        .await;
+    )
+    .await;
 
     // Refused before anything reaches the call.
     for (body, field) in [
@@ -105,32 +102,23 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
         (json!({"digits": "1".repeat(33)}), "digits"),
     ] {
         let (status, resp) = node
-            .call("POST", &format!("/v1/calls/{id}:dtmf"), Some(&body))
+            .post(&format!("/v1/calls/{id}:dtmf"), body.clone())
             .await;
         assert_eq!(status, 400, "{body}: {resp}");
         assert_eq!(resp["error"]["field"], field, "{resp}");
     }
     let (status, resp) = node
-        .call(
-            "POST",
-            "/v1/calls/CAnope:dtmf",
-            Some(&json!({"digits": "1"})),
-        )
+        .post("/v1/calls/CAnope:dtmf", json!({"digits": "1"}))
         .await;
     assert_eq!(status, 404, "{resp}");
     let (status, resp) = node
-        .call(
-            "POST",
-            &format!("/v1/calls/{id}:transfer-nowhere"),
-            Some(&json!({})),
-        )
+        .post(&format!("/v1/calls/{id}:transfer-nowhere"), json!({}))
         .await;
     assert_eq!(status, 404, "{resp}");
     let (status, resp) = node
-        .call(
-            "POST",
+        .post(
             &format!("/v1/calls/{id}:hangup"),
-            Some(&json!({"reason": "a\u{7}b"})),
+            json!({"reason": "a\u{7}b"}),
         )
         .await;
     assert_eq!(
@@ -140,11 +128,7 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
     );
 
     let (status, resp) = node
-        .call(
-            "POST",
-            &format!("/v1/calls/{id}:dtmf"),
-            Some(&json!({"digits": "7#"})),
-        )
+        .post(&format!("/v1/calls/{id}:dtmf"), json!({"digits": "7#"}))
         .await;
     assert_eq!(status, 202, "{resp}");
     assert_eq!(resp["call"]["id"], id.as_str(), "{resp}");
@@ -166,10 +150,9 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
     .await;
 
     let (status, resp) = node
-        .call(
-            "POST",
+        .post(
             &format!("/v1/calls/{id}:hangup"),
-            Some(&json!({"reason": "handed to a human"})),
+            json!({"reason": "handed to a human"}),
         )
         .await;
     assert_eq!(status, 202, "{resp}");
@@ -189,37 +172,29 @@ async fn api_dtmf_goes_out_as_info_on_an_info_trunk_and_hangup_carries_the_reaso
     );
     // Over: DTMF now conflicts.
     let (status, resp) = node
-        .call(
-            "POST",
-            &format!("/v1/calls/{id}:dtmf"),
-            Some(&json!({"digits": "1"})),
-        )
+        .post(&format!("/v1/calls/{id}:dtmf"), json!({"digits": "1"}))
         .await;
     assert_eq!(status, 409, "{resp}");
 }
 
 #[tokio::test]
 async fn api_dtmf_goes_out_as_rfc4733_events_over_http_and_grpc() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = ApiNode::start(&config(&agent.url(), "DTMF_MODE_BOTH"), &[]).await;
-    let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(
-        node.node.sip,
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone,
+        sipp: call,
+        conn: _conn,
+        id,
+    } = InboundCall::start(
+        |url| config(url, "DTMF_MODE_BOTH"),
         NUMBER,
-        phone.port,
-        ("0", "PCMU"),
         "",
         Duration::from_secs(8),
-    );
-    let (_conn, id) = agent_call(&agent).await;
-    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
-        .await;
+    )
+    .await;
     let (status, resp) = node
-        .call(
-            "POST",
-            &format!("/v1/calls/{id}:dtmf"),
-            Some(&json!({"digits": "9"})),
-        )
+        .post(&format!("/v1/calls/{id}:dtmf"), json!({"digits": "9"}))
         .await;
     assert_eq!(status, 202, "{resp}");
     let mut grpc = node.grpc().await;

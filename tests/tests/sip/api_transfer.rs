@@ -7,11 +7,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_tests::agent::TestAgent;
-use switchboard_tests::phone::Phone;
-use switchboard_tests::sipp::spawn_bye_call;
 
-use crate::api_support::{ApiNode, agent_call};
+use crate::api_support::InboundCall;
 
 const NUMBER: &str = "15550001111";
 
@@ -125,43 +122,31 @@ fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)>
 
 #[tokio::test]
 async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succeeds() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = ApiNode::start(&config(&agent.url()), &[]).await;
-    let phone = Phone::start(0, 0xFF).await;
     let carrier_side = format!(
         "{}{}{}",
         refer_answered("202"),
         notify(2, "SIP/2.0 100 Trying", "active;expires=60"),
         notify(3, "SIP/2.0 200 OK", "terminated;reason=noresource"),
     );
-    let call = spawn_bye_call(
-        node.node.sip,
-        NUMBER,
-        phone.port,
-        ("0", "PCMU"),
-        &carrier_side,
-        Duration::from_secs(30),
-    );
-    let (conn, id) = agent_call(&agent).await;
-    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
-        .await;
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone: _phone,
+        sipp: call,
+        conn,
+        id,
+    } = InboundCall::start(config, NUMBER, &carrier_side, Duration::from_secs(30)).await;
 
     // The toll-fraud guard and the field checks, before anything leaves the node.
     let path = format!("/v1/calls/{id}:transfer");
-    let (status, resp) = node
-        .call("POST", &path, Some(&json!({"target": "+19005550100"})))
-        .await;
+    let (status, resp) = node.post(&path, json!({"target": "+19005550100"})).await;
     assert_eq!(
         (status, resp["error"]["code"].clone()),
         (403, json!("permission_denied")),
         "{resp}"
     );
     let (status, resp) = node
-        .call(
-            "POST",
-            &path,
-            Some(&json!({"target": "sip:evil@example.com"})),
-        )
+        .post(&path, json!({"target": "sip:evil@example.com"}))
         .await;
     assert_eq!(
         (status, resp["error"]["field"].clone()),
@@ -169,17 +154,14 @@ async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succ
         "{resp}"
     );
     let (status, resp) = node
-        .call(
-            "POST",
+        .post(
             "/v1/calls/CAnope:transfer",
-            Some(&json!({"target": "+14155550199"})),
+            json!({"target": "+14155550199"}),
         )
         .await;
     assert_eq!(status, 404, "{resp}");
 
-    let (status, resp) = node
-        .call("POST", &path, Some(&json!({"target": "+1 415 555 0199"})))
-        .await;
+    let (status, resp) = node.post(&path, json!({"target": "+1 415 555 0199"})).await;
     assert_eq!(status, 202, "{resp}");
     let done = node
         .wait_state(&id, "CALL_STATE_COMPLETED", Duration::from_secs(15))
@@ -215,20 +197,20 @@ async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succ
 
 #[tokio::test]
 async fn a_declined_refer_from_the_agent_keeps_the_caller_with_the_agent() {
-    let agent = TestAgent::start().await.expect("agent");
-    let node = ApiNode::start(&config(&agent.url()), &[]).await;
-    let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(
-        node.node.sip,
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone,
+        sipp: call,
+        conn,
+        id,
+    } = InboundCall::start(
+        config,
         NUMBER,
-        phone.port,
-        ("0", "PCMU"),
         &refer_answered("603"),
         Duration::from_secs(30),
-    );
-    let (conn, id) = agent_call(&agent).await;
-    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
-        .await;
+    )
+    .await;
     // A target the trunk does not allow: refused by the node, no REFER (the carrier's
     // scenario would fail on a second one).
     conn.send_raw(r#"{"event":"transfer","transfer":{"target":"+442071234567"}}"#);
@@ -262,7 +244,7 @@ async fn a_declined_refer_from_the_agent_keeps_the_caller_with_the_agent() {
     )
     .await;
     let (status, resp) = node
-        .call("POST", &format!("/v1/calls/{id}:hangup"), Some(&json!({})))
+        .post(&format!("/v1/calls/{id}:hangup"), json!({}))
         .await;
     assert_eq!(status, 202, "{resp}");
     call.await
@@ -275,25 +257,24 @@ async fn a_declined_refer_from_the_agent_keeps_the_caller_with_the_agent() {
 async fn a_no_progress_refer_accepted_with_refer_sub_false_counts_as_succeeded() {
     // RFC 4488: the trunk asks for no NOTIFY; the carrier agrees in its 202 and takes the
     // caller, so the node leaves at once.
-    let agent = TestAgent::start().await.expect("agent");
-    let node = ApiNode::start(&config_with(&agent.url(), true), &[]).await;
-    let phone = Phone::start(0, 0xFF).await;
-    let call = spawn_bye_call(
-        node.node.sip,
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone: _phone,
+        sipp: call,
+        conn,
+        id,
+    } = InboundCall::start(
+        |url| config_with(url, true),
         NUMBER,
-        phone.port,
-        ("0", "PCMU"),
         &refer_answered_with("202", "Refer-Sub: false", "Refer-Sub: false"),
         Duration::from_secs(30),
-    );
-    let (conn, id) = agent_call(&agent).await;
-    node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
-        .await;
+    )
+    .await;
     let (status, resp) = node
-        .call(
-            "POST",
+        .post(
             &format!("/v1/calls/{id}:transfer"),
-            Some(&json!({"target": "+14155550199"})),
+            json!({"target": "+14155550199"}),
         )
         .await;
     assert_eq!(status, 202, "{resp}");

@@ -87,6 +87,11 @@ impl ApiNode {
         resp["call"]["id"].as_str().expect("call id").to_owned()
     }
 
+    /// `POST` with a JSON body and the right token.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(&body)).await
+    }
+
     /// A call's current JSON.
     pub async fn get(&self, id: &str) -> Value {
         let (status, resp) = self.call("GET", &format!("/v1/calls/{id}"), None).await;
@@ -119,6 +124,60 @@ impl ApiNode {
             .await
             .expect("gRPC connect");
         CallServiceClient::new(channel)
+    }
+}
+
+/// An inbound call from SIPp (`media_uac_bye.xml` with `carrier_side` after the ACK) to a
+/// node with the call API, answered and bridged to a test agent: everything a call-control
+/// test starts from.
+pub struct InboundCall {
+    /// The agent (kept alive for the call).
+    pub agent: switchboard_tests::agent::TestAgent,
+    /// The node.
+    pub node: ApiNode,
+    /// The caller's RTP endpoint.
+    pub phone: switchboard_tests::phone::Phone,
+    /// SIPp, until it ends.
+    pub sipp: tokio::task::JoinHandle<anyhow::Result<switchboard_tests::sipp::SippRun>>,
+    /// The agent's connection for the call.
+    pub conn: switchboard_tests::agent::AgentConn,
+    /// The call's API id.
+    pub id: String,
+}
+
+impl InboundCall {
+    /// Starts the agent and the node (`config` gets the agent URL), places the call and waits
+    /// until it is answered.
+    pub async fn start(
+        config: impl FnOnce(&str) -> Value,
+        number: &str,
+        carrier_side: &str,
+        bye_within: Duration,
+    ) -> InboundCall {
+        let agent = switchboard_tests::agent::TestAgent::start()
+            .await
+            .expect("agent");
+        let node = ApiNode::start(&config(&agent.url()), &[]).await;
+        let phone = switchboard_tests::phone::Phone::start(0, 0xFF).await;
+        let sipp = switchboard_tests::sipp::spawn_bye_call(
+            node.node.sip,
+            number,
+            phone.port,
+            ("0", "PCMU"),
+            carrier_side,
+            bye_within,
+        );
+        let (conn, id) = agent_call(&agent).await;
+        node.wait_state(&id, "CALL_STATE_ANSWERED", Duration::from_secs(5))
+            .await;
+        InboundCall {
+            agent,
+            node,
+            phone,
+            sipp,
+            conn,
+            id,
+        }
     }
 }
 
