@@ -638,10 +638,18 @@ async fn demo(flags: &Flags, fleet: &mut Fleet, logs: &Path) -> anyhow::Result<S
     for (number, node, h) in callers {
         match h.await? {
             Ok(true) => println!("    inbound call to {number} via {node}: completed"),
-            Ok(false) => failures.push(format!(
-                "inbound call to {number} via {node} failed (SIPp log: {})",
-                logs.join(format!("caller-{node}.log")).display()
-            )),
+            Ok(false) => {
+                let log = logs.join(format!("caller-{node}.log"));
+                // The tail says why (a port SIPp could not bind, a timeout, a refusal) even when
+                // the logs directory is gone by the time someone reads this.
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+                failures.push(format!(
+                    "inbound call to {number} via {node} failed (SIPp log: {}; ends: {tail})",
+                    log.display()
+                ));
+            }
             Err(e) => failures.push(format!("inbound call to {number}: {e:#}")),
         }
     }
