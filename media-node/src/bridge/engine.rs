@@ -77,8 +77,9 @@ const DTMF_PAUSE_FRAMES: u8 = 2;
 /// Messages from the SIP side to the engine.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// The negotiated media changed (hold, resume, new address or codec).
-    Media(MediaParams),
+    /// The negotiated media changed (hold, resume, new address or codec). Boxed: the
+    /// channel reserves 32 slots per call and this is the large, rare message.
+    Media(Box<MediaParams>),
     /// Digits to send to the caller (call API), queued with the agent's.
     Dtmf(String),
     /// The call is over.
@@ -305,7 +306,7 @@ impl Engine {
             tokio::select! {
                 c = control.recv() => match c {
                     Some(Control::Media(m)) => {
-                        self.update_media(m);
+                        self.update_media(*m);
                         running = self.service(&socket, rtcp.as_ref(), &timer).await;
                     }
                     Some(Control::Dtmf(digits)) => {

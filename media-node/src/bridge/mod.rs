@@ -522,7 +522,7 @@ impl CallSession for BridgeSession {
     fn on_media_update(&mut self, media: &MediaParams) {
         if self
             .control
-            .try_send(Control::Media(media.clone()))
+            .try_send(Control::Media(Box::new(media.clone())))
             .is_err()
         {
             tracing::warn!(call_id = %self.call_id, "media engine busy or gone; media update not applied");

@@ -35,7 +35,7 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::UnboundedReceiver<TuEvent>) {
                 if let (Some(call_id), Some(tag)) = (msg.call_id(), to_tag(&msg))
                     && let Some(tx) = ctx.calls.dialog(call_id, &tag, Some(from_tag(&msg)))
                 {
-                    let _ = tx.send(CallMsg::Ack(msg));
+                    let _ = tx.send(CallMsg::Ack(Box::new(msg)));
                 }
             }
             TuEvent::Cancelled { invite } => {
@@ -83,7 +83,7 @@ fn on_request(ctx: &Arc<Ctx>, req: ServerRequest) {
         // request naming our tag with another From tag is not this dialog.
         match ctx.calls.dialog(&call_id, &tag, Some(from_tag(&req.msg))) {
             Some(tx) => {
-                let _ = tx.send(CallMsg::Request(req));
+                let _ = tx.send(CallMsg::Request(Box::new(req)));
             }
             None => reply(ctx, &req, 481),
         }

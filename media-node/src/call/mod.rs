@@ -202,14 +202,15 @@ pub enum HangupReason {
 /// Messages to a call's task.
 #[derive(Debug)]
 pub enum CallMsg {
-    /// A request inside the dialog.
-    Request(ServerRequest),
+    /// A request inside the dialog (boxed, like the ACK: every call's channel
+    /// reserves a block of 32 messages, so the enum's size is paid per call).
+    Request(Box<ServerRequest>),
     /// A CANCEL found our INVITE unanswered: the transaction layer has
     /// answered it with 487 (and will drop our own answer if one is on its
     /// way), so the call ends without a dialog.
     Cancelled,
     /// The ACK for our 2xx.
-    Ack(Message),
+    Ack(Box<Message>),
     /// Our 2xx was retransmitted for 64*T1 without an ACK.
     AckTimeout,
     /// Hang up (BYE, or reject if not answered yet).

@@ -530,7 +530,7 @@ impl Session {
                     }
                     Some(CallMsg::Request(r)) => {
                         let ours = pending.as_ref().map_or(Outstanding::Nothing, Pending::outstanding);
-                        match self.on_request(r, ours, &mut referral) {
+                        match self.on_request(*r, ours, &mut referral) {
                             Some(Ended::ByPeer(end)) => break end,
                             Some(Ended::ByUs(end)) => {
                                 self.bye().await;
