@@ -723,9 +723,9 @@ impl Engine {
 
     /// Agent -> caller DTMF: when a digit is queued (or one is being sent), this frame's
     /// packet is its next RFC 4733 event packet (one per 20 ms, the event's start timestamp,
-    /// the audio clock moving on); digits are 100 ms with 40 ms between them. Without a
-    /// negotiated telephone-event payload type the digits are dropped. True when a packet
-    /// took the frame.
+    /// the audio clock moving on); digits are 100 ms with 40 ms between them. When
+    /// [`crate::call::dtmf_path`] says INFO the digits go to the SIP side instead, and with no
+    /// path at all they are dropped. True when a packet took the frame.
     async fn send_dtmf(&mut self, socket: &UdpSocket) -> bool {
         let pt = self.media.dtmf_payload_type;
         let path = crate::call::dtmf_path(self.settings.dtmf_mode, pt.is_some());
