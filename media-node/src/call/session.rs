@@ -543,31 +543,27 @@ impl Session {
                 },
                 ev = async { match pending.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
                     let Some(p) = pending.take() else { continue };
-                    match ev {
-                        Some(ClientEvent::Response(resp)) if resp.code().is_some_and(|c| c < 200) => pending = Some(p),
-                        Some(ClientEvent::Response(resp)) => {
-                            if resp.code().is_some_and(|c| (200..300).contains(&c)) && p.method == Method::Invite {
-                                let ack = self.dialog.ack(p.cseq);
-                                self.env.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
-                            }
-                            let due = self.clock.refresh_answered(Some(&resp), Instant::now());
-                            if self.on_due(due, &mut pending) {
-                                tracing::info!(call_id = %self.dialog.call_id, code = resp.code().unwrap_or(0), "session refresh refused; session gone");
-                                self.bye().await;
-                                break HangupReason::SessionExpired;
-                            }
-                            timer_at = self.timer_deadline();
-                        }
-                        Some(ClientEvent::Timeout) | Some(ClientEvent::TransportError) | None => {
-                            let due = self.clock.refresh_answered(None, Instant::now());
-                            if self.on_due(due, &mut pending) {
-                                tracing::info!(call_id = %self.dialog.call_id, "session refresh unanswered; session gone");
-                                self.bye().await;
-                                break HangupReason::SessionExpired;
-                            }
-                            timer_at = self.timer_deadline();
-                        }
+                    // `None`: timed out or the transport failed.
+                    let answer = match &ev {
+                        Some(ClientEvent::Response(resp)) => Some(resp),
+                        _ => None,
+                    };
+                    let code = answer.and_then(|r| r.code());
+                    if code.is_some_and(|c| c < 200) {
+                        pending = Some(p);
+                        continue;
                     }
+                    if code.is_some_and(|c| (200..300).contains(&c)) && p.method == Method::Invite {
+                        let ack = self.dialog.ack(p.cseq);
+                        self.env.sip.ack(Some(&p.id), ack, self.dialog.next_hop());
+                    }
+                    let due = self.clock.refresh_answered(answer, Instant::now());
+                    if self.on_due(due, &mut pending) {
+                        tracing::info!(call_id = %self.dialog.call_id, code = code.unwrap_or(0), "session refresh refused or unanswered; session gone");
+                        self.bye().await;
+                        break HangupReason::SessionExpired;
+                    }
+                    timer_at = self.timer_deadline();
                 }
                 step = async {
                     match referral.as_mut() {
@@ -594,35 +590,9 @@ impl Session {
                         }
                         continue;
                     };
-                    let Some(r) = referral.as_mut() else { continue };
-                    let code = match &ev {
-                        Some(ClientEvent::Response(resp)) => resp.code().unwrap_or(500),
-                        _ => 408,
-                    };
-                    if code < 200 {
-                        continue;
-                    }
-                    r.events = None;
-                    let no_subscription = match &ev {
-                        Some(ClientEvent::Response(resp)) => resp
-                            .header("Refer-Sub")
-                            .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
-                        _ => false,
-                    };
-                    if (200..300).contains(&code) && no_subscription {
-                        // The carrier agreed to RFC 4488's no-progress mode: it has the caller.
-                        let target = r.target.clone();
-                        self.report_transfer(&target, TransferState::Succeeded, code, "");
+                    if let Some(end) = self.on_refer_answer(ev, &mut referral) {
                         self.bye().await;
-                        break HangupReason::Local(format!("transferred to {target}"));
-                    } else if (200..300).contains(&code) {
-                        let target = r.target.clone();
-                        self.report_transfer(&target, TransferState::Accepted, code, "");
-                    } else {
-                        let target = r.target.clone();
-                        referral = None;
-                        let why = if matches!(ev, Some(ClientEvent::Response(_))) { "REFER refused by the carrier" } else { "REFER unanswered" };
-                        self.report_transfer(&target, TransferState::Failed, code, why);
+                        break end;
                     }
                 }
                 ev = async { match info.as_mut() { Some(p) => p.events.recv().await, None => std::future::pending().await } } => {
@@ -740,6 +710,47 @@ impl Session {
             events: Some(events),
             deadline: Instant::now() + timeout,
         })
+    }
+
+    /// An event of our REFER's transaction (`None`: it ended without an answer);
+    /// `Some`: the transfer succeeded and the call ends (BYE first).
+    fn on_refer_answer(
+        &mut self,
+        ev: Option<ClientEvent>,
+        referral: &mut Option<Referral>,
+    ) -> Option<HangupReason> {
+        let answer = match &ev {
+            Some(ClientEvent::Response(resp)) => Some(resp),
+            _ => None,
+        };
+        let code = answer.map_or(408, |r| r.code().unwrap_or(500));
+        let r = referral.as_mut()?;
+        if code < 200 {
+            return None;
+        }
+        r.events = None;
+        let target = r.target.clone();
+        if !(200..300).contains(&code) {
+            *referral = None;
+            let why = if answer.is_some() {
+                "REFER refused by the carrier"
+            } else {
+                "REFER unanswered"
+            };
+            self.report_transfer(&target, TransferState::Failed, code, why);
+            return None;
+        }
+        let no_subscription = answer
+            .and_then(|resp| resp.header("Refer-Sub"))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+        if !no_subscription {
+            self.report_transfer(&target, TransferState::Accepted, code, "");
+            return None;
+        }
+        // The carrier agreed to RFC 4488's no-progress mode: it has the caller.
+        *referral = None;
+        self.report_transfer(&target, TransferState::Succeeded, code, "");
+        Some(HangupReason::Local(format!("transferred to {target}")))
     }
 
     /// A NOTIFY in the dialog: the progress of our REFER (RFC 3515 2.4.5).
