@@ -281,6 +281,10 @@ pub enum CallerEvent {
     Dtmf(char),
     /// A transfer moved on.
     Transfer(Box<crate::call::transfer::TransferUpdate>),
+    /// The call was bridged to another call (a dial-through transfer): the agent leaves.
+    /// Audio still queued for the caller is dropped, its pending marks are returned, then
+    /// `stop` and the socket closes; the call goes on without the agent.
+    Leave,
 }
 
 /// How the session ended.
@@ -289,6 +293,9 @@ pub enum SessionEnd {
     /// We ended it (hang-up, or the call dropped its sender): `stop` was sent and the socket
     /// closed.
     CallEnded,
+    /// The call was bridged elsewhere ([`CallerEvent::Leave`]): marks and `stop` were sent and
+    /// the socket closed; the call goes on.
+    Left,
     /// The agent asked to end the call (`hangup` event): `stop` was sent and the socket
     /// closed; the call ends with a BYE.
     AgentHangup {
@@ -591,6 +598,16 @@ impl AgentSession {
                                 self.writer.dtmf(d)
                             }
                             Some(CallerEvent::Transfer(u)) => self.writer.transfer(&u),
+                            Some(CallerEvent::Leave) => {
+                                let marks = playout.lock().clear();
+                                if let Err(e) = self.send_marks(marks, &mut stats).await {
+                                    break 'session transport_end(e);
+                                }
+                                break 'session match self.finish().await {
+                                    SessionEnd::CallEnded => SessionEnd::Left,
+                                    other => other,
+                                };
+                            }
                             // The call ended (it dropped its sender): `stop`, then close.
                             None => {
                                 break 'session self.finish().await;
@@ -632,7 +649,7 @@ impl AgentSession {
                                         match &self.call {
                                             // The call checks the trunk's policy; the outcome comes back as transfer events.
                                             Some(call) => {
-                                                call.transfer(&target, std::time::Duration::from_secs(u64::from(crate::api::DEFAULT_TRANSFER_TIMEOUT_SECS)));
+                                                call.transfer(&target, std::time::Duration::from_secs(u64::from(crate::api::DEFAULT_TRANSFER_TIMEOUT_SECS)), None);
                                             }
                                             None => tracing::debug!("agent transfer ignored: no call attached"),
                                         }

@@ -66,7 +66,7 @@ impl pb::call_service_server::CallService for CallApi {
         let req = req.into_inner();
         let call = self
             .api
-            .transfer(&req.call_id, &req.target, req.timeout_seconds)?;
+            .transfer(&req.call_id, &req.target, req.timeout_seconds, &req.mode)?;
         Ok(Response::new(pb::TransferResponse { call: Some(call) }))
     }
 

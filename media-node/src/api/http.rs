@@ -176,7 +176,7 @@ async fn action(
         }
         "transfer" => {
             let req: pb::TransferRequest = serde_json::from_slice(body).map_err(bad)?;
-            let call = api.transfer(id, &req.target, req.timeout_seconds)?;
+            let call = api.transfer(id, &req.target, req.timeout_seconds, &req.mode)?;
             Ok(json(
                 StatusCode::ACCEPTED,
                 &pb::TransferResponse { call: Some(call) },

@@ -280,6 +280,7 @@ impl Api {
             ringing_timeout: secs(req.ringing_timeout_seconds),
             max_duration: secs(req.max_duration_seconds),
             headers,
+            transfer: None,
         };
         if let Some(limit) = secs(req.queue_timeout_seconds) {
             // One sleeping task per call that asked for a queue timeout;
@@ -370,29 +371,36 @@ impl Api {
         )
     }
 
-    /// Starts a blind transfer (REFER) of an answered call, after checking the
-    /// target against its trunk's `spec.transfer` (the SIP side checks again).
+    /// Starts a transfer of an answered call (REFER, or a new call through the
+    /// trunk bridged in the node, per the trunk's `spec.transfer.mode`), after
+    /// checking the target against the trunk's policy (the SIP side checks
+    /// again). `mode`: empty, or the trunk's mode.
     pub fn transfer(
         &self,
         id: &str,
         target: &str,
         timeout_seconds: u32,
+        mode: &str,
     ) -> Result<pb::Call, ApiError> {
-        use crate::call::transfer::{TransferRefusal, check};
+        use crate::call::transfer::{How, TransferRefusal, check};
         let call = self.get(id)?;
+        let asked = How::parse(mode).map_err(|message| ApiError::InvalidArgument {
+            field: "mode".into(),
+            message,
+        })?;
         let policy = self
             .ctx
             .routing
             .read(|t| t.trunk(&call.trunk_id).and_then(|tr| tr.transfer.clone()))
             .flatten();
-        let target = check(policy.as_ref(), target).map_err(|e| match e {
+        let (target, how) = check(policy.as_ref(), target, asked).map_err(|e| match e {
             TransferRefusal::BadTarget(_) => ApiError::InvalidArgument {
                 field: "target".into(),
                 message: e.to_string(),
             },
             TransferRefusal::NotAllowed(_) => ApiError::PermissionDenied(e.to_string()),
             TransferRefusal::Disabled => ApiError::Conflict(e.to_string()),
-            TransferRefusal::DialNotSupported => ApiError::Unimplemented(e.to_string()),
+            TransferRefusal::WrongMode { .. } => ApiError::PermissionDenied(e.to_string()),
         })?;
         if timeout_seconds > MAX_TRANSFER_TIMEOUT_SECS {
             return Err(ApiError::InvalidArgument {
@@ -407,7 +415,7 @@ impl Api {
         control_result(
             id,
             "a transfer",
-            self.tracker.transfer(id, &target, timeout),
+            self.tracker.transfer(id, &target, timeout, Some(how)),
         )
     }
 

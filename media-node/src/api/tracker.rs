@@ -384,7 +384,13 @@ impl CallTracker {
     }
 
     /// Asks an answered call to transfer to `target` (checked by the caller).
-    pub fn transfer(&self, id: &str, target: &str, timeout: Duration) -> ControlResult {
+    pub fn transfer(
+        &self,
+        id: &str,
+        target: &str,
+        timeout: Duration,
+        how: Option<crate::call::transfer::How>,
+    ) -> ControlResult {
         let Ok(s) = self.state.lock() else {
             return ControlResult::NotFound;
         };
@@ -399,7 +405,10 @@ impl CallTracker {
             .is_some_and(|t| !matches!(t.state.as_str(), "succeeded" | "failed"));
         match &e.hangup {
             _ if busy => ControlResult::Busy(call),
-            Some(h) if e.call.state() == pb::CallState::Answered && h.transfer(target, timeout) => {
+            Some(h)
+                if e.call.state() == pb::CallState::Answered
+                    && h.transfer(target, timeout, how) =>
+            {
                 ControlResult::Sent(call)
             }
             _ => ControlResult::NotAnswered(call),
@@ -545,6 +554,12 @@ impl CallSession for TrackingSession {
     }
     fn send_dtmf(&mut self, digits: &str) {
         self.inner.send_dtmf(digits);
+    }
+    fn link(&mut self) -> Option<crate::call::MediaLink> {
+        self.inner.link()
+    }
+    fn join(&mut self, peer: crate::call::MediaLink) -> bool {
+        self.inner.join(peer)
     }
     fn on_transfer(&mut self, update: &crate::call::transfer::TransferUpdate) {
         self.tracker.transfer_update(&self.sip_call_id, update);

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use prometheus::IntCounter;
 
+use super::join::JoinPort;
 use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
 use crate::agent::session::{CallerEvent, SharedPlayout};
@@ -73,6 +74,10 @@ const MAX_DATAGRAM: usize = 2048;
 const DTMF_DIGIT: Duration = Duration::from_millis(100);
 /// Frames (20 ms) of pause between digits.
 const DTMF_PAUSE_FRAMES: u8 = 2;
+/// How long a bridged leg's sender waits for a late frame from the other leg before it sends
+/// silence instead: the other leg's frames arrive with that line's jitter, which the agent's
+/// real-time audio does not have.
+const JOINED_GRACE: Duration = Duration::from_millis(40);
 
 /// Messages from the SIP side to the engine.
 #[derive(Debug)]
@@ -82,6 +87,15 @@ pub(crate) enum Control {
     Media(Box<MediaParams>),
     /// Digits to send to the caller (call API), queued with the agent's.
     Dtmf(String),
+    /// Bridge this call to another call in the node (a dial-through transfer):
+    /// from now on our caller's audio and DTMF go to `peer`, and what we send
+    /// our caller comes from `own` instead of the agent.
+    Join {
+        /// Our receiving end (the other engine delivers into it).
+        own: Arc<JoinPort>,
+        /// The other call's receiving end.
+        peer: Arc<JoinPort>,
+    },
     /// The call is over.
     Stop,
 }
@@ -145,7 +159,7 @@ struct Source {
     last_sr: Option<LastSenderReport>,
 }
 
-fn law_of(codec: Codec) -> Law {
+pub(crate) fn law_of(codec: Codec) -> Law {
     match codec {
         Codec::Pcma => Law::Alaw,
         _ => Law::Ulaw,
@@ -206,6 +220,8 @@ pub(crate) struct Engine {
     /// The call's SRTP contexts when [`MediaParams::srtp`] is set (`None` then means the
     /// keys were unusable: nothing is sent or accepted).
     srtp: Option<srtp::Session>,
+    /// Bridged to another call in the node: our end and the other call's.
+    joined: Option<(Arc<JoinPort>, Arc<JoinPort>)>,
 }
 
 /// Builds the SRTP contexts for a call's keys.
@@ -271,6 +287,7 @@ impl Engine {
             frame: [0; FRAME_BYTES],
             packet: [0; 256],
             rtcp_out: [0; 512],
+            joined: None,
         }
     }
 
@@ -297,7 +314,7 @@ impl Engine {
     ) {
         self.metrics.active_media.inc();
         let timer = wheel.timer();
-        let playout = self.playout.clone();
+        let mut playout = self.playout.clone();
         let mut rtp_buf = [0u8; MAX_DATAGRAM];
         let mut rtcp_buf = [0u8; MAX_DATAGRAM];
         // The first packet (silence, or the agent's greeting) leaves at once.
@@ -314,6 +331,10 @@ impl Engine {
                         if taken < digits.len() {
                             tracing::debug!(call_id = %self.call_id, taken, "DTMF queue full; digits dropped");
                         }
+                        running = self.service(&socket, rtcp.as_ref(), &timer).await;
+                    }
+                    Some(Control::Join { own, peer }) => {
+                        self.join(own, peer);
                         running = self.service(&socket, rtcp.as_ref(), &timer).await;
                     }
                     Some(Control::Stop) | None => break,
@@ -342,6 +363,10 @@ impl Engine {
                     running = self.service(&socket, rtcp.as_ref(), &timer).await;
                 }
             }
+            if !Arc::ptr_eq(&playout, &self.playout) {
+                // Joined: our audio now comes from the other call.
+                playout = self.playout.clone();
+            }
         }
         drop(timer);
         self.finish(rtcp.as_ref()).await;
@@ -360,9 +385,42 @@ impl Engine {
         }
     }
 
-    /// Caller -> agent: hands every frame the reorder buffer releases to the agent at once.
+    /// Bridges this call to another call's media (see [`Control::Join`]): the agent's queue
+    /// is left behind (the agent session is leaving) and the agent hears nothing more.
+    fn join(&mut self, own: Arc<JoinPort>, peer: Arc<JoinPort>) {
+        own.set_law(self.law);
+        self.playout = own.playout.clone();
+        // A sender whose receiver is gone: `to_agent` becomes a no-op.
+        let (closed, _) = mpsc::channel(1);
+        self.caller = closed;
+        self.pacer.set_grace(JOINED_GRACE);
+        tracing::info!(call_id = %self.call_id, "media bridged to another call");
+        self.joined = Some((own, peer));
+    }
+
+    /// Caller -> agent (or the bridged call): hands every frame the reorder buffer releases
+    /// on at once.
     fn forward_caller(&mut self, timer: &Timer) {
         let now = self.now();
+        if let Some((_, peer)) = &self.joined {
+            while let Some(out) = self.jitter.pop(now) {
+                let mut frame = [self.law.silence(); FRAME_BYTES];
+                if let Output::Frame { data, .. } = out {
+                    let n = data.len().min(FRAME_BYTES);
+                    frame[..n].copy_from_slice(&data[..n]);
+                } else {
+                    self.metrics.caller_frames_concealed.inc();
+                }
+                g711::transcode_in_place(self.law, peer.law(), &mut frame);
+                if !peer.deliver(&frame) {
+                    self.metrics.bridge_frames_dropped.inc();
+                }
+            }
+            if let Some(armed) = self.armed {
+                self.arm(timer, armed);
+            }
+            return;
+        }
         while let Some(out) = self.jitter.pop(now) {
             let mut frame = [0u8; FRAME_BYTES];
             match out {
@@ -453,6 +511,9 @@ impl Engine {
         }
         if m.codec != self.media.codec || m.payload_type != self.media.payload_type {
             self.law = law_of(m.codec);
+            if let Some((own, _)) = &self.joined {
+                own.set_law(self.law);
+            }
             self.sender.payload_type = m.payload_type;
             // Frames already buffered are in the old codec: start afresh (rare, so allocating
             // a new buffer here is fine).
@@ -634,7 +695,13 @@ impl Engine {
                     if let Some(digit) = press.digit {
                         self.metrics.dtmf.with_label_values(&["rfc4733"]).inc();
                         tracing::debug!(call_id = %self.call_id, %digit, "RFC 4733 DTMF");
-                        self.to_agent(CallerEvent::Dtmf(digit));
+                        match &self.joined {
+                            // Bridged: the digit goes on to the other call, by its own path.
+                            Some((_, peer)) => {
+                                peer.playout.push_digits(digit.encode_utf8(&mut [0; 4]));
+                            }
+                            None => self.to_agent(CallerEvent::Dtmf(digit)),
+                        }
                     }
                 }
                 Ok(None) => {}
@@ -707,7 +774,11 @@ impl Engine {
             self.sender.skip(FRAME_SAMPLES);
             return (audio, backlog);
         };
-        g711::from_ulaw_in_place(self.law, &mut self.frame);
+        match &self.joined {
+            // The other call delivered in our law already; silence is ours too.
+            Some(_) => self.frame[fill.audio_bytes.min(FRAME_BYTES)..].fill(self.law.silence()),
+            None => g711::from_ulaw_in_place(self.law, &mut self.frame),
+        }
         let Ok(n) = self
             .sender
             .write_audio(&self.frame, FRAME_SAMPLES, &mut self.packet)

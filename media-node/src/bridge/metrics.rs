@@ -62,6 +62,11 @@ pub struct MediaMetrics {
     pub caller_frames_concealed: IntCounter,
     /// Caller RTP packets that arrived after their frame was concealed or released.
     pub caller_packets_late: IntCounter,
+    /// Frames one leg of an in-node bridge (dial-through transfer) dropped because the other
+    /// leg was too far behind (clock drift, hold).
+    pub bridge_frames_dropped: IntCounter,
+    /// Calls bridged to another call in the node (dial-through transfers), per leg.
+    pub bridged_legs: IntCounter,
     /// Time to open the agent WebSocket.
     pub agent_connect: Histogram,
     /// Agent connections that failed, by reason (timeout, http, transport, invalid_url, ...).
@@ -154,6 +159,14 @@ impl MediaMetrics {
                 "switchboard_caller_packets_late_total",
                 "Caller RTP packets dropped because they arrived after their frame had been concealed or released",
             ),
+            bridge_frames_dropped: counter(
+                "switchboard_bridge_frames_dropped_total",
+                "Audio frames an in-node bridge (dial-through transfer) dropped because the other leg was over 160 ms behind",
+            ),
+            bridged_legs: counter(
+                "switchboard_bridged_legs_total",
+                "Call legs bridged to another call in the node (dial-through transfers; two per transfer)",
+            ),
             agent_connect: must(Histogram::with_opts(
                 HistogramOpts::new(
                     "switchboard_agent_connect_seconds",
@@ -225,7 +238,7 @@ impl MediaMetrics {
 
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        let all: [Box<dyn Collector>; 22] = [
+        let all: [Box<dyn Collector>; 24] = [
             Box::new(self.rtp_in.clone()),
             Box::new(self.rtp_out.clone()),
             Box::new(self.rtp_lost.clone()),
@@ -239,6 +252,8 @@ impl MediaMetrics {
             Box::new(self.tick_overruns.clone()),
             Box::new(self.caller_frames_concealed.clone()),
             Box::new(self.caller_packets_late.clone()),
+            Box::new(self.bridge_frames_dropped.clone()),
+            Box::new(self.bridged_legs.clone()),
             Box::new(self.agent_connect.clone()),
             Box::new(self.agent_connect_failures.clone()),
             Box::new(self.agent_disconnects.clone()),

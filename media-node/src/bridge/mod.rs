@@ -18,6 +18,7 @@
 //! recorded in `switchboard_call_end_reasons_total` and logged.
 
 pub(crate) mod engine;
+pub(crate) mod join;
 pub(crate) mod metrics;
 
 use std::collections::BTreeMap;
@@ -377,6 +378,10 @@ impl CallHandler for BridgeHandler {
                     }
                 });
             }
+            (None, None) if call.transfer_leg => {
+                // Bridged to the caller's leg once that leg joins it.
+                tracing::debug!(call_id = %call.call_id, "transfer leg answered; waiting to be bridged");
+            }
             (None, None) => {
                 // Nothing to bridge to: the call still gets RTP (silence) and the media checks.
                 tracing::warn!(call_id = %call.call_id, "no agent configured for this call");
@@ -388,6 +393,8 @@ impl CallHandler for BridgeHandler {
             caller: Some(caller_tx),
             metrics: self.metrics.clone(),
             direction: call.direction,
+            law: engine::law_of(call.media.codec),
+            port: None,
         })
     }
 }
@@ -410,6 +417,7 @@ impl AgentTask {
             .await;
         let label = match &end {
             SessionEnd::CallEnded => "call_ended",
+            SessionEnd::Left => "left",
             SessionEnd::AgentClosed { .. } => "agent_closed",
             SessionEnd::AgentHangup { .. } => "agent_hangup",
             SessionEnd::Transport(_) => "transport_error",
@@ -436,7 +444,7 @@ impl AgentTask {
         // A socket that closes ends the call (the protocol's rule); `hangup` is a no-op when
         // the call is already over.
         match end {
-            SessionEnd::CallEnded => {}
+            SessionEnd::CallEnded | SessionEnd::Left => {}
             SessionEnd::AgentClosed { .. } => {
                 self.hangup.hangup(reason::AGENT_DISCONNECTED);
             }
@@ -462,6 +470,10 @@ struct BridgeSession {
     caller: Option<mpsc::Sender<CallerEvent>>,
     metrics: MediaMetrics,
     direction: CallDirection,
+    /// The call's codec, for its bridge port.
+    law: crate::media::g711::Law,
+    /// Our receiving end of an in-node bridge, once [`CallSession::link`] made it.
+    port: Option<Arc<join::JoinPort>>,
 }
 
 /// The metric label of a call's end.
@@ -519,7 +531,43 @@ impl CallSession for BridgeSession {
         }
     }
 
+    fn link(&mut self) -> Option<crate::call::MediaLink> {
+        let port = self
+            .port
+            .get_or_insert_with(|| join::JoinPort::new(self.law))
+            .clone();
+        Some(port)
+    }
+
+    fn join(&mut self, peer: crate::call::MediaLink) -> bool {
+        let Ok(peer) = peer.downcast::<join::JoinPort>() else {
+            return false;
+        };
+        let Some(own) = self
+            .link()
+            .and_then(|l| l.downcast::<join::JoinPort>().ok())
+        else {
+            return false;
+        };
+        // The engine's control channel is small and rarely busy; a full one is a stuck
+        // engine, which cannot bridge anyway.
+        if self.control.try_send(Control::Join { own, peer }).is_err() {
+            tracing::warn!(call_id = %self.call_id, "media engine busy or gone; not bridged");
+            return false;
+        }
+        self.metrics.bridged_legs.inc();
+        // The agent leaves: its session sends the marks still pending and `stop`. Sent
+        // without waiting here; the session reads it after the audio already queued.
+        if let Some(tx) = self.caller.take() {
+            tokio::spawn(async move {
+                let _ = tx.send(CallerEvent::Leave).await;
+            });
+        }
+        true
+    }
+
     fn on_media_update(&mut self, media: &MediaParams) {
+        self.law = engine::law_of(media.codec);
         if self
             .control
             .try_send(Control::Media(Box::new(media.clone())))

@@ -366,6 +366,7 @@ fn admit(
             media_networks,
             sip_headers: super::passthrough::passed_headers(trunk, &req.msg),
             srtp_policy,
+            transfer_of: None,
         },
     );
     Ok((session, answer))

@@ -221,13 +221,46 @@ pub enum CallMsg {
     /// Send this digit to the peer as SIP INFO (from the media handler, when
     /// [`dtmf_path`] says INFO).
     InfoDtmf(char),
-    /// Transfer the call by REFER to this target (checked again against the
-    /// trunk's policy), waiting this long for the outcome.
+    /// Transfer the call to this target (checked again against the trunk's
+    /// policy), waiting this long for the outcome.
     Transfer {
         /// The target as given.
         target: String,
-        /// How long the carrier may take to report the outcome.
+        /// How long the carrier (refer) or the target (dial) may take.
         timeout: Duration,
+        /// The mode the request named (None: the trunk's).
+        how: Option<transfer::How>,
+    },
+    /// The new leg of this call's dial-through transfer moved on.
+    Leg(Box<LegEvent>),
+    /// This call is the new leg of a dial-through transfer and the caller's
+    /// leg is ready: bridge our media to it.
+    Join(MediaLink),
+}
+
+/// The media side's end of a call that can be bridged to another call in
+/// the node (a dial-through transfer): opaque to the SIP layer, made and
+/// understood by the [`CallHandler`] (see [`CallSession::link`]).
+pub type MediaLink = Arc<dyn std::any::Any + Send + Sync>;
+
+/// What the new leg of a dial-through transfer tells the caller's leg.
+#[derive(Debug)]
+pub enum LegEvent {
+    /// The target rings (its first provisional answer above 100).
+    Ringing(u16),
+    /// The target answered: its media end and its call's handle.
+    Answered {
+        /// The new leg's media, to bridge the caller's to.
+        link: MediaLink,
+        /// Ends the new leg (or bridges it with [`HangupHandle::join`]).
+        leg: HangupHandle,
+    },
+    /// The new leg did not connect.
+    Failed {
+        /// The deciding SIP status (None for timeouts and local errors).
+        code: Option<u16>,
+        /// Why, from the outbound engine.
+        reason: String,
     },
 }
 
@@ -281,15 +314,28 @@ impl HangupHandle {
         self.0.send(CallMsg::InfoDtmf(digit)).is_ok()
     }
 
-    /// Asks for a blind transfer to `target` (see [`transfer`]); the outcome
+    /// Asks for a transfer to `target` (see [`transfer`]); the outcome
     /// reaches [`CallSession::on_transfer`]. Returns false when the call is over.
-    pub fn transfer(&self, target: &str, timeout: Duration) -> bool {
+    pub fn transfer(&self, target: &str, timeout: Duration, how: Option<transfer::How>) -> bool {
         self.0
             .send(CallMsg::Transfer {
                 target: target.to_owned(),
                 timeout,
+                how,
             })
             .is_ok()
+    }
+
+    /// Reports a dial-through transfer's new leg to the caller's leg.
+    /// Returns false when the caller's leg is over.
+    pub fn leg_event(&self, ev: LegEvent) -> bool {
+        self.0.send(CallMsg::Leg(Box::new(ev))).is_ok()
+    }
+
+    /// Tells a dial-through transfer's new leg to bridge its media to `link`.
+    /// Returns false when that leg is over.
+    pub fn join(&self, link: MediaLink) -> bool {
+        self.0.send(CallMsg::Join(link)).is_ok()
     }
 }
 
@@ -331,6 +377,9 @@ pub struct AnsweredCall {
     pub sip_headers: Vec<(String, String)>,
     /// The trunk's DTMF setting, for digits we send ([`dtmf_path`]).
     pub dtmf_mode: switchboard_proto::v1alpha1::DtmfMode,
+    /// The new leg of a dial-through transfer: no agent; it is bridged to the
+    /// caller's leg ([`CallSession::join`]).
+    pub transfer_leg: bool,
 }
 
 /// The option tags of a request's `Require` that the node does not support (RFC 3261
@@ -440,6 +489,15 @@ pub trait CallSession: Send + 'static {
     fn on_transfer(&mut self, update: &transfer::TransferUpdate);
     /// The call is over; release media resources.
     fn on_hangup(&mut self, _reason: &HangupReason) {}
+    /// Makes this call's end of an in-node bridge (a dial-through transfer):
+    /// where the other call's audio is to be delivered. `None`: this handler
+    /// cannot bridge calls.
+    fn link(&mut self) -> Option<MediaLink>;
+    /// Bridges this call's media to another call's `peer` link (made by
+    /// [`CallSession::link`] on the other call): the agent, if any, leaves
+    /// (its pending marks and `stop` are sent), the caller's audio and DTMF
+    /// go to the peer and the peer's to the caller. False: not bridged.
+    fn join(&mut self, peer: MediaLink) -> bool;
 }
 
 /// Plugs media and agent bridging into answered calls.
@@ -482,6 +540,12 @@ impl CallHandler for LoggingHandler {
 }
 
 impl CallSession for LoggingSession {
+    fn link(&mut self) -> Option<MediaLink> {
+        None
+    }
+    fn join(&mut self, _peer: MediaLink) -> bool {
+        false
+    }
     fn on_dtmf(&mut self, event: DtmfEvent) {
         tracing::info!(call_id = %self.call_id, digit = %event.digit, duration_ms = event.duration_ms, "DTMF");
     }

@@ -79,6 +79,26 @@ pub struct DialHooks {
     pub max_duration: Option<Duration>,
     /// Extra headers for every INVITE of the dial (validated by the call API).
     pub headers: Vec<(String, String)>,
+    /// This dial is a dial-through transfer's new leg: no agent, bridged to
+    /// the caller's leg when it answers.
+    pub transfer: Option<TransferLeg>,
+}
+
+/// What makes a dial a dial-through transfer's new leg.
+#[derive(Debug, Clone)]
+pub struct TransferLeg {
+    /// The caller's leg (it learns of the answer and bridges).
+    pub caller: super::HangupHandle,
+    /// The caller ID to present (E.164); empty: the number's.
+    pub caller_id: String,
+}
+
+/// A caller's number usable as the caller ID of a new call (`+` and up to
+/// 15 digits), or `None` (an anonymous or non-numeric From).
+pub fn caller_id_of(from_user: &str) -> Option<String> {
+    let digits = from_user.strip_prefix('+').unwrap_or(from_user);
+    (!digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| from_user.to_owned())
 }
 
 impl DialHooks {
@@ -308,7 +328,8 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
     let Some(number) = number else {
         return fail(None, "unknown number", vec![]);
     };
-    if !number.outbound {
+    // A transfer's new leg is allowed by the trunk's transfer policy instead.
+    if !number.outbound && hooks.transfer.is_none() {
         return fail(None, "number is not allowed as caller ID", vec![]);
     }
     if !req.to.chars().any(|c| c.is_ascii_digit()) {
@@ -511,11 +532,13 @@ async fn attempt(
         out.from_domain.clone()
     };
     let call_id = format!("{}@switchboard", random_token(20));
-    let from = format!(
-        "<sip:{}@{from_domain}>;tag={}",
-        number.e164,
-        random_token(10)
-    );
+    let caller_id = hooks
+        .transfer
+        .as_ref()
+        .map(|t| t.caller_id.as_str())
+        .filter(|c| !c.is_empty())
+        .unwrap_or(&number.e164);
+    let from = format!("<sip:{caller_id}@{from_domain}>;tag={}", random_token(10));
     let to_hdr = format!("<sip:{user}@{gw_host}>");
     let contact = ctx.contact(number.e164.trim_start_matches('+'), &dest, false);
 
@@ -734,9 +757,13 @@ async fn attempt(
                 direction: CallDirection::Outbound,
                 trunk,
                 number,
-                from_user: number.e164.clone(),
+                from_user: caller_id.to_owned(),
                 to_user: to.to_owned(),
-                agent: hooks.agent.clone().or_else(|| number.agent.clone()),
+                // A transfer's new leg has no agent: it is bridged to the caller.
+                agent: match hooks.transfer {
+                    Some(_) => None,
+                    None => hooks.agent.clone().or_else(|| number.agent.clone()),
+                },
                 local,
                 socket,
                 media,
@@ -752,6 +779,7 @@ async fn attempt(
                 media_networks: super::media_networks_of(trunk, dest.addr.ip()),
                 sip_headers: Vec::new(),
                 srtp_policy,
+                transfer_of: hooks.transfer.as_ref().map(|t| t.caller.clone()),
             },
         );
         if srtp_policy.encryption == sdp::Encryption::Required && session.media.srtp.is_none() {

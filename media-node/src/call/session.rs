@@ -9,10 +9,10 @@ use switchboard_proto::v1alpha1::{Agent, Codec, PhoneNumber, Trunk};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::transfer::TransferState;
+use super::transfer::{How, TransferState};
 use super::{
     AnsweredCall, CallDirection, CallGuard, CallMsg, CallSession, Ctx, HangupHandle, HangupReason,
-    MediaParams,
+    LegEvent, MediaLink, MediaParams,
 };
 use crate::sdp::{self, Direction, LocalMedia, Sdp};
 use crate::sip::dialog::{Dialog, InDialog, Outstanding, carries_sdp};
@@ -36,13 +36,16 @@ const NEVER: Duration = Duration::from_secs(86400 * 365);
 /// What a call's session uses of the node: the transaction layer, the call
 /// registry, metrics, the media handler and two tunables. Narrower than
 /// [`Ctx`] on purpose: a session never touches routing, ports, digest or
-/// pacing state.
+/// pacing state itself; the one thing it does with the whole node is hand a
+/// dial-through transfer's new leg to the outbound engine ([`SessionEnv::dialer`]).
 pub(crate) struct SessionEnv {
     pub sip: crate::sip::transaction::SipHandle,
     pub calls: super::Calls,
     pub metrics: crate::metrics::Metrics,
     pub handler: Arc<dyn super::CallHandler>,
     pub opts: SessionOptions,
+    /// The node, for [`super::outbound::dial_with`] (weak: the node owns its calls).
+    pub dialer: std::sync::Weak<Ctx>,
 }
 
 /// The call-layer tunables a session reads.
@@ -55,8 +58,9 @@ pub(crate) struct SessionOptions {
 }
 
 impl SessionEnv {
-    fn of(ctx: &Ctx) -> SessionEnv {
+    fn of(ctx: &Arc<Ctx>) -> SessionEnv {
         SessionEnv {
+            dialer: Arc::downgrade(ctx),
             sip: ctx.sip.clone(),
             calls: ctx.calls.clone(),
             metrics: ctx.metrics.clone(),
@@ -118,12 +122,28 @@ pub struct Session {
     /// The host in our REFERs' Refer-To: the trunk's first gateway, else the
     /// address the dialog's peer signals from.
     pub(crate) refer_host: String,
-    /// REFERs sent in this call (bounded by [`MAX_TRANSFERS_PER_CALL`]).
+    /// Transfers started in this call (bounded by [`MAX_TRANSFERS_PER_CALL`]).
     pub(crate) transfers: u32,
+    /// The other leg of an in-node bridge: for the caller's leg, the target's
+    /// call once bridged; for a transfer's new leg, the caller's leg from the start.
+    pub(crate) partner: Option<HangupHandle>,
+    /// This call is a dial-through transfer's new leg.
+    pub(crate) transfer_leg: bool,
+    /// The transfer's new leg: bridged to the caller's leg (it joined us).
+    pub(crate) bridged: bool,
+    /// The caller's leg: a dial-through transfer under way (the new leg dialling or ringing).
+    pub(crate) dialling: Option<DialLeg>,
 }
 
-/// Most REFERs one call may send: an agent looping on declined transfers must
-/// not turn the call into a REFER generator.
+/// A dial-through transfer's new leg while it is dialled (caller's side).
+pub(crate) struct DialLeg {
+    target: String,
+    /// Cancels the dial (the caller hung up first).
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Most transfers one call may start: an agent looping on declined transfers
+/// must not turn the call into a REFER or INVITE generator.
 pub(crate) const MAX_TRANSFERS_PER_CALL: u32 = 5;
 
 /// A REFER of ours under way (RFC 3515): its transaction until answered,
@@ -176,6 +196,8 @@ pub(crate) struct SessionSetup<'a> {
     pub media_networks: Vec<crate::routing::acl::Cidr>,
     pub sip_headers: Vec<(String, String)>,
     pub srtp_policy: sdp::SrtpPolicy,
+    /// A dial-through transfer's new leg: the caller's leg, to bridge with.
+    pub transfer_of: Option<HangupHandle>,
 }
 
 struct Pending {
@@ -199,7 +221,7 @@ impl Pending {
 impl Session {
     /// The session of a call whose dialog exists (inbound: before the answer;
     /// outbound: answered).
-    pub(crate) fn new(ctx: &Ctx, s: SessionSetup<'_>) -> Session {
+    pub(crate) fn new(ctx: &Arc<Ctx>, s: SessionSetup<'_>) -> Session {
         let (tx, rx) = s.channel;
         // The number's limit, else the trunk's; 0 means none.
         let max_secs = match s.number.max_call_duration_seconds {
@@ -261,6 +283,10 @@ impl Session {
             transfer_policy: s.trunk.transfer.clone(),
             refer_host,
             transfers: 0,
+            transfer_leg: s.transfer_of.is_some(),
+            partner: s.transfer_of,
+            bridged: false,
+            dialling: None,
         }
     }
 
@@ -453,8 +479,24 @@ impl Session {
             signalling_ip: Some(self.dialog.peer.addr.ip()),
             sip_headers: std::mem::take(&mut self.sip_headers),
             dtmf_mode: self.dtmf_mode,
+            transfer_leg: self.transfer_leg,
         };
-        self.handler = Some(self.env.handler.on_answered(call));
+        let mut handler = self.env.handler.on_answered(call);
+        if self.transfer_leg {
+            // Tell the caller's leg where our media is; it bridges to it and sends us its own.
+            let told = match (handler.link(), self.partner.as_ref()) {
+                (Some(link), Some(caller)) => caller.leg_event(LegEvent::Answered {
+                    link,
+                    leg: HangupHandle(self.tx.clone()),
+                }),
+                _ => false,
+            };
+            if !told {
+                tracing::info!(call_id = %self.dialog.call_id, "transfer target answered after the caller left; hanging up");
+                let _ = self.tx.send(CallMsg::Hangup("the caller is gone".into()));
+            }
+        }
+        self.handler = Some(handler);
     }
 
     /// When the refresh clock next needs us ("never" when it does not).
@@ -509,8 +551,20 @@ impl Session {
                         Some(h) => h.send_dtmf(&digits),
                         None => tracing::debug!(call_id = %self.dialog.call_id, "DTMF before the call is up; dropped"),
                     },
-                    Some(CallMsg::Transfer { target, timeout }) => {
-                        referral = self.start_transfer(&target, timeout, referral);
+                    Some(CallMsg::Transfer { target, timeout, how }) => {
+                        referral = self.start_transfer(&target, timeout, how, referral);
+                    }
+                    Some(CallMsg::Leg(ev)) => {
+                        if let Some(end) = self.on_leg(*ev) {
+                            self.bye().await;
+                            break end;
+                        }
+                    }
+                    Some(CallMsg::Join(link)) => {
+                        if !self.on_join(link) {
+                            self.bye().await;
+                            break HangupReason::Local("the caller's leg could not be bridged".into());
+                        }
                     }
                     Some(CallMsg::InfoDtmf(digit)) => {
                         if info_queue.len() >= MAX_INFO_QUEUE {
@@ -659,31 +713,36 @@ impl Session {
         }
     }
 
-    /// Checks a transfer request and sends its REFER; the referral under way
-    /// (the old one when this one is refused because another is running).
+    /// Checks a transfer request and sends its REFER or dials its new leg; the
+    /// referral under way (the old one when this one is refused because another
+    /// is running).
     fn start_transfer(
         &mut self,
         target: &str,
         timeout: Duration,
+        asked: Option<How>,
         current: Option<Referral>,
     ) -> Option<Referral> {
-        if let Some(cur) = current {
-            self.report_transfer(
-                target,
-                TransferState::Failed,
-                0,
-                "a transfer is already under way",
-            );
-            return Some(cur);
-        }
-        let target = match super::transfer::check(self.transfer_policy.as_ref(), target) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::info!(call_id = %self.dialog.call_id, error = %e, "transfer refused");
-                self.report_transfer(target, TransferState::Failed, 0, &e.to_string());
-                return None;
-            }
+        let busy = if self.transfer_leg || self.bridged || self.partner.is_some() {
+            Some("the call is bridged to a transfer target")
+        } else if current.is_some() || self.dialling.is_some() {
+            Some("a transfer is already under way")
+        } else {
+            None
         };
+        if let Some(why) = busy {
+            self.report_transfer(target, TransferState::Failed, 0, why);
+            return current;
+        }
+        let (target, how) =
+            match super::transfer::check(self.transfer_policy.as_ref(), target, asked) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(call_id = %self.dialog.call_id, error = %e, "transfer refused");
+                    self.report_transfer(target, TransferState::Failed, 0, &e.to_string());
+                    return None;
+                }
+            };
         if self.transfers >= MAX_TRANSFERS_PER_CALL {
             self.report_transfer(
                 &target,
@@ -694,6 +753,10 @@ impl Session {
             return None;
         }
         self.transfers += 1;
+        if how == How::Dial {
+            self.start_dial(target, timeout);
+            return None;
+        }
         let mut req = self.dialog.request(Method::Other("REFER".into()));
         req.add("Refer-To", format!("<sip:{target}@{}>", self.refer_host));
         req.add("Referred-By", self.dialog.contact.clone());
@@ -710,6 +773,128 @@ impl Session {
             events: Some(events),
             deadline: Instant::now() + timeout,
         })
+    }
+
+    /// Dials a dial-through transfer's new leg through this call's number and
+    /// trunk (the outbound engine's gateways, failover, digest, limits and
+    /// pacing); the leg reports back by [`CallMsg::Leg`]. The agent stays on
+    /// the call while it rings.
+    fn start_dial(&mut self, target: String, timeout: Duration) {
+        let Some(ctx) = self.env.dialer.upgrade() else {
+            self.report_transfer(
+                &target,
+                TransferState::Failed,
+                0,
+                "the node is shutting down",
+            );
+            return;
+        };
+        let caller_id = match self.transfer_policy.as_ref().map(|p| p.caller_id.trim()) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            // The original caller's number, when it is one (it comes from the carrier's From).
+            _ => super::outbound::caller_id_of(&self.from_user).unwrap_or_default(),
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let me = HangupHandle(self.tx.clone());
+        let ringing = me.clone();
+        let hooks = super::outbound::DialHooks {
+            cancel: Some(cancel.clone()),
+            ringing_timeout: Some(timeout),
+            progress: Some(Arc::new(move |p| {
+                if let super::outbound::DialProgress::Ringing { code } = p {
+                    ringing.leg_event(LegEvent::Ringing(code));
+                }
+            })),
+            transfer: Some(super::outbound::TransferLeg {
+                caller: me.clone(),
+                caller_id,
+            }),
+            ..Default::default()
+        };
+        let req = super::outbound::DialRequest {
+            number_id: self.number_id.clone(),
+            to: target.clone(),
+        };
+        tracing::info!(call_id = %self.dialog.call_id, %target, "transfer: dialling the target");
+        tokio::spawn(async move {
+            if let super::outbound::DialOutcome::Failed { code, reason, .. } =
+                super::outbound::dial_with(ctx, req, hooks).await
+            {
+                me.leg_event(LegEvent::Failed { code, reason });
+            }
+        });
+        self.report_transfer(&target, TransferState::Requested, 0, "");
+        self.dialling = Some(DialLeg { target, cancel });
+    }
+
+    /// The dial-through transfer's new leg moved on (caller's side); `Some`:
+    /// the call ends (BYE first).
+    fn on_leg(&mut self, ev: LegEvent) -> Option<HangupReason> {
+        match ev {
+            LegEvent::Ringing(code) => {
+                if let Some(target) = self.dialling.as_ref().map(|d| d.target.clone()) {
+                    self.report_transfer(&target, TransferState::Ringing, code, "");
+                }
+                None
+            }
+            LegEvent::Answered { link, leg } => {
+                let Some(d) = self.dialling.take() else {
+                    // Not ours any more (a late answer): that call has no one to talk to.
+                    leg.hangup("the caller's leg moved on");
+                    return None;
+                };
+                let Some(own) = self.handler.as_mut().and_then(|h| h.link()) else {
+                    leg.hangup("the caller's leg cannot be bridged");
+                    self.report_transfer(
+                        &d.target,
+                        TransferState::Failed,
+                        0,
+                        "the calls cannot be bridged",
+                    );
+                    return None;
+                };
+                // Told before the bridge, while the agent is still there to hear it.
+                self.report_transfer(&d.target, TransferState::Succeeded, 200, "");
+                if !self.handler.as_mut().is_some_and(|h| h.join(link)) {
+                    leg.hangup("the caller's leg could not be bridged");
+                    self.report_transfer(
+                        &d.target,
+                        TransferState::Failed,
+                        0,
+                        "the calls could not be bridged",
+                    );
+                    return None;
+                }
+                // Our agent has left: from here the call is the caller and the target.
+                if !leg.join(own) {
+                    return Some(HangupReason::Local("the transfer target hung up".into()));
+                }
+                tracing::info!(call_id = %self.dialog.call_id, target = %d.target, "transfer answered; caller bridged to the target");
+                self.partner = Some(leg);
+                None
+            }
+            LegEvent::Failed { code, reason } => {
+                if self.partner.is_some() {
+                    // The new leg ended after we bridged to it.
+                    return Some(HangupReason::Local("the transfer target hung up".into()));
+                }
+                if let Some(d) = self.dialling.take() {
+                    let why = super::transfer::dial_failure(code, &reason);
+                    tracing::info!(call_id = %self.dialog.call_id, target = %d.target, code = code.unwrap_or(0), %reason, "transfer: the target's call did not connect; the caller stays with the agent");
+                    self.report_transfer(&d.target, TransferState::Failed, code.unwrap_or(0), &why);
+                }
+                None
+            }
+        }
+    }
+
+    /// A transfer's new leg: the caller's leg is ready; false: not bridged.
+    fn on_join(&mut self, link: MediaLink) -> bool {
+        if !self.transfer_leg || self.bridged {
+            return !self.transfer_leg;
+        }
+        self.bridged = self.handler.as_mut().is_some_and(|h| h.join(link));
+        self.bridged
     }
 
     /// An event of our REFER's transaction (`None`: it ended without an answer);
@@ -1010,6 +1195,24 @@ impl Session {
             .calls
             .unregister_dialog(&self.dialog.call_id, &self.dialog.local_tag);
         tracing::info!(call_id = %self.dialog.call_id, trunk = %self.trunk_id, ?reason, "call ended");
+        if let Some(d) = self.dialling.take() {
+            // The caller left while the target was being dialled: ringing attempts get a CANCEL.
+            d.cancel.cancel();
+        }
+        if let Some(p) = self.partner.take() {
+            // One side of a bridge ended: so does the other (a transfer leg that was never
+            // bridged tells the caller's leg, which stays with its agent).
+            if self.transfer_leg && !self.bridged {
+                p.leg_event(LegEvent::Failed {
+                    code: None,
+                    reason: "the target's call ended before it was bridged".into(),
+                });
+            } else if self.transfer_leg {
+                p.hangup("the transfer target hung up");
+            } else {
+                p.hangup("the caller hung up");
+            }
+        }
         if let Some(mut h) = self.handler.take() {
             h.on_hangup(&reason);
         }

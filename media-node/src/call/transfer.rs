@@ -1,7 +1,8 @@
-//! Blind transfer by REFER (RFC 3515): the trunk's policy (mode and allowed
-//! targets, the toll-fraud guard) and the progress the carrier reports in
-//! NOTIFY `message/sipfrag` bodies. Pure; `call/session.rs` sends the REFER
-//! and carries out what these functions decide.
+//! Transfers: the trunk's policy (mode and allowed targets, the toll-fraud
+//! guard), the progress a carrier reports for a blind transfer by REFER
+//! (RFC 3515) in NOTIFY `message/sipfrag` bodies, and what a dial-through
+//! transfer's outcome means. Pure; `call/session.rs` sends the REFER or
+//! places the new leg and carries out what these functions decide.
 
 use switchboard_proto::v1alpha1::{Transfer, TransferMode};
 
@@ -14,18 +15,60 @@ pub enum TransferRefusal {
     /// The trunk does not allow transfers.
     #[error("transfers are disabled on this trunk (spec.transfer.mode)")]
     Disabled,
-    /// The trunk transfers by dialling through, which is not built yet.
-    #[error("the trunk's transfer mode is dial, which is not supported yet; use refer")]
-    DialNotSupported,
+    /// The request asked for another mode than the trunk's.
+    #[error("the trunk transfers by {allowed}, not by {asked} (spec.transfer.mode)")]
+    WrongMode {
+        /// The mode asked for.
+        asked: &'static str,
+        /// The trunk's mode.
+        allowed: &'static str,
+    },
     /// The target matches none of the trunk's allowed targets.
     #[error("target {0} is not in the trunk's spec.transfer.allowedTargets")]
     NotAllowed(String),
 }
 
+/// How a transfer is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// The carrier connects the caller (REFER).
+    Refer,
+    /// The node calls the target through the trunk and bridges the legs.
+    Dial,
+}
+
+impl How {
+    /// The wire name (`mode` in requests and `spec.transfer.mode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Refer => "refer",
+            How::Dial => "dial",
+        }
+    }
+
+    /// Parses a request's `mode`; empty is `None` (the trunk's mode).
+    pub fn parse(mode: &str) -> Result<Option<How>, String> {
+        match mode.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "refer" => Ok(Some(How::Refer)),
+            "dial" => Ok(Some(How::Dial)),
+            _ => Err(format!(
+                "mode {:?} is not refer or dial",
+                mode.chars().take(16).collect::<String>()
+            )),
+        }
+    }
+}
+
 /// Checks a transfer target against the trunk's policy; `Ok` is the target
 /// normalised to `+` and digits (spaces, dashes, dots and parentheses are
-/// ignored, as users write numbers).
-pub fn check(policy: Option<&Transfer>, target: &str) -> Result<String, TransferRefusal> {
+/// ignored, as users write numbers) and how the transfer is done. `asked`:
+/// the mode the request named, which must be the trunk's.
+pub fn check(
+    policy: Option<&Transfer>,
+    target: &str,
+    asked: Option<How>,
+) -> Result<(String, How), TransferRefusal> {
     let digits: String = target
         .trim()
         .trim_start_matches('+')
@@ -40,12 +83,18 @@ pub fn check(policy: Option<&Transfer>, target: &str) -> Result<String, Transfer
     let Some(policy) = policy else {
         return Err(TransferRefusal::Disabled);
     };
-    match policy.mode() {
-        TransferMode::Refer => {}
-        TransferMode::Dial => return Err(TransferRefusal::DialNotSupported),
+    let how = match policy.mode() {
+        TransferMode::Refer => How::Refer,
+        TransferMode::Dial => How::Dial,
         TransferMode::Disabled | TransferMode::Unspecified => {
             return Err(TransferRefusal::Disabled);
         }
+    };
+    if let Some(a) = asked.filter(|a| *a != how) {
+        return Err(TransferRefusal::WrongMode {
+            asked: a.as_str(),
+            allowed: how.as_str(),
+        });
     }
     let allowed = policy
         .allowed_targets
@@ -55,7 +104,21 @@ pub fn check(policy: Option<&Transfer>, target: &str) -> Result<String, Transfer
     if !allowed {
         return Err(TransferRefusal::NotAllowed(format!("+{digits}")));
     }
-    Ok(format!("+{digits}"))
+    Ok((format!("+{digits}"), how))
+}
+
+/// Why a dial-through transfer's new leg did not connect, in words for the
+/// agent and the call's events, from the deciding SIP status.
+pub fn dial_failure(code: Option<u16>, reason: &str) -> String {
+    match code {
+        Some(486 | 600) => "the target is busy".into(),
+        Some(487) if reason.contains("ringing") => "the target did not answer".into(),
+        Some(408 | 480) => "the target did not answer".into(),
+        Some(603) => "the target declined the call".into(),
+        Some(404 | 484 | 604) => "the target number does not exist".into(),
+        Some(c) => format!("the carrier refused the call ({c})"),
+        None => format!("the call to the target failed: {reason}"),
+    }
 }
 
 /// Where a transfer stands, as calls and events report it.
@@ -143,6 +206,7 @@ mod tests {
             mode: mode as i32,
             allowed_targets: targets.iter().map(|s| (*s).to_owned()).collect(),
             no_progress: false,
+            caller_id: String::new(),
         }
     }
 
@@ -150,43 +214,73 @@ mod tests {
     fn targets_are_checked_against_the_trunk_policy() {
         let p = policy(TransferMode::Refer, &["+1415", "442071234567"]);
         assert_eq!(
-            check(Some(&p), "+1 (415) 555-0100"),
-            Ok("+14155550100".into())
+            check(Some(&p), "+1 (415) 555-0100", None),
+            Ok(("+14155550100".into(), How::Refer))
         );
-        assert_eq!(check(Some(&p), "442071234567"), Ok("+442071234567".into()));
         assert_eq!(
-            check(Some(&p), "+19005550100"),
+            check(Some(&p), "442071234567", Some(How::Refer)),
+            Ok(("+442071234567".into(), How::Refer))
+        );
+        assert_eq!(
+            check(Some(&p), "+19005550100", None),
             Err(TransferRefusal::NotAllowed("+19005550100".into()))
         );
         assert!(matches!(
-            check(Some(&p), "+1415abc"),
+            check(Some(&p), "+1415abc", None),
             Err(TransferRefusal::BadTarget(_))
         ));
         assert!(matches!(
-            check(Some(&p), ""),
+            check(Some(&p), "", None),
             Err(TransferRefusal::BadTarget(_))
         ));
         assert!(matches!(
-            check(Some(&p), "+1234567890123456"),
+            check(Some(&p), "+1234567890123456", None),
             Err(TransferRefusal::BadTarget(_))
         ));
-        assert_eq!(check(None, "+14155550100"), Err(TransferRefusal::Disabled));
+        assert_eq!(
+            check(None, "+14155550100", None),
+            Err(TransferRefusal::Disabled)
+        );
         let off = policy(TransferMode::Disabled, &["+1"]);
         assert_eq!(
-            check(Some(&off), "+14155550100"),
+            check(Some(&off), "+14155550100", None),
             Err(TransferRefusal::Disabled)
         );
         let dial = policy(TransferMode::Dial, &["+1"]);
         assert_eq!(
-            check(Some(&dial), "+14155550100"),
-            Err(TransferRefusal::DialNotSupported)
+            check(Some(&dial), "+14155550100", None),
+            Ok(("+14155550100".into(), How::Dial))
         );
+        assert_eq!(
+            check(Some(&dial), "+14155550100", Some(How::Refer)),
+            Err(TransferRefusal::WrongMode {
+                asked: "refer",
+                allowed: "dial"
+            })
+        );
+        assert_eq!(How::parse(""), Ok(None));
+        assert_eq!(How::parse("DIAL"), Ok(Some(How::Dial)));
+        assert!(How::parse("warm").is_err());
         // An empty pattern never allows everything.
         let empty = policy(TransferMode::Refer, &["", "+"]);
         assert!(matches!(
-            check(Some(&empty), "+1"),
+            check(Some(&empty), "+1", None),
             Err(TransferRefusal::NotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn dial_failures_in_words() {
+        assert_eq!(dial_failure(Some(486), ""), "the target is busy");
+        assert_eq!(
+            dial_failure(Some(487), "ringing timeout"),
+            "the target did not answer"
+        );
+        assert_eq!(
+            dial_failure(Some(503), "every gateway failed"),
+            "the carrier refused the call (503)"
+        );
+        assert!(dial_failure(None, "node at capacity").contains("node at capacity"));
     }
 
     #[test]

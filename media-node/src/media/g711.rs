@@ -288,6 +288,17 @@ pub fn ulaw_to_alaw_in_place(buf: &mut [u8]) {
     }
 }
 
+/// Transcodes a payload of `from` codes into `to` codes in place (no-op when
+/// they are the same law, so a bridge between two legs of one codec is
+/// byte-exact).
+pub fn transcode_in_place(from: Law, to: Law, buf: &mut [u8]) {
+    match (from, to) {
+        (Law::Alaw, Law::Ulaw) => alaw_to_ulaw_in_place(buf),
+        (Law::Ulaw, Law::Alaw) => ulaw_to_alaw_in_place(buf),
+        _ => {}
+    }
+}
+
 /// Converts a payload of `from` codes into μ-law in place (no-op for μ-law).
 pub fn to_ulaw_in_place(from: Law, buf: &mut [u8]) {
     if from == Law::Alaw {

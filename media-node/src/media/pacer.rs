@@ -53,7 +53,7 @@ pub enum Next {
 }
 
 /// The pacing state of one outgoing stream. See the module documentation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Pacer {
     /// Grid instant of the next packet's timestamp; None before the first packet.
     grid: Option<Duration>,
@@ -63,12 +63,32 @@ pub struct Pacer {
     /// Whether more audio was queued right after the previous packet left: that audio was
     /// waiting for its slot (the agent is ahead), so it goes exactly on the schedule.
     backlog: bool,
+    /// How long past the grid silence waits for late audio mid-talkspurt ([`GRACE`]).
+    grace: Duration,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer {
+            grid: None,
+            slot: None,
+            backlog: false,
+            grace: GRACE,
+        }
+    }
 }
 
 impl Pacer {
     /// A pacer whose first packet leaves at once.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Waits up to `grace` past the grid for late audio mid-talkspurt before sending silence
+    /// (for audio relayed from another line, whose jitter an agent's real-time stream does
+    /// not have). The lead given back during silence still keeps the stream on real time.
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
     }
 
     /// The instant the next packet is due, given whether agent audio is queued.
@@ -87,7 +107,7 @@ impl Pacer {
             // and the schedule follows the agent's own phase from there.
             (true, Some(slot)) => slot.saturating_sub(PACE_TOLERANCE).max(earliest),
             // The agent is late mid-talkspurt: wait for it until a little past its slot.
-            (false, Some(slot)) => slot.max(grid) + GRACE,
+            (false, Some(slot)) => slot.max(grid) + self.grace,
             (false, None) => grid,
         }
     }

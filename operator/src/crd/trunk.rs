@@ -79,8 +79,9 @@ pub struct SipTrunkSpec {
     .field_path(".allowedTargets"))]
 pub struct TrunkTransfer {
     /// `refer` (blind transfer: the carrier connects the caller, RFC 3515),
-    /// `dial` (the node calls the target through the trunk and bridges the
-    /// legs; not built yet, refused by the call API) or `disabled`.
+    /// `dial` (the node calls the target through the trunk, with the same
+    /// gateways, failover, digest, limits and pacing as any outbound call,
+    /// and bridges the caller to it when it answers) or `disabled`.
     #[serde(default)]
     pub mode: TransferMode,
     /// E.164 numbers or prefixes (`+1415`, `+14155550100`) a transfer may
@@ -98,6 +99,12 @@ pub struct TrunkTransfer {
     /// longer seen. Default: progress is reported by NOTIFY.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_progress: bool,
+    /// `dial` transfers: the caller ID the target sees, E.164. Default: the
+    /// original caller's number as the carrier sent it (many carriers accept
+    /// only numbers they own: set one of yours here then).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 16), pattern(r"^(\+?[0-9]{1,15})?$"))]
+    pub caller_id: String,
 }
 
 /// How a trunk's calls are transferred.
@@ -109,7 +116,7 @@ pub enum TransferMode {
     Disabled,
     /// SIP REFER to the carrier (RFC 3515).
     Refer,
-    /// A new call through the trunk, bridged in the node (not built yet).
+    /// A new call through the trunk, bridged to the caller in the node.
     Dial,
 }
 

@@ -332,6 +332,7 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
             } as i32,
             allowed_targets: t.allowed_targets.clone(),
             no_progress: t.no_progress,
+            caller_id: t.caller_id.clone(),
         }),
     })
 }

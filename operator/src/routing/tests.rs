@@ -835,6 +835,7 @@ fn transfer_policy_reaches_the_nodes() {
             mode: crate::crd::TransferMode::Refer,
             allowed_targets: vec!["+1415".into(), "44207".into()],
             no_progress: true,
+            caller_id: "+15550009999".into(),
         });
     }
     r = resolve(&i);
@@ -842,4 +843,5 @@ fn transfer_policy_reaches_the_nodes() {
     assert_eq!(t.mode(), pb::TransferMode::Refer);
     assert_eq!(t.allowed_targets, ["+1415", "44207"]);
     assert!(t.no_progress);
+    assert_eq!(t.caller_id, "+15550009999");
 }

@@ -10,6 +10,7 @@ mod api_call_control;
 mod api_outbound;
 mod api_pacing;
 mod api_transfer;
+mod api_transfer_dial;
 mod dashboard;
 mod drain;
 mod sip_baresip;
