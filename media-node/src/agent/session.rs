@@ -649,7 +649,7 @@ impl AgentSession {
                                         match &self.call {
                                             // The call checks the trunk's policy; the outcome comes back as transfer events.
                                             Some(call) => {
-                                                call.transfer(&target, std::time::Duration::from_secs(u64::from(crate::api::DEFAULT_TRANSFER_TIMEOUT_SECS)), None);
+                                                call.transfer(&target, std::time::Duration::from_secs(u64::from(crate::api::DEFAULT_TRANSFER_TIMEOUT_SECS)), None, Vec::new());
                                             }
                                             None => tracing::debug!("agent transfer ignored: no call attached"),
                                         }

@@ -64,9 +64,13 @@ impl pb::call_service_server::CallService for CallApi {
         req: Request<pb::TransferRequest>,
     ) -> Result<Response<pb::TransferResponse>, Status> {
         let req = req.into_inner();
-        let call = self
-            .api
-            .transfer(&req.call_id, &req.target, req.timeout_seconds, &req.mode)?;
+        let call = self.api.transfer(
+            &req.call_id,
+            &req.target,
+            req.timeout_seconds,
+            &req.mode,
+            &req.headers,
+        )?;
         Ok(Response::new(pb::TransferResponse { call: Some(call) }))
     }
 

@@ -176,7 +176,13 @@ async fn action(
         }
         "transfer" => {
             let req: pb::TransferRequest = serde_json::from_slice(body).map_err(bad)?;
-            let call = api.transfer(id, &req.target, req.timeout_seconds, &req.mode)?;
+            let call = api.transfer(
+                id,
+                &req.target,
+                req.timeout_seconds,
+                &req.mode,
+                &req.headers,
+            )?;
             Ok(json(
                 StatusCode::ACCEPTED,
                 &pb::TransferResponse { call: Some(call) },

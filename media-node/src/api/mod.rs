@@ -381,9 +381,11 @@ impl Api {
         target: &str,
         timeout_seconds: u32,
         mode: &str,
+        headers: &std::collections::HashMap<String, String>,
     ) -> Result<pb::Call, ApiError> {
         use crate::call::transfer::{How, TransferRefusal, check};
         let call = self.get(id)?;
+        let headers = check_headers(headers)?;
         let asked = How::parse(mode).map_err(|message| ApiError::InvalidArgument {
             field: "mode".into(),
             message,
@@ -415,7 +417,8 @@ impl Api {
         control_result(
             id,
             "a transfer",
-            self.tracker.transfer(id, &target, timeout, Some(how)),
+            self.tracker
+                .transfer(id, &target, timeout, Some(how), headers),
         )
     }
 

@@ -390,6 +390,7 @@ impl CallTracker {
         target: &str,
         timeout: Duration,
         how: Option<crate::call::transfer::How>,
+        headers: Vec<(String, String)>,
     ) -> ControlResult {
         let Ok(s) = self.state.lock() else {
             return ControlResult::NotFound;
@@ -407,7 +408,7 @@ impl CallTracker {
             _ if busy => ControlResult::Busy(call),
             Some(h)
                 if e.call.state() == pb::CallState::Answered
-                    && h.transfer(target, timeout, how) =>
+                    && h.transfer(target, timeout, how, headers) =>
             {
                 ControlResult::Sent(call)
             }

@@ -230,6 +230,8 @@ pub enum CallMsg {
         timeout: Duration,
         /// The mode the request named (None: the trunk's).
         how: Option<transfer::How>,
+        /// Extra headers for the REFER or the target's INVITE (validated by the call API).
+        headers: Vec<(String, String)>,
     },
     /// The new leg of this call's dial-through transfer moved on.
     Leg(Box<LegEvent>),
@@ -316,12 +318,19 @@ impl HangupHandle {
 
     /// Asks for a transfer to `target` (see [`transfer`]); the outcome
     /// reaches [`CallSession::on_transfer`]. Returns false when the call is over.
-    pub fn transfer(&self, target: &str, timeout: Duration, how: Option<transfer::How>) -> bool {
+    pub fn transfer(
+        &self,
+        target: &str,
+        timeout: Duration,
+        how: Option<transfer::How>,
+        headers: Vec<(String, String)>,
+    ) -> bool {
         self.0
             .send(CallMsg::Transfer {
                 target: target.to_owned(),
                 timeout,
                 how,
+                headers,
             })
             .is_ok()
     }

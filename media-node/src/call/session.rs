@@ -551,8 +551,8 @@ impl Session {
                         Some(h) => h.send_dtmf(&digits),
                         None => tracing::debug!(call_id = %self.dialog.call_id, "DTMF before the call is up; dropped"),
                     },
-                    Some(CallMsg::Transfer { target, timeout, how }) => {
-                        referral = self.start_transfer(&target, timeout, how, referral);
+                    Some(CallMsg::Transfer { target, timeout, how, headers }) => {
+                        referral = self.start_transfer(&target, timeout, how, headers, referral);
                     }
                     Some(CallMsg::Leg(ev)) => {
                         if let Some(end) = self.on_leg(*ev) {
@@ -721,6 +721,7 @@ impl Session {
         target: &str,
         timeout: Duration,
         asked: Option<How>,
+        headers: Vec<(String, String)>,
         current: Option<Referral>,
     ) -> Option<Referral> {
         let busy = if self.transfer_leg || self.bridged || self.partner.is_some() {
@@ -754,7 +755,7 @@ impl Session {
         }
         self.transfers += 1;
         if how == How::Dial {
-            self.start_dial(target, timeout);
+            self.start_dial(target, timeout, headers);
             return None;
         }
         let mut req = self.dialog.request(Method::Other("REFER".into()));
@@ -764,6 +765,9 @@ impl Session {
             // RFC 4488: no implicit subscription, so no NOTIFY progress.
             req.add("Refer-Sub", "false");
             req.add("Supported", "norefersub");
+        }
+        for (name, value) in headers {
+            req.add(&name, value);
         }
         let (_, events) = self.env.sip.request(req, self.dialog.next_hop());
         tracing::info!(call_id = %self.dialog.call_id, %target, "transfer: REFER sent");
@@ -779,7 +783,7 @@ impl Session {
     /// trunk (the outbound engine's gateways, failover, digest, limits and
     /// pacing); the leg reports back by [`CallMsg::Leg`]. The agent stays on
     /// the call while it rings.
-    fn start_dial(&mut self, target: String, timeout: Duration) {
+    fn start_dial(&mut self, target: String, timeout: Duration, headers: Vec<(String, String)>) {
         let Some(ctx) = self.env.dialer.upgrade() else {
             self.report_transfer(
                 &target,
@@ -805,6 +809,7 @@ impl Session {
                     ringing.leg_event(LegEvent::Ringing(code));
                 }
             })),
+            headers,
             transfer: Some(super::outbound::TransferLeg {
                 caller: me.clone(),
                 caller_id,

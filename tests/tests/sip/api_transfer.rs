@@ -124,7 +124,7 @@ fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)>
 async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succeeds() {
     let carrier_side = format!(
         "{}{}{}",
-        refer_answered("202"),
+        refer_answered_with("202", "X-Ticket: 42", ""),
         notify(2, "SIP/2.0 100 Trying", "active;expires=60"),
         notify(3, "SIP/2.0 200 OK", "terminated;reason=noresource"),
     );
@@ -161,7 +161,24 @@ async fn api_transfer_by_refer_reports_progress_and_leaves_the_call_when_it_succ
         .await;
     assert_eq!(status, 404, "{resp}");
 
-    let (status, resp) = node.post(&path, json!({"target": "+1 415 555 0199"})).await;
+    let (status, resp) = node
+        .post(
+            &path,
+            json!({"target": "+14155550199", "headers": {"Via": "SIP/2.0/UDP evil"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, resp["error"]["field"].clone()),
+        (400, json!("headers.Via")),
+        "{resp}"
+    );
+    // Custom headers ride on the REFER.
+    let (status, resp) = node
+        .post(
+            &path,
+            json!({"target": "+1 415 555 0199", "headers": {"X-Ticket": "42"}}),
+        )
+        .await;
     assert_eq!(status, 202, "{resp}");
     let done = node
         .wait_state(&id, "CALL_STATE_COMPLETED", Duration::from_secs(15))

@@ -48,6 +48,7 @@ fn target(
     phone: &Phone,
     (pt, codec): (&str, &str),
     from_user: &str,
+    must_have: &str,
     after: &str,
 ) -> (
     tempfile::TempDir,
@@ -61,6 +62,7 @@ fn target(
             ("@PT@", pt),
             ("@CODEC@", codec),
             ("@FROM_USER@", from_user),
+            ("@MUST_HAVE@", must_have),
             ("@AFTER_ACK@", after),
         ],
     );
@@ -198,6 +200,7 @@ async fn dial_transfer_bridges_the_caller_to_the_target_byte_exact_until_the_tar
         &callee,
         ("0", "PCMU"),
         r"\+15559990000",
+        "X-Transfer-Reason: billing",
         &hang_up_after(6000),
     );
 
@@ -221,7 +224,8 @@ async fn dial_transfer_bridges_the_caller_to_the_target_byte_exact_until_the_tar
     let (status, resp) = node
         .post(
             &path,
-            json!({"target": TARGET, "mode": "dial", "timeoutSeconds": 20}),
+            json!({"target": TARGET, "mode": "dial", "timeoutSeconds": 20,
+                   "headers": {"X-Transfer-Reason": "billing"}}),
         )
         .await;
     assert_eq!(status, 202, "{resp}");
@@ -331,7 +335,14 @@ async fn dial_transfer_to_a_pcma_target_transcodes_and_ends_when_the_caller_hang
         .await;
     let callee = Phone::start(8, 0xD5).await;
     // The trunk's configured caller ID this time.
-    let (_dir, target_run) = target(gw, &callee, ("8", "PCMA"), r"\+15550001111", WAIT_FOR_BYE);
+    let (_dir, target_run) = target(
+        gw,
+        &callee,
+        ("8", "PCMA"),
+        r"\+15550001111",
+        "INVITE",
+        WAIT_FOR_BYE,
+    );
 
     // From the agent's extension event this time.
     conn.send_raw(&format!(
