@@ -281,6 +281,18 @@ async fn dial_transfer_bridges_the_caller_to_the_target_byte_exact_until_the_tar
             |_| contains(&stream(&caller, 0), &to_caller),
         )
         .await;
+    // A key press on the caller's side is regenerated as RFC 4733 events on the target's leg.
+    caller.send_dtmf('5');
+    callee
+        .wait_packets(
+            "the caller's DTMF at the target",
+            Duration::from_secs(5),
+            |p| {
+                p.iter()
+                    .any(|r| r.pt == 101 && r.payload.first() == Some(&5))
+            },
+        )
+        .await;
     // The agent got none of the bridged audio.
     assert!(
         !contains(&conn.audio(), &to_target[..FRAME * 5]),
