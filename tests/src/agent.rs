@@ -64,7 +64,15 @@ impl TestAgent {
     // The handshake callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
     pub async fn start() -> anyhow::Result<TestAgent> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// Serves on an already bound listener (e.g. one bound inside a test network namespace,
+    /// see [`crate::netns`]).
+    #[allow(clippy::result_large_err)]
+    pub fn start_on(listener: std::net::TcpListener) -> anyhow::Result<TestAgent> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<AgentConn>>> = Arc::default();
         let list = conns.clone();

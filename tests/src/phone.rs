@@ -119,6 +119,12 @@ impl Phone {
     /// packets: what the node sees is a clean line unless a test makes it otherwise.
     pub async fn start(pt: u8, silence: u8) -> Phone {
         let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind phone");
+        Self::start_on(std_sock, pt, silence)
+    }
+
+    /// [`Phone::start`] on an already bound socket (e.g. one bound inside a test network
+    /// namespace, see [`crate::netns`]).
+    pub fn start_on(std_sock: std::net::UdpSocket, pt: u8, silence: u8) -> Phone {
         let port = std_sock.local_addr().expect("addr").port();
         let tx_sock = std_sock.try_clone().expect("clone phone socket");
         std_sock.set_nonblocking(true).expect("nonblocking");

@@ -54,6 +54,7 @@ pub struct Sipp {
     scenario: PathBuf,
     args: Vec<String>,
     timeout: Duration,
+    netns: Option<String>,
 }
 
 impl Sipp {
@@ -64,7 +65,14 @@ impl Sipp {
             scenario,
             args: Vec::new(),
             timeout: Duration::from_secs(30),
+            netns: None,
         }
+    }
+
+    /// Runs SIPp inside the named network namespace (`/run/netns/NAME`, through `nsenter`).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
     }
 
     /// SIPp with a scenario from `tests/sipp/` whose placeholders
@@ -161,7 +169,17 @@ impl Sipp {
             "-nostdin".into(),
         ]);
         base.extend(self.args);
-        let child = tokio::process::Command::new("sipp")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg("sipp");
+                c
+            }
+            None => tokio::process::Command::new("sipp"),
+        };
+        let child = cmd
             .args(&base)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -203,6 +221,7 @@ pub fn spawn_bye_call(
         "media_uac_bye.xml",
         &[
             ("@INFO@", info),
+            ("@RTP_IP@", "127.0.0.1"),
             ("@RTP_PORT@", &phone_port.to_string()),
             ("@PT@", pt),
             ("@CODEC@", codec),
