@@ -6,7 +6,6 @@
 set -uo pipefail
 
 STATE="${SWITCHBOARD_CLUSTER_DIR:-/tmp/switchboard-cluster}"
-NODE_NS=sbk8s-node
 EXT_NS=sbk8s-ext
 CGROUP_ROOT=$(cat "$STATE/cgroup-root" 2>/dev/null || echo /switchboard-cluster)
 T0=$(date +%s%N)
@@ -31,7 +30,8 @@ state_pids() {
 }
 stop_group() { # SIGNAL
     local f pid
-    for f in kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+    for f in kubelet-1 kubelet-2 kubelet-3 kube-scheduler kube-controller-manager kube-apiserver \
+        containerd-1 containerd-2 containerd-3 etcd; do
         pid=$(cat "$STATE/pids/$f.pid" 2>/dev/null) || continue
         kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null || true
     done
@@ -61,7 +61,7 @@ for ns in /run/netns/cni-*; do
 done
 grep -qF -- " $STATE" /proc/mounts && left+=("mounts: $(grep -F -- " $STATE" /proc/mounts | awk '{print $2}' | tr '\n' ' ')")
 
-for ns in "$NODE_NS" "$EXT_NS"; do
+for ns in sbk8s-node sbk8s-node2 sbk8s-node3 "$EXT_NS"; do
     [[ -e /run/netns/$ns ]] && ip netns del "$ns"
     [[ -e /run/netns/$ns ]] && left+=("netns $ns")
 done

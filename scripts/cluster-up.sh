@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Starts a one-node Kubernetes cluster for the real-cluster tests, entirely inside network
-# namespaces this script creates (nothing listens on or sends to the machine's own interfaces):
+# Starts a Kubernetes cluster of $SWITCHBOARD_CLUSTER_NODES nodes (default 1, at most 3) for the
+# real-cluster tests, entirely inside network namespaces this script creates (nothing listens on
+# or sends to the machine's own interfaces):
 #
-#   netns sbk8s-node  10.77.0.2/24  etcd, kube-apiserver (:6443), kube-controller-manager,
-#                                   kube-scheduler, containerd, kubelet (node "sbnode"),
-#                                   the pods (hostNetwork pods use 10.77.0.2; others get
-#                                   10.244.0.0/24 from the CNI bridge)
-#   netns sbk8s-ext   10.77.0.3/24  the outside world: the carrier (SIPp) and the agent
+#   netns sbk8s-node   10.77.0.2/24  etcd, kube-apiserver (:6443), kube-controller-manager,
+#                                    kube-scheduler, and node "sbnode": containerd, kubelet, its
+#                                    pods (hostNetwork pods use the node's address; others get
+#                                    10.244.0.0/24 from the CNI bridge)
+#   netns sbk8s-node2  10.77.0.4/24  node "sbnode2" (pods 10.244.1.0/24), when 2 or more nodes
+#   netns sbk8s-node3  10.77.0.5/24  node "sbnode3" (pods 10.244.2.0/24), when 3
+#   netns sbk8s-ext    10.77.0.3/24  the outside world: the carrier (SIPp) and the agent, and the
+#                                    bridge every node's veth is attached to
 #
-# joined by one veth pair. Binaries come from the test-deps cache (scripts/test-deps.sh builds
+# Each node has its own containerd, kubelet, CNI bridge and cgroup subtree. Binaries come from the test-deps cache (scripts/test-deps.sh builds
 # them); images cannot be pulled, so the sandbox ("pause") image is built here with gcc and
 # imported, and application images are imported with scripts/cluster/images.sh.
 #
@@ -25,13 +29,16 @@ ETCD_VERSION="v3.6.5"
 K8S="$CACHE/k8s-$K8S_VERSION"
 ETCD="$CACHE/etcd-$ETCD_VERSION/etcd"
 KUBECTL="$CACHE/bin/kubectl"
+NODES="${SWITCHBOARD_CLUSTER_NODES:-1}"
 NODE_NS=sbk8s-node
 EXT_NS=sbk8s-ext
 NODE_IP=10.77.0.2
 EXT_IP=10.77.0.3
-NODE_NAME=sbnode
-POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/24
+node_ns() { if (($1 == 1)); then echo sbk8s-node; else echo "sbk8s-node$1"; fi; }
+node_ip() { case $1 in 1) echo 10.77.0.2 ;; 2) echo 10.77.0.4 ;; 3) echo 10.77.0.5 ;; esac; }
+node_name() { if (($1 == 1)); then echo sbnode; else echo "sbnode$1"; fi; }
+pod_cidr() { echo "10.244.$(($1 - 1)).0/24"; }
 # Where the kubelet puts pod cgroups (cgroupfs driver, cgroup v1): one subtree per test
 # cluster, so teardown can find and kill every container.
 CGROUP_ROOT=/switchboard-cluster
@@ -51,6 +58,7 @@ die() {
 in_node() { nsenter --net="/run/netns/$NODE_NS" -- "$@"; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (network namespaces, containerd, kubelet)"
+[[ $NODES =~ ^[123]$ ]] || die "SWITCHBOARD_CLUSTER_NODES must be 1, 2 or 3 (got $NODES)"
 for b in "$K8S/kube-apiserver" "$K8S/kube-controller-manager" "$K8S/kube-scheduler" "$K8S/kubelet" "$ETCD" "$KUBECTL"; do
     [[ -x $b ]] || die "missing $b: run scripts/test-deps.sh (make test-deps)"
 done
@@ -65,27 +73,34 @@ fi
 
 # A previous run's state (kept for its logs) must not leak into this cluster (etcd data).
 rm -rf "$STATE"
-mkdir -p "$STATE"/{pids,logs,certs,etcd,cni/net.d,cni/ipam,containerd,kubelet}
+mkdir -p "$STATE"/{pids,logs,certs,etcd}
 printf '%s\n' "$CGROUP_ROOT" >"$STATE/cgroup-root"
+printf '%s\n' "$NODES" >"$STATE/nodes"
 # The kubelet's cgroup root must exist in every hierarchy (a new cpuset needs its CPUs and
 # memory nodes before anything can join it).
 for h in /sys/fs/cgroup/*/; do
     [[ -e $h/cgroup.procs ]] || continue
-    mkdir -p "$h${CGROUP_ROOT#/}"
-    if [[ -e $h/cpuset.cpus ]]; then
-        cat "$h/cpuset.cpus" >"$h${CGROUP_ROOT#/}/cpuset.cpus"
-        cat "$h/cpuset.mems" >"$h${CGROUP_ROOT#/}/cpuset.mems"
-    fi
+    for i in $(seq 1 "$NODES"); do
+        mkdir -p "$h${CGROUP_ROOT#/}/node$i"
+        if [[ -e $h/cpuset.cpus ]]; then
+            for d in "$h${CGROUP_ROOT#/}" "$h${CGROUP_ROOT#/}/node$i"; do
+                cat "$h/cpuset.cpus" >"$d/cpuset.cpus"
+                cat "$h/cpuset.mems" >"$d/cpuset.mems"
+            done
+        fi
+    done
 done
 
-# Starts a long-lived process in the node's namespace, in its own session (so teardown can
+# Starts a long-lived process in node $1's namespace, in its own session (so teardown can
 # signal its process group), with its PID in pids/NAME.pid and its output in logs/NAME.log.
-start() {
-    local name=$1
-    shift
-    in_node setsid "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+start_on() {
+    local ns name=$2
+    ns=$(node_ns "$1")
+    shift 2
+    nsenter --net="/run/netns/$ns" -- setsid "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/$name.pid"
 }
+start() { start_on 1 "$@"; }
 # Polls `cmd` until it succeeds, for at most $2 seconds; fails naming the log to read.
 wait_for() {
     local what=$1 secs=$2 log=$3
@@ -102,29 +117,41 @@ wait_for() {
 }
 
 # ------------------------------------------------------------------ network
-ip netns add "$NODE_NS"
 ip netns add "$EXT_NS"
-ip -n "$NODE_NS" link set lo up
 ip -n "$EXT_NS" link set lo up
-ip link add sbk8s0 netns "$NODE_NS" type veth peer name sbk8s1 netns "$EXT_NS"
-ip -n "$NODE_NS" addr add "$NODE_IP/24" dev sbk8s0
-ip -n "$EXT_NS" addr add "$EXT_IP/24" dev sbk8s1
-ip -n "$NODE_NS" link set sbk8s0 up
-ip -n "$EXT_NS" link set sbk8s1 up
-# The outside world reaches hostNetwork pods directly, other pods through the node.
-ip -n "$EXT_NS" route add "$POD_CIDR" via "$NODE_IP"
-in_node sysctl -qw net.ipv4.ip_forward=1
+ip -n "$EXT_NS" link add sbk8sbr type bridge
+ip -n "$EXT_NS" addr add "$EXT_IP/24" dev sbk8sbr
+ip -n "$EXT_NS" link set sbk8sbr up
+for i in $(seq 1 "$NODES"); do
+    ns=$(node_ns "$i")
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip link add sbk8s0 netns "$ns" type veth peer name "sbk8s$i" netns "$EXT_NS"
+    ip -n "$ns" addr add "$(node_ip "$i")/24" dev sbk8s0
+    ip -n "$ns" link set sbk8s0 up
+    ip -n "$EXT_NS" link set "sbk8s$i" master sbk8sbr up
+    nsenter --net="/run/netns/$ns" -- sysctl -qw net.ipv4.ip_forward=1
+    # The outside world reaches hostNetwork pods directly, other pods through their node.
+    ip -n "$EXT_NS" route add "$(pod_cidr "$i")" via "$(node_ip "$i")"
+done
+# Pods on one node reach pods on another through that node.
+for i in $(seq 1 "$NODES"); do
+    for j in $(seq 1 "$NODES"); do
+        ((i == j)) || ip -n "$(node_ns "$i")" route add "$(pod_cidr "$j")" via "$(node_ip "$j")"
+    done
+done
 phase "network namespaces"
 
 # -------------------------------------------------------------- credentials
 # Static tokens: the admin (kubectl, helm, controller-manager, scheduler) and the kubelet,
 # which the Node authorizer recognises as system:node:<name> in group system:nodes.
 ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-KUBELET_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat >"$STATE/certs/tokens.csv" <<EOF
-$ADMIN_TOKEN,admin,1,system:masters
-$KUBELET_TOKEN,system:node:$NODE_NAME,2,system:nodes
-EOF
+printf '%s,admin,1,system:masters\n' "$ADMIN_TOKEN" >"$STATE/certs/tokens.csv"
+for i in $(seq 1 "$NODES"); do
+    token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s\n' "$token" >"$STATE/certs/kubelet-$i.token"
+    printf '%s,system:node:%s,%d,system:nodes\n' "$token" "$(node_name "$i")" $((i + 1)) >>"$STATE/certs/tokens.csv"
+done
 chmod 600 "$STATE/certs/tokens.csv"
 openssl ecparam -name prime256v1 -genkey -noout -out "$STATE/certs/sa.key" 2>/dev/null
 openssl ec -in "$STATE/certs/sa.key" -pubout -out "$STATE/certs/sa.pub" 2>/dev/null
@@ -170,7 +197,6 @@ EOF
     chmod 600 "$1"
 }
 kubeconfig "$STATE/admin.kubeconfig" "$ADMIN_TOKEN" admin
-kubeconfig "$STATE/kubelet.kubeconfig" "$KUBELET_TOKEN" "system:node:$NODE_NAME"
 wait_for "kube-apiserver" 60 "$STATE/logs/kube-apiserver.log" \
     in_node "$KUBECTL" --kubeconfig="$STATE/admin.kubeconfig" get --raw=/readyz
 phase "etcd + kube-apiserver"
@@ -187,30 +213,45 @@ start kube-scheduler "$K8S/kube-scheduler" \
     --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259
 phase "controller-manager + scheduler"
 
-# --------------------------------------------------------------- containerd
-cat >"$STATE/cni/net.d/10-sbk8s.conflist" <<EOF
+# ------------------------------------------------------------------- nodes
+if [[ ! -s "$CACHE/images/pause.tar" ]]; then
+    mkdir -p "$CACHE/images"
+    gcc -static -O2 -o "$STATE/pause" "$REPO/scripts/cluster/pause.c"
+    python3 "$REPO/scripts/cluster/mkimage.py" --tag switchboard.local/pause:1 \
+        --out "$CACHE/images/pause.tar.tmp" "$STATE/pause" >/dev/null
+    mv "$CACHE/images/pause.tar.tmp" "$CACHE/images/pause.tar"
+fi
+# One node: its CNI bridge, containerd and kubelet, in its own namespace and cgroup subtree.
+start_node() { # INDEX
+    local i=$1 dir="$STATE/node$1" name ip
+    name=$(node_name "$i")
+    ip=$(node_ip "$i")
+    mkdir -p "$dir"/{cni/net.d,cni/ipam,containerd,kubelet}
+    cat >"$dir/cni/net.d/10-sbk8s.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "sbk8s",
   "plugins": [
     {
       "type": "bridge", "bridge": "sbcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]],
-               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$STATE/cni/ipam"}
+      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$(pod_cidr "$i")"}]],
+               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni/ipam"}
     },
     {"type": "loopback"}
   ]
 }
 EOF
-# restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so lowering a score fails every
-# sandbox ("can't get final child's PID from pipe"). The native snapshotter needs no overlay
-# mounts; images are small.
-cat >"$STATE/containerd/config.toml" <<EOF
+    # restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so lowering a score fails every
+    # sandbox ("can't get final child's PID from pipe"). The native snapshotter needs no overlay
+    # mounts; images are small.
+    cat >"$dir/containerd/config.toml" <<EOF
 version = 2
-root = "$STATE/containerd/root"
-state = "$STATE/containerd/state"
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
 [grpc]
-  address = "$STATE/containerd.sock"
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "switchboard.local/pause:1"
   restrict_oom_score_adj = true
@@ -225,34 +266,26 @@ state = "$STATE/containerd/state"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "$STATE/cni/net.d"
+    conf_dir = "$dir/cni/net.d"
 EOF
-start containerd containerd --config "$STATE/containerd/config.toml"
-wait_for "containerd" 30 "$STATE/logs/containerd.log" ctr --address "$STATE/containerd.sock" version
-if [[ ! -s "$CACHE/images/pause.tar" ]]; then
-    mkdir -p "$CACHE/images"
-    gcc -static -O2 -o "$STATE/pause" "$REPO/scripts/cluster/pause.c"
-    python3 "$REPO/scripts/cluster/mkimage.py" --tag switchboard.local/pause:1 \
-        --out "$CACHE/images/pause.tar.tmp" "$STATE/pause" >/dev/null
-    mv "$CACHE/images/pause.tar.tmp" "$CACHE/images/pause.tar"
-fi
-ctr --address "$STATE/containerd.sock" -n k8s.io images import --snapshotter native \
-    "$CACHE/images/pause.tar" >/dev/null
-phase "containerd + pause image"
-
-# ------------------------------------------------------------------ kubelet
-cat >"$STATE/kubelet/config.yaml" <<EOF
+    start_on "$i" "containerd-$i" containerd --config "$dir/containerd/config.toml"
+    wait_for "containerd on $name" 30 "$STATE/logs/containerd-$i.log" \
+        ctr --address "$dir/containerd.sock" version
+    ctr --address "$dir/containerd.sock" -n k8s.io images import --snapshotter native \
+        "$CACHE/images/pause.tar" >/dev/null
+    kubeconfig "$dir/kubelet.kubeconfig" "$(cat "$STATE/certs/kubelet-$i.token")" "system:node:$name"
+    cat >"$dir/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_IP
+address: $ip
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
-containerRuntimeEndpoint: unix://$STATE/containerd.sock
-# No systemd, cgroup v1.
+containerRuntimeEndpoint: unix://$dir/containerd.sock
+# No systemd, cgroup v1; one cgroup subtree per node.
 cgroupDriver: cgroupfs
-cgroupRoot: $CGROUP_ROOT
+cgroupRoot: $CGROUP_ROOT/node$i
 failCgroupV1: false
 failSwapOn: false
 authentication:
@@ -267,21 +300,28 @@ resolvConf: /etc/resolv.conf
 serializeImagePulls: false
 registerNode: true
 EOF
-start kubelet "$K8S/kubelet" --config="$STATE/kubelet/config.yaml" \
-    --kubeconfig="$STATE/kubelet.kubeconfig" --node-ip="$NODE_IP" \
-    --hostname-override="$NODE_NAME" --root-dir="$STATE/kubelet/root" \
-    --cert-dir="$STATE/kubelet/pki" --v=1
-wait_for "node $NODE_NAME Ready" 90 "$STATE/logs/kubelet.log" \
-    in_node "$KUBECTL" --kubeconfig="$STATE/admin.kubeconfig" wait --for=condition=Ready \
-    "node/$NODE_NAME" --timeout=1s
-phase "kubelet + node Ready"
+    start_on "$i" "kubelet-$i" "$K8S/kubelet" --config="$dir/kubelet/config.yaml" \
+        --kubeconfig="$dir/kubelet.kubeconfig" --node-ip="$ip" \
+        --hostname-override="$name" --root-dir="$dir/kubelet/root" \
+        --cert-dir="$dir/kubelet/pki" --v=1
+}
+for i in $(seq 1 "$NODES"); do
+    start_node "$i"
+done
+phase "containerds + kubelets"
+for i in $(seq 1 "$NODES"); do
+    wait_for "node $(node_name "$i") Ready" 90 "$STATE/logs/kubelet-$i.log" \
+        in_node "$KUBECTL" --kubeconfig="$STATE/admin.kubeconfig" wait --for=condition=Ready \
+        "node/$(node_name "$i")" --timeout=1s
+done
+phase "nodes Ready"
 
 cat >"$STATE/env" <<EOF
 KUBECONFIG=$STATE/admin.kubeconfig
+NODES=$NODES
 NODE_NS=$NODE_NS
 EXT_NS=$EXT_NS
 NODE_IP=$NODE_IP
 EXT_IP=$EXT_IP
-CONTAINERD_ADDRESS=$STATE/containerd.sock
 EOF
 echo "cluster up: kubectl --kubeconfig=$STATE/admin.kubeconfig (inside: nsenter --net=/run/netns/$NODE_NS)"

@@ -16,6 +16,9 @@ use switchboard_media_node::sip::framing::Limits;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SWITCHBOARD_LOG_JSON")]
+    log_json: bool,
     /// Routing configuration (proto3 JSON RoutingConfig); SIGHUP reloads it.
     /// Without it the node waits for the operator on --control-bind.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
@@ -230,14 +233,20 @@ enum HandlerKind {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    // Colours only on a terminal: escape codes in a pod's log break log shippers.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let admin_token = match &args.admin_token_file {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {

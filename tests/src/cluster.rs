@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The node's network namespace (the cluster and its pods).
+/// The first node's network namespace (the control plane, that node and its pods).
 pub const NODE_NS: &str = "sbk8s-node";
 /// The outside world's network namespace (carrier and agent).
 pub const EXT_NS: &str = "sbk8s-ext";
-/// The node's address (hostNetwork pods: the media nodes).
+/// The first node's address, where the API server listens (hostNetwork pods on it use it too;
+/// the second and third nodes are 10.77.0.4 and 10.77.0.5).
 pub const NODE_IP: &str = "10.77.0.2";
 /// The outside world's address.
 pub const EXT_IP: &str = "10.77.0.3";
@@ -80,8 +81,9 @@ fn run(what: &str, cmd: &mut Command) -> Result<Output, ClusterError> {
 }
 
 impl RealCluster {
-    /// Tears down any cluster left from an earlier run, then starts one (a minute or two).
-    pub fn up() -> Result<RealCluster, ClusterError> {
+    /// Tears down any cluster left from an earlier run, then starts one of `nodes` nodes (1 to
+    /// 3; seconds, not minutes).
+    pub fn up(nodes: u8) -> Result<RealCluster, ClusterError> {
         let state = std::env::temp_dir().join("switchboard-cluster");
         let _ = Command::new(scripts().join("cluster-down.sh"))
             .env("SWITCHBOARD_CLUSTER_DIR", &state)
@@ -95,7 +97,9 @@ impl RealCluster {
         };
         let out = run(
             "scripts/cluster-up.sh",
-            Command::new(scripts().join("cluster-up.sh")).env("SWITCHBOARD_CLUSTER_DIR", &state),
+            Command::new(scripts().join("cluster-up.sh"))
+                .env("SWITCHBOARD_CLUSTER_DIR", &state)
+                .env("SWITCHBOARD_CLUSTER_NODES", nodes.to_string()),
         )
         .inspect_err(|_| cluster.keep_logs())?;
         cluster.startup = started.elapsed();

@@ -159,6 +159,8 @@ egressAllow: --egress-allow
 rtpPorts: --rtp-ports
 # --max-calls N: 503 above it.
 maxCalls: --max-calls
+# --log-json: log lines as JSON.
+logJson: --log-json
 # --drain-grace-secs N: how long a drain waits before hanging up.
 drainGrace: --drain-grace-secs
 # The control channel the operator programs the node through (gRPC).

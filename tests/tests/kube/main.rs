@@ -1,14 +1,16 @@
-//! The chart on a real cluster: kubelet and containerd run the pods (scripts/cluster-up.sh, one
-//! node inside network namespaces of its own), the real `helm` installs charts/switchboard with
-//! images built from this workspace, `kubectl` applies a SipTrunk and a PhoneNumber, and SIPp (the
-//! carrier) calls a media-node pod from the "outside" namespace; the call is bridged to a real
-//! WebSocket agent there with audio both ways.
+//! The chart on a real cluster: kubelets and containerd run the pods (scripts/cluster-up.sh,
+//! three nodes inside network namespaces of their own), the real `helm` installs charts/switchboard
+//! with images built from this workspace, `kubectl` applies a SipTrunk and a PhoneNumber, and SIPp
+//! (the carrier) calls the media-node pods from the "outside" namespace, bridged to a real
+//! WebSocket agent there. Then, on the same cluster: a rolling upgrade with 20 calls up, scale-in
+//! with calls on one pod, and the operator leader's pod deleted.
 //!
-//! One test binary, one test: the cluster (fixed namespace names, one kubelet) cannot be shared
-//! by tests running in parallel.
+//! One test binary, one test: the cluster (fixed namespace names) cannot be shared by tests
+//! running in parallel, and starting it once keeps the run short.
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use switchboard_tests::cluster::{EXT_IP, EXT_NS, NODE_IP, RealCluster};
 use switchboard_tests::phone::{FRAME, Phone, ulaw_pattern};
 use switchboard_tests::sipp::Sipp;
@@ -31,8 +33,9 @@ operator:
     - {{name: KUBERNETES_SERVICE_PORT, value: "6443"}}
 mediaNode:
   image: {{repository: switchboard.local/switchboard-media-node, tag: dev, pullPolicy: Never}}
-  replicas: 1
+  replicas: 2
   resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+autoscaling: {{enabled: false}}
 "#
     )
 }
@@ -65,9 +68,117 @@ spec:
     )
 }
 
+/// A media-node pod as the test sees it.
+#[derive(Debug, Clone)]
+struct MediaPod {
+    name: String,
+    /// hostNetwork: its node's address.
+    ip: String,
+    ready: bool,
+    terminating: bool,
+    /// The operator's `controller.kubernetes.io/pod-deletion-cost`.
+    cost: Option<i64>,
+    image: String,
+}
+
+fn media_pods(c: &RealCluster) -> Vec<MediaPod> {
+    let out = c
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=media-node",
+            "-o",
+            "json",
+        ])
+        .expect("kubectl get pods");
+    let v: Value = serde_json::from_str(&out).expect("pods JSON");
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|p| MediaPod {
+                    name: p["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                    ip: p["status"]["podIP"].as_str().unwrap_or("").to_owned(),
+                    ready: p["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    }),
+                    terminating: !p["metadata"]["deletionTimestamp"].is_null(),
+                    cost:
+                        p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                            .as_str()
+                            .and_then(|c| c.parse().ok()),
+                    image: p["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Local SIP and media ports in the outside namespace, never reused in this run.
+fn ext_ports() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20000);
+    // SIPp binds its media port and the three above it (RTCP, video).
+    let p = NEXT.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
+    (p, p + 4)
+}
+
+/// `calls` calls to the media node at `ip`, each up for `hold_ms` and ended by the caller's own
+/// BYE: any call the node drops (its BYE, a refusal) fails the run.
+fn long_calls(
+    ip: &str,
+    calls: u32,
+    hold_ms: u32,
+) -> tokio::task::JoinHandle<anyhow::Result<switchboard_tests::sipp::SippRun>> {
+    let (sip, media) = ext_ports();
+    let n = calls.to_string();
+    let sipp = Sipp::template("uac_long.xml", &[("@HOLD_MS@", &hold_ms.to_string())])
+        .expect("scenario")
+        .netns(EXT_NS)
+        .args([
+            "-s",
+            "14155550100",
+            "-m",
+            &n,
+            "-l",
+            &n,
+            "-r",
+            "20",
+            "-mp",
+            &media.to_string(),
+        ])
+        .timeout(Duration::from_millis(u64::from(hold_ms)) + Duration::from_secs(30));
+    let to: std::net::SocketAddr = format!("{ip}:5060").parse().expect("addr");
+    tokio::spawn(async move { sipp.run_client_from(to, EXT_IP, sip).await })
+}
+
+/// One short call to `ip`: `Ok(true)` answered, `Ok(false)` refused with 503 and Retry-After
+/// (a draining node), `Err` anything else (with SIPp's account of it).
+async fn probe(ip: &str) -> Result<bool, String> {
+    let (sip, media) = ext_ports();
+    let sipp = Sipp::new(switchboard_tests::sipp::scenario("uac_probe.xml"))
+        .netns(EXT_NS)
+        .args(["-s", "14155550100", "-mp", &media.to_string()])
+        .timeout(Duration::from_secs(8));
+    let to: std::net::SocketAddr = format!("{ip}:5060").parse().expect("addr");
+    match sipp.run_client_from(to, EXT_IP, sip).await {
+        Ok(run) if run.code == Some(0) => Ok(!run.messages.contains("SIP/2.0 503")),
+        Ok(run) => Err(format!("{ip}: {}\n{}", run.errors, run.stdout)),
+        Err(e) => Err(format!("{ip}: {e}")),
+    }
+}
+
 #[tokio::test]
-async fn the_chart_runs_on_a_real_cluster_and_answers_a_call_bridged_to_the_agent() {
-    let cluster = tokio::task::spawn_blocking(RealCluster::up)
+async fn the_chart_on_a_real_cluster_takes_calls_upgrades_without_dropping_any_and_scales_in_keeping_busy_pods()
+ {
+    let cluster = tokio::task::spawn_blocking(|| RealCluster::up(3))
         .await
         .expect("join")
         .unwrap_or_else(|e| panic!("cluster up: {e}"));
@@ -159,7 +270,7 @@ async fn the_chart_runs_on_a_real_cluster_and_answers_a_call_bridged_to_the_agen
             .unwrap_or_else(|e| panic!("{obj} Programmed: {e}\n{}", detail(&cluster)));
     }
 
-    // The carrier calls the media-node pod (hostNetwork: the node's address).
+    // The carrier calls a media-node pod (hostNetwork: its node's address).
     let sipp = Sipp::template(
         "media_uac_bye.xml",
         &[
@@ -175,7 +286,12 @@ async fn the_chart_runs_on_a_real_cluster_and_answers_a_call_bridged_to_the_agen
     .netns(EXT_NS)
     .args(["-s", "14155550100", "-mp", "16000"])
     .timeout(Duration::from_secs(50));
-    let node_sip: std::net::SocketAddr = format!("{NODE_IP}:5060").parse().expect("addr");
+    // The scheduler put the two media nodes on two of the three nodes.
+    let first = media_pods(&cluster)
+        .into_iter()
+        .find(|p| p.ready)
+        .expect("a ready media node");
+    let node_sip: std::net::SocketAddr = format!("{}:5060", first.ip).parse().expect("addr");
     let call = tokio::spawn(async move { sipp.run_client_from(node_sip, EXT_IP, 15060).await });
 
     let conn = agent.connection(0, Duration::from_secs(20)).await;
@@ -214,13 +330,246 @@ async fn the_chart_runs_on_a_real_cluster_and_answers_a_call_bridged_to_the_agen
     let run = call.await.expect("join").expect("sipp");
     run.assert_success("a call to the media-node pod, answered, bridged and hung up");
 
-    let pods_after = cluster
-        .kubectl(&["get", "pods", "-n", NAMESPACE])
-        .expect("pods");
-    assert!(
-        !pods_after.contains("CrashLoopBackOff") && !pods_after.contains("Error"),
-        "{pods_after}"
+    let first_connections = agent.connections();
+
+    // ---- Rolling upgrade with 20 calls up: a new image tag for the media nodes.
+    let before = media_pods(&cluster);
+    assert_eq!(before.iter().filter(|p| p.ready).count(), 2, "{before:?}");
+    let images = cluster.import_images("dev2").expect("images dev2");
+    eprintln!("{images}");
+    let mut calls: Vec<_> = before
+        .iter()
+        .map(|p| long_calls(&p.ip, 10, 15000))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.connections() < first_connections + 20 {
+        if let Some(i) = calls.iter().position(|c| c.is_finished()) {
+            let run = calls.swap_remove(i).await.expect("join");
+            panic!("calls ended before the upgrade: {run:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "20 calls bridged to the agent before the upgrade (agent connections: {})",
+            agent.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let upgrade_started = Instant::now();
+    let upgrade = {
+        let values_file = values_file.clone();
+        let chart = chart.clone();
+        let kubeconfig = cluster.kubeconfig();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("nsenter")
+                .arg(format!(
+                    "--net=/run/netns/{}",
+                    switchboard_tests::cluster::NODE_NS
+                ))
+                .arg("--")
+                .arg(switchboard_tests::envtest::tool("helm"))
+                .args([
+                    "upgrade",
+                    RELEASE,
+                    &chart.display().to_string(),
+                    "--namespace",
+                    NAMESPACE,
+                    "--values",
+                    &values_file.display().to_string(),
+                    "--set",
+                    "mediaNode.image.tag=dev2",
+                ])
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+        })
+    };
+    let old: std::collections::HashSet<String> = before.iter().map(|p| p.name.clone()).collect();
+    let (mut answered, mut refused_by_draining) = (0, 0);
+    let mut refusals: Vec<String> = Vec::new();
+    let rollout_done = loop {
+        let pods = media_pods(&cluster);
+        let done = pods.iter().all(|p| !old.contains(&p.name))
+            && pods
+                .iter()
+                .filter(|p| p.ready && p.image.ends_with(":dev2"))
+                .count()
+                == 2;
+        if done {
+            break upgrade_started.elapsed();
+        }
+        assert!(
+            upgrade_started.elapsed() < Duration::from_secs(120),
+            "rollout not done in 120 s: {pods:?}\n{}",
+            detail(&cluster)
+        );
+        let calls_up = calls.iter().any(|c| !c.is_finished());
+        for p in &pods {
+            if p.ready && !p.terminating {
+                match probe(&p.ip).await {
+                    Ok(true) => answered += 1,
+                    // It started draining since the listing.
+                    Ok(false) => refusals.push(p.name.clone()),
+                    Err(e) => panic!("a new call to ready pod {} failed: {e}", p.name),
+                }
+            } else if p.terminating && calls_up && old.contains(&p.name) {
+                // A draining pod that still has calls: it is listening, and refuses new ones.
+                match probe(&p.ip).await {
+                    Ok(false) => refused_by_draining += 1,
+                    Ok(true) => panic!("draining pod {} answered a new call", p.name),
+                    Err(e) => panic!("draining pod {} did not refuse cleanly: {e}", p.name),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "rollout with 20 calls up: {rollout_done:?}; probes during it: {answered} answered, \
+         {refused_by_draining} refused by draining pods, {} refused by pods that began draining",
+        refusals.len()
     );
+    for name in &refusals {
+        assert!(
+            old.contains(name),
+            "only old (draining) pods refuse calls: {name}"
+        );
+    }
+    assert!(answered > 0, "new calls were answered during the rollout");
+    assert!(
+        refused_by_draining > 0,
+        "a draining pod refused a new call with 503 + Retry-After"
+    );
+    for c in calls {
+        c.await
+            .expect("join")
+            .expect("sipp")
+            .assert_success("10 calls up through the upgrade, each ended by its own BYE");
+    }
+    let helm_out = upgrade.await.expect("join").expect("helm upgrade");
+    assert!(
+        helm_out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&helm_out.stderr)
+    );
+
+    // ---- Scale-in keeps the busy pod.
+    cluster
+        .kubectl(&[
+            "scale",
+            "-n",
+            NAMESPACE,
+            "deployment/sb-switchboard-media-node",
+            "--replicas=3",
+        ])
+        .expect("scale to 3");
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "deployment/sb-switchboard-media-node",
+            "--timeout=60s",
+        ])
+        .expect("3 replicas");
+    let three = media_pods(&cluster);
+    assert_eq!(three.iter().filter(|p| p.ready).count(), 3, "{three:?}");
+    let busy = three[1].clone();
+    let busy_calls = long_calls(&busy.ip, 3, 25000);
+    // The operator marks the busy pod as costly to delete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = media_pods(&cluster);
+        let busy_cost = pods
+            .iter()
+            .find(|p| p.name == busy.name)
+            .and_then(|p| p.cost);
+        let idle_max = pods
+            .iter()
+            .filter(|p| p.name != busy.name)
+            .filter_map(|p| p.cost)
+            .max();
+        if busy_cost.is_some_and(|b| idle_max.is_none_or(|i| b > i)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deletion costs never favoured the busy pod: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster
+        .kubectl(&[
+            "scale",
+            "-n",
+            NAMESPACE,
+            "deployment/sb-switchboard-media-node",
+            "--replicas=1",
+        ])
+        .expect("scale to 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let survivor = loop {
+        let pods = media_pods(&cluster);
+        if pods.len() == 1 {
+            break pods[0].clone();
+        }
+        assert!(Instant::now() < deadline, "scale-in not done: {pods:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        survivor.name, busy.name,
+        "the ReplicaSet kept the pod with calls"
+    );
+
+    // ---- The operator leader's pod deleted: the other replica takes over within the lease.
+    let holder = |c: &RealCluster| {
+        c.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            NAMESPACE,
+            "switchboard-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+    };
+    let leader = holder(&cluster);
+    let deleted_at = Instant::now();
+    cluster
+        .kubectl(&["delete", "pod", "-n", NAMESPACE, &leader, "--wait=false"])
+        .expect("delete the leader");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        let h = holder(&cluster);
+        if !h.is_empty() && h != leader {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader 30 s after deleting {leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let takeover = deleted_at.elapsed();
+    eprintln!("leader {leader} deleted; {new_leader} leads after {takeover:?}");
+    assert!(
+        takeover <= Duration::from_secs(15),
+        "the new leader took over within the 15 s lease: {takeover:?}"
+    );
+    // Calls were unaffected: the busy pod's calls end with their own BYEs, and a new call is
+    // answered under the new leader.
+    busy_calls
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("3 calls through scale-in and the leader's loss");
+    assert_eq!(
+        probe(&survivor.ip).await,
+        Ok(true),
+        "a new call after the hand-over"
+    );
+
     let down = tokio::task::spawn_blocking(move || cluster.down())
         .await
         .expect("join")
