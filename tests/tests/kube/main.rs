@@ -3,7 +3,8 @@
 //! with images built from this workspace, `kubectl` applies a SipTrunk and a PhoneNumber, and SIPp
 //! (the carrier) calls the media-node pods from the "outside" namespace, bridged to a real
 //! WebSocket agent there. Then, on the same cluster: a rolling upgrade with 20 calls up, scale-in
-//! with calls on one pod, and the operator leader's pod deleted.
+//! with calls on one pod, the operator leader's pod deleted, and a media-node pod killed mid-call
+//! (its carrier registration moves to another pod).
 //!
 //! One test binary, one test: the cluster (fixed namespace names) cannot be shared by tests
 //! running in parallel, and starting it once keeps the run short.
@@ -40,7 +41,7 @@ autoscaling: {{enabled: false}}
     )
 }
 
-fn manifests(agent_url: &str) -> String {
+fn manifests(agent_url: &str, registrar_port: u16) -> String {
     format!(
         r#"
 apiVersion: switchboard.dev/v1alpha1
@@ -51,6 +52,13 @@ spec:
     allowedSources: ["{EXT_IP}/32"]
   media:
     codecs: [PCMU]
+  outbound:
+    gateways:
+      - host: {EXT_IP}
+        port: {registrar_port}
+    register:
+      expiresSeconds: 60
+      contactUser: switchboard
   agentEgress:
     allowedNetworks: ["{EXT_IP}/32"]
   healthCheck:
@@ -175,6 +183,90 @@ async fn probe(ip: &str) -> Result<bool, String> {
     }
 }
 
+/// A carrier registrar in the outside namespace: answers every request 200 (REGISTER with the
+/// Contact and expiry asked for) and records each REGISTER's source address and Call-ID.
+struct Registrar {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String, String)>>>,
+}
+
+impl Registrar {
+    fn start() -> Registrar {
+        let sock = switchboard_tests::netns::bind_in(EXT_NS, || {
+            std::net::UdpSocket::bind(format!("{EXT_IP}:0"))
+        })
+        .expect("registrar socket");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let port = sock.local_addr().expect("addr").port();
+        let sock = tokio::net::UdpSocket::from_std(sock).expect("tokio socket");
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String, String)>>> =
+            Default::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let Some(first) = text.lines().next() else {
+                    continue;
+                };
+                if first.starts_with("SIP/2.0") || first.starts_with("ACK ") {
+                    continue;
+                }
+                let header = |name: &str| {
+                    text.lines()
+                        .filter(|l| {
+                            l.split(':')
+                                .next()
+                                .is_some_and(|h| h.trim().eq_ignore_ascii_case(name))
+                        })
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                };
+                let mut resp = String::from("SIP/2.0 200 OK\r\n");
+                for name in ["Via", "From", "Call-ID", "CSeq"] {
+                    for l in header(name) {
+                        resp.push_str(&l);
+                        resp.push_str("\r\n");
+                    }
+                }
+                for l in header("To") {
+                    resp.push_str(&l);
+                    if !l.contains("tag=") {
+                        resp.push_str(";tag=reg1");
+                    }
+                    resp.push_str("\r\n");
+                }
+                if first.starts_with("REGISTER") {
+                    for l in header("Contact") {
+                        resp.push_str(&l);
+                        resp.push_str(";expires=60\r\n");
+                    }
+                    let call_id = header("Call-ID").first().cloned().unwrap_or_default();
+                    log.lock().expect("lock").push((
+                        Instant::now(),
+                        from.ip().to_string(),
+                        call_id,
+                    ));
+                }
+                resp.push_str("Content-Length: 0\r\n\r\n");
+                let _ = sock.send_to(resp.as_bytes(), from).await;
+            }
+        });
+        Registrar { port, seen }
+    }
+
+    /// REGISTERs seen since `since`: (source IP, Call-ID).
+    fn since(&self, since: Instant) -> Vec<(String, String)> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(t, _, _)| *t >= since)
+            .map(|(_, ip, id)| (ip.clone(), id.clone()))
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn the_chart_on_a_real_cluster_takes_calls_upgrades_without_dropping_any_and_scales_in_keeping_busy_pods()
  {
@@ -253,7 +345,8 @@ async fn the_chart_on_a_real_cluster_takes_calls_upgrades_without_dropping_any_a
     let phone = Phone::start_on(rtp, 0, 0xFF);
 
     let manifest = dir.path().join("resources.yaml");
-    std::fs::write(&manifest, manifests(&agent.url())).expect("manifests");
+    let registrar = Registrar::start();
+    std::fs::write(&manifest, manifests(&agent.url(), registrar.port)).expect("manifests");
     cluster
         .kubectl(&["apply", "-f", &manifest.display().to_string()])
         .expect("kubectl apply");
@@ -568,6 +661,112 @@ async fn the_chart_on_a_real_cluster_takes_calls_upgrades_without_dropping_any_a
         probe(&survivor.ip).await,
         Ok(true),
         "a new call after the hand-over"
+    );
+
+    // ---- A media-node pod killed mid-call: only its calls are affected, and the carrier
+    // registration it held moves to another pod.
+    cluster
+        .kubectl(&[
+            "scale",
+            "-n",
+            NAMESPACE,
+            "deployment/sb-switchboard-media-node",
+            "--replicas=2",
+        ])
+        .expect("scale to 2");
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "deployment/sb-switchboard-media-node",
+            "--timeout=60s",
+        ])
+        .expect("2 replicas");
+    let two: Vec<MediaPod> = media_pods(&cluster)
+        .into_iter()
+        .filter(|p| p.ready)
+        .collect();
+    assert_eq!(two.len(), 2, "{two:?}");
+    // Which pod registers: the one whose address the registrar hears from.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let start = Instant::now();
+    let (owner_ip, owner_call_id) = loop {
+        if let Some((ip, id)) = registrar
+            .since(start)
+            .into_iter()
+            .find(|(ip, _)| two.iter().any(|p| &p.ip == ip))
+        {
+            break (ip, id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no REGISTER from the media nodes: {two:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let owner = two
+        .iter()
+        .find(|p| p.ip == owner_ip)
+        .expect("owner")
+        .clone();
+    let other = two
+        .iter()
+        .find(|p| p.ip != owner_ip)
+        .expect("other")
+        .clone();
+    let doomed = long_calls(&owner.ip, 3, 15000);
+    let spared = long_calls(&other.ip, 3, 15000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let connections = agent.connections();
+    while agent.connections() < connections + 6 {
+        assert!(Instant::now() < deadline, "6 calls bridged before the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed_at = Instant::now();
+    cluster
+        .kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &owner.name,
+            "--grace-period=0",
+            "--force",
+        ])
+        .expect("kill the registering pod");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let moved = loop {
+        if let Some(r) = registrar
+            .since(killed_at)
+            .into_iter()
+            .find(|(_, id)| *id != owner_call_id)
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the registration did not move within 45 s of the kill: {:?}",
+            registrar.since(killed_at)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "registration moved to {} {:?} after the kill",
+        moved.0,
+        killed_at.elapsed()
+    );
+    spared
+        .await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("the other pod's calls are untouched by the kill");
+    let lost = doomed.await.expect("join").expect("sipp");
+    assert_ne!(
+        lost.code,
+        Some(0),
+        "the killed pod's calls could not end normally"
     );
 
     let down = tokio::task::spawn_blocking(move || cluster.down())
