@@ -31,7 +31,7 @@ state_pids() {
 stop_group() { # SIGNAL
     local f pid
     for f in kubelet-1 kubelet-2 kubelet-3 kube-scheduler kube-controller-manager kube-apiserver \
-        containerd-1 containerd-2 containerd-3 etcd; do
+        containerd-1 containerd-2 containerd-3 metrics-server etcd; do
         pid=$(cat "$STATE/pids/$f.pid" 2>/dev/null) || continue
         kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null || true
     done

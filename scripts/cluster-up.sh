@@ -4,7 +4,8 @@
 # or sends to the machine's own interfaces):
 #
 #   netns sbk8s-node   10.77.0.2/24  etcd, kube-apiserver (:6443), kube-controller-manager,
-#                                    kube-scheduler, and node "sbnode": containerd, kubelet, its
+#                                    kube-scheduler, metrics-server (:4443, behind the API
+#                                    server's aggregation layer), and node "sbnode": containerd, kubelet, its
 #                                    pods (hostNetwork pods use the node's address; others get
 #                                    10.244.0.0/24 from the CNI bridge)
 #   netns sbk8s-node2  10.77.0.4/24  node "sbnode2" (pods 10.244.1.0/24), when 2 or more nodes
@@ -29,6 +30,7 @@ ETCD_VERSION="v3.6.5"
 K8S="$CACHE/k8s-$K8S_VERSION"
 ETCD="$CACHE/etcd-$ETCD_VERSION/etcd"
 KUBECTL="$CACHE/bin/kubectl"
+METRICS_SERVER="$CACHE/metrics-server-v0.8.0/metrics-server"
 NODES="${SWITCHBOARD_CLUSTER_NODES:-1}"
 NODE_NS=sbk8s-node
 EXT_NS=sbk8s-ext
@@ -59,7 +61,7 @@ in_node() { nsenter --net="/run/netns/$NODE_NS" -- "$@"; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (network namespaces, containerd, kubelet)"
 [[ $NODES =~ ^[123]$ ]] || die "SWITCHBOARD_CLUSTER_NODES must be 1, 2 or 3 (got $NODES)"
-for b in "$K8S/kube-apiserver" "$K8S/kube-controller-manager" "$K8S/kube-scheduler" "$K8S/kubelet" "$ETCD" "$KUBECTL"; do
+for b in "$K8S/kube-apiserver" "$K8S/kube-controller-manager" "$K8S/kube-scheduler" "$K8S/kubelet" "$ETCD" "$KUBECTL" "$METRICS_SERVER"; do
     [[ -x $b ]] || die "missing $b: run scripts/test-deps.sh (make test-deps)"
 done
 for b in containerd containerd-shim-runc-v2 runc ctr nsenter gcc; do
@@ -155,6 +157,17 @@ done
 chmod 600 "$STATE/certs/tokens.csv"
 openssl ecparam -name prime256v1 -genkey -noout -out "$STATE/certs/sa.key" 2>/dev/null
 openssl ec -in "$STATE/certs/sa.key" -pubout -out "$STATE/certs/sa.pub" 2>/dev/null
+# The aggregation layer (metrics-server behind the API server): the front-proxy CA and the
+# client certificate the API server presents to aggregated API servers.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=front-proxy-ca -keyout "$STATE/certs/front-proxy-ca.key" \
+    -out "$STATE/certs/front-proxy-ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj /CN=front-proxy-client -keyout "$STATE/certs/front-proxy-client.key" \
+    -out "$STATE/certs/front-proxy-client.csr" 2>/dev/null
+openssl x509 -req -in "$STATE/certs/front-proxy-client.csr" -days 2 \
+    -CA "$STATE/certs/front-proxy-ca.crt" -CAkey "$STATE/certs/front-proxy-ca.key" \
+    -CAcreateserial -out "$STATE/certs/front-proxy-client.crt" 2>/dev/null
 phase "credentials"
 
 # ------------------------------------------------------------ control plane
@@ -173,7 +186,14 @@ start kube-apiserver "$K8S/kube-apiserver" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --token-auth-file="$STATE/certs/tokens.csv" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-    --kubelet-preferred-address-types=InternalIP --allow-privileged=true --profiling=false
+    --kubelet-preferred-address-types=InternalIP --allow-privileged=true --profiling=false \
+    --requestheader-client-ca-file="$STATE/certs/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$STATE/certs/front-proxy-client.crt" \
+    --proxy-client-key-file="$STATE/certs/front-proxy-client.key" \
+    --enable-aggregator-routing=true
 wait_for "kube-apiserver serving certificate" 60 "$STATE/logs/kube-apiserver.log" test -s "$STATE/certs/apiserver.crt"
 
 kubeconfig() { # FILE TOKEN USER
@@ -206,7 +226,8 @@ start kube-controller-manager "$K8S/kube-controller-manager" \
     --authorization-kubeconfig="$STATE/admin.kubeconfig" \
     --service-account-private-key-file="$STATE/certs/sa.key" \
     --root-ca-file="$STATE/certs/apiserver.crt" --use-service-account-credentials=true \
-    --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257 \
+    --horizontal-pod-autoscaler-sync-period=5s
 start kube-scheduler "$K8S/kube-scheduler" \
     --kubeconfig="$STATE/admin.kubeconfig" --authentication-kubeconfig="$STATE/admin.kubeconfig" \
     --authorization-kubeconfig="$STATE/admin.kubeconfig" \
@@ -315,6 +336,45 @@ for i in $(seq 1 "$NODES"); do
         "node/$(node_name "$i")" --timeout=1s
 done
 phase "nodes Ready"
+
+# ----------------------------------------------------------- metrics-server
+# The resource metrics API for HorizontalPodAutoscalers, as a process on the first node behind
+# the API server's aggregation layer (no kube-proxy runs: the API server routes to the
+# endpoint itself, --enable-aggregator-routing).
+start metrics-server "$METRICS_SERVER" --secure-port=4443 --bind-address="$NODE_IP" \
+    --cert-dir="$STATE/certs/metrics-server" \
+    --kubeconfig="$STATE/admin.kubeconfig" --authentication-kubeconfig="$STATE/admin.kubeconfig" \
+    --authorization-kubeconfig="$STATE/admin.kubeconfig" \
+    --kubelet-insecure-tls --kubelet-preferred-address-types=InternalIP --metric-resolution=10s --kubelet-request-timeout=5s
+cat >"$STATE/metrics-server.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{name: https, port: 443, targetPort: 4443}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: metrics-server, namespace: kube-system}
+subsets:
+  - addresses: [{ip: $NODE_IP}]
+    ports: [{name: https, port: 4443}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+in_node "$KUBECTL" --kubeconfig="$STATE/admin.kubeconfig" apply -f "$STATE/metrics-server.yaml" >/dev/null 2>&1
+wait_for "metrics-server (the metrics.k8s.io API)" 60 "$STATE/logs/metrics-server.log" \
+    in_node "$KUBECTL" --kubeconfig="$STATE/admin.kubeconfig" get --raw=/apis/metrics.k8s.io/v1beta1
+phase "metrics-server"
 
 cat >"$STATE/env" <<EOF
 KUBECONFIG=$STATE/admin.kubeconfig

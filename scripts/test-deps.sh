@@ -116,6 +116,23 @@ for component in kube-controller-manager kube-scheduler kubelet; do
     fi
 done
 
+# metrics-server: the resource metrics API the media nodes' HPA scales on in the real-cluster
+# tests (prometheus-adapter, for the active-calls metric, is not served by the module proxy).
+METRICS_SERVER_VERSION="v0.8.0"
+METRICS_SERVER="$CACHE/metrics-server-$METRICS_SERVER_VERSION/metrics-server"
+if [[ -x "$METRICS_SERVER" ]]; then
+    log "metrics-server $METRICS_SERVER_VERSION present: $METRICS_SERVER"
+else
+    need_go metrics-server
+    log "building metrics-server $METRICS_SERVER_VERSION"
+    mkdir -p "$(dirname "$METRICS_SERVER")"
+    (
+        cd "$REPO/tests/envtest/metrics-server"
+        run go build -o "$METRICS_SERVER.tmp" sigs.k8s.io/metrics-server/cmd/metrics-server
+    )
+    run mv "$METRICS_SERVER.tmp" "$METRICS_SERVER"
+fi
+
 # Debian's etcd-server (3.4.23) starts and serves kube-apiserver 1.35, but lacks
 # RequestWatchProgress (3.4.31+/3.5.13+), so the API server answers streaming
 # list watches (sendInitialEvents=true, used by client-go's WatchListClient and
