@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::api_support::InboundCall;
+use crate::api_support::{InboundCall, agent_steps};
 
 const NUMBER: &str = "15550001111";
 
@@ -102,22 +102,6 @@ fn refer_answered_with(code: &str, must_have: &str, extra: &str) -> String {
   <Reference variables="referto,referredby,contact,nodefrom{reference}"/>
 "#
     )
-}
-
-/// The transfer steps the agent was told, in order.
-fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)> {
-    conn.events("transfer")
-        .iter()
-        .map(|m| {
-            (
-                m.json["transfer"]["status"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                m.json["transfer"]["code"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

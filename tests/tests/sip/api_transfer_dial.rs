@@ -12,7 +12,7 @@ use switchboard_tests::node::free_port;
 use switchboard_tests::phone::{FRAME, Phone, ulaw_pattern};
 use switchboard_tests::sipp::Sipp;
 
-use crate::api_support::{ApiNode, InboundCall, agent_call, local_scenario};
+use crate::api_support::{ApiNode, InboundCall, agent_call, agent_steps, local_scenario};
 
 const NUMBER: &str = "15550001111";
 const TARGET: &str = "+14155550199";
@@ -109,22 +109,6 @@ fn hang_up_after(ms: u32) -> String {
   <recv response="200"/>
 "#
     )
-}
-
-/// The transfer steps the agent was told: (status, code).
-fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)> {
-    conn.events("transfer")
-        .iter()
-        .map(|m| {
-            (
-                m.json["transfer"]["status"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                m.json["transfer"]["code"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 /// The payloads of `pt` packets a phone received, in arrival order, as one byte stream.

@@ -442,3 +442,19 @@ impl Drop for DemoAgent {
         let _ = self.child.wait();
     }
 }
+
+/// The transfer steps the agent was told, in order: (status, code).
+pub fn agent_steps(conn: &switchboard_tests::agent::AgentConn) -> Vec<(String, u64)> {
+    conn.events("transfer")
+        .iter()
+        .map(|m| {
+            (
+                m.json["transfer"]["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                m.json["transfer"]["code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
