@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cluster;
 pub mod envtest;
 pub mod fleet;
+pub mod g711;
 pub mod helm;
 pub mod netns;
 pub mod node;

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchboard_tests::g711::{alaw_to_linear, close, linear_to_alaw, ulaw_to_linear};
 use switchboard_tests::node::free_port;
 use switchboard_tests::phone::{FRAME, Phone, ulaw_pattern};
 use switchboard_tests::sipp::Sipp;
@@ -140,24 +141,6 @@ async fn wait_transfer_state(node: &ApiNode, id: &str, state: &str, within: Dura
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn ulaw_to_linear(u: u8) -> i32 {
-    let u = !u;
-    let t = ((i32::from(u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4);
-    if u & 0x80 != 0 { 0x84 - t } else { t - 0x84 }
-}
-
-fn alaw_to_linear(a: u8) -> i32 {
-    let a = a ^ 0x55;
-    let mut t = i32::from(a & 0x0F) << 4;
-    let seg = (a & 0x70) >> 4;
-    t = match seg {
-        0 => t + 8,
-        1 => t + 0x108,
-        _ => (t + 0x108) << (seg - 1),
-    };
-    if a & 0x80 != 0 { t } else { -t }
 }
 
 #[tokio::test]
@@ -354,48 +337,33 @@ async fn dial_transfer_to_a_pcma_target_transcodes_and_ends_when_the_caller_hang
     let to_target = ulaw_pattern(40, 3);
     caller.send_audio(&to_target);
     let expected: Vec<i32> = to_target.iter().map(|&u| ulaw_to_linear(u)).collect();
-    let close = |got: &[u8]| {
-        got.windows(expected.len()).any(|w| {
-            w.iter().zip(&expected).all(|(&a, &e)| {
-                let d = (alaw_to_linear(a) - e).abs();
-                d <= 64.max(e.abs() / 8)
-            })
-        })
+    // Somewhere in what `got` received (decoded by `decode`), the same sound as `want`.
+    let sounds_like = |got: &[u8], decode: fn(u8) -> i32, want: &[i32]| {
+        got.windows(want.len())
+            .any(|w| w.iter().zip(want).all(|(&g, &e)| close(decode(g), e)))
     };
     callee
         .wait_packets(
             "the caller's audio at the PCMA target",
             Duration::from_secs(5),
-            |_| close(&stream(&callee, 8)),
+            |_| sounds_like(&stream(&callee, 8), alaw_to_linear, &expected),
         )
         .await;
+    // The target speaks A-law.
     let to_caller_linear: Vec<i32> = ulaw_pattern(40, 5)
         .iter()
         .map(|&u| ulaw_to_linear(u))
         .collect();
-    // The target speaks A-law: encode the same sound (nearest A-law code per sample).
     let alaw: Vec<u8> = to_caller_linear
         .iter()
-        .map(|&x| {
-            (0u8..=255)
-                .min_by_key(|&a| (alaw_to_linear(a) - x).abs())
-                .unwrap_or(0xD5)
-        })
+        .map(|&x| linear_to_alaw(x))
         .collect();
     callee.send_audio(&alaw);
     caller
         .wait_packets(
             "the PCMA target's audio at the caller",
             Duration::from_secs(5),
-            |_| {
-                let got = stream(&caller, 0);
-                got.windows(to_caller_linear.len()).any(|w| {
-                    w.iter().zip(&to_caller_linear).all(|(&u, &e)| {
-                        let d = (ulaw_to_linear(u) - e).abs();
-                        d <= 64.max(e.abs() / 8)
-                    })
-                })
-            },
+            |_| sounds_like(&stream(&caller, 0), ulaw_to_linear, &to_caller_linear),
         )
         .await;
 
