@@ -801,13 +801,21 @@ impl Session {
         let cancel = tokio_util::sync::CancellationToken::new();
         let me = HangupHandle(self.tx.clone());
         let ringing = me.clone();
+        // The new leg waits in the trunk's pacing queue like any outbound call (both legs count
+        // against its channels), but not longer than the transfer's timeout.
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dialling = started.clone();
         let hooks = super::outbound::DialHooks {
             cancel: Some(cancel.clone()),
             ringing_timeout: Some(timeout),
-            progress: Some(Arc::new(move |p| {
-                if let super::outbound::DialProgress::Ringing { code } = p {
+            progress: Some(Arc::new(move |p| match p {
+                super::outbound::DialProgress::Started => {
+                    dialling.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                super::outbound::DialProgress::Ringing { code } => {
                     ringing.leg_event(LegEvent::Ringing(code));
                 }
+                super::outbound::DialProgress::Attempt { .. } => {}
             })),
             headers,
             transfer: Some(super::outbound::TransferLeg {
@@ -821,10 +829,23 @@ impl Session {
             to: target.clone(),
         };
         tracing::info!(call_id = %self.dialog.call_id, %target, "transfer: dialling the target");
+        let queue_limit = cancel.clone();
         tokio::spawn(async move {
-            if let super::outbound::DialOutcome::Failed { code, reason, .. } =
-                super::outbound::dial_with(ctx, req, hooks).await
-            {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {
+                    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+                        queue_limit.cancel();
+                    }
+                }
+                _ = queue_limit.cancelled() => {}
+            }
+        });
+        let queue_limit = cancel.clone();
+        tokio::spawn(async move {
+            let out = super::outbound::dial_with(ctx, req, hooks).await;
+            // Ends the queue timer too.
+            queue_limit.cancel();
+            if let super::outbound::DialOutcome::Failed { code, reason, .. } = out {
                 me.leg_event(LegEvent::Failed { code, reason });
             }
         });

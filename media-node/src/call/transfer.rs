@@ -117,6 +117,9 @@ pub fn dial_failure(code: Option<u16>, reason: &str) -> String {
         Some(603) => "the target declined the call".into(),
         Some(404 | 484 | 604) => "the target number does not exist".into(),
         Some(c) => format!("the carrier refused the call ({c})"),
+        None if reason == "cancelled while queued" => {
+            "the trunk's channels stayed busy for the whole transfer timeout".into()
+        }
         None => format!("the call to the target failed: {reason}"),
     }
 }
@@ -281,6 +284,7 @@ mod tests {
             "the carrier refused the call (503)"
         );
         assert!(dial_failure(None, "node at capacity").contains("node at capacity"));
+        assert!(dial_failure(None, "cancelled while queued").contains("channels stayed busy"));
     }
 
     #[test]

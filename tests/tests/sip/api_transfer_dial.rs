@@ -470,3 +470,54 @@ async fn a_busy_or_unanswered_target_returns_the_caller_to_the_agent_with_the_re
         .expect("sipp")
         .assert_success("the call went on until the API hung up");
 }
+
+#[tokio::test]
+async fn a_transfer_waits_for_a_free_channel_no_longer_than_its_timeout() {
+    // One channel on the trunk: the caller's call holds it, so the target's leg waits in the
+    // trunk's queue (both legs count) and gives up when the transfer's timeout runs out.
+    let gw = free_port();
+    let InboundCall {
+        agent: _agent,
+        node,
+        phone: _caller,
+        sipp: call,
+        conn,
+        id,
+    } = InboundCall::start(
+        |url| {
+            let mut c = config(url, gw, "");
+            c["trunks"][0]["limits"] = json!({"maxConcurrentCalls": 1});
+            c["trunks"][0]["share"] = json!({"maxConcurrentCalls": 1});
+            c
+        },
+        NUMBER,
+        "",
+        Duration::from_secs(40),
+    )
+    .await;
+    let path = format!("/v1/calls/{id}:transfer");
+    let (status, resp) = node
+        .post(&path, json!({"target": TARGET, "timeoutSeconds": 2}))
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    let c = wait_transfer_state(&node, &id, "failed", Duration::from_secs(10)).await;
+    assert!(
+        c["transfer"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("channels stayed busy")),
+        "{c}"
+    );
+    assert_eq!(c["state"], "CALL_STATE_ANSWERED", "{c}");
+    assert!(
+        conn.events("stop").is_empty(),
+        "the agent stays on the call"
+    );
+    let (status, resp) = node
+        .post(&format!("/v1/calls/{id}:hangup"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    call.await
+        .expect("join")
+        .expect("sipp")
+        .assert_success("the call went on until the API hung up");
+}
