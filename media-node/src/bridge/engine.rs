@@ -416,11 +416,17 @@ impl Engine {
                     self.metrics.bridge_frames_dropped.inc();
                 }
             }
-            if let Some(armed) = self.armed {
-                self.arm(timer, armed);
-            }
-            return;
+        } else {
+            self.forward_to_agent(now);
         }
+        // A gap now waiting for its deadline needs the timer earlier than the next packet out.
+        if let Some(armed) = self.armed {
+            self.arm(timer, armed);
+        }
+    }
+
+    /// Caller -> agent: every released frame in μ-law with its stream timestamp, at once.
+    fn forward_to_agent(&mut self, now: Duration) {
         while let Some(out) = self.jitter.pop(now) {
             let mut frame = [0u8; FRAME_BYTES];
             match out {
@@ -442,10 +448,6 @@ impl Engine {
                 frame,
                 timestamp_ms,
             });
-        }
-        // A gap now waiting for its deadline needs the timer earlier than the next packet out.
-        if let Some(armed) = self.armed {
-            self.arm(timer, armed);
         }
     }
 

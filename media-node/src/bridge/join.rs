@@ -57,11 +57,10 @@ impl JoinPort {
     }
 
     /// Delivers one frame in the receiving call's law; false when it was
-    /// dropped because the leg is too far behind.
+    /// dropped because the leg is too far behind. The queue's own bound does
+    /// the refusing: it holds whole frames only (bound and pushes are both
+    /// multiples of a frame), so a frame is taken whole or not at all.
     pub fn deliver(&self, frame: &[u8; FRAME_BYTES]) -> bool {
-        if self.playout.lock().queued_bytes() + FRAME_BYTES > MAX_BACKLOG_BYTES {
-            return false;
-        }
         self.playout.push_audio(frame) == FRAME_BYTES
     }
 }
