@@ -237,8 +237,14 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
         registrations: Default::default(),
         tasks: tasks.clone(),
     });
+    // One call API for every port it is served on (the control port and
+    // --api-bind): the same calls and idempotency keys.
+    let api = crate::api::Api {
+        ctx: ctx.clone(),
+        tracker: tracker.clone(),
+    };
     if let Some(control) = &cfg.control {
-        start_control(&cfg, control, ctx.clone()).await?;
+        start_control(&cfg, control, api.clone()).await?;
     }
     // Holds the transaction layer's only event channel: critical.
     tasks.spawn_critical("sip-dispatch", dispatch::run(ctx.clone(), tu_events));
@@ -247,14 +253,10 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     let c = ctx.clone();
     tasks.spawn_restarting("registrations", move || crate::register::run(c.clone()));
 
-    if let Some(api) = &cfg.api {
-        let state = crate::api::Api {
-            ctx: ctx.clone(),
-            tracker: tracker.clone(),
-        };
-        crate::api::serve(state, api.clone())
+    if let Some(opts) = &cfg.api {
+        crate::api::serve(api, opts.clone())
             .await
-            .with_context(|| format!("binding the call API on {}", api.bind))?;
+            .with_context(|| format!("binding the call API on {}", opts.bind))?;
     }
 
     let listener = tokio::net::TcpListener::bind(cfg.http_bind)
@@ -301,12 +303,14 @@ pub async fn run(cfg: NodeConfig, handler: Arc<dyn CallHandler>) -> anyhow::Resu
     Ok(())
 }
 
-/// Starts the NodeControl service for the operator.
+/// Starts the NodeControl service for the operator, with the call API's
+/// gRPC `CallService` on the same port behind the same token.
 async fn start_control(
     cfg: &NodeConfig,
     control: &ControlOptions,
-    ctx: Arc<Ctx>,
+    api: crate::api::Api,
 ) -> anyhow::Result<()> {
+    let ctx = api.ctx.clone();
     use crate::control::{ControlService, TokenCheck, serve};
     let token = match &control.token_file {
         Some(path) => {
@@ -349,7 +353,7 @@ async fn start_control(
     let secure = tls.is_some();
     // The operator's only way to program the node: without it the node runs stale routing.
     tasks.spawn_critical("control", async move {
-        if let Err(e) = serve(bind, service, tls, TokenCheck::new(token)).await {
+        if let Err(e) = serve(bind, service, api, tls, TokenCheck::new(token)).await {
             tracing::error!(error = %e, "control service stopped");
         }
     });

@@ -1,6 +1,8 @@
 //! The Switchboard operator: reconciles `SipTrunk` and `PhoneNumber`
-//! resources into routing configuration and programs the media-node fleet.
+//! resources into routing configuration, programs the media-node fleet and
+//! runs `CallCampaign`s.
 //!
+//! - [`campaign`]: outbound campaigns dialled across the fleet;
 //! - [`crd`]: the resource types (and the CRDs generated from them);
 //! - [`routing`]: the pure resolver from resources to configuration;
 //! - [`reconcile`]: watches, status by server-side apply, Events;
@@ -9,6 +11,7 @@
 //! - [`source`]: the file source for runs without a cluster;
 //! - [`http`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 
+pub mod campaign;
 pub mod crd;
 pub mod fleet;
 pub mod http;

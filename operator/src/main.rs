@@ -491,6 +491,31 @@ async fn run_kube(
         );
     }
 
+    // Campaigns: the leader dials them through the nodes' call service.
+    {
+        let cm = Arc::new(
+            switchboard_operator::campaign::CampaignMetrics::new(&metrics.plain)
+                .context("registering the campaign metrics")?,
+        );
+        let webhook = switchboard_operator::campaign::webhook::Webhook::start(cm.webhooks.clone())
+            .map_err(|e| anyhow::anyhow!("campaign webhooks: {e}"))?;
+        let shared = Arc::new(switchboard_operator::campaign::runner::Shared {
+            kube: client.clone(),
+            nodes: switchboard_operator::campaign::nodes::NodeCalls::new(
+                control.clone(),
+                eps_rx.clone(),
+            ),
+            snapshot: resolved_rx.clone(),
+            view: view_rx.clone(),
+            metrics: cm,
+            webhook,
+        });
+        tasks.spawn(
+            "campaigns",
+            switchboard_operator::campaign::run(shared, args.namespace.clone(), leader_rx.clone()),
+        );
+    }
+
     let opts = reconcile::Options {
         namespace: args.namespace.clone(),
         manager: "switchboard-operator".into(),

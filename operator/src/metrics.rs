@@ -11,6 +11,10 @@ use crate::routing::index::Counts;
 pub struct Metrics {
     /// The registry served on /metrics.
     pub registry: Registry,
+    /// Metrics named without the `switchboard_operator_` prefix (the
+    /// campaigns' `switchboard_campaign_*`, which autoscalers read), served
+    /// on the same /metrics.
+    pub plain: Registry,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
     /// The leadership term while this replica leads (0 while following, or
@@ -93,6 +97,7 @@ impl Metrics {
         registry.register(Box::new(trunks_planned.clone()))?;
         Ok(Self {
             registry,
+            plain: Registry::new(),
             leader,
             leader_term,
             ready,
@@ -127,7 +132,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let enc = prometheus::TextEncoder::new();
-        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.plain.gather());
+        if let Err(e) = enc.encode_utf8(&families, &mut out) {
             out = format!("# encoding failed: {e}\n");
         }
         out

@@ -14,3 +14,4 @@ pub mod poll;
 pub mod ports;
 pub mod sipp;
 pub mod tls;
+pub mod webhook;

@@ -258,8 +258,8 @@ Cross-field checks the JSON schema cannot express; each names the values.
 {{- if not (or $as.activeCalls.enabled $as.cpu.enabled) }}
 {{- fail "autoscaling.enabled needs a metric: set autoscaling.activeCalls.enabled or autoscaling.cpu.enabled" }}
 {{- end }}
-{{- if and (eq $as.provider "keda") $as.activeCalls.enabled (not $as.keda.prometheusAddress) }}
-{{- fail "autoscaling.keda.prometheusAddress is required with autoscaling.provider keda and autoscaling.activeCalls.enabled" }}
+{{- if and (eq $as.provider "keda") (or $as.activeCalls.enabled $as.campaigns.enabled) (not $as.keda.prometheusAddress) }}
+{{- fail "autoscaling.keda.prometheusAddress is required with autoscaling.provider keda and autoscaling.activeCalls.enabled or autoscaling.campaigns.enabled" }}
 {{- end }}
 {{- end }}
 {{- end }}

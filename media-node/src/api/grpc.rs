@@ -89,10 +89,10 @@ impl pb::call_service_server::CallService for CallApi {
 
     async fn list(
         &self,
-        _req: Request<pb::ListCallsRequest>,
+        req: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
         Ok(Response::new(pb::ListCallsResponse {
-            calls: self.api.tracker.list(),
+            calls: self.api.list(&req.into_inner().client_ref_prefix),
         }))
     }
 

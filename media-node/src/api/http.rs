@@ -8,7 +8,8 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -110,14 +111,30 @@ async fn dial(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError>
     Ok(resp)
 }
 
-/// `GET /v1/calls`.
-async fn list(State(api): State<Api>) -> Response {
-    json(
+/// The query of `GET /v1/calls` (`ListCallsRequest` in proto3 JSON naming).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    /// Only calls whose `clientRef` starts with this.
+    #[serde(default)]
+    client_ref_prefix: String,
+}
+
+/// `GET /v1/calls`, `GET /v1/calls?clientRefPrefix=...`.
+async fn list(
+    State(api): State<Api>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::InvalidArgument {
+        field: "clientRefPrefix".into(),
+        message: e.body_text(),
+    })?;
+    Ok(json(
         StatusCode::OK,
         &pb::ListCallsResponse {
-            calls: api.tracker.list(),
+            calls: api.list(&q.client_ref_prefix),
         },
-    )
+    ))
 }
 
 /// `GET /v1/calls/{id}`.
@@ -222,4 +239,76 @@ async fn events(State(api): State<Api>) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower_service::Service;
+
+    async fn request(app: &mut Router, method: &str, uri: &str, body: &str) -> (u16, Value) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request");
+        let resp = app.call(req).await.expect("infallible");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("JSON body"))
+    }
+
+    /// The ids in a `ListCallsResponse` (proto3 JSON omits an empty list).
+    fn ids(list: &Value) -> Vec<String> {
+        list["calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .map(|c| c["id"].as_str().expect("id").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn client_ref_over_json_dials_once_and_filters_the_list() {
+        let api = super::super::tests::api(10).await;
+        let mut app = router(api);
+        let body = r#"{"from": "+15550001111", "to": "+15557654321", "clientRef": "ns/spring/1"}"#;
+        let (status, first) = request(&mut app, "POST", "/v1/calls", body).await;
+        assert_eq!(status, 201, "{first}");
+        assert_eq!(first["call"]["clientRef"], "ns/spring/1", "{first}");
+        let (status, again) = request(&mut app, "POST", "/v1/calls", body).await;
+        assert_eq!(status, 201, "{again}");
+        assert_eq!(again["call"]["id"], first["call"]["id"]);
+        let other = r#"{"from": "+15550001111", "to": "+15557654321", "clientRef": "ns/summer/1"}"#;
+        let (status, summer) = request(&mut app, "POST", "/v1/calls", other).await;
+        assert_eq!(status, 201, "{summer}");
+
+        let (_, all) = request(&mut app, "GET", "/v1/calls", "").await;
+        assert_eq!(ids(&all).len(), 2, "{all}");
+        let (status, spring) = request(
+            &mut app,
+            "GET",
+            "/v1/calls?clientRefPrefix=ns%2Fspring%2F",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{spring}");
+        assert_eq!(
+            ids(&spring),
+            vec![first["call"]["id"].as_str().expect("id").to_owned()]
+        );
+        let (_, none) = request(&mut app, "GET", "/v1/calls?clientRefPrefix=autumn", "").await;
+        assert!(ids(&none).is_empty(), "{none}");
+
+        let bad = r#"{"from": "+15550001111", "to": "+15557654321", "clientRef": "a b"}"#;
+        let (status, err) = request(&mut app, "POST", "/v1/calls", bad).await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["field"], "clientRef", "{err}");
+    }
 }

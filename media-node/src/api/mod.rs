@@ -170,6 +170,27 @@ fn check_headers(
     Ok(out)
 }
 
+/// Longest Dial idempotency key (`client_ref`, bytes).
+pub const MAX_CLIENT_REF: usize = 128;
+
+/// A Dial's idempotency key: empty (none), or 1 to [`MAX_CLIENT_REF`] bytes
+/// of printable ASCII without spaces.
+fn check_client_ref(client_ref: &str) -> Result<(), ApiError> {
+    if client_ref.len() > MAX_CLIENT_REF {
+        return Err(ApiError::invalid(
+            "clientRef",
+            format!("{} bytes: at most {MAX_CLIENT_REF}", client_ref.len()),
+        ));
+    }
+    if let Some(c) = client_ref.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "clientRef",
+            format!("unexpected character {c:?}: printable ASCII without spaces only"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_agent_url(url: &str) -> Result<(), ApiError> {
     let lower = url.to_ascii_lowercase();
     let rest = lower
@@ -187,6 +208,11 @@ fn check_agent_url(url: &str) -> Result<(), ApiError> {
 impl Api {
     /// Validates and queues an outbound call; the dial continues in the
     /// background. Returns the call as queued.
+    ///
+    /// With a `client_ref` (idempotency key) that names a call the node
+    /// still knows (live, or among the retained completed), no call is
+    /// placed and no queue place taken: that call is returned as it is now,
+    /// even while draining. Concurrent Dials with one key place one call.
     pub fn dial(&self, req: pb::DialRequest) -> Result<pb::Call, ApiError> {
         if req.from.trim().is_empty() {
             return Err(ApiError::invalid("from", "required"));
@@ -197,6 +223,13 @@ impl Api {
             && !a.url.is_empty()
         {
             check_agent_url(&a.url)?;
+        }
+        check_client_ref(&req.client_ref)?;
+        // A retry of a Dial the node took answers that call, whatever
+        // changed since (draining, the number's configuration): a refusal
+        // would make the client place it elsewhere, a second time.
+        if let Some(existing) = self.tracker.by_client_ref(&req.client_ref) {
+            return Ok(existing);
         }
         if self.ctx.is_draining() {
             return Err(ApiError::Unavailable(
@@ -226,15 +259,6 @@ impl Api {
                 format!("phone number {} has no agent: give one", number.id),
             ));
         }
-        // Take the queue place now so a full queue is refused to the caller.
-        let ticket = self
-            .ctx
-            .pacing
-            .enqueue(&number.trunk_id)
-            .map_err(|e| match e {
-                PacingError::QueueFull { .. } => ApiError::QueueFull(e.to_string()),
-                _ => ApiError::Unavailable(e.to_string()),
-            })?;
         let id = tracker::new_call_id();
         let cancel = CancellationToken::new();
         let mut call = pb::Call {
@@ -250,6 +274,7 @@ impl Api {
                 .as_ref()
                 .map(|a| crate::redact::url(&a.url))
                 .unwrap_or_default(),
+            client_ref: req.client_ref.clone(),
             ..Default::default()
         };
         call.set_direction(pb::CallDirection::Outbound);
@@ -259,7 +284,24 @@ impl Api {
             .as_ref()
             .map(|a| a.status_webhook.clone())
             .unwrap_or_default();
-        let call = self.tracker.outbound(call, &webhook, cancel.clone());
+        // Take the queue place now so a full queue is refused to the caller;
+        // under the tracker's lock, so that of two Dials with one key only
+        // the first takes one.
+        let admitted = self
+            .tracker
+            .outbound_once(call, &webhook, cancel.clone(), || {
+                self.ctx
+                    .pacing
+                    .enqueue(&number.trunk_id)
+                    .map_err(|e| match e {
+                        PacingError::QueueFull { .. } => ApiError::QueueFull(e.to_string()),
+                        _ => ApiError::Unavailable(e.to_string()),
+                    })
+            })?;
+        let (call, ticket) = match admitted {
+            tracker::Admission::New(call, ticket) => (*call, ticket),
+            tracker::Admission::Existing(call) => return Ok(*call),
+        };
 
         let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
         let progress_tracker = self.tracker.clone();
@@ -429,6 +471,13 @@ impl Api {
             field: None,
         })
     }
+
+    /// Live calls (oldest first), then the retained completed ones (oldest
+    /// first), only those whose `client_ref` starts with `client_ref_prefix`
+    /// (empty: every call).
+    pub fn list(&self, client_ref_prefix: &str) -> Vec<pb::Call> {
+        self.tracker.list(client_ref_prefix)
+    }
 }
 
 /// How long a transfer waits for the carrier's outcome unless the request says.
@@ -533,6 +582,184 @@ pub fn router(api: Api, token: &str) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trunk of the test API's number.
+    pub(super) const TRUNK: &str = "demo/carrier";
+
+    /// An API over a real (loopback) SIP stack, programmed with one trunk and
+    /// the outbound number `+15550001111`, whose queues hold `queue_size`
+    /// calls. Dials stay queued until the test yields to the runtime (the
+    /// queue and dial tasks are spawned on the test's single thread).
+    pub(super) async fn api(queue_size: usize) -> Api {
+        use crate::sip::transport::{Advertise, Transport};
+        let metrics = crate::metrics::Metrics::new();
+        let tasks = crate::supervisor::Supervisor::new(metrics.registry());
+        let (transport, incoming) = Transport::bind(
+            &["127.0.0.1:0".parse().expect("addr")],
+            Advertise {
+                v4: None,
+                v6: None,
+                port: 5060,
+                tls_port: None,
+                media: None,
+            },
+            Default::default(),
+            Default::default(),
+            crate::sip::protect::RateLimiter::new(0.0, 0.0),
+            metrics.clone(),
+            None,
+            &tasks,
+        )
+        .await
+        .expect("bind SIP");
+        let (sip, tu_events) = crate::sip::transaction::TransactionLayer::start(
+            transport,
+            incoming,
+            metrics.clone(),
+            Default::default(),
+            &tasks,
+        );
+        // No server transactions in these tests: the TU's events are dropped.
+        tokio::spawn(async move {
+            let mut tu_events = tu_events;
+            while tu_events.recv().await.is_some() {}
+        });
+        let routing = crate::config::RoutingStore::default();
+        routing.apply(pb::RoutingConfig {
+            version: 1,
+            trunks: vec![pb::Trunk {
+                id: TRUNK.into(),
+                enabled: true,
+                outbound: Some(pb::Outbound {
+                    enabled: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            numbers: vec![pb::PhoneNumber {
+                id: "demo/caller".into(),
+                e164: "+15550001111".into(),
+                trunk_id: TRUNK.into(),
+                outbound: true,
+                agent: Some(pb::Agent {
+                    url: "ws://127.0.0.1:9/agent".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        });
+        let tracker = CallTracker::new(None, 10);
+        let calls = crate::call::Calls::new(metrics.clone());
+        let ctx = Arc::new(Ctx {
+            sip,
+            routing: routing.clone(),
+            metrics,
+            pacing: crate::call::pacing::Pacing::new(queue_size, calls.clone(), routing),
+            calls,
+            handler: tracker.wrap(Arc::new(crate::call::LoggingHandler)),
+            ports: crate::call::ports::PortAllocator::new(40000, 40100),
+            digest: crate::sip::digest::DigestServer::new(Duration::from_secs(60)),
+            opts: Default::default(),
+            draining: Default::default(),
+            health: Default::default(),
+            registrations: Default::default(),
+            tasks,
+        });
+        Api { ctx, tracker }
+    }
+
+    fn dial_req(client_ref: &str) -> pb::DialRequest {
+        pb::DialRequest {
+            from: "+15550001111".into(),
+            to: "+15557654321".into(),
+            client_ref: client_ref.into(),
+            ..Default::default()
+        }
+    }
+
+    fn invalid_field(r: Result<pb::Call, ApiError>) -> String {
+        match r {
+            Err(ApiError::InvalidArgument { field, .. }) => field,
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_refs_are_printable_ascii_without_spaces_and_bounded() {
+        assert!(check_client_ref("").is_ok(), "empty: no key");
+        assert!(check_client_ref("ns/spring-campaign/+14155550123#2").is_ok());
+        assert!(check_client_ref(&"k".repeat(MAX_CLIENT_REF)).is_ok());
+        for bad in [
+            "has space".to_owned(),
+            "tab\there".to_owned(),
+            "new\nline".to_owned(),
+            "caf\u{e9}".to_owned(),
+            "\u{7f}".to_owned(),
+            "k".repeat(MAX_CLIENT_REF + 1),
+        ] {
+            let e = check_client_ref(&bad).expect_err(&bad);
+            assert!(
+                matches!(e, ApiError::InvalidArgument { ref field, .. } if field == "clientRef"),
+                "{bad:?}: {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dial_refuses_a_bad_client_ref_before_placing_anything() {
+        let api = api(10).await;
+        assert_eq!(invalid_field(api.dial(dial_req("two words"))), "clientRef");
+        assert!(api.list("").is_empty());
+        assert_eq!(api.ctx.pacing.queued(TRUNK), 0);
+    }
+
+    #[tokio::test]
+    async fn one_client_ref_places_one_call_and_takes_one_queue_place() {
+        // Room for one queued call: a second place taken would be refused as queue full.
+        let api = api(1).await;
+        let first = api.dial(dial_req("camp/spring/1")).expect("dial");
+        assert_eq!(first.client_ref, "camp/spring/1");
+        assert_eq!(first.state(), pb::CallState::Queued);
+        assert_eq!(api.ctx.pacing.queued(TRUNK), 1);
+        let again = api.dial(dial_req("camp/spring/1")).expect("same key");
+        assert_eq!(again.id, first.id);
+        assert_eq!(api.ctx.pacing.queued(TRUNK), 1, "no second queue place");
+        assert_eq!(api.list("").len(), 1);
+        assert_eq!(api.get(&first.id).expect("get").client_ref, "camp/spring/1");
+        // Another key is another call (here refused: the queue holds one).
+        assert!(matches!(
+            api.dial(dial_req("camp/spring/2")),
+            Err(ApiError::QueueFull(_))
+        ));
+        // A retry after the node started draining still answers the call it took.
+        api.ctx
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            api.dial(dial_req("camp/spring/1")).expect("retry").id,
+            first.id
+        );
+        assert!(matches!(
+            api.dial(dial_req("camp/spring/3")),
+            Err(ApiError::Unavailable(_))
+        ));
+        assert_eq!(api.list("").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn list_filters_dialled_calls_by_client_ref_prefix() {
+        let api = api(10).await;
+        let a = api.dial(dial_req("ns/spring/1")).expect("dial").id;
+        let b = api.dial(dial_req("ns/summer/1")).expect("dial").id;
+        let c = api.dial(dial_req("")).expect("dial").id;
+        let ids = |p: &str| api.list(p).into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids("ns/spring/"), vec![a.clone()]);
+        assert_eq!(ids("ns/summer"), vec![b.clone()]);
+        let all = ids("");
+        assert_eq!(all.len(), 3);
+        assert!([a, b, c].iter().all(|i| all.contains(i)));
+        assert!(ids("other").is_empty());
+    }
 
     #[test]
     fn dial_headers_are_x_or_user_to_user_bounded_and_clean() {

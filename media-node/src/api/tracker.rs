@@ -91,6 +91,41 @@ struct State {
     by_sip: HashMap<String, String>,
     /// Completed ids, oldest first (bounded retention).
     completed: VecDeque<String>,
+    /// Dial idempotency keys (`Call.client_ref`) -> our id, for the calls in
+    /// `calls` that have one: live calls and retained completed ones, so it
+    /// is bounded like `calls`.
+    by_client_ref: HashMap<String, String>,
+}
+
+impl State {
+    /// The call `client_ref` names, if one is still known.
+    fn by_client_ref(&self, client_ref: &str) -> Option<&Entry> {
+        self.by_client_ref
+            .get(client_ref)
+            .and_then(|id| self.calls.get(id))
+    }
+
+    /// Forgets a call (retention): its entry and its idempotency key.
+    fn evict(&mut self, id: &str) {
+        let Some(e) = self.calls.remove(id) else {
+            return;
+        };
+        let key = &e.call.client_ref;
+        if !key.is_empty() && self.by_client_ref.get(key).is_some_and(|k| k == id) {
+            self.by_client_ref.remove(key);
+        }
+    }
+}
+
+/// What [`CallTracker::outbound_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission<T> {
+    /// A new call, registered (`initiated` emitted), with what the
+    /// reservation returned.
+    New(Box<pb::Call>, T),
+    /// A call with the same `client_ref` is known (live or retained
+    /// completed): nothing was registered or reserved.
+    Existing(Box<pb::Call>),
 }
 
 /// What a hangup request found.
@@ -186,29 +221,58 @@ impl CallTracker {
     }
 
     /// Registers an outbound call the API accepted (state QUEUED) and emits
-    /// `initiated`. `status_webhook` is the number's.
-    pub fn outbound(
+    /// `initiated` (`status_webhook` is the number's), unless its
+    /// `client_ref` (when not empty) names a call the tracker still knows,
+    /// which is then returned instead. The lookup, `reserve` (e.g.
+    /// taking the call's queue place; its error is returned and nothing is
+    /// registered) and the insertion happen under one lock, so concurrent
+    /// calls with one key register exactly one call. `reserve` must not call
+    /// back into the tracker.
+    pub fn outbound_once<T, E>(
         &self,
         call: pb::Call,
         status_webhook: &str,
         cancel: CancellationToken,
-    ) -> pb::Call {
-        let webhook = self.webhook_for(status_webhook, &call.id);
+        reserve: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Admission<T>, E> {
+        let Ok(mut s) = self.state.lock() else {
+            // A poisoned tracker (a panic under its lock) tracks nothing
+            // any more: the call goes on untracked, as every other call.
+            let reserved = reserve()?;
+            return Ok(Admission::New(Box::new(call), reserved));
+        };
+        if !call.client_ref.is_empty()
+            && let Some(e) = s.by_client_ref(&call.client_ref)
+        {
+            return Ok(Admission::Existing(Box::new(e.call.clone())));
+        }
+        let reserved = reserve()?;
         let entry = Entry {
+            webhook: self.webhook_for(status_webhook, &call.id),
             call,
-            webhook,
             cancel: Some(cancel),
             hangup: None,
             answered: None,
             hangup_requested: None,
         };
-        let Ok(mut s) = self.state.lock() else {
-            return entry.call;
-        };
         self.emit(&entry, EventKind::Initiated);
         let snapshot = entry.call.clone();
+        if !snapshot.client_ref.is_empty() {
+            s.by_client_ref
+                .insert(snapshot.client_ref.clone(), snapshot.id.clone());
+        }
         s.calls.insert(snapshot.id.clone(), entry);
-        snapshot
+        Ok(Admission::New(Box::new(snapshot), reserved))
+    }
+
+    /// The call a Dial with this idempotency key placed, while it is known
+    /// (live or retained completed).
+    pub fn by_client_ref(&self, client_ref: &str) -> Option<pb::Call> {
+        if client_ref.is_empty() {
+            return None;
+        }
+        let s = self.state.lock().ok()?;
+        s.by_client_ref(client_ref).map(|e| e.call.clone())
     }
 
     /// Applies `f` to a live call's entry.
@@ -291,7 +355,7 @@ impl CallTracker {
         s.completed.push_back(id.to_owned());
         while s.completed.len() > self.retention {
             if let Some(old) = s.completed.pop_front() {
-                s.calls.remove(&old);
+                s.evict(&old);
             }
         }
     }
@@ -492,22 +556,28 @@ impl CallTracker {
             .map(|e| e.call.clone())
     }
 
-    /// Live calls (oldest first), then completed ones (oldest first).
-    pub fn list(&self) -> Vec<pb::Call> {
+    /// Live calls (oldest first), then completed ones (oldest first), only
+    /// those whose `client_ref` starts with `client_ref_prefix` (empty:
+    /// every call).
+    pub fn list(&self, client_ref_prefix: &str) -> Vec<pb::Call> {
         let Ok(s) = self.state.lock() else {
             return vec![];
         };
+        let wanted = |e: &&Entry| e.call.client_ref.starts_with(client_ref_prefix);
         let mut live: Vec<pb::Call> = s
             .calls
             .values()
             .filter(|e| e.call.state() != pb::CallState::Completed)
+            .filter(wanted)
             .map(|e| e.call.clone())
             .collect();
         live.sort_by_key(|c| c.created_at_ms);
         live.extend(
             s.completed
                 .iter()
-                .filter_map(|id| s.calls.get(id).map(|e| e.call.clone())),
+                .filter_map(|id| s.calls.get(id))
+                .filter(wanted)
+                .map(|e| e.call.clone()),
         );
         live
     }
@@ -569,5 +639,155 @@ impl CallSession for TrackingSession {
     fn on_hangup(&mut self, reason: &HangupReason) {
         self.inner.on_hangup(reason);
         self.tracker.ended(&self.sip_call_id, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A queued call, created after the previous one (the list's order).
+    fn queued(client_ref: &str) -> pb::Call {
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut c = pb::Call {
+            id: new_call_id(),
+            client_ref: client_ref.to_owned(),
+            created_at_ms: CREATED.fetch_add(1, Ordering::SeqCst),
+            ..Default::default()
+        };
+        c.set_direction(pb::CallDirection::Outbound);
+        c.set_state(pb::CallState::Queued);
+        c
+    }
+
+    /// Registers a call, counting reservations in `reserved`.
+    fn admit(t: &CallTracker, client_ref: &str, reserved: &AtomicUsize) -> Admission<()> {
+        t.outbound_once(queued(client_ref), "", CancellationToken::new(), || {
+            reserved.fetch_add(1, Ordering::SeqCst);
+            Ok::<(), String>(())
+        })
+        .expect("admitted")
+    }
+
+    fn id(a: &Admission<()>) -> &str {
+        match a {
+            Admission::New(c, ()) | Admission::Existing(c) => &c.id,
+        }
+    }
+
+    #[test]
+    fn one_key_registers_one_call_and_reserves_once() {
+        let t = CallTracker::new(None, 10);
+        let reserved = AtomicUsize::new(0);
+        let first = admit(&t, "camp/a/1", &reserved);
+        assert!(matches!(first, Admission::New(..)));
+        let again = admit(&t, "camp/a/1", &reserved);
+        assert!(matches!(again, Admission::Existing(..)), "{again:?}");
+        assert_eq!(id(&again), id(&first));
+        assert_eq!(reserved.load(Ordering::SeqCst), 1, "no second queue place");
+        assert_eq!(t.list("").len(), 1);
+        assert_eq!(
+            t.by_client_ref("camp/a/1").map(|c| c.id),
+            Some(id(&first).to_owned())
+        );
+        // Without a key every Dial is a new call.
+        let a = admit(&t, "", &reserved);
+        let b = admit(&t, "", &reserved);
+        assert!(matches!((&a, &b), (Admission::New(..), Admission::New(..))));
+        assert_ne!(id(&a), id(&b));
+        assert!(t.by_client_ref("").is_none());
+        assert_eq!(t.list("").len(), 3);
+    }
+
+    #[test]
+    fn concurrent_dials_with_one_key_register_one_call() {
+        let t = CallTracker::new(None, 10);
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let ids: Vec<String> = (0..8)
+            .map(|_| {
+                let (t, reserved) = (t.clone(), reserved.clone());
+                std::thread::spawn(move || {
+                    let a = t
+                        .outbound_once(queued("race"), "", CancellationToken::new(), || {
+                            // Widen the window a racy check-then-insert would lose in.
+                            std::thread::sleep(Duration::from_millis(5));
+                            reserved.fetch_add(1, Ordering::SeqCst);
+                            Ok::<(), String>(())
+                        })
+                        .expect("admitted");
+                    id(&a).to_owned()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(reserved.load(Ordering::SeqCst), 1);
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(t.list("").len(), 1);
+    }
+
+    #[test]
+    fn a_refused_reservation_registers_nothing_and_keeps_the_key_free() {
+        let t = CallTracker::new(None, 10);
+        let r = t.outbound_once(queued("k"), "", CancellationToken::new(), || {
+            Err::<(), _>("queue full")
+        });
+        assert_eq!(r, Err("queue full"));
+        assert!(t.list("").is_empty());
+        assert!(t.by_client_ref("k").is_none());
+        let reserved = AtomicUsize::new(0);
+        assert!(matches!(admit(&t, "k", &reserved), Admission::New(..)));
+    }
+
+    #[test]
+    fn completed_calls_keep_their_key_until_retention_evicts_them() {
+        let t = CallTracker::new(None, 1);
+        let reserved = AtomicUsize::new(0);
+        let first = id(&admit(&t, "k1", &reserved)).to_owned();
+        t.failed(&first, Some(486), "rejected by the carrier");
+        // Completed and retained: still the same call.
+        let again = admit(&t, "k1", &reserved);
+        assert!(matches!(again, Admission::Existing(..)));
+        assert_eq!(id(&again), first);
+        assert_eq!(
+            t.by_client_ref("k1").map(|c| c.state()),
+            Some(pb::CallState::Completed)
+        );
+        // A second completed call pushes the first out of the retention, and its key with it.
+        let second = id(&admit(&t, "k2", &reserved)).to_owned();
+        t.failed(&second, None, "ringing timeout");
+        assert!(t.get(&first).is_none());
+        assert!(t.by_client_ref("k1").is_none());
+        let s = t.state.lock().expect("lock");
+        assert_eq!(
+            s.by_client_ref.len(),
+            1,
+            "the map is bounded like the calls"
+        );
+        drop(s);
+        let fresh = admit(&t, "k1", &reserved);
+        assert!(matches!(fresh, Admission::New(..)));
+        assert_ne!(id(&fresh), first);
+    }
+
+    #[test]
+    fn list_filters_by_client_ref_prefix() {
+        let t = CallTracker::new(None, 10);
+        let reserved = AtomicUsize::new(0);
+        let a1 = id(&admit(&t, "ns/spring/1", &reserved)).to_owned();
+        let a2 = id(&admit(&t, "ns/spring/2", &reserved)).to_owned();
+        let b = id(&admit(&t, "ns/summer/1", &reserved)).to_owned();
+        let none = id(&admit(&t, "", &reserved)).to_owned();
+        t.failed(&a1, None, "queue timeout");
+        let ids = |p: &str| t.list(p).into_iter().map(|c| c.id).collect::<Vec<_>>();
+        // Live first, then completed: a2 before the completed a1.
+        assert_eq!(ids("ns/spring/"), vec![a2.clone(), a1.clone()]);
+        assert_eq!(ids("ns/summer/"), vec![b.clone()]);
+        assert_eq!(ids("ns/"), vec![a2.clone(), b.clone(), a1.clone()]);
+        assert!(ids("ns/autumn").is_empty());
+        assert_eq!(ids("").len(), 4);
+        assert!(ids("").contains(&none));
     }
 }

@@ -10,6 +10,7 @@ use switchboard_proto::v1alpha1::{
     ApplyRequest, ApplyResponse, DrainRequest, DrainResponse, NodeStatus, WatchStatusRequest,
     apply_request::Change,
     apply_response::Result as ApplyResult,
+    call_service_server::CallServiceServer,
     node_control_server::{NodeControl, NodeControlServer},
 };
 use tokio::sync::{mpsc, watch};
@@ -425,19 +426,28 @@ impl NodeControl for ControlService {
 /// about 10 MB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Serves the control service on `addr` until the future is dropped. With
-/// `tls`, only TLS connections are accepted; `token` guards every call.
+/// Serves the control service on `addr` until the future is dropped, with
+/// the call API's gRPC `CallService` next to it (`api`: the same calls as on
+/// `--api-bind`), so the operator can place calls over the channel it
+/// programs the node through. With `tls`, only TLS connections are
+/// accepted; `token` guards every call of both services.
 pub async fn serve(
     addr: std::net::SocketAddr,
     service: ControlService,
+    api: crate::api::Api,
     tls: Option<tonic::transport::ServerTlsConfig>,
     token: super::TokenCheck,
 ) -> Result<(), tonic::transport::Error> {
     let server = NodeControlServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let calls_token = token.clone();
     let svc =
         tonic::service::interceptor::InterceptedService::new(server, move |req| token.check(req));
+    let calls = tonic::service::interceptor::InterceptedService::new(
+        CallServiceServer::new(crate::api::grpc::CallApi::new(api)),
+        move |req| calls_token.check(req),
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -445,6 +455,7 @@ pub async fn serve(
     builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(svc)
+        .add_service(calls)
         .serve(addr)
         .await
 }

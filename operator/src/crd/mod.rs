@@ -1,7 +1,9 @@
-//! The custom resources: `SipTrunk` and `PhoneNumber` (group `switchboard.dev`,
+//! The custom resources: `SipTrunk`, `PhoneNumber` and `CallCampaign` (group `switchboard.dev`,
 //! version `v1alpha1`). The Rust types are the source of truth; `crds/` holds
 //! the generated YAML and a test fails when the two drift apart.
 
+#[allow(clippy::duplicated_attributes)]
+mod campaign;
 mod common;
 // kube's printcolumn(...) entries repeat keys by design.
 #[allow(clippy::duplicated_attributes)]
@@ -9,6 +11,7 @@ mod number;
 #[allow(clippy::duplicated_attributes)]
 mod trunk;
 
+pub use campaign::*;
 pub use common::*;
 pub use number::*;
 pub use trunk::*;
@@ -25,6 +28,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("siptrunks.switchboard.dev.yaml", SipTrunk::crd()),
         ("phonenumbers.switchboard.dev.yaml", PhoneNumber::crd()),
+        ("callcampaigns.switchboard.dev.yaml", CallCampaign::crd()),
     ]
 }
 

@@ -163,6 +163,8 @@ pub struct FleetView {
     pub trunks: BTreeMap<String, TrunkFleet>,
     /// Calls in progress by node id.
     pub node_calls: BTreeMap<String, u32>,
+    /// Whether each node takes new calls (reports ready, not draining).
+    pub node_ready: BTreeMap<String, bool>,
     since: Since,
     acks: Vec<NodeAck>,
 }
@@ -171,6 +173,7 @@ impl PartialEq for FleetView {
     fn eq(&self, other: &Self) -> bool {
         self.trunks == other.trunks
             && self.node_calls == other.node_calls
+            && self.node_ready == other.node_ready
             && self.acks == other.acks
             && (self.since.ptr_eq(&other.since) || self.since == other.since)
     }
@@ -380,6 +383,10 @@ pub fn build<'a>(
         view.node_calls.insert(
             n.id.clone(),
             n.status.as_ref().map(|s| s.active_calls).unwrap_or(0),
+        );
+        view.node_ready.insert(
+            n.id.clone(),
+            n.status.as_ref().is_some_and(|s| s.ready && !s.draining),
         );
     }
     for t in trunks {

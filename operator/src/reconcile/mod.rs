@@ -7,7 +7,7 @@
 //! each batch re-judges only the objects it touches, and the published
 //! snapshot tells the fleet and the status writer exactly what changed.
 
-mod conditions;
+pub(crate) mod conditions;
 mod status;
 
 use std::collections::{BTreeMap, HashSet};

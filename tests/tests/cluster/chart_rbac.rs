@@ -495,12 +495,20 @@ async fn chart_service_account_is_refused_what_the_operator_does_not_use() {
         elsewhere.create(&post_dry, &lease).await
     ));
 
-    // Nothing else: ConfigMaps, core Events, reading Events back.
+    // ConfigMaps: campaign callee lists and results (read, created and
+    // patched; never deleted: owner references remove results with their
+    // campaign).
     let cms: Api<ConfigMap> = Api::all(op.clone());
-    assert!(forbidden(
+    assert!(!forbidden(
         "list configmaps",
         cms.list(&ListParams::default()).await
     ));
+    let cms_app: Api<ConfigMap> = Api::namespaced(op.clone(), APP_NS);
+    assert!(forbidden(
+        "delete a configmap",
+        cms_app.delete("anything", &DeleteParams::default()).await
+    ));
+    // Nothing else: core Events, reading Events back.
     let core_events: Api<CoreEvent> = Api::namespaced(op.clone(), APP_NS);
     assert!(forbidden(
         "list core events",

@@ -154,7 +154,7 @@ fn bad_values_fail_on_the_schema_naming_the_value() {
 
 #[test]
 fn inconsistent_values_fail_naming_them() {
-    let cases: [(&str, &[&str], &str); 6] = [
+    let cases: [(&str, &[&str], &str); 7] = [
         (
             "two replicas without leader election",
             &["operator.leaderElection.enabled=false"],
@@ -185,6 +185,14 @@ fn inconsistent_values_fail_naming_them() {
             &[
                 "autoscaling.provider=keda",
                 "autoscaling.activeCalls.enabled=true",
+            ],
+            "autoscaling.keda.prometheusAddress",
+        ),
+        (
+            "KEDA on campaign calls without Prometheus",
+            &[
+                "autoscaling.provider=keda",
+                "autoscaling.campaigns.enabled=true",
             ],
             "autoscaling.keda.prometheusAddress",
         ),
@@ -477,6 +485,34 @@ fn autoscaling_scales_up_fast_and_down_slowly_on_calls_or_cpu() {
     assert_eq!(
         so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"],
         0
+    );
+
+    // Campaign demand: the calls campaigns are about to place count with
+    // the active calls, in KEDA's query and as the HPA's External metric.
+    let docs = render()
+        .values(example("keda-autoscaling.yaml"))
+        .set("autoscaling.campaigns.enabled=true")
+        .documents();
+    let so = find(&docs, "ScaledObject", MEDIA);
+    let triggers = so["spec"]["triggers"].as_array().expect("triggers");
+    let campaign = triggers
+        .iter()
+        .filter_map(|t| t["metadata"]["query"].as_str())
+        .find(|q| q.contains("switchboard_campaign_upcoming_calls"))
+        .expect("a campaign trigger");
+    assert!(
+        campaign.contains("switchboard_sip_active_calls"),
+        "{campaign}"
+    );
+    let docs = render()
+        .set("autoscaling.campaigns.enabled=true")
+        .documents();
+    let hpa = find(&docs, "HorizontalPodAutoscaler", MEDIA);
+    let metrics = hpa["spec"]["metrics"].as_array().expect("metrics");
+    assert!(
+        metrics.iter().any(|m| m["type"] == "External"
+            && m["external"]["metric"]["name"] == "switchboard_fleet_wanted_calls"),
+        "{metrics:?}"
     );
 
     // Without autoscaling the Deployment has its replicas.

@@ -3,6 +3,7 @@
 //! One test binary per kind of test (each file is a module) rather than one per file: linking
 //! them is most of an incremental `make test` build.
 
+mod campaign;
 mod chart_apiserver;
 mod chart_rbac;
 mod chart_render;

@@ -60,16 +60,16 @@ async fn api_auth_requires_the_bearer_token() {
     // gRPC: UNAUTHENTICATED without the token or with a wrong one.
     let mut grpc = node.grpc().await;
     let err = grpc
-        .list(pb::ListCallsRequest {})
+        .list(pb::ListCallsRequest::default())
         .await
         .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     let err = grpc
-        .list(authed(pb::ListCallsRequest {}, "wrong"))
+        .list(authed(pb::ListCallsRequest::default(), "wrong"))
         .await
         .expect_err("wrong token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    grpc.list(authed(pb::ListCallsRequest {}, TOKEN))
+    grpc.list(authed(pb::ListCallsRequest::default(), TOKEN))
         .await
         .expect("with the token");
 
