@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::callees::{self, Entry};
 use super::nodes::{self, NodeCallError, NodeCalls, NodeEvent};
-use super::progress::{Final, Index, Outcome, Progress, State, Take};
+use super::progress::{Final, Index, Outcome, Progress, Take};
 use super::schedule::{self, Plan, WindowState};
 use super::webhook::{Outcome as HookOutcome, Webhook};
 use super::{CampaignMetrics, phase, results};
@@ -273,6 +273,8 @@ struct Runner {
     start_time: Option<Time>,
     completion_time: Option<Time>,
     failed: Option<Problem>,
+    /// Results ConfigMaps written so far: chunks `0..results`.
+    results: u32,
 }
 
 /// Runs one campaign until its task is aborted (leadership lost, campaign
@@ -431,7 +433,15 @@ impl Runner {
             .list(&ListParams::default().labels(&format!("{UID_LABEL}={uid}")))
             .await
             .map_err(|e| Problem::new("ResultsUnreadable", format!("listing results: {e}")))?;
+        let mut written = 0u32;
         for cm in list.items {
+            if let Some(n) = cm
+                .name_any()
+                .strip_prefix(&format!("{name}-results-"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                written = written.max(n.saturating_add(1));
+            }
             let Some(text) = cm.data.as_ref().and_then(|d| d.get(results::KEY)) else {
                 continue;
             };
@@ -487,6 +497,7 @@ impl Runner {
             start_time,
             completion_time,
             failed: None,
+            results: written,
         })
     }
 
@@ -877,9 +888,12 @@ impl Runner {
                 ..Default::default()
             };
             let pp = PatchParams::apply(MANAGER).force();
-            if let Err(e) = api.patch(&name, &pp, &Patch::Apply(&cm)).await {
-                self.progress.mark_dirty(chunk);
-                failed = Some(e);
+            match api.patch(&name, &pp, &Patch::Apply(&cm)).await {
+                Ok(_) => self.results = self.results.max(chunk.saturating_add(1)),
+                Err(e) => {
+                    self.progress.mark_dirty(chunk);
+                    failed = Some(e);
+                }
             }
         }
         match failed {
@@ -990,16 +1004,9 @@ impl Runner {
             condition("Progressing", &progressing, g, &prev, now),
         ];
         conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-        let chunks = self.progress.chunks();
-        let last_touched = (0..chunks).rev().find(|ch| {
-            self.progress
-                .chunk(*ch)
-                .any(|(_, s)| s.state != State::Pending)
-        });
-        let results = match last_touched {
-            Some(last) => (0..=last).map(|ch| results::name(&self.name, ch)).collect(),
-            None => Vec::new(),
-        };
+        let results = (0..self.results)
+            .map(|ch| results::name(&self.name, ch))
+            .collect();
         let st = CallCampaignStatus {
             observed_generation: Some(g),
             phase: phase.to_owned(),

@@ -14,9 +14,10 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use switchboard_operator::crd::{CallCampaign, PhoneNumber, SipTrunk};
+use switchboard_proto::v1alpha1::{self as pb, call_service_client::CallServiceClient};
 use switchboard_tests::agent::TestAgent;
 use switchboard_tests::envtest::TestCluster;
-use switchboard_tests::fleet::{ControlledNode, register_pod};
+use switchboard_tests::fleet::{ControlledNode, register_pod, remove_pod};
 use switchboard_tests::node::free_port;
 use switchboard_tests::operator::Operator;
 use switchboard_tests::poll::eventually;
@@ -51,7 +52,7 @@ fn callee(i: usize) -> String {
 struct Env {
     cluster: TestCluster,
     client: Client,
-    _nodes: Vec<ControlledNode>,
+    nodes: Vec<ControlledNode>,
     _agent: TestAgent,
     operator: Option<Operator>,
 }
@@ -71,7 +72,7 @@ impl Env {
         let mut env = Env {
             cluster,
             client,
-            _nodes: nodes,
+            nodes,
             _agent: agent,
             operator: None,
         };
@@ -146,6 +147,21 @@ impl Env {
             .and_then(|a| a.iter().find(|c| c["type"] == type_).cloned())
             .unwrap_or(Value::Null)
     }
+}
+
+/// The campaign calls a node knows (live and recently completed), through the
+/// call service on its control port.
+async fn node_calls(node: &ControlledNode) -> Vec<pb::Call> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.control))
+        .expect("endpoint");
+    let mut c = CallServiceClient::new(endpoint.connect().await.expect("control port"));
+    c.list(pb::ListCallsRequest {
+        client_ref_prefix: "camp/".into(),
+    })
+    .await
+    .expect("list")
+    .into_inner()
+    .calls
 }
 
 fn campaign(name: &str, spec: Value) -> Value {
@@ -318,7 +334,24 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
         .await;
     env.start_operator("op-2");
     env.wait_status("spring", "progress after the restart", |s| {
-        count(s, "done") >= 160
+        count(s, "done") >= 130
+    })
+    .await;
+
+    // A drained node finishes its calls and gets no new ones.
+    let (code, _) =
+        switchboard_tests::node::http_request(env.nodes[1].http, "POST", "/drain", None)
+            .await
+            .expect("drain");
+    assert!(code < 300, "drain answered {code}");
+    let drained_at = jiff::Timestamp::now().as_millisecond();
+    let on_drained = node_calls(&env.nodes[1]).await.len();
+    assert!(
+        on_drained > 0,
+        "media-1 had no campaign calls before its drain"
+    );
+    env.wait_status("spring", "progress after the drain", |s| {
+        count(s, "done") >= 190
     })
     .await;
 
@@ -381,6 +414,21 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
     assert_eq!(count(&s, "attempts"), 330, "{s}");
     assert!(s["completionTime"].is_string(), "{s}");
 
+    // Nothing was placed on the drained node after its drain; the other
+    // node took the rest.
+    let late: Vec<_> = node_calls(&env.nodes[1])
+        .await
+        .into_iter()
+        .filter(|c| c.created_at_ms as i64 > drained_at)
+        .map(|c| c.client_ref)
+        .collect();
+    assert!(late.is_empty(), "placed on the drained node: {late:?}");
+    let on_other = node_calls(&env.nodes[0]).await;
+    assert!(
+        on_other.iter().any(|c| c.created_at_ms as i64 > drained_at),
+        "nothing placed after the drain"
+    );
+
     // What the carrier saw: every callee once, busy ones twice, never more.
     let run = sipp.await.expect("sipp task").expect("sipp");
     let seen = invites_per_callee(&run.messages);
@@ -439,4 +487,78 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
     assert_eq!(by_index.len(), CALLEES);
     assert_eq!(by_index.values().filter(|v| *v == "busy").count(), 30);
     assert_eq!(by_index.values().filter(|v| *v == "answered").count(), 240);
+}
+
+#[tokio::test]
+async fn calls_lost_with_their_node_are_retried_on_another() {
+    const N: usize = 12;
+    let gw = free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    // Long calls, so some are up on the node that dies. The carrier's BYEs to
+    // the dead node fail: SIPp's own verdict is not checked.
+    let _sipp = Sipp::new(carrier(&dir, 6000))
+        .timeout(Duration::from_secs(90))
+        .spawn_server(gw, 100);
+    let mut env = Env::start(gw).await;
+    let inline: Vec<Value> = (0..N)
+        // Last digits 0-7 only: every callee answers.
+        .map(|i| json!({"to": callee(i / 8 * 10 + i % 8)}))
+        .collect();
+    env.apply::<CallCampaign>(campaign(
+        "lost",
+        json!({
+            "from": ["caller"],
+            "callees": {"inline": inline},
+            "pacing": {"maxConcurrentCalls": N, "callsPerSecond": 50},
+            "retry": {"on": ["failed"], "maxAttempts": 2, "backoffSeconds": 0},
+        }),
+    ))
+    .await;
+    // Both nodes carry calls, then media-1 dies and its Pod goes away.
+    eventually("calls up on both nodes", WAIT, || async {
+        let (a, b) = (
+            node_calls(&env.nodes[0]).await,
+            node_calls(&env.nodes[1]).await,
+        );
+        let up = |v: &[pb::Call]| {
+            v.iter()
+                .filter(|c| c.state() == pb::CallState::Answered)
+                .count()
+        };
+        if up(&a) > 0 && up(&b) > 0 && up(&a) + up(&b) == N {
+            Ok(())
+        } else {
+            Err(format!("{} + {}", up(&a), up(&b)))
+        }
+    })
+    .await;
+    let lost: BTreeSet<String> = node_calls(&env.nodes[1])
+        .await
+        .into_iter()
+        .map(|c| c.client_ref)
+        .collect();
+    env.nodes[1].kill();
+    remove_pod(&env.client, NS, "media-1").await;
+
+    let s = env
+        .wait_status("lost", "completed", |s| s["phase"] == "Completed")
+        .await;
+    assert_eq!(count(&s, "answered"), N as u64, "{s}");
+    assert_eq!(count(&s, "failed"), 0, "{s}");
+    // Each call lost with the node was tried once more, on the live node.
+    assert_eq!(
+        count(&s, "attempts"),
+        (N + lost.len()) as u64,
+        "{s} lost {lost:?}"
+    );
+    let retried: BTreeSet<String> = node_calls(&env.nodes[0])
+        .await
+        .into_iter()
+        .filter_map(|c| c.client_ref.strip_suffix("/2").map(str::to_owned))
+        .collect();
+    let lost_callees: BTreeSet<String> = lost
+        .iter()
+        .filter_map(|r| r.strip_suffix("/1").map(str::to_owned))
+        .collect();
+    assert_eq!(retried, lost_callees);
 }
