@@ -3,7 +3,7 @@
 //! dials onto the fleet and folds the outcomes back into the progress, the
 //! results ConfigMaps, the status and the webhook.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ const NODE_LOST_AFTER: Duration = Duration::from_secs(30);
 const COOLDOWN: Duration = Duration::from_secs(1);
 /// Dials in flight at once (RPCs; each answers once the call is queued).
 const MAX_DIALS_IN_FLIGHT: usize = 64;
+/// Attempts are recorded ahead of their dial for this long at the
+/// campaign's pace (one results write per batch, not per dial).
+const RECORD_AHEAD: Duration = Duration::from_secs(1);
 
 fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
@@ -262,6 +265,8 @@ struct Runner {
     tokens: f64,
     refilled: Instant,
     dials: JoinSet<(Take, Result<pb::Call, NodeCallError>)>,
+    /// Attempts recorded and waiting for their dial (a token).
+    ready: VecDeque<Take>,
     /// Attempts whose dial RPC is still out (callee index).
     dialing_rpc: HashSet<Index>,
     cooldown: HashMap<String, Instant>,
@@ -486,6 +491,7 @@ impl Runner {
             tokens: 1.0,
             refilled: Instant::now(),
             dials: JoinSet::new(),
+            ready: VecDeque::new(),
             dialing_rpc: HashSet::new(),
             cooldown: HashMap::new(),
             unreachable: HashMap::new(),
@@ -567,67 +573,23 @@ impl Runner {
             }
         }
         self.refill();
-        if self.may_dial() && self.dials.len() < MAX_DIALS_IN_FLIGHT {
-            let in_progress = self.progress.counters().in_progress;
-            let room = self.limits.max_concurrent.saturating_sub(in_progress);
-            let budget = (self.tokens.floor() as u64)
-                .min(room)
-                .min((MAX_DIALS_IN_FLIGHT - self.dials.len()) as u64)
-                as usize;
-            if budget > 0 {
-                let nodes = self.live_nodes();
-                let open_zones: HashMap<Option<String>, bool> = self
-                    .progress
-                    .zones()
-                    .map(|z| {
-                        (
-                            z.map(str::to_owned),
-                            matches!(self.window(now, z), WindowState::Open { .. }),
-                        )
-                    })
-                    .collect();
-                let open = |z: Option<&str>| {
-                    open_zones
-                        .get(&z.map(str::to_owned))
-                        .copied()
-                        .unwrap_or(false)
+        if self.may_dial() {
+            self.record_ahead(now).await;
+            while self.tokens >= 1.0 && self.dials.len() < MAX_DIALS_IN_FLIGHT {
+                let Some(t) = self.ready.pop_front() else {
+                    break;
                 };
-                let mut load: HashMap<Arc<str>, u32> = nodes
-                    .iter()
-                    .map(|n| (n.clone(), self.progress.node_load(n)))
-                    .collect();
-                let mut pick = || {
-                    let n = load
-                        .iter()
-                        .min_by_key(|(n, l)| (**l, n.to_string()))?
-                        .0
-                        .clone();
-                    if let Some(l) = load.get_mut(&n) {
-                        *l += 1;
-                    }
-                    Some(n)
-                };
-                let takes = self.progress.take(ms, budget, &open, &mut pick);
-                if !takes.is_empty() {
-                    // The record first, then the dial: a new leader must
-                    // know every attempt that may exist.
-                    if let Err(e) = self.flush_results().await {
-                        warn!(campaign = %self.key(), error = %e, "cannot record attempts; not dialling");
-                        for t in &takes {
-                            self.progress.untake(t, ms);
-                        }
-                        // The untake dirtied the chunks again; they are
-                        // rewritten with the next flush.
-                    } else {
-                        self.tokens -= takes.len() as f64;
-                        if self.start_time.is_none() {
-                            self.start_time = Some(Time(now));
-                        }
-                        for t in takes {
-                            self.spawn_dial(t);
-                        }
-                    }
+                self.tokens -= 1.0;
+                if self.start_time.is_none() {
+                    self.start_time = Some(Time(now));
                 }
+                self.spawn_dial(t);
+            }
+        } else if !self.ready.is_empty() {
+            // Suspended (or the spec stopped being usable): attempts recorded
+            // but not dialled go back to the queue.
+            for t in std::mem::take(&mut self.ready) {
+                self.progress.untake(&t, ms);
             }
         }
         if self.last_reconcile.elapsed() >= RECONCILE_EVERY {
@@ -649,6 +611,71 @@ impl Runner {
         self.shared
             .metrics
             .observe(&self.ns, &self.name, &self.progress.counters(), limit);
+    }
+
+    /// Hands out and records the attempts of about the next second at the
+    /// campaign's pace, so one results write covers many dials. The record
+    /// comes first: a new leader must know every attempt that may exist.
+    async fn record_ahead(&mut self, now: Timestamp) {
+        let want = ((self.limits.cps * RECORD_AHEAD.as_secs_f64()).ceil() as usize)
+            .clamp(1, MAX_DIALS_IN_FLIGHT);
+        // Refilled when half used, not after every dial.
+        if self.ready.len() > want / 2 {
+            return;
+        }
+        let in_progress = self.progress.counters().in_progress;
+        let room = self.limits.max_concurrent.saturating_sub(in_progress);
+        let budget = (want - self.ready.len()).min(usize::try_from(room).unwrap_or(usize::MAX));
+        if budget == 0 {
+            return;
+        }
+        let ms = now.as_millisecond();
+        let nodes = self.live_nodes();
+        let open_zones: HashMap<Option<String>, bool> = self
+            .progress
+            .zones()
+            .map(|z| {
+                (
+                    z.map(str::to_owned),
+                    matches!(self.window(now, z), WindowState::Open { .. }),
+                )
+            })
+            .collect();
+        let open = |z: Option<&str>| {
+            open_zones
+                .get(&z.map(str::to_owned))
+                .copied()
+                .unwrap_or(false)
+        };
+        let mut load: HashMap<Arc<str>, u32> = nodes
+            .iter()
+            .map(|n| (n.clone(), self.progress.node_load(n)))
+            .collect();
+        let mut pick = || {
+            let n = load
+                .iter()
+                .min_by_key(|(n, l)| (**l, n.to_string()))?
+                .0
+                .clone();
+            if let Some(l) = load.get_mut(&n) {
+                *l += 1;
+            }
+            Some(n)
+        };
+        let takes = self.progress.take(ms, budget, &open, &mut pick);
+        if takes.is_empty() {
+            return;
+        }
+        match self.flush_results().await {
+            Ok(()) => self.ready.extend(takes),
+            Err(e) => {
+                warn!(campaign = %self.key(), error = %e, "cannot record attempts; not dialling");
+                // The untake dirties the chunks again: rewritten next flush.
+                for t in &takes {
+                    self.progress.untake(t, ms);
+                }
+            }
+        }
     }
 
     fn refill(&mut self) {
@@ -802,6 +829,12 @@ impl Runner {
         }
     }
 
+    /// The attempt's dial has not answered yet (or not started): the node
+    /// may not know it, and that proves nothing.
+    fn not_dialled_yet(&self, index: Index) -> bool {
+        self.dialing_rpc.contains(&index) || self.ready.iter().any(|t| t.index == index)
+    }
+
     async fn reconcile_node(&mut self, node: &str, startup: bool) {
         let mine: Vec<(Index, u8)> = self
             .progress
@@ -824,7 +857,7 @@ impl Runner {
                     match by_ref.get(r.as_str()) {
                         Some(c) if c.state() == pb::CallState::Completed => self.ended(node, c),
                         Some(_) => {}
-                        None if self.dialing_rpc.contains(&index) => {}
+                        None if self.not_dialled_yet(index) => {}
                         None if startup => self.progress.requeue(index, attempt, ms),
                         None => {
                             if let Some(f) =
@@ -846,7 +879,7 @@ impl Runner {
                 if gone || since.elapsed() >= NODE_LOST_AFTER {
                     warn!(campaign = %self.key(), %node, error = %e, "media node lost: its campaign calls count as failed");
                     for (index, attempt) in mine {
-                        if self.dialing_rpc.contains(&index) {
+                        if self.not_dialled_yet(index) {
                             continue;
                         }
                         if let Some(f) =
