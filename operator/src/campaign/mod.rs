@@ -170,11 +170,14 @@ struct Running {
     uid: String,
     spec: watch::Sender<Arc<CallCampaign>>,
     task: JoinHandle<()>,
+    nodes: Arc<nodes::NodeCalls>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        // An aborted runner cannot unsubscribe itself.
+        self.nodes.unsubscribe(&self.uid);
     }
 }
 
@@ -254,6 +257,10 @@ fn apply(shared: &Arc<Shared>, running: &mut HashMap<(String, String), Running>,
         }
         return;
     }
+    // The old runner (a finished one, or a deleted campaign's namesake)
+    // goes first: its drop ends its subscription, which must not be the new
+    // runner's.
+    drop(running.remove(&key));
     let (tx, rx) = watch::channel(c);
     let task = tokio::spawn(runner::run(shared.clone(), rx));
     running.insert(
@@ -262,6 +269,7 @@ fn apply(shared: &Arc<Shared>, running: &mut HashMap<(String, String), Running>,
             uid,
             spec: tx,
             task,
+            nodes: shared.nodes.clone(),
         },
     );
 }

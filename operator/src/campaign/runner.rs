@@ -693,8 +693,12 @@ impl Runner {
             let secs = (1.0 - self.tokens) / self.limits.cps;
             wake = wake.min(Instant::now() + Duration::from_secs_f64(secs.clamp(0.001, 3600.0)));
         }
-        if let Some(at) = self.progress.next_retry() {
-            let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+        // A retry already due waits for a window or a node: the regular
+        // cadence checks on it (waking for it now would spin).
+        if let Some(at) = self.progress.next_retry()
+            && let Ok(ms) = u64::try_from(at.saturating_sub(now_ms()))
+            && ms > 0
+        {
             wake = wake.min(Instant::now() + Duration::from_millis(ms));
         }
         wake
