@@ -4,8 +4,8 @@
 //!
 //! Sending never holds up a campaign: outcomes go into one bounded queue
 //! served by a few delivery tasks; a full queue drops the outcome (counted;
-//! the results ConfigMaps still hold it). Logs name only the receiver's
-//! scheme, host and port.
+//! the results ConfigMaps still hold it). Logs name the campaign, never the
+//! URL (webhook URLs often carry a token).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,26 +55,20 @@ pub struct Outcome {
     pub call_id: Option<String>,
 }
 
+/// One queued outcome: where, for which campaign (for logs), what.
+struct Delivery {
+    url: String,
+    campaign: String,
+    body: Bytes,
+}
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Sends outcome webhooks; cheap to clone.
 #[derive(Clone)]
 pub struct Webhook {
-    tx: mpsc::Sender<(String, Bytes)>,
+    tx: mpsc::Sender<Delivery>,
     deliveries: IntCounterVec,
-}
-
-/// `scheme://host:port` of a URL, for logs.
-fn redact(url: &str) -> String {
-    match url.parse::<hyper::Uri>() {
-        Ok(u) => format!(
-            "{}://{}{}",
-            u.scheme_str().unwrap_or("?"),
-            u.host().unwrap_or("?"),
-            u.port_u16().map(|p| format!(":{p}")).unwrap_or_default()
-        ),
-        Err(_) => "<invalid url>".to_owned(),
-    }
 }
 
 impl Webhook {
@@ -91,15 +85,15 @@ impl Webhook {
             .enable_http1()
             .wrap_connector(http);
         let client: HttpsClient = Client::builder(TokioExecutor::new()).build(https);
-        let (tx, rx) = mpsc::channel::<(String, Bytes)>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Delivery>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..WORKERS {
             let (rx, client, d) = (rx.clone(), client.clone(), deliveries.clone());
             tokio::spawn(async move {
                 loop {
                     let next = rx.lock().await.recv().await;
-                    let Some((url, body)) = next else { return };
-                    deliver(&client, &d, &url, body).await;
+                    let Some(job) = next else { return };
+                    deliver(&client, &d, job).await;
                 }
             });
         }
@@ -118,16 +112,21 @@ impl Webhook {
             Ok(b) => Bytes::from(b),
             Err(_) => return,
         };
-        if self.tx.try_send((url.to_owned(), body)).is_err() {
+        let job = Delivery {
+            url: url.to_owned(),
+            campaign: format!("{}/{}", o.namespace, o.campaign),
+            body,
+        };
+        if self.tx.try_send(job).is_err() {
             self.deliveries.with_label_values(&["dropped"]).inc();
         }
     }
 }
 
-async fn deliver(client: &HttpsClient, deliveries: &IntCounterVec, url: &str, body: Bytes) {
+async fn deliver(client: &HttpsClient, deliveries: &IntCounterVec, job: Delivery) {
     let mut wait = Duration::from_millis(200);
     for n in 1..=ATTEMPTS {
-        let result = post(client, url, body.clone()).await;
+        let result = post(client, &job.url, job.body.clone()).await;
         match result {
             Ok(()) => {
                 deliveries.with_label_values(&["ok"]).inc();
@@ -135,7 +134,7 @@ async fn deliver(client: &HttpsClient, deliveries: &IntCounterVec, url: &str, bo
             }
             Err(e) if n == ATTEMPTS => {
                 deliveries.with_label_values(&["failed"]).inc();
-                warn!(receiver = %redact(url), error = %e, "campaign webhook failed; the outcome stays in the results ConfigMap");
+                warn!(campaign = %job.campaign, error = %e, "campaign webhook failed; the outcome stays in the results ConfigMap");
                 return;
             }
             Err(_) => {

@@ -169,6 +169,22 @@ fn campaign(name: &str, spec: Value) -> Value {
            "metadata": {"name": name, "namespace": NS}, "spec": spec})
 }
 
+/// The 300-callee campaign, suspended or not.
+fn spring(hooks: &WebhookReceiver, suspend: bool) -> Value {
+    campaign(
+        "spring",
+        json!({
+            "from": ["caller"],
+            "callees": {"configMaps": [{"name": "spring-callees"}]},
+            "pacing": {"maxConcurrentCalls": 40, "callsPerSecond": 20},
+            "retry": {"on": ["busy"], "maxAttempts": 2, "backoffSeconds": 1},
+            "ringingTimeoutSeconds": 2,
+            "webhook": format!("http://{}/campaign", hooks.addr),
+            "suspend": suspend,
+        }),
+    )
+}
+
 fn count(s: &Value, field: &str) -> u64 {
     s[field].as_u64().unwrap_or(0)
 }
@@ -316,18 +332,7 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
     )
     .await
     .expect("create configmap");
-    env.apply::<CallCampaign>(campaign(
-        "spring",
-        json!({
-            "from": ["caller"],
-            "callees": {"configMaps": [{"name": "spring-callees"}]},
-            "pacing": {"maxConcurrentCalls": 40, "callsPerSecond": 20},
-            "retry": {"on": ["busy"], "maxAttempts": 2, "backoffSeconds": 1},
-            "ringingTimeoutSeconds": 2,
-            "webhook": format!("http://{}/campaign", hooks.addr),
-        }),
-    ))
-    .await;
+    env.apply::<CallCampaign>(spring(&hooks, false)).await;
 
     // Part-way: the operator is killed and replaced.
     env.wait_status("spring", "a third done", |s| count(s, "done") >= 100)
@@ -357,19 +362,7 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
 
     // Suspended: new dials stop within a second, calls in progress finish.
     let before = count(&env.status("spring").await, "attempts");
-    env.apply::<CallCampaign>(campaign(
-        "spring",
-        json!({
-            "from": ["caller"],
-            "callees": {"configMaps": [{"name": "spring-callees"}]},
-            "pacing": {"maxConcurrentCalls": 40, "callsPerSecond": 20},
-            "retry": {"on": ["busy"], "maxAttempts": 2, "backoffSeconds": 1},
-            "ringingTimeoutSeconds": 2,
-            "webhook": format!("http://{}/campaign", hooks.addr),
-            "suspend": true,
-        }),
-    ))
-    .await;
+    env.apply::<CallCampaign>(spring(&hooks, true)).await;
     let s = env
         .wait_status("spring", "suspended with nothing in progress", |s| {
             s["phase"] == "Suspended" && count(s, "inProgress") == 0
@@ -389,19 +382,7 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
     assert_eq!(count(&later, "attempts"), attempts, "{later}");
 
     // Resumed: it finishes.
-    env.apply::<CallCampaign>(campaign(
-        "spring",
-        json!({
-            "from": ["caller"],
-            "callees": {"configMaps": [{"name": "spring-callees"}]},
-            "pacing": {"maxConcurrentCalls": 40, "callsPerSecond": 20},
-            "retry": {"on": ["busy"], "maxAttempts": 2, "backoffSeconds": 1},
-            "ringingTimeoutSeconds": 2,
-            "webhook": format!("http://{}/campaign", hooks.addr),
-            "suspend": false,
-        }),
-    ))
-    .await;
+    env.apply::<CallCampaign>(spring(&hooks, false)).await;
     let s = env
         .wait_status("spring", "completed", |s| s["phase"] == "Completed")
         .await;
