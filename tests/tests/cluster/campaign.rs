@@ -1,13 +1,14 @@
 //! CallCampaign end to end: a real API server, the operator, two real media
 //! nodes and a SIPp carrier that answers, is busy or never answers by the
 //! callee's last digit. The campaign's counters, results ConfigMap and
-//! webhooks are checked against what SIPp saw, across an operator restart
+//! webhooks are checked against what SIPp saw, across a leader fail-over
 //! and a suspend/resume in the middle of the campaign.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -54,7 +55,8 @@ struct Env {
     client: Client,
     nodes: Vec<ControlledNode>,
     _agent: TestAgent,
-    operator: Option<Operator>,
+    /// Two replicas with leader election, by identity.
+    operators: Vec<(String, Operator)>,
 }
 
 impl Env {
@@ -74,9 +76,10 @@ impl Env {
             client,
             nodes,
             _agent: agent,
-            operator: None,
+            operators: Vec::new(),
         };
         env.start_operator("op-1");
+        env.start_operator("op-2");
         env.apply::<SipTrunk>(json!({
             "apiVersion": "switchboard.dev/v1alpha1", "kind": "SipTrunk",
             "metadata": {"name": "carrier", "namespace": NS},
@@ -99,12 +102,37 @@ impl Env {
     }
 
     fn start_operator(&mut self, identity: &str) {
-        self.operator = None;
-        self.operator = Some(Operator::start_kube(
+        let op = Operator::start_kube(
             self.cluster.kubeconfig_path(),
             identity,
-            &["--no-leader-election"],
-        ));
+            &["--lease-duration-seconds", "4"],
+        );
+        self.operators.push((identity.to_owned(), op));
+    }
+
+    /// Kills the replica holding the Lease (SIGKILL: no hand-over); the other
+    /// takes over once the Lease expires.
+    async fn kill_leader(&mut self) -> String {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NS);
+        let holder = eventually("a lease holder", WAIT, || async {
+            let l = leases
+                .get("switchboard-operator")
+                .await
+                .map_err(|e| e.to_string())?;
+            l.spec
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| "no holder".to_owned())
+        })
+        .await;
+        let before = self.operators.len();
+        self.operators.retain(|(id, _)| *id != holder);
+        assert_eq!(
+            self.operators.len() + 1,
+            before,
+            "leader {holder} is not ours"
+        );
+        holder
     }
 
     fn api<K: kube::Resource<DynamicType = ()>>(&self) -> Api<DynamicObject> {
@@ -222,7 +250,7 @@ fn invites_per_callee(messages: &str) -> BTreeMap<String, BTreeSet<String>> {
 }
 
 #[tokio::test]
-async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_suspend() {
+async fn a_campaign_dials_every_callee_once_per_attempt_across_a_fail_over_and_a_suspend() {
     let gw = free_port();
     let dir = tempfile::tempdir().expect("dir");
     // 240 answered, 30 busy twice (retried once), 30 unanswered.
@@ -334,14 +362,16 @@ async fn a_campaign_dials_every_callee_once_per_attempt_across_a_restart_and_a_s
     .expect("create configmap");
     env.apply::<CallCampaign>(spring(&hooks, false)).await;
 
-    // Part-way: the operator is killed and replaced.
+    // Part-way: the leading operator is killed; the standby takes over.
     env.wait_status("spring", "a third done", |s| count(s, "done") >= 100)
         .await;
-    env.start_operator("op-2");
-    env.wait_status("spring", "progress after the restart", |s| {
-        count(s, "done") >= 130
+    let killed = env.kill_leader().await;
+    let done_then = count(&env.status("spring").await, "done");
+    env.wait_status("spring", "progress after the fail-over", |s| {
+        count(s, "done") >= done_then + 30
     })
     .await;
+    assert!(!killed.is_empty());
 
     // A drained node finishes its calls and gets no new ones.
     let (code, _) =
