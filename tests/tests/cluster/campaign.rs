@@ -178,18 +178,26 @@ impl Env {
 }
 
 /// The campaign calls a node knows (live and recently completed), through the
-/// call service on its control port.
-async fn node_calls(node: &ControlledNode) -> Vec<pb::Call> {
+/// call service on its control port (which may not listen yet).
+async fn try_node_calls(node: &ControlledNode) -> Result<Vec<pb::Call>, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.control))
-        .expect("endpoint");
-    let mut c = CallServiceClient::new(endpoint.connect().await.expect("control port"));
-    c.list(pb::ListCallsRequest {
-        client_ref_prefix: "camp/".into(),
-    })
-    .await
-    .expect("list")
-    .into_inner()
-    .calls
+        .map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("{}: {e}", node.name))?;
+    let r = CallServiceClient::new(channel)
+        .list(pb::ListCallsRequest {
+            client_ref_prefix: "camp/".into(),
+        })
+        .await
+        .map_err(|e| format!("{}: {e}", node.name))?;
+    Ok(r.into_inner().calls)
+}
+
+/// [`try_node_calls`] of a node that is known to listen.
+async fn node_calls(node: &ControlledNode) -> Vec<pb::Call> {
+    try_node_calls(node).await.expect("the node's call list")
 }
 
 fn campaign(name: &str, spec: Value) -> Value {
@@ -528,8 +536,8 @@ async fn calls_lost_with_their_node_are_retried_on_another() {
     // Both nodes carry calls, then media-1 dies and its Pod goes away.
     eventually("calls up on both nodes", WAIT, || async {
         let (a, b) = (
-            node_calls(&env.nodes[0]).await,
-            node_calls(&env.nodes[1]).await,
+            try_node_calls(&env.nodes[0]).await?,
+            try_node_calls(&env.nodes[1]).await?,
         );
         let up = |v: &[pb::Call]| {
             v.iter()

@@ -388,10 +388,6 @@ async fn control_port_serves_calls_without_the_api_port() {
         .await
         .expect_err("bad key");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert!(
-        bad.message().starts_with("client_ref:"),
-        "{}",
-        bad.message()
-    );
+    assert!(bad.message().starts_with("clientRef:"), "{}", bad.message());
     drop(node);
 }
