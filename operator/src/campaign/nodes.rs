@@ -57,8 +57,6 @@ type Client = CallServiceClient<InterceptedService<Channel, Bearer>>;
 pub enum NodeEvent {
     /// One of its calls completed.
     Ended {
-        /// The node that ran it.
-        node: String,
         /// The call as it ended.
         call: Box<pb::Call>,
     },
@@ -249,7 +247,7 @@ impl NodeCalls {
             .remove(uid);
     }
 
-    fn route(&self, node: &str, ev: pb::CallEvent) {
+    fn route(&self, ev: pb::CallEvent) {
         if ev.event != "completed" {
             return;
         }
@@ -260,7 +258,6 @@ impl NodeCalls {
         let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = subs.get(uid) {
             let _ = tx.send(NodeEvent::Ended {
-                node: node.to_owned(),
                 call: Box::new(call),
             });
         }
@@ -320,7 +317,7 @@ impl NodeCalls {
                         let mut s = stream.into_inner();
                         loop {
                             match s.message().await {
-                                Ok(Some(ev)) => self.route(&node, ev),
+                                Ok(Some(ev)) => self.route(ev),
                                 Ok(None) => break,
                                 Err(e) => {
                                     debug!(%node, error = %e, "call event stream ended");

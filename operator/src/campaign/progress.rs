@@ -37,6 +37,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How an unanswered call ended, from its final SIP code (0: none).
+    pub fn of_unanswered(code: u16) -> Outcome {
+        match code {
+            486 | 600 => Outcome::Busy,
+            408 | 480 | 487 => Outcome::NoAnswer,
+            500..=599 => Outcome::Carrier5xx,
+            _ => Outcome::Failed,
+        }
+    }
+
     /// The retry policy's name for this outcome (none for an answer).
     fn retry_on(self) -> Option<RetryOn> {
         match self {
@@ -239,8 +249,8 @@ pub struct Progress {
     per_node: HashMap<Arc<str>, u32>,
 }
 
-/// Most distinct callee time zones (more share the schedule's zone's group
-/// would be wrong, so the list is refused: see [`Progress::new`]).
+/// Most distinct callee time zones in one campaign (each is a queue the
+/// dispatcher checks on every pass; [`Progress::new`] refuses more).
 pub const MAX_ZONES: usize = 1024;
 
 /// Why a progress cannot be built.
@@ -376,8 +386,8 @@ impl Progress {
             .any(|g| !g.queue.is_empty() && open(g.zone.as_deref()))
     }
 
-    /// The time zones with pending callees or retries (for the shell's
-    /// window checks).
+    /// The callees' time zones (`None`: the schedule's), for the shell's
+    /// window checks.
     pub fn zones(&self) -> impl Iterator<Item = Option<&str>> {
         self.groups.iter().map(|g| g.zone.as_deref())
     }
@@ -586,11 +596,8 @@ impl Progress {
             let s = &self.slots[i];
             let f = match s.state {
                 State::Pending => Final::NotAttempted,
-                State::Retrying { .. } => match s.code {
-                    486 | 600 => Final::Busy,
-                    408 | 480 | 487 => Final::NoAnswer,
-                    _ => Final::Failed,
-                },
+                // A retry never came: the last attempt's outcome stands.
+                State::Retrying { .. } => Outcome::of_unanswered(s.code).final_state(),
                 _ => continue,
             };
             self.set(i as Index, State::Done(f), now_ms);

@@ -261,7 +261,11 @@ struct Runner {
     callers: Vec<Caller>,
     next_caller: usize,
     limits: Limits,
-    problem: Option<Problem>,
+    /// The schedule cannot be used (from the spec).
+    schedule_problem: Option<Problem>,
+    /// The numbers, trunks or limits do not allow the campaign (from the
+    /// spec and the routing configuration).
+    refs_problem: Option<Problem>,
     tokens: f64,
     refilled: Instant,
     dials: JoinSet<(Take, Result<pb::Call, NodeCallError>)>,
@@ -271,13 +275,11 @@ struct Runner {
     dialing_rpc: HashSet<Index>,
     cooldown: HashMap<String, Instant>,
     unreachable: HashMap<String, Instant>,
-    status: CallCampaignStatus,
     written: Option<CallCampaignStatus>,
     last_flush: Instant,
     last_reconcile: Instant,
     start_time: Option<Time>,
     completion_time: Option<Time>,
-    failed: Option<Problem>,
     /// Results ConfigMaps written so far: chunks `0..results`.
     results: u32,
 }
@@ -331,7 +333,7 @@ pub async fn run(shared: Arc<Shared>, mut spec: watch::Receiver<Arc<CallCampaign
                 r.refresh_limits();
             }
             ev = events.recv() => match ev {
-                Some(NodeEvent::Ended { node, call }) => r.ended(&node, &call),
+                Some(NodeEvent::Ended { call }) => r.ended(&call),
                 Some(NodeEvent::Resync { node }) => r.reconcile_node(&node, false).await,
                 None => break,
             },
@@ -459,7 +461,7 @@ impl Runner {
             progress.restore(records);
         }
         let snap = shared.snapshot.borrow().clone();
-        let (callers, limits, problem) = match resolve_from(&obj, &snap) {
+        let (callers, limits, refs_problem) = match resolve_from(&obj, &snap) {
             Ok((c, l)) => (c, l, None),
             Err(p) => (
                 Vec::new(),
@@ -487,7 +489,8 @@ impl Runner {
             callers,
             next_caller: 0,
             limits,
-            problem,
+            schedule_problem: None,
+            refs_problem,
             tokens: 1.0,
             refilled: Instant::now(),
             dials: JoinSet::new(),
@@ -496,13 +499,11 @@ impl Runner {
             cooldown: HashMap::new(),
             unreachable: HashMap::new(),
             written: obj.status.clone(),
-            status,
             obj,
             last_flush: Instant::now(),
             last_reconcile: Instant::now(),
             start_time,
             completion_time,
-            failed: None,
             results: written,
         })
     }
@@ -513,28 +514,35 @@ impl Runner {
 
     fn set_spec(&mut self, obj: Arc<CallCampaign>) {
         self.progress.set_policy(obj.spec.retry.clone());
-        match Plan::new(obj.spec.schedule.as_ref()) {
-            Ok(p) => self.plan = p,
-            Err(e) => {
-                self.problem = Some(Problem::new("InvalidSchedule", e.to_string()));
+        // A schedule that does not parse keeps the last good plan, unused.
+        self.schedule_problem = match Plan::new(obj.spec.schedule.as_ref()) {
+            Ok(p) => {
+                self.plan = p;
+                None
             }
-        }
+            Err(e) => Some(Problem::new("InvalidSchedule", e.to_string())),
+        };
         self.obj = obj;
         self.refresh_limits();
     }
 
     fn refresh_limits(&mut self) {
         let snap = self.shared.snapshot.borrow().clone();
-        match resolve_from(&self.obj, &snap) {
+        self.refs_problem = match resolve_from(&self.obj, &snap) {
             Ok((c, l)) => {
                 self.callers = c;
                 self.limits = l;
-                if Plan::new(self.obj.spec.schedule.as_ref()).is_ok() {
-                    self.problem = None;
-                }
+                None
             }
-            Err(p) => self.problem = Some(p),
-        }
+            Err(p) => Some(p),
+        };
+    }
+
+    /// Why the campaign cannot dial now, if it cannot.
+    fn problem(&self) -> Option<&Problem> {
+        self.schedule_problem
+            .as_ref()
+            .or(self.refs_problem.as_ref())
     }
 
     /// The window state of a zone now.
@@ -544,10 +552,7 @@ impl Runner {
 
     /// Whether the campaign may start calls at all now.
     fn may_dial(&self) -> bool {
-        self.problem.is_none()
-            && self.failed.is_none()
-            && !self.obj.spec.suspend
-            && !self.callers.is_empty()
+        self.problem().is_none() && !self.obj.spec.suspend && !self.callers.is_empty()
     }
 
     /// Nodes that take campaign calls now: known, ready, not draining, not
@@ -741,7 +746,7 @@ impl Runner {
                 self.shared.metrics.dials(&self.ns, &self.name, "placed");
                 // A dial that found the call already over (same key).
                 if call.state() == pb::CallState::Completed {
-                    self.ended(&t.node, &call);
+                    self.ended(&call);
                 }
             }
             Err(e) if e.permanent() => {
@@ -773,14 +778,13 @@ impl Runner {
     }
 
     /// A campaign call ended on `node`.
-    fn ended(&mut self, node: &str, call: &pb::Call) {
+    fn ended(&mut self, call: &pb::Call) {
         let Some((uid, index, attempt)) = nodes::parse_ref(&call.client_ref) else {
             return;
         };
         if uid != self.uid {
             return;
         }
-        let _ = node;
         let outcome = classify(call);
         let code = u16::try_from(call.final_code).unwrap_or(0);
         let code = if call.answered_at_ms > 0 { 200 } else { code };
@@ -859,7 +863,7 @@ impl Runner {
                 for (index, attempt) in mine {
                     let r = nodes::client_ref(&self.uid, index, attempt);
                     match by_ref.get(r.as_str()) {
-                        Some(c) if c.state() == pb::CallState::Completed => self.ended(node, c),
+                        Some(c) if c.state() == pb::CallState::Completed => self.ended(c),
                         Some(_) => {}
                         None if self.not_dialled_yet(index) => {}
                         None if startup => self.progress.requeue(index, attempt, ms),
@@ -952,13 +956,10 @@ impl Runner {
 
     /// The campaign's phase now.
     fn phase(&self, now: Timestamp) -> &'static str {
-        if self.failed.is_some() {
-            return phase::FAILED;
-        }
         if self.progress.complete() {
             return phase::COMPLETED;
         }
-        if self.problem.is_some() {
+        if self.problem().is_some() {
             return phase::PENDING;
         }
         if self.obj.spec.suspend {
@@ -996,7 +997,7 @@ impl Runner {
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        let ready = match &self.problem {
+        let ready = match self.problem() {
             Some(p) => Verdict {
                 ok: false,
                 reason: p.reason,
@@ -1076,7 +1077,6 @@ impl Runner {
             Ok(()) => self.written = Some(st.clone()),
             Err(e) => warn!(campaign = %self.key(), error = %e, "cannot write campaign status"),
         }
-        self.status = st;
     }
 }
 
@@ -1085,12 +1085,7 @@ pub fn classify(call: &pb::Call) -> Outcome {
     if call.answered_at_ms > 0 {
         return Outcome::Answered;
     }
-    match call.final_code {
-        486 | 600 => Outcome::Busy,
-        408 | 480 | 487 => Outcome::NoAnswer,
-        500..=599 => Outcome::Carrier5xx,
-        _ => Outcome::Failed,
-    }
+    Outcome::of_unanswered(u16::try_from(call.final_code).unwrap_or(0))
 }
 
 #[cfg(test)]
