@@ -5,6 +5,7 @@
 //! resources' status shows.
 
 pub mod client;
+mod encode;
 mod node;
 mod owners;
 mod plan;
@@ -24,6 +25,7 @@ use tracing::info;
 use crate::metrics::Metrics;
 use crate::routing::index::{Snapshot, changed};
 use client::ControlClient;
+use encode::NumbersEncoding;
 use node::{Desired, Report};
 use plan::{NodeFacts, Planner, mark_acked_changes};
 use view::{FleetView, NodeView, Since};
@@ -61,6 +63,8 @@ struct Manager {
     reports: mpsc::UnboundedSender<(String, Report)>,
     metrics: Arc<Metrics>,
     base: Snapshot,
+    /// The encoding of the base's numbers, shared by every node's snapshot.
+    encoding: NumbersEncoding,
     planner: Planner,
     /// Trunks to re-plan: changed in the base or in a node's acknowledged
     /// table since the last plan.
@@ -83,6 +87,9 @@ impl Manager {
     /// finding the change costs its size, not the world's.
     fn set_base(&mut self, new: Snapshot) {
         let old = std::mem::replace(&mut self.base, new);
+        if !old.number_configs.ptr_eq(&self.base.number_configs) {
+            self.encoding = NumbersEncoding::default();
+        }
         // The next version pushed carries these objects' new content.
         let v = self.last_version + 1;
         for (id, new) in old
@@ -233,6 +240,7 @@ impl Manager {
                 version: v,
                 trunks,
                 numbers: self.base.number_configs.clone(),
+                encoding: self.encoding.clone(),
             }));
         }
         if let Some(v) = version {
@@ -280,6 +288,7 @@ pub async fn run(
         reports: reports_tx,
         metrics,
         base: Snapshot::default(),
+        encoding: NumbersEncoding::default(),
         planner: Planner::default(),
         dirty: BTreeSet::new(),
         since: Since::default(),

@@ -6,16 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routing::index::changed;
+use bytes::Bytes;
 use imbl::OrdMap;
 use prost::Message;
 use switchboard_proto::v1alpha1::{
     self as pb, apply_response, node_control_client::NodeControlClient,
 };
 use tokio::sync::{mpsc, watch};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::client::{ControlClient, MAX_MESSAGE_BYTES};
+use super::encode::{self, Encoded, NumbersEncoding};
 use super::plan::Trunks;
 
 /// Numbers by id, shared by every node's desired configuration: a
@@ -33,15 +38,29 @@ pub struct Desired {
     pub trunks: Trunks,
     /// Numbers, identical for every node.
     pub numbers: Numbers,
+    /// The numbers' encoding, shared by every node given this generation.
+    pub encoding: NumbersEncoding,
 }
 
 impl Desired {
+    #[cfg(test)]
     fn snapshot(&self) -> pb::RoutingConfig {
         pb::RoutingConfig {
             version: self.version,
             trunks: self.trunks.values().map(|t| t.as_ref().clone()).collect(),
             numbers: self.numbers.values().map(|n| n.as_ref().clone()).collect(),
         }
+    }
+
+    /// The snapshot `ApplyRequest`, encoded: this node's trunks, then the
+    /// numbers every node shares (encoded once for all of them).
+    fn snapshot_request(&self, term: u64) -> Bytes {
+        let head = pb::RoutingConfig {
+            version: self.version,
+            trunks: self.trunks.values().map(|t| t.as_ref().clone()).collect(),
+            numbers: Vec::new(),
+        };
+        encode::snapshot_request(&head, self.encoding.get(&self.numbers), term)
     }
 
     fn delta(&self, from: &Desired) -> pb::ConfigDelta {
@@ -152,6 +171,34 @@ pub async fn drive(
     }
 }
 
+/// Adds the control token, when there is one, to every request.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.0 {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
+
+type ApplyClient = tonic::client::Grpc<InterceptedService<Channel, Bearer>>;
+
+/// `NodeControl/Apply` with an already encoded `ApplyRequest`.
+async fn apply(rpc: &mut ApplyClient, body: Bytes) -> Result<pb::ApplyResponse, tonic::Status> {
+    rpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<Encoded, pb::ApplyResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/switchboard.v1alpha1.NodeControl/Apply");
+    Ok(rpc
+        .unary(tonic::Request::new(Encoded(body)), path, codec)
+        .await?
+        .into_inner())
+}
+
 async fn session(
     id: &str,
     addr: &str,
@@ -161,16 +208,17 @@ async fn session(
     reports: &mpsc::UnboundedSender<(String, Report)>,
 ) -> Result<(), SessionError> {
     let channel = client.endpoint(addr)?.connect().await?;
-    let bearer = client
-        .bearer()
-        .and_then(|b| MetadataValue::try_from(b).ok());
-    let mut rpc =
-        NodeControlClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            if let Some(b) = &bearer {
-                req.metadata_mut().insert("authorization", b.clone());
-            }
-            Ok(req)
-        })
+    let bearer = Bearer(
+        client
+            .bearer()
+            .and_then(|b| MetadataValue::try_from(b).ok()),
+    );
+    let mut rpc = NodeControlClient::with_interceptor(channel.clone(), bearer.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Apply requests are sent encoded (a snapshot's numbers are encoded once
+    // for every node), so they go through a client of their own.
+    let mut apply_rpc = tonic::client::Grpc::new(InterceptedService::new(channel, bearer))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut status = rpc
@@ -191,16 +239,18 @@ async fn session(
         let want = desired.borrow_and_update().clone();
         let current = acked.as_ref().map(|a| a.version);
         if want.version > 0 && current != Some(want.version) && refused != Some(want.version) {
-            let (request, snapshot) = match &acked {
-                None => (pb::apply_request::Change::Snapshot(want.snapshot()), true),
-                Some(a) => (pb::apply_request::Change::Delta(want.delta(a)), false),
+            let (body, snapshot) = match &acked {
+                None => (want.snapshot_request(term), true),
+                Some(a) => {
+                    let req = pb::ApplyRequest {
+                        change: Some(pb::apply_request::Change::Delta(want.delta(a))),
+                        term,
+                    };
+                    (Bytes::from(req.encode_to_vec()), false)
+                }
             };
-            let req = pb::ApplyRequest {
-                change: Some(request),
-                term,
-            };
-            send(Report::Sent(snapshot, req.encoded_len()));
-            let resp = rpc.apply(req).await?.into_inner();
+            send(Report::Sent(snapshot, body.len()));
+            let resp = apply(&mut apply_rpc, body).await?;
             match apply_response::Result::try_from(resp.result)
                 .unwrap_or(apply_response::Result::Unspecified)
             {
