@@ -148,8 +148,23 @@ impl Since {
 
     /// Ids whose version is newer than `v`.
     pub fn newer_than(&self, v: u64) -> impl Iterator<Item = &String> {
+        self.newer_than_with_version(v).map(|(_, id)| id)
+    }
+
+    /// Ids whose version is newer than `v`, with their version.
+    fn newer_than_with_version(&self, v: u64) -> impl Iterator<Item = (u64, &String)> {
         let from = (v.saturating_add(1), String::new());
-        self.by_version.range(from..).map(|(_, id)| id)
+        self.by_version.range(from..).map(|(v, id)| (*v, id))
+    }
+
+    /// How many ids have a version.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when no id has a version.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 }
 
@@ -212,6 +227,28 @@ impl FleetView {
         Some(number_programmed(since, &self.acks, self.acks.len()))
     }
 
+    /// The routed numbers whose Programmed condition is not True, found
+    /// without looking at the others (O(pending) once a node is counted),
+    /// for a table of 100,000 numbers that lists only what needs attention.
+    pub fn unprogrammed(&self) -> Unprogrammed<'_> {
+        if self.since.is_empty() {
+            return Unprogrammed::Some(Vec::new());
+        }
+        if !self.acks.iter().any(counted) {
+            // The verdict does not depend on the number's version then.
+            return Unprogrammed::All(
+                number_programmed(0, &self.acks, self.acks.len()),
+                self.since.len(),
+            );
+        }
+        Unprogrammed::Some(
+            self.since
+                .newer_than_with_version(self.floor())
+                .map(|(v, id)| (id, number_programmed(v, &self.acks, self.acks.len())))
+                .collect(),
+        )
+    }
+
     /// The oldest version every counted node runs (see [`FleetView::number`]).
     fn floor(&self) -> u64 {
         self.acks
@@ -244,6 +281,15 @@ impl FleetView {
         }
         out
     }
+}
+
+/// See [`FleetView::unprogrammed`].
+#[derive(Debug, PartialEq)]
+pub enum Unprogrammed<'a> {
+    /// Every routed number (this many) has this verdict.
+    All(Verdict, usize),
+    /// These numbers, by id; every other routed number is programmed.
+    Some(Vec<(&'a String, Verdict)>),
 }
 
 /// Whether a node counts for numbers' Programmed condition.
