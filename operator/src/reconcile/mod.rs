@@ -113,7 +113,7 @@ impl Translator {
                 map_event(*e, |n| {
                     (
                         key_of(&n),
-                        Event::Number(Box::new(NumberInput::from_object(&n))),
+                        Event::Number(Arc::new(NumberInput::from_object(&n))),
                     )
                 }),
             ),

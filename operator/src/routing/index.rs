@@ -37,8 +37,9 @@ pub enum Event {
     Trunk(Box<TrunkInput>),
     /// A trunk was deleted.
     TrunkDeleted(ObjectKey),
-    /// A number was created or changed.
-    Number(Box<NumberInput>),
+    /// A number was created or changed (shared: the file source keeps the
+    /// same object, and 100,000 numbers should not be held twice).
+    Number(Arc<NumberInput>),
     /// A number was deleted.
     NumberDeleted(ObjectKey),
     /// A Secret was created or changed.
@@ -154,7 +155,7 @@ struct TrunkEntry {
 
 #[derive(Debug)]
 struct NumberEntry {
-    input: NumberInput,
+    input: Arc<NumberInput>,
     /// Claims held (empty when the spec is invalid: invalid numbers claim nothing).
     claims: Vec<String>,
     /// Trunks named (primary first, then fallbacks).
@@ -171,7 +172,7 @@ pub struct Index {
     secrets: HashMap<ObjectKey, SecretData>,
     secret_users: HashMap<ObjectKey, Users>,
     trunk_users: HashMap<ObjectKey, HashSet<ObjectKey>>,
-    claims: HashMap<String, BTreeSet<Order>>,
+    claims: HashMap<String, Claimants>,
     /// Numbers routed through each trunk (as primary), for its status.
     routed: HashMap<ObjectKey, u32>,
     /// The trunk a routed number is counted on.
@@ -179,6 +180,70 @@ pub struct Index {
     trunk_counts: Counts,
     number_counts: Counts,
     state: Snapshot,
+}
+
+/// The numbers claiming one E.164 number or destination key, oldest first.
+/// Almost every claim has one claimant: that case holds it without a tree
+/// (a one-element `BTreeSet` allocates a node for eleven).
+#[derive(Debug, Default)]
+enum Claimants {
+    #[default]
+    None,
+    One(Order),
+    Many(BTreeSet<Order>),
+}
+
+impl Claimants {
+    fn insert(&mut self, o: Order) {
+        match std::mem::take(self) {
+            Claimants::None => *self = Claimants::One(o),
+            Claimants::One(x) if x == o => *self = Claimants::One(x),
+            Claimants::One(x) => *self = Claimants::Many(BTreeSet::from([x, o])),
+            Claimants::Many(mut set) => {
+                set.insert(o);
+                *self = Claimants::Many(set);
+            }
+        }
+    }
+
+    fn remove(&mut self, o: &Order) {
+        match self {
+            Claimants::One(x) if x == o => *self = Claimants::None,
+            Claimants::Many(set) => {
+                set.remove(o);
+                if set.len() == 1
+                    && let Some(only) = set.pop_first()
+                {
+                    *self = Claimants::One(only);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn first(&self) -> Option<&Order> {
+        match self {
+            Claimants::None => None,
+            Claimants::One(x) => Some(x),
+            Claimants::Many(set) => set.first(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Claimants::None)
+    }
+
+    /// The claimants' keys, oldest first.
+    fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        let (one, many) = match self {
+            Claimants::None => (None, None),
+            Claimants::One(x) => (Some(x), None),
+            Claimants::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter()
+            .chain(many.into_iter().flatten())
+            .map(|o| &o.2)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -304,7 +369,6 @@ impl Index {
                     dirty_trunks.insert(key);
                 }
                 Event::Number(n) => {
-                    let n = *n;
                     let key = n.key.clone();
                     self.forget_number(&key, &mut dirty_numbers);
                     let claims = if super::validate::number(&n.spec).is_ok() {
@@ -316,7 +380,7 @@ impl Index {
                     for c in &claims {
                         let set = self.claims.entry(c.clone()).or_default();
                         set.insert(order.clone());
-                        dirty_numbers.extend(set.iter().map(|o| o.2.clone()));
+                        dirty_numbers.extend(set.keys().cloned());
                     }
                     let trunks = number_trunks(&n);
                     for t in &trunks {
@@ -437,7 +501,7 @@ impl Index {
             if let Some(set) = self.claims.get_mut(c) {
                 set.remove(&order);
                 // The next-oldest claimant may win now.
-                dirty.extend(set.iter().map(|o| o.2.clone()));
+                dirty.extend(set.keys().cloned());
                 if set.is_empty() {
                     self.claims.remove(c);
                 }
@@ -482,7 +546,7 @@ impl Index {
     fn lost_to(&self, e: &NumberEntry) -> Option<ObjectKey> {
         e.claims
             .iter()
-            .filter_map(|c| self.claims.get(c).and_then(|s| s.first()))
+            .filter_map(|c| self.claims.get(c).and_then(Claimants::first))
             .find(|w| w.2 != e.input.key)
             .map(|w| w.2.clone())
     }

@@ -230,7 +230,7 @@ fn step(inputs: &mut Inputs, all_secrets: &mut BTreeMap<ObjectKey, SecretData>, 
         Op::Number(ns, i, k) => {
             let n = number_input(*ns, *i, k);
             inputs.numbers.insert(n.key.clone(), n.clone());
-            Event::Number(Box::new(n))
+            Event::Number(Arc::new(n))
         }
         Op::DeleteNumber(ns, i) => {
             let key = ObjectKey::new(NAMESPACES[*ns], NUMBERS[*i]);
@@ -379,9 +379,9 @@ fn a_deleted_winner_hands_its_number_to_the_next_oldest_claimant() {
     index.apply(
         [
             Event::Trunk(Box::new(trunk_input(0, 0, &trunk))),
-            Event::Number(Box::new(number_input(0, 0, &claim(0)))),
-            Event::Number(Box::new(number_input(0, 1, &claim(2)))),
-            Event::Number(Box::new(number_input(0, 2, &claim(1)))),
+            Event::Number(Arc::new(number_input(0, 0, &claim(0)))),
+            Event::Number(Arc::new(number_input(0, 1, &claim(2)))),
+            Event::Number(Arc::new(number_input(0, 2, &claim(1)))),
         ],
         &secrets,
     );
@@ -439,7 +439,7 @@ fn a_secret_change_rejudges_only_its_users() {
             },
         );
         n.spec.number = format!("+1555000010{i}");
-        events.push(Event::Number(Box::new(n)));
+        events.push(Event::Number(Arc::new(n)));
     }
     let source = |k: &ObjectKey| all.get(k).cloned();
     index.apply(events, &source);
