@@ -1,7 +1,7 @@
 //! What this node refuses to run. A refused configuration leaves the last
 //! good one in place, and the reason reaches the resources' status.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 
 use switchboard_proto::v1alpha1::{Agent, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
 
@@ -10,14 +10,14 @@ use crate::routing::acl::Cidr;
 
 /// Checks a configuration; the error is for humans and names the object.
 pub fn validate(cfg: &RoutingConfig) -> Result<(), String> {
-    let mut trunk_ids = HashSet::new();
+    let mut trunk_ids = HashSet::with_capacity(cfg.trunks.len());
     for t in &cfg.trunks {
         if !trunk_ids.insert(t.id.as_str()) {
             return Err(format!("trunk {} appears twice", t.id));
         }
         trunk(t)?;
     }
-    let mut number_ids = HashSet::new();
+    let mut number_ids = HashSet::with_capacity(cfg.numbers.len());
     for n in &cfg.numbers {
         if !number_ids.insert(n.id.as_str()) {
             return Err(format!("number {} appears twice", n.id));

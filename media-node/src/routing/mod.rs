@@ -6,10 +6,11 @@ pub mod acl;
 pub(crate) mod numbers;
 
 use std::borrow::Borrow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use switchboard_proto::v1alpha1::{Codec, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
 
 /// An indexed configuration. Entries are `Arc`s so a reader takes what it
@@ -68,6 +69,11 @@ impl RoutingTable {
     /// Builds the table of a whole configuration (a snapshot). Invalid
     /// CIDRs are skipped with a warning: the operator validates them, and a
     /// node keeps serving the rest.
+    ///
+    /// Numbers are inserted without the replace path of
+    /// [`upsert_number`](Self::upsert_number) and the per-trunk sets are
+    /// built from id-ordered lists at the end (the operator sends numbers
+    /// by id), so 100,000 numbers cost one pass.
     pub fn build(cfg: RoutingConfig) -> RoutingTable {
         let mut t = RoutingTable {
             version: cfg.version,
@@ -79,7 +85,30 @@ impl RoutingTable {
         for tr in cfg.trunks {
             t.upsert_trunk(tr);
         }
+        let mut on_trunk: HashMap<String, Vec<ById>> = HashMap::new();
+        // A repeated id (validation refuses one, a local file may hold one)
+        // replaces the earlier entry, as upserting in order would.
+        let mut repeated = Vec::new();
         for n in cfg.numbers {
+            if t.numbers.contains(n.id.as_str()) {
+                repeated.push(n);
+                continue;
+            }
+            let n = Arc::new(n);
+            t.index.add(&n);
+            match on_trunk.get_mut(&n.trunk_id) {
+                Some(list) => list.push(ById(n.clone())),
+                None => {
+                    on_trunk.insert(n.trunk_id.clone(), vec![ById(n.clone())]);
+                }
+            }
+            t.numbers.insert(ById(n));
+        }
+        t.by_trunk = on_trunk
+            .into_iter()
+            .map(|(trunk, list)| (trunk, list.into_iter().collect()))
+            .collect();
+        for n in repeated {
             t.upsert_number(n);
         }
         t

@@ -1,8 +1,9 @@
 //! Matching a called number to a PhoneNumber: E.164 with or without `+`
 //! first, then the carrier-specific destinationKey.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use switchboard_proto::v1alpha1::PhoneNumber;
 
