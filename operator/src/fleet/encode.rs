@@ -55,28 +55,39 @@ impl NumbersEncoding {
 }
 
 /// An `ApplyRequest` carrying a snapshot: `head` (version and trunks, with
-/// no numbers) followed by the shared numbers.
-pub fn snapshot_request(head: &pb::RoutingConfig, numbers: &Bytes, term: u64) -> Bytes {
+/// no numbers) followed by the shared numbers, which are not copied here
+/// (tonic copies the message into its send buffer once).
+pub fn snapshot_request(head: &pb::RoutingConfig, numbers: &Bytes, term: u64) -> Encoded {
     debug_assert!(head.numbers.is_empty());
     let config_len = head.encoded_len() + numbers.len();
-    let mut buf = BytesMut::with_capacity(config_len + 24);
-    encoding::encode_key(SNAPSHOT_FIELD, WireType::LengthDelimited, &mut buf);
-    encoding::encode_varint(config_len as u64, &mut buf);
-    head.encode_raw(&mut buf);
-    buf.put_slice(numbers);
+    let mut first = BytesMut::with_capacity(head.encoded_len() + 16);
+    encoding::encode_key(SNAPSHOT_FIELD, WireType::LengthDelimited, &mut first);
+    encoding::encode_varint(config_len as u64, &mut first);
+    head.encode_raw(&mut first);
+    let mut last = BytesMut::new();
     if term != 0 {
-        encoding::uint64::encode(TERM_FIELD, &term, &mut buf);
+        encoding::uint64::encode(TERM_FIELD, &term, &mut last);
     }
-    buf.freeze()
+    Encoded(vec![first.freeze(), numbers.clone(), last.freeze()])
 }
 
-/// A message already encoded, sent as it is (see [`snapshot_request`]).
+/// A message already encoded, in parts sent one after the other (see
+/// [`snapshot_request`]).
 #[derive(Clone, Debug, Default)]
-pub struct Encoded(pub Bytes);
+pub struct Encoded(pub Vec<Bytes>);
+
+impl Encoded {
+    /// A message encoded in one piece.
+    pub fn whole(b: Bytes) -> Encoded {
+        Encoded(vec![b])
+    }
+}
 
 impl Message for Encoded {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        for part in &self.0 {
+            buf.put_slice(part);
+        }
     }
 
     fn merge_field(
@@ -91,11 +102,11 @@ impl Message for Encoded {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.0.iter().map(Bytes::len).sum()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
+        self.0.clear();
     }
 }
 
@@ -139,7 +150,8 @@ mod tests {
                 numbers: Vec::new(),
             };
             let cache = NumbersEncoding::default();
-            let bytes = snapshot_request(&head, cache.get(&numbers), term);
+            let bytes =
+                Bytes::from(snapshot_request(&head, cache.get(&numbers), term).encode_to_vec());
             let whole = pb::ApplyRequest {
                 change: Some(pb::apply_request::Change::Snapshot(pb::RoutingConfig {
                     version: 12,

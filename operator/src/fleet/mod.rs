@@ -295,14 +295,28 @@ pub async fn run(
         last_version: 0,
         nodes: BTreeMap::new(),
     };
-    // Never program nodes before the first real resolution: pushing the
-    // empty initial value would withdraw every number from a running fleet
-    // each time the operator starts.
-    if resolution.changed().await.is_err() {
-        return;
+    // Connect at once, so that the connections are up while the first
+    // resolution is still being made (a large inventory takes a second),
+    // but never program nodes before it: a connection pushes nothing while
+    // its configuration is the empty initial one, and pushing that would
+    // withdraw every number from a running fleet each time the operator
+    // starts.
+    m.set_endpoints(&endpoints.borrow_and_update().clone());
+    loop {
+        tokio::select! {
+            r = resolution.changed() => {
+                if r.is_err() { return; }
+                break;
+            }
+            r = endpoints.changed() => {
+                if r.is_err() { return; }
+                let eps = endpoints.borrow_and_update().clone();
+                m.set_endpoints(&eps);
+            }
+            Some((id, r)) = reports.recv() => m.on_report(&id, r),
+        }
     }
     m.set_base(resolution.borrow_and_update().clone());
-    m.set_endpoints(&endpoints.borrow_and_update().clone());
     loop {
         m.replan();
         let v = m.view();

@@ -54,7 +54,7 @@ impl Desired {
 
     /// The snapshot `ApplyRequest`, encoded: this node's trunks, then the
     /// numbers every node shares (encoded once for all of them).
-    fn snapshot_request(&self, term: u64) -> Bytes {
+    fn snapshot_request(&self, term: u64) -> Encoded {
         let head = pb::RoutingConfig {
             version: self.version,
             trunks: self.trunks.values().map(|t| t.as_ref().clone()).collect(),
@@ -187,14 +187,14 @@ impl Interceptor for Bearer {
 type ApplyClient = tonic::client::Grpc<InterceptedService<Channel, Bearer>>;
 
 /// `NodeControl/Apply` with an already encoded `ApplyRequest`.
-async fn apply(rpc: &mut ApplyClient, body: Bytes) -> Result<pb::ApplyResponse, tonic::Status> {
+async fn apply(rpc: &mut ApplyClient, body: Encoded) -> Result<pb::ApplyResponse, tonic::Status> {
     rpc.ready()
         .await
         .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
     let codec = tonic_prost::ProstCodec::<Encoded, pb::ApplyResponse>::default();
     let path = http::uri::PathAndQuery::from_static("/switchboard.v1alpha1.NodeControl/Apply");
     Ok(rpc
-        .unary(tonic::Request::new(Encoded(body)), path, codec)
+        .unary(tonic::Request::new(body), path, codec)
         .await?
         .into_inner())
 }
@@ -246,10 +246,10 @@ async fn session(
                         change: Some(pb::apply_request::Change::Delta(want.delta(a))),
                         term,
                     };
-                    (Bytes::from(req.encode_to_vec()), false)
+                    (Encoded::whole(Bytes::from(req.encode_to_vec())), false)
                 }
             };
-            send(Report::Sent(snapshot, body.len()));
+            send(Report::Sent(snapshot, body.encoded_len()));
             let resp = apply(&mut apply_rpc, body).await?;
             match apply_response::Result::try_from(resp.result)
                 .unwrap_or(apply_response::Result::Unspecified)

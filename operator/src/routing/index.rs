@@ -15,7 +15,9 @@
 //! [`super::resolve`] stays as the whole-world reference; a property test
 //! checks the index against it after every step.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -338,7 +340,9 @@ impl Index {
         secrets: SecretSource<'_>,
     ) -> Applied {
         let mut dirty_trunks: BTreeSet<ObjectKey> = BTreeSet::new();
-        let mut dirty_numbers: BTreeSet<ObjectKey> = BTreeSet::new();
+        // Judged in any order: a number's verdict depends on the trunks and
+        // claims, not on other numbers' verdicts.
+        let mut dirty_numbers: HashSet<ObjectKey> = HashSet::default();
         for ev in events {
             match ev {
                 Event::Trunk(t) => {
@@ -492,7 +496,7 @@ impl Index {
         }
     }
 
-    fn forget_number(&mut self, key: &ObjectKey, dirty: &mut BTreeSet<ObjectKey>) {
+    fn forget_number(&mut self, key: &ObjectKey, dirty: &mut HashSet<ObjectKey>) {
         let Some(old) = self.numbers.remove(key) else {
             return;
         };
@@ -557,11 +561,12 @@ impl Index {
             let primary = e.trunks.first().cloned();
             (judge_number(&e.input, lost.as_ref(), &*self), primary)
         });
-        let old = self.state.numbers.get(key).cloned();
-        if let Some(o) = &old {
+        let old = self.state.numbers.get(key);
+        if let Some(o) = old {
             self.number_counts
                 .add(o.accepted.ok, o.resolved_refs.ok, -1);
         }
+        let unchanged = matches!((&judged, old), (Some(((v, _), _)), Some(o)) if v == o);
         // Uncount, then count again where it is routed now.
         if let Some(t) = self.counted_on.remove(key) {
             if let Some(n) = self.routed.get_mut(&t) {
@@ -572,6 +577,7 @@ impl Index {
             }
             recount.insert(t);
         }
+        let id = key.id();
         match judged {
             Some(((verdict, config), primary)) => {
                 self.number_counts
@@ -579,18 +585,25 @@ impl Index {
                 if config.is_some()
                     && let Some(t) = primary
                 {
-                    *self.routed.entry(t.clone()).or_default() += 1;
-                    self.counted_on.insert(key.clone(), t.clone());
-                    recount.insert(t);
+                    match self.routed.get_mut(&t) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.routed.insert(t.clone(), 1);
+                        }
+                    }
+                    if !recount.contains(&t) {
+                        recount.insert(t.clone());
+                    }
+                    self.counted_on.insert(key.clone(), t);
                 }
-                if old.as_ref() != Some(&verdict) {
+                if !unchanged {
                     self.state.numbers.insert(key.clone(), verdict);
                 }
-                set_config(&mut self.state.number_configs, key.id(), config);
+                set_config(&mut self.state.number_configs, id, config);
             }
             None => {
                 remove(&mut self.state.numbers, key);
-                remove(&mut self.state.number_configs, &key.id());
+                remove(&mut self.state.number_configs, &id);
             }
         }
     }
