@@ -771,16 +771,17 @@ spec:
 
     fn read_whole(text: &str) -> Result<Loaded, String> {
         let part = read_part(text)?;
-        let mut l = Loaded::default();
-        l.inputs = part.inputs;
-        l.problems = part
-            .problems
-            .into_iter()
-            .map(|(i, message)| Problem {
-                location: format!("big.yaml#{}", i + 1),
-                message,
-            })
-            .collect();
+        let l = Loaded {
+            inputs: part.inputs,
+            problems: part
+                .problems
+                .into_iter()
+                .map(|(i, message)| Problem {
+                    location: format!("big.yaml#{}", i + 1),
+                    message,
+                })
+                .collect(),
+        };
         Ok(l)
     }
 
