@@ -163,6 +163,10 @@ struct NumberEntry {
     /// Trunks named (primary first, then fallbacks).
     trunks: Vec<ObjectKey>,
     secret: Option<ObjectKey>,
+    /// Whether the published maps may hold this key (a verdict or a
+    /// configuration): a number never published skips their lookups, which
+    /// are much of the cost of loading 100,000 new numbers.
+    published: bool,
 }
 
 /// The incremental resolver.
@@ -374,6 +378,13 @@ impl Index {
                 }
                 Event::Number(n) => {
                     let key = n.key.clone();
+                    // Without an entry the key may still be published (deleted
+                    // earlier in this batch, not judged yet): look. The
+                    // configurations' keys are a subset of the verdicts'.
+                    let published = match self.numbers.get(&key) {
+                        Some(e) => e.published,
+                        None => self.state.numbers.contains_key(&key),
+                    };
                     self.forget_number(&key, &mut dirty_numbers);
                     let claims = if super::validate::number(&n.spec).is_ok() {
                         conflicts::claims(&n)
@@ -404,6 +415,7 @@ impl Index {
                             claims,
                             trunks,
                             secret,
+                            published,
                         },
                     );
                     dirty_numbers.insert(key);
@@ -561,7 +573,13 @@ impl Index {
             let primary = e.trunks.first().cloned();
             (judge_number(&e.input, lost.as_ref(), &*self), primary)
         });
-        let old = self.state.numbers.get(key);
+        // A number without an entry (deleted) may still be published.
+        let published = self.numbers.get(key).is_none_or(|e| e.published);
+        let old = if published {
+            self.state.numbers.get(key)
+        } else {
+            None
+        };
         if let Some(o) = old {
             self.number_counts
                 .add(o.accepted.ok, o.resolved_refs.ok, -1);
@@ -599,7 +617,16 @@ impl Index {
                 if !unchanged {
                     self.state.numbers.insert(key.clone(), verdict);
                 }
-                set_config(&mut self.state.number_configs, id, config);
+                if published {
+                    set_config(&mut self.state.number_configs, id, config);
+                } else {
+                    if let Some(c) = config {
+                        self.state.number_configs.insert(id, Arc::new(c));
+                    }
+                    if let Some(e) = self.numbers.get_mut(key) {
+                        e.published = true;
+                    }
+                }
             }
             None => {
                 remove(&mut self.state.numbers, key);
