@@ -173,7 +173,11 @@ fn agent(
         url: a.url.clone(),
         protocol: pb::AgentProtocol::TwilioMediaStreams as i32,
         bearer_token,
-        parameters: a.parameters.clone().into_iter().collect(),
+        parameters: a
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         status_webhook: a.status_webhook.clone().unwrap_or_default(),
         egress_allowed_networks,
     })
