@@ -733,6 +733,17 @@ async fn attempt(
             Err(e) => return TryResult::Error(e.to_string()),
         };
         dialog.peer = dest;
+        // The dialog is routable before the ACK leaves: a carrier may send an
+        // in-dialog request (an UPDATE, a re-INVITE) the moment the ACK
+        // arrives, and it must not find the dialog missing (481). Requests
+        // that arrive before the session runs wait in its channel.
+        let (tx, rx) = mpsc::unbounded_channel();
+        ctx.calls.register_dialog(
+            &dialog.call_id,
+            &dialog.local_tag,
+            &dialog.remote_tag,
+            tx.clone(),
+        );
         ctx.sip.ack(Some(&txn), dialog.ack(cseq), dialog.next_hop());
         let answer = Sdp::parse(&String::from_utf8_lossy(&resp.body)).ok();
         let media = media_from_answer(
@@ -743,13 +754,6 @@ async fn attempt(
             local.crypto.as_ref(),
         );
         let timer = session_timer::uac_from_response(&resp);
-        let (tx, rx) = mpsc::unbounded_channel();
-        ctx.calls.register_dialog(
-            &dialog.call_id,
-            &dialog.local_tag,
-            &dialog.remote_tag,
-            tx.clone(),
-        );
         let mut session = Session::new(
             ctx,
             SessionSetup {
