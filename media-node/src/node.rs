@@ -399,9 +399,18 @@ pub fn start_drain(ctx: &Ctx) -> bool {
     !was
 }
 
+/// How long a drained node keeps answering SIP after its last call ended.
+/// The final BYE's 200 may be lost (or still queued when the count reaches
+/// zero), and a UDP peer retransmits its BYE after 0.5 s and then 1 s (RFC
+/// 3261 T1); the server transaction answers those again only while the
+/// process runs. Without it the peer's retransmission finds nothing, or a
+/// new pod on the same address, which answers 481.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
 async fn drain(ctx: &Arc<Ctx>, grace: Duration) {
     start_drain(ctx);
     let mut count = ctx.calls.watch_total();
+    let had_calls = *count.borrow() > 0;
     tracing::info!(calls = *count.borrow(), "draining");
     let wait = async {
         while *count.borrow_and_update() > 0 {
@@ -422,6 +431,13 @@ async fn drain(ctx: &Arc<Ctx>, grace: Duration) {
             }
         })
         .await;
+    }
+    if had_calls {
+        tracing::info!(
+            linger_ms = DRAIN_LINGER.as_millis() as u64,
+            "drained; answering retransmissions before exiting"
+        );
+        tokio::time::sleep(DRAIN_LINGER).await;
     }
     tracing::info!("drained; exiting");
 }

@@ -163,10 +163,25 @@ async fn drain_sigterm_lets_three_calls_end_with_their_bye_then_exits_0() {
             .expect("sipp runs")
             .assert_success("a call in progress runs to the caller's BYE during the drain");
     }
+    // Right after its last call the node still answers SIP for a moment: a
+    // lost final 200 makes the caller retransmit its BYE, and only a live
+    // process answers that (it exited at once before).
+    let resp = options(node.sip).await;
+    assert_eq!(
+        status_of(&resp),
+        Some(503),
+        "OPTIONS right after the last call: {resp}"
+    );
     let status = node
         .wait_exit(Duration::from_secs(15))
         .await
         .expect("node exits once the last call ended");
+    assert!(
+        node.log()
+            .contains("drained; answering retransmissions before exiting"),
+        "{}",
+        node.log()
+    );
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",
