@@ -378,6 +378,58 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_builds_the_table_upserting_would() {
+        // Out of id order, a repeated id (its later entry wins), two ids on
+        // one number's digits, numbers on two trunks.
+        let numbers = vec![
+            number("ns/c", "+15550000003", "ns/a"),
+            number("ns/a", "+15550000001", "ns/b"),
+            number("ns/b", "+15550000001", "ns/a"),
+            PhoneNumber {
+                destination_key: "k1".into(),
+                ..number("ns/c", "+15550000033", "ns/b")
+            },
+            number("ns/d", "+15550000004", "ns/a"),
+        ];
+        let cfg = RoutingConfig {
+            version: 3,
+            trunks: vec![trunk("ns/a", &["10.0.0.0/8"]), trunk("ns/b", &[])],
+            numbers: numbers.clone(),
+        };
+        let built = RoutingTable::build(cfg.clone());
+        let mut upserted = RoutingTable {
+            version: 3,
+            ..Default::default()
+        };
+        for t in cfg.trunks {
+            upserted.upsert_trunk(t);
+        }
+        for n in numbers {
+            upserted.upsert_number(n);
+        }
+        assert_eq!(built.number_count(), 4);
+        for user in [
+            "15550000001",
+            "15550000003",
+            "15550000033",
+            "k1",
+            "15550000004",
+        ] {
+            assert_eq!(called(&built, user), called(&upserted, user), "{user}");
+        }
+        assert_eq!(called(&built, "15550000001").as_deref(), Some("ns/a"));
+        assert_eq!(called(&built, "15550000003"), None, "replaced entry gone");
+        for trunk in ["ns/a", "ns/b"] {
+            assert_eq!(on(&built, trunk), on(&upserted, trunk), "{trunk}");
+        }
+        assert_eq!(on(&built, "ns/a"), ["ns/b", "ns/d"]);
+        assert_eq!(
+            built.number_by_id("ns/c").map(|n| n.e164.as_str()),
+            Some("+15550000033")
+        );
+    }
+
+    #[test]
     fn a_changed_number_loses_its_old_index_entries() {
         let mut t = table();
         let kept = t.number_by_id("ns/three").cloned().expect("three");
