@@ -789,7 +789,7 @@ autoscaling:
   enabled: true
   minReplicas: 1
   maxReplicas: 3
-  cpu: {enabled: true, targetUtilization: 50}
+  cpu: {enabled: true, targetUtilization: 25}
   behavior:
     scaleUp:
       stabilizationWindowSeconds: 0
