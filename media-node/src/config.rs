@@ -90,7 +90,8 @@ impl RoutingStore {
 
     /// A number by id.
     pub fn number_by_id(&self, id: &str) -> Option<Arc<PhoneNumber>> {
-        self.read(|t| t.number_by_id(id).cloned()).flatten()
+        self.read(|t| t.number_by_id(id).map(|n| Arc::new(n.clone())))
+            .flatten()
     }
 
     /// Replaces the whole table (a snapshot built by the caller, outside

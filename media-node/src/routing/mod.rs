@@ -5,111 +5,121 @@
 pub mod acl;
 pub(crate) mod numbers;
 
-use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use hashbrown::HashTable;
 use switchboard_proto::v1alpha1::{Codec, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
 
-/// An indexed configuration. Entries are `Arc`s so a reader takes what it
-/// needs out of a short read section by cloning a pointer.
+use numbers::{Ids, Slot};
+
+/// An indexed configuration. Trunks are `Arc`s so a reader takes one out of
+/// a short read section by cloning a pointer; a reader clones the number it
+/// needs (once per call).
+///
+/// Numbers live in slots: a snapshot's decoded list becomes the storage as
+/// it is, with no copy or allocation per number, and every index refers to
+/// a slot. 100,000 numbers would otherwise be held twice while a snapshot
+/// is built.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     version: u64,
     trunks: HashMap<String, Arc<Trunk>>,
-    numbers: HashSet<ById>,
+    numbers: Slots,
+    /// The slot of every number, found by id.
+    by_id: HashTable<Slot>,
+    hasher: foldhash::fast::RandomState,
     acl: acl::Acl,
     index: numbers::NumberIndex,
     /// Numbers by primary trunk id, so removing a trunk finds the numbers
     /// that still name it without scanning every number.
-    by_trunk: HashMap<String, BTreeSet<ById>>,
+    by_trunk: HashMap<String, HashSet<Slot>>,
 }
 
-/// A number in a set keyed by its id: the set shares the entry instead of
-/// holding a copy of the id (100,000 numbers are in two such sets).
-#[derive(Debug, Clone)]
-struct ById(Arc<PhoneNumber>);
+/// Number storage; `None` marks a free slot, reused by the next new number.
+#[derive(Debug, Default)]
+struct Slots {
+    all: Vec<Option<PhoneNumber>>,
+    free: Vec<Slot>,
+}
 
-impl Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.0.id
+impl Slots {
+    fn get(&self, slot: Slot) -> Option<&PhoneNumber> {
+        self.all.get(slot as usize)?.as_ref()
+    }
+
+    /// Stores a new number in a free slot, else a new one.
+    fn put(&mut self, n: PhoneNumber) -> Slot {
+        if let Some(slot) = self.free.pop()
+            && let Some(free) = self.all.get_mut(slot as usize)
+        {
+            *free = Some(n);
+            return slot;
+        }
+        self.all.push(Some(n));
+        slot_at(self.all.len() - 1)
+    }
+
+    /// Empties a slot, returning what it held.
+    fn take(&mut self, slot: Slot) -> Option<PhoneNumber> {
+        let n = self.all.get_mut(slot as usize)?.take();
+        if n.is_some() {
+            self.free.push(slot);
+        }
+        n
     }
 }
 
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+impl Ids for Slots {
+    fn id(&self, slot: Slot) -> &str {
+        self.get(slot).map_or("", |n| n.id.as_str())
     }
 }
 
-impl Eq for ById {}
-
-impl std::hash::Hash for ById {
-    // Hashes as the id `str` does, as `Borrow<str>` requires.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.as_str().hash(state)
-    }
-}
-
-impl PartialOrd for ById {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ById {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.id.cmp(&other.0.id)
-    }
+/// Slots are counted in `u32`: a configuration message (at most
+/// `MAX_MESSAGE_BYTES`, a few bytes per number at the least) holds far
+/// fewer numbers.
+fn slot_at(i: usize) -> Slot {
+    Slot::try_from(i).unwrap_or(Slot::MAX)
 }
 
 impl RoutingTable {
-    /// Builds the table of a whole configuration (a snapshot). Invalid
-    /// CIDRs are skipped with a warning: the operator validates them, and a
-    /// node keeps serving the rest.
+    /// Builds the table of a snapshot.
     ///
-    /// Numbers are inserted without the replace path of
-    /// [`upsert_number`](Self::upsert_number) and the per-trunk sets are
-    /// built from id-ordered lists at the end (the operator sends numbers
-    /// by id), so 100,000 numbers cost one pass.
+    /// The decoded numbers become the table's slots in place, so 100,000
+    /// numbers cost one pass of hash inserts.
     pub fn build(cfg: RoutingConfig) -> RoutingTable {
         let mut t = RoutingTable {
             version: cfg.version,
             trunks: HashMap::with_capacity(cfg.trunks.len()),
-            numbers: HashSet::with_capacity(cfg.numbers.len()),
+            by_id: HashTable::with_capacity(cfg.numbers.len()),
             index: numbers::NumberIndex::with_capacity(cfg.numbers.len()),
             ..Default::default()
         };
         for tr in cfg.trunks {
             t.upsert_trunk(tr);
         }
-        let mut on_trunk: HashMap<String, Vec<ById>> = HashMap::new();
-        // A repeated id (validation refuses one, a local file may hold one)
-        // replaces the earlier entry, as upserting in order would.
-        let mut repeated = Vec::new();
-        for n in cfg.numbers {
-            if t.numbers.contains(n.id.as_str()) {
-                repeated.push(n);
-                continue;
-            }
-            let n = Arc::new(n);
-            t.index.add(&n);
-            match on_trunk.get_mut(&n.trunk_id) {
-                Some(list) => list.push(ById(n.clone())),
+        // `Option<PhoneNumber>` has the layout of `PhoneNumber`: collected in
+        // place, without a second list.
+        t.numbers.all = cfg.numbers.into_iter().map(Some).collect();
+        for i in 0..t.numbers.all.len() {
+            let slot = slot_at(i);
+            match t.slot_of(t.numbers.id(slot)) {
+                // A repeated id (validation refuses one, a local file may
+                // hold one) replaces the earlier entry, as upserting in
+                // order would.
+                Some(earlier) => {
+                    if let Some(n) = t.numbers.take(slot) {
+                        t.replace(earlier, n);
+                    }
+                }
                 None => {
-                    on_trunk.insert(n.trunk_id.clone(), vec![ById(n.clone())]);
+                    t.insert_id(slot);
+                    t.link(slot);
                 }
             }
-            t.numbers.insert(ById(n));
-        }
-        t.by_trunk = on_trunk
-            .into_iter()
-            .map(|(trunk, list)| (trunk, list.into_iter().collect()))
-            .collect();
-        for n in repeated {
-            t.upsert_number(n);
         }
         t
     }
@@ -158,31 +168,80 @@ impl RoutingTable {
 
     /// Adds or replaces a number; a replaced number's old index entries go.
     pub fn upsert_number(&mut self, n: PhoneNumber) {
-        self.remove_number(&n.id);
-        let n = Arc::new(n);
-        self.index.add(&n);
-        match self.by_trunk.get_mut(&n.trunk_id) {
-            Some(on) => {
-                on.insert(ById(n.clone()));
-            }
+        match self.slot_of(&n.id) {
+            Some(slot) => self.replace(slot, n),
             None => {
-                self.by_trunk
-                    .insert(n.trunk_id.clone(), BTreeSet::from([ById(n.clone())]));
+                let slot = self.numbers.put(n);
+                self.insert_id(slot);
+                self.link(slot);
             }
         }
-        self.numbers.insert(ById(n));
     }
 
     /// Removes a number and its index entries (no-op when unknown).
     pub fn remove_number(&mut self, id: &str) {
-        let Some(ById(old)) = self.numbers.take(id) else {
+        let hash = self.hasher.hash_one(id);
+        let numbers = &self.numbers;
+        let Ok(entry) = self.by_id.find_entry(hash, |s| numbers.id(*s) == id) else {
             return;
         };
-        self.index.remove(&old);
-        if let Some(ids) = self.by_trunk.get_mut(&old.trunk_id) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_trunk.remove(&old.trunk_id);
+        let (slot, _) = entry.remove();
+        self.unlink(slot);
+        self.numbers.take(slot);
+    }
+
+    /// The slot holding the number `id`.
+    fn slot_of(&self, id: &str) -> Option<Slot> {
+        let hash = self.hasher.hash_one(id);
+        self.by_id
+            .find(hash, |s| self.numbers.id(*s) == id)
+            .copied()
+    }
+
+    /// Makes the (new) number in `slot` findable by its id.
+    fn insert_id(&mut self, slot: Slot) {
+        let (numbers, hasher) = (&self.numbers, &self.hasher);
+        let hash = hasher.hash_one(numbers.id(slot));
+        self.by_id
+            .insert_unique(hash, slot, |s| hasher.hash_one(numbers.id(*s)));
+    }
+
+    /// Puts `n` (with the same id) in the place of the number in `slot`.
+    fn replace(&mut self, slot: Slot, n: PhoneNumber) {
+        self.unlink(slot);
+        if let Some(held) = self.numbers.all.get_mut(slot as usize) {
+            *held = Some(n);
+        }
+        self.link(slot);
+    }
+
+    /// Adds the number in `slot` to the number index and its trunk's set.
+    fn link(&mut self, slot: Slot) {
+        let Some(n) = self.numbers.get(slot) else {
+            return;
+        };
+        self.index.add(slot, n, &self.numbers);
+        match self.by_trunk.get_mut(&n.trunk_id) {
+            Some(on) => {
+                on.insert(slot);
+            }
+            None => {
+                self.by_trunk
+                    .insert(n.trunk_id.clone(), HashSet::from_iter([slot]));
+            }
+        }
+    }
+
+    /// Removes what [`link`](Self::link) added for the number in `slot`.
+    fn unlink(&mut self, slot: Slot) {
+        let Some(n) = self.numbers.get(slot) else {
+            return;
+        };
+        self.index.remove(slot, n);
+        if let Some(on) = self.by_trunk.get_mut(&n.trunk_id) {
+            on.remove(&slot);
+            if on.is_empty() {
+                self.by_trunk.remove(&n.trunk_id);
             }
         }
     }
@@ -209,15 +268,20 @@ impl RoutingTable {
 
     /// Numbers configured.
     pub fn number_count(&self) -> usize {
-        self.numbers.len()
+        self.by_id.len()
     }
 
-    /// Ids of the numbers whose primary trunk is `trunk_id`, by id.
+    /// Ids of the numbers whose primary trunk is `trunk_id`, by id (sorted
+    /// here: only a trunk's removal asks, and it looks at them all).
     pub fn numbers_on_trunk(&self, trunk_id: &str) -> impl Iterator<Item = &str> {
-        self.by_trunk
+        let mut ids: Vec<&str> = self
+            .by_trunk
             .get(trunk_id)
             .into_iter()
-            .flat_map(|on| on.iter().map(|n| n.0.id.as_str()))
+            .flat_map(|on| on.iter().map(|s| self.numbers.id(*s)))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// Trunk ids whose carriers may send from `ip`, by id.
@@ -231,18 +295,18 @@ impl RoutingTable {
     }
 
     /// The number a called user part designates.
-    pub fn number_for(&self, user: &str) -> Option<&Arc<PhoneNumber>> {
-        self.index.lookup(user)
+    pub fn number_for(&self, user: &str) -> Option<&PhoneNumber> {
+        self.index.lookup(user).and_then(|s| self.numbers.get(s))
     }
 
     /// A number by its id.
-    pub fn number_by_id(&self, id: &str) -> Option<&Arc<PhoneNumber>> {
-        self.numbers.get(id).map(|n| &n.0)
+    pub fn number_by_id(&self, id: &str) -> Option<&PhoneNumber> {
+        self.slot_of(id).and_then(|s| self.numbers.get(s))
     }
 
     /// The number an outbound call's `from` names: its id, else its E.164
     /// form (with or without `+` and separators) or destination key.
-    pub fn caller_number(&self, from: &str) -> Option<&Arc<PhoneNumber>> {
+    pub fn caller_number(&self, from: &str) -> Option<&PhoneNumber> {
         self.number_by_id(from).or_else(|| self.number_for(from))
     }
 
@@ -250,7 +314,7 @@ impl RoutingTable {
     pub fn matches(&self, cfg: &RoutingConfig) -> bool {
         self.version == cfg.version
             && self.trunks.len() == cfg.trunks.len()
-            && self.numbers.len() == cfg.numbers.len()
+            && self.number_count() == cfg.numbers.len()
             && cfg
                 .trunks
                 .iter()
@@ -258,7 +322,13 @@ impl RoutingTable {
             && cfg
                 .numbers
                 .iter()
-                .all(|n| self.number_by_id(&n.id).is_some_and(|have| **have == *n))
+                .all(|n| self.number_by_id(&n.id).is_some_and(|have| have == n))
+    }
+
+    /// The slot of a number, for tests that check nothing was moved.
+    #[cfg(test)]
+    fn slot_of_id(&self, id: &str) -> Option<Slot> {
+        self.slot_of(id)
     }
 }
 
@@ -432,7 +502,7 @@ mod tests {
     #[test]
     fn a_changed_number_loses_its_old_index_entries() {
         let mut t = table();
-        let kept = t.number_by_id("ns/three").cloned().expect("three");
+        let kept = t.slot_of_id("ns/three").expect("three");
         t.apply_delta(ConfigDelta {
             base_version: 1,
             version: 2,
@@ -457,16 +527,38 @@ mod tests {
         assert_eq!(called(&t, "15550000004").as_deref(), Some("ns/four"));
         assert!(on(&t, "ns/a").is_empty());
         assert_eq!(on(&t, "ns/b"), ["ns/four", "ns/one", "ns/three"]);
-        // Untouched entries are the same allocation: nothing was rebuilt.
-        assert!(Arc::ptr_eq(
-            &kept,
-            t.number_by_id("ns/three").expect("three")
-        ));
+        // Untouched entries stay in their slot: nothing was rebuilt.
+        assert_eq!(t.slot_of_id("ns/three"), Some(kept));
         // Removing the key's owner empties the key.
         t.remove_number("ns/one");
         assert_eq!(called(&t, "0301234"), None);
         t.remove_number("ns/unknown");
         assert_eq!(t.number_count(), 2);
+    }
+
+    #[test]
+    fn a_removed_numbers_slot_serves_the_next_new_number() {
+        let mut t = table();
+        let two = t.slot_of_id("ns/two").expect("two");
+        t.remove_number("ns/two");
+        t.upsert_number(number("ns/five", "+15550000005", "ns/b"));
+        assert_eq!(t.slot_of_id("ns/five"), Some(two), "the freed slot");
+        assert!(t.number_by_id("ns/two").is_none());
+        assert_eq!(called(&t, "15550000002"), None);
+        assert_eq!(called(&t, "15550000005").as_deref(), Some("ns/five"));
+        assert_eq!(on(&t, "ns/a"), ["ns/one"]);
+        assert_eq!(on(&t, "ns/b"), ["ns/five", "ns/three"]);
+        assert_eq!(t.number_count(), 3);
+        // Removing it again frees the slot once: the next two new numbers
+        // get it and a new one.
+        t.remove_number("ns/five");
+        t.remove_number("ns/five");
+        t.upsert_number(number("ns/six", "+15550000006", "ns/a"));
+        t.upsert_number(number("ns/seven", "+15550000007", "ns/a"));
+        assert_eq!(t.slot_of_id("ns/six"), Some(two));
+        assert_ne!(t.slot_of_id("ns/seven"), Some(two));
+        assert_eq!(called(&t, "15550000006").as_deref(), Some("ns/six"));
+        assert_eq!(called(&t, "15550000007").as_deref(), Some("ns/seven"));
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! Matching a called number to a PhoneNumber: E.164 with or without `+`
 //! first, then the carrier-specific destinationKey.
 
-use std::sync::Arc;
-
 use foldhash::{HashMap, HashMapExt};
 
 use switchboard_proto::v1alpha1::PhoneNumber;
 
+/// A number's place in the routing table's storage.
+pub type Slot = u32;
+
+/// The ids of the numbers in their slots: the index orders claimants by id
+/// without holding a copy of it.
+pub trait Ids {
+    /// The id of the number in `slot` ("" for a free slot).
+    fn id(&self, slot: Slot) -> &str;
+}
+
 /// Looks numbers up by how carriers write them. Updated number by number:
 /// adding and removing one costs a few hash operations.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct NumberIndex {
     by_digits: HashMap<String, Claimants>,
     by_key: HashMap<String, Claimants>,
@@ -19,19 +27,19 @@ pub struct NumberIndex {
 /// forms unique, but a node does not rely on it: the smallest id answers
 /// (the first in the operator's id-ordered configuration), and removing it
 /// lets the next one answer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Claimants {
     /// The usual case, without a list to allocate.
-    One(Arc<PhoneNumber>),
+    One(Slot),
     /// Ordered by id; never empty (the entry goes with its last claimant).
-    Many(Vec<Arc<PhoneNumber>>),
+    Many(Vec<Slot>),
 }
 
 impl Claimants {
-    fn first(&self) -> &Arc<PhoneNumber> {
+    fn first(&self) -> Option<Slot> {
         match self {
-            Claimants::One(n) => n,
-            Claimants::Many(v) => &v[0],
+            Claimants::One(n) => Some(*n),
+            Claimants::Many(v) => v.first().copied(),
         }
     }
 }
@@ -50,41 +58,40 @@ fn e164_digits(s: &str) -> Option<&str> {
     (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())).then_some(d)
 }
 
-fn claim(map: &mut HashMap<String, Claimants>, form: &str, n: &Arc<PhoneNumber>) {
+fn claim(map: &mut HashMap<String, Claimants>, form: &str, slot: Slot, ids: &impl Ids) {
     let Some(c) = map.get_mut(form) else {
-        map.insert(form.to_owned(), Claimants::One(n.clone()));
+        map.insert(form.to_owned(), Claimants::One(slot));
         return;
     };
     match c {
-        Claimants::One(x) if x.id == n.id => *x = n.clone(),
+        Claimants::One(x) if *x == slot => {}
         Claimants::One(x) => {
-            let mut v = vec![x.clone(), n.clone()];
-            v.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut v = vec![*x, slot];
+            v.sort_by(|a, b| ids.id(*a).cmp(ids.id(*b)));
             *c = Claimants::Many(v);
         }
         Claimants::Many(v) => {
-            let at = v.partition_point(|x| x.id < n.id);
-            if v.get(at).is_some_and(|x| x.id == n.id) {
-                v[at] = n.clone();
-            } else {
-                v.insert(at, n.clone());
+            if !v.contains(&slot) {
+                let id = ids.id(slot);
+                let at = v.partition_point(|x| ids.id(*x) < id);
+                v.insert(at, slot);
             }
         }
     }
 }
 
-fn unclaim(map: &mut HashMap<String, Claimants>, form: &str, id: &str) {
+fn unclaim(map: &mut HashMap<String, Claimants>, form: &str, slot: Slot) {
     let Some(c) = map.get_mut(form) else {
         return;
     };
     let left = match c {
-        Claimants::One(x) if x.id == id => None,
+        Claimants::One(x) if *x == slot => None,
         Claimants::One(_) => return,
         Claimants::Many(v) => {
-            v.retain(|x| x.id != id);
+            v.retain(|x| *x != slot);
             match v.as_slice() {
                 [] => None,
-                [only] => Some(Claimants::One(only.clone())),
+                [only] => Some(Claimants::One(*only)),
                 _ => return,
             }
         }
@@ -106,40 +113,40 @@ impl NumberIndex {
         }
     }
 
-    /// Indexes a number by its E.164 form and destination key. Add a
-    /// number once; to change it, [`remove`](Self::remove) the old one
-    /// first.
-    pub fn add(&mut self, n: &Arc<PhoneNumber>) {
+    /// Indexes `n`, stored in `slot`, by its E.164 form and destination
+    /// key. To change a number, [`remove`](Self::remove) it as it was
+    /// first; `ids` must already give `n`'s id for `slot`.
+    pub fn add(&mut self, slot: Slot, n: &PhoneNumber, ids: &impl Ids) {
         if let Some(d) = e164_digits(&n.e164) {
-            claim(&mut self.by_digits, d, n);
+            claim(&mut self.by_digits, d, slot, ids);
         }
         if !n.destination_key.is_empty() {
-            claim(&mut self.by_key, &n.destination_key, n);
+            claim(&mut self.by_key, &n.destination_key, slot, ids);
         }
     }
 
-    /// Removes the entries `n` (as it was added) made.
-    pub fn remove(&mut self, n: &PhoneNumber) {
+    /// Removes the entries `n` (as it was added in `slot`) made.
+    pub fn remove(&mut self, slot: Slot, n: &PhoneNumber) {
         if let Some(d) = e164_digits(&n.e164) {
-            unclaim(&mut self.by_digits, d, &n.id);
+            unclaim(&mut self.by_digits, d, slot);
         }
         if !n.destination_key.is_empty() {
-            unclaim(&mut self.by_key, &n.destination_key, &n.id);
+            unclaim(&mut self.by_key, &n.destination_key, slot);
         }
     }
 
-    /// Finds the number for a called user part.
-    pub fn lookup(&self, user: &str) -> Option<&Arc<PhoneNumber>> {
+    /// The slot of the number for a called user part.
+    pub fn lookup(&self, user: &str) -> Option<Slot> {
         let cleaned = clean_user(user);
         if let Some(d) = e164_digits(&cleaned)
             && let Some(c) = self.by_digits.get(d)
         {
-            return Some(c.first());
+            return c.first();
         }
         self.by_key
             .get(user)
             .or_else(|| self.by_key.get(&cleaned))
-            .map(Claimants::first)
+            .and_then(Claimants::first)
     }
 
     /// Index entries (digits and keys), for tests.
@@ -159,85 +166,102 @@ impl NumberIndex {
 mod tests {
     use super::*;
 
-    fn number(id: &str, e164: &str, key: &str) -> Arc<PhoneNumber> {
-        Arc::new(PhoneNumber {
-            id: id.into(),
-            e164: e164.into(),
-            destination_key: key.into(),
-            ..Default::default()
-        })
+    /// Numbers in slots, as the routing table stores them.
+    #[derive(Default)]
+    struct Store(Vec<PhoneNumber>);
+
+    impl Ids for Store {
+        fn id(&self, slot: Slot) -> &str {
+            self.0.get(slot as usize).map_or("", |n| n.id.as_str())
+        }
     }
 
-    fn id(idx: &NumberIndex, user: &str) -> Option<String> {
-        idx.lookup(user).map(|n| n.id.clone())
+    impl Store {
+        /// Stores a number and indexes it.
+        fn add(&mut self, idx: &mut NumberIndex, id: &str, e164: &str, key: &str) -> Slot {
+            self.0.push(PhoneNumber {
+                id: id.into(),
+                e164: e164.into(),
+                destination_key: key.into(),
+                ..Default::default()
+            });
+            let slot = (self.0.len() - 1) as Slot;
+            idx.add(slot, &self.0[slot as usize], self);
+            slot
+        }
+
+        fn remove(&self, idx: &mut NumberIndex, slot: Slot) {
+            idx.remove(slot, &self.0[slot as usize]);
+        }
+    }
+
+    fn id(idx: &NumberIndex, store: &Store, user: &str) -> Option<String> {
+        idx.lookup(user).map(|s| store.id(s).to_owned())
     }
 
     #[test]
     fn matching_order() {
-        let mut idx = NumberIndex::default();
-        idx.add(&number("a", "+15551234567", ""));
-        idx.add(&number("b", "+4930123456", "030123456"));
-        assert_eq!(id(&idx, "+15551234567").as_deref(), Some("a"));
-        assert_eq!(id(&idx, "15551234567").as_deref(), Some("a"));
-        assert_eq!(id(&idx, "+1-555-123-4567").as_deref(), Some("a"));
-        assert_eq!(id(&idx, "+15551234567;npdi").as_deref(), Some("a"));
-        assert_eq!(id(&idx, "030123456").as_deref(), Some("b"));
-        assert_eq!(id(&idx, "4930123456").as_deref(), Some("b"));
-        assert_eq!(id(&idx, "5551234567"), None);
-        assert_eq!(id(&idx, ""), None);
-        assert_eq!(id(&idx, "alice"), None);
+        let (mut idx, mut st) = (NumberIndex::default(), Store::default());
+        st.add(&mut idx, "a", "+15551234567", "");
+        st.add(&mut idx, "b", "+4930123456", "030123456");
+        let id = |u: &str| id(&idx, &st, u);
+        assert_eq!(id("+15551234567").as_deref(), Some("a"));
+        assert_eq!(id("15551234567").as_deref(), Some("a"));
+        assert_eq!(id("+1-555-123-4567").as_deref(), Some("a"));
+        assert_eq!(id("+15551234567;npdi").as_deref(), Some("a"));
+        assert_eq!(id("030123456").as_deref(), Some("b"));
+        assert_eq!(id("4930123456").as_deref(), Some("b"));
+        assert_eq!(id("5551234567"), None);
+        assert_eq!(id(""), None);
+        assert_eq!(id("alice"), None);
     }
 
     #[test]
     fn e164_wins_over_destination_key() {
-        let mut idx = NumberIndex::default();
-        idx.add(&number("a", "+15550000001", "15550000002"));
-        idx.add(&number("b", "+15550000002", ""));
-        assert_eq!(id(&idx, "15550000002").as_deref(), Some("b"));
+        let (mut idx, mut st) = (NumberIndex::default(), Store::default());
+        st.add(&mut idx, "a", "+15550000001", "15550000002");
+        let b = st.add(&mut idx, "b", "+15550000002", "");
+        assert_eq!(id(&idx, &st, "15550000002").as_deref(), Some("b"));
         // Without the E.164 claimant the key answers again.
-        idx.remove(&number("b", "+15550000002", ""));
-        assert_eq!(id(&idx, "15550000002").as_deref(), Some("a"));
+        st.remove(&mut idx, b);
+        assert_eq!(id(&idx, &st, "15550000002").as_deref(), Some("a"));
     }
 
     #[test]
     fn removal_leaves_nothing_behind() {
-        let mut idx = NumberIndex::default();
-        let a = number("a", "+15550000001", "k1");
-        idx.add(&a);
-        idx.remove(&a);
-        assert_eq!(id(&idx, "+15550000001"), None);
-        assert_eq!(id(&idx, "k1"), None);
+        let (mut idx, mut st) = (NumberIndex::default(), Store::default());
+        let a = st.add(&mut idx, "a", "+15550000001", "k1");
+        st.remove(&mut idx, a);
+        assert_eq!(id(&idx, &st, "+15550000001"), None);
+        assert_eq!(id(&idx, &st, "k1"), None);
         assert!(idx.is_empty());
     }
 
     #[test]
     fn shared_forms_answer_the_smallest_id_and_survive_its_removal() {
-        let mut idx = NumberIndex::default();
+        let (mut idx, mut st) = (NumberIndex::default(), Store::default());
         // Added out of id order: the answer does not depend on that order.
-        let z = number("z", "+15550000001", "key");
-        let a = number("a", "+15550000001", "key");
-        idx.add(&z);
-        idx.add(&a);
-        assert_eq!(id(&idx, "15550000001").as_deref(), Some("a"));
-        assert_eq!(id(&idx, "key").as_deref(), Some("a"));
-        idx.remove(&a);
-        assert_eq!(id(&idx, "15550000001").as_deref(), Some("z"));
-        assert_eq!(id(&idx, "key").as_deref(), Some("z"));
-        idx.remove(&z);
+        let z = st.add(&mut idx, "z", "+15550000001", "key");
+        let m = st.add(&mut idx, "m", "+15550000001", "key");
+        let a = st.add(&mut idx, "a", "+15550000001", "key");
+        assert_eq!(id(&idx, &st, "15550000001").as_deref(), Some("a"));
+        assert_eq!(id(&idx, &st, "key").as_deref(), Some("a"));
+        st.remove(&mut idx, a);
+        assert_eq!(id(&idx, &st, "15550000001").as_deref(), Some("m"));
+        st.remove(&mut idx, m);
+        assert_eq!(id(&idx, &st, "15550000001").as_deref(), Some("z"));
+        assert_eq!(id(&idx, &st, "key").as_deref(), Some("z"));
+        st.remove(&mut idx, z);
         assert!(idx.is_empty());
     }
 
     #[test]
-    fn re_adding_a_number_replaces_its_entry() {
-        let mut idx = NumberIndex::default();
-        idx.add(&number("a", "+15550000001", ""));
-        let changed = Arc::new(PhoneNumber {
-            inbound: true,
-            ..(*number("a", "+15550000001", "")).clone()
-        });
-        idx.add(&changed);
-        assert!(idx.lookup("15550000001").is_some_and(|n| n.inbound));
-        idx.remove(&changed);
+    fn re_adding_a_number_in_its_slot_keeps_one_entry() {
+        let (mut idx, mut st) = (NumberIndex::default(), Store::default());
+        let a = st.add(&mut idx, "a", "+15550000001", "");
+        idx.add(a, &st.0[a as usize], &st);
+        assert_eq!(idx.lookup("15550000001"), Some(a));
+        st.remove(&mut idx, a);
         assert!(idx.is_empty(), "one entry per number and form");
     }
 }
