@@ -10,6 +10,7 @@ mod node;
 mod owners;
 mod plan;
 pub mod pods;
+mod send;
 mod shares;
 pub mod view;
 

@@ -15,13 +15,12 @@ use switchboard_proto::v1alpha1::{
 use tokio::sync::{mpsc, watch};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::client::{ControlClient, MAX_MESSAGE_BYTES};
 use super::encode::{self, Encoded, NumbersEncoding};
 use super::plan::Trunks;
+use super::send;
 
 /// Numbers by id, shared by every node's desired configuration: a
 /// persistent map, so a new generation costs only its change and two
@@ -184,21 +183,6 @@ impl Interceptor for Bearer {
     }
 }
 
-type ApplyClient = tonic::client::Grpc<InterceptedService<Channel, Bearer>>;
-
-/// `NodeControl/Apply` with an already encoded `ApplyRequest`.
-async fn apply(rpc: &mut ApplyClient, body: Encoded) -> Result<pb::ApplyResponse, tonic::Status> {
-    rpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
-    let codec = tonic_prost::ProstCodec::<Encoded, pb::ApplyResponse>::default();
-    let path = http::uri::PathAndQuery::from_static("/switchboard.v1alpha1.NodeControl/Apply");
-    Ok(rpc
-        .unary(tonic::Request::new(body), path, codec)
-        .await?
-        .into_inner())
-}
-
 async fn session(
     id: &str,
     addr: &str,
@@ -213,12 +197,14 @@ async fn session(
             .bearer()
             .and_then(|b| MetadataValue::try_from(b).ok()),
     );
-    let mut rpc = NodeControlClient::with_interceptor(channel.clone(), bearer.clone())
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Apply requests are sent encoded (a snapshot's numbers are encoded once
-    // for every node), so they go through a client of their own.
-    let mut apply_rpc = tonic::client::Grpc::new(InterceptedService::new(channel, bearer))
+    // for every node and not copied per node): see `send`.
+    let apply_bearer = client.bearer().and_then(|b| {
+        let mut v = http::HeaderValue::try_from(b).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    });
+    let mut rpc = NodeControlClient::with_interceptor(channel.clone(), bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut status = rpc
@@ -250,7 +236,7 @@ async fn session(
                 }
             };
             send(Report::Sent(snapshot, body.encoded_len()));
-            let resp = apply(&mut apply_rpc, body).await?;
+            let resp = send::apply(&channel, apply_bearer.as_ref(), body).await?;
             match apply_response::Result::try_from(resp.result)
                 .unwrap_or(apply_response::Result::Unspecified)
             {
