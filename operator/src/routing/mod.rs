@@ -124,6 +124,20 @@ impl NumberInput {
             spec: n.spec.clone(),
         }
     }
+
+    /// [`from_object`](Self::from_object), moving the spec.
+    pub fn from_owned(n: PhoneNumber) -> Self {
+        let m = n.metadata;
+        NumberInput {
+            key: ObjectKey::new(
+                m.namespace.unwrap_or_else(|| "default".into()),
+                m.name.unwrap_or_default(),
+            ),
+            generation: m.generation.unwrap_or(0),
+            created: m.creation_timestamp.map(|t| t.0),
+            spec: n.spec,
+        }
+    }
 }
 
 impl Inputs {
@@ -136,6 +150,13 @@ impl Inputs {
     /// Adds a phone-number object.
     pub fn add_number(&mut self, n: &PhoneNumber) {
         let n = NumberInput::from_object(n);
+        self.numbers.insert(n.key.clone(), n);
+    }
+
+    /// Adds a phone-number object it owns (a file's), without copying its
+    /// spec.
+    pub fn add_owned_number(&mut self, n: PhoneNumber) {
+        let n = NumberInput::from_owned(n);
         self.numbers.insert(n.key.clone(), n);
     }
 

@@ -845,3 +845,27 @@ fn transfer_policy_reaches_the_nodes() {
     assert!(t.no_progress);
     assert_eq!(t.caller_id, "+15550009999");
 }
+
+#[test]
+fn an_owned_number_becomes_the_same_input_as_a_borrowed_one() {
+    let full: crate::crd::PhoneNumber = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "PhoneNumber",
+        "metadata": {"name": "n", "namespace": "ns", "generation": 3,
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"number": "+14155550100", "trunkRef": {"name": "t"},
+                 "agent": {"url": "wss://agent.example/ws", "parameters": {"a": "1"}}}
+    }))
+    .expect("number");
+    let bare: crate::crd::PhoneNumber = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "PhoneNumber",
+        "metadata": {"name": "m"},
+        "spec": {"number": "+14155550101", "trunkRef": {"name": "t"}}
+    }))
+    .expect("number");
+    for n in [full, bare] {
+        let borrowed = NumberInput::from_object(&n);
+        assert_eq!(NumberInput::from_owned(n), borrowed);
+    }
+}

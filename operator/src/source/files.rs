@@ -587,7 +587,7 @@ fn load_doc(doc: Value, inputs: &mut Inputs) -> Result<(), String> {
         ("switchboard.dev/v1alpha1", "PhoneNumber") => {
             let n: PhoneNumber =
                 serde_json::from_value(doc).map_err(|e| format!("PhoneNumber {name}: {e}"))?;
-            inputs.add_number(&n);
+            inputs.add_owned_number(n);
         }
         ("v1", "Secret") => {
             // serde's message could quote a value: say only what is wrong.
