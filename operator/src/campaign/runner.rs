@@ -118,7 +118,7 @@ fn resolve_from(c: &CallCampaign, snap: &Snapshot) -> Result<(Vec<Caller>, Limit
             let why = snap
                 .numbers
                 .iter()
-                .find(|(k, _)| k.namespace == ns && k.name == *name)
+                .find(|(k, _)| *k.namespace == *ns && *k.name == **name)
                 .map(|(_, v)| {
                     let w = if v.accepted.ok {
                         &v.resolved_refs

@@ -193,7 +193,7 @@ fn egress_networks(spec: &SipTrunkSpec) -> Vec<String> {
 
 /// Builds a trunk's configuration; the spec has been validated.
 pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, RefError> {
-    let ns = t.key.namespace.as_str();
+    let ns = &*t.key.namespace;
     let spec = &t.spec;
     let inbound = match &spec.inbound {
         None => pb::Inbound::default(),
@@ -203,7 +203,7 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
             auth: match &i.auth {
                 None => None,
                 Some(a) => Some(pb::InboundAuth {
-                    realm: a.realm.clone().unwrap_or_else(|| t.key.name.clone()),
+                    realm: a.realm.clone().unwrap_or_else(|| t.key.name.to_string()),
                     credentials: Some(credentials(
                         secrets,
                         ns,
@@ -344,7 +344,7 @@ pub(super) fn trunk(t: &TrunkInput, secrets: &dyn World) -> Result<pb::Trunk, Re
 /// Builds a number's configuration; the spec has been validated and the
 /// number won any conflict.
 pub(super) fn number(n: &NumberInput, world: &dyn World) -> Result<pb::PhoneNumber, RefError> {
-    let ns = n.key.namespace.as_str();
+    let ns = &*n.key.namespace;
     let spec = &n.spec;
     let usable = |name: &str| -> Result<(), Option<String>> {
         let key = ObjectKey::new(ns, name);

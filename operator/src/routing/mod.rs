@@ -12,6 +12,7 @@ mod secrets;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use switchboard_proto::v1alpha1 as pb;
@@ -20,18 +21,21 @@ use crate::crd::{PhoneNumber, PhoneNumberSpec, SipTrunk, SipTrunkSpec};
 
 pub use secrets::{SecretData, SecretError};
 
-/// Identifies a namespaced object: `(namespace, name)`.
+/// Identifies a namespaced object: `(namespace, name)`. The parts are
+/// shared strings: the index holds each key in several maps (claims, trunk
+/// users, published verdicts), and a clone is a reference count, not two
+/// allocations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// Namespace of the object.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name of the object.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
     /// Builds a key.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
