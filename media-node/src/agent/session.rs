@@ -562,14 +562,31 @@ impl AgentSession {
 
     /// Lets the agent's `transfer` events reach the call.
     pub fn with_call(mut self, call: crate::call::HangupHandle) -> AgentSession {
-        self.call = Some(call);
+        self.set_call(call);
         self
+    }
+
+    /// Lets the agent's `transfer` events reach the call (in place).
+    pub fn set_call(&mut self, call: crate::call::HangupHandle) {
+        self.call = Some(call);
     }
 
     /// Runs the session until the call or the agent ends it. `caller` carries the call's audio
     /// and DTMF; `playout` receives the agent's audio and marks.
     pub async fn run(
         mut self,
+        custom_parameters: BTreeMap<String, String>,
+        caller: mpsc::Receiver<CallerEvent>,
+        playout: Arc<SharedPlayout>,
+    ) -> (SessionEnd, SessionStats) {
+        self.run_borrowed(custom_parameters, caller, playout).await
+    }
+
+    /// [`run`](Self::run) on a borrowed session: a task that owns the session (and lives as
+    /// long as the call) then holds it once, where a by-value session moved into an awaited
+    /// `async fn` would be held twice.
+    pub async fn run_borrowed(
+        &mut self,
         custom_parameters: BTreeMap<String, String>,
         mut caller: mpsc::Receiver<CallerEvent>,
         playout: Arc<SharedPlayout>,

@@ -70,6 +70,8 @@ const RTCP_INTERVAL_MS: u64 = 5000;
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read per wake before the engine's other work gets its turn.
+const DRAIN_BATCH: usize = 16;
 /// How long each digit the agent sends lasts (RFC 4733 events).
 const DTMF_DIGIT: Duration = Duration::from_millis(100);
 /// Frames (20 ms) of pause between digits.
@@ -315,8 +317,6 @@ impl Engine {
         self.metrics.active_media.inc();
         let timer = wheel.timer();
         let mut playout = self.playout.clone();
-        let mut rtp_buf = [0u8; MAX_DATAGRAM];
-        let mut rtcp_buf = [0u8; MAX_DATAGRAM];
         // The first packet (silence, or the agent's greeting) leaves at once.
         let mut running = self.service(&socket, rtcp.as_ref(), &timer).await;
         while running {
@@ -339,20 +339,13 @@ impl Engine {
                     }
                     Some(Control::Stop) | None => break,
                 },
-                r = socket.recv_from(&mut rtp_buf) => match r {
-                    Ok((n, from)) => {
-                        // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
-                        let is_rtcp = looks_like_rtcp(&rtp_buf[..n]);
-                        if self.on_datagram(&rtp_buf[..n], from, is_rtcp) {
-                            self.forward_caller(&timer);
-                        }
-                    }
-                    // ICMP errors surface on the next receive; they are not fatal for RTP.
-                    Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP receive error"),
+                r = socket.readable() => match r {
+                    Ok(()) => self.drain_rtp(&socket, &timer),
+                    Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP socket error"),
                 },
-                r = recv_opt(rtcp.as_ref(), &mut rtcp_buf) => {
-                    if let Ok((n, from)) = r {
-                        self.on_datagram(&rtcp_buf[..n], from, true);
+                r = readable_opt(rtcp.as_ref()) => {
+                    if let (Ok(()), Some(rtcp)) = (r, rtcp.as_ref()) {
+                        self.drain_rtcp(rtcp);
                     }
                 }
                 _ = timer.fired() => {
@@ -371,6 +364,47 @@ impl Engine {
         drop(timer);
         self.finish(rtcp.as_ref()).await;
         self.metrics.active_media.dec();
+    }
+
+    /// Reads what the RTP socket holds (at most [`DRAIN_BATCH`] datagrams, then the loop
+    /// lets the other branches run) and handles each datagram as it comes. The receive
+    /// buffer lives on this synchronous call's stack, not in the engine's future: a call
+    /// then keeps no 2 KiB buffers between packets.
+    fn drain_rtp(&mut self, socket: &UdpSocket, timer: &Timer) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        for _ in 0..DRAIN_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let data = buf.get(..n).unwrap_or_default();
+                    // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
+                    let is_rtcp = looks_like_rtcp(data);
+                    if self.on_datagram(data, from, is_rtcp) {
+                        self.forward_caller(timer);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface on the next receive; they are not fatal for RTP.
+                Err(e) => {
+                    tracing::debug!(call_id = %self.call_id, error = %e, "RTP receive error")
+                }
+            }
+        }
+    }
+
+    /// Reads what the RTCP socket holds, as [`drain_rtp`](Self::drain_rtp) does.
+    fn drain_rtcp(&mut self, socket: &UdpSocket) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        for _ in 0..DRAIN_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    self.on_datagram(buf.get(..n).unwrap_or_default(), from, true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(call_id = %self.call_id, error = %e, "RTCP receive error")
+                }
+            }
+        }
     }
 
     /// Arms the timer for the earliest of `at` and the caller audio's gap deadline.
@@ -941,12 +975,10 @@ impl Engine {
     }
 }
 
-async fn recv_opt(
-    socket: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
+/// Waits until `socket` is readable; never, without a socket.
+async fn readable_opt(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     match socket {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }

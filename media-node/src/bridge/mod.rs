@@ -410,10 +410,11 @@ struct AgentTask {
 }
 
 impl AgentTask {
-    async fn run(self, session: AgentSession) {
+    async fn run(self, mut session: AgentSession) {
+        // In place: this task holds the session (1.6 KB) once for the whole call.
+        session.set_call(self.hangup.clone());
         let (end, stats) = session
-            .with_call(self.hangup.clone())
-            .run(self.params, self.caller, self.playout)
+            .run_borrowed(self.params, self.caller, self.playout)
             .await;
         let label = match &end {
             SessionEnd::CallEnded => "call_ended",

@@ -337,7 +337,7 @@ impl Session {
     }
 
     /// Inbound: ring, then answer with `answer_sdp` unless cancelled.
-    pub(crate) async fn run_inbound(mut self, invite: ServerRequest, answer_sdp: String) {
+    pub(crate) async fn run_inbound(&mut self, invite: ServerRequest, answer_sdp: String) {
         let ringing_until = Instant::now() + self.env.opts.answer_delay;
         loop {
             tokio::select! {
@@ -387,7 +387,7 @@ impl Session {
         // Media and the agent's `start` wait for the ACK: a 2xx to a spoofed INVITE is never
         // acknowledged, so it never makes us stream RTP to the spoofed SDP address.
         self.awaiting_ack = true;
-        self.established().await;
+        self.run_established().await;
     }
 
     fn observe_setup(&self) {
@@ -520,6 +520,14 @@ impl Session {
 
     /// The confirmed dialog until it ends.
     pub(crate) async fn established(mut self) {
+        self.run_established().await
+    }
+
+    /// The body of [`established`](Self::established). It borrows the session so that a
+    /// caller's future holds the session once: a by-value `self` moved into an awaited
+    /// `async fn` stays allocated in the caller's future too, and a call's task (alive for
+    /// the whole call) would hold two or three copies of it.
+    async fn run_established(&mut self) {
         self.clock.start(Instant::now());
         let mut timer_at = self.timer_deadline();
         let end_at = Instant::now() + self.max_duration.unwrap_or(NEVER);
