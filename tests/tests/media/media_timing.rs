@@ -258,6 +258,31 @@ fn assert_20ms_apart(m: &[(u64, u8, Instant, Vec<u8>)]) {
     );
 }
 
+/// Waits for `n` media frames at the agent; checks there are no more and that they are
+/// 20 ms apart in stream time.
+async fn frames(c: &Call, n: usize) -> Vec<(u64, u8, Instant, Vec<u8>)> {
+    c.conn
+        .wait_until(&format!("{n} frames"), Duration::from_secs(10), |a| {
+            a.events("media").len() >= n
+        })
+        .await;
+    let m = media(&c.conn);
+    assert_eq!(m.len(), n, "{n} frames, no more");
+    assert_20ms_apart(&m);
+    m
+}
+
+/// Checks the node's count of concealed caller frames.
+async fn assert_concealed(e: &Env, want: f64) {
+    assert_eq!(
+        e.node
+            .metric("switchboard_caller_frames_concealed_total")
+            .await,
+        want,
+        "caller frames concealed"
+    );
+}
+
 /// In-order packets go to the agent at once: each frame reaches the agent before the caller
 /// has even sent the next packet (a buffer holding one frame or more could not do that).
 #[tokio::test]
@@ -266,15 +291,8 @@ async fn in_order_caller_audio_reaches_the_agent_before_the_next_packet_is_sent(
     let c = call(&e, 0).await;
     let order: Vec<u16> = (0..50).collect();
     c.caller.play(script(&order)).await.finish().await;
-    c.conn
-        .wait_until("50 frames", Duration::from_secs(10), |a| {
-            a.events("media").len() >= 50
-        })
-        .await;
-    let m = media(&c.conn);
+    let m = frames(&c, 50).await;
     let sent = c.caller.sent_at.lock().expect("lock").clone();
-    assert_eq!(m.len(), 50, "every frame, no more");
-    assert_20ms_apart(&m);
     for (k, frame) in m.iter().enumerate() {
         assert!(frame.3 == tagged(k as u16), "frame {k} is packet {k}");
     }
@@ -284,12 +302,7 @@ async fn in_order_caller_audio_reaches_the_agent_before_the_next_packet_is_sent(
         before_next >= 45,
         "frames that reached the agent before the next packet left the caller: {before_next} of 49"
     );
-    assert_eq!(
-        e.node
-            .metric("switchboard_caller_frames_concealed_total")
-            .await,
-        0.0
-    );
+    assert_concealed(&e, 0.0).await;
     c.hang_up().await;
 }
 
@@ -308,23 +321,11 @@ async fn a_burst_of_caller_packets_is_read_in_full_and_in_order() {
         })
         .collect();
     c.caller.play(burst).await.finish().await;
-    c.conn
-        .wait_until("30 frames", Duration::from_secs(10), |a| {
-            a.events("media").len() >= 30
-        })
-        .await;
-    let m = media(&c.conn);
-    assert_eq!(m.len(), 30, "every frame, no more");
-    assert_20ms_apart(&m);
+    let m = frames(&c, 30).await;
     for (k, frame) in m.iter().enumerate() {
         assert!(frame.3 == tagged(k as u16), "frame {k} is packet {k}");
     }
-    assert_eq!(
-        e.node
-            .metric("switchboard_caller_frames_concealed_total")
-            .await,
-        0.0
-    );
+    assert_concealed(&e, 0.0).await;
     c.hang_up().await;
 }
 
@@ -345,14 +346,7 @@ async fn reordered_caller_packets_are_put_back_in_order() {
     let late = order.remove(25);
     order.insert(27, late);
     c.caller.play(script(&order)).await.finish().await;
-    c.conn
-        .wait_until("40 frames", Duration::from_secs(10), |a| {
-            a.events("media").len() >= 40
-        })
-        .await;
-    let m = media(&c.conn);
-    assert_eq!(m.len(), 40);
-    assert_20ms_apart(&m);
+    let m = frames(&c, 40).await;
     for (k, frame) in m.iter().enumerate() {
         assert!(
             frame.3 == tagged(k as u16),
@@ -360,12 +354,7 @@ async fn reordered_caller_packets_are_put_back_in_order() {
             m.iter().map(|f| f.1).collect::<Vec<_>>()
         );
     }
-    assert_eq!(
-        e.node
-            .metric("switchboard_caller_frames_concealed_total")
-            .await,
-        0.0
-    );
+    assert_concealed(&e, 0.0).await;
     assert_eq!(
         e.node.metric("switchboard_caller_packets_late_total").await,
         0.0
@@ -387,14 +376,7 @@ async fn a_lost_caller_packet_becomes_one_silence_frame() {
         order.contains(&seq)
     });
     c.caller.play(s).await.finish().await;
-    c.conn
-        .wait_until("40 frames", Duration::from_secs(10), |a| {
-            a.events("media").len() >= 40
-        })
-        .await;
-    let m = media(&c.conn);
-    assert_eq!(m.len(), 40, "38 frames and two concealed ones");
-    assert_20ms_apart(&m);
+    let m = frames(&c, 40).await;
     for (k, frame) in m.iter().enumerate() {
         if k == 9 || k == 23 {
             assert!(frame.3.iter().all(|&b| b == 0xFF), "frame {k} is silence");
@@ -402,12 +384,7 @@ async fn a_lost_caller_packet_becomes_one_silence_frame() {
             assert!(frame.3 == tagged(k as u16), "frame {k} exact");
         }
     }
-    assert_eq!(
-        e.node
-            .metric("switchboard_caller_frames_concealed_total")
-            .await,
-        2.0
-    );
+    assert_concealed(&e, 2.0).await;
     c.hang_up().await;
 }
 
