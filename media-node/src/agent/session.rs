@@ -3,12 +3,12 @@
 //! [`AgentSession::connect`] opens the socket (ws:// or wss:// with rustls, `Authorization:
 //! Bearer` when a token is given, bounded by a connect timeout) so that an unreachable agent can
 //! be refused before the call is answered. [`AgentSession::run`] then sends `connected` and
-//! `start`, forwards caller events (audio frames, DTMF) from a bounded channel, feeds agent
-//! media/mark/clear into the call's [`SharedPlayout`], echoes marks as their audio is played, and
-//! on hang-up sends `stop` and closes. It ends with a typed [`SessionEnd`].
+//! `start`, forwards caller events (audio frames, DTMF) from a bounded queue
+//! ([`super::caller_queue`]), feeds agent media/mark/clear into the call's [`SharedPlayout`],
+//! echoes marks as their audio is played, and on hang-up sends `stop` and closes. It ends with a typed [`SessionEnd`].
 //!
 //! The media path never waits for the agent: it pushes caller frames with `try_send` (a full
-//! channel drops the frame and counts it) and takes playout frames under a short, never-awaited
+//! queue drops the frame and counts it) and takes playout frames under a short, never-awaited
 //! lock.
 //!
 //! The agent is not trusted with the node's memory ([`AgentLimits`]): WebSocket messages and
@@ -28,7 +28,6 @@ use prometheus::IntCounter;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
@@ -37,6 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use super::caller_queue::{CallerRx, CallerTx};
 use super::twilio::{AgentEvent, StreamIds, StreamWriter, decode_payload, parse_agent_message};
 use crate::media::playout::{DEFAULT_MAX_MARKS, FRAME_BYTES, FrameFill, PlayoutQueue};
 use crate::media::signal::Signal;
@@ -576,7 +576,7 @@ impl AgentSession {
     pub async fn run(
         mut self,
         custom_parameters: BTreeMap<String, String>,
-        caller: mpsc::Receiver<CallerEvent>,
+        caller: CallerRx,
         playout: Arc<SharedPlayout>,
     ) -> (SessionEnd, SessionStats) {
         self.run_borrowed(custom_parameters, caller, playout).await
@@ -588,7 +588,7 @@ impl AgentSession {
     pub async fn run_borrowed(
         &mut self,
         custom_parameters: BTreeMap<String, String>,
-        mut caller: mpsc::Receiver<CallerEvent>,
+        mut caller: CallerRx,
         playout: Arc<SharedPlayout>,
     ) -> (SessionEnd, SessionStats) {
         let mut stats = SessionStats::default();
@@ -957,8 +957,8 @@ fn connect_error(e: tungstenite::Error) -> ConnectError {
 }
 
 /// Creates the caller-event channel for a session.
-pub fn caller_channel() -> (mpsc::Sender<CallerEvent>, mpsc::Receiver<CallerEvent>) {
-    mpsc::channel(CALLER_CHANNEL_CAPACITY)
+pub fn caller_channel() -> (CallerTx, CallerRx) {
+    super::caller_queue::queue(CALLER_CHANNEL_CAPACITY)
 }
 
 /// WebSocket buffers sized for one call's audio: tungstenite's defaults
@@ -1386,7 +1386,7 @@ mod tests {
     ) -> (
         ServerWs,
         Arc<SharedPlayout>,
-        mpsc::Sender<CallerEvent>,
+        CallerTx,
         LimitCounters,
         tokio::task::JoinHandle<(SessionEnd, SessionStats)>,
     ) {

@@ -43,6 +43,7 @@ use prometheus::IntCounter;
 use super::join::JoinPort;
 use super::metrics::{MediaMetrics, drop_reason};
 use super::reason;
+use crate::agent::caller_queue::{CallerTx, TrySendError};
 use crate::agent::session::{CallerEvent, SharedPlayout};
 use crate::call::{DtmfPath, HangupHandle, MediaParams, SrtpKeys};
 use crate::media::dtmf::{DtmfDetector, EventGenerator};
@@ -207,7 +208,7 @@ pub(crate) struct Engine {
     pacer: Pacer,
     sent_since_report: bool,
     playout: Arc<SharedPlayout>,
-    caller: mpsc::Sender<CallerEvent>,
+    caller: CallerTx,
     metrics: MediaMetrics,
     hangup: HangupHandle,
     epoch: Instant,
@@ -246,7 +247,7 @@ impl Engine {
         media: MediaParams,
         settings: EngineSettings,
         playout: Arc<SharedPlayout>,
-        caller: mpsc::Sender<CallerEvent>,
+        caller: CallerTx,
         metrics: MediaMetrics,
         hangup: HangupHandle,
     ) -> Self {
@@ -425,7 +426,7 @@ impl Engine {
         own.set_law(self.law);
         self.playout = own.playout.clone();
         // A sender whose receiver is gone: `to_agent` becomes a no-op.
-        let (closed, _) = mpsc::channel(1);
+        let (closed, _) = crate::agent::caller_queue::queue(1);
         self.caller = closed;
         self.pacer.set_grace(JOINED_GRACE);
         tracing::info!(call_id = %self.call_id, "media bridged to another call");
@@ -786,9 +787,9 @@ impl Engine {
     fn to_agent(&self, ev: CallerEvent) {
         match self.caller.try_send(ev) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.agent_events_dropped.inc(),
+            Err(TrySendError::Full) => self.metrics.agent_events_dropped.inc(),
             // No agent (none configured, or its session already ended): nothing to do.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed) => {}
         }
     }
 

@@ -29,6 +29,7 @@ use switchboard_proto::v1alpha1::Agent;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::agent::caller_queue::{CallerRx, CallerTx, TrySendError};
 use crate::agent::session::{
     AgentLimits, AgentSession, AgentTarget, CallerEvent, ConnectError, SessionEnd, SharedPlayout,
     caller_channel,
@@ -403,7 +404,7 @@ impl CallHandler for BridgeHandler {
 struct AgentTask {
     call_id: String,
     params: BTreeMap<String, String>,
-    caller: mpsc::Receiver<CallerEvent>,
+    caller: CallerRx,
     playout: Arc<SharedPlayout>,
     hangup: HangupHandle,
     metrics: MediaMetrics,
@@ -468,7 +469,7 @@ struct BridgeSession {
     call_id: String,
     control: mpsc::Sender<Control>,
     /// For SIP INFO DTMF; dropped at hang-up so the agent session sees the end.
-    caller: Option<mpsc::Sender<CallerEvent>>,
+    caller: Option<CallerTx>,
     metrics: MediaMetrics,
     direction: CallDirection,
     /// The call's codec, for its bridge port.
@@ -503,8 +504,7 @@ impl CallSession for BridgeSession {
     fn on_dtmf(&mut self, event: DtmfEvent) {
         self.metrics.dtmf.with_label_values(&["info"]).inc();
         if let Some(tx) = &self.caller
-            && let Err(mpsc::error::TrySendError::Full(_)) =
-                tx.try_send(CallerEvent::Dtmf(event.digit))
+            && let Err(TrySendError::Full) = tx.try_send(CallerEvent::Dtmf(event.digit))
         {
             self.metrics.agent_events_dropped.inc();
         }
