@@ -341,12 +341,19 @@ impl Engine {
                     Some(Control::Stop) | None => break,
                 },
                 r = socket.readable() => match r {
-                    Ok(()) => self.drain_rtp(&socket, &timer),
+                    Ok(()) => self.drain(&socket, "RTP", |me, data, from| {
+                        // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
+                        if me.on_datagram(data, from, looks_like_rtcp(data)) {
+                            me.forward_caller(&timer);
+                        }
+                    }),
                     Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP socket error"),
                 },
                 r = readable_opt(rtcp.as_ref()) => {
                     if let (Ok(()), Some(rtcp)) = (r, rtcp.as_ref()) {
-                        self.drain_rtcp(rtcp);
+                        self.drain(rtcp, "RTCP", |me, data, from| {
+                            me.on_datagram(data, from, true);
+                        });
                     }
                 }
                 _ = timer.fired() => {
@@ -367,42 +374,24 @@ impl Engine {
         self.metrics.active_media.dec();
     }
 
-    /// Reads what the RTP socket holds (at most [`DRAIN_BATCH`] datagrams, then the loop
-    /// lets the other branches run) and handles each datagram as it comes. The receive
+    /// Reads what `socket` holds (at most [`DRAIN_BATCH`] datagrams, then the loop lets the
+    /// other branches run) and hands each datagram to `handle` as it comes. The receive
     /// buffer lives on this synchronous call's stack, not in the engine's future: a call
     /// then keeps no 2 KiB buffers between packets.
-    fn drain_rtp(&mut self, socket: &UdpSocket, timer: &Timer) {
+    fn drain(
+        &mut self,
+        socket: &UdpSocket,
+        what: &'static str,
+        mut handle: impl FnMut(&mut Self, &[u8], SocketAddr),
+    ) {
         let mut buf = [0u8; MAX_DATAGRAM];
         for _ in 0..DRAIN_BATCH {
             match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let data = buf.get(..n).unwrap_or_default();
-                    // RFC 5761 multiplexing: some peers send RTCP on the RTP port.
-                    let is_rtcp = looks_like_rtcp(data);
-                    if self.on_datagram(data, from, is_rtcp) {
-                        self.forward_caller(timer);
-                    }
-                }
+                Ok((n, from)) => handle(self, buf.get(..n).unwrap_or_default(), from),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface on the next receive; they are not fatal for RTP.
                 Err(e) => {
-                    tracing::debug!(call_id = %self.call_id, error = %e, "RTP receive error")
-                }
-            }
-        }
-    }
-
-    /// Reads what the RTCP socket holds, as [`drain_rtp`](Self::drain_rtp) does.
-    fn drain_rtcp(&mut self, socket: &UdpSocket) {
-        let mut buf = [0u8; MAX_DATAGRAM];
-        for _ in 0..DRAIN_BATCH {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    self.on_datagram(buf.get(..n).unwrap_or_default(), from, true);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(call_id = %self.call_id, error = %e, "RTCP receive error")
+                    tracing::debug!(call_id = %self.call_id, error = %e, "{what} receive error")
                 }
             }
         }
