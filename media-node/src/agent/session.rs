@@ -5,7 +5,8 @@
 //! be refused before the call is answered. [`AgentSession::run`] then sends `connected` and
 //! `start`, forwards caller events (audio frames, DTMF) from a bounded queue
 //! ([`super::caller_queue`]), feeds agent media/mark/clear into the call's [`SharedPlayout`],
-//! echoes marks as their audio is played, and on hang-up sends `stop` and closes. It ends with a typed [`SessionEnd`].
+//! echoes marks as their audio is played, and on hang-up sends `stop` and closes. It ends
+//! with a typed [`SessionEnd`].
 //!
 //! The media path never waits for the agent: it pushes caller frames with `try_send` (a full
 //! queue drops the frame and counts it) and takes playout frames under a short, never-awaited
@@ -561,12 +562,6 @@ impl AgentSession {
     }
 
     /// Lets the agent's `transfer` events reach the call.
-    pub fn with_call(mut self, call: crate::call::HangupHandle) -> AgentSession {
-        self.set_call(call);
-        self
-    }
-
-    /// Lets the agent's `transfer` events reach the call (in place).
     pub fn set_call(&mut self, call: crate::call::HangupHandle) {
         self.call = Some(call);
     }
