@@ -14,11 +14,18 @@ use tokio::sync::mpsc;
 pub const FRAME: usize = 160;
 
 /// `frames` frames of a recognisable μ-law signal that never contains 0xFF (silence), so it
-/// can be found in a stream padded with silence.
+/// can be found in a stream padded with silence. Different seeds give unrelated signals, so
+/// audio sent after an event is not mistaken for audio sent before it (a hash of index and
+/// seed: the former `index * K + seed >> 24` gave every seed the same bytes).
 pub fn ulaw_pattern(frames: usize, seed: u32) -> Vec<u8> {
+    let start = seed.wrapping_mul(0x9E37_79B9);
     (0..frames * FRAME)
         .map(|i| {
-            let x = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8;
+            // The murmur3 finaliser: every input bit reaches the top byte.
+            let mut z = (i as u32).wrapping_add(start);
+            z = (z ^ (z >> 16)).wrapping_mul(0x85EB_CA6B);
+            z = (z ^ (z >> 13)).wrapping_mul(0xC2B2_AE35);
+            let x = ((z ^ (z >> 16)) >> 24) as u8;
             if x == 0xFF || x == 0x7F { 0x80 } else { x }
         })
         .collect()
@@ -350,4 +357,19 @@ pub fn assert_continuous(pkts: &[Rtp], pt: u8) {
         (47.0..=53.0).contains(&rate),
         "50 packets per second, got {rate:.2} over {span:?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_of_different_seeds_share_no_frame() {
+        // Tests tell audio sent before and after an event apart by its seed.
+        let a = ulaw_pattern(50, 11);
+        let b = ulaw_pattern(25, 21);
+        assert!(!a.windows(16).any(|w| b.windows(16).any(|v| v == w)));
+        assert!(a.iter().chain(&b).all(|&x| x != 0xFF && x != 0x7F));
+        assert_eq!(ulaw_pattern(3, 11), a[..3 * FRAME]);
+    }
 }
