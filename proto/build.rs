@@ -20,10 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptors)
         // Types carrying secrets get a hand-written, redacting Debug.
+        // A node keeps a snapshot's numbers as slices of the request's
+        // buffer (`Bytes`), not copies.
+        .bytes(".switchboard.v1alpha1.RoutingConfigView.numbers")
         .skip_debug([
             ".switchboard.v1alpha1.Credentials",
             ".switchboard.v1alpha1.Agent",
             ".switchboard.v1alpha1.TlsClient",
+            // Encoded numbers hold agents' bearer tokens.
+            ".switchboard.v1alpha1.RoutingConfigView",
         ])
         .compile_protos(PROTOS, &["."])?;
 

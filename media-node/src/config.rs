@@ -90,8 +90,7 @@ impl RoutingStore {
 
     /// A number by id.
     pub fn number_by_id(&self, id: &str) -> Option<Arc<PhoneNumber>> {
-        self.read(|t| t.number_by_id(id).map(|n| Arc::new(n.clone())))
-            .flatten()
+        self.read(|t| t.number_by_id(id).map(Arc::new)).flatten()
     }
 
     /// Replaces the whole table (a snapshot built by the caller, outside
@@ -140,7 +139,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .read(|t| t.number_for("15550001111").map(|n| n.id.clone()))
+                .read(|t| t.number_for("15550001111").map(|n| n.id))
                 .flatten()
                 .as_deref(),
             Some("ns/n")

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::v1alpha1::{Agent, Credentials, TlsClient};
+use crate::v1alpha1::{Agent, Credentials, RoutingConfigView, TlsClient};
 
 const REDACTED: &str = "<redacted>";
 
@@ -48,6 +48,17 @@ impl fmt::Debug for Agent {
     }
 }
 
+impl fmt::Debug for RoutingConfigView {
+    /// The numbers' bytes hold agents' bearer tokens: only their count shows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutingConfigView")
+            .field("version", &self.version)
+            .field("trunks", &self.trunks)
+            .field("numbers", &self.numbers.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +82,18 @@ mod tests {
         assert!(s.contains("alice"));
         assert!(!s.contains("hunter2"));
         assert!(!s.contains("tok-123"));
+        let view = crate::RoutingConfig {
+            numbers: vec![crate::v1alpha1::PhoneNumber {
+                agent: Some(a),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .into_view();
+        let s = format!("{view:?}");
+        assert!(
+            !s.contains("116, 111, 107") && !s.contains("tok-123"),
+            "{s}"
+        );
     }
 }

@@ -237,7 +237,7 @@ impl Api {
             ));
         }
         let from = req.from.trim();
-        let Some(number) = self.ctx.routing.read(|t| t.caller_number(from).cloned()) else {
+        let Some(number) = self.ctx.routing.read(|t| t.caller_number(from)) else {
             return Err(ApiError::Unavailable(
                 "the node is not programmed yet".into(),
             ));

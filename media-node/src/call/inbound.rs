@@ -65,7 +65,7 @@ impl AdmissionView for NodeView<'_> {
     fn number(&self, user: &str) -> Option<Arc<PhoneNumber>> {
         self.0
             .routing
-            .read(|t| t.number_for(user).map(|n| Arc::new(n.clone())))
+            .read(|t| t.number_for(user).map(Arc::new))
             .flatten()
     }
 

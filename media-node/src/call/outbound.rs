@@ -321,7 +321,7 @@ pub async fn dial_with(ctx: Arc<Ctx>, req: DialRequest, mut hooks: DialHooks) ->
     }
     let Some(number) = ctx
         .routing
-        .read(|t| t.number_by_id(&req.number_id).map(|n| Arc::new(n.clone())))
+        .read(|t| t.number_by_id(&req.number_id).map(Arc::new))
     else {
         return fail(None, "not programmed", vec![]);
     };

@@ -3,12 +3,12 @@
 //! a drain. See `proto/switchboard/v1alpha1/control.proto`.
 
 mod auth;
+mod router;
 mod server;
 mod status;
 mod validate;
 
 pub use auth::TokenCheck;
 pub use server::{ControlService, serve};
-pub use validate::validate;
 #[cfg(test)]
-pub(crate) use validate::validate_delta;
+pub(crate) use validate::{build_snapshot, validate, validate_delta};

@@ -7,11 +7,9 @@ use std::time::Duration;
 use futures::Stream;
 use prometheus::{IntCounter, IntGauge};
 use switchboard_proto::v1alpha1::{
-    ApplyRequest, ApplyResponse, DrainRequest, DrainResponse, NodeStatus, WatchStatusRequest,
-    apply_request::Change,
-    apply_response::Result as ApplyResult,
-    call_service_server::CallServiceServer,
-    node_control_server::{NodeControl, NodeControlServer},
+    ApplyRequest, ApplyRequestView, ApplyResponse, DrainRequest, DrainResponse, NodeStatus,
+    WatchStatusRequest, apply_request_view::Change, apply_response::Result as ApplyResult,
+    call_service_server::CallServiceServer, node_control_server::NodeControl,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -113,7 +111,7 @@ impl Programming {
         self.routing.version().unwrap_or(0)
     }
 
-    fn apply(&self, req: ApplyRequest) -> (ApplyResponse, Effect) {
+    fn apply(&self, req: ApplyRequestView) -> (ApplyResponse, Effect) {
         let Ok(mut st) = self.state.lock() else {
             return (
                 response(
@@ -148,9 +146,6 @@ impl Programming {
                 );
             }
             Some(Change::Snapshot(cfg)) => {
-                if let Err(reason) = validate::validate(&cfg) {
-                    return self.refuse(&mut st, cfg.version, reason, current);
-                }
                 let version = cfg.version;
                 // A re-sent snapshot (a reconnect, a new leader's first
                 // request) answers Applied without rebuilding.
@@ -169,9 +164,14 @@ impl Programming {
                         effect,
                     );
                 }
-                // Built outside the table's lock; readers keep the old one
-                // until the swap.
-                self.routing.replace(RoutingTable::build(cfg));
+                // Checked and built outside the table's lock; readers keep
+                // the old one until the swap.
+                match validate::build_snapshot(cfg) {
+                    Ok(table) => {
+                        self.routing.replace(table);
+                    }
+                    Err(reason) => return self.refuse(&mut st, version, reason, current),
+                }
                 version
             }
             Some(Change::Delta(d)) => {
@@ -336,12 +336,27 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    /// Applies a request (decoded with a snapshot's numbers left encoded).
+    pub(super) async fn apply_view(
+        &self,
+        request: ApplyRequestView,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let this = self.0.clone();
+        // Building the routing table of a large configuration is CPU work.
+        let resp = tokio::task::spawn_blocking(move || this.apply(request))
+            .await
+            .map_err(|e| Status::internal(format!("apply task failed: {e}")))?;
+        Ok(Response::new(resp))
+    }
+}
+
 impl Inner {
     fn bump(&self) {
         self.changes.send_modify(|_| {});
     }
 
-    fn apply(&self, req: ApplyRequest) -> ApplyResponse {
+    fn apply(&self, req: ApplyRequestView) -> ApplyResponse {
         let (resp, effect) = self.programming.apply(req);
         if effect == Effect::Changed {
             self.changes.send_replace(resp.applied_version);
@@ -367,16 +382,13 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<NodeStatus, Status>> + Send
 
 #[tonic::async_trait]
 impl NodeControl for ControlService {
+    /// Served by [`super::router::ControlRouter`] as the view; this is the
+    /// same for a request decoded in full.
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let this = self.0.clone();
-        // Building the routing table of a large configuration is CPU work.
-        let resp = tokio::task::spawn_blocking(move || this.apply(request.into_inner()))
-            .await
-            .map_err(|e| Status::internal(format!("apply task failed: {e}")))?;
-        Ok(Response::new(resp))
+        self.apply_view(request.into_inner().into_view()).await
     }
 
     type WatchStatusStream = StatusStream;
@@ -441,9 +453,7 @@ pub async fn serve(
     tls: Option<tonic::transport::ServerTlsConfig>,
     token: super::TokenCheck,
 ) -> Result<(), tonic::transport::Error> {
-    let server = NodeControlServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = super::router::ControlRouter::new(service, MAX_MESSAGE_BYTES);
     let calls_token = token.clone();
     let svc =
         tonic::service::interceptor::InterceptedService::new(server, move |req| token.check(req));
@@ -473,7 +483,16 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_proto::v1alpha1::{ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
+    use switchboard_proto::v1alpha1::{
+        ConfigDelta, PhoneNumber, RoutingConfig, Trunk, apply_request::Change,
+    };
+
+    impl Programming {
+        /// A request as the router hands it over.
+        fn apply_full(&self, req: ApplyRequest) -> (ApplyResponse, Effect) {
+            self.apply(req.into_view())
+        }
+    }
 
     fn programming() -> (Programming, Metrics) {
         let metrics = Metrics::new();
@@ -513,7 +532,7 @@ mod tests {
     }
 
     fn send(p: &Programming, term: u64, change: Change) -> ApplyResponse {
-        p.apply(ApplyRequest {
+        p.apply_full(ApplyRequest {
             change: Some(change),
             term,
         })
@@ -526,7 +545,7 @@ mod tests {
 
     fn called(p: &Programming, user: &str) -> Option<String> {
         p.routing
-            .read(|t| t.number_for(user).map(|n| n.id.clone()))
+            .read(|t| t.number_for(user).map(|n| n.id))
             .flatten()
     }
 
@@ -574,7 +593,7 @@ mod tests {
             trunk_id: "ns/missing".into(),
             ..number("ns/c", "+15550000003")
         });
-        let (r, effect) = p.apply(ApplyRequest {
+        let (r, effect) = p.apply_full(ApplyRequest {
             change: Some(Change::Delta(d)),
             term: 0,
         });
@@ -605,7 +624,7 @@ mod tests {
             snapshot(11, &[("ns/old", "+15550000009")]),
             delta(10, &[("ns/old", "+15550000009")], &["ns/a"]),
         ] {
-            let (r, effect) = p.apply(ApplyRequest {
+            let (r, effect) = p.apply_full(ApplyRequest {
                 change: Some(change),
                 term: 3,
             });
@@ -661,7 +680,7 @@ mod tests {
         // A leader's first request re-sends what the node runs: Applied,
         // and the node is now on the leader's term.
         let same = snapshot(2, &[("ns/a", "+15550000001"), ("ns/b", "+15550000002")]);
-        let (r, effect) = p.apply(ApplyRequest {
+        let (r, effect) = p.apply_full(ApplyRequest {
             change: Some(same.clone()),
             term: 1,
         });
@@ -670,7 +689,7 @@ mod tests {
             (ApplyResult::Applied, 2, 1)
         );
         assert_eq!(effect, Effect::Changed, "the term changed");
-        let (r, effect) = p.apply(ApplyRequest {
+        let (r, effect) = p.apply_full(ApplyRequest {
             change: Some(same),
             term: 1,
         });
@@ -684,7 +703,7 @@ mod tests {
         assert_eq!(result(&r), ApplyResult::Applied);
         assert_eq!(called(&p, "15550000003").as_deref(), Some("ns/c"));
         // An empty request is refused, with the node's term.
-        let (r, _) = p.apply(ApplyRequest {
+        let (r, _) = p.apply_full(ApplyRequest {
             change: None,
             term: 1,
         });

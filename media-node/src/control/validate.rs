@@ -3,13 +3,23 @@
 
 use foldhash::{HashSet, HashSetExt};
 
-use switchboard_proto::v1alpha1::{Agent, ConfigDelta, PhoneNumber, RoutingConfig, Trunk};
+use switchboard_proto::v1alpha1::{Agent, ConfigDelta, PhoneNumber, RoutingConfigView, Trunk};
 
-use crate::routing::RoutingTable;
 use crate::routing::acl::Cidr;
+use crate::routing::{RoutingTable, StoredNumber};
 
 /// Checks a configuration; the error is for humans and names the object.
-pub fn validate(cfg: &RoutingConfig) -> Result<(), String> {
+/// The same checks as a snapshot gets ([`build_snapshot`]).
+#[cfg(test)]
+pub fn validate(cfg: &switchboard_proto::RoutingConfig) -> Result<(), String> {
+    build_snapshot(cfg.clone().into_view()).map(drop)
+}
+
+/// Checks a snapshot while building its table, in one pass over its
+/// numbers: each is decoded once, into one reused message, checked, and
+/// stored as the bytes it came in. The table is only returned when every
+/// check passed, so a refused snapshot leaves the one in use untouched.
+pub fn build_snapshot(cfg: RoutingConfigView) -> Result<RoutingTable, String> {
     let mut trunk_ids = HashSet::with_capacity(cfg.trunks.len());
     for t in &cfg.trunks {
         if !trunk_ids.insert(t.id.as_str()) {
@@ -17,14 +27,22 @@ pub fn validate(cfg: &RoutingConfig) -> Result<(), String> {
         }
         trunk(t)?;
     }
-    let mut number_ids = HashSet::with_capacity(cfg.numbers.len());
-    for n in &cfg.numbers {
-        if !number_ids.insert(n.id.as_str()) {
+    drop(trunk_ids);
+    let mut table = RoutingTable::empty(cfg.version, cfg.numbers.len());
+    for t in cfg.trunks {
+        table.upsert_trunk(t);
+    }
+    let mut n = PhoneNumber::default();
+    for (i, wire) in cfg.numbers.into_iter().enumerate() {
+        let stored = StoredNumber::from_wire(wire, &mut n)
+            .map_err(|e| format!("number {} of the snapshot does not decode: {e}", i + 1))?;
+        if table.contains_number(&n.id) {
             return Err(format!("number {} appears twice", n.id));
         }
-        number(n, |id| trunk_ids.contains(id))?;
+        number(&n, |id| table.trunk(id).is_some())?;
+        table.insert_new(stored, &n);
     }
-    Ok(())
+    Ok(table)
 }
 
 /// Checks a delta against the table it applies to, without building the
@@ -163,6 +181,7 @@ fn number(n: &PhoneNumber, trunk_exists: impl Fn(&str) -> bool) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_proto::RoutingConfig;
     use switchboard_proto::v1alpha1::{
         Gateway, Inbound, InboundAuth, Outbound, PhoneNumber, Transport, Trunk,
     };
