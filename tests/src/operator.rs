@@ -110,6 +110,14 @@ impl Operator {
         }
     }
 
+    /// CPU seconds (user + system) the process has used (0 when not running).
+    pub fn cpu_secs(&self) -> f64 {
+        self.child
+            .as_ref()
+            .map(|c| crate::node::cpu_secs(c.id()))
+            .unwrap_or(0.0)
+    }
+
     /// The process's resident memory in KiB (VmRSS; 0 when not running).
     pub fn rss_kib(&self) -> u64 {
         self.child

@@ -120,21 +120,6 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime the 12th, stime the 13th.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
 /// The pid of the first descendant whose name starts with `prefix`.
 fn find_pid(prefix: &str) -> Option<u32> {
     descendants()
@@ -163,10 +148,13 @@ fn cpu_sample() -> CpuSample {
     for pid in descendants() {
         let name = comm(pid);
         if let Some((_, g)) = GROUPS.iter().find(|(p, _)| name.starts_with(p)) {
-            *s.by_group.entry(g).or_default() += cpu_ticks(pid);
+            *s.by_group.entry(g).or_default() += switchboard_tests::node::cpu_ticks(pid);
         }
     }
-    s.by_group.insert(HARNESS, cpu_ticks(std::process::id()));
+    s.by_group.insert(
+        HARNESS,
+        switchboard_tests::node::cpu_ticks(std::process::id()),
+    );
     if let Ok(text) = std::fs::read_to_string("/proc/stat")
         && let Some(line) = text.lines().find(|l| l.starts_with("cpu "))
     {
@@ -184,15 +172,9 @@ fn cpu_sample() -> CpuSample {
     s
 }
 
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
 /// "operator 12.3 s (31% of one core, 25% of the machine's busy time); ..."
 fn cpu_report(a: &CpuSample, b: &CpuSample, wall: Duration) -> (String, Option<f64>) {
-    let tck = clk_tck();
+    let tck = switchboard_tests::node::clk_tck();
     let busy = b.machine_busy.saturating_sub(a.machine_busy) as f64;
     let total = b.machine_total.saturating_sub(a.machine_total) as f64;
     let wall = wall.as_secs_f64().max(1e-3);

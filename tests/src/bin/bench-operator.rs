@@ -158,6 +158,9 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
     let started = Instant::now();
     let op = start_file_operator(&manifests, &nodes);
     let full = wait_all(&nodes, count, started, Duration::from_secs(600)).await?;
+    // What the load cost each process (the nodes were idle before it).
+    let node_cpu = nodes.iter().map(|n| n.cpu_secs()).sum::<f64>() / nodes.len().max(1) as f64;
+    let op_cpu = op.cpu_secs();
     let snap = pushed_bytes(&op, "snapshot").await + pushed_bytes(&op, "delta").await;
     let mut rows = vec![Row {
         what: format!(
@@ -216,6 +219,15 @@ async fn files_run(count: usize, node_count: usize) -> anyhow::Result<Vec<Row>> 
             "memory with {count} numbers: operator RSS {} KiB, node RSS {} KiB (mean of {node_count})",
             op.rss_kib(),
             mean_node
+        ),
+        took: Duration::ZERO,
+        bytes: 0.0,
+    });
+    rows.push(Row {
+        what: format!(
+            "CPU to load {count} numbers: operator {:.0} ms, node {:.0} ms (mean of {node_count}; each process since it started)",
+            op_cpu * 1000.0,
+            node_cpu * 1000.0
         ),
         took: Duration::ZERO,
         bytes: 0.0,

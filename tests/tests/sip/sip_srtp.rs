@@ -641,7 +641,8 @@ async fn srtp_media_is_byte_exact_encrypted_on_the_wire_and_tampering_is_counted
     assert_eq!(
         drops("srtp_auth").await,
         3.0,
-        "the packet under the old key; log:\n{}", node.log()
+        "the packet under the old key; log:\n{}",
+        node.log()
     );
     // And the node sends under its new key.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
