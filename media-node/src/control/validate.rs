@@ -36,11 +36,10 @@ pub fn build_snapshot(cfg: RoutingConfigView) -> Result<RoutingTable, String> {
     for (i, wire) in cfg.numbers.into_iter().enumerate() {
         let stored = StoredNumber::from_wire(wire, &mut n)
             .map_err(|e| format!("number {} of the snapshot does not decode: {e}", i + 1))?;
-        if table.contains_number(&n.id) {
+        if !table.insert_new(stored, &n) {
             return Err(format!("number {} appears twice", n.id));
         }
         number(&n, |id| table.trunk(id).is_some())?;
-        table.insert_new(stored, &n);
     }
     Ok(table)
 }

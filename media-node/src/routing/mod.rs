@@ -119,13 +119,29 @@ impl RoutingTable {
         }
     }
 
-    /// Adds a number whose id is not in the table yet (see
-    /// [`contains_number`](Self::contains_number)); `decoded` is `n`
-    /// decoded.
-    pub fn insert_new(&mut self, n: StoredNumber, decoded: &PhoneNumber) {
+    /// Adds a number whose id is not in the table yet; `decoded` is `n`
+    /// decoded. False (and nothing added) when the id is taken: hashing the
+    /// id once serves both the check and the insert.
+    pub fn insert_new(&mut self, n: StoredNumber, decoded: &PhoneNumber) -> bool {
         let slot = self.numbers.put(n);
-        self.insert_id(slot);
-        self.link(slot, decoded);
+        let (numbers, hasher) = (&self.numbers, &self.hasher);
+        let id = numbers.id(slot);
+        let entry = self.by_id.entry(
+            hasher.hash_one(id),
+            |s| numbers.id(*s) == id,
+            |s| hasher.hash_one(numbers.id(*s)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => {
+                self.numbers.take(slot);
+                false
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot);
+                self.link(slot, decoded);
+                true
+            }
+        }
     }
 
     /// Applies a delta in place. The caller checked it
@@ -175,7 +191,9 @@ impl RoutingTable {
         let stored = StoredNumber::encode(&n);
         match self.slot_of(&n.id) {
             Some(slot) => self.replace(slot, stored, &n),
-            None => self.insert_new(stored, &n),
+            None => {
+                self.insert_new(stored, &n);
+            }
         }
     }
 
@@ -191,25 +209,12 @@ impl RoutingTable {
         self.numbers.take(slot);
     }
 
-    /// True when a number with this id is in the table.
-    pub fn contains_number(&self, id: &str) -> bool {
-        self.slot_of(id).is_some()
-    }
-
     /// The slot holding the number `id`.
     fn slot_of(&self, id: &str) -> Option<Slot> {
         let hash = self.hasher.hash_one(id);
         self.by_id
             .find(hash, |s| self.numbers.id(*s) == id)
             .copied()
-    }
-
-    /// Makes the (new) number in `slot` findable by its id.
-    fn insert_id(&mut self, slot: Slot) {
-        let (numbers, hasher) = (&self.numbers, &self.hasher);
-        let hash = hasher.hash_one(numbers.id(slot));
-        self.by_id
-            .insert_unique(hash, slot, |s| hasher.hash_one(numbers.id(*s)));
     }
 
     /// Puts `n` (with the same id; `decoded` is it decoded) in the place of

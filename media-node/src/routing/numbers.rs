@@ -1,7 +1,11 @@
 //! Matching a called number to a PhoneNumber: E.164 with or without `+`
 //! first, then the carrier-specific destinationKey.
 
-use foldhash::{HashMap, HashMapExt};
+use hashbrown::hash_map::EntryRef;
+
+/// Forms to claimants. hashbrown's, for `entry_ref`: a new form is hashed
+/// once and its key allocated only when it is inserted.
+type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 use switchboard_proto::v1alpha1::PhoneNumber;
 
@@ -59,9 +63,12 @@ fn e164_digits(s: &str) -> Option<&str> {
 }
 
 fn claim(map: &mut HashMap<String, Claimants>, form: &str, slot: Slot, ids: &impl Ids) {
-    let Some(c) = map.get_mut(form) else {
-        map.insert(form.to_owned(), Claimants::One(slot));
-        return;
+    let c = match map.entry_ref(form) {
+        EntryRef::Vacant(v) => {
+            v.insert(Claimants::One(slot));
+            return;
+        }
+        EntryRef::Occupied(o) => o.into_mut(),
     };
     match c {
         Claimants::One(x) if *x == slot => {}
@@ -108,8 +115,8 @@ impl NumberIndex {
     /// An index sized for about `numbers` numbers.
     pub fn with_capacity(numbers: usize) -> NumberIndex {
         NumberIndex {
-            by_digits: HashMap::with_capacity(numbers),
-            by_key: HashMap::new(),
+            by_digits: HashMap::with_capacity_and_hasher(numbers, Default::default()),
+            by_key: HashMap::default(),
         }
     }
 
