@@ -172,10 +172,13 @@ async fn drain_sigterm_lets_three_calls_end_with_their_bye_then_exits_0() {
         Some(503),
         "OPTIONS right after the last call: {resp}"
     );
-    let status = node
-        .wait_exit(Duration::from_secs(15))
-        .await
-        .expect("node exits once the last call ended");
+    let Some(status) = node.wait_exit(Duration::from_secs(15)).await else {
+        panic!(
+            "node exits once the last call ended; calls still counted: {}; log:\n{}",
+            node.metric(ACTIVE).await,
+            node.log()
+        )
+    };
     assert!(
         node.log()
             .contains("drained; answering retransmissions before exiting"),
