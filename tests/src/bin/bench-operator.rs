@@ -429,7 +429,7 @@ fn table(rows: &[Row]) -> String {
     let mut out =
         String::from("| what | time | bytes pushed (all nodes) |\n| --- | ---: | ---: |\n");
     for r in rows {
-        if r.what.starts_with("memory") {
+        if r.what.starts_with("memory") || r.what.starts_with("CPU to load") {
             let _ = writeln!(out, "| {} | - | - |", r.what);
             continue;
         }
