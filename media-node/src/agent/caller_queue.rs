@@ -75,19 +75,28 @@ impl CallerTx {
         if self.0.rx_closed.load(Ordering::Acquire) {
             return Err(TrySendError::Closed);
         }
+        match self.push(ev) {
+            None => Ok(()),
+            Some(_) => Err(TrySendError::Full),
+        }
+    }
+
+    /// Queues `ev` and wakes the receiver when there is room; hands `ev`
+    /// back when the queue is full.
+    fn push(&self, ev: CallerEvent) -> Option<CallerEvent> {
         {
             let mut q = self.0.lock();
             if q.len() >= self.0.capacity {
-                return Err(TrySendError::Full);
+                return Some(ev);
             }
             q.push_back(ev);
         }
         self.0.rx_waker.wake();
-        Ok(())
+        None
     }
 
     /// Queues `ev`, waiting for room; fails (`Closed`) when the receiver is gone.
-    pub async fn send(&self, ev: CallerEvent) -> Result<(), TrySendError> {
+    pub async fn send(&self, mut ev: CallerEvent) -> Result<(), TrySendError> {
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
@@ -96,14 +105,9 @@ impl CallerTx {
             if self.0.rx_closed.load(Ordering::Acquire) {
                 return Err(TrySendError::Closed);
             }
-            {
-                let mut q = self.0.lock();
-                if q.len() < self.0.capacity {
-                    q.push_back(ev);
-                    drop(q);
-                    self.0.rx_waker.wake();
-                    return Ok(());
-                }
+            match self.push(ev) {
+                None => return Ok(()),
+                Some(back) => ev = back,
             }
             room.await;
         }

@@ -334,9 +334,7 @@ impl ControlService {
             changes,
         }))
     }
-}
 
-impl ControlService {
     /// Applies a request (decoded with a snapshot's numbers left encoded).
     pub(super) async fn apply_view(
         &self,

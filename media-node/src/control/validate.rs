@@ -20,16 +20,12 @@ pub fn validate(cfg: &switchboard_proto::RoutingConfig) -> Result<(), String> {
 /// stored as the bytes it came in. The table is only returned when every
 /// check passed, so a refused snapshot leaves the one in use untouched.
 pub fn build_snapshot(cfg: RoutingConfigView) -> Result<RoutingTable, String> {
-    let mut trunk_ids = HashSet::with_capacity(cfg.trunks.len());
-    for t in &cfg.trunks {
-        if !trunk_ids.insert(t.id.as_str()) {
-            return Err(format!("trunk {} appears twice", t.id));
-        }
-        trunk(t)?;
-    }
-    drop(trunk_ids);
     let mut table = RoutingTable::empty(cfg.version, cfg.numbers.len());
     for t in cfg.trunks {
+        if table.trunk(&t.id).is_some() {
+            return Err(format!("trunk {} appears twice", t.id));
+        }
+        trunk(&t)?;
         table.upsert_trunk(t);
     }
     let mut n = PhoneNumber::default();

@@ -342,10 +342,7 @@ impl RoutingTable {
 
     /// True when the number encoded in `wire` is in the table as it is.
     fn holds(&self, wire: &[u8]) -> bool {
-        let Some(id) = stored::last_string_field(wire, 1)
-            .and_then(|(at, len)| wire.get(at..at + len))
-            .and_then(|b| std::str::from_utf8(b).ok())
-        else {
+        let Some(id) = stored::wire_id(wire) else {
             return false;
         };
         let Some(have) = self.slot_of(id).and_then(|s| self.numbers.get(s)) else {

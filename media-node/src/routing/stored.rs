@@ -41,33 +41,25 @@ impl StoredNumber {
     }
 
     /// `wire` decoded is `n`: finds the id in it. Protobuf lets a field
-    /// appear more than once (the last one counts) or anywhere; when the id
-    /// is not found where decoding took it from, `n` is stored re-encoded,
-    /// which puts it first.
+    /// appear more than once (the last one counts) or anywhere; should the
+    /// bytes found not be the id decoding took, `n` is stored re-encoded.
     fn located(wire: Bytes, n: &PhoneNumber) -> Self {
-        if let Some(id) = last_string_field(&wire, ID_FIELD)
-            && wire.get(id.0..id.0 + id.1) == Some(n.id.as_bytes())
-            && let (Ok(at), Ok(len)) = (u32::try_from(id.0), u32::try_from(id.1))
-        {
-            return StoredNumber {
-                wire,
-                id: (at, len),
-            };
+        match id_range(&wire) {
+            Some(id) if id_at(&wire, id).map(str::as_bytes) == Some(n.id.as_bytes()) => {
+                StoredNumber { wire, id }
+            }
+            None if n.id.is_empty() => StoredNumber { wire, id: (0, 0) },
+            _ => {
+                let wire = Bytes::from(n.encode_to_vec());
+                let id = id_range(&wire).unwrap_or((0, 0));
+                StoredNumber { wire, id }
+            }
         }
-        let wire = Bytes::from(n.encode_to_vec());
-        let id = last_string_field(&wire, ID_FIELD)
-            .and_then(|(at, len)| Some((u32::try_from(at).ok()?, u32::try_from(len).ok()?)))
-            .unwrap_or((0, 0));
-        StoredNumber { wire, id }
     }
 
     /// The number's id.
     pub fn id(&self) -> &str {
-        let (at, len) = (self.id.0 as usize, self.id.1 as usize);
-        self.wire
-            .get(at..at + len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+        id_at(&self.wire, self.id).unwrap_or("")
     }
 
     /// The number, decoded (it decoded when stored, so this does not fail;
@@ -91,10 +83,28 @@ impl StoredNumber {
 /// `PhoneNumber.id`'s field number.
 const ID_FIELD: u64 = 1;
 
+/// The id of an encoded `PhoneNumber`, as decoding takes it, read in place.
+pub fn wire_id(wire: &[u8]) -> Option<&str> {
+    id_at(wire, id_range(wire)?)
+}
+
+/// Where the id (the last field 1) is in an encoded `PhoneNumber`.
+fn id_range(wire: &[u8]) -> Option<(u32, u32)> {
+    let (at, len) = last_string_field(wire, ID_FIELD)?;
+    Some((u32::try_from(at).ok()?, u32::try_from(len).ok()?))
+}
+
+/// The UTF-8 text at `(start, length)` in `wire`.
+fn id_at(wire: &[u8], (at, len): (u32, u32)) -> Option<&str> {
+    let at = at as usize;
+    let bytes = wire.get(at..at.checked_add(len as usize)?)?;
+    std::str::from_utf8(bytes).ok()
+}
+
 /// The last length-delimited field `field` of an encoded message: its
 /// value's start and length. `None` when the message does not parse as
 /// protobuf fields or has no such field.
-pub fn last_string_field(msg: &[u8], field: u64) -> Option<(usize, usize)> {
+fn last_string_field(msg: &[u8], field: u64) -> Option<(usize, usize)> {
     let mut rest = msg;
     let mut found = None;
     while !rest.is_empty() {

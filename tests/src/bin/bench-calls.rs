@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use switchboard_tests::node::cpu_secs;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -59,11 +60,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 // ------------------------------------------------------------------------------------------
 // Processes: the node, /proc sampling.
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    switchboard_tests::node::cpu_secs(pid)
-}
 
 /// Resident set size in KiB.
 fn rss_kib(pid: u32) -> f64 {
